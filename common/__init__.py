@@ -1,0 +1,1 @@
+"""What the gateway and the worker share: wire protocol, configs, key names, errors. No torch."""

@@ -1,0 +1,165 @@
+"""Frozen configuration, one dataclass per process role, each field declared exactly once.
+
+A field's metadata carries its help text and whether it mirrors a TGI launcher flag; the CLI
+(genfleet/cli.py) turns every field into `--kebab-case` and every environment name from
+common/env.py into its fallback. Configs are validated in `__post_init__`, built once in the
+entry point, and passed down explicitly. Values found at run time (KV capacity, the model's
+context length) live in runtime structs, never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "FleetConfig",
+    "GatewayConfig",
+    "WorkerConfig",
+    "ServeConfig",
+    "ConfigError",
+    "setting",
+    "settings_of",
+]
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def setting(default: Any, help: str, *, tgi: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "tgi": tgi, "choices": choices})
+
+
+def settings_of(cls: type) -> list[dataclasses.Field[Any]]:
+    """The user-settable fields of a config class (nested configs excluded)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What every process of one fleet must agree on."""
+
+    model_id: str = setting(DEFAULT_MODEL_ID, "Model to serve: a Hub id or a local HF directory", tgi=True)
+    revision: str | None = setting(None, "Hub revision of the model", tgi=True)
+    redis_url: str | None = setting(
+        None, "Redis URL; `serve` starts a local server when unset, gateway/worker use redis://127.0.0.1:6379"
+    )
+    key_prefix: str = setting("genfleet", "Prefix of every Redis key, so fleets can share one Redis")
+    model_cache: str | None = setting(
+        None, "Where converted/downloaded models are kept (default: $XDG_CACHE_HOME/genfleet)"
+    )
+    max_input_tokens: int | None = setting(None, "Longest prompt in tokens (default: max-total-tokens - 1)", tgi=True)
+    max_total_tokens: int | None = setting(
+        None, "Longest prompt + generation in tokens (default: the model's context, at most 8192)", tgi=True
+    )
+    heartbeat_interval: float = setting(1.0, "Seconds between heartbeats")
+    heartbeat_ttl: float = setting(5.0, "Seconds after which a silent process counts as dead")
+    json_output: bool = setting(False, "Log as JSON lines", tgi=True)
+    log_level: str = setting("info", "Log level", choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        if not self.model_id:
+            raise ConfigError("--model-id must not be empty")
+        if self.max_input_tokens is not None and self.max_input_tokens < 1:
+            raise ConfigError("--max-input-tokens must be >= 1")
+        if (
+            self.max_input_tokens is not None
+            and self.max_total_tokens is not None
+            and self.max_input_tokens >= self.max_total_tokens
+        ):
+            raise ConfigError(
+                f"`max_input_tokens` must be < `max_total_tokens`; given {self.max_input_tokens} "
+                f"and {self.max_total_tokens}"
+            )
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise ConfigError("--heartbeat-ttl must exceed --heartbeat-interval")
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    hostname: str = setting("0.0.0.0", "Address the HTTP server binds", tgi=True)
+    port: int = setting(8080, "HTTP port", tgi=True)
+    gateway_id: str | None = setting(None, "Stable id of this gateway (default: random)")
+    max_concurrent_requests: int = setting(128, "Requests in flight before 429", tgi=True)
+    max_best_of: int = setting(2, "Largest best_of", tgi=True)
+    max_stop_sequences: int = setting(4, "Most stop sequences per request", tgi=True)
+    max_top_n_tokens: int = setting(5, "Largest top_n_tokens", tgi=True)
+    max_client_batch_size: int = setting(4, "Most prompts in one /v1/completions request", tgi=True)
+    payload_limit: int = setting(2_000_000, "Largest request body in bytes (413 above)", tgi=True)
+    api_key: str | None = setting(None, "Bearer token required on generation routes", tgi=True)
+    cors_allow_origin: str | None = setting(None, "Comma-separated CORS origins (default: any)", tgi=True)
+    chat_template: str | None = setting(None, "Jinja chat template (or a path to one) overriding the model's")
+    tokenizer_config_path: str | None = setting(None, "Alternate tokenizer_config.json for the chat template", tgi=True)
+    request_timeout: float = setting(0.0, "Seconds a request may take end to end; 0 = no limit")
+    max_queue_length: int = setting(10_000, "Requests waiting in the model's stream before new ones get 429")
+    graceful_termination_timeout: float = setting(90.0, "Seconds open streams get to finish on SIGTERM", tgi=True)
+    enable_prefill_logprobs: bool = setting(False, "Allow decoder_input_details (prompt logprobs)", tgi=True)
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_requests", "max_best_of", "max_client_batch_size", "payload_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be in 1..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    worker_id: str | None = setting(None, "Stable id of this worker (default: host-pid-random)")
+    device: str = setting("auto", "Where the model runs", choices=("auto", "cpu", "cuda"))
+    dtype: str = setting(
+        "auto", "Weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)", tgi=True,
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    max_batch_prefill_tokens: int = setting(4096, "Tokens computed per engine step (prefill budget)", tgi=True)
+    max_batch_total_tokens: int | None = setting(
+        None, "KV capacity in tokens (default: from free GPU memory, or 32768 on CPU)", tgi=True
+    )
+    max_batch_size: int = setting(256, "Most requests in the running batch", tgi=True)
+    waiting_served_ratio: float = setting(0.3, "TGI's ratio of waiting to running requests before admitting", tgi=True)
+    max_waiting_tokens: int = setting(20, "TGI's steps a waiting request may wait before forcing admission", tgi=True)
+    block_size: int = setting(16, "Tokens per KV block")
+    prefix_caching: bool = setting(True, "Reuse KV blocks of shared prompt prefixes", tgi=True)
+    cuda_memory_fraction: float = setting(1.0, "Share of free GPU memory the worker may use", tgi=True)
+    cuda_graphs: str = setting("1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs; 0 = off", tgi=True)
+    metrics_port: int = setting(0, "Port of the worker's own /metrics listener; 0 = none")
+    synthetic_tokens_per_s: float = setting(0.0, "Synthetic mode: emit tokens at this rate per request, no model")
+    graceful_termination_timeout: float = setting(30.0, "Seconds a draining worker finishes work before handing it back", tgi=True)
+    max_deliveries: int = setting(3, "Deliveries of a stream entry before it is dead-lettered")
+
+    def __post_init__(self) -> None:
+        if self.max_batch_prefill_tokens < 1 or self.max_batch_size < 1 or self.block_size < 1:
+            raise ConfigError("--max-batch-prefill-tokens, --max-batch-size and --block-size must be >= 1")
+        if not 0 < self.cuda_memory_fraction <= 1:
+            raise ConfigError("--cuda-memory-fraction must be in (0, 1]")
+        if self.max_batch_total_tokens is not None and self.max_batch_total_tokens < self.block_size:
+            raise ConfigError("--max-batch-total-tokens must hold at least one block")
+
+    @property
+    def cuda_graph_sizes(self) -> tuple[int, ...]:
+        sizes = tuple(sorted({int(s) for s in self.cuda_graphs.split(",") if s.strip()}))
+        return () if sizes in ((), (0,)) else tuple(s for s in sizes if s > 0)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`genfleet serve`: a local fleet of one gateway and N workers (and Redis when none is given)."""
+
+    gateway: GatewayConfig
+    worker: WorkerConfig
+    workers: int = setting(1, "Workers to start")
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be >= 1")

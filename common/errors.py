@@ -1,0 +1,54 @@
+"""Error types and finish reasons shared by the worker's output and the gateway's HTTP mapping."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["FinishReason", "ErrorType", "HTTP_STATUS", "GenfleetError", "ValidationError"]
+
+FinishReason = Literal["length", "eos_token", "stop_sequence"]
+
+# TGI's error_type values, plus the fleet's own.
+ErrorType = Literal[
+    "validation",  # 422
+    "overloaded",  # 429
+    "generation",  # 424: the worker failed while generating
+    "healthcheck",  # 503
+    "unavailable",  # 503: Redis or every worker is gone
+    "incomplete_generation",  # 500
+    "incomplete_generation_stream",
+    "timeout",  # 504-class: the request's deadline passed
+    "dead_letter",  # 424: delivered too many times without being accepted
+    "template_error",  # 422
+]
+
+HTTP_STATUS: dict[str, int] = {
+    "validation": 422,
+    "template_error": 422,
+    "overloaded": 429,
+    "generation": 424,
+    "dead_letter": 424,
+    "healthcheck": 503,
+    "unavailable": 503,
+    "incomplete_generation": 500,
+    "incomplete_generation_stream": 500,
+    "timeout": 504,
+}
+
+
+class GenfleetError(Exception):
+    """An error that maps to TGI's `{"error", "error_type"}` body."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+    @property
+    def status_code(self) -> int:
+        return HTTP_STATUS.get(self.error_type, 500)
+
+
+class ValidationError(GenfleetError):
+    def __init__(self, message: str) -> None:
+        super().__init__("validation", f"Input validation error: {message}")

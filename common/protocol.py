@@ -1,0 +1,197 @@
+"""Every message that crosses Redis, as a typed msgspec struct, with one encoder/decoder pair.
+
+Messages and where they travel (key names in common/streams.py):
+
+    gateway --XADD stream {p}:req:{model}--------------> worker   GenerateRequest
+    worker  --PUBLISH {p}:gw:{gateway_id}--------------> gateway  EventBatch[Accepted|Token|Finish|Error]
+    gateway --PUBLISH {p}:wk:{worker_id} / {p}:ctl:{m}-> worker   Cancel
+    worker  --SET {p}:worker:{id} EX ttl----------------> all     WorkerInfo (heartbeat)
+    gateway --SET {p}:gateway:{id} EX ttl---------------> all     GatewayInfo (heartbeat)
+
+Structs are encoded as msgpack arrays (field order is the wire format) inside an envelope
+carrying SCHEMA_VERSION; a peer with another version is refused loudly, never misread.
+Never pickle across processes.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from common.sampling_params import SamplingParams
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ProtocolError",
+    "GenerateRequest",
+    "Accepted",
+    "TopToken",
+    "Token",
+    "Finish",
+    "Error",
+    "Event",
+    "EventBatch",
+    "Cancel",
+    "WorkerInfo",
+    "GatewayInfo",
+    "encode",
+    "decode_request",
+    "decode_events",
+    "decode_control",
+    "decode_worker_info",
+    "decode_gateway_info",
+]
+
+SCHEMA_VERSION = 1
+
+
+class ProtocolError(ValueError):
+    """A message that is not ours, or from a peer speaking another schema version."""
+
+
+class GenerateRequest(msgspec.Struct, array_like=True, frozen=True, tag="gen"):
+    req_id: str  # gateway-assigned, unique across the fleet
+    attempt: int  # 0 for the first try; +1 for each continuation after a lost owner
+    gateway_id: str  # whose channel receives this request's events
+    model: str  # the served model id (selects the stream)
+    input_ids: list[int]  # the prompt after truncation and templating
+    params: SamplingParams  # resolved sampling parameters; max_new_tokens is what remains
+    generated_ids: list[int] = []  # tokens already relayed to the client by earlier attempts
+    deadline: float = 0.0  # unix time after which no worker may serve it; 0 = none
+    priority: int = 0  # higher is served first among waiting requests
+    enqueued_at: float = 0.0  # unix time of the XADD (queue-time metrics)
+
+
+class Accepted(msgspec.Struct, array_like=True, frozen=True, tag="acc"):
+    req_id: str
+    attempt: int
+    worker_id: str  # owner from now on: Cancel goes to this worker's channel
+
+
+class TopToken(msgspec.Struct, array_like=True, frozen=True):
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+class Token(msgspec.Struct, array_like=True, frozen=True, tag="tok"):
+    req_id: str
+    attempt: int
+    seq: int  # index of this token in the request's whole output (continuations keep counting)
+    id: int
+    text: str  # the text this token adds to the output (may be "" while a UTF-8 char is split)
+    logprob: float
+    special: bool
+    top_tokens: list[TopToken] = []
+
+
+class Finish(msgspec.Struct, array_like=True, frozen=True, tag="fin"):
+    req_id: str
+    attempt: int
+    seq: int  # number of tokens in the whole output; the gateway checks it saw them all
+    reason: str  # "length" | "eos_token" | "stop_sequence" (common.errors.FinishReason)
+    prompt_tokens: int  # length of the prompt the worker prefilled for this attempt
+    seed: int | None = None
+    queue_time: float = 0.0  # seconds from XADD to first schedule on the worker
+    inference_time: float = 0.0  # seconds from first schedule to finish
+    prefill: list[TopToken] = []  # prompt logprobs when params.prefill_logprobs
+
+
+class Error(msgspec.Struct, array_like=True, frozen=True, tag="err"):
+    req_id: str
+    attempt: int
+    error_type: str  # TGI error_type ("generation", "validation", "dead_letter", ...)
+    message: str
+
+
+Event = Union[Accepted, Token, Finish, Error]
+
+
+class EventBatch(msgspec.Struct, array_like=True, frozen=True, tag="batch"):
+    worker_id: str
+    step: int  # the worker's engine step counter (diagnostics)
+    events: list[Event]  # in order; one PUBLISH carries every event of a step for one gateway
+
+
+class Cancel(msgspec.Struct, array_like=True, frozen=True, tag="cancel"):
+    req_id: str
+    attempt: int  # -1 cancels every attempt
+    reason: str = "client_disconnected"
+
+
+class WorkerInfo(msgspec.Struct, array_like=True, frozen=True, tag="worker"):
+    worker_id: str
+    model: str
+    running: int  # requests in the running batch
+    waiting: int  # accepted but not yet scheduled
+    free_kv_tokens: int  # KV capacity not in use
+    capacity_tokens: int  # total KV capacity in tokens
+    max_total_tokens: int  # longest sequence this worker can serve
+    max_batch_size: int
+    started_at: float
+    updated_at: float
+    draining: bool = False  # SIGTERM received: takes no new work
+    metrics_port: int = 0  # its own Prometheus listener, 0 = none
+    device: str = "cpu"
+
+
+class GatewayInfo(msgspec.Struct, array_like=True, frozen=True, tag="gateway"):
+    gateway_id: str
+    in_flight: int
+    started_at: float
+    updated_at: float
+
+
+class _Envelope(msgspec.Struct, array_like=True):
+    version: int
+    body: msgspec.Raw
+
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
+_request_decoder = msgspec.msgpack.Decoder(GenerateRequest)
+_events_decoder = msgspec.msgpack.Decoder(EventBatch)
+_control_decoder = msgspec.msgpack.Decoder(Cancel)
+_worker_info_decoder = msgspec.msgpack.Decoder(WorkerInfo)
+_gateway_info_decoder = msgspec.msgpack.Decoder(GatewayInfo)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(_Envelope(SCHEMA_VERSION, msgspec.Raw(_encoder.encode(msg))))
+
+
+def decode_request(data: bytes) -> GenerateRequest:
+    return _decode(data, _request_decoder)
+
+
+def decode_events(data: bytes) -> EventBatch:
+    return _decode(data, _events_decoder)
+
+
+def decode_control(data: bytes) -> Cancel:
+    return _decode(data, _control_decoder)
+
+
+def decode_worker_info(data: bytes) -> WorkerInfo:
+    return _decode(data, _worker_info_decoder)
+
+
+def decode_gateway_info(data: bytes) -> GatewayInfo:
+    return _decode(data, _gateway_info_decoder)
+
+
+def _decode(data: bytes, decoder: msgspec.msgpack.Decoder) -> msgspec.Struct:  # type: ignore[type-arg]
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"not a genfleet message: {exc}") from exc
+    if envelope.version != SCHEMA_VERSION:
+        raise ProtocolError(
+            f"schema version {envelope.version} is not supported (this build speaks {SCHEMA_VERSION})"
+        )
+    try:
+        return decoder.decode(envelope.body)  # type: ignore[no-any-return]
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed message: {exc}") from exc

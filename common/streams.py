@@ -1,0 +1,45 @@
+"""Redis key, stream, channel and consumer-group names. Names only; no policy lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys", "CONSUMER_GROUP", "REQUEST_FIELD"]
+
+CONSUMER_GROUP = "workers"
+REQUEST_FIELD = b"m"  # the one field of a stream entry: the encoded GenerateRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "genfleet"
+
+    # NOTE: the model's request stream and its dead-letter stream share a hash tag so they land
+    # in one Redis Cluster slot; everything else spreads freely.
+    def request_stream(self, model: str) -> str:
+        return f"{self.prefix}:req:{{{model}}}"
+
+    def dead_letter_stream(self, model: str) -> str:
+        return f"{self.prefix}:dlq:{{{model}}}"
+
+    def gateway_channel(self, gateway_id: str) -> str:
+        return f"{self.prefix}:gw:{gateway_id}"
+
+    def worker_channel(self, worker_id: str) -> str:
+        return f"{self.prefix}:wk:{worker_id}"
+
+    def control_channel(self, model: str) -> str:
+        # Cancels for requests whose owner is not known yet reach every worker of the model.
+        return f"{self.prefix}:ctl:{model}"
+
+    def worker_heartbeat(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def worker_heartbeat_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def gateway_heartbeat(self, gateway_id: str) -> str:
+        return f"{self.prefix}:gateway:{gateway_id}"
+
+    def gateway_heartbeat_pattern(self) -> str:
+        return f"{self.prefix}:gateway:*"
