@@ -1,0 +1,1 @@
+"""The `genfleet` command: serve (a local fleet), gateway, worker."""

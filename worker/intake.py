@@ -1,0 +1,155 @@
+"""The worker's intake: XREADGROUP only as many requests as the engine can admit, and cancels.
+
+Two threads, neither of which ever blocks the engine loop:
+- the reader takes at most `budget()` entries per read from the model's stream (so a busy worker
+  leaves work for idle ones) and hands them over with their stream entry ids; the output thread
+  XACKs each entry together with its Accepted event;
+- the listener receives Cancel messages on this worker's channel and the model's control channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from common.protocol import Cancel, GenerateRequest, ProtocolError, decode_control, decode_request
+from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+
+__all__ = ["Intake", "ensure_group"]
+
+log = logging.getLogger("genfleet.worker.intake")
+
+_READ_BLOCK_MS = 200
+_RETRY_SECONDS = 0.5
+
+
+def ensure_group(client: redis.Redis, stream: str) -> None:
+    """Create the consumer group (and the stream) unless it exists; safe to race."""
+    try:
+        client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Intake:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        model: str,
+        worker_id: str,
+        budget: Callable[[], int],
+        on_request: Callable[[bytes, GenerateRequest], None],
+        on_cancel: Callable[[Cancel], None],
+        on_bad_entry: Callable[[bytes], None],
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._stream = keys.request_stream(model)
+        self._model = model
+        self._worker_id = worker_id
+        self._budget = budget
+        self._on_request = on_request
+        self._on_cancel = on_cancel
+        self._on_bad_entry = on_bad_entry
+        self._reading = threading.Event()
+        self._stopped = threading.Event()
+        self._wake = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._read_loop, name="intake", daemon=True),
+            threading.Thread(target=self._listen_loop, name="cancels", daemon=True),
+        ]
+
+    def start(self) -> None:
+        ensure_group(self._client, self._stream)
+        self._reading.set()
+        for t in self._threads:
+            t.start()
+
+    def wake(self) -> None:
+        """The engine freed capacity: read again without waiting for the poll interval."""
+        self._wake.set()
+
+    def stop_reading(self) -> None:
+        self._reading.clear()
+
+    def stop(self) -> None:
+        self._reading.clear()
+        self._stopped.set()
+        self._wake.set()
+
+    def _read_loop(self) -> None:
+        while not self._stopped.is_set():
+            if not self._reading.is_set():
+                self._stopped.wait(0.1)
+                continue
+            count = self._budget()
+            if count <= 0:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                reply = self._client.xreadgroup(
+                    CONSUMER_GROUP, self._worker_id, {self._stream: ">"}, count=count, block=_READ_BLOCK_MS
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted without persistence
+                    log.warning("consumer group missing; recreating %s", self._stream)
+                    self._safe(lambda: ensure_group(self._client, self._stream))
+                else:
+                    log.warning("XREADGROUP failed: %s", exc)
+                self._stopped.wait(_RETRY_SECONDS)
+                continue
+            except redis.RedisError as exc:
+                log.warning("Redis unavailable for intake (%s); retrying", exc)
+                self._stopped.wait(_RETRY_SECONDS)
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    self._deliver(entry_id, fields)
+
+    def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+        raw = (fields or {}).get(REQUEST_FIELD)
+        try:
+            if raw is None:
+                raise ProtocolError("entry has no request field (trimmed?)")
+            request = decode_request(raw)
+        except ProtocolError as exc:
+            log.error("dropping unreadable stream entry %r: %s", entry_id, exc)
+            self._on_bad_entry(entry_id)
+            return
+        if request.deadline and request.deadline < time.time():
+            log.info("request %s expired before it was read", request.req_id)
+        self._on_request(entry_id, request)
+
+    def _listen_loop(self) -> None:
+        channels = [self._keys.worker_channel(self._worker_id), self._keys.control_channel(self._model)]
+        while not self._stopped.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(*channels)
+                while not self._stopped.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        self._on_cancel(decode_control(message["data"]))
+                    except ProtocolError as exc:
+                        log.warning("ignoring unreadable control message: %s", exc)
+            except redis.RedisError as exc:
+                log.warning("control subscription lost (%s); resubscribing", exc)
+                self._stopped.wait(_RETRY_SECONDS)
+            finally:
+                self._safe(pubsub.close)
+
+    @staticmethod
+    def _safe(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except redis.RedisError:
+            pass

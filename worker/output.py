@@ -1,0 +1,252 @@
+"""The worker's output side: engine outputs -> detokenized events -> one PUBLISH per gateway per step.
+
+Runs on its own thread so the engine loop never waits on detokenization or Redis. It also matches
+stop sequences on the decoded text (TGI keeps the stop text in the output) and reports each match
+back to the engine through `on_stop`, which aborts the request at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from common.protocol import (
+    Accepted,
+    Error,
+    Event,
+    EventBatch,
+    Finish,
+    GenerateRequest,
+    Token,
+    TopToken,
+    encode,
+)
+from common.streams import CONSUMER_GROUP, Keys
+from worker.detokenizer import IncrementalDetokenizer
+
+if TYPE_CHECKING:
+    from worker.engine import RequestOutput
+
+__all__ = ["OutputProcessor"]
+
+log = logging.getLogger("genfleet.worker.output")
+
+
+@dataclass(slots=True)
+class _Live:
+    request: GenerateRequest
+    detokenizer: IncrementalDetokenizer
+    seed: int | None
+    next_seq: int  # seq of the next token; continuations start after the relayed tokens
+    accepted_at: float
+    first_scheduled_at: float = 0.0
+    generated: list[int] = field(default_factory=list)
+
+
+# Items on the queue: ("accept", key, request, seed, entry_id) | ("step", step, outputs)
+#                   | ("error", key, error_type, message)
+_Item = tuple[Any, ...]
+
+
+class OutputProcessor:
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        keys: Keys,
+        worker_id: str,
+        tokenizer: Any,
+        on_stop: Callable[[str], None],
+    ) -> None:
+        self._redis = redis_client
+        self._keys = keys
+        self._worker_id = worker_id
+        self._tokenizer = tokenizer
+        self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
+        self._on_stop = on_stop
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._live: dict[str, _Live] = {}  # by engine key (req_id/attempt)
+        self._acks: list[tuple[str, bytes]] = []  # (stream, entry id) acked in this round's pipeline
+        self._thread = threading.Thread(target=self._run, name="output", daemon=True)
+        self.published_batches = 0
+
+    # -- called from the engine thread -------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def accepted(self, key: str, request: GenerateRequest, seed: int | None, entry_id: bytes | None) -> None:
+        """`key` is the engine's id for this attempt; the entry is XACKed with the Accepted event."""
+        self._queue.put(("accept", key, request, seed, entry_id))
+
+    def step(self, step: int, outputs: list[RequestOutput]) -> None:
+        if outputs:
+            self._queue.put(("step", step, outputs))
+
+    def error(self, key: str, error_type: str, message: str) -> None:
+        self._queue.put(("error", key, error_type, message))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish everything queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def num_live(self) -> int:
+        return len(self._live)
+
+    # -- the output thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            items = [item]
+            # Coalesce whatever else is already queued into the same publish round.
+            while item is not None:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+            done = items[-1] is None
+            per_gateway: dict[str, list[Event]] = defaultdict(list)
+            self._acks.clear()
+            step_no = 0
+            for it in items:
+                if it is None:
+                    continue
+                try:
+                    step_no = max(step_no, self._handle(it, per_gateway))
+                except Exception:  # never let one bad request stop every stream
+                    log.exception("output processing failed for %s", it[:2])
+            self._publish(step_no, per_gateway)
+            if done:
+                return
+
+    def _handle(self, item: _Item, out: dict[str, list[Event]]) -> int:
+        kind = item[0]
+        if kind == "accept":
+            _, key, request, seed, entry_id = item
+            if entry_id is not None:
+                self._acks.append((self._keys.request_stream(request.model), entry_id))
+            context = list(request.input_ids) + list(request.generated_ids)
+            self._live[key] = _Live(
+                request=request,
+                detokenizer=IncrementalDetokenizer(
+                    self._tokenizer, context, request.params.skip_special_tokens
+                ),
+                seed=seed,
+                next_seq=len(request.generated_ids),
+                accepted_at=time.time(),
+            )
+            out[request.gateway_id].append(Accepted(request.req_id, request.attempt, self._worker_id))
+            return 0
+        if kind == "error":
+            _, key, error_type, message = item
+            live = self._live.pop(key, None)
+            if live is not None:
+                req = live.request
+                out[req.gateway_id].append(Error(req.req_id, req.attempt, error_type, message))
+            return 0
+        _, step, outputs = item
+        for output in outputs:
+            self._handle_output(output, out)
+        return int(step)
+
+    def _handle_output(self, output: RequestOutput, out: dict[str, list[Event]]) -> None:
+        live = self._live.get(output.req_id)
+        if live is None:  # finished on a stop sequence or cancelled; the engine lags a step
+            return
+        req = live.request
+        events = out[req.gateway_id]
+        if output.first_scheduled_at and not live.first_scheduled_at:
+            live.first_scheduled_at = output.first_scheduled_at
+        stop_hit = False
+        for i, token_id in enumerate(output.new_token_ids):
+            special = token_id in self._special_ids
+            piece = live.detokenizer.add(token_id)
+            text = piece
+            if special and req.params.skip_special_tokens:
+                # TGI shows a special token's own text in the stream, flagged special; the
+                # generated_text leaves it out (the gateway skips special tokens' text).
+                text = str(self._tokenizer.convert_ids_to_tokens(token_id))
+            top = []
+            if output.top_tokens and i < len(output.top_tokens):
+                top = [
+                    TopToken(tid, self._decode_one(tid), lp, tid in self._special_ids)
+                    for tid, lp in output.top_tokens[i]
+                ]
+            logprob = output.logprobs[i] if i < len(output.logprobs) else 0.0
+            events.append(Token(req.req_id, req.attempt, live.next_seq, token_id, text, logprob, special, top))
+            live.next_seq += 1
+            live.generated.append(token_id)
+            if not special and self._matches_stop(live, piece):
+                stop_hit = True
+                break
+        reason = "stop_sequence" if stop_hit else output.finish_reason
+        if reason is None:
+            return
+        self._live.pop(output.req_id, None)
+        if stop_hit:
+            self._on_stop(output.req_id)
+        if reason == "timeout":
+            events.append(Error(req.req_id, req.attempt, "timeout", "Request deadline exceeded"))
+            return
+        now = time.time()
+        first = live.first_scheduled_at or live.accepted_at
+        prefill = []
+        if output.prefill_logprobs is not None:
+            prompt = list(req.input_ids) + list(req.generated_ids)
+            prefill = [
+                TopToken(tid, self._decode_one(tid), lp, tid in self._special_ids)
+                for tid, lp in zip(prompt, [float("nan"), *output.prefill_logprobs])
+            ]
+        events.append(
+            Finish(
+                req.req_id,
+                req.attempt,
+                live.next_seq,
+                reason,
+                output.num_prompt_tokens,
+                live.seed,
+                queue_time=max(0.0, first - (req.enqueued_at or live.accepted_at)),
+                inference_time=max(0.0, now - first),
+                prefill=prefill,
+            )
+        )
+
+    def _matches_stop(self, live: _Live, piece: str) -> bool:
+        stops = live.request.params.stop
+        if not stops or not piece:
+            return False
+        text = live.detokenizer.text
+        for stop in stops:
+            # Only a match that ends inside the new piece is new.
+            window = text[-(len(stop) + len(piece)) :]
+            if stop in window:
+                return True
+        return False
+
+    def _decode_one(self, token_id: int) -> str:
+        return str(self._tokenizer.decode([token_id], skip_special_tokens=False))
+
+    def _publish(self, step: int, per_gateway: dict[str, list[Event]]) -> None:
+        if not per_gateway and not self._acks:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for stream, entry_id in self._acks:
+            pipe.xack(stream, CONSUMER_GROUP, entry_id)
+        for gateway_id, events in per_gateway.items():
+            batch = EventBatch(self._worker_id, step, events)
+            pipe.publish(self._keys.gateway_channel(gateway_id), encode(batch))
+        try:
+            pipe.execute()
+            self.published_batches += 1
+        except redis.RedisError:
+            # Pub/sub is at-most-once by design: the gateway sees the seq gap or the owner's
+            # silence and re-enqueues a continuation.
+            log.warning("publish failed for %d gateways at step %d", len(per_gateway), step, exc_info=True)

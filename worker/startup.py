@@ -1,0 +1,53 @@
+"""Worker startup: resolve the model, load tokenizer and weights, size the KV pool, build the engine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from common.config import WorkerConfig
+from common.model_source import resolve_model
+
+__all__ = ["build_engine", "load_tokenizer"]
+
+log = logging.getLogger("genfleet.worker")
+
+
+def load_tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int]:
+    """Returns (engine, tokenizer, device description, max_total_tokens)."""
+    fleet = config.fleet
+    model_dir = resolve_model(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
+    tokenizer = load_tokenizer(str(model_dir))
+    if config.synthetic_tokens_per_s > 0:
+        from worker.synthetic import SyntheticEngine
+
+        engine = SyntheticEngine(config, vocab_size=len(tokenizer))
+        return engine, tokenizer, "synthetic", fleet.max_total_tokens or 8192
+
+    from worker.engine import LLMEngine
+    from worker.model_runner import ModelRunner
+
+    started = time.monotonic()
+    runner = ModelRunner(config, model_dir)
+    max_total = min(fleet.max_total_tokens or runner.max_model_len, runner.max_model_len)
+    engine = LLMEngine(
+        config,
+        runner,
+        num_blocks=runner.num_blocks,
+        eos_token_ids=runner.eos_token_ids,
+        max_model_len=max_total,
+    )
+    capacity = runner.num_blocks * runner.block_size
+    log.info(
+        "model %s loaded on %s (%s) in %.1fs; KV capacity %d tokens (%d blocks of %d)",
+        fleet.model_id, runner.device, runner.dtype, time.monotonic() - started,
+        capacity, runner.num_blocks, runner.block_size,
+    )
+    return engine, tokenizer, f"{runner.device}", max_total

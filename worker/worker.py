@@ -1,0 +1,258 @@
+"""The worker process: startup, the engine loop, and a graceful drain.
+
+Threads: the engine loop runs here (it owns the engine; nothing else touches it); intake
+(worker/intake.py) and output (worker/output.py) run beside it and talk to it through queues,
+so the loop never waits on Redis or detokenization. A heartbeat thread publishes WorkerInfo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from common.config import WorkerConfig
+from common.protocol import Cancel, GenerateRequest, WorkerInfo, encode
+from common.streams import CONSUMER_GROUP, Keys
+from worker.intake import Intake
+from worker.output import OutputProcessor
+
+__all__ = ["Worker", "run_worker"]
+
+log = logging.getLogger("genfleet.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """Engine load as last seen by the engine thread; read by intake and heartbeat threads."""
+
+    running: int = 0
+    waiting: int = 0
+    free_tokens: int = 0
+    admittable: int = 0
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, engine: Any, tokenizer: Any, *, device: str = "cpu",
+                 max_total_tokens: int = 0) -> None:
+        self.config = config
+        fleet = config.fleet
+        self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.keys = Keys(fleet.key_prefix)
+        self.model = fleet.model_id
+        self.engine = engine
+        self.device = device
+        self.max_total_tokens = max_total_tokens
+        self.redis = redis.Redis.from_url(
+            fleet.effective_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=10
+        )
+        self._incoming: queue.SimpleQueue[tuple[bytes | None, GenerateRequest]] = queue.SimpleQueue()
+        self._cancels: queue.SimpleQueue[Cancel] = queue.SimpleQueue()
+        self._work = threading.Event()  # set when intake or cancels have something
+        self._stopping = threading.Event()
+        self._draining = threading.Event()
+        self._keys_by_req: dict[str, set[str]] = {}
+        self._snapshot = _Snapshot(admittable=engine.num_admittable())
+        self.started_at = time.time()
+        self.step_count = 0
+        self.output = OutputProcessor(self.redis, self.keys, self.worker_id, tokenizer, self._stop_from_output)
+        self.intake = Intake(
+            self.redis, self.keys, self.model, self.worker_id,
+            budget=self._budget, on_request=self._on_request, on_cancel=self._on_cancel,
+            on_bad_entry=self._on_bad_entry,
+        )
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> int:
+        self.output.start()
+        self.intake.start()
+        self._heartbeat.start()
+        log.info("worker %s serving %s on %s", self.worker_id, self.model, self.device)
+        try:
+            self._loop()
+        finally:
+            self.intake.stop()
+            self.output.close()
+            self._safe(lambda: self.redis.delete(self.keys.worker_heartbeat(self.worker_id)))
+            self._safe(lambda: self.redis.xgroup_delconsumer(
+                self.keys.request_stream(self.model), CONSUMER_GROUP, self.worker_id))
+            self.redis.close()
+        return 0
+
+    def request_stop(self) -> None:
+        """SIGTERM: stop taking work, finish what is running within the grace period, exit."""
+        if not self._draining.is_set():
+            log.info("draining: no new requests; %d in flight", self._snapshot.running + self._snapshot.waiting)
+            self._draining.set()
+            self.intake.stop_reading()
+            self._drain_deadline = time.monotonic() + self.config.graceful_termination_timeout
+            self._heartbeat_now()
+        self._work.set()
+
+    def kill(self) -> None:
+        self._stopping.set()
+        self._work.set()
+
+    # -- the engine loop -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        engine = self.engine
+        while not self._stopping.is_set():
+            self._admit()
+            self._apply_cancels()
+            if engine.has_unfinished_requests():
+                outputs = engine.step()
+                self.step_count += 1
+                self.output.step(self.step_count, outputs)
+                self._forget_finished(outputs)
+            elif self._draining.is_set():
+                return
+            else:
+                self._work.wait(0.05)
+                self._work.clear()
+            if self._draining.is_set() and time.monotonic() > self._drain_deadline:
+                log.warning("grace period over with requests still running; exiting")
+                return
+            self._refresh_snapshot()
+
+    def _admit(self) -> None:
+        from worker.engine import EngineRequest
+
+        while True:
+            try:
+                entry_id, request = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            key = f"{request.req_id}/{request.attempt}"
+            if request.deadline and request.deadline < time.time():
+                self.output.accepted(key, request, request.params.seed, entry_id)
+                self.output.error(key, "timeout", "Request deadline exceeded before a worker took it")
+                continue
+            seed = request.params.seed
+            if seed is None:
+                seed = random.getrandbits(63)
+            prompt = list(request.input_ids) + list(request.generated_ids)
+            engine_req = EngineRequest(
+                req_id=key, prompt_ids=prompt, params=request.params, seed=seed,
+                arrival_time=time.time(), deadline=request.deadline, priority=request.priority,
+            )
+            self.output.accepted(key, request, seed if request.params.do_sample else None, entry_id)
+            try:
+                self.engine.add_request(engine_req)
+            except ValueError as exc:  # cannot fit this worker: tell the client, don't crash
+                self.output.error(key, "validation", f"Input validation error: {exc}")
+                continue
+            self._keys_by_req.setdefault(request.req_id, set()).add(key)
+
+    def _apply_cancels(self) -> None:
+        while True:
+            try:
+                cancel = self._cancels.get_nowait()
+            except queue.Empty:
+                return
+            keys = self._keys_by_req.get(cancel.req_id, set())
+            for key in list(keys):
+                if cancel.attempt < 0 or key == f"{cancel.req_id}/{cancel.attempt}":
+                    self.engine.abort_request(key)
+                    keys.discard(key)
+            if not keys:
+                self._keys_by_req.pop(cancel.req_id, None)
+
+    def _forget_finished(self, outputs: list[Any]) -> None:
+        for out in outputs:
+            if out.finish_reason is not None:
+                req_id = out.req_id.rsplit("/", 1)[0]
+                keys = self._keys_by_req.get(req_id)
+                if keys is not None:
+                    keys.discard(out.req_id)
+                    if not keys:
+                        del self._keys_by_req[req_id]
+
+    def _refresh_snapshot(self) -> None:
+        stats = self.engine.stats()
+        admittable = 0 if self._draining.is_set() else self.engine.num_admittable()
+        self._snapshot = _Snapshot(stats.num_running, stats.num_waiting, stats.num_free_tokens, admittable)
+        if admittable > 0:
+            self.intake.wake()
+
+    # -- callbacks from other threads ------------------------------------------------------------
+    def _budget(self) -> int:
+        # Entries handed over but not yet admitted count against the budget.
+        return max(0, self._snapshot.admittable - self._incoming.qsize())
+
+    def _on_request(self, entry_id: bytes, request: GenerateRequest) -> None:
+        self._incoming.put((entry_id, request))
+        self._work.set()
+
+    def _on_cancel(self, cancel: Cancel) -> None:
+        self._cancels.put(cancel)
+        self._work.set()
+
+    def _stop_from_output(self, key: str) -> None:
+        req_id, attempt = key.rsplit("/", 1)
+        self._cancels.put(Cancel(req_id, int(attempt), "stop_sequence"))
+        self._work.set()
+
+    def _on_bad_entry(self, entry_id: bytes) -> None:
+        stream = self.keys.request_stream(self.model)
+        self._safe(lambda: self.redis.xack(stream, CONSUMER_GROUP, entry_id))
+
+    # -- heartbeat -------------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        interval = self.config.fleet.heartbeat_interval
+        while not self._stopping.is_set():
+            self._heartbeat_now()
+            self._stopping.wait(interval)
+
+    def _heartbeat_now(self) -> None:
+        stats = self.engine.stats()
+        info = WorkerInfo(
+            worker_id=self.worker_id,
+            model=self.model,
+            running=stats.num_running,
+            waiting=stats.num_waiting,
+            free_kv_tokens=stats.num_free_tokens,
+            capacity_tokens=stats.capacity_tokens,
+            max_total_tokens=self.max_total_tokens,
+            max_batch_size=self.config.max_batch_size,
+            started_at=self.started_at,
+            updated_at=time.time(),
+            draining=self._draining.is_set(),
+            metrics_port=self.config.metrics_port,
+            device=self.device,
+        )
+        ttl_ms = int(self.config.fleet.heartbeat_ttl * 1000)
+        self._safe(lambda: self.redis.set(self.keys.worker_heartbeat(self.worker_id), encode(info), px=ttl_ms))
+
+    @staticmethod
+    def _safe(fn: Any) -> None:
+        try:
+            fn()
+        except redis.RedisError as exc:
+            log.warning("Redis call failed: %s", exc)
+
+
+def run_worker(config: WorkerConfig) -> int:
+    from worker.startup import build_engine
+
+    logging.basicConfig(level=config.fleet.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine, tokenizer, device, max_total = build_engine(config)
+    worker = Worker(config, engine, tokenizer, device=device, max_total_tokens=max_total)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: worker.request_stop())
+    try:
+        return worker.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
