@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# One command to test: installs what is missing, then the whole suite (GPU tests skip without one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/bootstrap.sh
+exec "${GENFLEET_VENV:-.venv}/bin/python" -m pytest -p no:cacheprovider "$@"
