@@ -78,10 +78,13 @@ class Intake:
     def stop_reading(self) -> None:
         self._reading.clear()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self._reading.clear()
         self._stopped.set()
         self._wake.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout)
 
     def _read_loop(self) -> None:
         while not self._stopped.is_set():

@@ -63,6 +63,9 @@ class Worker:
         self._draining = threading.Event()
         self._keys_by_req: dict[str, set[str]] = {}
         self._snapshot = _Snapshot(admittable=engine.num_admittable())
+        # Held while the engine thread moves requests from the handover queue into the engine and
+        # refreshes the snapshot, so intake never counts a request twice or not at all.
+        self._admit_lock = threading.Lock()
         self.started_at = time.time()
         self.step_count = 0
         self.output = OutputProcessor(self.redis, self.keys, self.worker_id, tokenizer, self._stop_from_output)
@@ -82,8 +85,10 @@ class Worker:
         try:
             self._loop()
         finally:
+            self._stopping.set()
             self.intake.stop()
             self.output.close()
+            self._heartbeat.join(2.0)
             self._safe(lambda: self.redis.delete(self.keys.worker_heartbeat(self.worker_id)))
             self._safe(lambda: self.redis.xgroup_delconsumer(
                 self.keys.request_stream(self.model), CONSUMER_GROUP, self.worker_id))
@@ -126,13 +131,21 @@ class Worker:
             self._refresh_snapshot()
 
     def _admit(self) -> None:
+        with self._admit_lock:
+            admitted = self._admit_locked()
+            if admitted:
+                self._refresh_snapshot_locked()
+
+    def _admit_locked(self) -> int:
         from worker.engine import EngineRequest
 
+        admitted = 0
         while True:
             try:
                 entry_id, request = self._incoming.get_nowait()
             except queue.Empty:
-                return
+                return admitted
+            admitted += 1
             key = f"{request.req_id}/{request.attempt}"
             if request.deadline and request.deadline < time.time():
                 self.output.accepted(key, request, request.params.seed, entry_id)
@@ -179,6 +192,10 @@ class Worker:
                         del self._keys_by_req[req_id]
 
     def _refresh_snapshot(self) -> None:
+        with self._admit_lock:
+            self._refresh_snapshot_locked()
+
+    def _refresh_snapshot_locked(self) -> None:
         stats = self.engine.stats()
         admittable = 0 if self._draining.is_set() else self.engine.num_admittable()
         self._snapshot = _Snapshot(stats.num_running, stats.num_waiting, stats.num_free_tokens, admittable)
@@ -188,7 +205,8 @@ class Worker:
     # -- callbacks from other threads ------------------------------------------------------------
     def _budget(self) -> int:
         # Entries handed over but not yet admitted count against the budget.
-        return max(0, self._snapshot.admittable - self._incoming.qsize())
+        with self._admit_lock:
+            return max(0, self._snapshot.admittable - self._incoming.qsize())
 
     def _on_request(self, entry_id: bytes, request: GenerateRequest) -> None:
         self._incoming.put((entry_id, request))

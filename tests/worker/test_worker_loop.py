@@ -1,0 +1,223 @@
+"""The worker process's control plane against a real Redis, with a scripted engine.
+
+The engine here is deterministic and model-free (next token = a function of the prompt), so these
+tests pin down what the worker does around it: intake budget, Accepted + XACK, one publish per
+gateway per step, stop sequences, cancels, heartbeats and the drain on stop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from transformers import AutoTokenizer
+
+from common.config import FleetConfig, WorkerConfig
+from common.protocol import (
+    Accepted,
+    Cancel,
+    Finish,
+    GenerateRequest,
+    Token,
+    decode_events,
+    decode_worker_info,
+    encode,
+)
+from common.sampling_params import SamplingParams
+from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+from worker.worker import Worker
+
+
+@dataclass
+class _Stats:
+    num_running: int
+    num_waiting: int
+    num_free_tokens: int
+    capacity_tokens: int
+
+
+@dataclass
+class _Out:
+    req_id: str
+    new_token_ids: list[int]
+    logprobs: list[float]
+    top_tokens: list[list[tuple[int, float]]]
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_cached_tokens: int = 0
+    prefill_logprobs: list[float] | None = None
+    first_scheduled_at: float = 0.0
+
+
+@dataclass
+class ScriptedEngine:
+    """Emits the ids of `script` one per step for every request, then finishes with "length"."""
+
+    script: list[int]
+    capacity: int = 4
+    running: dict[str, tuple[object, int]] = field(default_factory=dict)
+    aborted: list[str] = field(default_factory=list)
+    steps: int = 0
+
+    def add_request(self, req) -> None:  # type: ignore[no-untyped-def]
+        self.running[req.req_id] = (req, 0)
+
+    def abort_request(self, req_id: str) -> None:
+        if self.running.pop(req_id, None) is not None:
+            self.aborted.append(req_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running)
+
+    def num_admittable(self) -> int:
+        return self.capacity - len(self.running)
+
+    def stats(self) -> _Stats:
+        return _Stats(len(self.running), 0, 100 * (self.capacity - len(self.running)), 100 * self.capacity)
+
+    def step(self) -> list[_Out]:
+        time.sleep(0.01)
+        self.steps += 1
+        outs = []
+        for key, (req, n) in list(self.running.items()):
+            budget = req.params.max_new_tokens  # type: ignore[attr-defined]
+            token = self.script[n % len(self.script)]
+            done = n + 1 >= budget
+            outs.append(_Out(key, [token], [-0.5], [], "length" if done else None, len(req.prompt_ids)))  # type: ignore[attr-defined]
+            if done:
+                del self.running[key]
+            else:
+                self.running[key] = (req, n + 1)
+        return outs
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_dir: Path):  # type: ignore[no-untyped-def]
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture
+def running_worker(redis_url: str, key_prefix: str, tokenizer) -> Iterator[tuple[Worker, ScriptedEngine]]:  # type: ignore[no-untyped-def]
+    script = tokenizer(" one two three STOP four five six seven", add_special_tokens=False).input_ids
+    engine = ScriptedEngine(script)
+    config = WorkerConfig(
+        fleet=FleetConfig(model_id="m", redis_url=redis_url, key_prefix=key_prefix, heartbeat_interval=0.2, heartbeat_ttl=1.0),
+        worker_id="w1",
+        graceful_termination_timeout=5.0,
+    )
+    worker = Worker(config, engine, tokenizer)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    yield worker, engine
+    worker.request_stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def _send(client: redis.Redis, keys: Keys, req_id: str, max_new: int, stop: tuple[str, ...] = ()) -> None:
+    req = GenerateRequest(req_id, 0, "g1", "m", [1, 2, 3], SamplingParams(max_new_tokens=max_new, stop=stop))
+    client.xadd(keys.request_stream("m"), {REQUEST_FIELD: encode(req)})
+
+
+def _collect(pubsub, until: set[str], timeout: float = 10.0) -> list[object]:  # type: ignore[no-untyped-def]
+    events: list[object] = []
+    finished: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while finished != until and time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.2)
+        if msg and msg["type"] == "message":
+            for event in decode_events(msg["data"]).events:
+                events.append(event)
+                if isinstance(event, Finish):
+                    finished.add(event.req_id)
+    assert finished == until, f"finished {finished}, wanted {until}"
+    return events
+
+
+def test_requests_flow_accepted_tokens_finish_and_are_acked(running_worker, redis_url: str, key_prefix: str, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    _, engine = running_worker
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.gateway_channel("g1"))
+    for i in range(3):
+        _send(client, keys, f"r{i}", max_new=4)
+    events = _collect(pubsub, {"r0", "r1", "r2"})
+    for rid in ("r0", "r1", "r2"):
+        mine = [e for e in events if getattr(e, "req_id", None) == rid]
+        assert isinstance(mine[0], Accepted) and mine[0].worker_id == "w1"
+        tokens = [e for e in mine if isinstance(e, Token)]
+        assert [t.seq for t in tokens] == [0, 1, 2, 3]
+        assert "".join(t.text for t in tokens) == tokenizer.decode(engine.script[:4])
+        assert isinstance(mine[-1], Finish) and mine[-1].reason == "length" and mine[-1].seq == 4
+    pending = client.xpending(keys.request_stream("m"), CONSUMER_GROUP)
+    assert pending["pending"] == 0
+    pubsub.close()
+    client.close()
+
+
+def test_stop_sequence_finishes_and_aborts_in_engine(running_worker, redis_url: str, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    worker, engine = running_worker
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.gateway_channel("g1"))
+    _send(client, keys, "s1", max_new=50, stop=("STOP",))
+    events = _collect(pubsub, {"s1"})
+    text = "".join(e.text for e in events if isinstance(e, Token))
+    assert text.endswith("STOP") and "four" not in text
+    assert [e for e in events if isinstance(e, Finish)][0].reason == "stop_sequence"
+    deadline = time.monotonic() + 5
+    while "s1/0" not in engine.aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "s1/0" in engine.aborted
+    pubsub.close()
+    client.close()
+
+
+def test_cancel_reaches_the_engine(running_worker, redis_url: str, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    worker, engine = running_worker
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    _send(client, keys, "c1", max_new=100_000)
+    deadline = time.monotonic() + 5
+    while "c1/0" not in engine.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.publish(keys.worker_channel("w1"), encode(Cancel("c1", 0)))
+    while "c1/0" not in engine.aborted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "c1/0" in engine.aborted
+    client.close()
+
+
+def test_heartbeat_carries_load_and_disappears_on_stop(running_worker, redis_url: str, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    worker, _ = running_worker
+    client = redis.Redis.from_url(redis_url)
+    key = Keys(key_prefix).worker_heartbeat("w1")
+    deadline = time.monotonic() + 3
+    while client.get(key) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    info = decode_worker_info(client.get(key))
+    assert info.worker_id == "w1" and info.capacity_tokens == 400 and not info.draining
+    assert 0 < client.pttl(key) <= 1000
+    client.close()
+
+
+def test_intake_never_takes_more_than_the_engine_admits(running_worker, redis_url: str, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    worker, engine = running_worker
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    for i in range(10):
+        _send(client, keys, f"b{i}", max_new=100_000)
+    time.sleep(1.0)
+    assert len(engine.running) == engine.capacity
+    info = client.xinfo_groups(keys.request_stream("m"))[0]
+    assert info["lag"] == 10 - engine.capacity  # the rest stays in the stream for other workers
+    for i in range(10):
+        client.publish(keys.control_channel("m"), encode(Cancel(f"b{i}", -1)))
+    client.close()
