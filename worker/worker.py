@@ -26,6 +26,7 @@ from common.protocol import Cancel, GenerateRequest, WorkerInfo, encode
 from common.streams import CONSUMER_GROUP, Keys
 from worker.intake import Intake
 from worker.output import OutputProcessor
+from worker.reclaim import GatewayWatch, Reclaimer
 
 __all__ = ["Worker", "run_worker"]
 
@@ -62,6 +63,7 @@ class Worker:
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._keys_by_req: dict[str, set[str]] = {}
+        self._gateway_of: dict[str, str] = {}  # engine key -> gateway id, for the dead-gateway check
         self._snapshot = _Snapshot(admittable=engine.num_admittable())
         # Held while the engine thread moves requests from the handover queue into the engine and
         # refreshes the snapshot, so intake never counts a request twice or not at all.
@@ -74,6 +76,12 @@ class Worker:
             budget=self._budget, on_request=self._on_request, on_cancel=self._on_cancel,
             on_bad_entry=self._on_bad_entry,
         )
+        self.reclaimer = Reclaimer(
+            self.redis, self.keys, self.model, self.worker_id,
+            min_idle_ms=int(fleet.heartbeat_ttl * 1000), max_deliveries=config.max_deliveries,
+            deliver=self._on_request,
+        )
+        self.gateway_watch = GatewayWatch(self.redis, self.keys)
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -166,6 +174,7 @@ class Worker:
                 self.output.error(key, "validation", f"Input validation error: {exc}")
                 continue
             self._keys_by_req.setdefault(request.req_id, set()).add(key)
+            self._gateway_of[key] = request.gateway_id
 
     def _apply_cancels(self) -> None:
         while True:
@@ -178,12 +187,16 @@ class Worker:
                 if cancel.attempt < 0 or key == f"{cancel.req_id}/{cancel.attempt}":
                     self.engine.abort_request(key)
                     keys.discard(key)
+                    with self._admit_lock:
+                        self._gateway_of.pop(key, None)
             if not keys:
                 self._keys_by_req.pop(cancel.req_id, None)
 
     def _forget_finished(self, outputs: list[Any]) -> None:
         for out in outputs:
             if out.finish_reason is not None:
+                with self._admit_lock:
+                    self._gateway_of.pop(out.req_id, None)
                 req_id = out.req_id.rsplit("/", 1)[0]
                 keys = self._keys_by_req.get(req_id)
                 if keys is not None:
@@ -230,7 +243,24 @@ class Worker:
         interval = self.config.fleet.heartbeat_interval
         while not self._stopping.is_set():
             self._heartbeat_now()
+            self._housekeeping()
             self._stopping.wait(interval)
+
+    def _housekeeping(self) -> None:
+        try:
+            if not self._draining.is_set():
+                self.reclaimer.run_once(self._budget())
+            with self._admit_lock:
+                owners = dict(self._gateway_of)
+            dead = self.gateway_watch.dead_among(owners.values())
+        except redis.RedisError as exc:
+            log.warning("housekeeping skipped: %s", exc)
+            return
+        for key, gateway_id in owners.items():
+            if gateway_id in dead:
+                req_id, attempt = key.rsplit("/", 1)
+                log.info("gateway %s is gone; cancelling %s", gateway_id, key)
+                self._on_cancel(Cancel(req_id, int(attempt), "gateway_gone"))
 
     def _heartbeat_now(self) -> None:
         stats = self.engine.stats()

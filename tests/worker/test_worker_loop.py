@@ -221,3 +221,40 @@ def test_intake_never_takes_more_than_the_engine_admits(running_worker, redis_ur
     for i in range(10):
         client.publish(keys.control_channel("m"), encode(Cancel(f"b{i}", -1)))
     client.close()
+
+
+def test_orphaned_entry_of_a_dead_worker_is_reclaimed(running_worker, redis_url: str, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    stream = keys.request_stream("m")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.gateway_channel("g1"))
+    # Let the live worker go idle first so it cannot win the race for the entry.
+    worker, engine = running_worker
+    engine.capacity = 0
+    time.sleep(0.3)
+    _send(client, keys, "o1", max_new=3)
+    # A worker that read the entry and died before accepting it (it has no heartbeat).
+    got = client.xreadgroup(CONSUMER_GROUP, "dead-worker", {stream: ">"}, count=1)
+    assert got and got[0][1]
+    engine.capacity = 4
+    events = _collect(pubsub, {"o1"}, timeout=10)
+    assert any(isinstance(e, Accepted) and e.worker_id == "w1" for e in events)
+    assert client.xpending(stream, CONSUMER_GROUP)["pending"] == 0
+    assert worker.reclaimer.reclaimed == 1
+    pubsub.close()
+    client.close()
+
+
+def test_gateway_death_cancels_its_requests(running_worker, redis_url: str, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    worker, engine = running_worker
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    client.set(keys.gateway_heartbeat("g2"), b"x", px=1500)
+    req = GenerateRequest("d1", 0, "g2", "m", [1, 2, 3], SamplingParams(max_new_tokens=100_000))
+    client.xadd(keys.request_stream("m"), {REQUEST_FIELD: encode(req)})
+    deadline = time.monotonic() + 8
+    while "d1/0" not in engine.aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "d1/0" in engine.aborted
+    client.close()

@@ -1,0 +1,129 @@
+"""Housekeeping a live worker does for the fleet, once per heartbeat.
+
+- Orphaned entries: a worker that died between XREADGROUP and Accepted leaves entries pending in
+  the group. Live workers take them over (XPENDING + XCLAIM) once they have been idle longer than
+  a heartbeat TTL and their consumer has no heartbeat left: idle alone is not dead, since a busy
+  worker may sit on an entry for a long engine step. An entry delivered more than --max-deliveries times is
+  dead-lettered: copied to the model's dead-letter stream, acked, and its gateway gets an Error.
+- Dead gateways: a request whose gateway has stopped heart-beating has nobody to stream to; the
+  worker cancels it so its blocks return to the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import redis
+
+from common.protocol import Error, EventBatch, GenerateRequest, ProtocolError, decode_request, encode
+from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+
+__all__ = ["Reclaimer", "GatewayWatch"]
+
+log = logging.getLogger("genfleet.worker.reclaim")
+
+
+class Reclaimer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        model: str,
+        worker_id: str,
+        min_idle_ms: int,
+        max_deliveries: int,
+        deliver: Callable[[bytes, GenerateRequest], None],
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._stream = keys.request_stream(model)
+        self._dlq = keys.dead_letter_stream(model)
+        self._worker_id = worker_id
+        self._min_idle_ms = min_idle_ms
+        self._max_deliveries = max_deliveries
+        self._deliver = deliver
+        self.reclaimed = 0
+        self.dead_lettered = 0
+
+    def run_once(self, budget: int) -> None:
+        """Claim up to `budget` orphaned entries; dead-letter those delivered too often."""
+        if budget <= 0:
+            return
+        pending = self._client.xpending_range(
+            self._stream, CONSUMER_GROUP, min="-", max="+", count=budget, idle=self._min_idle_ms
+        )
+        pending = [p for p in pending if self._owner_is_dead(p["consumer"])]
+        if not pending:
+            return
+        claimed = self._client.xclaim(
+            self._stream, CONSUMER_GROUP, self._worker_id, self._min_idle_ms,
+            [p["message_id"] for p in pending],
+        )
+        deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
+        for entry_id, fields in claimed:
+            raw = (fields or {}).get(REQUEST_FIELD)
+            try:
+                if raw is None:
+                    raise ProtocolError("entry payload missing")
+                request = decode_request(raw)
+            except ProtocolError as exc:
+                log.error("acking unreadable orphan %r: %s", entry_id, exc)
+                self._client.xack(self._stream, CONSUMER_GROUP, entry_id)
+                continue
+            if deliveries.get(entry_id, 1) > self._max_deliveries:
+                self._dead_letter(entry_id, raw, request, deliveries[entry_id])
+                continue
+            self.reclaimed += 1
+            log.info("reclaimed orphaned request %s (delivery %d)", request.req_id, deliveries.get(entry_id, 1))
+            self._deliver(entry_id, request)
+
+    def _owner_is_dead(self, consumer: bytes | str) -> bool:
+        name = consumer.decode() if isinstance(consumer, bytes) else consumer
+        if name == self._worker_id:
+            return False  # ours: in the handover queue, acked within a step
+        return not self._client.exists(self._keys.worker_heartbeat(name))
+
+    def _dead_letter(self, entry_id: bytes, raw: bytes, request: GenerateRequest, times: int) -> None:
+        self.dead_lettered += 1
+        log.error("dead-lettering %s after %d deliveries", request.req_id, times)
+        error = Error(
+            request.req_id,
+            request.attempt,
+            "dead_letter",
+            f"Request failed during generation: delivered {times} times without being served",
+        )
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xadd(self._dlq, {REQUEST_FIELD: raw, b"deliveries": str(times)}, maxlen=10_000, approximate=True)
+        pipe.xack(self._stream, CONSUMER_GROUP, entry_id)
+        pipe.publish(self._keys.gateway_channel(request.gateway_id), encode(EventBatch(self._worker_id, 0, [error])))
+        pipe.execute()
+
+
+class GatewayWatch:
+    """Tracks the gateways this worker streams to; reports those whose heartbeat went away.
+
+    A gateway counts as dead only after its heartbeat was seen once and then expired, so a
+    request never dies because its gateway's first heartbeat has not landed yet.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+        self._seen: set[str] = set()
+
+    def dead_among(self, gateway_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(gateway_ids))
+        if not ids:
+            return set()
+        pipe = self._client.pipeline(transaction=False)
+        for gid in ids:
+            pipe.exists(self._keys.gateway_heartbeat(gid))
+        alive = pipe.execute()
+        dead = set()
+        for gid, exists in zip(ids, alive):
+            if exists:
+                self._seen.add(gid)
+            elif gid in self._seen:
+                dead.add(gid)
+        return dead
