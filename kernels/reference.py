@@ -1,0 +1,150 @@
+"""Pure-torch reference of every kernel launcher: the CPU path, and the oracle kernel tests compare to.
+
+Layouts shared with the Triton kernels:
+- KV cache per layer: (num_blocks, block_size, n_kv, D); a slot is block_id * block_size + offset.
+- Varlen batches: the new tokens of all sequences concatenated, (T, ...); sequence i owns rows
+  query_start_loc[i]:query_start_loc[i+1], which are its last positions among seq_lens[i].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "store_kv",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "build_cos_sin_cache",
+    "silu_and_mul",
+]
+
+
+def store_kv(
+    k: torch.Tensor,  # (T, n_kv, D)
+    v: torch.Tensor,  # (T, n_kv, D)
+    k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    slot_mapping: torch.Tensor,  # (T,) int64; negative = skip
+) -> None:
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    flat_k = k_cache.view(-1, *k_cache.shape[2:])  # (num_blocks * block_size, n_kv, D)
+    flat_v = v_cache.view(-1, *v_cache.shape[2:])
+    flat_k[slots] = k[keep].to(k_cache.dtype)
+    flat_v[slots] = v[keep].to(v_cache.dtype)
+
+
+def paged_attention(
+    q: torch.Tensor,  # (T, H, D)
+    k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    block_tables: torch.Tensor,  # (B, max_blocks) int32
+    seq_lens: torch.Tensor,  # (B,) int32: cached + new tokens per sequence
+    query_start_loc: torch.Tensor,  # (B + 1,) int32
+    scale: float,
+) -> torch.Tensor:  # (T, H, D)
+    out = torch.empty_like(q)
+    num_heads, n_kv = q.shape[1], k_cache.shape[2]
+    group = num_heads // n_kv
+    block_size = k_cache.shape[1]
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    for i, seq_len in enumerate(lens):
+        q_lo, q_hi = starts[i], starts[i + 1]
+        if q_hi == q_lo:
+            continue
+        num_blocks = -(-seq_len // block_size)
+        blocks = block_tables[i, :num_blocks].long()
+        k = k_cache[blocks].reshape(-1, n_kv, k_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
+        v = v_cache[blocks].reshape(-1, n_kv, v_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
+        qi = q[q_lo:q_hi].float().transpose(0, 1)  # (H, q_len, D)
+        k = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
+        v = v.float().repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
+        q_len = q_hi - q_lo
+        scores = torch.matmul(qi, k.transpose(1, 2)) * scale  # (H, q_len, S)
+        # Query j sits at position seq_len - q_len + j and sees keys up to that position.
+        q_pos = torch.arange(seq_len - q_len, seq_len).unsqueeze(1)  # (q_len, 1)
+        k_pos = torch.arange(seq_len).unsqueeze(0)  # (1, S)
+        scores.masked_fill_(k_pos > q_pos, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[q_lo:q_hi] = torch.matmul(probs, v).transpose(0, 1).to(q.dtype)  # (q_len, H, D)
+    return out
+
+
+def rms_norm(
+    x: torch.Tensor,  # (T, hidden)
+    weight: torch.Tensor,  # (hidden,)
+    eps: float,
+    residual: torch.Tensor | None = None,  # (T, hidden)
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    if residual is not None:
+        x = x + residual
+        new_residual = x
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    out = (normed * weight.float()).to(x.dtype)
+    return (out, new_residual) if residual is not None else out
+
+
+def build_cos_sin_cache(
+    head_dim: int, max_position: int, base: float, scaling: dict | None = None  # type: ignore[type-arg]
+) -> torch.Tensor:  # (max_position, head_dim): [cos | sin] halves, float32
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
+    if kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])  # type: ignore[index]
+    elif kind == "llama3":
+        inv_freq = _llama3_inv_freq(inv_freq, scaling)  # type: ignore[arg-type]
+    elif kind not in ("default",):
+        raise ValueError(f"rope scaling type {kind!r} is not supported")
+    t = torch.arange(max_position, dtype=torch.float64)
+    freqs = torch.outer(t, inv_freq)  # (max_position, D/2)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:  # type: ignore[type-arg]
+    # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, a smooth ramp between.
+    factor = float(scaling["factor"])
+    low = float(scaling.get("low_freq_factor", 1.0))
+    high = float(scaling.get("high_freq_factor", 4.0))
+    original = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen, high_wavelen = original / low, original / high
+    smooth = (original / wavelen - low) / (high - low)
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    return torch.where(mid, ramp, scaled)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # (T,) int64
+    q: torch.Tensor,  # (T, H, D)
+    k: torch.Tensor,  # (T, n_kv, D)
+    cos_sin_cache: torch.Tensor,  # (max_position, D)
+    is_neox: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cos_sin = cos_sin_cache[positions]  # (T, D)
+    half = cos_sin.shape[-1] // 2
+    cos, sin = cos_sin[:, None, :half], cos_sin[:, None, half:]  # (T, 1, D/2)
+    return _rotate(q, cos, sin, is_neox), _rotate(k, cos, sin, is_neox)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
+    xf = x.float()
+    if is_neox:
+        x1, x2 = xf.chunk(2, dim=-1)  # (T, H, D/2) each: rotate-half layout (HF Llama)
+        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    else:
+        x1, x2 = xf[..., 0::2], xf[..., 1::2]  # interleaved pairs (GPT-J)
+        out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # (T, 2I) -> (T, I)
+    gate, up = x.chunk(2, dim=-1)
+    return (F.silu(gate.float()) * up.float()).to(x.dtype)
