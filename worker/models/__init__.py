@@ -1,0 +1,40 @@
+"""Model families by HF architecture name; `build_model` is the only entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from worker.models.causal_lm import CausalLM
+from worker.models.config import ModelConfig, UnsupportedModel
+from worker.models.llama import LlamaForCausalLM
+from worker.models.mistral import MistralForCausalLM
+from worker.models.phi3 import Phi3ForCausalLM
+from worker.models.qwen2 import Qwen2ForCausalLM
+from worker.models.qwen3 import Qwen3ForCausalLM
+
+__all__ = ["MODEL_REGISTRY", "build_model", "read_config", "CausalLM", "ModelConfig", "UnsupportedModel"]
+
+MODEL_REGISTRY: dict[str, type[CausalLM]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": MistralForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Phi3ForCausalLM": Phi3ForCausalLM,
+}
+
+
+def read_config(model_dir: Path) -> tuple[type[CausalLM], ModelConfig]:
+    raw = json.loads((model_dir / "config.json").read_text())
+    archs = raw.get("architectures") or []
+    arch = archs[0] if archs else ""
+    cls = MODEL_REGISTRY.get(arch)
+    if cls is None:
+        supported = ", ".join(sorted(MODEL_REGISTRY))
+        raise UnsupportedModel(f"architecture {arch or '(none)'!r} is not supported; supported: {supported}")
+    return cls, ModelConfig.from_dict(raw, **cls.family(raw))  # type: ignore[attr-defined]
+
+
+def build_model(model_dir: Path) -> CausalLM:
+    cls, cfg = read_config(model_dir)
+    return cls(cfg)

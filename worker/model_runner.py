@@ -1,0 +1,180 @@
+"""Owns the model and the KV tensors; turns a ScheduledBatch into a StepOutput. No scheduling here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from common.config import WorkerConfig
+from worker import ops, sampler
+from worker.attention import AttentionMetadata, forward_context
+from worker.batch import ScheduledBatch, ScheduledRequest, StepOutput
+from worker.input_builder import ModelInputs, build_inputs
+from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
+from worker.models import CausalLM, read_config
+from worker.weights import load_weights
+
+__all__ = ["ModelRunner", "resolve_device", "resolve_dtype"]
+
+log = logging.getLogger("genfleet.worker.runner")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class ModelRunner:
+    def __init__(self, config: WorkerConfig, model_dir: Path, *, load: bool = True) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.block_size = config.block_size
+        self.kernels = ops.use_device(self.device)
+        cls, cfg = read_config(model_dir)
+        self.model_config = cfg
+        with torch.device(self.device):
+            model: CausalLM = cls(cfg)
+        if load:
+            load_weights(model, model_dir, self.dtype, self.device)
+        else:  # random weights of the real shape (benchmarks)
+            model.to(dtype=self.dtype)
+            model.cos_sin_cache.data = model.cos_sin_cache.float()
+        self.model = model.eval()
+        self.eos_token_ids = cfg.eos_token_ids
+        self.max_model_len = cfg.max_position_embeddings
+        self.vocab_size = cfg.vocab_size
+        self.kv = self._allocate_kv()
+        self.num_blocks = self.kv.num_blocks
+        self.graphs = None  # decode CUDA graphs (worker/cuda_graphs.py) when enabled
+
+    # -- KV sizing -----------------------------------------------------------------------------
+    def _allocate_kv(self) -> KVCache:
+        cfg = self.model_config
+        per_block = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        if self.config.max_batch_total_tokens is not None:
+            num_blocks = -(-self.config.max_batch_total_tokens // self.block_size)
+        elif self.device.type == "cuda":
+            num_blocks = self._profile_gpu_blocks(per_block)
+        else:
+            num_blocks = CPU_DEFAULT_TOKENS // self.block_size
+        started = time.monotonic()
+        kv = KVCache.allocate(
+            cfg.num_layers, num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device
+        )
+        log.info(
+            "KV pool: %d blocks x %d tokens = %d tokens, %.2f GiB, allocated in %.2fs",
+            num_blocks, self.block_size, kv.capacity_tokens, num_blocks * per_block / 2**30, time.monotonic() - started,
+        )
+        return kv
+
+    def _profile_gpu_blocks(self, per_block: int) -> int:
+        # A warm-up forward of the largest prefill step shows the activation peak.
+        tokens = min(self.config.max_batch_prefill_tokens, self.model_config.max_position_embeddings)
+        blocks = -(-tokens // self.block_size)
+        cfg = self.model_config
+        scratch = KVCache.allocate(cfg.num_layers, blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
+        self.kv = scratch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        from common.sampling_params import SamplingParams
+
+        warm = ScheduledRequest("warmup", [0] * tokens, 0, list(range(blocks)), True, SamplingParams(max_new_tokens=1))
+        self.execute(ScheduledBatch(0, [warm], 0, tokens))
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        del scratch, self.kv
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        budget = total * self.config.cuda_memory_fraction - peak
+        headroom = min(free, budget)
+        log.info("GPU memory: total %.1f GiB, warm-up peak %.1f GiB, free %.1f GiB", total / 2**30, peak / 2**30, free / 2**30)
+        return KVCache.blocks_for_gpu(int(headroom), per_block, 1.0)
+
+    # -- one step ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
+        inputs = build_inputs(batch, self.block_size, self.device)
+        hidden = self._forward(inputs)  # (T, hidden)
+        logits_all = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V) float32
+        return self._sample(batch, inputs, logits_all)
+
+    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
+        meta = AttentionMetadata(
+            slot_mapping=inputs.slot_mapping,
+            block_tables=inputs.block_tables,
+            seq_lens=inputs.seq_lens,
+            query_start_loc=inputs.query_start_loc,
+            kv_caches=self.kv.layers,
+            max_query_len=inputs.max_query_len,
+        )
+        if self.graphs is not None and inputs.max_query_len == 1:
+            replayed = self.graphs.try_replay(inputs, meta)
+            if replayed is not None:
+                return replayed  # type: ignore[no-any-return]
+        with forward_context(meta):
+            return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
+
+    def _sample(self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor) -> StepOutput:
+        reqs = batch.requests
+        # Row of each request's last token inside logits_all (prefill-logprob requests own many rows).
+        last_row: dict[int, int] = {}
+        prefill_rows: dict[int, tuple[int, int]] = {}
+        row = 0
+        for i, req in enumerate(reqs):
+            if req.prefill_logprobs:
+                prefill_rows[i] = (row, row + len(req.token_ids))
+                row += len(req.token_ids)
+                last_row[i] = row - 1
+            elif req.do_sample:
+                last_row[i] = row
+                row += 1
+        sampled = [reqs[i] for i in inputs.sample_rows]
+        token_ids = [-1] * len(reqs)
+        logprobs = [0.0] * len(reqs)
+        top_tokens: list[list[tuple[int, float]]] = [[] for _ in reqs]
+        prefill: dict[str, list[float]] = {}
+        if sampled:
+            rows = torch.tensor([last_row[i] for i in inputs.sample_rows], device=logits_all.device)
+            tensors = sampler.prepare(sampled, self.vocab_size, self.device)
+            result = sampler.sample(logits_all[rows], tensors)
+            # The step's one host synchronisation: everything comes back in one transfer.
+            packed = [result.token_ids.float(), result.logprobs]
+            if result.top_ids is not None and result.top_logprobs is not None:
+                packed += [result.top_ids.float().flatten(), result.top_logprobs.flatten()]
+            host = torch.cat([p.flatten().double() for p in packed]).tolist()
+            n = len(sampled)
+            ids, lps = host[:n], host[n : 2 * n]
+            k = tensors.max_top_n
+            tops_id, tops_lp = host[2 * n : 2 * n + n * k], host[2 * n + n * k :]
+            for j, i in enumerate(inputs.sample_rows):
+                token_ids[i] = int(ids[j])
+                logprobs[i] = float(lps[j])
+                want = reqs[i].params.top_n_tokens
+                if want:
+                    top_tokens[i] = [(int(tops_id[j * k + m]), float(tops_lp[j * k + m])) for m in range(want)]
+        for i, (lo, hi) in prefill_rows.items():
+            req = reqs[i]
+            # Logprob of each next prompt token given the tokens before it.
+            nxt = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + (hi - lo)]
+            if nxt:
+                lp = torch.log_softmax(logits_all[lo : lo + len(nxt)], dim=-1)
+                idx = torch.tensor(nxt, device=lp.device).unsqueeze(1)
+                prefill[req.req_id] = lp.gather(1, idx).squeeze(1).tolist()
+            else:
+                prefill[req.req_id] = []
+        return StepOutput(batch.step, [r.req_id for r in reqs], token_ids, logprobs, top_tokens, prefill)

@@ -1,0 +1,155 @@
+"""Sampling for the whole batch at once: `prepare(requests)` then `sample(logits, tensors)`.
+
+Greedy rows take the argmax; sampling rows go through penalties, temperature, top-k, top-p and
+typical-p, then an exponential race: argmax(p / E) with E ~ Exp(1) picks token i with
+probability p_i. E comes from a counter-based hash of (seed, step, token id) computed with integer
+tensor ops, so a request's draws depend only on its own seed and step: the same seed and prompt
+give the same text whatever else shares the batch, with no per-request generator and no sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from worker.batch import ScheduledRequest
+
+__all__ = ["SamplingTensors", "SampleResult", "prepare", "sample"]
+
+_MASK = float("-inf")
+# splitmix64 constants as signed int64 (torch integer ops wrap on overflow)
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+@dataclass(slots=True)
+class SamplingTensors:
+    all_greedy: bool  # host flag: take the argmax fast path
+    do_sample: torch.Tensor  # (B,) bool
+    temperature: torch.Tensor  # (B, 1) float32
+    top_k: torch.Tensor  # (B,) int64, vocab size when off
+    top_p: torch.Tensor  # (B, 1) float32
+    typical_p: torch.Tensor  # (B, 1) float32
+    seeds: torch.Tensor  # (B,) int64
+    steps: torch.Tensor  # (B,) int64: tokens generated so far
+    any_penalty: bool  # host flag
+    repetition_penalty: torch.Tensor  # (B, 1)
+    frequency_penalty: torch.Tensor  # (B, 1)
+    presence_penalty: torch.Tensor  # (B, 1)
+    history: torch.Tensor | None  # (B, L) int64, padded with -1: tokens seen (for penalties)
+    max_top_n: int  # host: largest top_n_tokens asked for
+
+
+@dataclass(slots=True)
+class SampleResult:
+    token_ids: torch.Tensor  # (B,) int64
+    logprobs: torch.Tensor  # (B,) float32: logprob of the chosen token under the raw distribution
+    top_ids: torch.Tensor | None  # (B, max_top_n) int64
+    top_logprobs: torch.Tensor | None  # (B, max_top_n) float32
+
+
+def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.device) -> SamplingTensors:
+    ps = [r.params for r in requests]
+    any_penalty = any(
+        p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in ps
+    )
+    history = None
+    if any_penalty:
+        longest = max(len(r.all_token_ids) for r in requests)
+        history = torch.full((len(requests), max(1, longest)), -1, dtype=torch.int64)
+        for i, r in enumerate(requests):
+            if r.all_token_ids:
+                history[i, : len(r.all_token_ids)] = torch.tensor(r.all_token_ids)
+        history = history.to(device, non_blocking=True)
+
+    def col(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).unsqueeze(1).to(device, non_blocking=True)
+
+    return SamplingTensors(
+        all_greedy=not any(p.do_sample for p in ps),
+        do_sample=torch.tensor([p.do_sample for p in ps], dtype=torch.bool).to(device, non_blocking=True),
+        temperature=col([p.temperature if p.do_sample else 1.0 for p in ps]),
+        top_k=torch.tensor([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in ps]).to(device),
+        top_p=col([p.top_p for p in ps]),
+        typical_p=col([p.typical_p for p in ps]),
+        seeds=torch.tensor([r.seed for r in requests], dtype=torch.int64).to(device, non_blocking=True),
+        steps=torch.tensor([r.num_generated for r in requests], dtype=torch.int64).to(device, non_blocking=True),
+        any_penalty=any_penalty,
+        repetition_penalty=col([p.repetition_penalty for p in ps]),
+        frequency_penalty=col([p.frequency_penalty for p in ps]),
+        presence_penalty=col([p.presence_penalty for p in ps]),
+        history=history,
+        max_top_n=max((p.top_n_tokens for p in ps), default=0),
+    )
+
+
+def sample(logits: torch.Tensor, t: SamplingTensors) -> SampleResult:  # logits (B, V) float32
+    raw_logprobs = torch.log_softmax(logits, dim=-1)  # (B, V): reported logprobs (as TGI does)
+    if t.any_penalty and t.history is not None:
+        logits = _apply_penalties(logits, t)
+    if t.all_greedy:
+        token_ids = logits.argmax(dim=-1)  # (B,)
+    else:
+        greedy = logits.argmax(dim=-1)  # (B,)
+        probs = _warp(logits, t)  # (B, V)
+        noise = _exponential(t.seeds, t.steps, logits.shape[-1])  # (B, V)
+        drawn = (probs / noise).argmax(dim=-1)  # (B,)
+        token_ids = torch.where(t.do_sample, drawn, greedy)
+    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)  # (B,)
+    top_ids = top_lp = None
+    if t.max_top_n > 0:
+        top_lp, top_ids = raw_logprobs.topk(t.max_top_n, dim=-1)  # (B, n)
+    return SampleResult(token_ids, chosen, top_ids, top_lp)
+
+
+def _apply_penalties(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
+    assert t.history is not None
+    vocab = logits.shape[-1]
+    valid = t.history >= 0  # (B, L)
+    index = t.history.clamp(min=0)
+    counts = torch.zeros_like(logits).scatter_add_(1, index, valid.float())  # (B, V)
+    seen = counts > 0
+    # CTRL-style repetition penalty: shrink positive logits, grow negative ones.
+    penalized = torch.where(logits > 0, logits / t.repetition_penalty, logits * t.repetition_penalty)
+    logits = torch.where(seen, penalized, logits)
+    logits = logits - t.frequency_penalty * counts - t.presence_penalty * seen.float()
+    return logits[:, :vocab]
+
+
+def _warp(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:  # -> probs (B, V)
+    logits = logits / t.temperature
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    ranks = torch.arange(logits.shape[-1], device=logits.device).unsqueeze(0)  # (1, V)
+    sorted_logits = sorted_logits.masked_fill(ranks >= t.top_k.unsqueeze(1), _MASK)
+    sorted_probs = sorted_logits.softmax(dim=-1)
+    # top-p: keep the smallest prefix whose mass reaches p (the first token always stays).
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_logits = sorted_logits.masked_fill(before >= t.top_p, _MASK)
+    # typical-p: keep tokens whose surprise is closest to the entropy, up to mass p.
+    sorted_probs = sorted_logits.softmax(dim=-1)
+    logp = torch.log(sorted_probs.clamp_min(1e-30))
+    entropy = -(sorted_probs * logp).sum(dim=-1, keepdim=True)  # (B, 1)
+    shift = (-logp - entropy).abs()
+    shift = torch.where(sorted_probs > 0, shift, torch.full_like(shift, float("inf")))
+    typical_order = shift.argsort(dim=-1)
+    typical_probs = sorted_probs.gather(1, typical_order)
+    typical_before = typical_probs.cumsum(dim=-1) - typical_probs
+    drop_typical = (typical_before >= t.typical_p) & (t.typical_p < 1.0)
+    drop = torch.zeros_like(drop_typical).scatter(1, typical_order, drop_typical)
+    sorted_logits = sorted_logits.masked_fill(drop, _MASK)
+    logits = torch.full_like(logits, _MASK).scatter(1, order, sorted_logits)
+    return logits.softmax(dim=-1)
+
+
+def _exponential(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:  # (B, V)
+    idx = torch.arange(vocab, device=seeds.device, dtype=torch.int64).unsqueeze(0)  # (1, V)
+    x = seeds.unsqueeze(1) * _GOLDEN + steps.unsqueeze(1) * _MIX1 + idx  # (B, V) wraps mod 2^64
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _MIX1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _MIX2
+    x = x ^ ((x >> 31) & ((1 << 33) - 1))
+    uniform = (((x >> 40) & 0xFFFFFF).float() + 0.5) / float(1 << 24)  # (0, 1)
+    return -torch.log(uniform)
