@@ -1,0 +1,53 @@
+"""The worker's Prometheus registry: what one step records, and the listener on its own port."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.metrics import WorkerMetrics, start_metrics_server
+from worker.synthetic import SyntheticStats
+
+
+def _samples(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + ("" if not s.labels else "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}")
+            out[key] = s.value
+    return out
+
+
+def test_steps_are_recorded_and_served_on_their_own_port() -> None:
+    metrics = WorkerMetrics("w-1", "m", "cpu")
+    metrics.observe_step(SyntheticStats(4, 2, 750, 1000, num_preemptions=1, prefix_query_tokens=100,
+                                        prefix_hit_tokens=40), 0.012, num_tokens=4)
+    metrics.observe_step(SyntheticStats(3, 0, 800, 1000, num_preemptions=1, prefix_query_tokens=150,
+                                        prefix_hit_tokens=90), 0.030, num_tokens=3, batch_size=3)
+    server = start_metrics_server(0, metrics, addr="127.0.0.1")
+    try:
+        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
+    finally:
+        server.close()
+    s = _samples(text)
+    assert s["genfleet_worker_info{device=cpu,model=m,worker_id=w-1}"] == 1
+    assert s["genfleet_worker_steps_total"] == 2
+    assert s["genfleet_worker_generated_tokens_total"] == 7
+    assert s["genfleet_worker_step_duration_seconds_count"] == 2
+    assert abs(s["genfleet_worker_step_duration_seconds_sum"] - 0.042) < 1e-9
+    assert s["genfleet_worker_batch_size_sum"] == 7
+    assert s["genfleet_worker_batch_current_size"] == 3
+    assert s["genfleet_worker_queue_size"] == 0
+    assert abs(s["genfleet_worker_kv_usage_ratio"] - 0.2) < 1e-9
+    assert s["genfleet_worker_kv_capacity_tokens"] == 1000
+    # Running totals from the engine become counter increments, never double counted.
+    assert s["genfleet_worker_preemptions_total"] == 1
+    assert s["genfleet_worker_prefix_query_tokens_total"] == 150
+    assert s["genfleet_worker_prefix_hit_tokens_total"] == 90
+
+
+def test_two_workers_in_one_process_keep_separate_registries() -> None:
+    a, b = WorkerMetrics("a", "m", "cpu"), WorkerMetrics("b", "m", "cpu")
+    a.observe_step(SyntheticStats(1, 0, 10, 10), 0.01, num_tokens=5)
+    assert a.registry.get_sample_value("genfleet_worker_generated_tokens_total") == 5
+    assert b.registry.get_sample_value("genfleet_worker_generated_tokens_total") == 0
