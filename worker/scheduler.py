@@ -1,0 +1,175 @@
+"""Admission, the per-step token budget, chunked prefill and preemption. Never imports torch.
+
+Each step spends at most --max-batch-prefill-tokens tokens of compute:
+1. running requests first, oldest first: one token for each decode, the next chunk of a prompt
+   still being prefilled. When blocks run out, the newest running request is preempted (its
+   blocks freed, its tokens kept; it is recomputed later) until the older one fits.
+2. then waiting requests, highest priority first and FIFO within a priority, each taking its
+   cached prefix and then as large a chunk of the rest as the budget allows, up to
+   --max-batch-size running requests.
+
+TGI's knobs, now that prefill is chunked and mixed with decodes in one forward pass: TGI ignores
+--waiting-served-ratio and --max-waiting-tokens once chunking is on. Here they keep a meaning:
+admission into a non-empty running batch waits until waiting >= ratio x running requests, or
+until --max-waiting-tokens steps have passed since the last admission. A ratio of 0 (or an empty
+batch) admits at every step, which is the default behaviour of a chunked scheduler; the default
+ratio 0.3 batches arrivals a little so that prefill chunks share steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from common.config import WorkerConfig
+from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.block_manager import BlockManager
+from worker.request import Request, RequestStatus
+
+__all__ = ["Scheduler"]
+
+
+class Scheduler:
+    def __init__(self, config: WorkerConfig, block_manager: BlockManager, max_model_len: int) -> None:
+        self.max_batch_size = config.max_batch_size
+        self.token_budget = config.max_batch_prefill_tokens
+        self.waiting_served_ratio = config.waiting_served_ratio
+        self.max_waiting_tokens = config.max_waiting_tokens
+        self.max_model_len = max_model_len
+        self.blocks = block_manager
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.step = 0
+        self.steps_since_admission = 0
+        self.num_preemptions = 0
+        self._released: list[str] = []
+
+    # -- queue management ------------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        # Stable priority order: after every waiting request of the same or higher priority.
+        index = len(self.waiting)
+        for i, other in enumerate(self.waiting):
+            if other.priority < req.priority:
+                index = i
+                break
+        self.waiting.insert(index, req)
+
+    def remove(self, req: Request) -> None:
+        if req.status is RequestStatus.RUNNING:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self.blocks.free(req)
+        req.status = RequestStatus.FINISHED
+        self._released.append(req.req_id)
+
+    def expire(self, now: float) -> list[Request]:
+        expired = [r for r in (*self.running, *self.waiting) if r.deadline and r.deadline < now]
+        for req in expired:
+            req.finish_reason = "timeout"
+            self.remove(req)
+        return expired
+
+    # -- one step -------------------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch:
+        self.step += 1
+        budget = self.token_budget
+        scheduled: list[ScheduledRequest] = []
+        decodes: list[ScheduledRequest] = []
+        # 1. running requests, oldest first; preempt from the newest end when blocks run out.
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self._reserve(req, num_new):
+                continue  # `req` itself was preempted; the list shifted under i
+            (decodes if num_new == 1 and req.num_computed_tokens + 1 == req.num_tokens else scheduled).append(
+                self._scheduled(req, num_new)
+            )
+            budget -= num_new
+            i += 1
+        # 2. waiting requests.
+        admitted = 0
+        if self._may_admit():
+            while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
+                req = self.waiting[0]
+                if req.num_computed_tokens == 0 and not req.block_table:
+                    self.blocks.match_prefix(req)
+                    if req.num_preemptions == 0:
+                        req.num_cached_tokens = req.num_computed_tokens
+                num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+                need = self.blocks.blocks_needed(req, num_new)
+                if not self.blocks.can_allocate(need):
+                    if not self.running and not scheduled and not decodes:
+                        # Nothing else holds blocks: the request can never fit this worker.
+                        raise RuntimeError(f"request {req.req_id} needs more KV blocks than the pool has")
+                    self.blocks.free(req)  # give back the prefix hits until it fits
+                    break
+                self.blocks.allocate(req, num_new)
+                self.waiting.popleft()
+                req.status = RequestStatus.RUNNING
+                if not req.first_scheduled_at:
+                    req.first_scheduled_at = time.time()
+                self.running.append(req)
+                scheduled.append(self._scheduled(req, num_new))
+                budget -= num_new
+                admitted += 1
+        self.steps_since_admission = 0 if admitted else self.steps_since_admission + 1
+        requests = decodes + scheduled
+        released, self._released = self._released, []
+        return ScheduledBatch(
+            step=self.step,
+            requests=requests,
+            num_decode=len(decodes),
+            num_tokens=sum(len(r.token_ids) for r in requests),
+            released_req_ids=released,
+        )
+
+    def _may_admit(self) -> bool:
+        if not self.waiting:
+            return False
+        if not self.running or self.waiting_served_ratio <= 0:
+            return True
+        if len(self.waiting) >= self.waiting_served_ratio * len(self.running):
+            return True
+        return self.steps_since_admission >= self.max_waiting_tokens
+
+    def _reserve(self, req: Request, num_new: int) -> bool:
+        """Make room for `num_new` tokens of a running request; False if it was preempted itself."""
+        need = self.blocks.blocks_needed(req, num_new)
+        while not self.blocks.can_allocate(need):
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is req:
+                return False
+        self.blocks.allocate(req, num_new)
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.blocks.free(req)
+        req.status = RequestStatus.WAITING
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+        self._released.append(req.req_id)
+
+    @staticmethod
+    def _scheduled(req: Request, num_new: int) -> ScheduledRequest:
+        start = req.num_computed_tokens
+        return ScheduledRequest(
+            req_id=req.req_id,
+            token_ids=req.all_token_ids[start : start + num_new],
+            start_pos=start,
+            block_table=req.block_table,
+            do_sample=start + num_new == req.num_tokens,
+            params=req.params,
+            all_token_ids=req.all_token_ids,
+            num_generated=req.num_output_tokens,
+            seed=req.seed,
+            prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
+        )
+
+    def running_and_waiting(self) -> Iterable[Request]:
+        return (*self.running, *self.waiting)
