@@ -45,13 +45,14 @@ class _Snapshot:
 
 class Worker:
     def __init__(self, config: WorkerConfig, engine: Any, tokenizer: Any, *, device: str = "cpu",
-                 max_total_tokens: int = 0) -> None:
+                 max_total_tokens: int = 0, metrics: Any = None) -> None:
         self.config = config
         fleet = config.fleet
         self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.keys = Keys(fleet.key_prefix)
         self.model = fleet.model_id
         self.engine = engine
+        self.metrics = metrics  # worker/metrics.py WorkerMetrics, or None
         self.device = device
         self.max_total_tokens = max_total_tokens
         self.redis = redis.Redis.from_url(
@@ -124,10 +125,15 @@ class Worker:
             self._admit()
             self._apply_cancels()
             if engine.has_unfinished_requests():
+                started = time.perf_counter()
                 outputs = engine.step()
+                elapsed = time.perf_counter() - started
                 self.step_count += 1
                 self.output.step(self.step_count, outputs)
                 self._forget_finished(outputs)
+                if self.metrics is not None:
+                    produced = sum(len(o.new_token_ids) for o in outputs)
+                    self.metrics.observe_step(engine.stats(), elapsed, produced, batch_size=len(outputs))
             elif self._draining.is_set():
                 return
             else:
@@ -293,14 +299,21 @@ class Worker:
 def run_worker(config: WorkerConfig) -> int:
     from worker.startup import build_engine
 
-    logging.basicConfig(level=config.fleet.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from common.log import setup_logging
+    from worker.metrics import WorkerMetrics, start_metrics_server
+
+    setup_logging(config.fleet.json_output, config.fleet.log_level, "worker")
     engine, tokenizer, device, max_total = build_engine(config)
     worker = Worker(config, engine, tokenizer, device=device, max_total_tokens=max_total)
+    worker.metrics = WorkerMetrics(worker.worker_id, worker.model, device)
+    server = start_metrics_server(config.metrics_port, worker.metrics) if config.metrics_port else None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig in previous:
         signal.signal(sig, lambda *_: worker.request_stop())
     try:
         return worker.run()
     finally:
+        if server is not None:
+            server.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
