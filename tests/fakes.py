@@ -1,0 +1,62 @@
+"""FakeRunner: a deterministic stand-in for the model runner, for scheduler and engine tests only.
+
+The "model" is a pure function of the token history: the next token is a hash of the tokens
+before it, so a request's greedy continuation is fixed by its prompt alone, and whatever the
+batching, chunking or preemption, the engine must reproduce its solo run exactly. The fake also
+checks the contract: positions, block coverage and the step budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worker.batch import ScheduledBatch, StepOutput
+
+__all__ = ["FakeRunner", "next_token", "solo_run"]
+
+VOCAB = 1000
+EOS = 0
+
+
+def next_token(history: list[int]) -> int:
+    h = 17
+    for t in history[-8:]:
+        h = (h * 1_000_003 + t) % 2_147_483_647
+    return 1 + h % (VOCAB - 1)  # never EOS, unless a test asks for it
+
+
+def solo_run(prompt: list[int], max_new: int) -> list[int]:
+    history = list(prompt)
+    out = []
+    for _ in range(max_new):
+        token = next_token(history)
+        history.append(token)
+        out.append(token)
+    return out
+
+
+@dataclass
+class FakeRunner:
+    block_size: int
+    token_budget: int
+    batches: list[ScheduledBatch] = field(default_factory=list)
+    computed: dict[str, list[int]] = field(default_factory=dict)  # tokens whose "K/V" exist
+
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
+        assert batch.num_tokens <= self.token_budget, "step budget exceeded"
+        assert batch.num_tokens == sum(len(r.token_ids) for r in batch.requests)
+        for req_id in batch.released_req_ids:
+            self.computed.pop(req_id, None)
+        self.batches.append(batch)
+        sampled = []
+        for req in batch.requests:
+            seen = self.computed.setdefault(req.req_id, [])
+            # A request continues exactly where its cache ends (or where the prefix cache left it).
+            assert req.start_pos >= len(seen) or req.start_pos == 0 or len(seen) == 0 or req.start_pos == len(seen)
+            end = req.start_pos + len(req.token_ids)
+            assert len(req.block_table) * self.block_size >= end, "blocks do not cover the step"
+            assert req.all_token_ids[req.start_pos : end] == req.token_ids
+            self.computed[req.req_id] = req.all_token_ids[:end]
+            sampled.append(next_token(req.all_token_ids[:end]) if req.do_sample else -1)
+        n = len(batch.requests)
+        return StepOutput(batch.step, [r.req_id for r in batch.requests], sampled, [0.0] * n, [[] for _ in range(n)])

@@ -1,0 +1,180 @@
+"""Scheduler and engine behaviour with a fake runner: budgets, chunking, preemption, prefix cache."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.config import WorkerConfig
+from common.sampling_params import SamplingParams
+from tests.fakes import FakeRunner, solo_run
+from worker.engine import EngineRequest, LLMEngine
+
+
+def _engine(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_batch: int = 8,
+            prefix: bool = True, ratio: float = 0.0) -> tuple[LLMEngine, FakeRunner]:
+    config = WorkerConfig(
+        block_size=block_size, max_batch_prefill_tokens=budget, max_batch_size=max_batch,
+        prefix_caching=prefix, waiting_served_ratio=ratio,
+    )
+    runner = FakeRunner(block_size, budget)
+    engine = LLMEngine(config, runner, num_blocks=num_blocks, eos_token_ids=frozenset({0}), max_model_len=4096)
+    return engine, runner
+
+
+def _req(rid: str, prompt: list[int], max_new: int, **kw: object) -> EngineRequest:
+    return EngineRequest(rid, prompt, SamplingParams(max_new_tokens=max_new), seed=0, arrival_time=time.time(), **kw)  # type: ignore[arg-type]
+
+
+def _drain(engine: LLMEngine, out: dict[str, list[int]], limit: int = 10_000) -> dict[str, str]:
+    reasons = {}
+    for _ in range(limit):
+        if not engine.has_unfinished_requests():
+            break
+        for o in engine.step():
+            out.setdefault(o.req_id, []).extend(o.new_token_ids)
+            if o.finish_reason:
+                reasons[o.req_id] = o.finish_reason
+        engine.blocks.check_invariants()
+    assert not engine.has_unfinished_requests()
+    return reasons
+
+
+def test_long_prompt_is_prefilled_in_chunks_beside_decodes() -> None:
+    engine, runner = _engine(budget=16)
+    engine.add_request(_req("short", [1, 2, 3], 20))
+    engine.step()  # short prefilled, first token sampled
+    engine.add_request(_req("long", list(range(5, 55)), 3))
+    out: dict[str, list[int]] = {}
+    _drain(engine, out)
+    mixed = [b for b in runner.batches if b.num_decode == 1 and len(b.requests) == 2]
+    assert mixed, "decodes must share steps with prefill chunks"
+    long_chunks = [len(r.token_ids) for b in runner.batches for r in b.requests if r.req_id == "long"]
+    assert long_chunks[0] == 15 and sum(long_chunks[:4]) == 50  # 16-token budget minus the decode
+    assert out["long"] == solo_run(list(range(5, 55)), 3)
+
+
+def test_preemption_then_resume_gives_identical_tokens() -> None:
+    # 12 blocks of 4 tokens: three requests growing to 24 tokens each cannot all stay resident.
+    engine, runner = _engine(num_blocks=12, block_size=4, budget=64)
+    prompts = {f"r{i}": [10 * i + j for j in range(1, 9)] for i in range(3)}
+    for rid, prompt in prompts.items():
+        engine.add_request(_req(rid, prompt, 16))
+    out: dict[str, list[int]] = {}
+    reasons = _drain(engine, out)
+    assert engine.scheduler.num_preemptions > 0
+    for rid, prompt in prompts.items():
+        assert out[rid] == solo_run(prompt, 16), rid
+        assert reasons[rid] == "length"
+    assert engine.blocks.num_free_blocks == 12
+
+
+def test_abort_frees_blocks_at_the_next_step() -> None:
+    engine, _ = _engine()
+    engine.add_request(_req("a", [1, 2, 3, 4, 5], 100))
+    engine.step()
+    assert engine.blocks.num_free_blocks < 64
+    engine.abort_request("a")
+    engine.step()
+    assert engine.blocks.num_free_blocks == 64 and not engine.has_unfinished_requests()
+
+
+def test_expired_deadline_finishes_with_timeout() -> None:
+    engine, _ = _engine()
+    engine.add_request(_req("late", [1, 2, 3], 10, deadline=time.time() - 1))
+    outs = engine.step()
+    assert [(o.req_id, o.finish_reason) for o in outs] == [("late", "timeout")]
+    assert engine.blocks.num_free_blocks == 64
+
+
+def test_priority_orders_waiting_requests() -> None:
+    engine, runner = _engine(budget=4, max_batch=1)
+    engine.add_request(_req("low", [1, 2, 3], 1, priority=0))
+    engine.add_request(_req("high", [4, 5, 6], 1, priority=5))
+    engine.step()
+    assert runner.batches[0].requests[0].req_id == "high"
+
+
+def test_shared_prefix_computes_only_the_suffix() -> None:
+    engine, runner = _engine(num_blocks=400, block_size=16, budget=2048)
+    prefix = [7 + (i % 500) for i in range(512)]
+    a, b = prefix + [1, 2, 3], prefix + [4, 5, 6, 8]
+    engine.add_request(_req("a", a, 4))
+    out: dict[str, list[int]] = {}
+    _drain(engine, out)
+    engine.add_request(_req("b", b, 4))
+    first = len(runner.batches)
+    _drain(engine, out)
+    computed = sum(len(r.token_ids) for batch in runner.batches[first:] for r in batch.requests if r.req_id == "b")
+    assert computed == len(b) - 512 + 3  # the suffix, then three decode steps
+    assert out["b"] == solo_run(b, 4)
+    stats = engine.stats()
+    assert stats.prefix_hit_tokens == 512
+
+
+def test_prefix_cache_off_recomputes_everything() -> None:
+    engine, runner = _engine(num_blocks=400, block_size=16, budget=2048, prefix=False)
+    prefix = list(range(1, 129))
+    engine.add_request(_req("a", prefix + [1], 1))
+    _drain(engine, {})
+    engine.add_request(_req("b", prefix + [2], 1))
+    first = len(runner.batches)
+    _drain(engine, {})
+    assert sum(len(r.token_ids) for bt in runner.batches[first:] for r in bt.requests) == 129
+
+
+def test_waiting_served_ratio_holds_back_admission() -> None:
+    engine, runner = _engine(budget=64, ratio=2.0)
+    engine.add_request(_req("a", [1, 2, 3], 50))
+    engine.step()
+    engine.add_request(_req("b", [4, 5, 6], 5))
+    engine.step()
+    assert [r.req_id for r in runner.batches[-1].requests] == ["a"]  # 1 waiting < 2.0 x 1 running
+    for _ in range(WorkerConfig().max_waiting_tokens):
+        engine.step()
+    assert "b" in {r.req_id for bt in runner.batches for r in bt.requests}
+
+
+@st.composite
+def _schedules(draw: st.DrawFn) -> list[tuple[int, list[int], int]]:
+    n = draw(st.integers(1, 8))
+    items = []
+    for i in range(n):
+        arrival = draw(st.integers(0, 12))
+        length = draw(st.integers(1, 40))
+        prompt = [1 + (i * 37 + j * 11) % 900 for j in range(length)]
+        if draw(st.booleans()) and items:  # share a prefix with an earlier request
+            prompt = items[0][1][: draw(st.integers(1, len(items[0][1])))] + prompt
+        items.append((arrival, prompt, draw(st.integers(1, 12))))
+    return items
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schedule=_schedules(),
+    num_blocks=st.integers(24, 64),  # 24 blocks of 4 hold the longest request (92 tokens)
+    budget=st.integers(8, 48),
+    prefix=st.booleans(),
+)
+def test_any_arrival_schedule_reproduces_solo_runs(
+    schedule: list[tuple[int, list[int], int]], num_blocks: int, budget: int, prefix: bool
+) -> None:
+    engine, runner = _engine(num_blocks=num_blocks, block_size=4, budget=budget, prefix=prefix)
+    pending = sorted(enumerate(schedule), key=lambda item: item[1][0])
+    out: dict[str, list[int]] = {}
+    step = 0
+    while pending or engine.has_unfinished_requests():
+        while pending and pending[0][1][0] <= step:
+            i, (_, prompt, max_new) = pending.pop(0)
+            engine.add_request(_req(f"r{i}", prompt, max_new))
+        for o in engine.step():
+            out.setdefault(o.req_id, []).extend(o.new_token_ids)
+        engine.blocks.check_invariants()
+        step += 1
+        assert step < 5000, "no progress"
+    for i, (_, prompt, max_new) in enumerate(schedule):
+        assert out[f"r{i}"] == solo_run(prompt, max_new)
+    assert engine.blocks.num_free_blocks == num_blocks  # no leak
+    assert all(b.num_tokens <= budget for b in runner.batches)
