@@ -54,7 +54,7 @@ class ModelRunner:
         else:  # random weights of the real shape (benchmarks)
             model.to(dtype=self.dtype)
             model.cos_sin_cache.data = model.cos_sin_cache.float()
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)
         self.eos_token_ids = cfg.eos_token_ids
         self.max_model_len = cfg.max_position_embeddings
         self.vocab_size = cfg.vocab_size
