@@ -1,0 +1,90 @@
+"""The batched sampler on CPU: greedy, warpers, penalties, and per-request seeded reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from common.sampling_params import SamplingParams
+from worker import sampler
+from worker.batch import ScheduledRequest
+
+V = 50
+
+
+def _req(params: SamplingParams, seed: int = 0, history: list[int] | None = None, generated: int = 0) -> ScheduledRequest:
+    return ScheduledRequest("r", [1], 0, [0], True, params, all_token_ids=history or [1], num_generated=generated, seed=seed)
+
+
+def _sample(logits: torch.Tensor, reqs: list[ScheduledRequest]) -> sampler.SampleResult:
+    return sampler.sample(logits, sampler.prepare(reqs, V, torch.device("cpu")))
+
+
+def test_greedy_is_argmax_with_raw_logprobs() -> None:
+    logits = torch.randn(3, V)
+    result = _sample(logits, [_req(SamplingParams(max_new_tokens=1))] * 3)
+    assert result.token_ids.tolist() == logits.argmax(-1).tolist()
+    expected = torch.log_softmax(logits, -1).max(-1).values
+    torch.testing.assert_close(result.logprobs, expected)
+
+
+def test_top_k_one_is_greedy_even_when_sampling() -> None:
+    logits = torch.randn(4, V)
+    params = SamplingParams(max_new_tokens=1, do_sample=True, top_k=1, temperature=2.0)
+    result = _sample(logits, [_req(params, seed=s) for s in range(4)])
+    assert result.token_ids.tolist() == logits.argmax(-1).tolist()
+
+
+def test_top_p_keeps_only_the_nucleus() -> None:
+    logits = torch.full((1, V), -10.0)
+    logits[0, 3], logits[0, 7] = 5.0, 4.0  # ~0.73 and ~0.27 of the mass
+    params = SamplingParams(max_new_tokens=1, do_sample=True, top_p=0.5)
+    drawn = {int(_sample(logits, [_req(params, seed=s)]).token_ids[0]) for s in range(40)}
+    assert drawn == {3}
+
+
+def test_same_seed_same_token_whatever_the_batch() -> None:
+    params = SamplingParams(max_new_tokens=1, do_sample=True, temperature=1.0)
+    torch.manual_seed(0)
+    row = torch.randn(1, V)
+    alone = _sample(row, [_req(params, seed=1234, generated=5)]).token_ids[0]
+    others = torch.randn(5, V)
+    batch = torch.cat([others[:2], row, others[2:]])
+    reqs = [_req(params, seed=s, generated=5) for s in (1, 2)] + [_req(params, seed=1234, generated=5)]
+    reqs += [_req(SamplingParams(max_new_tokens=1), seed=9)] * 3
+    together = _sample(batch, reqs).token_ids[2]
+    assert int(alone) == int(together)
+
+
+def test_sampling_follows_the_distribution() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.2] + [0.0] * (V - 3))
+    logits = torch.log(probs.clamp_min(1e-12)).unsqueeze(0)
+    params = SamplingParams(max_new_tokens=1, do_sample=True)
+    counts = torch.zeros(3)
+    for step in range(600):
+        counts[int(_sample(logits, [_req(params, seed=7, generated=step)]).token_ids[0])] += 1
+    freq = counts / counts.sum()
+    assert torch.allclose(freq, probs[:3], atol=0.07), freq
+
+
+def test_repetition_and_presence_penalties_push_seen_tokens_down() -> None:
+    logits = torch.zeros(1, V)
+    logits[0, 5] = 2.0
+    logits[0, 6] = 1.9
+    seen = [5, 5, 5]
+    rep = _sample(logits, [_req(SamplingParams(max_new_tokens=1, repetition_penalty=1.5), history=seen)])
+    assert int(rep.token_ids[0]) == 6
+    freq = _sample(logits, [_req(SamplingParams(max_new_tokens=1, frequency_penalty=0.1), history=seen)])
+    assert int(freq.token_ids[0]) == 6  # 2.0 - 3 x 0.1 < 1.9
+    pres = _sample(logits, [_req(SamplingParams(max_new_tokens=1, presence_penalty=0.05), history=seen)])
+    assert int(pres.token_ids[0]) == 5  # 2.0 - 0.05 > 1.9: counted once
+
+
+def test_top_n_alternatives_are_sorted_logprobs() -> None:
+    logits = torch.randn(2, V)
+    result = _sample(logits, [_req(SamplingParams(max_new_tokens=1, top_n_tokens=3))] * 2)
+    assert result.top_ids is not None and result.top_logprobs is not None
+    expected = torch.log_softmax(logits, -1).topk(3)
+    assert result.top_ids.tolist() == expected.indices.tolist()
+    assert all(math.isfinite(x) for x in result.top_logprobs.flatten().tolist())
