@@ -1,0 +1,266 @@
+"""Load generator for any streaming LLM endpoint: genfleet, TGI or vLLM.
+
+Open loop (`--mode open --rate R`): Poisson arrivals at R requests/s regardless of how the server
+keeps up, the way real traffic arrives. Closed loop (`--mode closed --concurrency N`): N users,
+each sending its next request when the last one ends. Comma lists (`--rate 2,4,8`) sweep the load
+and add a TTFT-vs-load plot. Every run is bounded by `--num-requests` and `--duration`.
+
+    python -m load.run_load --url http://127.0.0.1:8080 --mode closed --concurrency 16 \\
+        --num-requests 200 --out load_results
+
+Writes, per run, `<label>.json` (summary, timeline, per-request records) and, for the whole
+invocation, `summary.md` and PNG plots. Targets must be loopback unless `--allow-remote`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import random
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from load.apis import API_NAMES, Api, get_api
+from load.report import summarize, to_markdown
+from load.sse_client import Target, stream_sse
+from load.workloads import PromptSpec, load_prompts, poisson_gaps
+
+__all__ = ["RequestRecord", "RunResult", "run_open_loop", "run_closed_loop", "parse_target", "main"]
+
+_ITL_SAMPLE = 200_000  # ITLs kept for percentiles and plots (reservoir), bounding memory
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    start: float  # seconds after the run began
+    ttft: float | None  # seconds to the first token
+    e2e: float  # seconds to the end of the stream (or the error)
+    output_tokens: int
+    prompt_chars: int
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    label: str
+    meta: dict[str, Any]
+    duration: float = 0.0
+    records: list[RequestRecord] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+    token_times: list[int] = field(default_factory=list)  # output tokens per 100 ms bin
+    _itl_seen: int = 0
+    _rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def add_itl(self, gap: float) -> None:
+        self._itl_seen += 1
+        if len(self.itl) < _ITL_SAMPLE:
+            self.itl.append(gap)
+        else:
+            j = self._rng.randrange(self._itl_seen)
+            if j < _ITL_SAMPLE:
+                self.itl[j] = gap
+
+    def add_tokens(self, at: float, n: int) -> None:
+        b = int(at * 10)
+        if b >= len(self.token_times):
+            self.token_times.extend([0] * (b + 1 - len(self.token_times)))
+        self.token_times[b] += n
+
+    def to_json(self) -> dict[str, Any]:
+        summary = summarize(self)
+        return {
+            "label": self.label,
+            "meta": self.meta,
+            "summary": summary,
+            "timeline": {"bin_s": 0.1, "output_tokens": self.token_times},
+            "itl_sample": [round(x, 6) for x in self.itl[:20000]],
+            "requests": [asdict(r) for r in self.records],
+        }
+
+
+async def _one(api: Api, target: Target, spec: PromptSpec, result: RunResult, t0: float, timeout: float) -> None:
+    start = time.perf_counter()
+    record = RequestRecord(start - t0, None, 0.0, 0, len(spec.prompt))
+    last = start
+    reported: int | None = None
+
+    async def consume() -> None:
+        nonlocal last, reported
+        async for at, data in stream_sse(target, api.path, api.body(spec)):
+            parsed = api.parse(data)
+            if parsed.error:
+                record.error = parsed.error
+                return
+            if parsed.reported_tokens is not None:
+                reported = parsed.reported_tokens
+            if parsed.tokens:
+                if record.ttft is None:
+                    record.ttft = at - start
+                else:
+                    result.add_itl(at - last)
+                last = at
+                record.output_tokens += parsed.tokens
+                result.add_tokens(at - t0, parsed.tokens)
+            if parsed.done:
+                return
+
+    try:
+        await asyncio.wait_for(consume(), timeout)
+    except asyncio.TimeoutError:
+        record.error = f"timeout after {timeout:.0f}s"
+    except (OSError, ConnectionError, asyncio.IncompleteReadError, RuntimeError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"[:300]
+    if record.error is None and record.ttft is None:
+        record.error = "stream ended without a token"
+    if reported is not None and record.error is None:
+        record.output_tokens = reported
+    record.e2e = time.perf_counter() - start
+    result.records.append(record)
+
+
+async def run_open_loop(api: Api, target: Target, specs: list[PromptSpec], rate: float, duration: float,
+                        timeout: float, label: str, meta: dict[str, Any], progress: Any = None,
+                        seed: int = 0) -> RunResult:
+    result = RunResult(label, meta)
+    t0 = time.perf_counter()
+    tasks: set[asyncio.Task[None]] = set()
+    next_at = t0
+    for spec, gap in zip(specs, poisson_gaps(rate, seed)):
+        next_at += gap
+        if next_at - t0 > duration:
+            break
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(_one(api, target, spec, result, t0, timeout))
+        tasks.add(task)
+        task.add_done_callback(lambda t: (tasks.discard(t), progress and progress.update(1)))
+    if tasks:
+        await asyncio.wait(set(tasks))
+    result.duration = time.perf_counter() - t0
+    return result
+
+
+async def run_closed_loop(api: Api, target: Target, specs: list[PromptSpec], concurrency: int, duration: float,
+                          timeout: float, label: str, meta: dict[str, Any], progress: Any = None) -> RunResult:
+    result = RunResult(label, meta)
+    t0 = time.perf_counter()
+    queue: Iterator[PromptSpec] = iter(specs)
+
+    async def user() -> None:
+        for spec in queue:  # shared iterator: each spec is sent once
+            if time.perf_counter() - t0 > duration:
+                return
+            await _one(api, target, spec, result, t0, timeout)
+            if progress is not None:
+                progress.update(1)
+
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    result.duration = time.perf_counter() - t0
+    return result
+
+
+def parse_target(url: str, allow_remote: bool, api_key: str | None = None) -> Target:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"--url must be http://host:port, got {url!r} (https is not supported)")
+    host, port = parts.hostname, parts.port or 80
+    if not allow_remote:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = {info[4][0] for info in infos}
+        if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+            raise ValueError(f"{host} is not a loopback address; pass --allow-remote to load a remote server")
+    headers = (("Authorization", f"Bearer {api_key}"),) if api_key else ()
+    return Target(host, port, headers)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m load.run_load", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL (loopback unless --allow-remote)")
+    p.add_argument("--api", choices=API_NAMES, default="tgi", help="tgi: /generate_stream; openai: /v1/completions; chat: /v1/chat/completions")
+    p.add_argument("--model", default="tgi", help="model name sent to OpenAI routes")
+    p.add_argument("--mode", choices=("open", "closed"), default="closed")
+    p.add_argument("--rate", default="4", help="open loop: requests/s, comma list to sweep ('inf' = all at once)")
+    p.add_argument("--concurrency", default="16", help="closed loop: users, comma list to sweep")
+    p.add_argument("--num-requests", type=int, default=200, help="requests per run at most")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of sending per run at most")
+    p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--prompts", default="synthetic", help="'synthetic' or a ShareGPT-style JSON file")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="fix every output budget")
+    p.add_argument("--ignore-eos", action="store_true", help="ask the server to generate the whole budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=None, help="sent as a Bearer token")
+    p.add_argument("--out", default="load_results", help="directory for JSON, summary.md and plots")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
+    return p
+
+
+async def _main_async(args: argparse.Namespace) -> list[RunResult]:
+    target = parse_target(args.url, args.allow_remote, args.api_key)
+    api = get_api(args.api, args.model, args.ignore_eos)
+    points = [float(x) for x in args.rate.split(",")] if args.mode == "open" else [int(x) for x in args.concurrency.split(",")]
+    results = []
+    for point in points:
+        specs = load_prompts(args.prompts, args.num_requests, args.seed, args.max_new_tokens)
+        label = f"rate-{point:g}" if args.mode == "open" else f"users-{point}"
+        meta = {"url": args.url, "api": args.api, "mode": args.mode, "load": point, "prompts": args.prompts,
+                "num_requests": args.num_requests, "duration_limit": args.duration,
+                "max_new_tokens": args.max_new_tokens, "ignore_eos": args.ignore_eos,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                "command": " ".join(["python -m load.run_load", *sys.argv[1:]])}
+        progress = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(specs), desc=label, unit="req", file=sys.stderr)
+        try:
+            if args.mode == "open":
+                result = await run_open_loop(api, target, specs, point, args.duration, args.request_timeout,
+                                             label, meta, progress, args.seed)
+            else:
+                result = await run_closed_loop(api, target, specs, int(point), args.duration, args.request_timeout,
+                                               label, meta, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        results = asyncio.run(_main_async(args))
+    except ValueError as exc:
+        print(f"run_load: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payloads = [r.to_json() for r in results]
+    for payload in payloads:
+        (out / f"{payload['label']}.json").write_text(json.dumps(payload, indent=1))
+    table = to_markdown(payloads)
+    (out / "summary.md").write_text(table + "\n")
+    print(table)
+    if not args.no_plots:
+        from load.plots import plot_all
+
+        for path in plot_all(payloads, out):
+            print(f"wrote {path}", file=sys.stderr)
+    failed = sum(p["summary"]["failed"] for p in payloads)
+    return 1 if failed and failed == sum(p["summary"]["requests"] for p in payloads) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
