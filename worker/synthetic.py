@@ -16,39 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.config import WorkerConfig
+from worker.engine import EngineRequest, EngineStats, RequestOutput
 
-__all__ = ["SyntheticEngine", "SyntheticStats", "SyntheticOutput"]
+__all__ = ["SyntheticEngine"]
 
 # Ids below this are the special tokens of every tokenizer we ship with; sampling above it keeps
 # the synthetic stream free of EOS and control tokens.
 _FIRST_ORDINARY_ID = 256
-
-
-@dataclass(slots=True)
-class SyntheticOutput:
-    # Field for field the engine's RequestOutput; the worker's output side reads only these.
-    req_id: str
-    new_token_ids: list[int]
-    logprobs: list[float]
-    top_tokens: list[list[tuple[int, float]]]
-    finish_reason: str | None  # "length" | "timeout" | None
-    num_prompt_tokens: int
-    num_cached_tokens: int = 0
-    prefill_logprobs: list[float] | None = None
-    first_scheduled_at: float = 0.0
-
-
-@dataclass(slots=True)
-class SyntheticStats:
-    num_running: int
-    num_waiting: int
-    num_free_tokens: int
-    capacity_tokens: int
-    num_preemptions: int = 0
-    prefix_query_tokens: int = 0
-    prefix_hit_tokens: int = 0
-    steps: int = 0
-    batch_size: int = 0  # requests that got a token in the last step
 
 
 @dataclass(slots=True)
@@ -83,7 +57,7 @@ class SyntheticEngine:
         self.interval = 1.0 / self.config.synthetic_tokens_per_s
         self.capacity_tokens = self.config.max_batch_total_tokens or 32768
 
-    def add_request(self, req) -> None:  # type: ignore[no-untyped-def]  # worker.engine.EngineRequest
+    def add_request(self, req: EngineRequest) -> None:
         if not req.prompt_ids:
             raise ValueError("empty prompt")
         if req.req_id in self._running:
@@ -111,22 +85,26 @@ class SyntheticEngine:
     def num_admittable(self) -> int:
         return max(0, self.config.max_batch_size - len(self._running))
 
-    def stats(self) -> SyntheticStats:
+    def stats(self) -> EngineStats:
         used = sum(r.num_prompt + r.generated for r in self._running.values())
-        return SyntheticStats(
+        return EngineStats(
             num_running=len(self._running),
             num_waiting=0,
             num_free_tokens=max(0, self.capacity_tokens - used),
             capacity_tokens=self.capacity_tokens,
+            num_preemptions=0,
+            prefix_query_tokens=0,
+            prefix_hit_tokens=0,
             steps=self._steps,
-            batch_size=self._last_batch,
+            last_batch_tokens=self._last_batch,  # one token per request per step
+            last_batch_size=self._last_batch,
         )
 
-    def step(self) -> list[SyntheticOutput]:
+    def step(self) -> list[RequestOutput]:
         self._wait_for_tick()
         self._steps += 1
         now = self.wall_clock()
-        outputs: list[SyntheticOutput] = []
+        outputs: list[RequestOutput] = []
         for req in list(self._running.values()):
             if not req.first_scheduled_at:
                 req.first_scheduled_at = now
@@ -153,15 +131,16 @@ class SyntheticEngine:
             now = self._next_tick
         self._next_tick = now + self.interval
 
-    def _output(self, req: _Running, tokens: list[int], reason: str | None) -> SyntheticOutput:
+    def _output(self, req: _Running, tokens: list[int], reason: str | None) -> RequestOutput:
         top = [[(t, -0.1)] + [(req.rng.randrange(_FIRST_ORDINARY_ID, self.vocab_size), -3.0)
                               for _ in range(req.top_n - 1)] for t in tokens] if req.top_n else []
-        return SyntheticOutput(
+        return RequestOutput(
             req_id=req.req_id,
             new_token_ids=tokens,
             logprobs=[-0.1] * len(tokens),
             top_tokens=top,
             finish_reason=reason,
             num_prompt_tokens=req.num_prompt,
+            num_cached_tokens=0,
             first_scheduled_at=req.first_scheduled_at,
         )

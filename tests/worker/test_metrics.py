@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.metrics import WorkerMetrics, start_metrics_server
-from worker.synthetic import SyntheticStats
+from worker.engine import EngineStats
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -20,10 +20,10 @@ def _samples(text: str) -> dict[str, float]:
 
 def test_steps_are_recorded_and_served_on_their_own_port() -> None:
     metrics = WorkerMetrics("w-1", "m", "cpu")
-    metrics.observe_step(SyntheticStats(4, 2, 750, 1000, num_preemptions=1, prefix_query_tokens=100,
-                                        prefix_hit_tokens=40), 0.012, num_tokens=4)
-    metrics.observe_step(SyntheticStats(3, 0, 800, 1000, num_preemptions=1, prefix_query_tokens=150,
-                                        prefix_hit_tokens=90), 0.030, num_tokens=3, batch_size=3)
+    metrics.observe_step(EngineStats(4, 2, 750, 1000, num_preemptions=1, prefix_query_tokens=100,
+                                     prefix_hit_tokens=40, steps=1, last_batch_size=4), 0.012, num_tokens=4)
+    metrics.observe_step(EngineStats(3, 0, 800, 1000, num_preemptions=1, prefix_query_tokens=150,
+                                     prefix_hit_tokens=90, steps=2, last_batch_size=3), 0.030, num_tokens=3)
     server = start_metrics_server(0, metrics, addr="127.0.0.1")
     try:
         text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
@@ -48,6 +48,6 @@ def test_steps_are_recorded_and_served_on_their_own_port() -> None:
 
 def test_two_workers_in_one_process_keep_separate_registries() -> None:
     a, b = WorkerMetrics("a", "m", "cpu"), WorkerMetrics("b", "m", "cpu")
-    a.observe_step(SyntheticStats(1, 0, 10, 10), 0.01, num_tokens=5)
+    a.observe_step(EngineStats(1, 0, 10, 10, 0, 0, 0, 1), 0.01, num_tokens=5)
     assert a.registry.get_sample_value("genfleet_worker_generated_tokens_total") == 5
     assert b.registry.get_sample_value("genfleet_worker_generated_tokens_total") == 0

@@ -8,20 +8,14 @@ import pytest
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
+from worker.engine import EngineRequest
 from worker.synthetic import SyntheticEngine
 
 
-class _Req:
-    # The fields of worker.engine.EngineRequest that an engine reads.
-    def __init__(self, req_id: str, n_prompt: int = 5, max_new: int = 4, seed: int = 0,
-                 deadline: float = 0.0, top_n: int = 0) -> None:
-        self.req_id = req_id
-        self.prompt_ids = list(range(1, n_prompt + 1))
-        self.params = SamplingParams(max_new_tokens=max_new, top_n_tokens=top_n)
-        self.seed = seed
-        self.arrival_time = time.time()
-        self.deadline = deadline
-        self.priority = 0
+def _Req(req_id: str, n_prompt: int = 5, max_new: int = 4, seed: int = 0,  # noqa: N802
+         deadline: float = 0.0, top_n: int = 0) -> EngineRequest:
+    return EngineRequest(req_id, list(range(1, n_prompt + 1)), SamplingParams(max_new_tokens=max_new, top_n_tokens=top_n),
+                         seed, time.time(), deadline)
 
 
 class _FakeClock:
@@ -102,7 +96,7 @@ def test_admission_follows_max_batch_size_and_abort_frees() -> None:
     outs = engine.step()
     assert sorted(o.req_id for o in outs) == ["r0", "r2"]
     stats = engine.stats()
-    assert stats.num_running == 2 and stats.batch_size == 2
+    assert stats.num_running == 2 and stats.last_batch_size == 2
     assert stats.num_free_tokens == stats.capacity_tokens - 2 * (5 + 1)
 
 
@@ -131,7 +125,6 @@ def test_top_tokens_and_refusals() -> None:
 def test_worker_relays_synthetic_tokens_over_real_redis(redis_url: str, key_prefix: str, default_model_dir) -> None:  # type: ignore[no-untyped-def]
     import threading
 
-    pytest.importorskip("worker.engine")  # the worker builds EngineRequests from it
     import redis
     from transformers import AutoTokenizer
 
