@@ -19,7 +19,8 @@ DS = {"type": "prometheus", "uid": "prometheus"}
 REQUESTS = "tgi_request_count"
 FAILURES = "tgi_request_failure"
 DURATION = "tgi_request_duration_bucket"
-TTFT = "genfleet_request_ttft_seconds_bucket"
+TTFT = "genfleet_request_time_to_first_token_bucket"
+LIVE = "genfleet_live_workers"
 QUEUE = "tgi_queue_size"
 # Worker metrics (worker/metrics.py), one series per replica.
 W = "genfleet_worker_"
@@ -52,8 +53,9 @@ def _panel(pid: int, title: str, targets: list[dict[str, Any]], x: int, y: int, 
 def build() -> dict[str, Any]:
     rate = "$__rate_interval"
     panels = [
-        _panel(1, "Live workers", _q(("workers", f"count({W}info)")), 0, 0, kind="stat", w=4, h=4,
-               description="Worker replicas Prometheus scrapes (found by DNS)"),
+        _panel(1, "Live workers", _q(("heartbeats", f"max({LIVE})"), ("scraped", f"count({W}info)")), 0, 0,
+               kind="stat", w=4, h=4,
+               description="Workers with a live heartbeat (gateway view) and worker replicas Prometheus scrapes"),
         _panel(2, "Request rate", _q(("req/s", f"sum(rate({REQUESTS}[{rate}]))")), 4, 0, unit="reqps",
                kind="stat", w=4, h=4),
         _panel(3, "Output tokens/s", _q(("tok/s", f"sum(rate({W}generated_tokens_total[{rate}]))")), 8, 0,
