@@ -53,9 +53,12 @@ def paged_attention(
     block_size = k_cache.shape[1]
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
+    decodes = [i for i in range(len(lens)) if starts[i + 1] - starts[i] == 1]
+    if decodes:
+        _decode_attention(q, k_cache, v_cache, block_tables, lens, starts, decodes, scale, out)
     for i, seq_len in enumerate(lens):
         q_lo, q_hi = starts[i], starts[i + 1]
-        if q_hi == q_lo:
+        if q_hi - q_lo <= 1:  # empty, or a decode done above
             continue
         num_blocks = -(-seq_len // block_size)
         blocks = block_tables[i, :num_blocks].long()
@@ -67,12 +70,57 @@ def paged_attention(
         q_len = q_hi - q_lo
         scores = torch.matmul(qi, k.transpose(1, 2)) * scale  # (H, q_len, S)
         # Query j sits at position seq_len - q_len + j and sees keys up to that position.
-        q_pos = torch.arange(seq_len - q_len, seq_len).unsqueeze(1)  # (q_len, 1)
-        k_pos = torch.arange(seq_len).unsqueeze(0)  # (1, S)
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device).unsqueeze(1)  # (q_len, 1)
+        k_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)  # (1, S)
         scores.masked_fill_(k_pos > q_pos, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[q_lo:q_hi] = torch.matmul(probs, v).transpose(0, 1).to(q.dtype)  # (q_len, H, D)
     return out
+
+
+# Decode rows are gathered together, padded to the longest sequence: one batched product per
+# group instead of one per sequence. The cap bounds the padded K/V copy.
+_DECODE_GATHER_TOKENS = 1 << 16
+
+
+def _decode_attention(
+    q: torch.Tensor,  # (T, H, D)
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    lens: list[int],
+    starts: list[int],
+    decodes: list[int],
+    scale: float,
+    out: torch.Tensor,  # (T, H, D), written at the decode rows
+) -> None:
+    num_heads, n_kv, dim = q.shape[1], k_cache.shape[2], q.shape[2]
+    group = num_heads // n_kv
+    block_size = k_cache.shape[1]
+    decodes = sorted(decodes, key=lambda i: lens[i])  # similar lengths share a group: less padding
+    lo = 0
+    while lo < len(decodes):
+        hi = lo + 1
+        while hi < len(decodes) and (hi + 1 - lo) * lens[decodes[hi]] <= _DECODE_GATHER_TOKENS:
+            hi += 1
+        chosen = decodes[lo:hi]
+        lo = hi
+        b, max_len = len(chosen), lens[chosen[-1]]
+        num_blocks = -(-max_len // block_size)
+        index = torch.tensor(chosen, device=q.device)
+        tables = block_tables[index, :num_blocks].long()  # (b, nb)
+        k = k_cache[tables].reshape(b, -1, n_kv, dim)[:, :max_len].float()  # (b, S, n_kv, D)
+        v = v_cache[tables].reshape(b, -1, n_kv, dim)[:, :max_len].float()  # (b, S, n_kv, D)
+        rows = torch.tensor([starts[i] for i in chosen], device=q.device)
+        # Query head h reads kv head h // group.
+        qg = q[rows].float().reshape(b, n_kv, group, dim)  # (b, n_kv, g, D)
+        scores = torch.matmul(qg, k.permute(0, 2, 3, 1)) * scale  # (b, n_kv, g, S)
+        seq = torch.tensor([lens[i] for i in chosen], device=q.device).unsqueeze(1)  # (b, 1)
+        pad = torch.arange(max_len, device=q.device).unsqueeze(0) >= seq  # (b, S)
+        scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        attn = torch.matmul(probs, v.transpose(1, 2))  # (b, n_kv, g, D)
+        out[rows] = attn.reshape(b, num_heads, dim).to(q.dtype)
 
 
 def rms_norm(

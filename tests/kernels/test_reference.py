@@ -26,12 +26,14 @@ def _dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     return out.transpose(0, 1)
 
 
+@pytest.mark.parametrize("gather_cap", [1 << 16, 8])  # decodes batched together, or one by one
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_paged_attention_equals_dense_causal(dtype: torch.dtype) -> None:
+def test_paged_attention_equals_dense_causal(dtype: torch.dtype, gather_cap: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ref, "_DECODE_GATHER_TOKENS", gather_cap)
     gen = torch.Generator().manual_seed(0)
-    heads, n_kv, dim, num_blocks = 8, 2, 16, 40
+    heads, n_kv, dim, num_blocks = 8, 2, 16, 48
     # (cached prefix, new tokens): a fresh prefill, a chunk after a prefix, decodes, an empty row.
-    shapes = [(0, 7), (9, 5), (12, 1), (3, 1), (5, 0), (0, 1)]
+    shapes = [(0, 7), (12, 1), (9, 5), (3, 1), (5, 0), (0, 1), (30, 1)]
     k_cache = torch.zeros(num_blocks, BLOCK, n_kv, dim, dtype=dtype)
     v_cache = torch.zeros_like(k_cache)
     free = torch.randperm(num_blocks, generator=gen).tolist()  # scattered, non-contiguous blocks
