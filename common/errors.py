@@ -20,6 +20,8 @@ ErrorType = Literal[
     "timeout",  # 504-class: the request's deadline passed
     "dead_letter",  # 424: delivered too many times without being accepted
     "template_error",  # 422
+    "bad_request",  # 400: the body is not JSON
+    "payload_too_large",  # 413
 ]
 
 HTTP_STATUS: dict[str, int] = {
@@ -33,6 +35,8 @@ HTTP_STATUS: dict[str, int] = {
     "incomplete_generation": 500,
     "incomplete_generation_stream": 500,
     "timeout": 504,
+    "bad_request": 400,
+    "payload_too_large": 413,
 }
 
 

@@ -239,7 +239,9 @@ class OutputProcessor:
             return
         pipe = self._redis.pipeline(transaction=False)
         for stream, entry_id in self._acks:
+            # Deleted once accepted, so the stream's length is the backlog the gateways bound.
             pipe.xack(stream, CONSUMER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
         for gateway_id, events in per_gateway.items():
             batch = EventBatch(self._worker_id, step, events)
             pipe.publish(self._keys.gateway_channel(gateway_id), encode(batch))

@@ -1,0 +1,106 @@
+"""The gateway's view of the fleet, refreshed once per heartbeat interval.
+
+It publishes this gateway's own heartbeat (workers cancel the requests of gateways that vanish),
+reads every worker heartbeat of the served model, and measures the stream's backlog. /health,
+/info, /metrics and the capacity check read the cached view; nothing on the request path waits
+for a refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.protocol import GatewayInfo, ProtocolError, WorkerInfo, decode_worker_info, encode
+from common.streams import Keys
+
+__all__ = ["FleetView", "FleetState"]
+
+log = logging.getLogger("genfleet.gateway.fleet")
+
+
+@dataclass(frozen=True)
+class FleetState:
+    redis_ok: bool = False
+    workers: tuple[WorkerInfo, ...] = ()
+    queue_size: int = 0
+    refreshed_at: float = 0.0
+
+    @property
+    def serving(self) -> tuple[WorkerInfo, ...]:
+        return tuple(w for w in self.workers if not w.draining)
+
+    @property
+    def healthy(self) -> bool:
+        return self.redis_ok and bool(self.serving)
+
+    @property
+    def max_capacity_tokens(self) -> int | None:
+        caps = [w.capacity_tokens for w in self.serving]
+        return max(caps) if caps else None
+
+
+@dataclass
+class FleetView:
+    client: aioredis.Redis
+    keys: Keys
+    model: str
+    gateway_id: str
+    interval: float
+    ttl: float
+    in_flight: callable = lambda: 0  # type: ignore[valid-type]
+    state: FleetState = field(default_factory=FleetState)
+    started_at: float = field(default_factory=time.time)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="fleet-view")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        try:
+            await self.client.delete(self.keys.gateway_heartbeat(self.gateway_id))
+        except RedisError:
+            pass
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        try:
+            info = GatewayInfo(self.gateway_id, int(self.in_flight()), self.started_at, time.time())
+            await self.client.set(self.keys.gateway_heartbeat(self.gateway_id), encode(info), px=int(self.ttl * 1000))
+            keys = [k async for k in self.client.scan_iter(match=self.keys.worker_heartbeat_pattern(), count=500)]
+            raw = await self.client.mget(keys) if keys else []
+            workers = []
+            for value in raw:
+                if value is None:
+                    continue
+                try:
+                    w = decode_worker_info(value)
+                except ProtocolError:
+                    continue
+                if w.model == self.model:
+                    workers.append(w)
+            backlog = await self.client.xlen(self.keys.request_stream(self.model))
+            self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), int(backlog), time.time())
+        except (RedisError, OSError) as exc:
+            if self.state.redis_ok:
+                log.warning("Redis unreachable: %s", exc)
+            self.state = FleetState(False, (), 0, time.time())
+
+    def is_alive(self, worker_id: str) -> bool:
+        return any(w.worker_id == worker_id for w in self.state.workers)

@@ -1,0 +1,98 @@
+"""One request's life in the gateway: submit, relay events, fail over, time out, cancel.
+
+`run` yields the request's Token events and finally its Finish; it raises GenfleetError for an
+Error event or a passed deadline. When the owner worker's heartbeat disappears, or a seq gap shows
+that events were lost, it re-enqueues a continuation — attempt + 1, with every token the client
+has already been sent appended to the prompt — and the client's stream goes on without a gap or a
+duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from common.errors import GenfleetError
+from common.protocol import Accepted, Error, Finish, Token
+from gateway.fleet import FleetView
+from gateway.metrics import GatewayMetrics
+from gateway.queue_client import QueueClient, QueueFull, RequestState
+
+__all__ = ["Relay"]
+
+log = logging.getLogger("genfleet.gateway.generation")
+
+_POLL = 0.25  # seconds between liveness checks while waiting for events
+
+
+@dataclass
+class Relay:
+    queue_client: QueueClient
+    fleet: FleetView
+    metrics: GatewayMetrics
+    max_attempts: int = 5
+
+    async def submit(self, state: RequestState) -> None:
+        try:
+            await self.queue_client.submit(state)
+        except QueueFull as exc:
+            raise GenfleetError("overloaded", f"Model is overloaded: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
+
+    async def run(self, state: RequestState) -> AsyncIterator[Token | Finish]:
+        missing_owner_since = 0.0
+        while True:
+            try:
+                event = await asyncio.wait_for(state.queue.get(), timeout=_POLL)
+            except asyncio.TimeoutError:
+                if state.deadline and time.time() > state.deadline:
+                    raise GenfleetError("timeout", "Request deadline exceeded") from None
+                if state.owner is not None and not self.fleet.is_alive(state.owner):
+                    # One missed refresh is not death: the heartbeat key must stay gone a whole TTL.
+                    missing_owner_since = missing_owner_since or time.monotonic()
+                    if time.monotonic() - missing_owner_since >= self.fleet.ttl:
+                        await self._continue(state, f"worker {state.owner} stopped heart-beating")
+                        missing_owner_since = 0.0
+                else:
+                    missing_owner_since = 0.0
+                continue
+            if isinstance(event, Accepted):
+                continue
+            if isinstance(event, Token):
+                expected = len(state.relayed_ids)
+                if event.seq < expected:
+                    continue  # already relayed (a duplicate, or a continuation's overlap)
+                if event.seq > expected:
+                    await self._continue(state, f"events lost before seq {event.seq}")
+                    continue
+                state.relayed_ids.append(event.id)
+                yield event
+            elif isinstance(event, Finish):
+                if event.seq > len(state.relayed_ids):
+                    await self._continue(state, "events lost before the finish")
+                    continue
+                yield event
+                return
+            elif isinstance(event, Error):
+                raise GenfleetError(event.error_type, event.message)
+
+    async def _continue(self, state: RequestState, why: str) -> None:
+        if state.attempt + 1 >= self.max_attempts:
+            raise GenfleetError("generation", f"Request failed during generation: {why} (attempt {state.attempt})")
+        log.warning("request %s: %s; re-enqueueing attempt %d", state.req_id, why, state.attempt + 1)
+        old_owner = state.owner
+        await self.queue_client.cancel_attempt(state)
+        state.attempt += 1
+        state.owner = None
+        # Drop events of the old attempt still queued locally.
+        while not state.queue.empty():
+            state.queue.get_nowait()
+        self.metrics.counters.inc("genfleet_request_continuations")
+        await self.submit(state)
+        log.info("request %s continues as attempt %d (was on %s)", state.req_id, state.attempt, old_owner)

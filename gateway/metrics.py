@@ -1,0 +1,101 @@
+"""The gateway's Prometheus metrics, under TGI's exact names.
+
+TGI renders counters without a `_total` suffix (its Grafana dashboard queries `tgi_request_count`),
+so counters are exported as untyped samples with the bare name; histograms use TGI's buckets
+(1.5e-4 x 1.5^k seconds for durations). Fleet gauges come from the workers' heartbeats.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric, UnknownMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["GatewayMetrics", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_DURATION = tuple(1.5e-4 * 1.5**k for k in range(35))
+
+
+def _linear(top: int, n: int = 100) -> tuple[float, ...]:
+    step = max(1, top // n)
+    return tuple(float(x) for x in range(step, top + step, step))
+
+
+class _Counters(Collector):
+    """Monotonic counters exported under their bare names (TGI style)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+        self._help: dict[str, str] = {}
+
+    def declare(self, name: str, help_text: str) -> None:
+        self._help[name] = help_text
+        self._values.setdefault(name, {})
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._values[name]
+            series[key] = series.get(key, 0.0) + amount
+
+    def get(self, name: str, **labels: str) -> float:
+        return self._values[name].get(tuple(sorted(labels.items())), 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            for name, series in self._values.items():
+                label_names = sorted({k for key in series for k, _ in key})
+                family = UnknownMetricFamily(name, self._help.get(name, name), labels=label_names)
+                if not series and not label_names:
+                    family.add_metric([], 0.0)
+                for key, value in series.items():
+                    d = dict(key)
+                    family.add_metric([d.get(n, "") for n in label_names], value)
+                yield family
+
+
+class GatewayMetrics:
+    def __init__(self, max_input_tokens: int, max_total_tokens: int) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.counters = _Counters()
+        for name, text in (
+            ("tgi_request_count", "Requests received"),
+            ("tgi_request_success", "Requests completed"),
+            ("tgi_request_failure", "Requests failed, by error type"),
+            ("genfleet_request_continuations", "Requests re-enqueued after losing their worker"),
+        ):
+            self.counters.declare(name, text)
+        r.register(self.counters)
+
+        def hist(name: str, text: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, text, buckets=buckets, registry=r)
+
+        self.duration = hist("tgi_request_duration", "End-to-end request duration (s)", _DURATION)
+        self.validation = hist("tgi_request_validation_duration", "Validation and tokenization (s)", _DURATION)
+        self.queue = hist("tgi_request_queue_duration", "Queued until first scheduled (s)", _DURATION)
+        self.inference = hist("tgi_request_inference_duration", "First scheduled until done (s)", _DURATION)
+        self.per_token = hist("tgi_request_mean_time_per_token_duration", "Inference time per token (s)", _DURATION)
+        self.ttft = hist("genfleet_request_time_to_first_token", "Arrival until first token (s)", _DURATION)
+        self.generated = hist("tgi_request_generated_tokens", "Generated tokens per request", _linear(max_total_tokens))
+        self.input_length = hist("tgi_request_input_length", "Prompt tokens per request", _linear(max_input_tokens))
+        self.max_new = hist("tgi_request_max_new_tokens", "max_new_tokens per request", _linear(max_total_tokens))
+
+        def gauge(name: str, text: str) -> Gauge:
+            return Gauge(name, text, registry=r)
+
+        self.queue_size = gauge("tgi_queue_size", "Requests waiting in the model's stream")
+        self.batch_size = gauge("tgi_batch_current_size", "Requests running across live workers")
+        self.batch_max_total = gauge("tgi_batch_max_total_tokens", "KV capacity in tokens across live workers")
+        self.live_workers = gauge("genfleet_live_workers", "Workers with a live heartbeat for this model")
+        self.kv_free = gauge("genfleet_kv_free_tokens", "Free KV tokens across live workers")
+        self.waiting = gauge("genfleet_worker_waiting", "Requests accepted by workers but not yet scheduled")
+        self.in_flight = gauge("genfleet_gateway_in_flight", "Requests this gateway is serving")
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

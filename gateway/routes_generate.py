@@ -1,0 +1,294 @@
+"""TGI's generation routes: POST /generate, /generate_stream and / (compat)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from common.errors import GenfleetError
+from common.protocol import Finish, Token
+from gateway.context import GatewayContext, ctx_of, error_response, read_json
+from gateway.schemas import GenerateInput, parse_generate
+from gateway.streaming import KEEP_ALIVE, sse, token_json, top_json
+from gateway.validation import Validated, validate
+
+__all__ = ["generate", "generate_stream", "compat_generate", "Outcome", "run_validated", "prepare"]
+
+_KEEP_ALIVE_SECONDS = 15.0
+
+
+@dataclass
+class Outcome:
+    """Everything one finished generation produced."""
+
+    tokens: list[Token] = field(default_factory=list)
+    finish: Finish | None = None
+    started: float = field(default_factory=time.time)
+    validated_at: float = 0.0
+    first_token_at: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens if not t.special)
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(t.logprob for t in self.tokens) / max(1, len(self.tokens))
+
+
+async def prepare(request: Request, ctx: GatewayContext, *, stream: bool | None = None) -> tuple[GenerateInput, Validated]:
+    ctx.metrics.counters.inc("tgi_request_count")
+    body = await read_json(request, ctx.config.payload_limit)
+    parsed = parse_generate(body)
+    is_stream = parsed.stream if stream is None else stream
+    return parsed, validate(parsed, ctx.config, ctx.limits, ctx.tokenizer, stream=is_stream,
+                            capacity_tokens=ctx.fleet.state.max_capacity_tokens)
+
+
+async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, seed: int | None = None) -> AsyncIterator[Token]:
+    """Queue one generation and yield its tokens; `outcome` collects them and the finish."""
+    if not ctx.fleet.state.redis_ok:
+        raise GenfleetError("unavailable", "Request queue unavailable: Redis does not answer")
+    params = v.params
+    if seed is not None:
+        import msgspec
+
+        params = msgspec.structs.replace(params, seed=seed)
+    state = ctx.queue_client.new_state(ctx.model_id, v.input_ids, params, ctx.deadline)
+    outcome.validated_at = time.time()
+    ctx.metrics.validation.observe(outcome.validated_at - outcome.started)
+    ctx.metrics.input_length.observe(len(v.input_ids))
+    ctx.metrics.max_new.observe(params.max_new_tokens)
+    await ctx.relay.submit(state)
+    try:
+        async for event in ctx.relay.run(state):
+            if isinstance(event, Token):
+                if not outcome.tokens:
+                    outcome.first_token_at = time.time()
+                    ctx.metrics.ttft.observe(outcome.first_token_at - outcome.started)
+                outcome.tokens.append(event)
+                yield event
+            else:
+                outcome.finish = event
+        ctx.queue_client.finish(state)
+    finally:
+        if not state.done:
+            await ctx.queue_client.cancel(state)
+
+
+def _record_success(ctx: GatewayContext, o: Outcome) -> None:
+    now = time.time()
+    f = o.finish
+    ctx.metrics.counters.inc("tgi_request_success")
+    ctx.metrics.duration.observe(now - o.started)
+    ctx.metrics.generated.observe(len(o.tokens))
+    if f is not None:
+        ctx.metrics.queue.observe(f.queue_time)
+        ctx.metrics.inference.observe(f.inference_time)
+        ctx.metrics.per_token.observe(f.inference_time / max(1, len(o.tokens)))
+
+
+def _failure(ctx: GatewayContext, exc: GenfleetError) -> None:
+    kind = {"validation": "validation", "template_error": "template", "overloaded": "overloaded",
+            "bad_request": "validation", "payload_too_large": "validation"}.get(exc.error_type, "generation")
+    ctx.metrics.counters.inc("tgi_request_failure", err=kind)
+
+
+def details_json(v: Validated, o: Outcome, *, stream: bool) -> dict[str, Any]:
+    f = o.finish
+    out: dict[str, Any] = {
+        "finish_reason": f.reason if f else "length",
+        "generated_tokens": len(o.tokens),
+        "seed": f.seed if f else None,
+    }
+    if stream:
+        out["input_length"] = len(v.input_ids)
+        return out
+    out["prefill"] = [
+        {"id": p.id, "text": p.text, "logprob": None if p.logprob != p.logprob else p.logprob} for p in (f.prefill if f else [])
+    ] if v.decoder_input_details else []
+    out["tokens"] = [token_json(t) for t in o.tokens]
+    if any(t.top_tokens for t in o.tokens):
+        out["top_tokens"] = [top_json(t.top_tokens) for t in o.tokens]
+    return out
+
+
+def timing_headers(ctx: GatewayContext, v: Validated, o: Outcome) -> dict[str, str]:
+    now = time.time()
+    f = o.finish
+    queue_s = f.queue_time if f else 0.0
+    infer_s = f.inference_time if f else 0.0
+    return {
+        "x-compute-type": "gpu+optimized",
+        "x-compute-time": f"{now - o.started:.6f}",
+        "x-compute-characters": str(len(v.input_text)),
+        "x-total-time": str(int((now - o.started) * 1000)),
+        "x-validation-time": str(int((o.validated_at - o.started) * 1000)),
+        "x-queue-time": str(int(queue_s * 1000)),
+        "x-inference-time": str(int(infer_s * 1000)),
+        "x-time-per-token": str(int(infer_s * 1000 / max(1, len(o.tokens)))),
+        "x-prompt-tokens": str(len(v.input_ids)),
+        "x-generated-tokens": str(len(o.tokens)),
+    }
+
+
+async def _generate_one(request: Request, ctx: GatewayContext) -> tuple[dict[str, Any], dict[str, str]]:
+    started = time.time()
+    parsed, v = await prepare(request, ctx, stream=False)
+    runs = v.best_of
+    outcomes = [Outcome(started=started) for _ in range(runs)]
+
+    async def one(o: Outcome) -> None:
+        async for _ in run_validated(ctx, v, o, seed=None if runs == 1 else _fresh_seed()):
+            pass
+
+    await asyncio.gather(*(one(o) for o in outcomes))
+    best = max(outcomes, key=lambda o: o.mean_logprob) if runs > 1 else outcomes[0]
+    prefix = v.input_text if v.return_full_text else ""
+    body: dict[str, Any] = {"generated_text": prefix + best.text}
+    if v.details:
+        body["details"] = details_json(v, best, stream=False)
+        others = [o for o in outcomes if o is not best]
+        if others:
+            body["details"]["best_of_sequences"] = [
+                {"generated_text": prefix + o.text, **details_json(v, o, stream=False)} for o in others
+            ]
+    for o in outcomes:
+        _record_success(ctx, o)
+    return body, timing_headers(ctx, v, best)
+
+
+async def _guarded(request: Request, fn: Any) -> Response:
+    ctx = ctx_of(request)
+    if ctx.draining:
+        return error_response(GenfleetError("unavailable", "The gateway is shutting down"))
+    if not ctx.permits.try_acquire():
+        ctx.metrics.counters.inc("tgi_request_count")
+        ctx.metrics.counters.inc("tgi_request_failure", err="overloaded")
+        return error_response(GenfleetError("overloaded", "Model is overloaded"))
+    try:
+        return await fn(request, ctx)  # type: ignore[no-any-return]
+    except GenfleetError as exc:
+        _failure(ctx, exc)
+        return error_response(exc)
+    finally:
+        ctx.permits.release()
+
+
+async def generate(request: Request) -> Response:
+    async def handle(request: Request, ctx: GatewayContext) -> Response:
+        body, headers = await _generate_one(request, ctx)
+        return JSONResponse(body, headers=headers)
+
+    return await _guarded(request, handle)
+
+
+async def compat_generate(request: Request) -> Response:
+    """POST /: GenerateRequest plus `stream`; a JSON array when not streaming (as TGI)."""
+    ctx = ctx_of(request)
+    raw = await request.body()
+    try:
+        import json
+
+        wants_stream = bool(json.loads(raw).get("stream", False))
+    except (ValueError, AttributeError):
+        wants_stream = False
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    request = Request(request.scope, replay)
+    if wants_stream:
+        return await generate_stream(request)
+
+    async def handle(request: Request, ctx: GatewayContext) -> Response:
+        body, headers = await _generate_one(request, ctx)
+        return JSONResponse([body], headers=headers)
+
+    del ctx
+    return await _guarded(request, handle)
+
+
+async def generate_stream(request: Request) -> Response:
+    ctx = ctx_of(request)
+    if ctx.draining:
+        return error_response(GenfleetError("unavailable", "The gateway is shutting down"))
+    if not ctx.permits.try_acquire():
+        # TGI answers stream errors inside a 200 SSE stream; overload keeps its 429 status here
+        # so that load balancers and clients can back off (documented in docs/api.md).
+        ctx.metrics.counters.inc("tgi_request_count")
+        ctx.metrics.counters.inc("tgi_request_failure", err="overloaded")
+        return error_response(GenfleetError("overloaded", "Model is overloaded"))
+    started = time.time()
+    try:
+        parsed, v = await prepare(request, ctx, stream=True)
+    except GenfleetError as exc:
+        ctx.permits.release()
+        _failure(ctx, exc)
+        return error_response(exc)
+    outcome = Outcome(started=started)
+    headers = {"x-compute-type": "gpu+optimized", "x-compute-characters": str(len(v.input_text)),
+               "X-Accel-Buffering": "no", "cache-control": "no-cache"}
+    return StreamingResponse(_stream(request, ctx, v, outcome), media_type="text/event-stream", headers=headers)
+
+
+async def _stream(request: Request, ctx: GatewayContext, v: Validated, outcome: Outcome) -> AsyncIterator[bytes]:
+    prefix = v.input_text if v.return_full_text else ""
+    tokens = run_validated(ctx, v, outcome)
+    pending: asyncio.Future[Token] | None = None
+    # Events go out one token behind the worker, so the last token's event can carry the final
+    # text and details once the Finish has arrived, as TGI's last event does.
+    held: tuple[dict[str, Any], str] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(tokens.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=_KEEP_ALIVE_SECONDS)
+            if not done:
+                yield KEEP_ALIVE
+                continue
+            try:
+                token = pending.result()
+            except StopAsyncIteration:
+                pending = None
+                break
+            pending = None
+            if held is not None:
+                yield sse(*held)
+            index = held[0]["index"] + 1 if held is not None else 1
+            event: dict[str, Any] = {"index": index, "token": token_json(token)}
+            if token.top_tokens:
+                event["top_tokens"] = top_json(token.top_tokens)
+            event["generated_text"] = None
+            event["details"] = None
+            held = (event, f"{token.req_id}:{token.seq}")
+        if held is not None:
+            held[0]["generated_text"] = prefix + outcome.text
+            held[0]["details"] = details_json(v, outcome, stream=True) if v.details else None
+            yield sse(*held)
+        _record_success(ctx, outcome)
+    except GenfleetError as exc:
+        _failure(ctx, exc)
+        if held is not None:
+            yield sse(*held)
+        yield sse({"error": exc.message, "error_type": exc.error_type})
+    finally:
+        if pending is not None:
+            pending.cancel()
+            try:
+                await pending
+            except (asyncio.CancelledError, StopAsyncIteration, GenfleetError):
+                pass
+        await tokens.aclose()
+        ctx.permits.release()
+
+
+def _fresh_seed() -> int:
+    import random
+
+    return random.getrandbits(63)

@@ -1,0 +1,86 @@
+"""GET /health, /ping, /info, /metrics, /v1/models and POST /tokenize."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from common.errors import GenfleetError
+from gateway.context import ctx_of, error_response, read_json
+from gateway.metrics import CONTENT_TYPE
+from gateway.schemas import parse_generate
+
+__all__ = ["health", "info", "metrics", "models", "tokenize", "VERSION"]
+
+VERSION = "0.1.0"
+
+
+async def health(request: Request) -> Response:
+    ctx = ctx_of(request)
+    if ctx.fleet.state.healthy and not ctx.draining:
+        return Response(status_code=200)
+    return JSONResponse({"error": "unhealthy", "error_type": "healthcheck"}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+async def info(request: Request) -> Response:
+    ctx = ctx_of(request)
+    state = ctx.fleet.state
+    c = ctx.config
+    return JSONResponse({
+        "model_id": ctx.model_id,
+        "model_sha": None,
+        "model_pipeline_tag": "text-generation",
+        "max_concurrent_requests": c.max_concurrent_requests,
+        "max_best_of": c.max_best_of,
+        "max_stop_sequences": c.max_stop_sequences,
+        "max_input_tokens": ctx.limits.max_input_tokens,
+        "max_total_tokens": ctx.limits.max_total_tokens,
+        "validation_workers": 1,
+        "max_client_batch_size": c.max_client_batch_size,
+        "router": "genfleet-gateway",
+        "version": VERSION,
+        "sha": None,
+        "docker_label": None,
+        "gateway_id": ctx.queue_client.gateway_id,
+        "live_workers": len(state.serving),
+        "workers": [
+            {"worker_id": w.worker_id, "device": w.device, "running": w.running, "waiting": w.waiting,
+             "free_kv_tokens": w.free_kv_tokens, "capacity_tokens": w.capacity_tokens, "draining": w.draining}
+            for w in state.workers
+        ],
+        "queue_size": state.queue_size,
+    })
+
+
+async def metrics(request: Request) -> Response:
+    ctx = ctx_of(request)
+    m = ctx.metrics
+    state = ctx.fleet.state
+    m.queue_size.set(state.queue_size)
+    m.batch_size.set(sum(w.running for w in state.serving))
+    m.waiting.set(sum(w.waiting for w in state.serving))
+    m.batch_max_total.set(sum(w.capacity_tokens for w in state.serving))
+    m.kv_free.set(sum(w.free_kv_tokens for w in state.serving))
+    m.live_workers.set(len(state.serving))
+    m.in_flight.set(ctx.permits.used)
+    return Response(m.render(), media_type=CONTENT_TYPE)
+
+
+async def models(request: Request) -> Response:
+    ctx = ctx_of(request)
+    return JSONResponse({"object": "list", "data": [
+        {"id": ctx.model_id, "object": "model", "created": 0, "owned_by": ctx.model_id}
+    ]})
+
+
+async def tokenize(request: Request) -> Response:
+    ctx = ctx_of(request)
+    try:
+        parsed = parse_generate(await read_json(request, ctx.config.payload_limit))
+    except GenfleetError as exc:
+        return error_response(exc)
+    return JSONResponse([
+        {"id": tid, "text": text, "start": start, "stop": stop}
+        for tid, text, start, stop in ctx.tokenizer.offsets(parsed.inputs)
+    ])
