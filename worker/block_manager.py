@@ -51,10 +51,11 @@ class BlockManager:
         return num_blocks <= len(self._free)
 
     def match_prefix(self, req: Request) -> int:
-        """On first admission: take the cached blocks of the longest cached prompt prefix.
+        """On admission: take the cached blocks of the longest cached prefix of the request's tokens.
 
         Returns the number of tokens served from the cache. At least one token is always left to
-        compute, since the forward pass that samples the next token needs one.
+        compute, since the forward pass that samples the next token needs one. The hit counters
+        move only once the admission sticks (`record_lookup`), so a retried admission counts once.
         """
         assert not req.block_table and req.num_computed_tokens == 0
         self._hashes[req.req_id] = []
@@ -62,7 +63,6 @@ class BlockManager:
             return 0
         tokens = req.all_token_ids
         usable = (len(tokens) - 1) // self.block_size
-        self.prefix_query_tokens += len(tokens)
         parent = 0
         for i in range(usable):
             h = _chain(parent, tokens[i * self.block_size : (i + 1) * self.block_size])
@@ -75,8 +75,12 @@ class BlockManager:
             parent = h
         hit = len(req.block_table) * self.block_size
         req.num_computed_tokens = hit
-        self.prefix_hit_tokens += hit
         return hit
+
+    def record_lookup(self, num_query_tokens: int, num_hit_tokens: int) -> None:
+        if self.enable_prefix_caching:
+            self.prefix_query_tokens += num_query_tokens
+            self.prefix_hit_tokens += num_hit_tokens
 
     def allocate(self, req: Request, num_new_tokens: int) -> None:
         need = self.blocks_needed(req, num_new_tokens)

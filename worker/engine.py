@@ -88,6 +88,7 @@ class LLMEngine:
         self._requests: dict[str, Request] = {}
         self._pending = _Pending()
         self._last_batch = (0, 0)
+        self._mean_prompt = float(4 * config.block_size)  # prior before any request arrived
         self.last_batch: ScheduledBatch | None = None  # what the last step computed (tests, metrics)
 
     # -- API -------------------------------------------------------------------------------------
@@ -115,6 +116,7 @@ class LLMEngine:
         )
         self._requests[req.req_id] = req
         self.scheduler.add(req)
+        self._mean_prompt += (len(req.prompt_ids) - self._mean_prompt) / 16  # moving mean, ~16 requests
 
     def abort_request(self, req_id: str) -> None:
         self._pending.aborts.append(req_id)
@@ -123,13 +125,25 @@ class LLMEngine:
         return bool(self._requests) or bool(self._pending.aborts)
 
     def num_admittable(self) -> int:
-        # Hold no more waiting requests than one admission round can take, so that requests
-        # stay in the shared stream for other workers; stop taking work when blocks run short.
-        if self.blocks.num_free_blocks * 20 < self.blocks.num_blocks:
-            return 0
+        """How many more requests the worker should read from the shared stream right now.
+
+        A worker must not hoard requests that another worker could start sooner. Taken from
+        the stream are only as many requests as the batch has slots for and as the KV cache can
+        start: free tokens, less the uncomputed tokens of requests already waiting, less one
+        block of growth per running request, divided by the mean prompt size seen so far. Below
+        a 5% free-cache watermark, or while waiting requests could not all start, it is 0.
+        """
         sched = self.scheduler
-        room = self.max_batch_size - len(sched.running) - len(sched.waiting)
-        return max(0, room)
+        slots = self.max_batch_size - len(sched.running) - len(sched.waiting)
+        if slots <= 0 or self.blocks.num_free_blocks * 20 < self.blocks.num_blocks:
+            return 0
+        demand = sum(r.num_tokens - r.num_computed_tokens for r in sched.waiting)
+        demand += len(sched.running) * self.block_size
+        headroom = self.blocks.num_free_tokens - demand
+        if headroom <= 0:
+            return 0
+        per_request = max(self.block_size, round(self._mean_prompt))
+        return max(0, min(slots, -(-headroom // per_request)))
 
     def stats(self) -> EngineStats:
         sched = self.scheduler

@@ -94,10 +94,7 @@ class Scheduler:
         if self._may_admit():
             while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
                 req = self.waiting[0]
-                if req.num_computed_tokens == 0 and not req.block_table:
-                    self.blocks.match_prefix(req)
-                    if req.num_preemptions == 0:
-                        req.num_cached_tokens = req.num_computed_tokens
+                hit = self.blocks.match_prefix(req)
                 num_new = min(req.num_tokens - req.num_computed_tokens, budget)
                 need = self.blocks.blocks_needed(req, num_new)
                 if not self.blocks.can_allocate(need):
@@ -107,6 +104,9 @@ class Scheduler:
                     self.blocks.free(req)  # give back the prefix hits until it fits
                     break
                 self.blocks.allocate(req, num_new)
+                self.blocks.record_lookup(req.num_tokens, hit)
+                if req.num_preemptions == 0:
+                    req.num_cached_tokens = hit
                 self.waiting.popleft()
                 req.status = RequestStatus.RUNNING
                 if not req.first_scheduled_at:
