@@ -28,6 +28,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(role)s %(name)s [%(request_id)s] %(me
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 # Servers that install their own handlers; they are made to propagate to ours instead.
 _FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+# Extras that are not data: ours (already top-level fields) and uvicorn's ANSI-coloured duplicate.
+_SKIP_EXTRAS = frozenset({"role", "request_id", "color_message"})
 
 
 @contextlib.contextmanager
@@ -64,7 +66,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _RECORD_ATTRS and key not in line and key not in ("role", "request_id"):
+            if key not in _RECORD_ATTRS and key not in line and key not in _SKIP_EXTRAS:
                 line[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)

@@ -31,7 +31,7 @@ def test_json_lines_carry_role_request_id_and_extras(restore_root: None) -> None
     log = logging.getLogger("genfleet.test")
     log.info("no request")
     with bind_request_id("req-123"):
-        log.warning("inside %s", "request", extra={"tokens": 7})
+        log.warning("inside %s", "request", extra={"tokens": 7, "color_message": "\x1b[36minside"})
     log.info("explicit", extra={"request_id": "req-9"})
     log.debug("filtered out by level")
     try:
@@ -42,7 +42,7 @@ def test_json_lines_carry_role_request_id_and_extras(restore_root: None) -> None
     assert [line["msg"] for line in lines] == ["no request", "inside request", "explicit", "failed"]
     assert [line["request_id"] for line in lines] == ["-", "req-123", "req-9", "-"]
     assert all(line["role"] == "gateway" and line["logger"] == "genfleet.test" for line in lines)
-    assert lines[1]["level"] == "warning" and lines[1]["tokens"] == 7
+    assert lines[1]["level"] == "warning" and lines[1]["tokens"] == 7 and "color_message" not in lines[1]
     assert "RuntimeError: boom" in lines[3]["exc"]
     assert lines[0]["ts"].endswith("Z")
 
