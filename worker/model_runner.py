@@ -131,50 +131,51 @@ class ModelRunner:
 
     def _sample(self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor) -> StepOutput:
         reqs = batch.requests
-        # Row of each request's last token inside logits_all (prefill-logprob requests own many rows).
+        # Row of each sampling request's last token in logits_all, and the prompt-logprob rows:
+        # each row predicts the next prompt token, where one exists within the known tokens.
         last_row: dict[int, int] = {}
-        prefill_rows: dict[int, tuple[int, int]] = {}
+        lp_rows: list[int] = []
+        lp_targets: list[int] = []
+        lp_spans: dict[str, tuple[int, int]] = {}
         row = 0
         for i, req in enumerate(reqs):
             if req.prefill_logprobs:
-                prefill_rows[i] = (row, row + len(req.token_ids))
-                row += len(req.token_ids)
+                n = len(req.token_ids)
+                nxt = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
+                lp_spans[req.req_id] = (len(lp_rows), len(lp_rows) + len(nxt))
+                lp_rows.extend(range(row, row + len(nxt)))
+                lp_targets.extend(nxt)
+                row += n
                 last_row[i] = row - 1
             elif req.do_sample:
                 last_row[i] = row
                 row += 1
-        sampled = [reqs[i] for i in inputs.sample_rows]
+        packed: list[torch.Tensor] = []
+        n, k = len(inputs.sample_rows), 0
+        if n:
+            rows = torch.tensor([last_row[i] for i in inputs.sample_rows], device=logits_all.device)
+            tensors = sampler.prepare([reqs[i] for i in inputs.sample_rows], self.vocab_size, self.device)
+            result = sampler.sample(logits_all[rows], tensors)
+            k = tensors.max_top_n
+            packed += [result.token_ids, result.logprobs]
+            if result.top_ids is not None and result.top_logprobs is not None:
+                packed += [result.top_ids.flatten(), result.top_logprobs.flatten()]
+        if lp_rows:
+            picked = logits_all[torch.tensor(lp_rows, device=logits_all.device)]  # (P, V)
+            targets = torch.tensor(lp_targets, device=logits_all.device).unsqueeze(1)  # (P, 1)
+            packed.append(torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1))
+        # The step's one host synchronisation: everything comes back in one transfer (float64
+        # holds token ids exactly).
+        host = torch.cat([p.double() for p in packed]).tolist() if packed else []
         token_ids = [-1] * len(reqs)
         logprobs = [0.0] * len(reqs)
         top_tokens: list[list[tuple[int, float]]] = [[] for _ in reqs]
-        prefill: dict[str, list[float]] = {}
-        if sampled:
-            rows = torch.tensor([last_row[i] for i in inputs.sample_rows], device=logits_all.device)
-            tensors = sampler.prepare(sampled, self.vocab_size, self.device)
-            result = sampler.sample(logits_all[rows], tensors)
-            # The step's one host synchronisation: everything comes back in one transfer.
-            packed = [result.token_ids.float(), result.logprobs]
-            if result.top_ids is not None and result.top_logprobs is not None:
-                packed += [result.top_ids.float().flatten(), result.top_logprobs.flatten()]
-            host = torch.cat([p.flatten().double() for p in packed]).tolist()
-            n = len(sampled)
-            ids, lps = host[:n], host[n : 2 * n]
-            k = tensors.max_top_n
-            tops_id, tops_lp = host[2 * n : 2 * n + n * k], host[2 * n + n * k :]
-            for j, i in enumerate(inputs.sample_rows):
-                token_ids[i] = int(ids[j])
-                logprobs[i] = float(lps[j])
-                want = reqs[i].params.top_n_tokens
-                if want:
-                    top_tokens[i] = [(int(tops_id[j * k + m]), float(tops_lp[j * k + m])) for m in range(want)]
-        for i, (lo, hi) in prefill_rows.items():
-            req = reqs[i]
-            # Logprob of each next prompt token given the tokens before it.
-            nxt = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + (hi - lo)]
-            if nxt:
-                lp = torch.log_softmax(logits_all[lo : lo + len(nxt)], dim=-1)
-                idx = torch.tensor(nxt, device=lp.device).unsqueeze(1)
-                prefill[req.req_id] = lp.gather(1, idx).squeeze(1).tolist()
-            else:
-                prefill[req.req_id] = []
+        tops_id, tops_lp = host[2 * n : 2 * n + n * k], host[2 * n + n * k : 2 * n + 2 * n * k]
+        for j, i in enumerate(inputs.sample_rows):
+            token_ids[i] = int(host[j])
+            logprobs[i] = host[n + j]
+            want = reqs[i].params.top_n_tokens
+            top_tokens[i] = [(int(tops_id[j * k + m]), tops_lp[j * k + m]) for m in range(want)]
+        base = 2 * n + 2 * n * k
+        prefill = {rid: host[base + lo : base + hi] for rid, (lo, hi) in lp_spans.items()}
         return StepOutput(batch.step, [r.req_id for r in reqs], token_ids, logprobs, top_tokens, prefill)
