@@ -56,7 +56,7 @@ class ModelRunner:
             model.cos_sin_cache.data = model.cos_sin_cache.float()
         self.model = model.eval().requires_grad_(False)
         self.eos_token_ids = cfg.eos_token_ids
-        self.max_model_len = cfg.max_position_embeddings
+        self.max_model_len = min(cfg.max_position_embeddings, cfg.sliding_window or cfg.max_position_embeddings)
         self.vocab_size = cfg.vocab_size
         self.kv = self._allocate_kv()
         self.num_blocks = self.kv.num_blocks

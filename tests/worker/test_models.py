@@ -90,3 +90,10 @@ def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UnsupportedModel, match="GPT2LMHeadModel"):
         read_config(tmp_path)
+
+
+def test_mistral_sliding_window_caps_the_sequence_length(tmp_path: Path) -> None:
+    config = transformers.MistralConfig(**{**_COMMON, "sliding_window": 64})
+    transformers.MistralForCausalLM(config).save_pretrained(tmp_path)
+    runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=128), tmp_path)
+    assert runner.max_model_len == 64

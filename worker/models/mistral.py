@@ -1,4 +1,4 @@
-"""MistralForCausalLM: Llama's layout; sliding-window configs are served with full attention."""
+"""MistralForCausalLM: Llama's layout; a sliding window caps the served sequence length."""
 
 from __future__ import annotations
 
@@ -12,5 +12,6 @@ __all__ = ["MistralForCausalLM"]
 class MistralForCausalLM(LlamaForCausalLM):
     @staticmethod
     def family(raw: dict[str, Any]) -> dict[str, Any]:
-        # NOTE: sliding_window is not applied: exact only while sequences fit the window.
-        return {"qkv_bias": False, "o_bias": False}
+        # Within the window, sliding attention equals full attention: serve up to its length.
+        window = raw.get("sliding_window")
+        return {"qkv_bias": False, "o_bias": False, "sliding_window": int(window) if window else None}
