@@ -106,7 +106,6 @@ def sample(logits: torch.Tensor, t: SamplingTensors) -> SampleResult:  # logits 
 
 def _apply_penalties(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
     assert t.history is not None
-    vocab = logits.shape[-1]
     valid = t.history >= 0  # (B, L)
     index = t.history.clamp(min=0)
     counts = torch.zeros_like(logits).scatter_add_(1, index, valid.float())  # (B, V)
@@ -114,8 +113,7 @@ def _apply_penalties(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
     # CTRL-style repetition penalty: shrink positive logits, grow negative ones.
     penalized = torch.where(logits > 0, logits / t.repetition_penalty, logits * t.repetition_penalty)
     logits = torch.where(seen, penalized, logits)
-    logits = logits - t.frequency_penalty * counts - t.presence_penalty * seen.float()
-    return logits[:, :vocab]
+    return logits - t.frequency_penalty * counts - t.presence_penalty * seen.float()
 
 
 def _warp(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:  # -> probs (B, V)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
 
 from common.sampling_params import SamplingParams
 from worker import sampler
@@ -88,3 +96,44 @@ def test_top_n_alternatives_are_sorted_logprobs() -> None:
     expected = torch.log_softmax(logits, -1).topk(3)
     assert result.top_ids.tolist() == expected.indices.tolist()
     assert all(math.isfinite(x) for x in result.top_logprobs.flatten().tolist())
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"temperature": 0.7, "top_k": 5},
+        {"temperature": 1.3, "top_p": 0.8},
+        {"typical_p": 0.6},
+        {"temperature": 0.9, "top_k": 20, "top_p": 0.9, "typical_p": 0.8},
+    ],
+)
+def test_warpers_keep_the_same_tokens_as_transformers(knobs: dict) -> None:  # type: ignore[type-arg]
+    torch.manual_seed(3)
+    logits = torch.randn(4, V) * 3
+    params = SamplingParams(max_new_tokens=1, do_sample=True, **knobs)
+    probs = sampler._warp(logits, sampler.prepare([_req(params)] * 4, V, torch.device("cpu")))
+    want = logits.clone()
+    warpers = [TemperatureLogitsWarper(knobs.get("temperature", 1.0))]
+    if "top_k" in knobs:
+        warpers.append(TopKLogitsWarper(knobs["top_k"]))
+    if "top_p" in knobs:
+        warpers.append(TopPLogitsWarper(knobs["top_p"]))
+    if "typical_p" in knobs:
+        warpers.append(TypicalLogitsWarper(knobs["typical_p"]))
+    for warper in warpers:
+        want = warper(torch.zeros(4, 1, dtype=torch.long), want)
+    assert ((probs > 0) == torch.isfinite(want)).all()
+    torch.testing.assert_close(probs, want.softmax(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_repetition_penalty_equals_transformers_and_greedy_rows_stay_greedy() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(2, V) * 2
+    history = [3, 8, 8, 21]
+    reqs = [_req(SamplingParams(max_new_tokens=1, repetition_penalty=1.7), history=history),
+            _req(SamplingParams(max_new_tokens=1, do_sample=True, temperature=0.5), seed=5)]
+    tensors = sampler.prepare(reqs, V, torch.device("cpu"))
+    ours = sampler._apply_penalties(logits, tensors)
+    theirs = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([history]), logits[:1].clone())
+    torch.testing.assert_close(ours[:1], theirs)
+    assert int(sampler.sample(logits, tensors).token_ids[0]) == int(theirs.argmax())
