@@ -32,8 +32,8 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
     starts = [0]
     logits_rows: list[int] = []
     sample_rows: list[int] = []
-    max_blocks = max((len(r.block_table) for r in batch.requests), default=1)
-    tables = torch.zeros((len(batch.requests), max(1, max_blocks)), dtype=torch.int32)
+    width = max(1, max((len(r.block_table) for r in batch.requests), default=1))
+    tables: list[int] = []
     max_query_len = 0
     for i, req in enumerate(batch.requests):
         n = len(req.token_ids)
@@ -42,10 +42,10 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         positions.extend(pos)
         table = req.block_table
         slots.extend(table[p // block_size] * block_size + p % block_size for p in pos)
+        tables.extend(table)
+        tables.extend([0] * (width - len(table)))
         seq_lens.append(req.start_pos + n)
         starts.append(starts[-1] + n)
-        if req.block_table:
-            tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
         if req.prefill_logprobs:
             logits_rows.extend(range(starts[i], starts[i + 1]))
         elif req.do_sample:
@@ -53,22 +53,21 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         if req.do_sample:
             sample_rows.append(i)
         max_query_len = max(max_query_len, n)
-    pin = device.type == "cuda"
-
-    def put(values: list[int] | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
-        if pin:
-            host = host.pin_memory()
-        return host.to(device, non_blocking=True)
-
+    # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
+    parts = (input_ids, positions, slots, tables, seq_lens, starts, logits_rows)
+    host = torch.tensor([x for part in parts for x in part], dtype=torch.int64)
+    if device.type == "cuda":
+        host = host.pin_memory()  # the caching host allocator keeps it alive until the copy is done
+    flat = host.to(device, non_blocking=True)
+    ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = flat.split([len(p) for p in parts])
     return ModelInputs(
-        input_ids=put(input_ids, torch.int64),
-        positions=put(positions, torch.int64),
-        slot_mapping=put(slots, torch.int64),
-        block_tables=put(tables, torch.int32),
-        seq_lens=put(seq_lens, torch.int32),
-        query_start_loc=put(starts, torch.int32),
-        logits_rows=put(logits_rows, torch.int64),
+        input_ids=ids_t,
+        positions=pos_t,
+        slot_mapping=slots_t,
+        block_tables=tables_t.view(len(batch.requests), width).to(torch.int32),
+        seq_lens=lens_t.to(torch.int32),
+        query_start_loc=starts_t.to(torch.int32),
+        logits_rows=rows_t,
         sample_rows=sample_rows,
         max_query_len=max_query_len,
     )

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.input_builder import build_inputs
 from worker.kv_cache import CPU_DEFAULT_TOKENS
 from worker.model_runner import ModelRunner
 
@@ -202,3 +203,19 @@ def test_runner_names_an_unsupported_architecture(tmp_path: Path) -> None:
     (path / "config.json").write_text(config)
     with pytest.raises(ValueError, match="GPTNeoXForCausalLM"):
         _runner(path)
+
+
+def test_build_inputs_lays_out_slots_tables_and_logit_rows() -> None:
+    p = SamplingParams(max_new_tokens=4)
+    batch = ScheduledBatch(3, [
+        ScheduledRequest("d", [9], 5, [7, 2], True, p),  # decode at position 5: block 2, offset 1
+        ScheduledRequest("c", [1, 2, 3], 2, [4, 1], False, p),  # mid-prompt chunk over two blocks
+        ScheduledRequest("l", [5, 6], 0, [6], True, p, prefill_logprobs=True),  # every row's logits
+    ], 1, 6)
+    x = build_inputs(batch, 4, torch.device("cpu"))
+    assert x.input_ids.tolist() == [9, 1, 2, 3, 5, 6]
+    assert x.positions.tolist() == [5, 2, 3, 4, 0, 1]
+    assert x.slot_mapping.tolist() == [9, 18, 19, 4, 24, 25]
+    assert x.block_tables.tolist() == [[7, 2], [4, 1], [6, 0]] and x.block_tables.dtype == torch.int32
+    assert x.seq_lens.tolist() == [6, 5, 2] and x.query_start_loc.tolist() == [0, 1, 4, 6]
+    assert x.logits_rows.tolist() == [0, 4, 5] and x.sample_rows == [0, 2] and x.max_query_len == 3
