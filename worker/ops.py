@@ -26,12 +26,13 @@ def use_device(device: torch.device) -> dict[str, str]:
     chosen = {}
     triton_ops: dict[str, Callable[..., Any]] = {}
     if device.type == "cuda":
-        try:
-            import kernels
+        import kernels
 
-            triton_ops = {n: getattr(kernels, n) for n in _NAMES if hasattr(kernels, n)}
-        except Exception as exc:  # a broken Triton install must not stop the worker
-            log.warning("Triton kernels unavailable (%s); using torch references", exc)
+        for name in _NAMES:
+            try:  # each launcher loads on first use; a missing one falls back alone
+                triton_ops[name] = getattr(kernels, name)
+            except Exception as exc:  # a broken Triton install must not stop the worker
+                log.warning("Triton %s unavailable (%s); using the torch reference", name, exc)
     for name in _NAMES:
         _impl[name] = triton_ops.get(name, getattr(reference, name))
         chosen[name] = "triton" if name in triton_ops else "torch"
