@@ -1,0 +1,181 @@
+"""Paged attention: split-KV decode (flash-decoding) for GQA, and the dispatch to the varlen kernel.
+
+Decode, program (sequence, kv head, split): the group's query heads share every K/V load; each
+sequence's context is cut into NUM_SPLITS equal slices whose partial outputs and log-sum-exps
+stage 2 merges. Splitting keeps the card busy at small batch with long contexts.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.prefill_attention import _check_paged_inputs, prefill_attention
+
+__all__ = ["paged_attention", "paged_decode_attention"]
+
+_LOG2E = 1.4426950408889634
+_MAX_SPLITS = 32
+
+
+@triton.jit
+def _decode_partial_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, part_out_ptr, part_lse_ptr,
+    qk_scale, group,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
+    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    row = tl.load(qsl_ptr + seq).to(tl.int64)
+    g = tl.arange(0, BLOCK_G)  # (G,)
+    d = tl.arange(0, BLOCK_D)  # (D,)
+    g_mask = g < group
+    d_mask = d < HEAD_DIM
+    heads = kv_head * group + g  # (G,)
+    # G is padded to 16 so the products run on tensor cores; padded rows read zeros.
+    q = tl.load(
+        q_ptr + row * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :], other=0.0,
+    )  # (G, D)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(seq_len, start + per_split)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)  # (N,)
+        n_mask = n < end
+        blk = tl.load(bt_ptr + seq * stride_bt + n // PAGE, mask=n_mask, other=0).to(tl.int64)  # (N,)
+        off = (n % PAGE).to(tl.int64)
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(
+            k_cache_ptr + blk[:, None] * stride_kb + off[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # (N, D)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (G, N), log2 units
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])  # (G, N)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_cache_ptr + blk[:, None] * stride_vb + off[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # (N, D)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    # An empty slice (short sequence) leaves lse = -inf: stage 2 gives it zero weight.
+    has_keys = l_i > 0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    lse = tl.where(has_keys, m_i + tl.log2(l_safe), float("-inf"))
+    part = acc / l_safe[:, None]
+    tl.store(
+        part_out_ptr + seq * stride_pb + heads[:, None] * stride_ph + split * stride_ps + d[None, :],
+        part, mask=g_mask[:, None] & d_mask[None, :],
+    )
+    tl.store(part_lse_ptr + seq * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    part_out_ptr, part_lse_ptr, qsl_ptr, out_ptr,
+    stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    s = tl.arange(0, NUM_SPLITS)  # (S,)
+    d = tl.arange(0, BLOCK_D)  # (D,)
+    d_mask = d < HEAD_DIM
+    lse = tl.load(part_lse_ptr + seq * stride_lb + head * stride_lh + s)  # (S,)
+    w = tl.exp2(lse - tl.max(lse, 0))  # (S,)
+    parts = tl.load(
+        part_out_ptr + seq * stride_pb + head * stride_ph + s[:, None] * stride_ps + d[None, :],
+        mask=d_mask[None, :], other=0.0,
+    )  # (S, D)
+    out = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)  # (D,)
+    row = tl.load(qsl_ptr + seq).to(tl.int64)
+    tl.store(out_ptr + row * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,  # (B, H, D): one new token per sequence
+    k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    block_tables: torch.Tensor,  # (B, max_blocks) int32
+    seq_lens: torch.Tensor,  # (B,) int32
+    query_start_loc: torch.Tensor,  # (B + 1,) int32
+    scale: float,
+    num_splits: int | None = None,
+) -> torch.Tensor:  # (B, H, D)
+    _check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    num_seqs = block_tables.shape[0]
+    num_heads, dim = q.shape[1], q.shape[2]
+    n_kv = k_cache.shape[2]
+    group = num_heads // n_kv
+    out = torch.empty_like(q)  # (T, H, D)
+    if num_seqs == 0:
+        return out
+    if num_splits is None:
+        num_splits = _default_splits(num_seqs * n_kv, q.device)
+    assert num_splits & (num_splits - 1) == 0, "num_splits must be a power of two"
+    part_out = torch.empty(num_seqs, num_heads, num_splits, dim, dtype=torch.float32, device=q.device)  # (B, H, S, D)
+    part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)  # (B, H, S)
+    block_d = triton.next_power_of_2(dim)
+    _decode_partial_kernel[(num_seqs, n_kv, num_splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_out, part_lse,
+        scale * _LOG2E, group,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_lse.stride(0), part_lse.stride(1),
+        PAGE=k_cache.shape[1], HEAD_DIM=dim, BLOCK_D=block_d,
+        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=64, NUM_SPLITS=num_splits,
+        num_warps=4, num_stages=2,
+    )
+    _decode_reduce_kernel[(num_seqs, num_heads)](
+        part_out, part_lse, query_start_loc, out,
+        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,
+    )
+    return out
+
+
+def paged_attention(
+    q: torch.Tensor,  # (T, H, D)
+    k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    block_tables: torch.Tensor,  # (B, max_blocks) int32
+    seq_lens: torch.Tensor,  # (B,) int32
+    query_start_loc: torch.Tensor,  # (B + 1,) int32
+    scale: float,
+) -> torch.Tensor:  # (T, H, D)
+    # NOTE: T == B means every sequence decodes exactly one token, because every scheduled
+    # sequence brings at least one new token; deciding from shapes keeps the step free of host syncs.
+    if q.shape[0] == block_tables.shape[0]:
+        return paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+    return prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+
+
+_sm_count: dict[int, int] = {}
+
+
+def _default_splits(num_programs: int, device: torch.device) -> int:
+    # Enough slices for about two waves over the SMs; a large batch needs none.
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in _sm_count:
+            _sm_count[index] = torch.cuda.get_device_properties(index).multi_processor_count
+        sms = _sm_count[index]
+    else:
+        sms = 4
+    want = triton.cdiv(2 * sms, num_programs)
+    return min(_MAX_SPLITS, triton.next_power_of_2(max(want, 1)))

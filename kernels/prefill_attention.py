@@ -1,0 +1,132 @@
+"""Causal attention for variable-length new tokens that reads every key, cached prefix included, from pages.
+
+One launch covers a whole varlen batch: program (sequence, query tile, head). A sequence's q_len
+queries are its last positions among seq_lens[i]; their K/V are already in the cache (store_kv runs
+first), so prefill, chunked prefill over a cached prefix, and decode rows are all the same case.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["prefill_attention"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _prefill_attention_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, out_ptr,
+    qk_scale, group,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_ot, stride_oh,
+    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    tile = tl.program_id(1)
+    head = tl.program_id(2)
+    q_lo = tl.load(qsl_ptr + seq)
+    q_len = tl.load(qsl_ptr + seq + 1) - q_lo
+    # The grid is sized without a host sync, so most tiles of short sequences have nothing to do.
+    if tile * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    ctx = seq_len - q_len
+    kv_head = head // group
+    m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # (M,)
+    d = tl.arange(0, BLOCK_D)  # (D,)
+    m_mask = m < q_len
+    d_mask = d < HEAD_DIM
+    q_rows = (q_lo + m).to(tl.int64)
+    q = tl.load(
+        q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + d[None, :],
+        mask=m_mask[:, None] & d_mask[None, :], other=0.0,
+    )  # (M, D)
+    q_pos = ctx + m  # (M,)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Keys past the tile's last query position are masked for every row: stop there.
+    end = tl.minimum(seq_len, ctx + (tile + 1) * BLOCK_M)
+    for n0 in range(0, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)  # (N,)
+        n_mask = n < end
+        blk = tl.load(bt_ptr + seq * stride_bt + n // PAGE, mask=n_mask, other=0).to(tl.int64)  # (N,)
+        off = (n % PAGE).to(tl.int64)
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(
+            k_cache_ptr + blk[:, None] * stride_kb + off[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # (N, D)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (M, N), log2 units
+        causal = (n[None, :] <= q_pos[:, None]) & n_mask[None, :]
+        s = tl.where(causal, s, float("-inf"))
+        # Key 0 is visible to every query, so m_new is finite after the first tile.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])  # (M, N)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_cache_ptr + blk[:, None] * stride_vb + off[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # (N, D)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(
+        out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + d[None, :],
+        out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :],
+    )
+
+
+def prefill_attention(
+    q: torch.Tensor,  # (T, H, D)
+    k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    block_tables: torch.Tensor,  # (B, max_blocks) int32
+    seq_lens: torch.Tensor,  # (B,) int32
+    query_start_loc: torch.Tensor,  # (B + 1,) int32
+    scale: float,
+    out: torch.Tensor | None = None,  # (T, H, D)
+) -> torch.Tensor:  # (T, H, D)
+    _check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    num_tokens, num_heads, dim = q.shape
+    out = torch.empty_like(q) if out is None else out
+    num_seqs = block_tables.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    block_m, block_n = (64, 64) if dim <= 128 else (32, 32)
+    # Upper bound on any sequence's query count, known without reading query_start_loc.
+    grid = (num_seqs, triton.cdiv(num_tokens - num_seqs + 1, block_m), num_heads)
+    _prefill_attention_kernel[grid](
+        q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out,
+        scale * _LOG2E, num_heads // k_cache.shape[2],
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        PAGE=k_cache.shape[1], HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
+    )
+    return out
+
+
+def _check_paged_inputs(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+) -> None:
+    num_heads, dim = q.shape[1], q.shape[2]
+    assert q.dim() == 3 and q.stride(2) == 1, q.shape
+    assert k_cache.shape == v_cache.shape and k_cache.dim() == 4 and k_cache.shape[3] == dim, (k_cache.shape, q.shape)
+    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1
+    assert num_heads % k_cache.shape[2] == 0, (num_heads, k_cache.shape)
+    assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
+    assert block_tables.dim() == 2 and block_tables.stride(1) == 1
+    assert seq_lens.shape == (block_tables.shape[0],) and query_start_loc.shape == (block_tables.shape[0] + 1,)
+    assert block_tables.dtype in (torch.int32, torch.int64) and seq_lens.dtype in (torch.int32, torch.int64)

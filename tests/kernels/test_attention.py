@@ -1,0 +1,77 @@
+"""Paged attention kernels (split-KV decode, varlen prefill over cached pages) against the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels.conftest import ON_GPU, assert_close
+
+pytest.importorskip("triton")
+
+from kernels import reference as ref  # noqa: E402
+from kernels.paged_attention import paged_attention, paged_decode_attention  # noqa: E402
+from kernels.prefill_attention import prefill_attention  # noqa: E402
+
+# Triton's CPU interpreter multiplies bfloat16 tiles wrong (a bare 16x16 tl.dot is off by 1e10),
+# so bfloat16 attention runs on the GPU only.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+# (query heads, kv heads, head dim): GQA ratios 1, 3, 4 and 8, head dims 64 and 128.
+HEADS = [(2, 2, 64), (3, 1, 64), (8, 2, 128), (8, 1, 128)]
+
+
+def _paged_batch(
+    spans: list[tuple[int, int]], heads: int, n_kv: int, dim: int, block_size: int,
+    dtype: torch.dtype, device: torch.device, seed: int,
+) -> tuple[torch.Tensor, ...]:
+    """Random caches holding each sequence's cached + new keys on scattered pages, and its queries.
+
+    spans: (cached tokens, new tokens) per sequence.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pages = [-(-(c + n) // block_size) for c, n in spans]
+    num_blocks = sum(pages) + 3
+    k_cache = torch.randn(num_blocks, block_size, n_kv, dim, generator=gen).to(device, dtype)
+    v_cache = torch.randn(num_blocks, block_size, n_kv, dim, generator=gen).to(device, dtype)
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    width = max(pages) + 1
+    tables = torch.zeros(len(spans), width, dtype=torch.int32)
+    for i, p in enumerate(pages):
+        tables[i, :p] = torch.tensor(order[:p], dtype=torch.int32)
+        order = order[p:]
+    seq_lens = torch.tensor([c + n for c, n in spans], dtype=torch.int32)
+    starts = torch.tensor([0] + [n for _, n in spans], dtype=torch.int32).cumsum(0).to(torch.int32)
+    q = torch.randn(int(starts[-1]), heads, dim, generator=gen).to(device, dtype)  # (T, H, D)
+    return q, k_cache, v_cache, tables.to(device), seq_lens.to(device), starts.to(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "n_kv", "dim"), HEADS)
+@pytest.mark.parametrize("block_size", [16, 4])
+def test_prefill_attention(heads: int, n_kv: int, dim: int, block_size: int, dtype: torch.dtype, device: torch.device) -> None:
+    # A fresh odd-length prefill, a chunk after a cached prefix that ends mid-page, a decode row,
+    # a chunk crossing the 64-query tile boundary, and a sequence with no new tokens.
+    spans = [(0, 7), (13, 5), (31, 1), (16, 70 if ON_GPU else 66), (5, 0)]
+    if ON_GPU:
+        spans += [(900, 300), (0, 513)]
+    q, kc, vc, bt, sl, qsl = _paged_batch(spans, heads, n_kv, dim, block_size, dtype, device, seed=heads + dim)
+    scale = dim**-0.5
+    got = prefill_attention(q, kc, vc, bt, sl, qsl, scale)
+    want = ref.paged_attention(q, kc, vc, bt, sl, qsl, scale)
+    assert_close(got, want, dtype, 2)
+    assert_close(paged_attention(q, kc, vc, bt, sl, qsl, scale), want, dtype, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "n_kv", "dim"), HEADS)
+@pytest.mark.parametrize("num_splits", [1, 4, None])
+def test_decode_attention(heads: int, n_kv: int, dim: int, num_splits: int | None, dtype: torch.dtype, device: torch.device) -> None:
+    # Context lengths at, just past and well inside page and split boundaries; one context
+    # shorter than the number of splits leaves empty slices.
+    lens = [1, 16, 17, 63, 130] + ([2049, 4000] if ON_GPU else [])
+    q, kc, vc, bt, sl, qsl = _paged_batch([(n - 1, 1) for n in lens], heads, n_kv, dim, 16, dtype, device, seed=dim)
+    scale = dim**-0.5
+    got = paged_decode_attention(q, kc, vc, bt, sl, qsl, scale, num_splits=num_splits)
+    want = ref.paged_attention(q, kc, vc, bt, sl, qsl, scale)
+    assert_close(got, want, dtype, 2)
+    assert_close(paged_attention(q, kc, vc, bt, sl, qsl, scale), want, dtype, 2)
