@@ -1,20 +1,25 @@
 """Attention over the paged KV cache, with its per-step metadata scoped to one forward pass.
 
-The runner builds `AttentionMetadata` once per step and enters `forward_context(meta)`; every
-layer's attention reads it from there. Nesting is an error: one forward at a time per process.
+A backend builds `AttentionMetadata` once per step (`prepare_metadata`); the runner enters
+`forward_context(meta, backend)` and every layer's `attend(...)` reaches `backend.forward` from
+there. Nesting is an error: one forward at a time per process. `PagedAttentionBackend` goes
+through worker/ops.py, so the Triton kernels replace the torch references there on CUDA; a
+backend with other metadata (e.g. split plans computed once per step) subclasses it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from worker import ops
+from worker.input_builder import ModelInputs
 
-__all__ = ["AttentionMetadata", "forward_context", "current_metadata", "attend"]
+__all__ = ["AttentionMetadata", "PagedAttentionBackend", "forward_context", "current_metadata", "attend"]
 
 
 @dataclass(slots=True)
@@ -27,25 +32,62 @@ class AttentionMetadata:
     max_query_len: int  # 1 when every sequence decodes
 
 
-_current: AttentionMetadata | None = None
+class PagedAttentionBackend:
+    def prepare_metadata(self, inputs: ModelInputs, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=inputs.slot_mapping,
+            block_tables=inputs.block_tables,
+            seq_lens=inputs.seq_lens,
+            query_start_loc=inputs.query_start_loc,
+            kv_caches=kv_caches,
+            max_query_len=inputs.max_query_len,
+        )
+
+    def forward(
+        self,
+        meta: AttentionMetadata,
+        layer_idx: int,
+        q: torch.Tensor,  # (T, H, D)
+        k: torch.Tensor,  # (T, n_kv, D)
+        v: torch.Tensor,  # (T, n_kv, D)
+        scale: float,
+    ) -> torch.Tensor:  # (T, H, D)
+        k_cache, v_cache = meta.kv_caches[layer_idx]
+        ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        return ops.paged_attention(  # type: ignore[no-any-return]
+            q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale
+        )
+
+
+_DEFAULT_BACKEND = PagedAttentionBackend()
+# Set only inside forward_context; a context variable keeps concurrent threads apart.
+_FORWARD: contextvars.ContextVar[tuple[AttentionMetadata, PagedAttentionBackend] | None] = contextvars.ContextVar(
+    "genfleet_forward", default=None
+)
 
 
 @contextlib.contextmanager
-def forward_context(meta: AttentionMetadata) -> Iterator[AttentionMetadata]:
-    global _current
-    if _current is not None:
+def forward_context(
+    meta: AttentionMetadata, backend: PagedAttentionBackend = _DEFAULT_BACKEND
+) -> Iterator[AttentionMetadata]:
+    if _FORWARD.get() is not None:
         raise RuntimeError("forward_context is not re-entrant: a forward pass is already running")
-    _current = meta
+    token = _FORWARD.set((meta, backend))
     try:
         yield meta
     finally:
-        _current = None
+        _FORWARD.reset(token)
+
+
+def _scope() -> tuple[AttentionMetadata, PagedAttentionBackend]:
+    scope = _FORWARD.get()
+    if scope is None:
+        raise RuntimeError("attention called outside forward_context")
+    return scope
 
 
 def current_metadata() -> AttentionMetadata:
-    if _current is None:
-        raise RuntimeError("attention called outside forward_context")
-    return _current
+    return _scope()[0]
 
 
 def attend(
@@ -55,7 +97,5 @@ def attend(
     v: torch.Tensor,  # (T, n_kv, D)
     scale: float,
 ) -> torch.Tensor:  # (T, H, D)
-    meta = current_metadata()
-    k_cache, v_cache = meta.kv_caches[layer_idx]
-    ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-    return ops.paged_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale)  # type: ignore[no-any-return]
+    meta, backend = _scope()
+    return backend.forward(meta, layer_idx, q, k, v, scale)

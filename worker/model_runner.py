@@ -10,8 +10,9 @@ import torch
 
 from common.config import WorkerConfig
 from worker import ops, sampler
-from worker.attention import AttentionMetadata, forward_context
+from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import ScheduledBatch, ScheduledRequest, StepOutput
+from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
 from worker.models import CausalLM, read_config
@@ -58,9 +59,12 @@ class ModelRunner:
         self.eos_token_ids = cfg.eos_token_ids
         self.max_model_len = min(cfg.max_position_embeddings, cfg.sliding_window or cfg.max_position_embeddings)
         self.vocab_size = cfg.vocab_size
+        self.attention = PagedAttentionBackend()
+        self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly
         self.kv = self._allocate_kv()
         self.num_blocks = self.kv.num_blocks
-        self.graphs = None  # decode CUDA graphs (worker/cuda_graphs.py) when enabled
+        # Decode CUDA graphs per batch bucket (worker/cuda_graphs.py); None on CPU or when off.
+        self.graphs = capture_decode_graphs(self)
 
     # -- KV sizing -----------------------------------------------------------------------------
     def _allocate_kv(self) -> KVCache:
@@ -114,19 +118,12 @@ class ModelRunner:
         return self._sample(batch, inputs, logits_all)
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
-        meta = AttentionMetadata(
-            slot_mapping=inputs.slot_mapping,
-            block_tables=inputs.block_tables,
-            seq_lens=inputs.seq_lens,
-            query_start_loc=inputs.query_start_loc,
-            kv_caches=self.kv.layers,
-            max_query_len=inputs.max_query_len,
-        )
+        meta = self.attention.prepare_metadata(inputs, self.kv.layers)
         if self.graphs is not None and inputs.max_query_len == 1:
             replayed = self.graphs.try_replay(inputs, meta)
             if replayed is not None:
                 return replayed  # type: ignore[no-any-return]
-        with forward_context(meta):
+        with forward_context(meta, self.attention):
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
 
     def _sample(self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor) -> StepOutput:

@@ -219,3 +219,19 @@ def test_build_inputs_lays_out_slots_tables_and_logit_rows() -> None:
     assert x.block_tables.tolist() == [[7, 2], [4, 1], [6, 0]] and x.block_tables.dtype == torch.int32
     assert x.seq_lens.tolist() == [6, 5, 2] and x.query_start_loc.tolist() == [0, 1, 4, 6]
     assert x.logits_rows.tolist() == [0, 4, 5] and x.sample_rows == [0, 2] and x.max_query_len == 3
+
+
+def test_attention_metadata_is_scoped_to_one_forward(tmp_path: Path) -> None:
+    from worker.attention import current_metadata, forward_context
+
+    path, _ = _tiny_llama(tmp_path)
+    runner = _runner(path, block_size=8)
+    req = ScheduledRequest("r", [1, 2], 0, [0], True, SamplingParams(max_new_tokens=1))
+    inputs = build_inputs(ScheduledBatch(0, [req], 0, 2), 8, runner.device)
+    meta = runner.attention.prepare_metadata(inputs, runner.kv.layers)
+    with forward_context(meta, runner.attention):
+        assert current_metadata() is meta
+        with pytest.raises(RuntimeError, match="re-entrant"), forward_context(meta):
+            pass
+    with pytest.raises(RuntimeError, match="outside"):
+        current_metadata()
