@@ -90,12 +90,7 @@ def current_metadata() -> AttentionMetadata:
     return _scope()[0]
 
 
-def attend(
-    layer_idx: int,
-    q: torch.Tensor,  # (T, H, D)
-    k: torch.Tensor,  # (T, n_kv, D)
-    v: torch.Tensor,  # (T, n_kv, D)
-    scale: float,
-) -> torch.Tensor:  # (T, H, D)
+def attend(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The layers' entry: the current step's backend stores k, v and attends (shapes as its forward)."""
     meta, backend = _scope()
     return backend.forward(meta, layer_idx, q, k, v, scale)
