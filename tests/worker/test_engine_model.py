@@ -1,4 +1,5 @@
-"""The engine on the real default model (CPU, float32) against transformers."""
+"""The engine on real models (CPU, float32) against transformers: the default model for batched
+greedy decoding, a tiny random Llama for preemption, seeded sampling and chunked prompt logprobs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
+from tests.worker.test_model_runner import _tiny_llama
 from worker.engine import EngineRequest, LLMEngine
 from worker.model_runner import ModelRunner
 
@@ -37,6 +40,16 @@ def _engine(model_dir: Path, **overrides: object) -> LLMEngine:
                      max_model_len=runner.max_model_len)
 
 
+@pytest.fixture(scope="module")
+def expected(tokenizer, reference) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    out = {}
+    for p in PROMPTS:
+        ids = tokenizer(p).input_ids
+        out[p] = reference.generate(torch.tensor([ids]), max_new_tokens=NEW, do_sample=False,
+                                    attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0, len(ids):].tolist()
+    return out
+
+
 def _run(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParams, seeds: dict[str, int] | None = None) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i, (rid, ids) in enumerate(prompts.items()):
@@ -50,38 +63,65 @@ def _run(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParam
     return out
 
 
-def test_batched_greedy_equals_transformers(default_model_dir: Path, tokenizer, reference) -> None:  # type: ignore[no-untyped-def]
-    prompts = {p: tokenizer(p).input_ids for p in PROMPTS}
-    got = _run(_engine(default_model_dir), prompts, SamplingParams(max_new_tokens=NEW))
-    for p, ids in prompts.items():
-        want = reference.generate(torch.tensor([ids]), max_new_tokens=NEW, do_sample=False,
-                                  attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0, len(ids):].tolist()
-        assert got[p] == want, p
+def test_batched_greedy_equals_transformers(default_model_dir: Path, tokenizer, expected) -> None:  # type: ignore[no-untyped-def]
+    engine = _engine(default_model_dir)
+    got = _run(engine, {p: tokenizer(p).input_ids for p in PROMPTS}, SamplingParams(max_new_tokens=NEW))
+    assert got == expected
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
-def test_greedy_survives_preemption(default_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    prompts = {p: tokenizer(p).input_ids for p in PROMPTS}
-    roomy = _run(_engine(default_model_dir), prompts, SamplingParams(max_new_tokens=NEW))
-    tight = _engine(default_model_dir, max_batch_total_tokens=64, block_size=8)
-    squeezed = _run(tight, prompts, SamplingParams(max_new_tokens=NEW))
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, transformers.LlamaForCausalLM]:
+    """A random two-layer Llama: fast enough for long, preempted and chunked runs on CPU."""
+    return _tiny_llama(tmp_path_factory.mktemp("engine"))
+
+
+def _tiny_prompts(n: int) -> dict[str, list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return {f"p{i}": torch.randint(3, 97, (int(torch.randint(4, 40, (1,), generator=g)),), generator=g).tolist()
+            for i in range(n)}
+
+
+def test_greedy_survives_preemption(tiny) -> None:  # type: ignore[no-untyped-def]
+    path, reference = tiny
+    new = 32
+    prompts = _tiny_prompts(6)
+    # 10 blocks of 8 tokens: six requests growing to 36-71 tokens cannot all stay resident.
+    tight = _engine(path, max_batch_total_tokens=80, block_size=8, max_batch_prefill_tokens=32)
+    got = _run(tight, prompts, SamplingParams(max_new_tokens=new, ignore_eos=True))
     assert tight.scheduler.num_preemptions > 0
-    assert squeezed == roomy
+    assert tight.blocks.num_free_blocks == tight.blocks.num_blocks
+    for rid, ids in prompts.items():
+        assert got[rid] == _argmax_continuation(reference, ids, new), rid
 
 
-def test_seeded_sampling_is_reproducible_in_any_batch(default_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    params = SamplingParams(max_new_tokens=NEW, do_sample=True, temperature=0.9, top_p=0.95)
-    target = {"t": tokenizer(PROMPTS[0]).input_ids}
-    alone = _run(_engine(default_model_dir), target, params, {"t": 42})["t"]
-    crowd = {**{f"o{i}": tokenizer(p).input_ids for i, p in enumerate(PROMPTS)}, **target}
-    together = _run(_engine(default_model_dir), crowd, params, {"t": 42, "o0": 1, "o1": 2, "o2": 3, "o3": 4})["t"]
+def _argmax_continuation(model: transformers.LlamaForCausalLM, ids: list[int], new: int) -> list[int]:
+    """Greedy decoding that runs through EOS (as ignore_eos does), by full forward passes."""
+    out, step_ids, past = [], torch.tensor([ids]), None
+    with torch.no_grad():
+        for _ in range(new):
+            result = model(step_ids, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            out.append(int(result.logits[0, -1].argmax()))
+            step_ids = torch.tensor([[out[-1]]])
+    return out
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(tiny) -> None:  # type: ignore[no-untyped-def]
+    engine = _engine(tiny[0], max_batch_prefill_tokens=16)
+    params = SamplingParams(max_new_tokens=24, do_sample=True, temperature=0.9, top_p=0.95, ignore_eos=True)
+    crowd = _tiny_prompts(5)
+    target = {"t": crowd.pop("p0")}
+    alone = _run(engine, target, params, {"t": 42})["t"]
+    together = _run(engine, {**crowd, **target}, params, {"t": 42, "p1": 1, "p2": 2, "p3": 3, "p4": 4})["t"]
     assert alone == together
-    other_seed = _run(_engine(default_model_dir), target, params, {"t": 43})["t"]
-    assert other_seed != alone
+    assert _run(engine, target, params, {"t": 43})["t"] != alone
 
 
-def test_prefill_logprobs_match_transformers(default_model_dir: Path, tokenizer, reference) -> None:  # type: ignore[no-untyped-def]
-    ids = tokenizer("The quick brown fox jumps over the lazy dog because it").input_ids
-    engine = _engine(default_model_dir, max_batch_prefill_tokens=5)  # prompt split over chunks
+def test_prefill_logprobs_match_transformers(tiny) -> None:  # type: ignore[no-untyped-def]
+    path, reference = tiny
+    ids = _tiny_prompts(1)["p0"]
+    engine = _engine(path, max_batch_prefill_tokens=5)  # the prompt is split over chunks
     engine.add_request(EngineRequest("p", ids, SamplingParams(max_new_tokens=1, prefill_logprobs=True), 0, time.time()))
     outs = []
     while engine.has_unfinished_requests():

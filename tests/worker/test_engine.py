@@ -1,0 +1,131 @@
+"""LLMEngine's API with a fake runner: validation, finish reasons, aborts, stats, admission bound."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from common.config import WorkerConfig
+from common.sampling_params import SamplingParams
+from tests.fakes import FakeRunner, solo_run
+from worker.engine import EngineRequest, LLMEngine, RequestOutput
+
+
+def _engine(num_blocks: int = 32, block_size: int = 4, budget: int = 32, max_batch: int = 8,
+            eos: int = 0, max_model_len: int = 4096) -> tuple[LLMEngine, FakeRunner]:
+    config = WorkerConfig(block_size=block_size, max_batch_prefill_tokens=budget, max_batch_size=max_batch,
+                          waiting_served_ratio=0.0)
+    runner = FakeRunner(block_size, budget)
+    engine = LLMEngine(config, runner, num_blocks=num_blocks, eos_token_ids=frozenset({eos}),
+                       max_model_len=max_model_len)
+    return engine, runner
+
+
+def _req(rid: str, prompt: list[int], max_new: int, **kw: object) -> EngineRequest:
+    params = SamplingParams(max_new_tokens=max_new, ignore_eos=bool(kw.pop("ignore_eos", False)))
+    return EngineRequest(rid, prompt, params, seed=0, arrival_time=time.time(), **kw)  # type: ignore[arg-type]
+
+
+def _drain(engine: LLMEngine) -> list[RequestOutput]:
+    outs: list[RequestOutput] = []
+    for _ in range(1000):
+        if not engine.has_unfinished_requests():
+            return outs
+        outs.extend(engine.step())
+    raise AssertionError("engine made no progress")
+
+
+def test_add_request_refuses_what_can_never_run() -> None:
+    engine, _ = _engine(num_blocks=8, block_size=4, max_model_len=64)  # 32 KV tokens
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request(_req("e", [], 4))
+    with pytest.raises(ValueError, match="<= 64"):
+        engine.add_request(_req("long", list(range(1, 60)), 10))
+    with pytest.raises(ValueError, match="holds 32"):
+        engine.add_request(_req("big", list(range(1, 30)), 10))
+    assert engine.stats().capacity_tokens == 32
+    engine.add_request(_req("fits", list(range(1, 23)), 10))  # exactly the whole cache
+    with pytest.raises(ValueError, match="already"):
+        engine.add_request(_req("fits", [1], 1))
+    outs = _drain(engine)
+    assert [t for o in outs for t in o.new_token_ids] == solo_run(list(range(1, 23)), 10)
+
+
+def test_eos_finishes_unless_ignored() -> None:
+    prompt = [5, 6, 7]
+    third = solo_run(prompt, 3)[2]
+    engine, _ = _engine(eos=third)
+    engine.add_request(_req("stop", prompt, 10))
+    engine.add_request(_req("go", prompt, 10, ignore_eos=True))
+    outs = _drain(engine)
+    tokens = {rid: [t for o in outs if o.req_id == rid for t in o.new_token_ids] for rid in ("stop", "go")}
+    reasons = {o.req_id: o.finish_reason for o in outs if o.finish_reason}
+    assert tokens["stop"] == solo_run(prompt, 3) and reasons["stop"] == "eos_token"
+    assert tokens["go"] == solo_run(prompt, 10) and reasons["go"] == "length"
+
+
+def test_outputs_report_prompt_and_cached_tokens_and_release_to_the_runner() -> None:
+    engine, runner = _engine(num_blocks=32, block_size=4)
+    prompt = list(range(1, 14))  # 13 tokens: three full blocks cached after the first run
+    engine.add_request(_req("a", prompt, 2))
+    first = _drain(engine)
+    assert all(o.num_prompt_tokens == 13 and o.num_cached_tokens == 0 for o in first)
+    assert first[0].first_scheduled_at > 0
+    engine.add_request(_req("b", prompt, 2))
+    second = _drain(engine)
+    assert {o.num_cached_tokens for o in second} == {12}
+    assert [t for o in second for t in o.new_token_ids] == solo_run(prompt, 2)
+    assert "a" in runner.batches[len(runner.batches) - 2].released_req_ids  # b's first step
+    stats = engine.stats()
+    assert (stats.prefix_query_tokens, stats.prefix_hit_tokens) == (26, 12)
+    assert stats.num_running == stats.num_waiting == 0 and stats.num_free_tokens == stats.capacity_tokens
+
+
+def test_abort_of_a_waiting_or_unknown_request() -> None:
+    engine, runner = _engine(max_batch=1)
+    engine.add_request(_req("run", [1, 2, 3], 5))
+    engine.add_request(_req("wait", [4, 5, 6], 5))
+    engine.step()
+    engine.abort_request("wait")
+    engine.abort_request("nobody")
+    outs = _drain(engine)
+    assert {o.req_id for o in outs} == {"run"}
+    assert all(r.req_id != "wait" for b in runner.batches for r in b.requests)
+    assert engine.blocks.num_free_blocks == 32
+
+
+def test_running_request_times_out_mid_generation() -> None:
+    engine, _ = _engine()
+    engine.add_request(_req("slow", [1, 2, 3], 100, deadline=time.time() + 0.2))
+    outs = engine.step() + engine.step()
+    assert len(outs) == 2 and all(o.finish_reason is None for o in outs)
+    time.sleep(0.25)
+    outs = engine.step()
+    assert [(o.req_id, o.new_token_ids, o.finish_reason) for o in outs] == [("slow", [], "timeout")]
+    assert not engine.has_unfinished_requests() and engine.blocks.num_free_blocks == 32
+
+
+def test_max_batch_size_bounds_the_running_batch() -> None:
+    engine, runner = _engine(num_blocks=64, max_batch=3)
+    for i in range(7):
+        engine.add_request(_req(f"r{i}", [i + 1] * 5, 4))
+    outs = _drain(engine)
+    assert max(len(b.requests) for b in runner.batches) == 3
+    for i in range(7):
+        assert [t for o in outs if o.req_id == f"r{i}" for t in o.new_token_ids] == solo_run([i + 1] * 5, 4)
+
+
+def test_num_admittable_follows_slots_and_kv_headroom() -> None:
+    engine, _ = _engine(num_blocks=40, block_size=4, max_batch=4)  # 160 tokens
+    assert engine.num_admittable() == 4  # empty: bounded by batch slots
+    engine.add_request(_req("a", list(range(1, 11)), 4))
+    assert engine.num_admittable() == 3
+    engine.step()
+    big, _ = _engine(num_blocks=40, block_size=4, max_batch=64)
+    big.add_request(_req("w1", list(range(1, 101)), 4))
+    big.add_request(_req("w2", list(range(1, 61)), 4))  # waiting demand 160 tokens = all free KV
+    assert big.num_admittable() == 0
+    small, _ = _engine(num_blocks=40, block_size=4, max_batch=64)
+    small.add_request(_req("w", list(range(1, 9)), 4))  # 152 tokens of headroom left
+    assert 1 <= small.num_admittable() <= 152 // 4
