@@ -87,8 +87,10 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         context = min(model_limits(model_dir), 8192)
         max_total = fleet_cfg.max_total_tokens or context
         max_input = fleet_cfg.max_input_tokens or max_total - 1
+        # NOTE: redis-py's pool refuses past 100 connections by default; every in-flight request
+        # may hold one at a time (XADD, cancel), plus the subscription, heartbeat and fleet view.
         client = aioredis.Redis.from_url(fleet_cfg.effective_redis_url, socket_timeout=5, socket_connect_timeout=3,
-                                         health_check_interval=10)
+                                         health_check_interval=10, max_connections=config.max_concurrent_requests + 32)
         keys = Keys(fleet_cfg.key_prefix)
         queue_client = QueueClient(client, keys, gid, config.max_queue_length)
         gateway_metrics = GatewayMetrics(max_input, max_total)

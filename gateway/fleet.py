@@ -57,6 +57,7 @@ class FleetView:
     state: FleetState = field(default_factory=FleetState)
     started_at: float = field(default_factory=time.time)
     _task: asyncio.Task[None] | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         await self.refresh()
@@ -64,20 +65,23 @@ class FleetView:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Let a refresh in progress finish instead of cancelling it inside a Redis call (which
+            # can leave the cancellation pending on the connection for seconds).
+            self._stopping.set()
+            done, _ = await asyncio.wait({self._task}, timeout=2 * self.interval + 1)
+            if not done:
+                self._task.cancel()
         try:
             await self.client.delete(self.keys.gateway_heartbeat(self.gateway_id))
         except RedisError:
             pass
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.refresh()
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+            except asyncio.TimeoutError:
+                await self.refresh()
 
     async def refresh(self) -> None:
         try:

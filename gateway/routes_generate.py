@@ -200,7 +200,15 @@ async def compat_generate(request: Request) -> Response:
     except (ValueError, AttributeError):
         wants_stream = False
 
+    original_receive = request.receive
+    replayed = False
+
     async def replay() -> dict[str, Any]:
+        # The body once, then the real channel (so disconnects are still seen while streaming).
+        nonlocal replayed
+        if replayed:
+            return await original_receive()  # type: ignore[no-any-return]
+        replayed = True
         return {"type": "http.request", "body": raw, "more_body": False}
 
     request = Request(request.scope, replay)
