@@ -1,0 +1,148 @@
+"""Kernel timings on a GPU: Triton launcher vs torch reference (triton.testing perf reports), and
+the per-kernel cost of one decode step of a model shape.
+
+    python -m kernels.bench            # perf reports for every kernel, printed as tables
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import triton
+import triton.testing
+
+from kernels import reference as ref
+from kernels.activation import silu_and_mul
+from kernels.paged_attention import paged_decode_attention
+from kernels.prefill_attention import prefill_attention
+from kernels.rmsnorm import rms_norm
+from kernels.rotary import rotary_embedding
+from kernels.store_kv import store_kv
+
+__all__ = ["decode_step_breakdown", "main"]
+
+_BLOCK = 16
+
+
+def _us(fn: Any) -> float:
+    return float(triton.testing.do_bench(fn, warmup=10, rep=40)) * 1e3
+
+
+def _paged(batch: int, ctx: int, q_len: int, nh: int, nkv: int, d: int) -> tuple[torch.Tensor, ...]:
+    blocks_per = -(-ctx // _BLOCK)
+    num_blocks = batch * blocks_per
+    kc = torch.randn(num_blocks, _BLOCK, nkv, d, dtype=torch.bfloat16, device="cuda")
+    vc = torch.randn_like(kc)
+    tables = torch.randperm(num_blocks, device="cuda", dtype=torch.int32).view(batch, blocks_per)
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+    qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda") * q_len
+    q = torch.randn(batch * q_len, nh, d, dtype=torch.bfloat16, device="cuda")
+    return q, kc, vc, tables, seq_lens, qsl
+
+
+def decode_step_breakdown(cfg: dict[str, Any], batch: int, ctx: int) -> dict[str, float]:
+    """Microseconds per decode step spent in each op (one launch timed alone, times the layers)."""
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    d, nh, nkv, vocab = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
+    bf = dict(dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(batch, h, **bf)  # (B, hidden)
+    w_qkv = torch.randn((nh + 2 * nkv) * d, h, **bf)
+    w_o = torch.randn(h, nh * d, **bf)
+    w_gu = torch.randn(2 * inter, h, **bf)
+    w_down = torch.randn(h, inter, **bf)
+    w_head = torch.randn(vocab, h, **bf)
+    norm_w = torch.ones(h, **bf)
+    q, kc, vc, tables, seq_lens, qsl = _paged(batch, ctx, 1, nh, nkv, d)
+    k_new = torch.randn(batch, nkv, d, **bf)
+    slots = torch.arange(batch, device="cuda") * _BLOCK
+    positions = torch.full((batch,), ctx - 1, device="cuda")
+    cache = ref.build_cos_sin_cache(d, ctx + 1, 500000.0).cuda()
+    gu = torch.randn(batch, 2 * inter, **bf)
+    a = torch.randn(batch, inter, **bf)
+    o_in = torch.randn(batch, nh * d, **bf)
+    scale = d**-0.5
+    per_layer = {
+        "rms_norm x2": 2 * _us(lambda: rms_norm(x, norm_w, 1e-5, x)),
+        "qkv GEMM": _us(lambda: torch.matmul(x, w_qkv.t())),
+        "rotary": _us(lambda: rotary_embedding(positions, q, k_new, cache)),
+        "store_kv": _us(lambda: store_kv(k_new, k_new, kc, vc, slots)),
+        "attention": _us(lambda: paged_decode_attention(q, kc, vc, tables, seq_lens, qsl, scale)),
+        "o GEMM": _us(lambda: torch.matmul(o_in, w_o.t())),
+        "gate_up GEMM": _us(lambda: torch.matmul(x, w_gu.t())),
+        "silu_and_mul": _us(lambda: silu_and_mul(gu)),
+        "down GEMM": _us(lambda: torch.matmul(a, w_down.t())),
+    }
+    out = {name: us * layers for name, us in per_layer.items()}
+    out["lm_head GEMM"] = _us(lambda: torch.matmul(x, w_head.t()))
+    return out
+
+
+def _report(name: str, x_names: list[str], x_vals: list[Any], args: dict[str, Any]) -> Any:
+    return triton.testing.perf_report(
+        triton.testing.Benchmark(
+            x_names=x_names, x_vals=x_vals, line_arg="impl", line_vals=["triton", "torch"],
+            line_names=["Triton", "torch reference"], ylabel="µs", plot_name=name, args=args,
+        )
+    )
+
+
+@_report("decode-attention-8b", ["batch", "ctx"], [(1, 1024), (1, 8192), (1, 32768), (16, 2048), (64, 384), (256, 1024)],
+         {"nh": 32, "nkv": 8, "d": 128})
+def bench_decode_attention(batch: int, ctx: int, nh: int, nkv: int, d: int, impl: str) -> float:
+    q, kc, vc, tables, seq_lens, qsl = _paged(batch, ctx, 1, nh, nkv, d)
+    fn = paged_decode_attention if impl == "triton" else ref.paged_attention
+    return _us(lambda: fn(q, kc, vc, tables, seq_lens, qsl, d**-0.5))
+
+
+@_report("prefill-attention-8b", ["batch", "q_len"], [(1, 1024), (8, 1024), (1, 4096)], {"nh": 32, "nkv": 8, "d": 128})
+def bench_prefill_attention(batch: int, q_len: int, nh: int, nkv: int, d: int, impl: str) -> float:
+    q, kc, vc, tables, seq_lens, qsl = _paged(batch, q_len, q_len, nh, nkv, d)
+    fn = prefill_attention if impl == "triton" else ref.paged_attention
+    return _us(lambda: fn(q, kc, vc, tables, seq_lens, qsl, d**-0.5))
+
+
+@_report("rms-norm-residual", ["tokens"], [1, 64, 4096], {"hidden": 4096})
+def bench_rms_norm(tokens: int, hidden: int, impl: str) -> float:
+    x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device="cuda")
+    w = torch.ones(hidden, dtype=torch.bfloat16, device="cuda")
+    fn = rms_norm if impl == "triton" else ref.rms_norm
+    return _us(lambda: fn(x, w, 1e-5, x))
+
+
+@_report("silu-and-mul", ["tokens"], [1, 64, 4096], {"inter": 14336})
+def bench_silu(tokens: int, inter: int, impl: str) -> float:
+    x = torch.randn(tokens, 2 * inter, dtype=torch.bfloat16, device="cuda")
+    fn = silu_and_mul if impl == "triton" else ref.silu_and_mul
+    return _us(lambda: fn(x))
+
+
+@_report("rotary-llama3", ["tokens"], [1, 64, 4096], {"nh": 32, "nkv": 8, "d": 128})
+def bench_rotary(tokens: int, nh: int, nkv: int, d: int, impl: str) -> float:
+    q = torch.randn(tokens, nh, d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(tokens, nkv, d, dtype=torch.bfloat16, device="cuda")
+    pos = torch.arange(tokens, device="cuda")
+    cache = ref.build_cos_sin_cache(d, tokens, 500000.0).cuda()
+    fn = rotary_embedding if impl == "triton" else ref.rotary_embedding
+    return _us(lambda: fn(pos, q, k, cache))
+
+
+@_report("store-kv", ["tokens"], [1, 64, 4096], {"nkv": 8, "d": 128})
+def bench_store_kv(tokens: int, nkv: int, d: int, impl: str) -> float:
+    k = torch.randn(tokens, nkv, d, dtype=torch.bfloat16, device="cuda")
+    cache = torch.zeros(-(-tokens // _BLOCK) + 1, _BLOCK, nkv, d, dtype=torch.bfloat16, device="cuda")
+    v_cache = torch.zeros_like(cache)
+    slots = torch.arange(tokens, device="cuda")
+    fn = store_kv if impl == "triton" else ref.store_kv
+    return _us(lambda: fn(k, k, cache, v_cache, slots))
+
+
+def main() -> int:
+    for bench in (bench_decode_attention, bench_prefill_attention, bench_rms_norm, bench_silu, bench_rotary, bench_store_kv):
+        bench.run(print_data=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

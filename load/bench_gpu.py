@@ -1,0 +1,309 @@
+"""One-GPU benchmark: genfleet's engine beside the card's roofline and transformers `generate`.
+
+In one run: the card's copy bandwidth and bf16 GEMM rate; random-weight bf16 models of the
+Llama-3.1-8B and SmolLM2-135M shapes; (a) batch 1, 128 in / 256 out; (b) 64 x (128 in, 256 out)
+at once; (c) N requests of random 1024 in / 128 out, all at t=0, through the engine; (e)
+transformers `generate` on (a) and (b). Prints one markdown table with each figure's ratio to
+the roofline (decode: weight + KV bytes over measured bandwidth; prefill: FLOPs over measured
+GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
+
+    python -m load.bench_gpu                       # everything, < 10 minutes on an H100
+    python -m load.bench_gpu --models smollm2 --requests 200 --no-baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SHAPES", "write_model_dir", "main"]
+
+# HF config.json bodies of the two benchmark shapes (weights are random; nothing is downloaded).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    },
+    "smollm2-135m": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+    },
+}
+_ALIASES = {"8b": "llama-3.1-8b", "smollm2": "smollm2-135m"}
+
+
+def write_model_dir(root: Path, shape: str) -> Path:
+    path = root / shape
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(SHAPES[shape]))
+    return path
+
+
+@dataclass(slots=True)
+class Card:
+    name: str
+    copy_bytes_per_s: float  # device-to-device copy, bytes read + written per second
+    gemm_flops: float  # bf16 8192^3 matmul
+
+
+@dataclass(slots=True)
+class Row:
+    model: str
+    workload: str
+    out_tok_s: float
+    roofline_tok_s: float | None = None
+    baseline_tok_s: float | None = None
+    note: str = ""
+
+
+def measure_card() -> Card:
+    import torch
+
+    n = 1 << 29  # 1 GiB of bf16
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = _time_cuda(lambda: dst.copy_(src), 20)
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    gemm_s = _time_cuda(lambda: a @ b, 20)
+    del src, dst, a, b
+    return Card(torch.cuda.get_device_name(), 2 * n * 2 / copy_s, 2 * 8192**3 / gemm_s)
+
+
+def _time_cuda(fn: Any, iters: int) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+@dataclass(slots=True)
+class Floor:
+    """What a step must at least cost on this card: bytes over bandwidth, FLOPs over GEMM rate."""
+
+    weight_bytes: int  # read by every forward step (the embedding table only once, unless tied)
+    matmul_params: int  # parameters in the linear layers (2 FLOPs each per token)
+    kv_bytes_per_token: int
+    attn_flops_per_ctx: int  # per query token per context token
+    card: Card
+
+    def decode_step(self, contexts: list[int]) -> float:
+        byte_s = (self.weight_bytes + self.kv_bytes_per_token * sum(contexts)) / self.card.copy_bytes_per_s
+        flop_s = len(contexts) * 2 * self.matmul_params / self.card.gemm_flops
+        return max(byte_s, flop_s)
+
+    def prefill(self, num_tokens: int, ctx_pairs: int) -> float:
+        flops = 2 * self.matmul_params * num_tokens + self.attn_flops_per_ctx * ctx_pairs
+        return max(flops / self.card.gemm_flops, self.weight_bytes / self.card.copy_bytes_per_s)
+
+
+def floor_for(cfg: dict[str, Any], card: Card) -> Floor:
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    d, nh, nkv, vocab = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
+    per_layer = h * (nh + 2 * nkv) * d + nh * d * h + 3 * h * inter + 2 * h
+    matmul = layers * per_layer + vocab * h  # the LM head reads the whole table, tied or not
+    return Floor(
+        weight_bytes=2 * (matmul + h),
+        matmul_params=matmul,
+        kv_bytes_per_token=2 * layers * nkv * d * 2,
+        attn_flops_per_ctx=4 * nh * d * layers,
+        card=card,
+    )
+
+
+def roofline_static(floor: Floor, batch: int, prompt: int, new: int) -> float:
+    seconds = floor.prefill(batch * prompt, batch * prompt * (prompt + 1) // 2)
+    seconds += sum(floor.decode_step([prompt + i] * batch) for i in range(new - 1))
+    return batch * new / seconds
+
+
+def roofline_flood(floor: Floor, num: int, prompt: int, new: int, capacity_tokens: int) -> float:
+    # Every prompt is computed once at GEMM rate; decode runs in waves of as many sequences as
+    # the KV pool holds at full length.
+    seconds = floor.prefill(num * prompt, num * prompt * (prompt + 1) // 2) * 1.0
+    concurrent = max(1, min(num, capacity_tokens // (prompt + new)))
+    waves = -(-num // concurrent)
+    for w in range(waves):
+        size = min(concurrent, num - w * concurrent)
+        seconds += sum(floor.decode_step([prompt + i] * size) for i in range(new - 1))
+    return num * new / seconds
+
+
+def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int) -> dict[str, float]:
+    import torch
+
+    from common.sampling_params import SamplingParams
+    from worker.engine import EngineRequest, LLMEngine
+
+    engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
+                       max_model_len=runner.max_model_len)
+    params = SamplingParams(max_new_tokens=new, ignore_eos=True)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(EngineRequest(f"r{i}", prompt, params, seed=i, arrival_time=time.time()))
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    produced = 0
+    while engine.has_unfinished_requests():
+        outs = engine.step()
+        now = time.perf_counter()
+        for out in outs:
+            produced += len(out.new_token_ids)
+            first.setdefault(out.req_id, now)
+            last[out.req_id] = now
+    elapsed = time.perf_counter() - started
+    ttft = sorted(t - started for t in first.values())
+    tpot = sorted((last[r] - first[r]) / max(1, new - 1) for r in first)
+    return {
+        "seconds": elapsed, "tok_s": produced / elapsed, "steps": engine.stats().steps,
+        "ttft_p50": ttft[len(ttft) // 2], "tpot_p50": tpot[len(tpot) // 2],
+    }
+
+
+def hf_generate(model_dir: Path, batch: int, prompt: int, new: int) -> float:
+    import torch
+    import transformers
+
+    cfg = transformers.AutoConfig.from_pretrained(model_dir)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    ids = torch.randint(100, cfg.vocab_size, (batch, prompt), device="cuda")
+    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    out = model.generate(ids, **kwargs)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    assert out.shape[1] == prompt + new
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return batch * new / elapsed
+
+
+def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    import torch
+
+    from common.config import WorkerConfig
+    from kernels.bench import decode_step_breakdown
+    from worker.model_runner import ModelRunner
+
+    model_dir = write_model_dir(root, shape)
+    cfg = SHAPES[shape]
+    floor = floor_for(cfg, card)
+    notes: list[str] = []
+    base_a = base_b = None
+    if not args.no_baseline:
+        base_a = hf_generate(model_dir, 1, 128, 256)
+        base_b = hf_generate(model_dir, 64, 128, 256)
+    config = WorkerConfig(device="cuda", dtype="bfloat16", max_batch_prefill_tokens=args.prefill_tokens,
+                          max_batch_size=256, prefix_caching=False, cuda_graphs=args.cuda_graphs)
+    started = time.perf_counter()
+    runner = ModelRunner(config, model_dir, load=False)
+    graphs = runner.graphs
+    notes.append(
+        f"{shape}: runner ready in {time.perf_counter() - started:.1f}s; KV pool {runner.num_blocks * runner.block_size} "
+        f"tokens; kernels {runner.kernels}; "
+        + (f"{len(graphs.sizes)} decode graphs captured in {graphs.capture_seconds:.1f}s, "
+           f"{graphs.capture_bytes / 2**20:.0f} MiB" if graphs is not None else "CUDA graphs off")
+    )
+    rng = random.Random(0)
+    vocab = cfg["vocab_size"]
+
+    def prompts(n: int, length: int) -> list[list[int]]:
+        return [[rng.randrange(100, vocab) for _ in range(length)] for _ in range(n)]
+
+    run_engine(runner, config, prompts(2, 128), 8)  # warm-up (compiles prefill kernels)
+    rows = []
+    a = run_engine(runner, config, prompts(1, 128), 256)
+    rows.append(Row(shape, "(a) batch 1, 128 in / 256 out", a["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
+                    f"TTFT {a['ttft_p50'] * 1e3:.1f} ms, TPOT {a['tpot_p50'] * 1e3:.2f} ms"))
+    b = run_engine(runner, config, prompts(64, 128), 256)
+    rows.append(Row(shape, "(b) 64 x (128 in / 256 out)", b["tok_s"], roofline_static(floor, 64, 128, 256), base_b,
+                    f"TTFT p50 {b['ttft_p50'] * 1e3:.0f} ms, TPOT p50 {b['tpot_p50'] * 1e3:.2f} ms"))
+    c_prompts = [[rng.randrange(100, vocab) for _ in range(1024)] for _ in range(args.requests)]
+    c = run_engine(runner, config, c_prompts, 128)
+    capacity = runner.num_blocks * runner.block_size
+    rows.append(Row(shape, f"(c) {args.requests} x (1024 in / 128 out) at t=0", c["tok_s"],
+                    roofline_flood(floor, args.requests, 1024, 128, capacity), None,
+                    f"{c['seconds']:.1f}s, {c['steps']} steps, TTFT p50 {c['ttft_p50']:.2f}s, TPOT p50 {c['tpot_p50'] * 1e3:.1f} ms"))
+    for batch in (1, 64):
+        parts = decode_step_breakdown(cfg, batch, 384)
+        total = sum(parts.values())
+        notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (µs, one of each x layers): "
+                     + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"; sum {total:.0f} µs")
+    notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
+                 f"({floor.weight_bytes / 1e9:.2f} GB weights)")
+    del runner, graphs
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="8b,smollm2", help="comma list of: 8b, smollm2")
+    parser.add_argument("--requests", type=int, default=1000, help="workload (c) request count")
+    parser.add_argument("--prefill-tokens", type=int, default=8192, help="--max-batch-prefill-tokens")
+    parser.add_argument("--cuda-graphs", default="1,2,4,8,16,32,64,128,256")
+    parser.add_argument("--no-baseline", action="store_true", help="skip transformers generate")
+    args = parser.parse_args(argv)
+    import torch
+
+    assert torch.cuda.is_available(), "load.bench_gpu needs a CUDA GPU"
+    card = measure_card()
+    print(f"card: {card.name}; copy {card.copy_bytes_per_s / 1e12:.2f} TB/s (read + write); "
+          f"bf16 GEMM {card.gemm_flops / 1e12:.0f} TFLOP/s", flush=True)
+    rows: list[Row] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            started = time.perf_counter()
+            r, n = bench_model(_ALIASES.get(name, name), Path(tmp), card, args)
+            rows += r
+            notes += n + [f"{name}: {time.perf_counter() - started:.0f}s"]
+            for row in r:
+                print(row, flush=True)
+    print("\n| model | workload | out tok/s | roofline tok/s | % of roofline | transformers tok/s | x transformers | detail |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        roof = f"{row.roofline_tok_s:,.0f}" if row.roofline_tok_s else "-"
+        pct = f"{100 * row.out_tok_s / row.roofline_tok_s:.0f}%" if row.roofline_tok_s else "-"
+        base = f"{row.baseline_tok_s:,.1f}" if row.baseline_tok_s else "-"
+        ratio = f"{row.out_tok_s / row.baseline_tok_s:.1f}x" if row.baseline_tok_s else "-"
+        print(f"| {row.model} | {row.workload} | {row.out_tok_s:,.1f} | {roof} | {pct} | {base} | {ratio} | {row.note} |")
+    print()
+    for note in notes:
+        print("-", note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
