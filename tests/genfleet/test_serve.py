@@ -1,0 +1,67 @@
+"""`genfleet serve` with no Redis given: everything starts, answers, and stops without leftovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from genfleet.embedded_redis import free_port
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            child = int(entry.name)
+            found |= {child} | _descendants(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and ") Z " not in stat.read_text()
+
+
+def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genfleet", "serve", "--port", str(port), "--hostname", "127.0.0.1",
+         "--max-batch-total-tokens", "2048", "--key-prefix", "serve-test"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "serve exited early"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        r = httpx.post(f"http://127.0.0.1:{port}/generate", timeout=60,
+                       json={"inputs": "The capital of France is", "parameters": {"max_new_tokens": 3}})
+        assert r.status_code == 200 and "Paris" in r.json()["generated_text"]
+        children = _descendants(proc.pid)
+        assert len(children) >= 3  # redis-compatible server, worker, gateway
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    time.sleep(0.5)
+    assert not [pid for pid in children if _alive(pid)]
