@@ -50,9 +50,11 @@ class FakeRunner:
         self.batches.append(batch)
         sampled = []
         for req in batch.requests:
-            seen = self.computed.setdefault(req.req_id, [])
-            # A request continues exactly where its cache ends (or where the prefix cache left it).
-            assert req.start_pos >= len(seen) or req.start_pos == 0 or len(seen) == 0 or req.start_pos == len(seen)
+            seen = self.computed.get(req.req_id)
+            if seen:  # a request continues exactly where its cache ends
+                assert req.start_pos == len(seen), (req.req_id, req.start_pos, len(seen))
+            else:  # new or resumed: from the start, or after whole blocks served by the prefix cache
+                assert req.start_pos % self.block_size == 0 and req.start_pos < len(req.all_token_ids)
             end = req.start_pos + len(req.token_ids)
             assert len(req.block_table) * self.block_size >= end, "blocks do not cover the step"
             assert req.all_token_ids[req.start_pos : end] == req.token_ids

@@ -13,7 +13,8 @@ TGI's knobs, now that prefill is chunked and mixed with decodes in one forward p
 admission into a non-empty running batch waits until waiting >= ratio x running requests, or
 until --max-waiting-tokens steps have passed since the last admission. A ratio of 0 (or an empty
 batch) admits at every step, which is the default behaviour of a chunked scheduler; the default
-ratio 0.3 batches arrivals a little so that prefill chunks share steps.
+ratio 0.3 batches arrivals a little so that prefill chunks share steps. Preempted requests are
+never held back: they were admitted once already.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ class Scheduler:
     def _may_admit(self) -> bool:
         if not self.waiting:
             return False
-        if not self.running or self.waiting_served_ratio <= 0:
-            return True
+        if not self.running or self.waiting_served_ratio <= 0 or self.waiting[0].num_preemptions:
+            return True  # a preempted request resumes as soon as blocks allow: it was admitted once
         if len(self.waiting) >= self.waiting_served_ratio * len(self.running):
             return True
         return self.steps_since_admission >= self.max_waiting_tokens

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from common.config import WorkerConfig
@@ -139,7 +139,7 @@ def test_waiting_served_ratio_holds_back_admission() -> None:
 
 @st.composite
 def _schedules(draw: st.DrawFn) -> list[tuple[int, list[int], int]]:
-    n = draw(st.integers(1, 8))
+    n = draw(st.integers(1, 10))
     items = []
     for i in range(n):
         arrival = draw(st.integers(0, 12))
@@ -147,14 +147,14 @@ def _schedules(draw: st.DrawFn) -> list[tuple[int, list[int], int]]:
         prompt = [1 + (i * 37 + j * 11) % 900 for j in range(length)]
         if draw(st.booleans()) and items:  # share a prefix with an earlier request
             prompt = items[0][1][: draw(st.integers(1, len(items[0][1])))] + prompt
-        items.append((arrival, prompt, draw(st.integers(1, 12))))
+        items.append((arrival, prompt, draw(st.integers(1, 24))))
     return items
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     schedule=_schedules(),
-    num_blocks=st.integers(24, 64),  # 24 blocks of 4 hold the longest request (92 tokens)
+    num_blocks=st.integers(26, 48),  # 26 blocks of 4 hold the longest request (104 tokens)
     budget=st.integers(8, 48),
     prefix=st.booleans(),
 )
@@ -177,4 +177,24 @@ def test_any_arrival_schedule_reproduces_solo_runs(
     for i, (_, prompt, max_new) in enumerate(schedule):
         assert out[f"r{i}"] == solo_run(prompt, max_new)
     assert engine.blocks.num_free_blocks == num_blocks  # no leak
+    event(f"preempted: {engine.scheduler.num_preemptions > 0}")
+    event(f"prefix hit: {engine.stats().prefix_hit_tokens > 0}")
     assert all(b.num_tokens <= budget for b in runner.batches)
+
+
+def test_preempted_requests_resume_despite_the_waiting_ratio() -> None:
+    # The ratio and max_waiting_tokens hold new arrivals back; a preempted request was admitted
+    # once and must come back as soon as blocks free up, while the batch is still running.
+    config = WorkerConfig(block_size=4, max_batch_prefill_tokens=64, waiting_served_ratio=50.0, max_waiting_tokens=1000)
+    runner = FakeRunner(4, 64)
+    engine = LLMEngine(config, runner, num_blocks=8, eos_token_ids=frozenset({0}), max_model_len=4096)
+    spec = {"r0": ([1, 2, 3, 4], 16), "r1": (list(range(5, 13)), 6), "r2": ([9, 10, 11, 12], 12)}
+    for rid, (prompt, max_new) in spec.items():
+        engine.add_request(_req(rid, prompt, max_new))
+    out: dict[str, list[int]] = {}
+    _drain(engine, out)
+    assert engine.scheduler.num_preemptions > 0
+    assert all(out[rid] == solo_run(prompt, max_new) for rid, (prompt, max_new) in spec.items())
+    ids = [{r.req_id for r in b.requests} for b in runner.batches]
+    gone = next(i for i, s in enumerate(ids) if "r2" not in s)
+    assert any({"r0", "r2"} <= s for s in ids[gone:]), "r2 waited for the whole batch to finish"
