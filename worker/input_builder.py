@@ -8,7 +8,7 @@ import torch
 
 from worker.batch import ScheduledBatch
 
-__all__ = ["ModelInputs", "build_inputs"]
+__all__ = ["ModelInputs", "build_inputs", "upload"]
 
 
 @dataclass(slots=True)
@@ -55,10 +55,7 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         max_query_len = max(max_query_len, n)
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
     parts = (input_ids, positions, slots, tables, seq_lens, starts, logits_rows)
-    host = torch.tensor([x for part in parts for x in part], dtype=torch.int64)
-    if device.type == "cuda":
-        host = host.pin_memory()  # the caching host allocator keeps it alive until the copy is done
-    flat = host.to(device, non_blocking=True)
+    flat = upload(torch.tensor([x for part in parts for x in part], dtype=torch.int64), device)
     ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = flat.split([len(p) for p in parts])
     return ModelInputs(
         input_ids=ids_t,
@@ -71,3 +68,12 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         sample_rows=sample_rows,
         max_query_len=max_query_len,
     )
+
+
+def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without stalling the host: pinned staging on CUDA, asynchronous copy."""
+    if device.type != "cuda":
+        return host.to(device)
+    # A pageable copy would wait for all queued GPU work; the caching host allocator keeps the
+    # pinned block alive until the copy has run.
+    return host.pin_memory().to(device, non_blocking=True)

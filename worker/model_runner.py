@@ -13,7 +13,7 @@ from worker import ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
-from worker.input_builder import ModelInputs, build_inputs
+from worker.input_builder import ModelInputs, build_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
 from worker.models import CausalLM, read_config
 from worker.weights import load_weights
@@ -113,9 +113,12 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         inputs = build_inputs(batch, self.block_size, self.device)
+        # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
+        sampled = [batch.requests[i] for i in inputs.sample_rows]
+        tensors = sampler.prepare(sampled, self.vocab_size, self.device) if sampled else None
         hidden = self._forward(inputs)  # (T, hidden)
         logits_all = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V) float32
-        return self._sample(batch, inputs, logits_all)
+        return self._sample(batch, inputs, logits_all, tensors)
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
         meta = self.attention.prepare_metadata(inputs, self.kv.layers)
@@ -126,7 +129,9 @@ class ModelRunner:
         with forward_context(meta, self.attention):
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
 
-    def _sample(self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor) -> StepOutput:
+    def _sample(
+        self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None
+    ) -> StepOutput:
         reqs = batch.requests
         # Row of each sampling request's last token in logits_all, and the prompt-logprob rows:
         # each row predicts the next prompt token, where one exists within the known tokens.
@@ -149,17 +154,17 @@ class ModelRunner:
                 row += 1
         packed: list[torch.Tensor] = []
         n, k = len(inputs.sample_rows), 0
-        if n:
-            rows = torch.tensor([last_row[i] for i in inputs.sample_rows], device=logits_all.device)
-            tensors = sampler.prepare([reqs[i] for i in inputs.sample_rows], self.vocab_size, self.device)
+        if tensors is not None:
+            rows = upload(torch.tensor([last_row[i] for i in inputs.sample_rows]), self.device)
             result = sampler.sample(logits_all[rows], tensors)
             k = tensors.max_top_n
             packed += [result.token_ids, result.logprobs]
             if result.top_ids is not None and result.top_logprobs is not None:
                 packed += [result.top_ids.flatten(), result.top_logprobs.flatten()]
         if lp_rows:
-            picked = logits_all[torch.tensor(lp_rows, device=logits_all.device)]  # (P, V)
-            targets = torch.tensor(lp_targets, device=logits_all.device).unsqueeze(1)  # (P, 1)
+            index = upload(torch.tensor(lp_rows + lp_targets), self.device)
+            picked = logits_all[index[: len(lp_rows)]]  # (P, V)
+            targets = index[len(lp_rows) :].unsqueeze(1)  # (P, 1)
             packed.append(torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1))
         # The step's one host synchronisation: everything comes back in one transfer (float64
         # holds token ids exactly).

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from worker.batch import ScheduledRequest
+from worker.input_builder import upload
 
 __all__ = ["SamplingTensors", "SampleResult", "prepare", "sample"]
 
@@ -52,37 +53,43 @@ class SampleResult:
 
 def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.device) -> SamplingTensors:
     ps = [r.params for r in requests]
+    b = len(requests)
     any_penalty = any(
         p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in ps
     )
-    history = None
-    if any_penalty:
-        longest = max(len(r.all_token_ids) for r in requests)
-        history = torch.full((len(requests), max(1, longest)), -1, dtype=torch.int64)
-        for i, r in enumerate(requests):
-            if r.all_token_ids:
-                history[i, : len(r.all_token_ids)] = torch.tensor(r.all_token_ids)
-        history = history.to(device, non_blocking=True)
-
-    def col(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32).unsqueeze(1).to(device, non_blocking=True)
-
+    # Two uploads: every float knob in one tensor, every integer (and the penalty history) in another.
+    floats = [p.temperature if p.do_sample else 1.0 for p in ps] + [p.top_p for p in ps]
+    floats += [p.typical_p for p in ps] + [p.repetition_penalty for p in ps]
+    floats += [p.frequency_penalty for p in ps] + [p.presence_penalty for p in ps]
+    ints = [int(p.do_sample) for p in ps] + [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in ps]
+    ints += [_as_int64(r.seed) for r in requests] + [r.num_generated for r in requests]
+    longest = max((len(r.all_token_ids) for r in requests), default=0) if any_penalty else 0
+    for r in requests if any_penalty else ():
+        ints += r.all_token_ids
+        ints += [-1] * (longest - len(r.all_token_ids))
+    f = upload(torch.tensor(floats, dtype=torch.float32), device).view(6, b, 1)  # (6, B, 1)
+    i = upload(torch.tensor(ints, dtype=torch.int64), device)
     return SamplingTensors(
         all_greedy=not any(p.do_sample for p in ps),
-        do_sample=torch.tensor([p.do_sample for p in ps], dtype=torch.bool).to(device, non_blocking=True),
-        temperature=col([p.temperature if p.do_sample else 1.0 for p in ps]),
-        top_k=torch.tensor([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in ps]).to(device),
-        top_p=col([p.top_p for p in ps]),
-        typical_p=col([p.typical_p for p in ps]),
-        seeds=torch.tensor([r.seed for r in requests], dtype=torch.int64).to(device, non_blocking=True),
-        steps=torch.tensor([r.num_generated for r in requests], dtype=torch.int64).to(device, non_blocking=True),
+        do_sample=i[:b].bool(),
+        temperature=f[0],
+        top_k=i[b : 2 * b],
+        top_p=f[1],
+        typical_p=f[2],
+        seeds=i[2 * b : 3 * b],
+        steps=i[3 * b : 4 * b],
         any_penalty=any_penalty,
-        repetition_penalty=col([p.repetition_penalty for p in ps]),
-        frequency_penalty=col([p.frequency_penalty for p in ps]),
-        presence_penalty=col([p.presence_penalty for p in ps]),
-        history=history,
+        repetition_penalty=f[3],
+        frequency_penalty=f[4],
+        presence_penalty=f[5],
+        history=i[4 * b :].view(b, longest) if any_penalty else None,
         max_top_n=max((p.top_n_tokens for p in ps), default=0),
     )
+
+
+def _as_int64(seed: int) -> int:
+    # Seeds arrive as any integer (TGI takes u64); the hash works on their 64 bits.
+    return (seed + (1 << 63)) % (1 << 64) - (1 << 63)
 
 
 def sample(logits: torch.Tensor, t: SamplingTensors) -> SampleResult:  # logits (B, V) float32
