@@ -79,6 +79,7 @@ class Scheduler:
         scheduled: list[ScheduledRequest] = []
         decodes: list[ScheduledRequest] = []
         # 1. running requests, oldest first; preempt from the newest end when blocks run out.
+        preemptions_before = self.num_preemptions
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
@@ -90,9 +91,10 @@ class Scheduler:
             )
             budget -= num_new
             i += 1
-        # 2. waiting requests.
+        # 2. waiting requests, unless this step just preempted: the blocks are short, and
+        # re-admitting the victim at once would only thrash.
         admitted = 0
-        if self._may_admit():
+        if self.num_preemptions == preemptions_before and self._may_admit():
             while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
                 req = self.waiting[0]
                 hit = self.blocks.match_prefix(req)
