@@ -132,3 +132,9 @@ def test_prefill_logprobs_match_transformers(tiny) -> None:  # type: ignore[no-u
     want = [float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1)]
     assert len(got) == len(want)
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-3, atol=1e-3)
+
+
+def test_bfloat16_on_cpu_serves_the_same_answer(default_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    ids = tokenizer("The capital of France is").input_ids
+    got = _run(_engine(default_model_dir, dtype="bfloat16"), {"q": ids}, SamplingParams(max_new_tokens=3))["q"]
+    assert tokenizer.decode(got).startswith(" Paris")
