@@ -18,7 +18,8 @@ from gateway.schemas import GenerateInput, parse_generate
 from gateway.streaming import KEEP_ALIVE, sse, token_json, top_json
 from gateway.validation import Validated, validate
 
-__all__ = ["generate", "generate_stream", "compat_generate", "Outcome", "run_validated", "prepare"]
+__all__ = ["generate", "generate_stream", "compat_generate", "Outcome", "run_validated", "prepare", "record_success",
+           "record_failure", "timing_headers"]
 
 _KEEP_ALIVE_SECONDS = 15.0
 
@@ -82,7 +83,7 @@ async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, 
             await ctx.queue_client.cancel(state)
 
 
-def _record_success(ctx: GatewayContext, o: Outcome) -> None:
+def record_success(ctx: GatewayContext, o: Outcome) -> None:
     now = time.time()
     f = o.finish
     ctx.metrics.counters.inc("tgi_request_success")
@@ -94,7 +95,7 @@ def _record_success(ctx: GatewayContext, o: Outcome) -> None:
         ctx.metrics.per_token.observe(f.inference_time / max(1, len(o.tokens)))
 
 
-def _failure(ctx: GatewayContext, exc: GenfleetError) -> None:
+def record_failure(ctx: GatewayContext, exc: GenfleetError) -> None:
     kind = {"validation": "validation", "template_error": "template", "overloaded": "overloaded",
             "bad_request": "validation", "payload_too_large": "validation"}.get(exc.error_type, "generation")
     ctx.metrics.counters.inc("tgi_request_failure", err=kind)
@@ -160,7 +161,7 @@ async def _generate_one(request: Request, ctx: GatewayContext) -> tuple[dict[str
                 {"generated_text": prefix + o.text, **details_json(v, o, stream=False)} for o in others
             ]
     for o in outcomes:
-        _record_success(ctx, o)
+        record_success(ctx, o)
     return body, timing_headers(ctx, v, best)
 
 
@@ -175,7 +176,7 @@ async def _guarded(request: Request, fn: Any) -> Response:
     try:
         return await fn(request, ctx)  # type: ignore[no-any-return]
     except GenfleetError as exc:
-        _failure(ctx, exc)
+        record_failure(ctx, exc)
         return error_response(exc)
     finally:
         ctx.permits.release()
@@ -238,7 +239,7 @@ async def generate_stream(request: Request) -> Response:
         parsed, v = await prepare(request, ctx, stream=True)
     except GenfleetError as exc:
         ctx.permits.release()
-        _failure(ctx, exc)
+        record_failure(ctx, exc)
         return error_response(exc)
     outcome = Outcome(started=started)
     headers = {"x-compute-type": "gpu+optimized", "x-compute-characters": str(len(v.input_text)),
@@ -279,9 +280,9 @@ async def _stream(request: Request, ctx: GatewayContext, v: Validated, outcome: 
             held[0]["generated_text"] = prefix + outcome.text
             held[0]["details"] = details_json(v, outcome, stream=True) if v.details else None
             yield sse(*held)
-        _record_success(ctx, outcome)
+        record_success(ctx, outcome)
     except GenfleetError as exc:
-        _failure(ctx, exc)
+        record_failure(ctx, exc)
         if held is not None:
             yield sse(*held)
         yield sse({"error": exc.message, "error_type": exc.error_type})

@@ -11,7 +11,7 @@ from typing import Any
 
 from common.errors import ValidationError
 
-__all__ = ["GenerateParameters", "GenerateInput", "parse_generate", "parse_parameters"]
+__all__ = ["GenerateParameters", "GenerateInput", "parse_generate", "parse_parameters", "check_ranges"]
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,11 @@ def parse_parameters(raw: Any) -> GenerateParameters:
     values["adapter_id"] = adapter
     values["grammar"] = raw.get("grammar")
     params = GenerateParameters(**values)
-    _check_ranges(params)
+    check_ranges(params)
     return params
 
 
-def _check_ranges(p: GenerateParameters) -> None:
+def check_ranges(p: GenerateParameters) -> None:
     if p.temperature is not None and p.temperature <= 0:
         raise ValidationError("`temperature` must be strictly positive")
     if p.repetition_penalty is not None and p.repetition_penalty <= 0:

@@ -21,8 +21,8 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tok(text, add_special_tokens=add_special_tokens).input_ids)
 
-    def offsets(self, text: str) -> list[tuple[int, str, int, int]]:
-        enc = self._tok(text, return_offsets_mapping=True)
+    def offsets(self, text: str, add_special_tokens: bool = True) -> list[tuple[int, str, int, int]]:
+        enc = self._tok(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
         return [(i, text[a:b], a, b) for i, (a, b) in zip(enc.input_ids, enc.offset_mapping)]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:

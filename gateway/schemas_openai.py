@@ -1,0 +1,174 @@
+"""OpenAI request bodies (/v1/chat/completions, /v1/completions) mapped onto TGI's parameters.
+
+Mapping follows TGI where OpenAI clients work with it (temperature 0 = greedy, max_tokens ->
+max_new_tokens, top_logprobs -> top_n_tokens) and OpenAI where TGI breaks them: top_p=1.0 is
+accepted, `n` fans out, `stop` may be a string, presence_penalty keeps OpenAI's meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import GenfleetError, ValidationError
+from gateway.schemas import GenerateParameters, check_ranges
+
+__all__ = ["OpenAIRequest", "parse_chat", "parse_completion", "chat_messages"]
+
+
+class _Unprocessable(GenfleetError):
+    """TGI's ad-hoc 422s of /v1/completions, whose error_type is a phrase."""
+
+    @property
+    def status_code(self) -> int:
+        return 422
+
+
+@dataclass(frozen=True)
+class OpenAIRequest:
+    prompts: tuple[str, ...] | None  # /v1/completions; None for chat
+    messages: tuple[dict[str, Any], ...] | None  # chat, normalised to {role, content: str}
+    model: str | None
+    parameters: GenerateParameters
+    n: int
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+
+def _get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ValidationError(f"`{name}` must be {what}")
+    if not isinstance(v, kind):
+        raise ValidationError(f"`{name}` must be {what}")
+    return v
+
+
+def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bool]:
+    for unsupported in ("tools", "functions", "response_format", "logit_bias", "guided_json"):
+        if body.get(unsupported):
+            raise ValidationError(f"`{unsupported}` is not supported yet")
+    temperature = _get(body, "temperature", (int, float), "a number")
+    top_p = _get(body, "top_p", (int, float), "a number")
+    max_tokens = _get(body, "max_completion_tokens", int, "an integer")
+    if max_tokens is None:
+        max_tokens = _get(body, "max_tokens", int, "an integer")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
+        raise ValidationError("`stop` must be a string or a list of strings")
+    n = _get(body, "n", int, "an integer") or 1
+    if not 1 <= n <= max_n:
+        raise ValidationError(f"`n` must be >= 1 and <= {max_n}. Given: {n}")
+    stream = _get(body, "stream", bool, "a boolean") or False
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ValidationError("`stream_options` must be an object")
+    include_usage = bool((options or {}).get("include_usage", False))
+    greedy = temperature is not None and temperature == 0
+    if top_p is not None and top_p >= 1.0:
+        top_p = None  # OpenAI's default value; TGI rejects it, its clients send it
+    params = GenerateParameters(
+        temperature=None if greedy or temperature is None else float(temperature),
+        do_sample=not greedy,
+        top_p=None if top_p is None else float(top_p),
+        frequency_penalty=_get(body, "frequency_penalty", (int, float), "a number"),
+        presence_penalty=_get(body, "presence_penalty", (int, float), "a number"),
+        repetition_penalty=_get(body, "repetition_penalty", (int, float), "a number"),
+        seed=_get(body, "seed", int, "an integer"),
+        max_new_tokens=max_tokens,
+        stop=tuple(stop or ()),
+        details=True,
+    )
+    if params.max_new_tokens is not None and params.max_new_tokens <= 0:
+        raise ValidationError("`max_tokens` must be strictly positive")
+    check_ranges(params)
+    if params.seed is not None and params.seed < 0:
+        raise ValidationError("`seed` must be a non-negative integer")
+    return params, n, stream, include_usage
+
+
+def parse_chat(body: Any, *, max_n: int) -> OpenAIRequest:
+    if not isinstance(body, dict):
+        raise ValidationError("expected a JSON object with `messages`")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValidationError("`messages` must be a non-empty list")
+    params, n, stream, include_usage = _common(body, max_n=max_n)
+    logprobs = _get(body, "logprobs", bool, "a boolean") or False
+    top = _get(body, "top_logprobs", int, "an integer")
+    if top is not None and not logprobs:
+        raise ValidationError("`top_logprobs` requires `logprobs` to be true")
+    if top:
+        params = _replace(params, top_n_tokens=top)
+    return OpenAIRequest(None, chat_messages(messages), _model(body), params, n, stream, include_usage, logprobs)
+
+
+def parse_completion(body: Any, *, max_n: int, max_prompts: int) -> OpenAIRequest:
+    if not isinstance(body, dict):
+        raise ValidationError("expected a JSON object with `prompt`")
+    if body.get("suffix"):
+        raise _Unprocessable("suffix not supported", "Suffix is not supported and can be achieved by preprocessing the prompt.")
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValidationError("`prompt` must be a non-empty string or a non-empty list of non-empty strings")
+    if len(prompts) > max_prompts:
+        raise _Unprocessable(
+            "batch size exceeded",
+            f"Number of prompts exceeds the maximum allowed batch size of {max_prompts}",
+        )
+    params, n, stream, include_usage = _common(body, max_n=max_n)
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+        raise ValidationError("`logprobs` must be a non-negative integer")
+    if logprobs:
+        params = _replace(params, top_n_tokens=logprobs)
+    return OpenAIRequest(tuple(prompts), None, _model(body), params, n, stream, include_usage, logprobs is not None)
+
+
+def chat_messages(messages: list[Any]) -> tuple[dict[str, Any], ...]:
+    """Messages for the chat template: content parts joined to text, images as markdown (as TGI)."""
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ValidationError("each message must be an object with a string `role`")
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict):
+                    raise ValidationError("message content parts must be objects")
+                if part.get("type") == "text" and isinstance(part.get("text"), str):
+                    parts.append(part["text"])
+                elif part.get("type") == "image_url":
+                    parts.append(f"![]({(part.get('image_url') or {}).get('url', '')})")
+                else:
+                    raise ValidationError(f"unsupported message content part: {part.get('type')!r}")
+            content = "".join(parts)
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            raise ValidationError("message `content` must be a string or a list of parts")
+        if m.get("tool_calls"):
+            raise ValidationError("`tool_calls` in messages are not supported yet")
+        msg: dict[str, Any] = {"role": m["role"], "content": content}
+        if isinstance(m.get("name"), str):
+            msg["name"] = m["name"]
+        out.append(msg)
+    return tuple(out)
+
+
+def _model(body: dict[str, Any]) -> str | None:
+    model = body.get("model")
+    return model if isinstance(model, str) else None
+
+
+def _replace(p: GenerateParameters, **changes: Any) -> GenerateParameters:
+    from dataclasses import replace
+
+    return replace(p, **changes)

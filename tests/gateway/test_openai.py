@@ -1,0 +1,118 @@
+"""OpenAI routes: shapes, streaming with include_usage and [DONE], n > 1, errors, /chat_tokenize."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.gateway.harness import GatewayServer, ScriptedWorker
+
+pytestmark = pytest.mark.timeout(60)
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+def _events(text: str) -> list[str]:
+    assert text.endswith("\n\n")
+    return [frame.removeprefix("data:") for frame in text.split("\n\n")[:-1]]
+
+
+def test_chat_completion_shape(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json={
+        "model": "tgi", "messages": MESSAGES, "max_tokens": 2, "temperature": 0, "top_p": 1.0,
+        "logprobs": True, "top_logprobs": 1}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == "tgi" and isinstance(body["created"], int)
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["finish_reason"] == "length"
+    assert choice["message"] == {"role": "assistant", "content": " w0 w1"}
+    assert choice["logprobs"]["content"][0] == {
+        "token": " w0", "logprob": -0.5, "bytes": [32, 119, 48],
+        "top_logprobs": [{"token": " alt0", "logprob": -1.0, "bytes": [32, 97, 108, 116, 48]}]}
+    (req,) = worker.received
+    prompt = gateway.ctx.tokenizer.apply_chat_template(MESSAGES)
+    assert req.input_ids == gateway.ctx.tokenizer.encode(prompt, add_special_tokens=False)
+    assert not req.params.do_sample and req.params.top_p == 1.0 and req.params.top_n_tokens == 1
+    assert body["usage"] == {"prompt_tokens": len(req.input_ids), "completion_tokens": 2,
+                             "total_tokens": len(req.input_ids) + 2}
+
+
+def test_chat_stream_usage_and_done(gateway: GatewayServer) -> None:
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json={
+        "messages": MESSAGES, "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}},
+        timeout=10)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = _events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert [c["choices"][0]["delta"] for c in chunks[:3]] == [
+        {"role": "assistant", "content": " w0"}, {"content": " w1"}, {}]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:3]] == [None, None, "length"]
+    assert all(c["usage"] is None for c in chunks[:3])
+    assert chunks[3]["choices"] == [] and chunks[3]["usage"]["completion_tokens"] == 2
+    assert len({c["id"] for c in chunks}) == 1
+
+
+def test_n_fans_out_with_distinct_seeds(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json={
+        "messages": MESSAGES, "max_tokens": 1, "n": 3, "seed": 10, "temperature": 0.7}, timeout=10)
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert sorted(req.params.seed for req in worker.received) == [10, 11, 12]
+    assert body["usage"]["completion_tokens"] == 3
+    assert body["usage"]["prompt_tokens"] == len(worker.received[0].input_ids)
+
+
+def test_completions_batch_and_stream(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    r = httpx.post(f"{gateway.url}/v1/completions", json={"prompt": ["one", "two"], "max_tokens": 2}, timeout=10)
+    body = r.json()
+    assert body["object"] == "text_completion"
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in body["choices"]] == [
+        (0, " w0 w1", "length"), (1, " w0 w1", "length")]
+    r = httpx.post(f"{gateway.url}/v1/completions", json={"prompt": "one", "max_tokens": 2, "stream": True},
+                   timeout=10)
+    events = _events(r.text)
+    assert events[-1] == "[DONE]"
+    texts = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+    assert texts == [" w0", " w1", ""]
+
+
+@pytest.mark.parametrize(("route", "body", "status", "error_type"), [
+    ("/v1/chat/completions", {"messages": []}, 422, "validation"),
+    ("/v1/chat/completions", {"messages": "hi"}, 422, "validation"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function"}]}, 422, "validation"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "response_format": {"type": "json_object"}}, 422, "validation"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "n": 9}, 422, "validation"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "top_p": 0}, 422, "validation"),
+    ("/v1/completions", {"prompt": ["a"] * 5}, 422, "batch size exceeded"),
+    ("/v1/completions", {"prompt": "a", "suffix": "b"}, 422, "suffix not supported"),
+    ("/v1/completions", {"prompt": []}, 422, "validation"),
+])
+def test_openai_bad_input(gateway: GatewayServer, worker: ScriptedWorker, route: str, body: dict, status: int,
+                          error_type: str) -> None:
+    r = httpx.post(f"{gateway.url}{route}", json=body, timeout=10)
+    assert r.status_code == status, r.text
+    assert r.json()["error_type"] == error_type and r.json()["error"]
+    assert worker.received == [] and gateway.ctx.permits.used == 0
+
+
+def test_error_inside_an_openai_stream(gateway: GatewayServer) -> None:
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "an ERROR here"}], "stream": True}, timeout=10)
+    assert r.status_code == 200
+    (event,) = _events(r.text)
+    assert json.loads(event) == {"error": {"message": "Request failed during generation: boom",
+                                           "type": "generation", "http_status_code": 424}}
+
+
+def test_chat_tokenize(gateway: GatewayServer) -> None:
+    body = httpx.post(f"{gateway.url}/chat_tokenize", json={"messages": MESSAGES}, timeout=10).json()
+    text = gateway.ctx.tokenizer.apply_chat_template(MESSAGES)
+    assert body["templated_text"] == text
+    assert [t["id"] for t in body["tokenize_response"]] == gateway.ctx.tokenizer.encode(text, add_special_tokens=False)
+    assert "".join(t["text"] for t in body["tokenize_response"]) == text
