@@ -97,3 +97,11 @@ def test_mistral_sliding_window_caps_the_sequence_length(tmp_path: Path) -> None
     transformers.MistralForCausalLM(config).save_pretrained(tmp_path)
     runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=128), tmp_path)
     assert runner.max_model_len == 64
+
+
+def test_partial_rotary_is_refused_not_served_wrong(tmp_path: Path) -> None:
+    config = transformers.Phi3Config(**{**_COMMON, "pad_token_id": 0, "partial_rotary_factor": 0.5})
+    config.architectures = ["Phi3ForCausalLM"]
+    config.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModel, match="partial rotary"):
+        read_config(tmp_path)

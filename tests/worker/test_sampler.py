@@ -137,3 +137,11 @@ def test_repetition_penalty_equals_transformers_and_greedy_rows_stay_greedy() ->
     theirs = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([history]), logits[:1].clone())
     torch.testing.assert_close(ours[:1], theirs)
     assert int(sampler.sample(logits, tensors).token_ids[0]) == int(theirs.argmax())
+
+
+def test_seeds_beyond_int64_wrap_to_their_64_bits() -> None:
+    logits = torch.randn(1, V)
+    params = SamplingParams(max_new_tokens=1, do_sample=True)
+    for step in range(5):
+        big = _sample(logits, [_req(params, seed=2**64 - 1, generated=step)]).token_ids
+        assert big.tolist() == _sample(logits, [_req(params, seed=-1, generated=step)]).token_ids.tolist()

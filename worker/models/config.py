@@ -53,6 +53,9 @@ class ModelConfig:
         scaling = raw.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} or None)
         if scaling and (scaling.get("rope_type") or scaling.get("type")) in (None, "default"):
             scaling = None
+        partial = float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)))
+        if partial != 1.0:
+            raise UnsupportedModel(f"{archs[0] if archs else 'model'}: partial rotary ({partial}) is not supported")
         eos = raw.get("eos_token_id")
         eos_ids = frozenset(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
         return cls(
