@@ -1,6 +1,8 @@
 """Triton kernels, one file each, with torch references in kernels/reference.py.
 
-Launchers load on first use, so `kernels.reference` imports without Triton installed.
+Launchers load on first use, so `kernels.reference` imports without Triton installed (and
+TRITON_INTERPRET, read when a kernel is defined, can still be set by the CPU tests). No module is
+named after a launcher: importing the module would shadow the launcher on this package.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ __all__ = [
 ]
 
 _HOME = {
-    "store_kv": "kernels.store_kv",
-    "paged_attention": "kernels.paged_attention",
-    "paged_decode_attention": "kernels.paged_attention",
-    "prefill_attention": "kernels.prefill_attention",
+    "store_kv": "kernels.kv_store",
+    "paged_attention": "kernels.decode_attention",
+    "paged_decode_attention": "kernels.decode_attention",
+    "prefill_attention": "kernels.varlen_attention",
     "rms_norm": "kernels.rmsnorm",
     "rotary_embedding": "kernels.rotary",
     "silu_and_mul": "kernels.activation",

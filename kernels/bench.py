@@ -15,11 +15,11 @@ import triton.testing
 
 from kernels import reference as ref
 from kernels.activation import silu_and_mul
-from kernels.paged_attention import paged_decode_attention
-from kernels.prefill_attention import prefill_attention
+from kernels.decode_attention import paged_decode_attention
+from kernels.varlen_attention import prefill_attention
 from kernels.rmsnorm import rms_norm
 from kernels.rotary import rotary_embedding
-from kernels.store_kv import store_kv
+from kernels.kv_store import store_kv
 
 __all__ = ["decode_step_breakdown", "main"]
 

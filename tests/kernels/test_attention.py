@@ -10,8 +10,8 @@ from tests.kernels.conftest import ON_GPU, assert_close
 pytest.importorskip("triton")
 
 from kernels import reference as ref  # noqa: E402
-from kernels.paged_attention import paged_attention, paged_decode_attention  # noqa: E402
-from kernels.prefill_attention import prefill_attention  # noqa: E402
+from kernels.decode_attention import paged_attention, paged_decode_attention  # noqa: E402
+from kernels.varlen_attention import prefill_attention  # noqa: E402
 
 # Triton's CPU interpreter multiplies bfloat16 tiles wrong (a bare 16x16 tl.dot is off by 1e10),
 # so bfloat16 attention runs on the GPU only.

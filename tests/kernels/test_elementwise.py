@@ -13,7 +13,7 @@ from kernels import reference as ref  # noqa: E402
 from kernels.activation import silu_and_mul  # noqa: E402
 from kernels.rmsnorm import rms_norm  # noqa: E402
 from kernels.rotary import rotary_embedding  # noqa: E402
-from kernels.store_kv import store_kv  # noqa: E402
+from kernels.kv_store import store_kv  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (tokens, hidden): odd counts, a non-power-of-two width, and a wide one on the GPU.

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.prefill_attention import _check_paged_inputs, prefill_attention
+from kernels.varlen_attention import _check_paged_inputs, _dot_precision, prefill_attention
 
 __all__ = ["paged_attention", "paged_decode_attention"]
 
@@ -25,7 +25,7 @@ def _decode_partial_kernel(
     qk_scale, group,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -59,7 +59,7 @@ def _decode_partial_kernel(
             k_cache_ptr + blk[:, None] * stride_kb + off[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
             mask=kv_mask, other=0.0,
         )  # (N, D)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (G, N), log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (G, N), log2 units
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])  # (G, N)
@@ -69,7 +69,7 @@ def _decode_partial_kernel(
             v_cache_ptr + blk[:, None] * stride_vb + off[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
             mask=kv_mask, other=0.0,
         )  # (N, D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     # An empty slice (short sequence) leaves lse = -inf: stage 2 gives it zero weight.
     has_keys = l_i > 0
@@ -136,7 +136,7 @@ def paged_decode_attention(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
-        PAGE=k_cache.shape[1], HEAD_DIM=dim, BLOCK_D=block_d,
+        PAGE=k_cache.shape[1], DOT_PRECISION=_dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=64, NUM_SPLITS=num_splits,
         num_warps=4, num_stages=2,
     )

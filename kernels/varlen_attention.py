@@ -22,7 +22,7 @@ def _prefill_attention_kernel(
     qk_scale, group,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ot, stride_oh,
-    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -61,7 +61,7 @@ def _prefill_attention_kernel(
             k_cache_ptr + blk[:, None] * stride_kb + off[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
             mask=kv_mask, other=0.0,
         )  # (N, D)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (M, N), log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (M, N), log2 units
         causal = (n[None, :] <= q_pos[:, None]) & n_mask[None, :]
         s = tl.where(causal, s, float("-inf"))
         # Key 0 is visible to every query, so m_new is finite after the first tile.
@@ -73,7 +73,7 @@ def _prefill_attention_kernel(
             v_cache_ptr + blk[:, None] * stride_vb + off[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
             mask=kv_mask, other=0.0,
         )  # (N, D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(
@@ -107,7 +107,7 @@ def prefill_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        PAGE=k_cache.shape[1], HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
+        PAGE=k_cache.shape[1], DOT_PRECISION=_dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
     )
     return out
@@ -130,3 +130,8 @@ def _check_paged_inputs(
     assert block_tables.dim() == 2 and block_tables.stride(1) == 1
     assert seq_lens.shape == (block_tables.shape[0],) and query_start_loc.shape == (block_tables.shape[0] + 1,)
     assert block_tables.dtype in (torch.int32, torch.int64) and seq_lens.dtype in (torch.int32, torch.int64)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs would run as TF32 (10-bit mantissa) by default: keep them exact.
+    return "ieee" if dtype == torch.float32 else "tf32"
