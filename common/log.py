@@ -94,5 +94,6 @@ def setup_logging(json_output: bool, level: str, role: str, stream: TextIO | Non
     for name in _FOREIGN_LOGGERS:
         foreign = logging.getLogger(name)
         foreign.handlers.clear()
+        foreign.setLevel(logging.NOTSET)  # follow the root's level, not one set earlier
         foreign.propagate = True
     return handler
