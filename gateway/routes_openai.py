@@ -31,7 +31,9 @@ __all__ = ["openai_routes", "chat_completions", "completions", "chat_tokenize"]
 
 _KEEP_ALIVE_SECONDS = 15.0
 _FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
-DONE = b"data:[DONE]\n\n"
+# With the space: huggingface_hub compares the whole line to "data: [DONE]"; for an SSE parser
+# both spellings carry the same data.
+DONE = b"data: [DONE]\n\n"
 
 
 @dataclass

@@ -16,7 +16,7 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 def _events(text: str) -> list[str]:
     assert text.endswith("\n\n")
-    return [frame.removeprefix("data:") for frame in text.split("\n\n")[:-1]]
+    return [frame.removeprefix("data:").removeprefix(" ") for frame in text.split("\n\n")[:-1]]
 
 
 def test_chat_completion_shape(gateway: GatewayServer, worker: ScriptedWorker) -> None:
