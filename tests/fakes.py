@@ -45,6 +45,8 @@ class FakeRunner:
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         assert batch.num_tokens <= self.token_budget, "step budget exceeded"
         assert batch.num_tokens == sum(len(r.token_ids) for r in batch.requests)
+        assert all(len(r.token_ids) == 1 and r.do_sample for r in batch.requests[: batch.num_decode])
+        assert len({r.req_id for r in batch.requests}) == len(batch.requests), "a request twice in one step"
         for req_id in batch.released_req_ids:
             self.computed.pop(req_id, None)
         self.batches.append(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -137,17 +138,25 @@ def test_waiting_served_ratio_holds_back_admission() -> None:
     assert "b" in {r.req_id for bt in runner.batches for r in bt.requests}
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    step: int
+    prompt: list[int]
+    max_new: int
+    priority: int
+    abort_at: int | None  # engine step at which the client goes away
+
+
 @st.composite
-def _schedules(draw: st.DrawFn) -> list[tuple[int, list[int], int]]:
-    n = draw(st.integers(1, 10))
-    items = []
-    for i in range(n):
+def _schedules(draw: st.DrawFn) -> list[_Arrival]:
+    items: list[_Arrival] = []
+    for i in range(draw(st.integers(1, 10))):
         arrival = draw(st.integers(0, 12))
-        length = draw(st.integers(1, 40))
-        prompt = [1 + (i * 37 + j * 11) % 900 for j in range(length)]
+        prompt = [1 + (i * 37 + j * 11) % 900 for j in range(draw(st.integers(1, 40)))]
         if draw(st.booleans()) and items:  # share a prefix with an earlier request
-            prompt = items[0][1][: draw(st.integers(1, len(items[0][1])))] + prompt
-        items.append((arrival, prompt, draw(st.integers(1, 24))))
+            prompt = items[0].prompt[: draw(st.integers(1, len(items[0].prompt)))] + prompt
+        abort_at = arrival + draw(st.integers(0, 30)) if draw(st.integers(0, 4)) == 0 else None
+        items.append(_Arrival(arrival, prompt, draw(st.integers(1, 24)), draw(st.integers(0, 2)), abort_at))
     return items
 
 
@@ -156,30 +165,48 @@ def _schedules(draw: st.DrawFn) -> list[tuple[int, list[int], int]]:
     schedule=_schedules(),
     num_blocks=st.integers(26, 48),  # 26 blocks of 4 hold the longest request (104 tokens)
     budget=st.integers(8, 48),
+    max_batch=st.integers(1, 8),
+    ratio=st.sampled_from([0.0, 0.3, 2.0]),
     prefix=st.booleans(),
 )
 def test_any_arrival_schedule_reproduces_solo_runs(
-    schedule: list[tuple[int, list[int], int]], num_blocks: int, budget: int, prefix: bool
+    schedule: list[_Arrival], num_blocks: int, budget: int, max_batch: int, ratio: float, prefix: bool
 ) -> None:
-    engine, runner = _engine(num_blocks=num_blocks, block_size=4, budget=budget, prefix=prefix)
-    pending = sorted(enumerate(schedule), key=lambda item: item[1][0])
+    """Whatever the arrivals, priorities, aborts and knobs: every request that is not aborted
+    yields exactly its solo run, an aborted one a prefix of it, and every block comes back."""
+    engine, runner = _engine(num_blocks=num_blocks, block_size=4, budget=budget, max_batch=max_batch,
+                             prefix=prefix, ratio=ratio)
+    pending = sorted(enumerate(schedule), key=lambda item: item[1].step)
+    aborts = {a.abort_at: f"r{i}" for i, a in enumerate(schedule) if a.abort_at is not None}
     out: dict[str, list[int]] = {}
+    finished: set[str] = set()
     step = 0
     while pending or engine.has_unfinished_requests():
-        while pending and pending[0][1][0] <= step:
-            i, (_, prompt, max_new) = pending.pop(0)
-            engine.add_request(_req(f"r{i}", prompt, max_new))
+        while pending and pending[0][1].step <= step:
+            i, a = pending.pop(0)
+            engine.add_request(_req(f"r{i}", a.prompt, a.max_new, priority=a.priority))
+        if step in aborts:
+            engine.abort_request(aborts[step])
         for o in engine.step():
+            assert o.req_id not in finished, "output after the finish"
             out.setdefault(o.req_id, []).extend(o.new_token_ids)
+            if o.finish_reason:
+                finished.add(o.req_id)
         engine.blocks.check_invariants()
+        assert len(engine.scheduler.running) <= max_batch
         step += 1
         assert step < 5000, "no progress"
-    for i, (_, prompt, max_new) in enumerate(schedule):
-        assert out[f"r{i}"] == solo_run(prompt, max_new)
+    for i, a in enumerate(schedule):
+        want = solo_run(a.prompt, a.max_new)
+        got = out.get(f"r{i}", [])
+        if f"r{i}" in aborts.values() and f"r{i}" not in finished:
+            assert got == want[: len(got)]
+        else:
+            assert got == want
     assert engine.blocks.num_free_blocks == num_blocks  # no leak
+    assert all(b.num_tokens <= budget for b in runner.batches)
     event(f"preempted: {engine.scheduler.num_preemptions > 0}")
     event(f"prefix hit: {engine.stats().prefix_hit_tokens > 0}")
-    assert all(b.num_tokens <= budget for b in runner.batches)
 
 
 def test_preempted_requests_resume_despite_the_waiting_ratio() -> None:
