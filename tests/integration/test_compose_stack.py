@@ -174,3 +174,24 @@ def test_every_process_logs_json_lines_as_compose_asks(stack: Stack) -> None:
         for line in lines:
             record = json.loads(line)  # GENFLEET_JSON_OUTPUT=true in the compose environment
             assert record["role"] in ("gateway", "worker") and "request_id" in record
+
+
+@pytest.mark.parametrize("api", ["tgi", "openai", "chat"])
+def test_load_generator_reads_the_real_gateway(stack: Stack, api: str) -> None:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from load.apis import get_api
+    from load.run_load import run_closed_loop
+    from load.sse_client import Target
+    from load.workloads import synthetic_mix
+
+    port = urlsplit(stack.base_url).port
+    assert port is not None
+    specs = synthetic_mix(8, seed=1, max_new_tokens=10)
+    result = asyncio.run(run_closed_loop(get_api(api), Target("127.0.0.1", port), specs, concurrency=4,
+                                         duration=60, timeout=60, label=api, meta={}))
+    assert [r.error for r in result.records] == [None] * 8
+    assert all(r.output_tokens == 10 for r in result.records)
+    # Tokens stream at the synthetic rate: gaps near 1/rate, never one burst at the end.
+    assert sorted(result.itl)[len(result.itl) // 2] > 0.5 / SYNTHETIC_RATE
