@@ -25,7 +25,9 @@ from gateway.generation import Relay
 from gateway.metrics import GatewayMetrics
 from gateway.queue_client import QueueClient
 from gateway.routes_generate import compat_generate, generate, generate_stream
+from gateway.openapi import openapi_json, swagger_ui
 from gateway.routes_info import health, info, metrics, models, tokenize
+from gateway.routes_openai import openai_routes
 from gateway.tokenizer import Tokenizer, model_limits
 from gateway.validation import Limits
 
@@ -124,12 +126,11 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
     ]
-    try:
-        from gateway.routes_openai import openai_routes
-
-        routes += openai_routes()
-    except ImportError:
-        pass
+    routes += openai_routes()
+    routes += [
+        Route("/api-doc/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", swagger_ui, methods=["GET"]),
+    ]
     middleware = [Middleware(RequestIdMiddleware)]
     origins = [o.strip() for o in (config.cors_allow_origin or "*").split(",") if o.strip()]
     middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],

@@ -1,0 +1,212 @@
+"""GET /api-doc/openapi.json and /docs: the OpenAPI 3 spec, built from the schema classes.
+
+Request bodies come from the same dataclasses the routes validate into (gateway/schemas.py); the
+response and OpenAI request shapes are declared here, once, for the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from gateway.routes_info import VERSION
+from gateway.schemas import GenerateInput
+
+__all__ = ["openapi_spec", "openapi_json", "swagger_ui"]
+
+
+@dataclass
+class ErrorResponse:
+    error: str
+    error_type: str
+
+
+@dataclass
+class TokenInfo:
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+
+
+@dataclass
+class Details:
+    finish_reason: Literal["length", "eos_token", "stop_sequence"]
+    generated_tokens: int
+    seed: int | None
+    prefill: list[TokenInfo] = field(default_factory=list)
+    tokens: list[TokenInfo] = field(default_factory=list)
+    top_tokens: list[list[TokenInfo]] = field(default_factory=list)
+    best_of_sequences: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class GenerateResponse:
+    generated_text: str
+    details: Details | None = None
+
+
+@dataclass
+class StreamDetails:
+    finish_reason: Literal["length", "eos_token", "stop_sequence"]
+    generated_tokens: int
+    seed: int | None
+    input_length: int
+
+
+@dataclass
+class StreamResponse:
+    index: int
+    token: TokenInfo
+    generated_text: str | None = None
+    details: StreamDetails | None = None
+    top_tokens: list[TokenInfo] = field(default_factory=list)
+
+
+@dataclass
+class SimpleToken:
+    id: int
+    text: str
+    start: int
+    stop: int
+
+
+@dataclass
+class ChatMessage:
+    role: str
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+
+
+@dataclass
+class StreamOptions:
+    include_usage: bool = False
+
+
+@dataclass
+class ChatRequest:
+    messages: list[ChatMessage]
+    model: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+@dataclass
+class CompletionRequest:
+    prompt: str | list[str]
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    logprobs: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(t: type) -> dict[str, str]:
+    return {"$ref": _REF.format(name=t.__name__)}
+
+
+def _json(t: type | dict[str, Any]) -> dict[str, Any]:
+    schema = t if isinstance(t, dict) else _ref(t)
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _post(summary: str, body: type, ok: dict[str, Any], tag: str) -> dict[str, Any]:
+    errors = {str(code): {"description": text, **_json(ErrorResponse)} for code, text in (
+        (400, "Body is not JSON"), (413, "Body over --payload-limit"), (422, "Input validation error"),
+        (424, "Generation error"), (429, "Over --max-concurrent-requests"), (503, "No Redis or no worker"))}
+    return {"post": {"tags": [tag], "summary": summary, "requestBody": {"required": True, **_json(body)},
+                     "responses": {"200": ok, **errors}}}
+
+
+def _get(summary: str, ok: dict[str, Any], tag: str) -> dict[str, Any]:
+    return {"get": {"tags": [tag], "summary": summary, "responses": {"200": ok}}}
+
+
+def openapi_spec() -> Any:
+    types = [GenerateInput, GenerateResponse, StreamResponse, ErrorResponse, SimpleToken, ChatRequest,
+             CompletionRequest]
+    _, components = msgspec.json.schema_components(types, ref_template=_REF)
+    sse = {"description": "Server-sent events", "content": {"text/event-stream": {"schema": _ref(StreamResponse)}}}
+    oai = {"description": "OpenAI response object, or server-sent chunks ending in `data: [DONE]` when streaming",
+           "content": {"application/json": {"schema": {"type": "object"}},
+                       "text/event-stream": {"schema": {"type": "string"}}}}
+    paths = {
+        "/": _post("Generate (non-streaming: a list of one; stream=true: SSE)", GenerateInput,
+                   {"description": "Generated text", **_json({"type": "array", "items": _ref(GenerateResponse)})},
+                   "Text Generation Inference"),
+        "/generate": _post("Generate tokens", GenerateInput, {"description": "Generated text",
+                                                               **_json(GenerateResponse)}, "Text Generation Inference"),
+        "/generate_stream": _post("Generate a stream of token events", GenerateInput, sse, "Text Generation Inference"),
+        "/tokenize": _post("Tokenize inputs", GenerateInput,
+                           {"description": "Tokens", **_json({"type": "array", "items": _ref(SimpleToken)})},
+                           "Text Generation Inference"),
+        "/chat_tokenize": _post("Template and tokenize a chat", ChatRequest,
+                                {"description": "Tokens and templated text", **_json({"type": "object"})},
+                                "Text Generation Inference"),
+        "/v1/chat/completions": _post("OpenAI chat completions", ChatRequest, oai, "OpenAI"),
+        "/v1/completions": _post("OpenAI completions", CompletionRequest, oai, "OpenAI"),
+        "/v1/models": _get("Served model", {"description": "Model list", **_json({"type": "object"})}, "OpenAI"),
+        "/health": _get("200 when Redis answers and a live worker serves the model, else 503",
+                        {"description": "Healthy"}, "Text Generation Inference"),
+        "/ping": _get("Same as /health", {"description": "Healthy"}, "Text Generation Inference"),
+        "/info": _get("Model, limits and fleet", {"description": "Info", **_json({"type": "object"})},
+                      "Text Generation Inference"),
+        "/metrics": _get("Prometheus metrics", {"description": "Text exposition format",
+                                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                         "Text Generation Inference"),
+    }
+    spec = {
+        "openapi": "3.1.0",
+        "info": {"title": "genfleet", "version": VERSION,
+                 "description": "Text Generation Inference compatible API served by a genfleet gateway"},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+    return msgspec.json.decode(msgspec.json.encode(spec))  # plain JSON values (tuples become lists)
+
+
+async def openapi_json(request: Request) -> Response:
+    spec = getattr(request.app.state, "openapi", None)
+    if spec is None:
+        spec = request.app.state.openapi = openapi_spec()
+    return JSONResponse(spec)
+
+
+_SWAGGER = """<!doctype html>
+<html><head><meta charset="utf-8"><title>genfleet API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>
+"""
+
+
+async def swagger_ui(request: Request) -> Response:
+    return HTMLResponse(_SWAGGER)
