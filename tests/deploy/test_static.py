@@ -88,6 +88,8 @@ def test_gateway_published_after_redis_is_healthy(services: dict[str, Any]) -> N
 def test_worker_scales_with_a_gpu_each_and_shares_the_model_cache(services: dict[str, Any]) -> None:
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker, "--scale worker=N needs neither"
+    # Built here rather than pulled: the image name exists on no registry.
+    assert worker["build"] == services["model-init"]["build"] and worker["image"] == services["model-init"]["image"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     mounts = {name: {v.split(":")[0]: v.split(":")[1] for v in services[name]["volumes"]}
@@ -107,6 +109,7 @@ def test_cpu_override_drops_the_gpu_reservation(env: dict[str, str]) -> None:
         a.partition("=")[0] for s in parse_dockerfile(WORKER_DF).stages for a in s.all("ARG")}
     assert set(args) <= declared
     assert override["worker"]["image"] == override["model-init"]["image"]
+    assert override["worker"]["build"] == override["model-init"]["build"]
 
 
 def test_referenced_files_exist(compose: dict[str, Any]) -> None:
