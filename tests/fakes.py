@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from worker.batch import ScheduledBatch, StepOutput
 
-__all__ = ["FakeRunner", "next_token", "solo_run"]
+__all__ = ["FakeRunner", "fake_logprob", "next_token", "solo_run"]
 
 VOCAB = 1000
 EOS = 0
@@ -23,6 +23,11 @@ def next_token(history: list[int]) -> int:
     for t in history[-8:]:
         h = (h * 1_000_003 + t) % 2_147_483_647
     return 1 + h % (VOCAB - 1)  # never EOS, unless a test asks for it
+
+
+def fake_logprob(position: int) -> float:
+    """The fake's score of the token at `position + 1`: distinct per position, so order shows."""
+    return -0.5 - position
 
 
 def solo_run(prompt: list[int], max_new: int) -> list[int]:
@@ -51,6 +56,7 @@ class FakeRunner:
             self.computed.pop(req_id, None)
         self.batches.append(batch)
         sampled = []
+        prompt_lps: dict[str, list[float]] = {}
         for req in batch.requests:
             seen = self.computed.get(req.req_id)
             if seen:  # a request continues exactly where its cache ends
@@ -62,5 +68,9 @@ class FakeRunner:
             assert req.all_token_ids[req.start_pos : end] == req.token_ids
             self.computed[req.req_id] = req.all_token_ids[:end]
             sampled.append(next_token(req.all_token_ids[:end]) if req.do_sample else -1)
+            if req.prefill_logprobs:  # as the runner: a score for each next token already known
+                known = len(req.all_token_ids[req.start_pos + 1 : end + 1])
+                prompt_lps[req.req_id] = [fake_logprob(req.start_pos + k) for k in range(known)]
         n = len(batch.requests)
-        return StepOutput(batch.step, [r.req_id for r in batch.requests], sampled, [0.0] * n, [[] for _ in range(n)])
+        return StepOutput(batch.step, [r.req_id for r in batch.requests], sampled, [0.0] * n, [[] for _ in range(n)],
+                          prompt_lps)

@@ -50,7 +50,7 @@ class BlockManager:
     def can_allocate(self, num_blocks: int) -> bool:
         return num_blocks <= len(self._free)
 
-    def match_prefix(self, req: Request) -> int:
+    def match_prefix(self, req: Request, reuse: bool = True) -> int:
         """On admission: take the cached blocks of the longest cached prefix of the request's tokens.
 
         Returns the number of tokens served from the cache. At least one token is always left to
@@ -59,7 +59,7 @@ class BlockManager:
         """
         assert not req.block_table and req.num_computed_tokens == 0
         self._hashes[req.req_id] = []
-        if not self.enable_prefix_caching:
+        if not (self.enable_prefix_caching and reuse):
             return 0
         tokens = req.all_token_ids
         usable = (len(tokens) - 1) // self.block_size

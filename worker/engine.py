@@ -193,9 +193,12 @@ class LLMEngine:
             self.blocks.commit(req)
             prefill_lp = result.prefill_logprobs.get(req.req_id)
             if prefill_lp is not None:
-                # Only logprobs of prompt tokens count (a recompute also covers output tokens).
-                room = req.num_prompt_tokens - 1 - len(req.prefill_logprobs)
-                req.prefill_logprobs.extend(prefill_lp[: max(0, room)])
+                # prefill_lp[k] scores token start_pos + k + 1. Keep prompt tokens only, each once:
+                # a recompute after preemption covers positions already scored, and output tokens.
+                have = len(req.prefill_logprobs)
+                skip = have - sreq.start_pos
+                assert skip >= 0, "prompt logprobs skipped a position"
+                req.prefill_logprobs.extend(prefill_lp[skip : skip + max(0, req.num_prompt_tokens - 1 - have)])
             token = result.sampled_token_ids[i]
             if token < 0:
                 continue

@@ -97,7 +97,9 @@ class Scheduler:
         if self.num_preemptions == preemptions_before and self._may_admit():
             while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
                 req = self.waiting[0]
-                hit = self.blocks.match_prefix(req)
+                # Prompt logprobs need every prompt position computed: no prefix reuse for them.
+                reuse = not req.params.prefill_logprobs
+                hit = self.blocks.match_prefix(req, reuse)
                 num_new = min(req.num_tokens - req.num_computed_tokens, budget)
                 need = self.blocks.blocks_needed(req, num_new)
                 if not self.blocks.can_allocate(need):
@@ -107,7 +109,8 @@ class Scheduler:
                     self.blocks.free(req)  # give back the prefix hits until it fits
                     break
                 self.blocks.allocate(req, num_new)
-                self.blocks.record_lookup(req.num_tokens, hit)
+                if reuse:
+                    self.blocks.record_lookup(req.num_tokens, hit)
                 if req.num_preemptions == 0:
                     req.num_cached_tokens = hit
                 self.waiting.popleft()

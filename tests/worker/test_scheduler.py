@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
-from tests.fakes import FakeRunner, solo_run
+from tests.fakes import FakeRunner, fake_logprob, solo_run
 from worker.engine import EngineRequest, LLMEngine
 
 
@@ -145,6 +145,7 @@ class _Arrival:
     max_new: int
     priority: int
     abort_at: int | None  # engine step at which the client goes away
+    prompt_logprobs: bool
 
 
 @st.composite
@@ -156,7 +157,8 @@ def _schedules(draw: st.DrawFn) -> list[_Arrival]:
         if draw(st.booleans()) and items:  # share a prefix with an earlier request
             prompt = items[0].prompt[: draw(st.integers(1, len(items[0].prompt)))] + prompt
         abort_at = arrival + draw(st.integers(0, 30)) if draw(st.integers(0, 4)) == 0 else None
-        items.append(_Arrival(arrival, prompt, draw(st.integers(1, 24)), draw(st.integers(0, 2)), abort_at))
+        items.append(_Arrival(arrival, prompt, draw(st.integers(1, 24)), draw(st.integers(0, 2)), abort_at,
+                              draw(st.integers(0, 3)) == 0))
     return items
 
 
@@ -180,16 +182,20 @@ def test_any_arrival_schedule_reproduces_solo_runs(
     aborts = {a.abort_at: f"r{i}" for i, a in enumerate(schedule) if a.abort_at is not None}
     out: dict[str, list[int]] = {}
     finished: set[str] = set()
+    prompt_lps: dict[str, list[float]] = {}
     step = 0
     while pending or engine.has_unfinished_requests():
         while pending and pending[0][1].step <= step:
             i, a = pending.pop(0)
-            engine.add_request(_req(f"r{i}", a.prompt, a.max_new, priority=a.priority))
+            params = SamplingParams(max_new_tokens=a.max_new, prefill_logprobs=a.prompt_logprobs)
+            engine.add_request(EngineRequest(f"r{i}", a.prompt, params, 0, time.time(), priority=a.priority))
         if step in aborts:
             engine.abort_request(aborts[step])
         for o in engine.step():
             assert o.req_id not in finished, "output after the finish"
             out.setdefault(o.req_id, []).extend(o.new_token_ids)
+            if o.prefill_logprobs is not None:
+                prompt_lps[o.req_id] = o.prefill_logprobs
             if o.finish_reason:
                 finished.add(o.req_id)
         engine.blocks.check_invariants()
@@ -203,6 +209,8 @@ def test_any_arrival_schedule_reproduces_solo_runs(
             assert got == want[: len(got)]
         else:
             assert got == want
+        if a.prompt_logprobs and got:  # every prompt position scored once, in order
+            assert prompt_lps[f"r{i}"] == [fake_logprob(p) for p in range(len(a.prompt) - 1)]
     assert engine.blocks.num_free_blocks == num_blocks  # no leak
     assert all(b.num_tokens <= budget for b in runner.batches)
     event(f"preempted: {engine.scheduler.num_preemptions > 0}")
