@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
@@ -37,9 +38,11 @@ class WorkerMetrics:
     Args:
         worker_id, model, device: published once as labels of `genfleet_worker_info`.
         registry: where the metrics live; a fresh one by default.
+        clock: monotonic seconds, for the tokens/s window.
     """
 
-    def __init__(self, worker_id: str, model: str, device: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, worker_id: str, model: str, device: str, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.info = Gauge("genfleet_worker_info", "Constant 1, labelled with what this worker serves",
@@ -65,7 +68,8 @@ class WorkerMetrics:
         self.prefix_hit = Counter("genfleet_worker_prefix_hit_tokens", "Prompt tokens found in the prefix cache",
                                   registry=r)
         self._totals: dict[str, int] = {}
-        self._window_start = time.monotonic()
+        self._clock = clock
+        self._window_start = clock()
         self._window_tokens = 0
 
     def observe_step(self, stats: EngineStatsLike, step_seconds: float, num_tokens: int,
@@ -89,12 +93,12 @@ class WorkerMetrics:
         self._advance("prefix_query_tokens", stats, self.prefix_query)
         self._advance("prefix_hit_tokens", stats, self.prefix_hit)
         self._window_tokens += num_tokens
-        self._roll_window(time.monotonic())
+        self._roll_window(self._clock())
 
     def observe_idle(self, stats: EngineStatsLike) -> None:
         """Between steps (nothing running): keep the gauges true and let tokens/s fall to zero."""
         self._gauges(stats)
-        self._roll_window(time.monotonic())
+        self._roll_window(self._clock())
 
     def _gauges(self, stats: EngineStatsLike) -> None:
         self.batch_current.set(stats.num_running)

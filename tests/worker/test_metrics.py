@@ -51,3 +51,21 @@ def test_two_workers_in_one_process_keep_separate_registries() -> None:
     a.observe_step(EngineStats(1, 0, 10, 10, 0, 0, 0, 1), 0.01, num_tokens=5)
     assert a.registry.get_sample_value("genfleet_worker_generated_tokens_total") == 5
     assert b.registry.get_sample_value("genfleet_worker_generated_tokens_total") == 0
+
+
+def test_tokens_per_second_over_a_window_and_falls_to_zero_when_idle() -> None:
+    now = [0.0]
+    m = WorkerMetrics("w", "m", "cpu", clock=lambda: now[0])
+    stats = EngineStats(2, 0, 10, 10, 0, 0, 0, 1)
+    for _ in range(10):
+        now[0] += 0.25
+        m.observe_step(stats, 0.25, num_tokens=2)
+    # The first window closed at 2.0 s with 8 steps' 16 tokens; 4 tokens wait in the next one.
+    assert m.registry.get_sample_value("genfleet_worker_tokens_per_second") == 16 / 2.0
+    now[0] = 5.5
+    m.observe_idle(EngineStats(0, 0, 10, 10, 0, 0, 0, 10))
+    assert m.registry.get_sample_value("genfleet_worker_tokens_per_second") == 4 / 3.5
+    now[0] = 8.0
+    m.observe_idle(EngineStats(0, 0, 10, 10, 0, 0, 0, 10))
+    assert m.registry.get_sample_value("genfleet_worker_tokens_per_second") == 0.0
+    assert m.registry.get_sample_value("genfleet_worker_batch_current_size") == 0
