@@ -37,7 +37,7 @@ log = logging.getLogger("genfleet.gateway")
 
 # Routes behind --api-key (TGI protects the generation routes only).
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions",
-                              "/tokenize", "/invocations"})
+                              "/tokenize", "/chat_tokenize", "/invocations"})
 
 
 class ApiKeyMiddleware:

@@ -54,6 +54,8 @@ def validate(
             raise ValidationError("`seed` must not be set when `best_of` > 1")
     if p.decoder_input_details and stream:
         raise ValidationError("`decoder_input_details` == true is not supported when streaming tokens")
+    if p.decoder_input_details and not config.enable_prefill_logprobs:
+        raise ValidationError("`decoder_input_details` == true needs the server to run with --enable-prefill-logprobs")
     if len(p.stop) > config.max_stop_sequences:
         raise ValidationError(
             f"`stop` supports up to {config.max_stop_sequences} stop sequences. Given: {len(p.stop)}"
@@ -100,7 +102,7 @@ def validate(
         seed=seed if samples else None,
         stop=p.stop,
         top_n_tokens=top_n,
-        prefill_logprobs=p.decoder_input_details and config.enable_prefill_logprobs,
+        prefill_logprobs=p.decoder_input_details,
         ignore_eos=p.ignore_eos,
     )
     return Validated(

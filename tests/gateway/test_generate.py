@@ -125,3 +125,16 @@ def test_best_of_picks_one_and_lists_the_others(gateway: GatewayServer, worker: 
     assert len(body["details"]["best_of_sequences"]) == 1
     seeds = {req.params.seed for req in worker.received}
     assert len(worker.received) == 2 and len(seeds) == 2
+
+
+def test_decoder_input_details(make_gateway, worker: ScriptedWorker) -> None:  # type: ignore[no-untyped-def]
+    body = {"inputs": "Hi there", "parameters": {"max_new_tokens": 1, "decoder_input_details": True}}
+    with make_gateway() as gw:
+        r = httpx.post(f"{gw.url}/generate", json=body, timeout=10)
+        assert r.status_code == 422 and "--enable-prefill-logprobs" in r.json()["error"]
+    with make_gateway(enable_prefill_logprobs=True) as gw:
+        r = httpx.post(f"{gw.url}/generate", json=body, timeout=10)
+        assert r.status_code == 200, r.text
+        ids = gw.ctx.tokenizer.encode("Hi there")
+        assert r.json()["details"]["prefill"] == [{"id": i, "text": f"p{i}", "logprob": -0.25} for i in ids]
+        assert worker.received[-1].params.prefill_logprobs
