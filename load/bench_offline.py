@@ -1,7 +1,8 @@
 """Engine-only throughput (no HTTP, no Redis): the worker's engine on the real model, in-process.
 
-Three comparisons in one run, same model, same requests:
-1. one request at a time vs continuous batching (chunked prefill, paged KV);
+Comparisons in one run, same model, same requests:
+1. one request at a time vs continuous batching (chunked prefill, paged KV), and with
+   --transformers, transformers' generate over one static batch (TTFT not measured there);
 2. a shared-prefix workload with the prefix cache off vs on.
 
     python -m load.bench_offline --requests 32 --max-new-tokens 32
@@ -10,6 +11,7 @@ Three comparisons in one run, same model, same requests:
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import time
@@ -50,6 +52,22 @@ def _run(engine: LLMEngine, prompts: list[list[int]], max_new: int, concurrent: 
     return elapsed, produced, ttft
 
 
+def _transformers_static(model_dir: Path, prompts: list[list[int]], max_new: int, device: str) -> tuple[float, int]:
+    """One left-padded static batch through transformers' generate: what the engine replaces."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)  # (B, T)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, T)
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new, min_new_tokens=max_new,
+                             do_sample=False, pad_token_id=0)
+    return time.perf_counter() - started, (out.shape[1] - width) * len(prompts)
+
+
 def _engine(config: WorkerConfig, runner: ModelRunner) -> LLMEngine:
     return LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                      max_model_len=runner.max_model_len)
@@ -62,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--prefix-tokens", type=int, default=512)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--transformers", action="store_true", help="add transformers' static batch as a baseline")
     args = parser.parse_args(argv)
 
     model_dir = Path(resolve_model(args.model_id))
@@ -78,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, concurrent in (("one request at a time", False), ("continuous batching", True)):
         secs, toks, ttft = _run(_engine(replace(config, prefix_caching=False), runner), mix, args.max_new_tokens, concurrent)
         rows.append((f"synthetic mix, {name}", args.requests / secs, toks / secs, ttft))
+    if args.transformers:
+        secs, toks = _transformers_static(model_dir, mix, args.max_new_tokens, args.device)
+        rows.append(("synthetic mix, transformers generate, one static batch", args.requests / secs, toks / secs,
+                     float("nan")))
     for name, on in (("prefix cache off", False), ("prefix cache on", True)):
         secs, toks, ttft = _run(_engine(replace(config, prefix_caching=on), runner), prefixed, args.max_new_tokens, True)
         rows.append((f"{args.prefix_tokens}-token shared prefix, {name}", args.requests / secs, toks / secs, ttft))
@@ -86,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| workload | requests/s | output tok/s | mean TTFT (s) |")
     print("|---|---|---|---|")
     for name, rps, tps, ttft in rows:
-        print(f"| {name} | {rps:.2f} | {tps:.1f} | {ttft:.2f} |")
+        shown = "n/a" if math.isnan(ttft) else f"{ttft:.2f}"
+        print(f"| {name} | {rps:.2f} | {tps:.1f} | {shown} |")
     return 0
 
 
