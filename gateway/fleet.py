@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from common.protocol import GatewayInfo, ProtocolError, WorkerInfo, decode_worker_info, encode
-from common.streams import Keys
+from common.streams import CONSUMER_GROUP, Keys
 
 __all__ = ["FleetView", "FleetState"]
 
@@ -30,6 +30,7 @@ class FleetState:
     workers: tuple[WorkerInfo, ...] = ()
     queue_size: int = 0
     refreshed_at: float = 0.0
+    pending: int = 0  # delivered to a worker, not yet acknowledged
 
     @property
     def serving(self) -> tuple[WorkerInfo, ...]:
@@ -99,8 +100,14 @@ class FleetView:
                     continue
                 if w.model == self.model:
                     workers.append(w)
-            backlog = await self.client.xlen(self.keys.request_stream(self.model))
-            self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), int(backlog), time.time())
+            stream = self.keys.request_stream(self.model)
+            backlog = await self.client.xlen(stream)
+            try:
+                pending = int((await self.client.xpending(stream, CONSUMER_GROUP))["pending"])
+            except ResponseError:
+                pending = 0  # no stream or group yet
+            self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), int(backlog),
+                                    time.time(), pending)
         except (RedisError, OSError) as exc:
             if self.state.redis_ok:
                 log.warning("Redis unreachable: %s", exc)

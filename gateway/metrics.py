@@ -82,6 +82,8 @@ class GatewayMetrics:
         self.inference = hist("tgi_request_inference_duration", "First scheduled until done (s)", _DURATION)
         self.per_token = hist("tgi_request_mean_time_per_token_duration", "Inference time per token (s)", _DURATION)
         self.ttft = hist("genfleet_request_time_to_first_token", "Arrival until first token (s)", _DURATION)
+        self.itl = hist("genfleet_request_inter_token_latency", "Time between consecutive tokens of a request (s)",
+                        _DURATION)
         self.generated = hist("tgi_request_generated_tokens", "Generated tokens per request", _linear(max_total_tokens))
         self.input_length = hist("tgi_request_input_length", "Prompt tokens per request", _linear(max_input_tokens))
         self.max_new = hist("tgi_request_max_new_tokens", "max_new_tokens per request", _linear(max_total_tokens))
@@ -96,6 +98,13 @@ class GatewayMetrics:
         self.kv_free = gauge("genfleet_kv_free_tokens", "Free KV tokens across live workers")
         self.waiting = gauge("genfleet_worker_waiting", "Requests accepted by workers but not yet scheduled")
         self.in_flight = gauge("genfleet_gateway_in_flight", "Requests this gateway is serving")
+        self.pending = gauge("genfleet_stream_pending", "Stream entries delivered to a worker but not yet acknowledged")
+        self.worker_running = Gauge("genfleet_fleet_worker_running", "Requests in a live worker's running batch",
+                                    ["worker_id"], registry=r)
+        self.worker_waiting = Gauge("genfleet_fleet_worker_waiting", "Requests a live worker accepted but has not "
+                                    "scheduled", ["worker_id"], registry=r)
+        self.worker_kv_free = Gauge("genfleet_fleet_worker_free_kv_tokens", "A live worker's free KV tokens",
+                                    ["worker_id"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

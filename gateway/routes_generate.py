@@ -67,12 +67,17 @@ async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, 
     ctx.metrics.input_length.observe(len(v.input_ids))
     ctx.metrics.max_new.observe(params.max_new_tokens)
     await ctx.relay.submit(state)
+    last_token_at = 0.0
     try:
         async for event in ctx.relay.run(state):
             if isinstance(event, Token):
+                now = time.time()
                 if not outcome.tokens:
-                    outcome.first_token_at = time.time()
-                    ctx.metrics.ttft.observe(outcome.first_token_at - outcome.started)
+                    outcome.first_token_at = now
+                    ctx.metrics.ttft.observe(now - outcome.started)
+                else:
+                    ctx.metrics.itl.observe(now - last_token_at)
+                last_token_at = now
                 outcome.tokens.append(event)
                 yield event
             else:

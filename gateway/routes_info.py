@@ -64,6 +64,13 @@ async def metrics(request: Request) -> Response:
     m.kv_free.set(sum(w.free_kv_tokens for w in state.serving))
     m.live_workers.set(len(state.serving))
     m.in_flight.set(ctx.permits.used)
+    m.pending.set(state.pending)
+    for g in (m.worker_running, m.worker_waiting, m.worker_kv_free):
+        g.clear()  # workers that left must not linger
+    for w in state.serving:
+        m.worker_running.labels(w.worker_id).set(w.running)
+        m.worker_waiting.labels(w.worker_id).set(w.waiting)
+        m.worker_kv_free.labels(w.worker_id).set(w.free_kv_tokens)
     return Response(m.render(), media_type=CONTENT_TYPE)
 
 

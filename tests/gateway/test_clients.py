@@ -70,3 +70,19 @@ def test_openai_client_errors(gateway: GatewayServer) -> None:
     with pytest.raises(openai.APIError, match="boom"):
         list(client.chat.completions.create(model="tgi", messages=[{"role": "user", "content": "an ERROR here"}],
                                             stream=True))
+
+
+def test_text_generation_client(gateway: GatewayServer) -> None:
+    # The `text-generation` package pins huggingface-hub<1.0, which transformers 5 cannot share,
+    # so it is not in the test extra; it runs where it was installed beside (pip --no-deps).
+    text_generation = pytest.importorskip("text_generation")
+    client = text_generation.Client(gateway.url)
+    out = client.generate("Hello", max_new_tokens=2, decoder_input_details=False, top_n_tokens=1)
+    assert out.generated_text == " w0 w1"
+    assert out.details.finish_reason.value == "length" and out.details.generated_tokens == 2
+    assert [t.text for t in out.details.tokens] == [" w0", " w1"]
+    events = list(client.generate_stream("Hello", max_new_tokens=3))
+    assert [e.token.text for e in events] == [" w0", " w1", " w2"]
+    assert events[-1].generated_text == " w0 w1 w2"
+    with pytest.raises(text_generation.errors.ValidationError):
+        client.generate("Hello", max_new_tokens=2, top_n_tokens=9)

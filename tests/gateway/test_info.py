@@ -70,6 +70,10 @@ def test_metrics_use_tgi_names(gateway: GatewayServer) -> None:
         assert name in samples, name
     assert not any(s.endswith("_total") or "_total{" in s for s in samples if s.startswith("tgi_request_count"))
     assert 'tgi_request_duration_bucket{le="0.00015"}' in text  # TGI's first duration bucket
+    assert "genfleet_request_inter_token_latency_count 1.0" in text  # two tokens, one gap
+    assert "genfleet_request_time_to_first_token_count 1.0" in text
+    assert 'genfleet_fleet_worker_free_kv_tokens{worker_id="wk-scripted"} 4096.0' in text
+    assert "genfleet_live_workers 1.0" in text and "genfleet_stream_pending 0.0" in text
 
 
 def test_models_and_tokenize(gateway: GatewayServer) -> None:
