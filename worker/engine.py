@@ -127,23 +127,23 @@ class LLMEngine:
     def num_admittable(self) -> int:
         """How many more requests the worker should read from the shared stream right now.
 
-        A worker must not hoard requests that another worker could start sooner. Taken from
-        the stream are only as many requests as the batch has slots for and as the KV cache can
-        start: free tokens, less the uncomputed tokens of requests already waiting, less one
-        block of growth per running request, divided by the mean prompt size seen so far. Below
-        a 5% free-cache watermark, or while waiting requests could not all start, it is 0.
+        A worker must not hoard requests that another worker could start sooner: it takes only
+        what it can start at once. Waiting requests already held count against both the KV
+        cache (free tokens, less one block of growth per running request) and one step's prefill
+        budget; what is left, divided by the mean prompt size seen so far, bounded by the free
+        batch slots, is the answer. Below a 5% free-cache watermark it is 0.
         """
         sched = self.scheduler
         slots = self.max_batch_size - len(sched.running) - len(sched.waiting)
         if slots <= 0 or self.blocks.num_free_blocks * 20 < self.blocks.num_blocks:
             return 0
-        demand = sum(r.num_tokens - r.num_computed_tokens for r in sched.waiting)
-        demand += len(sched.running) * self.block_size
-        headroom = self.blocks.num_free_tokens - demand
-        if headroom <= 0:
+        waiting = sum(r.num_tokens - r.num_computed_tokens for r in sched.waiting)
+        kv_room = self.blocks.num_free_tokens - len(sched.running) * self.block_size - waiting
+        room = min(kv_room, sched.token_budget - waiting)
+        if room <= 0:
             return 0
         per_request = max(self.block_size, round(self._mean_prompt))
-        return max(0, min(slots, -(-headroom // per_request)))
+        return min(slots, -(-room // per_request))
 
     def stats(self) -> EngineStats:
         sched = self.scheduler

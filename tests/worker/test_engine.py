@@ -116,16 +116,23 @@ def test_max_batch_size_bounds_the_running_batch() -> None:
         assert [t for o in outs if o.req_id == f"r{i}" for t in o.new_token_ids] == solo_run([i + 1] * 5, 4)
 
 
-def test_num_admittable_follows_slots_and_kv_headroom() -> None:
-    engine, _ = _engine(num_blocks=40, block_size=4, max_batch=4)  # 160 tokens
-    assert engine.num_admittable() == 4  # empty: bounded by batch slots
-    engine.add_request(_req("a", list(range(1, 11)), 4))
-    assert engine.num_admittable() == 3
-    engine.step()
-    big, _ = _engine(num_blocks=40, block_size=4, max_batch=64)
-    big.add_request(_req("w1", list(range(1, 101)), 4))
-    big.add_request(_req("w2", list(range(1, 61)), 4))  # waiting demand 160 tokens = all free KV
-    assert big.num_admittable() == 0
-    small, _ = _engine(num_blocks=40, block_size=4, max_batch=64)
-    small.add_request(_req("w", list(range(1, 9)), 4))  # 152 tokens of headroom left
-    assert 1 <= small.num_admittable() <= 152 // 4
+def test_num_admittable_takes_only_what_can_start_now() -> None:
+    roomy, _ = _engine(num_blocks=40, block_size=4, budget=1000, max_batch=4)  # 160 KV tokens
+    assert roomy.num_admittable() == 4  # empty: bounded by batch slots
+    roomy.add_request(_req("a", list(range(1, 11)), 4))
+    assert roomy.num_admittable() == 3
+    # Waiting requests that fill the KV cache: take nothing more.
+    full, _ = _engine(num_blocks=40, block_size=4, budget=1000, max_batch=64)
+    full.add_request(_req("w1", list(range(1, 101)), 4))
+    full.add_request(_req("w2", list(range(1, 61)), 4))
+    assert full.num_admittable() == 0
+    # A waiting prompt longer than one step's prefill budget: take nothing until it starts.
+    busy, _ = _engine(num_blocks=40, block_size=4, budget=32, max_batch=64)
+    busy.add_request(_req("long", list(range(1, 41)), 4))
+    assert busy.num_admittable() == 0
+    busy.step()
+    assert busy.num_admittable() > 0
+    # Otherwise about a step's budget worth of mean-sized prompts.
+    small, _ = _engine(num_blocks=40, block_size=4, budget=64, max_batch=64)
+    small.add_request(_req("w", list(range(1, 9)), 4))
+    assert 1 <= small.num_admittable() <= (64 - 8) // 4
