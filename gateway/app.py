@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import GatewayConfig
+from common.log import bind_request_id
 from common.model_source import resolve_model
 from common.streams import Keys
 from gateway.context import GatewayContext, Permits
@@ -68,14 +69,18 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()
-        scope.setdefault("state", {})["request_id"] = rid.decode(errors="replace")
+        request_id = rid.decode(errors="replace")[:128]
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        # Log lines of this request carry its id; the id also names the request on the wire,
+        # so the worker's log lines about it match (gateway/queue_client.py).
+        with bind_request_id(request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette:

@@ -49,7 +49,11 @@ class Relay:
         missing_owner_since = 0.0
         while True:
             try:
-                event = await asyncio.wait_for(state.queue.get(), timeout=_POLL)
+                # Events usually arrive in bursts (one message per step): take what is queued
+                # without arming a timer; wait with a timeout only when the queue is empty.
+                event = state.queue.get_nowait() if not state.queue.empty() else await asyncio.wait_for(
+                    state.queue.get(), timeout=_POLL
+                )
             except asyncio.TimeoutError:
                 if state.deadline and time.time() > state.deadline:
                     raise GenfleetError("timeout", "Request deadline exceeded") from None

@@ -136,6 +136,13 @@ def _json(t: type | dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _events(data: dict[str, Any]) -> dict[str, Any]:
+    """One server-sent event; its `data` is JSON of the given schema."""
+    return {"type": "object", "properties": {
+        "id": {"type": "string"}, "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+
+
 def _post(summary: str, body: type, ok: dict[str, Any], tag: str) -> dict[str, Any]:
     errors = {str(code): {"description": text, **_json(ErrorResponse)} for code, text in (
         (400, "Body is not JSON"), (413, "Body over --payload-limit"), (422, "Input validation error"),
@@ -152,13 +159,16 @@ def openapi_spec() -> Any:
     types = [GenerateInput, GenerateResponse, StreamResponse, ErrorResponse, SimpleToken, ChatRequest,
              CompletionRequest]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
-    sse = {"description": "Server-sent events", "content": {"text/event-stream": {"schema": _ref(StreamResponse)}}}
+    sse = {"description": "Server-sent events",
+           "content": {"text/event-stream": {"schema": _events(_ref(StreamResponse))}}}
     oai = {"description": "OpenAI response object, or server-sent chunks ending in `data: [DONE]` when streaming",
            "content": {"application/json": {"schema": {"type": "object"}},
-                       "text/event-stream": {"schema": {"type": "string"}}}}
+                       "text/event-stream": {"schema": _events({"type": "object"})}}}
     paths = {
         "/": _post("Generate (non-streaming: a list of one; stream=true: SSE)", GenerateInput,
-                   {"description": "Generated text", **_json({"type": "array", "items": _ref(GenerateResponse)})},
+                   {"description": "Generated text, or token events when `stream` is true",
+                    "content": {"application/json": {"schema": {"type": "array", "items": _ref(GenerateResponse)}},
+                                "text/event-stream": {"schema": _events(_ref(StreamResponse))}}},
                    "Text Generation Inference"),
         "/generate": _post("Generate tokens", GenerateInput, {"description": "Generated text",
                                                                **_json(GenerateResponse)}, "Text Generation Inference"),

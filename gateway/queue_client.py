@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from common.log import request_id_var
 from common.protocol import Accepted, Cancel, Event, GenerateRequest, ProtocolError, decode_events, encode
 from common.sampling_params import SamplingParams
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
@@ -55,6 +56,7 @@ class QueueClient:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._groups_ready: set[str] = set()
+        self._reserved: set[str] = set()  # ids handed out by new_state and not yet submitted
 
     @property
     def in_flight(self) -> int:
@@ -77,10 +79,18 @@ class QueueClient:
 
     # -- requests ---------------------------------------------------------------------------------
     def new_state(self, model: str, input_ids: list[int], params: SamplingParams, deadline: float) -> RequestState:
-        return RequestState(uuid.uuid4().hex, model, input_ids, params, deadline)
+        # The HTTP request's id (x-request-id) names the request fleet-wide when it is free, so
+        # gateway and worker logs match; fan-outs (best_of, n) and reused ids get a suffix.
+        base = request_id_var.get() or uuid.uuid4().hex
+        req_id = base
+        while req_id in self._states or req_id in self._reserved:
+            req_id = f"{base}-{uuid.uuid4().hex[:6]}"
+        self._reserved.add(req_id)
+        return RequestState(req_id, model, input_ids, params, deadline)
 
     async def submit(self, state: RequestState, priority: int = 0) -> None:
         """XADD the request's current attempt. Raises QueueFull before queueing when over the bound."""
+        self._reserved.discard(state.req_id)
         stream = self._keys.request_stream(state.model)
         await self._ensure_group(stream)
         if await self._redis.xlen(stream) >= self._max_queue_length:

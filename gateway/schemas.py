@@ -6,6 +6,7 @@ tokenization and length checks happen after, in gateway/validation.py.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,13 +90,13 @@ def parse_parameters(raw: Any) -> GenerateParameters:
     for name in _FLOATS:
         v = raw.get(name)
         if v is not None:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValidationError(f"`{name}` must be a number")
             values[name] = float(v)
     for name in _INTS:
         v = raw.get(name)
         if v is not None:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
                 raise ValidationError(f"`{name}` must be a non-negative integer")
             values[name] = v
     for name in _BOOLS:

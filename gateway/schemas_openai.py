@@ -7,6 +7,7 @@ accepted, `n` fans out, `stop` may be a string, presence_penalty keeps OpenAI's 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,10 @@ def _get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: s
         return None
     if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
         raise ValidationError(f"`{name}` must be {what}")
-    if not isinstance(v, kind):
+    if not isinstance(v, kind) or (isinstance(v, float) and not math.isfinite(v)):
         raise ValidationError(f"`{name}` must be {what}")
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 1 << 63:
+        raise ValidationError(f"`{name}` is out of range")
     return v
 
 

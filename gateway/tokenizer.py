@@ -33,7 +33,13 @@ class Tokenizer:
             from common.errors import GenfleetError
 
             raise GenfleetError("template_error", "Template error: the model has no chat template")
-        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs))
+        try:
+            text = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        except Exception as exc:  # jinja2 errors, including the template's own raise_exception()
+            from common.errors import GenfleetError
+
+            raise GenfleetError("template_error", f"Template error: {exc}") from exc
+        return str(text)
 
     @property
     def eos_token(self) -> str | None:
