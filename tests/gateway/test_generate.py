@@ -138,3 +138,15 @@ def test_decoder_input_details(make_gateway, worker: ScriptedWorker) -> None:  #
         ids = gw.ctx.tokenizer.encode("Hi there")
         assert r.json()["details"]["prefill"] == [{"id": i, "text": f"p{i}", "logprob": -0.25} for i in ids]
         assert worker.received[-1].params.prefill_logprobs
+
+
+def test_parameters_reach_the_worker(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    r = httpx.post(f"{gateway.url}/generate", json={"inputs": "Hi", "parameters": {
+        "max_new_tokens": 2, "temperature": 0.5, "top_k": 7, "top_p": 0.9, "typical_p": 0.8,
+        "repetition_penalty": 1.2, "frequency_penalty": 0.3, "stop": ["\n\n", "END"], "seed": 5}}, timeout=10)
+    assert r.status_code == 200, r.text
+    p = worker.received[0].params
+    assert p.do_sample and p.seed == 5 and p.max_new_tokens == 2
+    assert (p.temperature, p.top_k, p.top_p, p.typical_p) == (0.5, 7, 0.9, 0.8)
+    assert (p.repetition_penalty, p.frequency_penalty) == (1.2, 0.3)
+    assert tuple(p.stop) == ("\n\n", "END")

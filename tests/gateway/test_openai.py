@@ -116,3 +116,30 @@ def test_chat_tokenize(gateway: GatewayServer) -> None:
     assert body["templated_text"] == text
     assert [t["id"] for t in body["tokenize_response"]] == gateway.ctx.tokenizer.encode(text, add_special_tokens=False)
     assert "".join(t["text"] for t in body["tokenize_response"]) == text
+
+
+def test_openai_fields_map_onto_the_request(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Look: "},
+                                              {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json={
+        "messages": messages, "max_completion_tokens": 2, "temperature": 0.7, "stop": "END",
+        "presence_penalty": 0.5, "frequency_penalty": 0.25, "seed": 3}, timeout=10)
+    assert r.status_code == 200, r.text
+    p = worker.received[0].params
+    assert p.do_sample and p.temperature == 0.7 and p.seed == 3 and p.max_new_tokens == 2
+    assert tuple(p.stop) == ("END",) and p.presence_penalty == 0.5 and p.frequency_penalty == 0.25
+    prompt = gateway.ctx.tokenizer.decode(worker.received[0].input_ids, skip_special_tokens=False)
+    assert "Look: ![](http://x/y.png)" in prompt
+
+
+def test_chat_template_override_and_cors(make_gateway, worker: ScriptedWorker) -> None:  # type: ignore[no-untyped-def]
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+    with make_gateway(chat_template=template, cors_allow_origin="http://app.example") as gw:
+        body = httpx.post(f"{gw.url}/chat_tokenize", json={"messages": MESSAGES}, timeout=10).json()
+        assert body["templated_text"] == "[system] Be brief.\n[user] Hi\n[assistant]"
+        r = httpx.options(f"{gw.url}/generate", headers={
+            "origin": "http://app.example", "access-control-request-method": "POST"}, timeout=10)
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        r = httpx.options(f"{gw.url}/generate", headers={
+            "origin": "http://evil.example", "access-control-request-method": "POST"}, timeout=10)
+        assert "access-control-allow-origin" not in r.headers
