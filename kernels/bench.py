@@ -30,6 +30,12 @@ def _us(fn: Any) -> float:
     return float(triton.testing.do_bench(fn, warmup=10, rep=40)) * 1e3
 
 
+def _graph_us(fn: Any) -> float:
+    # Replayed from a CUDA graph, as decode runs: GPU time without the host's launch cost.
+    fn()
+    return float(triton.testing.do_bench_cudagraph(fn, rep=40)) * 1e3
+
+
 def _paged(batch: int, ctx: int, q_len: int, nh: int, nkv: int, d: int) -> tuple[torch.Tensor, ...]:
     blocks_per = -(-ctx // _BLOCK)
     num_blocks = batch * blocks_per
@@ -43,7 +49,7 @@ def _paged(batch: int, ctx: int, q_len: int, nh: int, nkv: int, d: int) -> tuple
 
 
 def decode_step_breakdown(cfg: dict[str, Any], batch: int, ctx: int) -> dict[str, float]:
-    """Microseconds per decode step spent in each op (one launch timed alone, times the layers)."""
+    """GPU microseconds per decode step in each op (one launch replayed from a graph, times the layers)."""
     h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     d, nh, nkv, vocab = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
     bf = dict(dtype=torch.bfloat16, device="cuda")
@@ -64,18 +70,18 @@ def decode_step_breakdown(cfg: dict[str, Any], batch: int, ctx: int) -> dict[str
     o_in = torch.randn(batch, nh * d, **bf)
     scale = d**-0.5
     per_layer = {
-        "rms_norm x2": 2 * _us(lambda: rms_norm(x, norm_w, 1e-5, x)),
-        "qkv GEMM": _us(lambda: torch.matmul(x, w_qkv.t())),
-        "rotary": _us(lambda: rotary_embedding(positions, q, k_new, cache)),
-        "store_kv": _us(lambda: store_kv(k_new, k_new, kc, vc, slots)),
-        "attention": _us(lambda: paged_decode_attention(q, kc, vc, tables, seq_lens, qsl, scale)),
-        "o GEMM": _us(lambda: torch.matmul(o_in, w_o.t())),
-        "gate_up GEMM": _us(lambda: torch.matmul(x, w_gu.t())),
-        "silu_and_mul": _us(lambda: silu_and_mul(gu)),
-        "down GEMM": _us(lambda: torch.matmul(a, w_down.t())),
+        "rms_norm x2": 2 * _graph_us(lambda: rms_norm(x, norm_w, 1e-5, x)),
+        "qkv GEMM": _graph_us(lambda: torch.matmul(x, w_qkv.t())),
+        "rotary": _graph_us(lambda: rotary_embedding(positions, q, k_new, cache)),
+        "store_kv": _graph_us(lambda: store_kv(k_new, k_new, kc, vc, slots)),
+        "attention": _graph_us(lambda: paged_decode_attention(q, kc, vc, tables, seq_lens, qsl, scale)),
+        "o GEMM": _graph_us(lambda: torch.matmul(o_in, w_o.t())),
+        "gate_up GEMM": _graph_us(lambda: torch.matmul(x, w_gu.t())),
+        "silu_and_mul": _graph_us(lambda: silu_and_mul(gu)),
+        "down GEMM": _graph_us(lambda: torch.matmul(a, w_down.t())),
     }
     out = {name: us * layers for name, us in per_layer.items()}
-    out["lm_head GEMM"] = _us(lambda: torch.matmul(x, w_head.t()))
+    out["lm_head GEMM"] = _graph_us(lambda: torch.matmul(x, w_head.t()))
     return out
 
 

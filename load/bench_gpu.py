@@ -245,6 +245,16 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     a = run_engine(runner, config, prompts(1, 128), 256)
     rows.append(Row(shape, "(a) batch 1, 128 in / 256 out", a["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
                     f"TTFT {a['ttft_p50'] * 1e3:.1f} ms, TPOT {a['tpot_p50'] * 1e3:.2f} ms"))
+    if graphs is not None:
+        runner.graphs = None  # what the graphs buy: the same workload eagerly
+        e = run_engine(runner, config, prompts(1, 128), 256)
+        runner.graphs = graphs
+        rows.append(Row(shape, "(a) without CUDA graphs", e["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
+                        f"TPOT {e['tpot_p50'] * 1e3:.2f} ms"))
+        for size in (1, 64):
+            if size in graphs.graphs:
+                us = _time_cuda(graphs.graphs[size][0].replay, 20) * 1e6
+                notes.append(f"{shape}: decode forward alone (graph replay, batch {size}, no LM head or sampling): {us:.0f} µs")
     b = run_engine(runner, config, prompts(64, 128), 256)
     rows.append(Row(shape, "(b) 64 x (128 in / 256 out)", b["tok_s"], roofline_static(floor, 64, 128, 256), base_b,
                     f"TTFT p50 {b['ttft_p50'] * 1e3:.0f} ms, TPOT p50 {b['tpot_p50'] * 1e3:.2f} ms"))
@@ -257,7 +267,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     for batch in (1, 64):
         parts = decode_step_breakdown(cfg, batch, 384)
         total = sum(parts.values())
-        notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (µs, one of each x layers): "
+        notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (GPU µs per step, graph-replayed, x layers): "
                      + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"; sum {total:.0f} µs")
     notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
