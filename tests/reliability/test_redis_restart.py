@@ -1,0 +1,70 @@
+"""Redis killed and restarted (without persistence) during traffic: 503 + Retry-After while it is
+down, every open stream ends (completed or an explicit error), full service again after, with
+no process restarted by hand."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import httpx
+
+from genfleet.embedded_redis import EmbeddedRedis
+from tests.integration.fleet import FleetProcesses
+from tests.reliability.harness import StreamResult, run_streams, summarize, wait_workers_idle
+
+BODY = {"inputs": "ping", "parameters": {"max_new_tokens": 5}}
+
+
+def test_redis_restart_mid_load() -> None:
+    server = EmbeddedRedis().start()
+    fleet = FleetProcesses(server.url, f"rr{uuid.uuid4().hex[:6]}")
+    try:
+        fleet.start(num_workers=1, worker_args=("--synthetic-tokens-per-s", "50", "--max-batch-total-tokens", "65536"))
+        out: list[StreamResult] = []
+        client = threading.Thread(
+            target=lambda: out.extend(run_streams(fleet.base_url, [f"open {i}" for i in range(20)], 250, timeout=60)),
+            daemon=True)
+        client.start()
+        time.sleep(1.0)
+        server.kill()
+        down_at = time.monotonic()
+
+        # While it is down: 503 with Retry-After, answered quickly rather than hanging.
+        statuses = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            r = httpx.post(f"{fleet.base_url}/generate", json=BODY, timeout=10)
+            statuses.append((r.status_code, r.headers.get("retry-after"), round(time.monotonic() - t0, 2)))
+            time.sleep(0.3)
+        print(f"[redis down] /generate answers: {statuses}")
+        assert all(s == 503 and ra for s, ra, _ in statuses[1:]), statuses
+        assert all(t < 6 for _, _, t in statuses), statuses
+
+        server.start()  # same port, empty dataset: streams and the consumer group are gone
+        back_at = time.monotonic()
+        client.join(60)
+        assert not client.is_alive(), "open streams still hanging after Redis came back"
+        counts = summarize("redis restart: open streams", out)
+        assert all(r.completed or r.error_type for r in out), [r for r in out if not (r.completed or r.error_type)]
+        assert counts["lost_tokens"] == counts["duplicated_tokens"] == 0
+
+        # Full service again within seconds, no process restarted.
+        deadline = time.monotonic() + 20
+        ok = 0
+        while time.monotonic() < deadline and ok < 5:
+            r = httpx.post(f"{fleet.base_url}/generate", json=BODY, timeout=10)
+            ok = ok + 1 if r.status_code == 200 else 0
+            if r.status_code != 200:
+                time.sleep(0.3)
+        print(f"[redis restart] service back {time.monotonic() - back_at:.1f}s after restart "
+              f"({time.monotonic() - down_at:.1f}s after the kill)")
+        assert ok == 5
+        after = run_streams(fleet.base_url, [f"after {i}" for i in range(10)], 20)
+        assert summarize("redis restart: new streams", after)["completed"] == 10
+        assert all(p.poll() is None for p in fleet.workers + fleet.gateways)
+        wait_workers_idle(server.url, fleet.prefix, expect=1, timeout=10)
+    finally:
+        fleet.stop()
+        server.stop()
