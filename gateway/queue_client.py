@@ -90,7 +90,13 @@ class QueueClient:
 
     async def submit(self, state: RequestState, priority: int = 0) -> None:
         """XADD the request's current attempt. Raises QueueFull before queueing when over the bound."""
-        self._reserved.discard(state.req_id)
+        try:
+            await self._enqueue(state, priority)
+        finally:
+            # Only now: until the state is registered, its id must stay taken.
+            self._reserved.discard(state.req_id)
+
+    async def _enqueue(self, state: RequestState, priority: int) -> None:
         stream = self._keys.request_stream(state.model)
         await self._ensure_group(stream)
         if await self._redis.xlen(stream) >= self._max_queue_length:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from common.log import bind_request_id
 from common.protocol import (
     Accepted,
     Error,
@@ -191,6 +192,9 @@ class OutputProcessor:
         if reason is None:
             return
         self._live.pop(output.req_id, None)
+        with bind_request_id(req.req_id):
+            log.info("finished attempt %d: %s after %d tokens (prompt %d, %d cached)", req.attempt, reason,
+                     live.next_seq, output.num_prompt_tokens, output.num_cached_tokens)
         if stop_hit:
             self._on_stop(output.req_id)
         if reason == "timeout":

@@ -137,6 +137,8 @@ class Worker:
             elif self._draining.is_set():
                 return
             else:
+                if self.metrics is not None:
+                    self.metrics.observe_idle(engine.stats())
                 self._work.wait(0.05)
                 self._work.clear()
             if self._draining.is_set() and time.monotonic() > self._drain_deadline:
