@@ -85,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             for conc in (1, 16):
                 runs = [bench_fleet(fleet.base_url, prompts, conc, args.max_new_tokens) for _ in range(args.repeats)]
                 rows.append((f"genfleet HTTP, concurrency {conc}", statistics.median(runs)))
+                print(f"{rows[-1][0]}: {rows[-1][1]:.1f} tok/s", flush=True)
         finally:
             fleet.stop()
     rows.append(("transformers generate, sequential", bench_transformers(model_dir, prompts, args.max_new_tokens, 1)))
     rows.append(("transformers generate, static batch 16", bench_transformers(model_dir, prompts, args.max_new_tokens, 16)))
+    print(f"{rows[-2][0]}: {rows[-2][1]:.1f} tok/s; {rows[-1][0]}: {rows[-1][1]:.1f} tok/s", flush=True)
     base = rows[2][1]
     print(f"\n{args.requests} requests x {args.max_new_tokens} new tokens, SmolLM2-135M float32 CPU, greedy\n")
     print("| path | output tok/s | vs transformers sequential |")
