@@ -56,6 +56,7 @@ class QueueClient:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._groups_ready: set[str] = set()
+        self._cancelling: set[asyncio.Task[None]] = set()
         self._reserved: set[str] = set()  # ids handed out by new_state and not yet submitted
 
     @property
@@ -130,7 +131,14 @@ class QueueClient:
         if state.done:
             return
         state.done = True
-        await self.cancel_attempt(state, reason)
+        # The caller is usually a response being torn down for a client disconnect: Starlette
+        # cancels its task group, and anyio then cancels every further await in that scope, so an
+        # awaited PUBLISH would never leave and the request would run on its worker to the end. A
+        # task of its own is outside that scope.
+        task = asyncio.create_task(self.cancel_attempt(state, reason), name=f"cancel-{state.req_id}")
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+        await asyncio.wait({task}, timeout=5.0)
 
     async def cancel_attempt(self, state: RequestState, reason: str = "superseded") -> None:
         """Stop the current attempt only (a continuation is about to replace it)."""

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from common.errors import GenfleetError
 from common.protocol import Finish, Token
 from gateway.context import GatewayContext, ctx_of, error_response, read_json
 from gateway.schemas import GenerateInput, parse_generate
-from gateway.streaming import KEEP_ALIVE, sse, token_json, top_json
+from gateway.streaming import KEEP_ALIVE, SSEResponse, sse, token_json, top_json
 from gateway.validation import Validated, validate
 
 __all__ = ["generate", "generate_stream", "compat_generate", "Outcome", "run_validated", "prepare", "record_success",
@@ -247,9 +247,8 @@ async def generate_stream(request: Request) -> Response:
         record_failure(ctx, exc)
         return error_response(exc)
     outcome = Outcome(started=started)
-    headers = {"x-compute-type": "gpu+optimized", "x-compute-characters": str(len(v.input_text)),
-               "X-Accel-Buffering": "no", "cache-control": "no-cache"}
-    return StreamingResponse(_stream(request, ctx, v, outcome), media_type="text/event-stream", headers=headers)
+    headers = {"x-compute-type": "gpu+optimized", "x-compute-characters": str(len(v.input_text))}
+    return SSEResponse(_stream(request, ctx, v, outcome), ctx.permits.release, headers)
 
 
 async def _stream(request: Request, ctx: GatewayContext, v: Validated, outcome: Outcome) -> AsyncIterator[bytes]:
@@ -299,7 +298,6 @@ async def _stream(request: Request, ctx: GatewayContext, v: Validated, outcome: 
             except (asyncio.CancelledError, StopAsyncIteration, GenfleetError):
                 pass
         await tokens.aclose()
-        ctx.permits.release()
 
 
 def _fresh_seed() -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.errors import GenfleetError
@@ -24,7 +24,7 @@ from gateway.routes_generate import Outcome, record_failure, record_success, run
 from gateway.routes_info import VERSION
 from gateway.schemas import GenerateInput
 from gateway.schemas_openai import OpenAIRequest, parse_chat, parse_completion
-from gateway.streaming import KEEP_ALIVE, sse
+from gateway.streaming import KEEP_ALIVE, SSEResponse, sse
 from gateway.validation import Validated, validate
 
 __all__ = ["openai_routes", "chat_completions", "completions", "chat_tokenize"]
@@ -195,7 +195,6 @@ async def _stream(ctx: GatewayContext, call: _Call) -> AsyncIterator[bytes]:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        ctx.permits.release()
 
 
 async def _openai(request: Request, chat: bool) -> Response:
@@ -211,9 +210,7 @@ async def _openai(request: Request, chat: bool) -> Response:
         call = _prepare(request, ctx, await read_json(request, ctx.config.payload_limit), chat)
         if call.req.stream:
             streaming = True  # the stream releases the permit when it ends
-            return StreamingResponse(_stream(ctx, call), media_type="text/event-stream",
-                                     headers={"X-Accel-Buffering": "no", "cache-control": "no-cache",
-                                              "x-compute-type": "gpu+optimized"})
+            return SSEResponse(_stream(ctx, call), ctx.permits.release, {"x-compute-type": "gpu+optimized"})
         return await _complete(ctx, call)
     except GenfleetError as exc:
         record_failure(ctx, exc)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from common.protocol import Token, TopToken
 
-__all__ = ["sse", "KEEP_ALIVE", "token_json", "top_json", "dumps"]
+__all__ = ["sse", "KEEP_ALIVE", "token_json", "top_json", "dumps", "SSEResponse"]
 
 KEEP_ALIVE = b":\n\n"
 
@@ -37,3 +41,23 @@ def token_json(t: Token) -> dict[str, Any]:
 
 def top_json(top: list[TopToken]) -> list[dict[str, Any]]:
     return [{"id": x.id, "text": x.text, "logprob": _finite(x.logprob), "special": x.special} for x in top]
+
+
+class SSEResponse(StreamingResponse):
+    """An event stream that calls `on_close` exactly once, even when the client leaves before the
+    body starts (then the generator never runs, and its own cleanup with it)."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None], headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"X-Accel-Buffering": "no", "cache-control": "no-cache", **headers})
+        self._content = content
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._content.aclose()  # type: ignore[attr-defined]
+            finally:
+                self._on_close()
