@@ -48,8 +48,10 @@ async def prepare(request: Request, ctx: GatewayContext, *, stream: bool | None 
     body = await read_json(request, ctx.config.payload_limit)
     parsed = parse_generate(body)
     is_stream = parsed.stream if stream is None else stream
-    return parsed, validate(parsed, ctx.config, ctx.limits, ctx.tokenizer, stream=is_stream,
-                            capacity_tokens=ctx.fleet.state.max_capacity_tokens)
+    # Tokenizing a long prompt takes milliseconds: off the event loop, so open streams keep flowing.
+    v = await asyncio.to_thread(validate, parsed, ctx.config, ctx.limits, ctx.tokenizer, stream=is_stream,
+                                capacity_tokens=ctx.fleet.state.max_capacity_tokens)
+    return parsed, v
 
 
 async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, seed: int | None = None) -> AsyncIterator[Token]:

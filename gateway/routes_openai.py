@@ -207,7 +207,8 @@ async def _openai(request: Request, chat: bool) -> Response:
         return error_response(GenfleetError("overloaded", "Model is overloaded"))
     streaming = False
     try:
-        call = _prepare(request, ctx, await read_json(request, ctx.config.payload_limit), chat)
+        body = await read_json(request, ctx.config.payload_limit)
+        call = await asyncio.to_thread(_prepare, request, ctx, body, chat)  # templating and tokenizing
         if call.req.stream:
             streaming = True  # the stream releases the permit when it ends
             return SSEResponse(_stream(ctx, call), ctx.permits.release, {"x-compute-type": "gpu+optimized"})
