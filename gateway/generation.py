@@ -36,6 +36,9 @@ class Relay:
     fleet: FleetView
     metrics: GatewayMetrics
     max_attempts: int = 5
+    # A queued request with no worker serving its model at all fails after this many heartbeat
+    # TTLs rather than waiting forever (there may be no --request-timeout).
+    no_worker_ttls: float = 10.0
 
     async def submit(self, state: RequestState) -> None:
         try:
@@ -47,6 +50,7 @@ class Relay:
 
     async def run(self, state: RequestState) -> AsyncIterator[Token | Finish]:
         missing_owner_since = 0.0
+        no_worker_since = 0.0
         while True:
             try:
                 # Events usually arrive in bursts (one message per step): take what is queued
@@ -65,6 +69,13 @@ class Relay:
                         missing_owner_since = 0.0
                 else:
                     missing_owner_since = 0.0
+                fleet = self.fleet.state
+                if state.owner is None and fleet.redis_ok and not fleet.serving:
+                    no_worker_since = no_worker_since or time.monotonic()
+                    if time.monotonic() - no_worker_since >= self.no_worker_ttls * self.fleet.ttl:
+                        raise GenfleetError("unavailable", "No worker is serving this model") from None
+                else:
+                    no_worker_since = 0.0
                 continue
             if isinstance(event, Accepted):
                 continue
