@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -54,7 +55,7 @@ class FleetView:
     gateway_id: str
     interval: float
     ttl: float
-    in_flight: callable = lambda: 0  # type: ignore[valid-type]
+    in_flight: Callable[[], int] = lambda: 0
     state: FleetState = field(default_factory=FleetState)
     started_at: float = field(default_factory=time.time)
     _task: asyncio.Task[None] | None = None

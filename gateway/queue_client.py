@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
@@ -209,7 +210,5 @@ class QueueClient:
 
 
 def _with_budget(params: SamplingParams, remaining: int) -> SamplingParams:
-    import msgspec
-
     return msgspec.structs.replace(params, max_new_tokens=max(1, remaining))
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -60,8 +63,6 @@ async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, 
         raise GenfleetError("unavailable", "Request queue unavailable: Redis does not answer")
     params = v.params
     if seed is not None:
-        import msgspec
-
         params = msgspec.structs.replace(params, seed=seed)
     state = ctx.queue_client.new_state(ctx.model_id, v.input_ids, params, ctx.deadline)
     outcome.validated_at = time.time()
@@ -202,8 +203,6 @@ async def compat_generate(request: Request) -> Response:
     ctx = ctx_of(request)
     raw = await request.body()
     try:
-        import json
-
         wants_stream = bool(json.loads(raw).get("stream", False))
     except (ValueError, AttributeError):
         wants_stream = False
@@ -303,6 +302,4 @@ async def _stream(request: Request, ctx: GatewayContext, v: Validated, outcome: 
 
 
 def _fresh_seed() -> int:
-    import random
-
     return random.getrandbits(63)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.errors import GenfleetError
+
 __all__ = ["Tokenizer", "model_limits"]
 
 
@@ -30,14 +32,10 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
         if not self._tok.chat_template:
-            from common.errors import GenfleetError
-
             raise GenfleetError("template_error", "Template error: the model has no chat template")
         try:
             text = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
         except Exception as exc:  # jinja2 errors, including the template's own raise_exception()
-            from common.errors import GenfleetError
-
             raise GenfleetError("template_error", f"Template error: {exc}") from exc
         return str(text)
 
