@@ -23,3 +23,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   pip install -e ".[worker,convert,embedded,test,load,gpu]"
   touch "$stamp"
 fi
+# TGI's `text-generation` client pins huggingface-hub<1.0 (transformers 5 needs >=1.31) but runs
+# with 2.x; its other deps (pydantic, aiohttp) come with the test extra.
+if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('text_generation') is None)"; then
+  pip install --no-deps "text-generation==0.7.0"
+fi
