@@ -19,7 +19,7 @@ import redis
 from common.protocol import Cancel, GenerateRequest, ProtocolError, decode_control, decode_request
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
 
-__all__ = ["Intake", "ensure_group"]
+__all__ = ["Intake", "ensure_group", "read_entry"]
 
 log = logging.getLogger("genfleet.worker.intake")
 
@@ -34,6 +34,14 @@ def ensure_group(client: redis.Redis, stream: str) -> None:
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def read_entry(fields: dict[bytes, bytes] | None) -> tuple[bytes, GenerateRequest]:
+    """A stream entry's raw payload and decoded request; ProtocolError when it has neither."""
+    raw = (fields or {}).get(REQUEST_FIELD)
+    if raw is None:
+        raise ProtocolError("entry has no request field (deleted or trimmed)")
+    return raw, decode_request(raw)
 
 
 class Intake:
@@ -117,11 +125,8 @@ class Intake:
                     self._deliver(entry_id, fields)
 
     def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
-        raw = (fields or {}).get(REQUEST_FIELD)
         try:
-            if raw is None:
-                raise ProtocolError("entry has no request field (trimmed?)")
-            request = decode_request(raw)
+            _, request = read_entry(fields)
         except ProtocolError as exc:
             log.error("dropping unreadable stream entry %r: %s", entry_id, exc)
             self._on_bad_entry(entry_id)

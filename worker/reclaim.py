@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from common.protocol import Error, EventBatch, GenerateRequest, ProtocolError, decode_request, encode
+from common.protocol import Error, EventBatch, GenerateRequest, ProtocolError, encode
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+from worker.intake import read_entry
 
 __all__ = ["Reclaimer", "GatewayWatch"]
 
@@ -62,11 +63,8 @@ class Reclaimer:
         )
         deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
         for entry_id, fields in claimed:
-            raw = (fields or {}).get(REQUEST_FIELD)
             try:
-                if raw is None:
-                    raise ProtocolError("entry payload missing")
-                request = decode_request(raw)
+                raw, request = read_entry(fields)
             except ProtocolError as exc:
                 log.error("acking unreadable orphan %r: %s", entry_id, exc)
                 self._client.xack(self._stream, CONSUMER_GROUP, entry_id)
