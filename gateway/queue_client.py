@@ -43,6 +43,7 @@ class RequestState:
     relayed_ids: list[int] = field(default_factory=list)  # tokens the client has been sent
     enqueued_at: float = 0.0
     accepted_at: float = 0.0
+    entry_id: bytes | str | None = None  # the current attempt's stream entry
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     done: bool = False
 
@@ -121,7 +122,7 @@ class QueueClient:
         )
         self._states[state.req_id] = state
         try:
-            await self._redis.xadd(stream, {REQUEST_FIELD: encode(msg)})
+            state.entry_id = await self._redis.xadd(stream, {REQUEST_FIELD: encode(msg)})
         except BaseException:
             self._states.pop(state.req_id, None)
             raise
@@ -136,10 +137,19 @@ class QueueClient:
         # cancels its task group, and anyio then cancels every further await in that scope, so an
         # awaited PUBLISH would never leave and the request would run on its worker to the end. A
         # task of its own is outside that scope.
-        task = asyncio.create_task(self.cancel_attempt(state, reason), name=f"cancel-{state.req_id}")
+        task = asyncio.create_task(self._cancel_final(state, reason), name=f"cancel-{state.req_id}")
         self._cancelling.add(task)
         task.add_done_callback(self._cancelling.discard)
         await asyncio.wait({task}, timeout=5.0)
+
+    async def _cancel_final(self, state: RequestState, reason: str) -> None:
+        await self.cancel_attempt(state, reason)
+        if state.owner is None and state.entry_id is not None:
+            # Nobody accepted it: take it out of the backlog so no worker starts it for nobody.
+            try:
+                await self._redis.xdel(self._keys.request_stream(state.model), state.entry_id)
+            except RedisError as exc:
+                log.warning("could not delete the queued entry of %s: %s", state.req_id, exc)
 
     async def cancel_attempt(self, state: RequestState, reason: str = "superseded") -> None:
         """Stop the current attempt only (a continuation is about to replace it)."""

@@ -171,6 +171,13 @@ def test_no_worker_at_all_gives_an_error_not_a_hang(redis_server) -> None:  # ty
         counts = summarize("no worker", results)
         assert counts["error:unavailable"] == 1, results
         assert 4 < elapsed < 15, elapsed
+        # ...and its entry left the backlog, so a worker starting later does not run it for nobody.
+        r = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + 5
+        while r.xlen(Keys(prefix).request_stream(DEFAULT_MODEL_ID)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert r.xlen(Keys(prefix).request_stream(DEFAULT_MODEL_ID)) == 0
+        r.close()
     finally:
         gateway.kill()
         gateway.wait()
