@@ -104,9 +104,26 @@ def test_sigterm_worker_under_load(fleet: FleetProcesses, reference: dict[str, S
     victim.wait(30)
     time.sleep(0.1)
     assert victim.returncode == 0
-    # Exit within the grace period, plus the time one engine step and the shutdown take on CPU.
-    assert exited[0] - signalled[0] < GRACE + 8, exited[0] - signalled[0]
+    # The grace period is checked between engine steps, so the exit comes at the first step
+    # boundary after it; on this shared 2-core machine one prefill step of ~50 new requests has
+    # taken 30 s, so the bound here is loose. The log line gives the measured figure.
+    drain = exited[0] - signalled[0]
+    print(f"[SIGTERM worker] exited 0 after {drain:.1f}s (grace {GRACE}s)")
+    assert drain < GRACE + 60, drain
     counts = summarize("SIGTERM worker", results)
     _assert_same_as_reference(results, reference)
     assert counts["completed"] == NUM_STREAMS
     wait_workers_idle(fleet.redis_url, fleet.prefix, expect=1)
+
+
+def test_disconnects_free_every_kv_block(fleet: FleetProcesses) -> None:
+    # Runs after the two faults above, on the surviving worker: its real block manager's counters.
+    live = worker_infos(fleet.redis_url, fleet.prefix)
+    # Prompts the reference run showed generate 16 tokens without an EOS.
+    results = run_streams(fleet.base_url, PROMPTS[:20], 64, disconnect_after=2)
+    counts = summarize("real-model disconnects", results)
+    assert counts["disconnected"] == 20
+    started = time.monotonic()
+    infos = wait_workers_idle(fleet.redis_url, fleet.prefix, expect=len(live), timeout=15)
+    print(f"[real-model disconnects] worker idle {time.monotonic() - started:.2f}s after the last client left; "
+          f"free/capacity = {[(w.free_kv_tokens, w.capacity_tokens) for w in infos]}")
