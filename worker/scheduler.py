@@ -172,7 +172,7 @@ class Scheduler:
             do_sample=start + num_new == req.num_tokens,
             params=req.params,
             all_token_ids=req.all_token_ids,
-            num_generated=req.num_output_tokens,
+            num_generated=req.num_output_tokens + req.num_generated_offset,
             seed=req.seed,
             prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
         )

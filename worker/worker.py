@@ -174,6 +174,7 @@ class Worker:
             engine_req = EngineRequest(
                 req_id=key, prompt_ids=prompt, params=request.params, seed=seed,
                 arrival_time=time.time(), deadline=request.deadline, priority=request.priority,
+                num_generated_offset=len(request.generated_ids),
             )
             self.output.accepted(key, request, seed if request.params.do_sample else None, entry_id)
             try:

@@ -138,3 +138,22 @@ def test_bfloat16_on_cpu_serves_the_same_answer(default_model_dir: Path, tokeniz
     ids = tokenizer("The capital of France is").input_ids
     got = _run(_engine(default_model_dir, dtype="bfloat16"), {"q": ids}, SamplingParams(max_new_tokens=3))["q"]
     assert tokenizer.decode(got).startswith(" Paris")
+
+
+def test_seeded_continuation_draws_what_the_lost_attempt_would_have(default_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    prompt = tokenizer(PROMPTS[0]).input_ids
+    params = SamplingParams(max_new_tokens=10, do_sample=True, temperature=0.9)
+    engine = _engine(default_model_dir)
+    engine.add_request(EngineRequest("full", prompt, params, 77, time.time()))
+    full: list[int] = []
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            full.extend(o.new_token_ids)
+    # The attempt was lost after 4 tokens: a continuation carries them in its prompt.
+    rest = SamplingParams(max_new_tokens=6, do_sample=True, temperature=0.9)
+    engine.add_request(EngineRequest("cont", prompt + full[:4], rest, 77, time.time(), num_generated_offset=4))
+    cont: list[int] = []
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            cont.extend(o.new_token_ids)
+    assert full[:4] + cont == full
