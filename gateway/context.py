@@ -82,5 +82,5 @@ async def read_json(request: Request, payload_limit: int) -> Any:
             raise GenfleetError("payload_too_large", f"Payload too large: the limit is {payload_limit} bytes")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, a 5,000-digit number, deep nesting
         raise GenfleetError("bad_request", f"Failed to parse the request body as JSON: {exc}") from exc

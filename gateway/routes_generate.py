@@ -204,7 +204,7 @@ async def compat_generate(request: Request) -> Response:
     raw = await request.body()
     try:
         wants_stream = bool(json.loads(raw).get("stream", False))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # the real parse reports it
         wants_stream = False
 
     original_receive = request.receive

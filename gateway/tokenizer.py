@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.errors import GenfleetError
+from common.errors import GenfleetError, ValidationError
 
 __all__ = ["Tokenizer", "model_limits"]
 
@@ -21,11 +21,18 @@ class Tokenizer:
             self._tok.chat_template = path.read_text() if path.is_file() else chat_template
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tok(text, add_special_tokens=add_special_tokens).input_ids)
+        return list(self._run(text, add_special_tokens=add_special_tokens).input_ids)
 
     def offsets(self, text: str, add_special_tokens: bool = True) -> list[tuple[int, str, int, int]]:
-        enc = self._tok(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+        enc = self._run(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
         return [(i, text[a:b], a, b) for i, (a, b) in zip(enc.input_ids, enc.offset_mapping)]
+
+    def _run(self, text: str, **kwargs: Any) -> Any:
+        try:
+            text.encode("utf-8")  # a lone surrogate (JSON "\ud800") is not text the tokenizer can take
+            return self._tok(text, **kwargs)
+        except (UnicodeEncodeError, TypeError, ValueError) as exc:
+            raise ValidationError(f"tokenizer error: the input is not valid text ({exc})") from exc
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=skip_special_tokens))
