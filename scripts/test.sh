@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-exec "${GENFLEET_VENV:-.venv}/bin/python" -m pytest -p no:cacheprovider "$@"
+exec "${GENFLEET_VENV:-.venv}/bin/python" -m pytest -p no:cacheprovider -q -ra --durations=15 "$@"
