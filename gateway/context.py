@@ -19,7 +19,7 @@ from gateway.queue_client import QueueClient
 from gateway.tokenizer import Tokenizer
 from gateway.validation import Limits
 
-__all__ = ["GatewayContext", "Permits", "error_response", "read_json", "ctx_of"]
+__all__ = ["GatewayContext", "Permits", "admit", "error_response", "read_json", "ctx_of"]
 
 
 class Permits:
@@ -68,6 +68,21 @@ def error_response(exc: GenfleetError, headers: dict[str, str] | None = None) ->
     if exc.status_code in (429, 503):
         extra.setdefault("Retry-After", "1")
     return JSONResponse({"error": exc.message, "error_type": exc.error_type}, status_code=exc.status_code, headers=extra)
+
+
+def admit(ctx: GatewayContext) -> Response | None:
+    """The draining check and the concurrency permit, shared by every generation route.
+
+    Returns None when admitted (the caller then owns one permit and releases it when the request
+    ends, stream included), or the refusal to send: 503 while draining, 429 with no permit left.
+    """
+    if ctx.draining:
+        return error_response(GenfleetError("unavailable", "The gateway is shutting down"))
+    if not ctx.permits.try_acquire():
+        ctx.metrics.counters.inc("tgi_request_count")
+        ctx.metrics.counters.inc("tgi_request_failure", err="overloaded")
+        return error_response(GenfleetError("overloaded", "Model is overloaded"))
+    return None
 
 
 async def read_json(request: Request, payload_limit: int) -> Any:

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from common.errors import GenfleetError
 from common.protocol import Finish, Token
-from gateway.context import GatewayContext, ctx_of, error_response, read_json
+from gateway.context import GatewayContext, admit, ctx_of, error_response, read_json
 from gateway.schemas import GenerateInput, parse_generate
 from gateway.streaming import KEEP_ALIVE, SSEResponse, sse, token_json, top_json
 from gateway.validation import Validated, validate
@@ -175,12 +175,9 @@ async def _generate_one(request: Request, ctx: GatewayContext) -> tuple[dict[str
 
 async def _guarded(request: Request, fn: Any) -> Response:
     ctx = ctx_of(request)
-    if ctx.draining:
-        return error_response(GenfleetError("unavailable", "The gateway is shutting down"))
-    if not ctx.permits.try_acquire():
-        ctx.metrics.counters.inc("tgi_request_count")
-        ctx.metrics.counters.inc("tgi_request_failure", err="overloaded")
-        return error_response(GenfleetError("overloaded", "Model is overloaded"))
+    refused = admit(ctx)
+    if refused is not None:
+        return refused
     try:
         return await fn(request, ctx)  # type: ignore[no-any-return]
     except GenfleetError as exc:
@@ -232,14 +229,11 @@ async def compat_generate(request: Request) -> Response:
 
 async def generate_stream(request: Request) -> Response:
     ctx = ctx_of(request)
-    if ctx.draining:
-        return error_response(GenfleetError("unavailable", "The gateway is shutting down"))
-    if not ctx.permits.try_acquire():
-        # TGI answers stream errors inside a 200 SSE stream; overload keeps its 429 status here
-        # so that load balancers and clients can back off (documented in docs/api.md).
-        ctx.metrics.counters.inc("tgi_request_count")
-        ctx.metrics.counters.inc("tgi_request_failure", err="overloaded")
-        return error_response(GenfleetError("overloaded", "Model is overloaded"))
+    # TGI answers stream errors inside a 200 SSE stream; a refusal keeps its 429/503 status here
+    # so that load balancers and clients can back off (documented in docs/api.md).
+    refused = admit(ctx)
+    if refused is not None:
+        return refused
     started = time.time()
     try:
         parsed, v = await prepare(request, ctx, stream=True)

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from common.errors import GenfleetError
 from common.protocol import Token
-from gateway.context import GatewayContext, ctx_of, error_response, read_json
+from gateway.context import GatewayContext, admit, ctx_of, error_response, read_json
 from gateway.routes_generate import Outcome, record_failure, record_success, run_validated, timing_headers
 from gateway.routes_info import VERSION
 from gateway.schemas import GenerateInput
@@ -199,12 +199,10 @@ async def _stream(ctx: GatewayContext, call: _Call) -> AsyncIterator[bytes]:
 
 async def _openai(request: Request, chat: bool) -> Response:
     ctx = ctx_of(request)
-    if ctx.draining:
-        return error_response(GenfleetError("unavailable", "The gateway is shutting down"))
+    refused = admit(ctx)
+    if refused is not None:
+        return refused
     ctx.metrics.counters.inc("tgi_request_count")
-    if not ctx.permits.try_acquire():
-        ctx.metrics.counters.inc("tgi_request_failure", err="overloaded")
-        return error_response(GenfleetError("overloaded", "Model is overloaded"))
     streaming = False
     try:
         body = await read_json(request, ctx.config.payload_limit)
