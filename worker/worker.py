@@ -162,7 +162,7 @@ class Worker:
             except queue.Empty:
                 return admitted
             admitted += 1
-            key = f"{request.req_id}/{request.attempt}"
+            key = _engine_key(request.req_id, request.attempt)
             if request.deadline and request.deadline < time.time():
                 self.output.accepted(key, request, request.params.seed, entry_id)
                 self.output.error(key, "timeout", "Request deadline exceeded before a worker took it")
@@ -193,7 +193,7 @@ class Worker:
                 return
             keys = self._keys_by_req.get(cancel.req_id, set())
             for key in list(keys):
-                if cancel.attempt < 0 or key == f"{cancel.req_id}/{cancel.attempt}":
+                if cancel.attempt < 0 or key == _engine_key(cancel.req_id, cancel.attempt):
                     self.engine.abort_request(key)
                     keys.discard(key)
                     with self._admit_lock:
@@ -206,7 +206,7 @@ class Worker:
             if out.finish_reason is not None:
                 with self._admit_lock:
                     self._gateway_of.pop(out.req_id, None)
-                req_id = out.req_id.rsplit("/", 1)[0]
+                req_id, _ = _split_key(out.req_id)
                 keys = self._keys_by_req.get(req_id)
                 if keys is not None:
                     keys.discard(out.req_id)
@@ -239,8 +239,8 @@ class Worker:
         self._work.set()
 
     def _stop_from_output(self, key: str) -> None:
-        req_id, attempt = key.rsplit("/", 1)
-        self._cancels.put(Cancel(req_id, int(attempt), "stop_sequence"))
+        req_id, attempt = _split_key(key)
+        self._cancels.put(Cancel(req_id, attempt, "stop_sequence"))
         self._work.set()
 
     def _on_bad_entry(self, entry_id: bytes) -> None:
@@ -267,9 +267,9 @@ class Worker:
             return
         for key, gateway_id in owners.items():
             if gateway_id in dead:
-                req_id, attempt = key.rsplit("/", 1)
+                req_id, attempt = _split_key(key)
                 log.info("gateway %s is gone; cancelling %s", gateway_id, key)
-                self._on_cancel(Cancel(req_id, int(attempt), "gateway_gone"))
+                self._on_cancel(Cancel(req_id, attempt, "gateway_gone"))
 
     def _heartbeat_now(self) -> None:
         stats = self.engine.stats()
@@ -297,6 +297,16 @@ class Worker:
             fn()
         except redis.RedisError as exc:
             log.warning("Redis call failed: %s", exc)
+
+
+def _engine_key(req_id: str, attempt: int) -> str:
+    """Inside the worker a request is `req_id/attempt`, so a continuation never meets a stale attempt."""
+    return f"{req_id}/{attempt}"
+
+
+def _split_key(key: str) -> tuple[str, int]:
+    req_id, attempt = key.rsplit("/", 1)
+    return req_id, int(attempt)
 
 
 def run_worker(config: WorkerConfig) -> int:
