@@ -135,6 +135,9 @@ class WorkerConfig:
     cuda_graphs: str = setting("1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs; 0 = off", tgi=True)
     metrics_port: int = setting(0, "Port of the worker's own /metrics listener; 0 = none")
     synthetic_tokens_per_s: float = setting(0.0, "Synthetic mode: emit tokens at this rate per request, no model")
+    random_weights: bool = setting(
+        False, "Benchmark mode: random weights of the model's shape (only config.json and the tokenizer are read)"
+    )
     graceful_termination_timeout: float = setting(30.0, "Seconds a draining worker finishes work before handing it back", tgi=True)
     max_deliveries: int = setting(3, "Deliveries of a stream entry before it is dead-lettered")
 

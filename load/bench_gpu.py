@@ -3,12 +3,15 @@
 In one run: the card's copy bandwidth and bf16 GEMM rate; random-weight bf16 models of the
 Llama-3.1-8B and SmolLM2-135M shapes; (a) batch 1, 128 in / 256 out; (b) 64 x (128 in, 256 out)
 at once; (c) N requests of random 1024 in / 128 out, all at t=0, through the engine; (e)
-transformers `generate` on (a) and (b). Prints one markdown table with each figure's ratio to
+transformers `generate` on (a) and (b); (d) the same flood as (c) through the whole fleet path
+(`genfleet serve` with a random-weight worker, HTTP + SSE on loopback; needs a tokenizer
+directory, since the gateway tokenizes text). Prints one markdown table with each figure's ratio to
 the roofline (decode: weight + KV bytes over measured bandwidth; prefill: FLOPs over measured
 GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
 
     python -m load.bench_gpu                       # everything, < 10 minutes on an H100
     python -m load.bench_gpu --models smollm2 --requests 200 --no-baseline
+    python -m load.bench_gpu --tokenizer-dir DIR   # adds (d), the fleet path
 """
 
 from __future__ import annotations
@@ -274,7 +277,29 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     del runner, graphs
     gc.collect()
     torch.cuda.empty_cache()
+    if args.tokenizer_dir is not None:
+        rows.append(fleet_row(shape, model_dir, args, c, rows[-1].roofline_tok_s))
     return rows, notes
+
+
+def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, c: dict[str, float], roofline: float | None) -> Row:
+    """(d): (c)'s flood through gateway + Redis + worker + SSE, beside (c) run in-process."""
+    import shutil
+
+    from load.bench_fleet import flood
+
+    for item in args.tokenizer_dir.iterdir():
+        if item.name.startswith("tokenizer") or item.suffix == ".jinja":
+            shutil.copy(item, model_dir / item.name)
+    flags = ["--device", "cuda", "--dtype", "bfloat16", "--max-batch-prefill-tokens", str(args.prefill_tokens),
+             "--max-batch-size", "256", "--cuda-graphs", args.cuda_graphs]
+    log = args.fleet_log / f"fleet-{shape}.log" if args.fleet_log else None
+    d = flood(model_dir, args.requests, 1024, 128, flags, log)
+    return Row(shape, "(d) = (c) through the fleet (HTTP + Redis + SSE)", d["tok_s"], roofline, None,
+               f"{d['ok']}/{args.requests} ok; {100 * d['tok_s'] / c['tok_s']:.1f}% of (c); TTFT p50 {d['ttft_p50']:.2f}s "
+               f"({(d['ttft_p50'] - c['ttft_p50']) * 1e3:+.0f} ms vs (c)), p99 {d['ttft_p99']:.2f}s; TPOT p50 "
+               f"{d['tpot_p50'] * 1e3:.1f} ms; ITL p50/p99 {d['itl_p50'] * 1e3:.1f}/{d['itl_p99'] * 1e3:.1f} ms"
+               + (f"; first error {d['first_error']}" if d["failed"] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill-tokens", type=int, default=8192, help="--max-batch-prefill-tokens")
     parser.add_argument("--cuda-graphs", default="1,2,4,8,16,32,64,128,256")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers generate")
+    parser.add_argument("--tokenizer-dir", type=Path, default=None,
+                        help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
+    parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")
     args = parser.parse_args(argv)
     import torch
 

@@ -133,9 +133,11 @@ class LLMEngine:
 
         A worker must not hoard requests that another worker could start sooner: it takes only
         what it can start at once. Waiting requests already held count against both the KV
-        cache (free tokens, less one block of growth per running request) and one step's prefill
-        budget; what is left, divided by the mean prompt size seen so far, bounded by the free
-        batch slots, is the answer. Below a 5% free-cache watermark it is 0.
+        cache (free tokens, less one block of growth per running request) and two steps' prefill
+        budget (so the next step's prompts are already here while one step runs, and a step never
+        waits on a Redis round trip for work); what is left, divided by the mean prompt size seen
+        so far, bounded by the free batch slots, is the answer. Below a 5% free-cache watermark it
+        is 0.
         """
         sched = self.scheduler
         slots = self.max_batch_size - len(sched.running) - len(sched.waiting)
@@ -143,7 +145,7 @@ class LLMEngine:
             return 0
         waiting = sum(r.num_tokens - r.num_computed_tokens for r in sched.waiting)
         kv_room = self.blocks.num_free_tokens - len(sched.running) * self.block_size - waiting
-        room = min(kv_room, sched.token_budget - waiting)
+        room = min(kv_room, 2 * sched.token_budget - waiting)
         if room <= 0:
             return 0
         per_request = max(self.block_size, round(self._mean_prompt))

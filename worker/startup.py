@@ -35,7 +35,7 @@ def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int]:
     from worker.model_runner import ModelRunner
 
     started = time.monotonic()
-    runner = ModelRunner(config, model_dir)
+    runner = ModelRunner(config, model_dir, load=not config.random_weights)
     max_total = min(fleet.max_total_tokens or runner.max_model_len, runner.max_model_len)
     engine = LLMEngine(
         config,
@@ -46,8 +46,9 @@ def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int]:
     )
     capacity = runner.num_blocks * runner.block_size
     log.info(
-        "model %s loaded on %s (%s) in %.1fs; KV capacity %d tokens (%d blocks of %d)",
-        fleet.model_id, runner.device, runner.dtype, time.monotonic() - started,
+        "model %s loaded on %s (%s%s) in %.1fs; KV capacity %d tokens (%d blocks of %d)",
+        fleet.model_id, runner.device, runner.dtype, ", random weights" if config.random_weights else "",
+        time.monotonic() - started,
         capacity, runner.num_blocks, runner.block_size,
     )
     return engine, tokenizer, f"{runner.device}", max_total
