@@ -133,6 +133,9 @@ class WorkerConfig:
     prefix_caching: bool = setting(True, "Reuse KV blocks of shared prompt prefixes", tgi=True)
     cuda_memory_fraction: float = setting(1.0, "Share of free GPU memory the worker may use", tgi=True)
     cuda_graphs: str = setting("1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs; 0 = off", tgi=True)
+    overlap_scheduling: bool = setting(
+        True, "Schedule and launch the next step while the device runs the current one (CUDA)"
+    )
     metrics_port: int = setting(0, "Port of the worker's own /metrics listener; 0 = none")
     synthetic_tokens_per_s: float = setting(0.0, "Synthetic mode: emit tokens at this rate per request, no model")
     random_weights: bool = setting(

@@ -23,7 +23,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,10 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     a = run_engine(runner, config, prompts(1, 128), 256)
     rows.append(Row(shape, "(a) batch 1, 128 in / 256 out", a["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
                     f"TTFT {a['ttft_p50'] * 1e3:.1f} ms, TPOT {a['tpot_p50'] * 1e3:.2f} ms"))
+    one_step = replace(config, overlap_scheduling=False)  # what overlapped scheduling buys
+    s = run_engine(runner, one_step, prompts(1, 128), 256)
+    rows.append(Row(shape, "(a) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
+                    f"TPOT {s['tpot_p50'] * 1e3:.2f} ms"))
     if graphs is not None:
         runner.graphs = None  # what the graphs buy: the same workload eagerly
         e = run_engine(runner, config, prompts(1, 128), 256)
@@ -261,6 +265,9 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     b = run_engine(runner, config, prompts(64, 128), 256)
     rows.append(Row(shape, "(b) 64 x (128 in / 256 out)", b["tok_s"], roofline_static(floor, 64, 128, 256), base_b,
                     f"TTFT p50 {b['ttft_p50'] * 1e3:.0f} ms, TPOT p50 {b['tpot_p50'] * 1e3:.2f} ms"))
+    s = run_engine(runner, one_step, prompts(64, 128), 256)
+    rows.append(Row(shape, "(b) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 64, 128, 256),
+                    base_b, f"TPOT p50 {s['tpot_p50'] * 1e3:.2f} ms"))
     c_prompts = [[rng.randrange(100, vocab) for _ in range(1024)] for _ in range(args.requests)]
     c = run_engine(runner, config, c_prompts, 128)
     capacity = runner.num_blocks * runner.block_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from worker.batch import ScheduledBatch, StepOutput
+from worker.batch import PLACEHOLDER, ScheduledBatch, StepOutput
 
 __all__ = ["FakeRunner", "fake_logprob", "next_token", "solo_run"]
 
@@ -46,6 +46,23 @@ class FakeRunner:
     token_budget: int
     batches: list[ScheduledBatch] = field(default_factory=list)
     computed: dict[str, list[int]] = field(default_factory=dict)  # tokens whose "K/V" exist
+    can_overlap: bool = False  # True: the engine launches step N+1 before it reads step N
+
+    def launch(self, batch: ScheduledBatch, previous: StepOutput | None) -> StepOutput:
+        """As the real runner: placeholders take the previous step's sample for that request."""
+        for req in batch.requests:
+            for k, token in enumerate(req.token_ids):
+                if token == PLACEHOLDER:
+                    assert previous is not None, "a placeholder without the step that samples it"
+                    assert k == 0 and len(req.token_ids) == 1, "a placeholder outside a decode row"
+                    value = previous.sampled_token_ids[previous.req_ids.index(req.req_id)]
+                    assert value >= 0
+                    req.token_ids = [value]
+                    req.all_token_ids = req.all_token_ids[: req.start_pos] + [value]  # a resolved copy
+        return self.execute(batch)
+
+    def wait(self, handle: StepOutput) -> StepOutput:
+        return handle
 
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         assert batch.num_tokens <= self.token_budget, "step budget exceeded"

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 
 from common.sampling_params import SamplingParams
 
-__all__ = ["ScheduledRequest", "ScheduledBatch", "StepOutput"]
+__all__ = ["PLACEHOLDER", "ScheduledRequest", "ScheduledBatch", "StepOutput"]
+
+# A token sampled by a step that is still running on the device. With overlapped scheduling the
+# engine schedules step N+1 before step N's tokens reach the host; N's token then stands in the
+# request's token list as PLACEHOLDER, and the runner takes its value from step N's output on
+# the device (`launch(batch, previous)`). The engine writes the real id in when N completes.
+PLACEHOLDER = -1
 
 
 @dataclass(slots=True)

@@ -2,19 +2,28 @@
 
 The runner is anything with `execute(ScheduledBatch) -> StepOutput` (worker/model_runner.py on a
 real model; tests use fakes). The engine decides nothing about tensors.
+
+Overlapped scheduling (runners that also have `launch(batch, previous) -> handle` and
+`wait(handle) -> StepOutput`): while step N runs on the device, the engine already counts N's
+tokens as computed, puts a PLACEHOLDER where each request's sampled token will go, schedules
+step N+1 and launches it; only then does it wait for N. The host's scheduling, input building
+and output handling thus hide behind the device's work instead of leaving it idle between steps.
+A request that N finishes (EOS) has one wasted row in N+1, which is dropped. Steps whose requests
+need the real token history on the host (repetition/frequency/presence penalties, prompt
+logprobs) run one at a time, as does everything when the runner cannot overlap.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
-from worker.batch import ScheduledBatch, StepOutput
+from worker.batch import PLACEHOLDER, ScheduledBatch, StepOutput
 from worker.block_manager import BlockManager
-from worker.request import Request
+from worker.request import Request, RequestStatus
 from worker.scheduler import Scheduler
 
 __all__ = ["EngineRequest", "RequestOutput", "EngineStats", "LLMEngine", "Runner"]
@@ -22,6 +31,12 @@ __all__ = ["EngineRequest", "RequestOutput", "EngineStats", "LLMEngine", "Runner
 
 class Runner(Protocol):
     def execute(self, batch: ScheduledBatch) -> StepOutput: ...
+
+
+class OverlappingRunner(Runner, Protocol):
+    def launch(self, batch: ScheduledBatch, previous: Any) -> Any: ...
+
+    def wait(self, handle: Any) -> StepOutput: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,16 @@ class _Pending:
     aborts: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A step launched on the device whose outputs the engine has not read yet."""
+
+    batch: ScheduledBatch
+    handle: Any
+    advanced: bool = False  # its tokens already count as computed; PLACEHOLDERs stand for its samples
+    placeholders: frozenset[str] = frozenset()  # requests holding a PLACEHOLDER for this step
+
+
 class LLMEngine:
     def __init__(
         self,
@@ -92,7 +117,9 @@ class LLMEngine:
         self._pending = _Pending()
         self._last_batch = (0, 0)
         self._mean_prompt = float(4 * config.block_size)  # prior before any request arrived
-        self.last_batch: ScheduledBatch | None = None  # what the last step computed (tests, metrics)
+        self.last_batch: ScheduledBatch | None = None  # the step whose outputs came last (tests, metrics)
+        self.overlap = config.overlap_scheduling and bool(getattr(runner, "can_overlap", False))
+        self._inflight: _InFlight | None = None
 
     # -- API -------------------------------------------------------------------------------------
     def add_request(self, er: EngineRequest) -> None:
@@ -126,7 +153,7 @@ class LLMEngine:
         self._pending.aborts.append(req_id)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._requests) or bool(self._pending.aborts)
+        return bool(self._requests) or bool(self._pending.aborts) or self._inflight is not None
 
     def num_admittable(self) -> int:
         """How many more requests the worker should read from the shared stream right now.
@@ -172,15 +199,61 @@ class LLMEngine:
         for req in self.scheduler.expire(now):
             outputs.append(self._output(req, [], [], [], "timeout"))
             self._requests.pop(req.req_id, None)
-        batch = self.scheduler.schedule()
-        self.last_batch = batch
-        self._last_batch = (batch.num_tokens, len(batch.requests))
-        if not batch.requests:
-            return outputs
-        result = self.runner.execute(batch)
-        return outputs + self._update(batch, result)
+        if not self.overlap:
+            batch = self.scheduler.schedule()
+            self._note_batch(batch)
+            if not batch.requests:
+                return outputs
+            return outputs + self._update(batch, self.runner.execute(batch))
+        runner: OverlappingRunner = self.runner  # type: ignore[assignment]
+        current, self._inflight = self._inflight, None
+        if current is None:
+            batch = self.scheduler.schedule()
+            if not batch.requests:
+                self._note_batch(batch)
+                return outputs
+            current = _InFlight(batch, runner.launch(batch, None))
+        if self._may_run_ahead(current.batch):
+            current.placeholders = self._advance(current.batch)
+            current.advanced = True
+            following = self.scheduler.schedule()
+            if following.requests:
+                self._inflight = _InFlight(following, runner.launch(following, current.handle))
+        self._note_batch(current.batch)
+        return outputs + self._update(current.batch, runner.wait(current.handle), current)
 
     # -- internals -------------------------------------------------------------------------------
+    def _note_batch(self, batch: ScheduledBatch) -> None:
+        self.last_batch = batch
+        self._last_batch = (batch.num_tokens, len(batch.requests))
+
+    def _may_run_ahead(self, batch: ScheduledBatch) -> bool:
+        # Penalties and prompt logprobs read the real token history on the host.
+        return not any(
+            r.prefill_logprobs or r.params.repetition_penalty != 1.0 or r.params.frequency_penalty != 0.0
+            or r.params.presence_penalty != 0.0
+            for r in batch.requests
+        )
+
+    def _advance(self, batch: ScheduledBatch) -> frozenset[str]:
+        """Count `batch` as computed before its outputs are read; a PLACEHOLDER for each sample.
+
+        A request whose sample will end it by length gets none: it has nothing left to schedule.
+        """
+        held = []
+        for sreq in batch.requests:
+            req = self._requests.get(sreq.req_id)
+            if req is None or req.status is not RequestStatus.RUNNING:
+                continue
+            req.num_computed_tokens += len(sreq.token_ids)
+            if not sreq.do_sample:
+                continue
+            if req.num_output_tokens + 1 >= req.params.max_new_tokens or req.num_tokens + 1 >= self.max_model_len:
+                continue
+            req.all_token_ids.append(PLACEHOLDER)
+            held.append(req.req_id)
+        return frozenset(held)
+
     def _apply_aborts(self) -> list[RequestOutput]:
         aborts, self._pending.aborts = self._pending.aborts, []
         for req_id in aborts:
@@ -189,13 +262,15 @@ class LLMEngine:
                 self.scheduler.remove(req)
         return []
 
-    def _update(self, batch: ScheduledBatch, result: StepOutput) -> list[RequestOutput]:
+    def _update(self, batch: ScheduledBatch, result: StepOutput, step: _InFlight | None = None) -> list[RequestOutput]:
         outputs = []
+        advanced = step is not None and step.advanced
         for i, sreq in enumerate(batch.requests):
             req = self._requests.get(sreq.req_id)
             if req is None:
-                continue
-            req.num_computed_tokens += len(sreq.token_ids)
+                continue  # finished or aborted while this step ran
+            if not advanced:
+                req.num_computed_tokens += len(sreq.token_ids)
             self.blocks.commit(req)
             prefill_lp = result.prefill_logprobs.get(req.req_id)
             if prefill_lp is not None:
@@ -208,7 +283,11 @@ class LLMEngine:
             token = result.sampled_token_ids[i]
             if token < 0:
                 continue
-            req.all_token_ids.append(token)
+            if advanced and req.req_id in step.placeholders:  # type: ignore[union-attr]
+                assert req.all_token_ids[-1] == PLACEHOLDER, "a placeholder was not the newest token"
+                req.all_token_ids[-1] = token
+            else:
+                req.all_token_ids.append(token)
             reason = None
             if token in self.eos_token_ids and not req.params.ignore_eos:
                 reason = "eos_token"

@@ -1,9 +1,17 @@
-"""Owns the model and the KV tensors; turns a ScheduledBatch into a StepOutput. No scheduling here."""
+"""Owns the model and the KV tensors; turns a ScheduledBatch into a StepOutput. No scheduling here.
+
+`execute(batch)` is `wait(launch(batch, None))`. `launch` queues the whole step on the device —
+inputs, forward, sampling, and the copy of its results into pinned host memory — and returns at
+once; `wait` blocks on that copy alone. So the engine can launch step N+1 before it reads step N:
+N+1's PLACEHOLDER tokens are filled from N's sampled ids on the device, and N's results are read
+without waiting for N+1 (its copy was queued ahead of N+1 and signals its own event).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,14 +19,14 @@ import torch
 from common.config import WorkerConfig
 from worker import ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
-from worker.batch import ScheduledBatch, ScheduledRequest, StepOutput
+from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
 from worker.models import CausalLM, read_config
 from worker.weights import load_weights
 
-__all__ = ["ModelRunner", "resolve_device", "resolve_dtype"]
+__all__ = ["ModelRunner", "PendingStep", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger("genfleet.worker.runner")
 
@@ -37,6 +45,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
+
+
+@dataclass(slots=True)
+class PendingStep:
+    """A step queued on the device; `wait` turns it into a StepOutput."""
+
+    batch: ScheduledBatch
+    sample_rows: list[int]  # batch indices that sample, in the order of `token_ids`
+    row_of: dict[str, int]  # req_id -> its row in `token_ids`
+    token_ids: torch.Tensor | None  # (n,) int64 on the device: the next step's placeholders read it
+    host: torch.Tensor | None  # float64 on the host (pinned on CUDA): every result, packed
+    ready: torch.cuda.Event | None  # fires when `host` is filled (CUDA only)
+    top_n: int  # top alternatives per sampled row in `host`
+    lp_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # prompt-logprob rows
 
 
 class ModelRunner:
@@ -61,6 +83,8 @@ class ModelRunner:
         self.vocab_size = cfg.vocab_size
         self.attention = PagedAttentionBackend()
         self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly
+        # On CUDA the host can prepare the next step while the device runs this one.
+        self.can_overlap = self.device.type == "cuda"
         self.kv = self._allocate_kv()
         self.num_blocks = self.kv.num_blocks
         # Decode CUDA graphs per batch bucket (worker/cuda_graphs.py); None on CPU or when off.
@@ -110,15 +134,31 @@ class ModelRunner:
         return KVCache.blocks_for_gpu(int(headroom), per_block, 1.0)
 
     # -- one step ------------------------------------------------------------------------------
-    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
+        return self.wait(self.launch(batch, None))
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, previous: PendingStep | None) -> PendingStep:
         inputs = build_inputs(batch, self.block_size, self.device)
+        self._fill_placeholders(batch, inputs, previous)
         # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
         sampled = [batch.requests[i] for i in inputs.sample_rows]
         tensors = sampler.prepare(sampled, self.vocab_size, self.device) if sampled else None
         hidden = self._forward(inputs)  # (T, hidden)
         logits_all = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V) float32
         return self._sample(batch, inputs, logits_all, tensors)
+
+    def _fill_placeholders(self, batch: ScheduledBatch, inputs: ModelInputs, previous: PendingStep | None) -> None:
+        # Placeholders only ever stand alone in decode rows, which come first: token i of row i.
+        decodes = batch.requests[: batch.num_decode]
+        if not any(r.token_ids[0] == PLACEHOLDER for r in decodes):
+            return
+        if previous is None or previous.token_ids is None:
+            raise RuntimeError("a placeholder token without the step that samples it")
+        src = [previous.row_of[r.req_id] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
+        src_t = upload(torch.tensor(src, dtype=torch.int64), self.device)
+        head = inputs.input_ids[: len(src)]
+        head.copy_(torch.where(src_t >= 0, previous.token_ids[src_t.clamp(min=0)], head))
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
         meta = self.attention.prepare_metadata(inputs, self.kv.layers)
@@ -131,7 +171,7 @@ class ModelRunner:
 
     def _sample(
         self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None
-    ) -> StepOutput:
+    ) -> PendingStep:
         reqs = batch.requests
         # Row of each sampling request's last token in logits_all, and the prompt-logprob rows:
         # each row predicts the next prompt token, where one exists within the known tokens.
@@ -166,18 +206,44 @@ class ModelRunner:
             picked = logits_all[index[: len(lp_rows)]]  # (P, V)
             targets = index[len(lp_rows) :].unsqueeze(1)  # (P, 1)
             packed.append(torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1))
-        # The step's one host synchronisation: everything comes back in one transfer (float64
-        # holds token ids exactly).
-        host = torch.cat([p.double() for p in packed]).tolist() if packed else []
+        # Everything comes back in one transfer (float64 holds token ids exactly), queued now
+        # and waited for in `wait`: the step's one host synchronisation.
+        host = ready = None
+        if packed:
+            flat = torch.cat([p.double() for p in packed])
+            if self.device.type == "cuda":
+                host = torch.empty(flat.shape, dtype=torch.float64, pin_memory=True)
+                host.copy_(flat, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+            else:
+                host = flat
+        return PendingStep(
+            batch=batch,
+            sample_rows=inputs.sample_rows,
+            row_of={reqs[i].req_id: j for j, i in enumerate(inputs.sample_rows)},
+            token_ids=packed[0] if tensors is not None else None,
+            host=host,
+            ready=ready,
+            top_n=k,
+            lp_spans=lp_spans,
+        )
+
+    def wait(self, step: PendingStep) -> StepOutput:
+        if step.ready is not None:
+            step.ready.synchronize()
+        host = step.host.tolist() if step.host is not None else []
+        reqs = step.batch.requests
+        n, k = len(step.sample_rows), step.top_n
         token_ids = [-1] * len(reqs)
         logprobs = [0.0] * len(reqs)
         top_tokens: list[list[tuple[int, float]]] = [[] for _ in reqs]
         tops_id, tops_lp = host[2 * n : 2 * n + n * k], host[2 * n + n * k : 2 * n + 2 * n * k]
-        for j, i in enumerate(inputs.sample_rows):
+        for j, i in enumerate(step.sample_rows):
             token_ids[i] = int(host[j])
             logprobs[i] = host[n + j]
             want = reqs[i].params.top_n_tokens
             top_tokens[i] = [(int(tops_id[j * k + m]), tops_lp[j * k + m]) for m in range(want)]
         base = 2 * n + 2 * n * k
-        prefill = {rid: host[base + lo : base + hi] for rid, (lo, hi) in lp_spans.items()}
-        return StepOutput(batch.step, [r.req_id for r in reqs], token_ids, logprobs, top_tokens, prefill)
+        prefill = {rid: host[base + lo : base + hi] for rid, (lo, hi) in step.lp_spans.items()}
+        return StepOutput(step.batch.step, [r.req_id for r in reqs], token_ids, logprobs, top_tokens, prefill)

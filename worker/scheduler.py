@@ -84,6 +84,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if num_new == 0:  # its last token is still being sampled and ends it (overlapped steps)
+                i += 1
+                continue
             if not self._reserve(req, num_new):
                 continue  # `req` itself was preempted; the list shifted under i
             (decodes if num_new == 1 and req.num_computed_tokens + 1 == req.num_tokens else scheduled).append(
@@ -123,7 +126,9 @@ class Scheduler:
                 admitted += 1
         self.steps_since_admission = 0 if admitted else self.steps_since_admission + 1
         requests = decodes + scheduled
-        released, self._released = self._released, []
+        released: list[str] = []
+        if requests:  # an empty batch never reaches the runner: the next one tells it
+            released, self._released = self._released, []
         return ScheduledBatch(
             step=self.step,
             requests=requests,

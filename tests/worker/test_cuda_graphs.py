@@ -1,7 +1,9 @@
-"""Decode CUDA graphs: replay gives the eager path's greedy tokens (8B and SmolLM2 shapes)."""
+"""Decode CUDA graphs: replay gives the eager path's greedy tokens (8B and SmolLM2 shapes); steps
+launched ahead (overlapped scheduling) give the tokens of steps run one at a time."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,12 +24,15 @@ def _runner(tmp_path: Path, shape: str, graphs: str) -> ModelRunner:
     return ModelRunner(config, write_model_dir(tmp_path, shape), load=False)
 
 
-def _greedy(runner: ModelRunner, prompts: list[list[int]], new: int) -> list[list[int]]:
-    engine = LLMEngine(runner.config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
+def _greedy(runner: ModelRunner, prompts: list[list[int]], new: int, params: SamplingParams | None = None,
+            overlap: bool = True) -> list[list[int]]:
+    config = replace(runner.config, overlap_scheduling=overlap)
+    engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                        max_model_len=runner.max_model_len)
-    params = SamplingParams(max_new_tokens=new, ignore_eos=True)
+    assert engine.overlap == overlap
+    params = params or SamplingParams(max_new_tokens=new, ignore_eos=True)
     for i, p in enumerate(prompts):
-        engine.add_request(EngineRequest(f"r{i}", p, params, seed=0, arrival_time=0.0))
+        engine.add_request(EngineRequest(f"r{i}", p, params, seed=i, arrival_time=0.0))
     tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -78,3 +83,14 @@ def test_padded_bucket_matches_eager_hidden_states(tmp_path: Path) -> None:
     runner.graphs = graphs
     assert replayed.shape == eager.shape == (3, 576)
     torch.testing.assert_close(replayed.float(), eager.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_overlapped_steps_give_the_tokens_of_one_step_at_a_time(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, "smollm2-135m", "1,2,4,8")
+    gen = torch.Generator().manual_seed(2)
+    # Staggered lengths: sequences finish at different steps while others keep decoding.
+    prompts = [torch.randint(100, 40000, (n,), generator=gen).tolist() for n in (3, 9, 30, 64, 100)]
+    for params in (SamplingParams(max_new_tokens=20, ignore_eos=True),
+                   SamplingParams(max_new_tokens=20, ignore_eos=True, do_sample=True, temperature=0.8, top_p=0.9)):
+        assert _greedy(runner, prompts, 20, params, overlap=True) == _greedy(runner, prompts, 20, params, overlap=False)

@@ -13,10 +13,10 @@ from worker.engine import EngineRequest, LLMEngine, RequestOutput
 
 
 def _engine(num_blocks: int = 32, block_size: int = 4, budget: int = 32, max_batch: int = 8,
-            eos: int = 0, max_model_len: int = 4096) -> tuple[LLMEngine, FakeRunner]:
+            eos: int = 0, max_model_len: int = 4096, overlap: bool = False) -> tuple[LLMEngine, FakeRunner]:
     config = WorkerConfig(block_size=block_size, max_batch_prefill_tokens=budget, max_batch_size=max_batch,
                           waiting_served_ratio=0.0)
-    runner = FakeRunner(block_size, budget)
+    runner = FakeRunner(block_size, budget, can_overlap=overlap)
     engine = LLMEngine(config, runner, num_blocks=num_blocks, eos_token_ids=frozenset({eos}),
                        max_model_len=max_model_len)
     return engine, runner
@@ -52,10 +52,11 @@ def test_add_request_refuses_what_can_never_run() -> None:
     assert [t for o in outs for t in o.new_token_ids] == solo_run(list(range(1, 23)), 10)
 
 
-def test_eos_finishes_unless_ignored() -> None:
+@pytest.mark.parametrize("overlap", [False, True])
+def test_eos_finishes_unless_ignored(overlap: bool) -> None:
     prompt = [5, 6, 7]
     third = solo_run(prompt, 3)[2]
-    engine, _ = _engine(eos=third)
+    engine, _ = _engine(eos=third, overlap=overlap)
     engine.add_request(_req("stop", prompt, 10))
     engine.add_request(_req("go", prompt, 10, ignore_eos=True))
     outs = _drain(engine)
@@ -136,3 +137,20 @@ def test_num_admittable_takes_only_what_can_start_now() -> None:
     small, _ = _engine(num_blocks=40, block_size=4, budget=64, max_batch=64)
     small.add_request(_req("w", list(range(1, 9)), 4))
     assert 1 <= small.num_admittable() <= (2 * 64 - 8) // 4
+
+
+def test_overlapped_steps_launch_ahead_and_drop_the_rows_of_finished_requests() -> None:
+    prompt = [5, 6, 7]
+    third = solo_run(prompt, 3)[2]
+    engine, runner = _engine(eos=third, overlap=True)
+    engine.add_request(_req("eos", prompt, 10))  # ends at its 3rd token, by EOS
+    engine.add_request(_req("len", [8, 9], 4, ignore_eos=True))  # ends at its 4th token, by length
+    outs = _drain(engine)
+    got = {rid: [t for o in outs if o.req_id == rid for t in o.new_token_ids] for rid in ("eos", "len")}
+    assert got == {"eos": solo_run(prompt, 3), "len": solo_run([8, 9], 4)}
+    steps = [[r.req_id for r in b.requests] for b in runner.batches]
+    # The step after the EOS was already running when the EOS arrived: one wasted row, dropped.
+    assert sum("eos" in s for s in steps) == 4
+    # A length finish is known ahead: no step is launched past it.
+    assert sum("len" in s for s in steps) == 4
+    assert engine.blocks.num_free_blocks == 32 and not engine.has_unfinished_requests()

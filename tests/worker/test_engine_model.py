@@ -31,11 +31,12 @@ def reference(default_model_dir: Path):  # type: ignore[no-untyped-def]
     return AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()
 
 
-def _engine(model_dir: Path, **overrides: object) -> LLMEngine:
+def _engine(model_dir: Path, overlap: bool = False, **overrides: object) -> LLMEngine:
     settings: dict[str, object] = {"device": "cpu", "dtype": "float32", "max_batch_total_tokens": 2048,
                                    "max_batch_prefill_tokens": 48, "waiting_served_ratio": 0.0}
     config = WorkerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
     runner = ModelRunner(config, model_dir)
+    runner.can_overlap = overlap  # on CPU the launch runs at once; the placeholder path is the same
     return LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                      max_model_len=runner.max_model_len)
 
@@ -63,8 +64,10 @@ def _run(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParam
     return out
 
 
-def test_batched_greedy_equals_transformers(default_model_dir: Path, tokenizer, expected) -> None:  # type: ignore[no-untyped-def]
-    engine = _engine(default_model_dir)
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-step", "overlapped"])
+def test_batched_greedy_equals_transformers(default_model_dir: Path, tokenizer, expected, overlap: bool) -> None:  # type: ignore[no-untyped-def]
+    engine = _engine(default_model_dir, overlap=overlap)
+    assert engine.overlap == overlap
     got = _run(engine, {p: tokenizer(p).input_ids for p in PROMPTS}, SamplingParams(max_new_tokens=NEW))
     assert got == expected
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
@@ -82,12 +85,13 @@ def _tiny_prompts(n: int) -> dict[str, list[int]]:
             for i in range(n)}
 
 
-def test_greedy_survives_preemption(tiny) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-step", "overlapped"])
+def test_greedy_survives_preemption(tiny, overlap: bool) -> None:  # type: ignore[no-untyped-def]
     path, reference = tiny
     new = 32
     prompts = _tiny_prompts(6)
     # 10 blocks of 8 tokens: six requests growing to 36-71 tokens cannot all stay resident.
-    tight = _engine(path, max_batch_total_tokens=80, block_size=8, max_batch_prefill_tokens=32)
+    tight = _engine(path, overlap, max_batch_total_tokens=80, block_size=8, max_batch_prefill_tokens=32)
     got = _run(tight, prompts, SamplingParams(max_new_tokens=new, ignore_eos=True))
     assert tight.scheduler.num_preemptions > 0
     assert tight.blocks.num_free_blocks == tight.blocks.num_blocks
@@ -107,8 +111,9 @@ def _argmax_continuation(model: transformers.LlamaForCausalLM, ids: list[int], n
     return out
 
 
-def test_seeded_sampling_is_reproducible_in_any_batch(tiny) -> None:  # type: ignore[no-untyped-def]
-    engine = _engine(tiny[0], max_batch_prefill_tokens=16)
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-step", "overlapped"])
+def test_seeded_sampling_is_reproducible_in_any_batch(tiny, overlap: bool) -> None:  # type: ignore[no-untyped-def]
+    engine = _engine(tiny[0], overlap, max_batch_prefill_tokens=16)
     params = SamplingParams(max_new_tokens=24, do_sample=True, temperature=0.9, top_p=0.95, ignore_eos=True)
     crowd = _tiny_prompts(5)
     target = {"t": crowd.pop("p0")}
@@ -116,6 +121,16 @@ def test_seeded_sampling_is_reproducible_in_any_batch(tiny) -> None:  # type: ig
     together = _run(engine, {**crowd, **target}, params, {"t": 42, "p1": 1, "p2": 2, "p3": 3, "p4": 4})["t"]
     assert alone == together
     assert _run(engine, target, params, {"t": 43})["t"] != alone
+
+
+def test_overlapped_steps_draw_the_same_seeded_samples(tiny) -> None:  # type: ignore[no-untyped-def]
+    # The sampler's step counter must count the token still in flight: same seeds, same text.
+    params = SamplingParams(max_new_tokens=20, do_sample=True, temperature=0.8, top_k=20, ignore_eos=True)
+    prompts = _tiny_prompts(4)
+    seeds = {rid: 100 + i for i, rid in enumerate(prompts)}
+    one_step = _run(_engine(tiny[0], False, max_batch_prefill_tokens=16), prompts, params, seeds)
+    overlapped = _run(_engine(tiny[0], True, max_batch_prefill_tokens=16), prompts, params, seeds)
+    assert overlapped == one_step
 
 
 def test_prefill_logprobs_match_transformers(tiny) -> None:  # type: ignore[no-untyped-def]

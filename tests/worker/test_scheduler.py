@@ -15,12 +15,12 @@ from worker.engine import EngineRequest, LLMEngine
 
 
 def _engine(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_batch: int = 8,
-            prefix: bool = True, ratio: float = 0.0) -> tuple[LLMEngine, FakeRunner]:
+            prefix: bool = True, ratio: float = 0.0, overlap: bool = False) -> tuple[LLMEngine, FakeRunner]:
     config = WorkerConfig(
         block_size=block_size, max_batch_prefill_tokens=budget, max_batch_size=max_batch,
         prefix_caching=prefix, waiting_served_ratio=ratio,
     )
-    runner = FakeRunner(block_size, budget)
+    runner = FakeRunner(block_size, budget, can_overlap=overlap)
     engine = LLMEngine(config, runner, num_blocks=num_blocks, eos_token_ids=frozenset({0}), max_model_len=4096)
     return engine, runner
 
@@ -170,14 +170,18 @@ def _schedules(draw: st.DrawFn) -> list[_Arrival]:
     max_batch=st.integers(1, 8),
     ratio=st.sampled_from([0.0, 0.3, 2.0]),
     prefix=st.booleans(),
+    overlap=st.booleans(),
 )
 def test_any_arrival_schedule_reproduces_solo_runs(
-    schedule: list[_Arrival], num_blocks: int, budget: int, max_batch: int, ratio: float, prefix: bool
+    schedule: list[_Arrival], num_blocks: int, budget: int, max_batch: int, ratio: float, prefix: bool,
+    overlap: bool,
 ) -> None:
-    """Whatever the arrivals, priorities, aborts and knobs: every request that is not aborted
-    yields exactly its solo run, an aborted one a prefix of it, and every block comes back."""
+    """Whatever the arrivals, priorities, aborts and knobs, one step at a time or overlapped:
+    every request that is not aborted yields exactly its solo run, an aborted one a prefix of
+    it, and every block comes back."""
     engine, runner = _engine(num_blocks=num_blocks, block_size=4, budget=budget, max_batch=max_batch,
-                             prefix=prefix, ratio=ratio)
+                             prefix=prefix, ratio=ratio, overlap=overlap)
+    assert engine.overlap == overlap
     pending = sorted(enumerate(schedule), key=lambda item: item[1].step)
     aborts = {a.abort_at: f"r{i}" for i, a in enumerate(schedule) if a.abort_at is not None}
     out: dict[str, list[int]] = {}
@@ -213,6 +217,7 @@ def test_any_arrival_schedule_reproduces_solo_runs(
             assert prompt_lps[f"r{i}"] == [fake_logprob(p) for p in range(len(a.prompt) - 1)]
     assert engine.blocks.num_free_blocks == num_blocks  # no leak
     assert all(b.num_tokens <= budget for b in runner.batches)
+    event(f"overlap: {overlap}")
     event(f"preempted: {engine.scheduler.num_preemptions > 0}")
     event(f"prefix hit: {engine.stats().prefix_hit_tokens > 0}")
 
