@@ -172,9 +172,10 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int) -> 
         engine.add_request(EngineRequest(f"r{i}", prompt, params, seed=i, arrival_time=time.time()))
     first: dict[str, float] = {}
     last: dict[str, float] = {}
-    produced = 0
+    produced = computed = 0
     while engine.has_unfinished_requests():
         outs = engine.step()
+        computed += engine.last_batch.num_tokens if engine.last_batch is not None else 0
         now = time.perf_counter()
         for out in outs:
             produced += len(out.new_token_ids)
@@ -185,6 +186,7 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int) -> 
     tpot = sorted((last[r] - first[r]) / max(1, new - 1) for r in first)
     return {
         "seconds": elapsed, "tok_s": produced / elapsed, "steps": engine.stats().steps,
+        "computed_tokens": computed, "preemptions": engine.stats().num_preemptions,
         "ttft_p50": ttft[len(ttft) // 2], "tpot_p50": tpot[len(tpot) // 2],
     }
 
@@ -245,14 +247,16 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
 
     run_engine(runner, config, prompts(2, 128), 8)  # warm-up (compiles prefill kernels)
     rows = []
-    a = run_engine(runner, config, prompts(1, 128), 256)
-    rows.append(Row(shape, "(a) batch 1, 128 in / 256 out", a["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
-                    f"TTFT {a['ttft_p50'] * 1e3:.1f} ms, TPOT {a['tpot_p50'] * 1e3:.2f} ms"))
+    todo = set(args.workloads.split(","))
     one_step = replace(config, overlap_scheduling=False)  # what overlapped scheduling buys
-    s = run_engine(runner, one_step, prompts(1, 128), 256)
-    rows.append(Row(shape, "(a) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
-                    f"TPOT {s['tpot_p50'] * 1e3:.2f} ms"))
-    if graphs is not None:
+    if "a" in todo:
+        a = run_engine(runner, config, prompts(1, 128), 256)
+        rows.append(Row(shape, "(a) batch 1, 128 in / 256 out", a["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
+                        f"TTFT {a['ttft_p50'] * 1e3:.1f} ms, TPOT {a['tpot_p50'] * 1e3:.2f} ms"))
+        s = run_engine(runner, one_step, prompts(1, 128), 256)
+        rows.append(Row(shape, "(a) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 1, 128, 256),
+                        base_a, f"TPOT {s['tpot_p50'] * 1e3:.2f} ms"))
+    if "a" in todo and graphs is not None:
         runner.graphs = None  # what the graphs buy: the same workload eagerly
         e = run_engine(runner, config, prompts(1, 128), 256)
         runner.graphs = graphs
@@ -262,30 +266,34 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
             if size in graphs.graphs:
                 us = _time_cuda(graphs.graphs[size][0].replay, 20) * 1e6
                 notes.append(f"{shape}: decode forward alone (graph replay, batch {size}, no LM head or sampling): {us:.0f} µs")
-    b = run_engine(runner, config, prompts(64, 128), 256)
-    rows.append(Row(shape, "(b) 64 x (128 in / 256 out)", b["tok_s"], roofline_static(floor, 64, 128, 256), base_b,
-                    f"TTFT p50 {b['ttft_p50'] * 1e3:.0f} ms, TPOT p50 {b['tpot_p50'] * 1e3:.2f} ms"))
-    s = run_engine(runner, one_step, prompts(64, 128), 256)
-    rows.append(Row(shape, "(b) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 64, 128, 256),
-                    base_b, f"TPOT p50 {s['tpot_p50'] * 1e3:.2f} ms"))
-    c_prompts = [[rng.randrange(100, vocab) for _ in range(1024)] for _ in range(args.requests)]
-    c = run_engine(runner, config, c_prompts, 128)
-    capacity = runner.num_blocks * runner.block_size
-    rows.append(Row(shape, f"(c) {args.requests} x (1024 in / 128 out) at t=0", c["tok_s"],
-                    roofline_flood(floor, args.requests, 1024, 128, capacity), None,
-                    f"{c['seconds']:.1f}s, {c['steps']} steps, TTFT p50 {c['ttft_p50']:.2f}s, TPOT p50 {c['tpot_p50'] * 1e3:.1f} ms"))
-    for batch in (1, 64):
-        parts = decode_step_breakdown(cfg, batch, 384)
-        total = sum(parts.values())
-        notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (GPU µs per step, graph-replayed, x layers): "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"; sum {total:.0f} µs")
+    if "b" in todo:
+        b = run_engine(runner, config, prompts(64, 128), 256)
+        rows.append(Row(shape, "(b) 64 x (128 in / 256 out)", b["tok_s"], roofline_static(floor, 64, 128, 256), base_b,
+                        f"TTFT p50 {b['ttft_p50'] * 1e3:.0f} ms, TPOT p50 {b['tpot_p50'] * 1e3:.2f} ms"))
+        s = run_engine(runner, one_step, prompts(64, 128), 256)
+        rows.append(Row(shape, "(b) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 64, 128, 256),
+                        base_b, f"TPOT p50 {s['tpot_p50'] * 1e3:.2f} ms"))
+    c: dict[str, float] = {}
+    c_roofline = roofline_flood(floor, args.requests, 1024, 128, runner.num_blocks * runner.block_size)
+    if "c" in todo or "d" in todo:
+        c_prompts = [[rng.randrange(100, vocab) for _ in range(1024)] for _ in range(args.requests)]
+        c = run_engine(runner, config, c_prompts, 128)
+        rows.append(Row(shape, f"(c) {args.requests} x (1024 in / 128 out) at t=0", c["tok_s"], c_roofline, None,
+                        f"{c['seconds']:.1f}s, {c['steps']} steps, {c['computed_tokens'] / 1e6:.2f}M tokens computed, "
+                        f"{c['preemptions']} preemptions, TTFT p50 {c['ttft_p50']:.2f}s, TPOT p50 {c['tpot_p50'] * 1e3:.1f} ms"))
+    if "a" in todo or "b" in todo:
+        for batch in (1, 64):
+            parts = decode_step_breakdown(cfg, batch, 384)
+            total = sum(parts.values())
+            notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (GPU µs per step, graph-replayed, x layers): "
+                         + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"; sum {total:.0f} µs")
     notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
     del runner, graphs
     gc.collect()
     torch.cuda.empty_cache()
-    if args.tokenizer_dir is not None:
-        rows.append(fleet_row(shape, model_dir, args, c, rows[-1].roofline_tok_s))
+    if args.tokenizer_dir is not None and "d" in todo:
+        rows.append(fleet_row(shape, model_dir, args, c, c_roofline))
     return rows, notes
 
 
@@ -315,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="workload (c) request count")
     parser.add_argument("--prefill-tokens", type=int, default=8192, help="--max-batch-prefill-tokens")
     parser.add_argument("--cuda-graphs", default="1,2,4,8,16,32,64,128,256")
+    parser.add_argument("--workloads", default="a,b,c,d", help="comma list of a, b, c, d")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers generate")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")

@@ -30,10 +30,17 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # (B + 1,) int32 device
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k_cache, v_cache)
     max_query_len: int  # 1 when every sequence decodes
+    # Mixed steps: the first `num_decodes` sequences bring one token each (the batch puts decodes
+    # first) and go to the split-KV decode kernel, which reads each KV head once for its whole
+    # query group; the rest go to the varlen kernel with `prefill_query_start_loc` (rebased to 0).
+    num_decodes: int = 0
+    prefill_query_start_loc: torch.Tensor | None = None
 
 
 class PagedAttentionBackend:
     def prepare_metadata(self, inputs: ModelInputs, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> AttentionMetadata:
+        num_seqs, d = inputs.seq_lens.shape[0], inputs.num_decodes
+        mixed = inputs.max_query_len > 1 and 0 < d < num_seqs
         return AttentionMetadata(
             slot_mapping=inputs.slot_mapping,
             block_tables=inputs.block_tables,
@@ -41,6 +48,8 @@ class PagedAttentionBackend:
             query_start_loc=inputs.query_start_loc,
             kv_caches=kv_caches,
             max_query_len=inputs.max_query_len,
+            num_decodes=d if mixed else 0,
+            prefill_query_start_loc=inputs.query_start_loc[d:] - d if mixed else None,
         )
 
     def forward(
@@ -54,6 +63,15 @@ class PagedAttentionBackend:
     ) -> torch.Tensor:  # (T, H, D)
         k_cache, v_cache = meta.kv_caches[layer_idx]
         ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        d = meta.num_decodes
+        if d and meta.prefill_query_start_loc is not None:
+            decoded = ops.paged_attention(
+                q[:d], k_cache, v_cache, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale
+            )
+            prefilled = ops.paged_attention(
+                q[d:], k_cache, v_cache, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale
+            )
+            return torch.cat([decoded, prefilled])
         return ops.paged_attention(  # type: ignore[no-any-return]
             q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale
         )

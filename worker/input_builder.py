@@ -22,6 +22,7 @@ class ModelInputs:
     logits_rows: torch.Tensor  # (N,) int64 device: rows of the hidden state to turn into logits
     sample_rows: list[int]  # batch indices of requests sampling this step (host)
     max_query_len: int
+    num_decodes: int = 0  # the first rows that each bring exactly one token (ScheduledBatch.num_decode)
 
 
 def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -> ModelInputs:
@@ -67,6 +68,7 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         logits_rows=rows_t,
         sample_rows=sample_rows,
         max_query_len=max_query_len,
+        num_decodes=batch.num_decode,
     )
 
 

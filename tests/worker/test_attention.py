@@ -1,0 +1,56 @@
+"""The attention backend: a mixed step (decodes first, then prompt chunks) is split between the
+decode and varlen kernels, and gives what one call over the whole batch gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.sampling_params import SamplingParams
+from worker.attention import PagedAttentionBackend
+from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.input_builder import build_inputs
+
+
+def _mixed_batch() -> ScheduledBatch:
+    params = SamplingParams(max_new_tokens=4)
+    reqs = [
+        ScheduledRequest("d1", [11], 20, [0, 1], True, params),  # decode at position 20
+        ScheduledRequest("d2", [12], 3, [2], True, params),  # decode at position 3
+        ScheduledRequest("p1", [1, 2, 3, 4, 5], 8, [3, 4], True, params),  # chunk after 8 cached tokens
+        ScheduledRequest("p2", [6, 7, 8], 0, [5], True, params),  # a new short prompt
+    ]
+    return ScheduledBatch(0, reqs, 2, sum(len(r.token_ids) for r in reqs))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 1), (8, 2), (3, 3)])
+def test_mixed_step_split_equals_one_call(heads: int, kv_heads: int) -> None:
+    torch.manual_seed(0)
+    block_size, dim = 16, 32
+    inputs = build_inputs(_mixed_batch(), block_size, torch.device("cpu"))
+    assert inputs.num_decodes == 2 and inputs.max_query_len == 5
+    cache = [(torch.randn(6, block_size, kv_heads, dim), torch.randn(6, block_size, kv_heads, dim))]
+    backend = PagedAttentionBackend()
+    meta = backend.prepare_metadata(inputs, cache)
+    assert meta.num_decodes == 2 and meta.prefill_query_start_loc is not None
+    assert meta.prefill_query_start_loc.tolist() == [0, 5, 8]
+    tokens = inputs.input_ids.shape[0]
+    q = torch.randn(tokens, heads, dim)
+    k = torch.randn(tokens, kv_heads, dim)
+    v = torch.randn(tokens, kv_heads, dim)
+    split = backend.forward(meta, 0, q, k, v, dim**-0.5)
+    whole_meta = backend.prepare_metadata(inputs, cache)
+    whole_meta.num_decodes, whole_meta.prefill_query_start_loc = 0, None
+    whole = backend.forward(whole_meta, 0, q, k, v, dim**-0.5)
+    assert split.shape == (tokens, heads, dim)
+    torch.testing.assert_close(split, whole)
+
+
+def test_pure_decode_and_pure_prefill_steps_are_not_split() -> None:
+    params = SamplingParams(max_new_tokens=4)
+    decodes = ScheduledBatch(0, [ScheduledRequest("d", [1], 4, [0], True, params)], 1, 1)
+    prompt = ScheduledBatch(0, [ScheduledRequest("p", [1, 2, 3], 0, [0], True, params)], 0, 3)
+    backend = PagedAttentionBackend()
+    for batch in (decodes, prompt):
+        meta = backend.prepare_metadata(build_inputs(batch, 16, torch.device("cpu")), [])
+        assert meta.num_decodes == 0 and meta.prefill_query_start_loc is None
