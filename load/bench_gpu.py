@@ -249,30 +249,28 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     rows = []
     todo = set(args.workloads.split(","))
     one_step = replace(config, overlap_scheduling=False)  # what overlapped scheduling buys
-    if "a" in todo:
-        a = run_engine(runner, config, prompts(1, 128), 256)
-        rows.append(Row(shape, "(a) batch 1, 128 in / 256 out", a["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
-                        f"TTFT {a['ttft_p50'] * 1e3:.1f} ms, TPOT {a['tpot_p50'] * 1e3:.2f} ms"))
-        s = run_engine(runner, one_step, prompts(1, 128), 256)
-        rows.append(Row(shape, "(a) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 1, 128, 256),
-                        base_a, f"TPOT {s['tpot_p50'] * 1e3:.2f} ms"))
+    static = {"a": (1, base_a), "b": (64, base_b)}  # (batch, transformers baseline)
+
+    def static_rows(key: str, label: str, run_config: Any, with_ttft: bool = False) -> None:
+        batch, base = static[key]
+        r = run_engine(runner, run_config, prompts(batch, 128), 256)
+        ttft = f"TTFT p50 {r['ttft_p50'] * 1e3:.1f} ms, " if with_ttft else ""
+        rows.append(Row(shape, f"({key}) {label}", r["tok_s"], roofline_static(floor, batch, 128, 256), base,
+                        f"{ttft}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms"))
+
+    for key in ("a", "b"):
+        if key in todo:
+            size = "batch 1" if key == "a" else "64 x"
+            static_rows(key, f"{size} (128 in / 256 out)", config, with_ttft=True)
+            static_rows(key, "one step at a time (no overlap)", one_step)
     if "a" in todo and graphs is not None:
         runner.graphs = None  # what the graphs buy: the same workload eagerly
-        e = run_engine(runner, config, prompts(1, 128), 256)
+        static_rows("a", "without CUDA graphs", config)
         runner.graphs = graphs
-        rows.append(Row(shape, "(a) without CUDA graphs", e["tok_s"], roofline_static(floor, 1, 128, 256), base_a,
-                        f"TPOT {e['tpot_p50'] * 1e3:.2f} ms"))
         for size in (1, 64):
             if size in graphs.graphs:
                 us = _time_cuda(graphs.graphs[size][0].replay, 20) * 1e6
                 notes.append(f"{shape}: decode forward alone (graph replay, batch {size}, no LM head or sampling): {us:.0f} µs")
-    if "b" in todo:
-        b = run_engine(runner, config, prompts(64, 128), 256)
-        rows.append(Row(shape, "(b) 64 x (128 in / 256 out)", b["tok_s"], roofline_static(floor, 64, 128, 256), base_b,
-                        f"TTFT p50 {b['ttft_p50'] * 1e3:.0f} ms, TPOT p50 {b['tpot_p50'] * 1e3:.2f} ms"))
-        s = run_engine(runner, one_step, prompts(64, 128), 256)
-        rows.append(Row(shape, "(b) one step at a time (no overlap)", s["tok_s"], roofline_static(floor, 64, 128, 256),
-                        base_b, f"TPOT p50 {s['tpot_p50'] * 1e3:.2f} ms"))
     c: dict[str, float] = {}
     c_roofline = roofline_flood(floor, args.requests, 1024, 128, runner.num_blocks * runner.block_size)
     if "c" in todo or "d" in todo:
