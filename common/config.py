@@ -137,6 +137,7 @@ class WorkerConfig:
         True, "Schedule and launch the next step while the device runs the current one (CUDA)"
     )
     metrics_port: int = setting(0, "Port of the worker's own /metrics listener; 0 = none")
+    stats_interval: float = setting(10.0, "Seconds between the worker's one-line engine summaries in the log; 0 = none")
     synthetic_tokens_per_s: float = setting(0.0, "Synthetic mode: emit tokens at this rate per request, no model")
     random_weights: bool = setting(
         False, "Benchmark mode: random weights of the model's shape (only config.json and the tokenizer are read)"

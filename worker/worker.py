@@ -27,6 +27,7 @@ from common.streams import CONSUMER_GROUP, Keys
 from worker.intake import Intake
 from worker.output import OutputProcessor
 from worker.reclaim import GatewayWatch, Reclaimer
+from worker.step_log import StepLog
 
 __all__ = ["Worker", "run_worker"]
 
@@ -71,6 +72,7 @@ class Worker:
         self._admit_lock = threading.Lock()
         self.started_at = time.time()
         self.step_count = 0
+        self.step_log = StepLog(config.stats_interval)
         self.output = OutputProcessor(self.redis, self.keys, self.worker_id, tokenizer, self._stop_from_output)
         self.intake = Intake(
             self.redis, self.keys, self.model, self.worker_id,
@@ -131,9 +133,10 @@ class Worker:
                 self.step_count += 1
                 self.output.step(self.step_count, outputs)
                 self._forget_finished(outputs)
+                produced = sum(len(o.new_token_ids) for o in outputs)
                 if self.metrics is not None:
-                    produced = sum(len(o.new_token_ids) for o in outputs)
                     self.metrics.observe_step(engine.stats(), elapsed, produced, batch_size=len(outputs))
+                self.step_log.step(elapsed, produced, engine.stats())
             elif self._draining.is_set():
                 return
             else:
