@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import uvicorn
@@ -42,6 +41,10 @@ def run(config: GatewayConfig) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(config.graceful_termination_timeout),
         limit_concurrency=None,
+        # uvloop and httptools (uvicorn[standard]); "auto" falls back to asyncio and h11 without them.
+        # Server.run() builds the loop from this choice; asyncio.run(serve()) would ignore it.
+        loop="auto",
+        http="auto",
     )
-    asyncio.run(_Server(uv_config, app).serve())
+    _Server(uv_config, app).run()
     log.info("gateway stopped")
