@@ -1,15 +1,14 @@
 """One request's life in the gateway: submit, relay events, fail over, time out, cancel.
 
-`run` yields the request's Token events and finally its Finish; it raises GenfleetError for an
-Error event or a passed deadline. When the owner worker's heartbeat disappears, or a seq gap shows
-that events were lost, it re-enqueues a continuation — attempt + 1, with every token the client
-has already been sent appended to the prompt — and the client's stream goes on without a gap or a
-duplicate.
+`run` yields the request's Token events in bursts and leaves its Finish on the request state; it
+raises GenfleetError for an Error event or a passed deadline. When the owner worker's heartbeat
+disappears, or a seq gap shows that events were lost, it re-enqueues a continuation — attempt + 1,
+with every token the client has already been sent appended to the prompt — and the client's
+stream goes on without a gap or a duplicate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from common.errors import GenfleetError
-from common.protocol import Accepted, Error, Finish, Token
+from common.protocol import Error, Finish, Token
 from gateway.fleet import FleetView
 from gateway.metrics import GatewayMetrics
 from gateway.queue_client import QueueClient, QueueFull, RequestState
@@ -48,17 +47,23 @@ class Relay:
         except (RedisError, OSError) as exc:
             raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
 
-    async def run(self, state: RequestState) -> AsyncIterator[Token | Finish]:
+    async def run(self, state: RequestState, keep_alive: float = 0.0) -> AsyncIterator[list[Token]]:
+        """Yield the request's tokens a burst at a time: every event queued when the relay wakes.
+
+        Ends after the Finish, which it leaves in `state.finish`. With `keep_alive` > 0 it yields
+        an empty burst after that many seconds without one, so a stream can write a keep-alive
+        without a timer of its own.
+        """
         missing_owner_since = 0.0
         no_worker_since = 0.0
+        last_yield = time.monotonic()
+        inbox = state.queue
         while True:
-            try:
-                # Events usually arrive in bursts (one message per step): take what is queued
-                # without arming a timer; wait with a timeout only when the queue is empty.
-                event = state.queue.get_nowait() if not state.queue.empty() else await asyncio.wait_for(
-                    state.queue.get(), timeout=_POLL
-                )
-            except asyncio.TimeoutError:
+            # Events arrive in bursts (one message per worker step): one wake-up takes them all.
+            if not await inbox.wait(_POLL):
+                if keep_alive and time.monotonic() - last_yield >= keep_alive:
+                    last_yield = time.monotonic()
+                    yield []
                 if state.deadline and time.time() > state.deadline:
                     raise GenfleetError("timeout", "Request deadline exceeded") from None
                 if state.owner is not None and not self.fleet.is_alive(state.owner):
@@ -77,25 +82,35 @@ class Relay:
                 else:
                     no_worker_since = 0.0
                 continue
-            if isinstance(event, Accepted):
-                continue
-            if isinstance(event, Token):
-                expected = len(state.relayed_ids)
-                if event.seq < expected:
-                    continue  # already relayed (a duplicate, or a continuation's overlap)
-                if event.seq > expected:
-                    await self._continue(state, f"events lost before seq {event.seq}")
-                    continue
-                state.relayed_ids.append(event.id)
-                yield event
-            elif isinstance(event, Finish):
-                if event.seq > len(state.relayed_ids):
-                    await self._continue(state, "events lost before the finish")
-                    continue
-                yield event
-                return
-            elif isinstance(event, Error):
-                raise GenfleetError(event.error_type, event.message)
+            burst: list[Token] = []
+            relayed = state.relayed_ids
+            for event in inbox.drain():
+                if isinstance(event, Token):
+                    expected = len(relayed)
+                    if event.seq < expected:
+                        continue  # already relayed (a duplicate, or a continuation's overlap)
+                    if event.seq > expected:
+                        # The rest of this burst belongs to the attempt being replaced.
+                        await self._continue(state, f"events lost before seq {event.seq}")
+                        break
+                    relayed.append(event.id)
+                    burst.append(event)
+                elif isinstance(event, Finish):
+                    if event.seq > len(relayed):
+                        await self._continue(state, "events lost before the finish")
+                        break
+                    state.finish = event
+                    if burst:
+                        yield burst
+                    return
+                elif isinstance(event, Error):
+                    if burst:
+                        yield burst  # the tokens before the error reach the client first
+                    raise GenfleetError(event.error_type, event.message)
+                # Accepted: the router has already recorded the owner.
+            if burst:
+                last_yield = time.monotonic()
+                yield burst
 
     async def _continue(self, state: RequestState, why: str) -> None:
         if state.attempt + 1 >= self.max_attempts:
@@ -105,9 +120,7 @@ class Relay:
         await self.queue_client.cancel_attempt(state)
         state.attempt += 1
         state.owner = None
-        # Drop events of the old attempt still queued locally.
-        while not state.queue.empty():
-            state.queue.get_nowait()
+        state.queue.clear()  # events of the old attempt still queued locally
         self.metrics.counters.inc("genfleet_request_continuations")
         await self.submit(state)
         log.info("request %s continues as attempt %d (was on %s)", state.req_id, state.attempt, old_owner)

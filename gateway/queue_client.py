@@ -18,9 +18,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from common.log import request_id_var
-from common.protocol import Accepted, Cancel, Event, GenerateRequest, ProtocolError, decode_events, encode
+from common.protocol import Accepted, Cancel, Event, Finish, GenerateRequest, ProtocolError, decode_events, encode
 from common.sampling_params import SamplingParams
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+from gateway.inbox import Inbox
 
 __all__ = ["RequestState", "QueueClient", "QueueFull"]
 
@@ -44,7 +45,8 @@ class RequestState:
     enqueued_at: float = 0.0
     accepted_at: float = 0.0
     entry_id: bytes | str | None = None  # the current attempt's stream entry
-    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    queue: Inbox[Event] = field(default_factory=Inbox)  # events routed here, taken a burst at a time
+    finish: Finish | None = None  # set by the relay when the request ends normally
     done: bool = False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -18,13 +19,16 @@ from common.errors import GenfleetError
 from common.protocol import Finish, Token
 from gateway.context import GatewayContext, admit, ctx_of, error_response, read_json
 from gateway.schemas import GenerateInput, parse_generate
-from gateway.streaming import KEEP_ALIVE, SSEResponse, sse, token_json, top_json
+from gateway.streaming import KEEP_ALIVE, SSEResponse, sse, tgi_token_event, token_json, top_json
 from gateway.validation import Validated, validate
 
-__all__ = ["generate", "generate_stream", "compat_generate", "Outcome", "run_validated", "prepare", "record_success",
-           "record_failure", "timing_headers"]
+__all__ = ["generate", "generate_stream", "compat_generate", "Outcome", "run_bursts", "run_validated", "prepare",
+           "record_success", "record_failure", "timing_headers"]
 
 _KEEP_ALIVE_SECONDS = 15.0
+# Prompts up to this many characters are tokenized on the event loop (~0.2 ms at most): a hop to a
+# thread costs more than that once the loop is busy, since each side then waits for the GIL.
+_INLINE_PROMPT_CHARS = 500
 
 
 @dataclass
@@ -51,14 +55,18 @@ async def prepare(request: Request, ctx: GatewayContext, *, stream: bool | None 
     body = await read_json(request, ctx.config.payload_limit)
     parsed = parse_generate(body)
     is_stream = parsed.stream if stream is None else stream
+    check = functools.partial(validate, parsed, ctx.config, ctx.limits, ctx.tokenizer, stream=is_stream,
+                              capacity_tokens=ctx.fleet.state.max_capacity_tokens)
+    if len(parsed.inputs) <= _INLINE_PROMPT_CHARS:
+        return parsed, check()
     # Tokenizing a long prompt takes milliseconds: off the event loop, so open streams keep flowing.
-    v = await asyncio.to_thread(validate, parsed, ctx.config, ctx.limits, ctx.tokenizer, stream=is_stream,
-                                capacity_tokens=ctx.fleet.state.max_capacity_tokens)
-    return parsed, v
+    return parsed, await asyncio.to_thread(check)
 
 
-async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, seed: int | None = None) -> AsyncIterator[Token]:
-    """Queue one generation and yield its tokens; `outcome` collects them and the finish."""
+async def run_bursts(ctx: GatewayContext, v: Validated, outcome: Outcome, *, seed: int | None = None,
+                     keep_alive: float = 0.0) -> AsyncIterator[list[Token]]:
+    """Queue one generation and yield its tokens a burst at a time (see Relay.run; an empty burst
+    is `keep_alive` seconds of silence); `outcome` collects them and the finish."""
     if not ctx.fleet.state.redis_ok:
         raise GenfleetError("unavailable", "Request queue unavailable: Redis does not answer")
     params = v.params
@@ -66,29 +74,43 @@ async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, 
         params = msgspec.structs.replace(params, seed=seed)
     state = ctx.queue_client.new_state(ctx.model_id, v.input_ids, params, ctx.deadline)
     outcome.validated_at = time.time()
-    ctx.metrics.validation.observe(outcome.validated_at - outcome.started)
-    ctx.metrics.input_length.observe(len(v.input_ids))
-    ctx.metrics.max_new.observe(params.max_new_tokens)
+    metrics = ctx.metrics
+    metrics.validation.observe(outcome.validated_at - outcome.started)
+    metrics.input_length.observe(len(v.input_ids))
+    metrics.max_new.observe(params.max_new_tokens)
     await ctx.relay.submit(state)
     last_token_at = 0.0
     try:
-        async for event in ctx.relay.run(state):
-            if isinstance(event, Token):
+        async for burst in ctx.relay.run(state, keep_alive):
+            if burst:
+                # Tokens of one burst arrived together: the first carries the gap, the rest 0.
                 now = time.time()
                 if not outcome.tokens:
                     outcome.first_token_at = now
-                    ctx.metrics.ttft.observe(now - outcome.started)
+                    metrics.ttft.observe(now - outcome.started)
                 else:
-                    ctx.metrics.itl.observe(now - last_token_at)
+                    metrics.itl.observe(now - last_token_at)
+                if len(burst) > 1:
+                    metrics.itl.observe(0.0, len(burst) - 1)
                 last_token_at = now
-                outcome.tokens.append(event)
-                yield event
-            else:
-                outcome.finish = event
+                outcome.tokens += burst
+            yield burst
+        outcome.finish = state.finish
         ctx.queue_client.finish(state)
     finally:
         if not state.done:
             await ctx.queue_client.cancel(state)
+
+
+async def run_validated(ctx: GatewayContext, v: Validated, outcome: Outcome, *, seed: int | None = None) -> AsyncIterator[Token]:
+    """Queue one generation and yield its tokens one by one; `outcome` collects them and the finish."""
+    bursts = run_bursts(ctx, v, outcome, seed=seed)
+    try:
+        async for burst in bursts:
+            for token in burst:
+                yield token
+    finally:
+        await bursts.aclose()  # a consumer that stops early cancels the request now, not at GC
 
 
 def record_success(ctx: GatewayContext, o: Outcome) -> None:
@@ -248,51 +270,35 @@ async def generate_stream(request: Request) -> Response:
 
 async def _stream(request: Request, ctx: GatewayContext, v: Validated, outcome: Outcome) -> AsyncIterator[bytes]:
     prefix = v.input_text if v.return_full_text else ""
-    tokens = run_validated(ctx, v, outcome)
-    pending: asyncio.Future[Token] | None = None
+    bursts = run_bursts(ctx, v, outcome, keep_alive=_KEEP_ALIVE_SECONDS)
     # Events go out one token behind the worker, so the last token's event can carry the final
-    # text and details once the Finish has arrived, as TGI's last event does.
-    held: tuple[dict[str, Any], str] | None = None
+    # text and details once the Finish has arrived, as TGI's last event does. Every event of a
+    # burst goes out in one chunk: one write per burst, however many tokens it holds.
+    held: Token | None = None
+    index = 0  # of the held token's event
     try:
-        while True:
-            pending = pending or asyncio.ensure_future(tokens.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=_KEEP_ALIVE_SECONDS)
-            if not done:
+        async for burst in bursts:
+            if not burst:
                 yield KEEP_ALIVE
                 continue
-            try:
-                token = pending.result()
-            except StopAsyncIteration:
-                pending = None
-                break
-            pending = None
-            if held is not None:
-                yield sse(*held)
-            index = held[0]["index"] + 1 if held is not None else 1
-            event: dict[str, Any] = {"index": index, "token": token_json(token)}
-            if token.top_tokens:
-                event["top_tokens"] = top_json(token.top_tokens)
-            event["generated_text"] = None
-            event["details"] = None
-            held = (event, f"{token.req_id}:{token.seq}")
+            chunk = []
+            for token in burst:
+                if held is not None:
+                    chunk.append(tgi_token_event(held, index))
+                held = token
+                index += 1
+            if chunk:
+                yield b"".join(chunk)
         if held is not None:
-            held[0]["generated_text"] = prefix + outcome.text
-            held[0]["details"] = details_json(v, outcome, stream=True) if v.details else None
-            yield sse(*held)
+            details = details_json(v, outcome, stream=True) if v.details else None
+            yield tgi_token_event(held, index, prefix + outcome.text, details)
         record_success(ctx, outcome)
     except GenfleetError as exc:
         record_failure(ctx, exc)
-        if held is not None:
-            yield sse(*held)
-        yield sse({"error": exc.message, "error_type": exc.error_type})
+        last = tgi_token_event(held, index) if held is not None else b""
+        yield last + sse({"error": exc.message, "error_type": exc.error_type})
     finally:
-        if pending is not None:
-            pending.cancel()
-            try:
-                await pending
-            except (asyncio.CancelledError, StopAsyncIteration, GenfleetError):
-                pass
-        await tokens.aclose()
+        await bursts.aclose()
 
 
 def _fresh_seed() -> int:

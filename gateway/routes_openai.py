@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +20,12 @@ from starlette.routing import Route
 from common.errors import GenfleetError
 from common.protocol import Token
 from gateway.context import GatewayContext, admit, ctx_of, error_response, read_json
-from gateway.routes_generate import Outcome, record_failure, record_success, run_validated, timing_headers
+from gateway.inbox import Inbox
+from gateway.routes_generate import Outcome, record_failure, record_success, run_bursts, run_validated, timing_headers
 from gateway.routes_info import VERSION
 from gateway.schemas import GenerateInput
 from gateway.schemas_openai import OpenAIRequest, parse_chat, parse_completion
-from gateway.streaming import KEEP_ALIVE, SSEResponse, sse
+from gateway.streaming import KEEP_ALIVE, SSEResponse, json_float, sse
 from gateway.validation import Validated, validate
 
 __all__ = ["openai_routes", "chat_completions", "completions", "chat_tokenize"]
@@ -93,19 +94,24 @@ def _prepare(request: Request, ctx: GatewayContext, body: Any, chat: bool) -> _C
                  int(started))
 
 
-def _logprobs(call: _Call, tokens: list[Token]) -> dict[str, Any] | None:
+def _logprobs(call: _Call, tokens: list[Token], stream: bool = False) -> dict[str, Any] | None:
     if not call.req.logprobs:
         return None
+    num: Callable[[float], Any] = json_float if stream else _same  # SSE events are msgspec-encoded
     if call.chat:
         return {"content": [
-            {"token": t.text, "logprob": t.logprob, "bytes": list(t.text.encode()),
-             "top_logprobs": [{"token": x.text, "logprob": x.logprob, "bytes": list(x.text.encode())}
+            {"token": t.text, "logprob": num(t.logprob), "bytes": list(t.text.encode()),
+             "top_logprobs": [{"token": x.text, "logprob": num(x.logprob), "bytes": list(x.text.encode())}
                               for x in t.top_tokens]}
             for t in tokens
         ]}
-    return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [{x.text: x.logprob for x in t.top_tokens} for t in tokens],
+    return {"tokens": [t.text for t in tokens], "token_logprobs": [num(t.logprob) for t in tokens],
+            "top_logprobs": [{x.text: num(x.logprob) for x in t.top_tokens} for t in tokens],
             "text_offset": []}
+
+
+def _same(x: float) -> float:
+    return x
 
 
 def _text(tokens: list[Token]) -> str:
@@ -143,54 +149,62 @@ def _chunk(call: _Call, index: int, tokens: list[Token], first: bool, reason: st
             delta["role"] = "assistant"
         if tokens or first:
             delta["content"] = text
-        choice = {"index": index, "delta": delta, "logprobs": _logprobs(call, tokens) if tokens else None,
+        choice = {"index": index, "delta": delta, "logprobs": _logprobs(call, tokens, stream=True) if tokens else None,
                   "finish_reason": reason}
     else:
-        choice = {"index": index, "text": text, "logprobs": _logprobs(call, tokens) if tokens else None,
+        choice = {"index": index, "text": text, "logprobs": _logprobs(call, tokens, stream=True) if tokens else None,
                   "finish_reason": reason}
     extra = {"usage": None} if call.req.include_usage else {}
     return call.envelope(chunk=True, choices=[choice], **extra)
 
 
 async def _stream(ctx: GatewayContext, call: _Call) -> AsyncIterator[bytes]:
-    events: asyncio.Queue[tuple[_Choice, Token | None | GenfleetError]] = asyncio.Queue()
+    # Each choice's pump hands over whole bursts (None: finished); the loop below wakes once for
+    # whatever all the pumps queued and writes it as one chunk.
+    inbox: Inbox[tuple[_Choice, list[Token] | None | GenfleetError]] = Inbox()
 
     async def pump(choice: _Choice) -> None:
+        bursts = run_bursts(ctx, choice.validated, choice.outcome, seed=choice.seed)
         try:
-            async for token in run_validated(ctx, choice.validated, choice.outcome, seed=choice.seed):
-                events.put_nowait((choice, token))
-            events.put_nowait((choice, None))
+            async for burst in bursts:
+                inbox.put_nowait((choice, burst))
+            inbox.put_nowait((choice, None))
         except GenfleetError as exc:
-            events.put_nowait((choice, exc))
+            inbox.put_nowait((choice, exc))
+        finally:
+            await bursts.aclose()
 
     tasks = [asyncio.create_task(pump(c)) for c in call.choices]
     started: set[int] = set()
     remaining = len(tasks)
     try:
         while remaining:
-            try:
-                choice, item = await asyncio.wait_for(events.get(), timeout=_KEEP_ALIVE_SECONDS)
-            except asyncio.TimeoutError:
+            if not await inbox.wait(_KEEP_ALIVE_SECONDS):
                 yield KEEP_ALIVE
                 continue
-            if isinstance(item, GenfleetError):
-                record_failure(ctx, item)
-                yield sse({"error": {"message": item.message, "type": item.error_type,
-                                     "http_status_code": item.status_code}})
-                return
-            if isinstance(item, Token):
-                first = choice.index not in started
-                started.add(choice.index)
-                yield sse(_chunk(call, choice.index, [item], first, None))
-                continue
-            remaining -= 1
-            o = choice.outcome
-            reason = _FINISH.get(o.finish.reason if o.finish else "length", "stop")
-            yield sse(_chunk(call, choice.index, [], choice.index not in started, reason))
-            record_success(ctx, o)
-        if call.req.include_usage:
-            yield sse(call.envelope(chunk=True, choices=[], usage=call.usage()))
-        yield DONE
+            chunk: list[bytes] = []
+            for choice, item in inbox.drain():
+                if isinstance(item, GenfleetError):
+                    record_failure(ctx, item)
+                    chunk.append(sse({"error": {"message": item.message, "type": item.error_type,
+                                                "http_status_code": item.status_code}}))
+                    yield b"".join(chunk)
+                    return
+                if item is not None:
+                    for token in item:
+                        first = choice.index not in started
+                        started.add(choice.index)
+                        chunk.append(sse(_chunk(call, choice.index, [token], first, None)))
+                    continue
+                remaining -= 1
+                o = choice.outcome
+                reason = _FINISH.get(o.finish.reason if o.finish else "length", "stop")
+                chunk.append(sse(_chunk(call, choice.index, [], choice.index not in started, reason)))
+                record_success(ctx, o)
+            if chunk:
+                yield b"".join(chunk)
+        tail = sse(call.envelope(chunk=True, choices=[], usage=call.usage())) if call.req.include_usage else b""
+        yield tail + DONE
     finally:
         for t in tasks:
             t.cancel()
