@@ -5,7 +5,8 @@ Starts a private Redis-compatible server, one gateway and N synthetic workers
 load/run_load.py's client in this process, and records each process's CPU time so the table can
 name the bottleneck. Three scenarios:
 
-- relay:   one gateway relaying `--streams` concurrent streams (workers fast enough never to limit)
+- relay:   one gateway relaying `--streams` concurrent streams, each sending request after request
+           for `--duration` (workers offer far more tokens than a gateway relays)
 - scaling: 1 and 4 workers with a small batch each, so the workers are the bottleneck
 - latency: one stream at a time, fleet path against the same engine stepped in-process
 
@@ -15,8 +16,8 @@ name the bottleneck. Three scenarios:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ from common.sampling_params import SamplingParams
 from genfleet.embedded_redis import EmbeddedRedis, die_with_parent, free_port
 from load.apis import get_api
 from load.report import percentile, to_markdown
-from load.run_load import RunResult, run_closed_loop
+from load.run_load import RunResult, run_async, run_closed_loop
 from load.sse_client import Target
 from load.workloads import PromptSpec
 
@@ -136,7 +137,7 @@ def _drive(fleet: Fleet, users: int, requests: int, max_new: int, duration: floa
     specs = [PromptSpec(f"Request {i}: tell me a story about the sea.", max_new) for i in range(requests)]
     share, load = machine_share(), os.getloadavg()[0]
     before, t0 = fleet.cpu(), time.perf_counter()
-    result: RunResult = asyncio.run(run_closed_loop(get_api("tgi"), Target("127.0.0.1", fleet.port), specs, users,
+    result: RunResult = run_async(run_closed_loop(get_api("tgi"), Target("127.0.0.1", fleet.port), specs, users,
                                                     duration, 120.0, label, meta))
     wall = time.perf_counter() - t0
     after = fleet.cpu()
@@ -153,12 +154,17 @@ def _drive(fleet: Fleet, users: int, requests: int, max_new: int, duration: floa
 
 def relay(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     payloads = []
+    # Every stream sends request after request until --duration, so the figure is the steady state
+    # rather than one round's ramp-up and tail.
+    rounds = max(1, math.ceil(args.duration * args.relay_rate / args.relay_tokens)) + 1
     for workers in args.relay_workers:
         batch = -(-args.streams // workers)
         with _fleet(workers, args.relay_rate, batch, out / "logs") as fleet:
             label = f"relay-{args.streams}streams-{workers}w"
-            meta = {"scenario": "relay", "workers": workers, "rate": args.relay_rate, "batch": batch, "load": args.streams}
-            payload, cpu = _drive(fleet, args.streams, args.streams, args.relay_tokens, args.duration, label, meta)
+            meta = {"scenario": "relay", "workers": workers, "rate": args.relay_rate, "batch": batch, "load": args.streams,
+                    "tokens": args.relay_tokens}
+            payload, cpu = _drive(fleet, args.streams, args.streams * rounds, args.relay_tokens, args.duration, label,
+                                  meta)
             payloads.append(payload)
             print(f"{label}: {payload['summary']['output_token_throughput']:,.0f} tok/s; cpu {cpu}", file=sys.stderr)
     return payloads
@@ -228,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of sending per run at most")
     p.add_argument("--streams", type=int, default=256)
     p.add_argument("--relay-workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
-    p.add_argument("--relay-rate", type=float, default=200.0)
-    p.add_argument("--relay-tokens", type=int, default=200)
+    # Offered: streams x rate = 256,000 tokens/s, far above what one gateway relays, so the
+    # gateway (and the cores it shares) is what the relay figure measures.
+    p.add_argument("--relay-rate", type=float, default=1000.0, help="synthetic tokens/s per stream")
+    p.add_argument("--relay-tokens", type=int, default=1000, help="tokens per relay request")
     p.add_argument("--scale-rate", type=float, default=50.0)
     p.add_argument("--scale-batch", type=int, default=8)
     p.add_argument("--scale-tokens", type=int, default=100)
