@@ -8,18 +8,50 @@ character (U+FFFD at the end) the token adds "" and the bytes wait for the next 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-__all__ = ["IncrementalDetokenizer"]
+__all__ = ["IncrementalDetokenizer", "Decoder"]
 
 # Tokens of context kept before the first new token (enough for any merge or space rule).
 _CONTEXT_TOKENS = 5
 
 
+class Decoder:
+    """`tokenizer.decode(ids, skip_special_tokens=..., clean_up_tokenization_spaces=False)`, faster.
+
+    A transformers fast tokenizer's decode is its Rust backend's decode plus Python bookkeeping
+    (argument conversion, the clean-up flag) that costs twice the decode itself; where the
+    tokenizer class does not override decoding, the backend is called directly. Single-token
+    decodes are cached: in steady state every incremental step decodes the previous token alone
+    (see IncrementalDetokenizer), so the cache halves the decodes per token. Share one Decoder
+    between requests.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        backend = _plain_backend(tokenizer)
+        self._decode: Callable[[list[int]], str]
+        if backend is not None:
+            self._decode = partial(backend.decode, skip_special_tokens=skip_special_tokens)
+        else:
+            self._decode = partial(_decode_with, tokenizer, skip_special_tokens)
+        self._single: dict[int, str] = {}  # bounded by the vocabulary
+
+    def __call__(self, ids: list[int]) -> str:
+        if len(ids) == 1:
+            text = self._single.get(ids[0])
+            if text is None:
+                text = self._single[ids[0]] = str(self._decode(ids))
+            return text
+        return str(self._decode(ids))
+
+
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Any, context_ids: list[int], skip_special_tokens: bool = True) -> None:
-        self._tokenizer = tokenizer
-        self._skip_special = skip_special_tokens
+    def __init__(self, tokenizer: Any, context_ids: list[int], skip_special_tokens: bool = True,
+                 decoder: Decoder | None = None) -> None:
+        """`decoder`, when given, must decode with the same `skip_special_tokens`."""
+        self._decode = decoder or Decoder(tokenizer, skip_special_tokens)
         self._ids: list[int] = list(context_ids[-_CONTEXT_TOKENS:])
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
@@ -53,9 +85,25 @@ class IncrementalDetokenizer:
         self.text += rest
         return rest
 
-    def _decode(self, ids: list[int]) -> str:
-        return str(
-            self._tokenizer.decode(
-                ids, skip_special_tokens=self._skip_special, clean_up_tokenization_spaces=False
-            )
-        )
+
+def _decode_with(tokenizer: Any, skip_special_tokens: bool, ids: list[int]) -> str:
+    return str(tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False))
+
+
+def _plain_backend(tokenizer: Any) -> Any:
+    """The `tokenizers.Tokenizer` whose decode is exactly this tokenizer's decode (with
+    clean_up_tokenization_spaces=False), or None when that is not certain."""
+    try:
+        import tokenizers
+    except ImportError:
+        return None
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not isinstance(backend, tokenizers.Tokenizer):
+        return None
+    cls = type(tokenizer)
+    # The transformers class that wraps the backend (v5 TokenizersBackend, v4 PreTrainedTokenizerFast):
+    # its _decode is backend.decode plus the optional clean-up. Any override below it may differ.
+    base = next((c for c in cls.__mro__ if c.__name__ in ("TokenizersBackend", "PreTrainedTokenizerFast")), None)
+    if base is None or cls._decode is not base._decode or cls.decode is not base.decode:
+        return None
+    return backend

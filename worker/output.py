@@ -7,13 +7,14 @@ back to the engine through `on_stop`, which aborts the request at the next step.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -31,7 +32,7 @@ from common.protocol import (
     encode,
 )
 from common.streams import CONSUMER_GROUP, Keys
-from worker.detokenizer import IncrementalDetokenizer
+from worker.detokenizer import Decoder, IncrementalDetokenizer
 
 if TYPE_CHECKING:
     from worker.engine import RequestOutput
@@ -49,7 +50,6 @@ class _Live:
     next_seq: int  # seq of the next token; continuations start after the relayed tokens
     accepted_at: float
     first_scheduled_at: float = 0.0
-    generated: list[int] = field(default_factory=list)
 
 
 # Items on the queue: ("accept", key, request, seed, entry_id) | ("step", step, outputs)
@@ -71,6 +71,9 @@ class OutputProcessor:
         self._worker_id = worker_id
         self._tokenizer = tokenizer
         self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
+        # Shared by every request's detokenizer (by skip_special_tokens): they cache per token id.
+        self._decoders = {skip: Decoder(tokenizer, skip) for skip in (True, False)}
+        self._token_texts: dict[int, str] = {}  # _decode_one's answers, bounded by the vocabulary
         self._on_stop = on_stop
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._live: dict[str, _Live] = {}  # by engine key (req_id/attempt)
@@ -80,6 +83,11 @@ class OutputProcessor:
 
     # -- called from the engine thread -------------------------------------------------------
     def start(self) -> None:
+        # Called once the model and tokenizer are loaded: all of that lives as long as the process.
+        # Frozen, the cyclic collector stops walking it on every full collection, which the events
+        # built here (a few objects per token) would otherwise trigger many times a second.
+        gc.freeze()
+        gc.set_threshold(20_000, 10, 10)  # young collections 30x rarer than the default 700
         self._thread.start()
 
     def accepted(self, key: str, request: GenerateRequest, seed: int | None, entry_id: bytes | None) -> None:
@@ -138,7 +146,8 @@ class OutputProcessor:
             self._live[key] = _Live(
                 request=request,
                 detokenizer=IncrementalDetokenizer(
-                    self._tokenizer, context, request.params.skip_special_tokens
+                    self._tokenizer, context, request.params.skip_special_tokens,
+                    self._decoders[request.params.skip_special_tokens],
                 ),
                 seed=seed,
                 next_seq=len(request.generated_ids),
@@ -166,26 +175,28 @@ class OutputProcessor:
         events = out[req.gateway_id]
         if output.first_scheduled_at and not live.first_scheduled_at:
             live.first_scheduled_at = output.first_scheduled_at
+        # Runs once per token: everything the loop reads is looked up once per output.
+        params = req.params
+        stops, skip_special = params.stop, params.skip_special_tokens
+        special_ids = self._special_ids
+        add = live.detokenizer.add
+        logprobs, tops = output.logprobs, output.top_tokens
         stop_hit = False
         for i, token_id in enumerate(output.new_token_ids):
-            special = token_id in self._special_ids
-            piece = live.detokenizer.add(token_id)
+            special = token_id in special_ids
+            piece = add(token_id)
             text = piece
-            if special and req.params.skip_special_tokens:
+            if special and skip_special:
                 # TGI shows a special token's own text in the stream, flagged special; the
                 # generated_text leaves it out (the gateway skips special tokens' text).
                 text = str(self._tokenizer.convert_ids_to_tokens(token_id))
             top = []
-            if output.top_tokens and i < len(output.top_tokens):
-                top = [
-                    TopToken(tid, self._decode_one(tid), lp, tid in self._special_ids)
-                    for tid, lp in output.top_tokens[i]
-                ]
-            logprob = output.logprobs[i] if i < len(output.logprobs) else 0.0
+            if tops and i < len(tops):
+                top = [TopToken(tid, self._decode_one(tid), lp, tid in special_ids) for tid, lp in tops[i]]
+            logprob = logprobs[i] if i < len(logprobs) else 0.0
             events.append(Token(req.req_id, req.attempt, live.next_seq, token_id, text, logprob, special, top))
             live.next_seq += 1
-            live.generated.append(token_id)
-            if not special and self._matches_stop(live, piece):
+            if stops and not special and self._matches_stop(live, piece):
                 stop_hit = True
                 break
         reason = "stop_sequence" if stop_hit else output.finish_reason
@@ -236,7 +247,10 @@ class OutputProcessor:
         return False
 
     def _decode_one(self, token_id: int) -> str:
-        return str(self._tokenizer.decode([token_id], skip_special_tokens=False))
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = str(self._tokenizer.decode([token_id], skip_special_tokens=False))
+        return text
 
     def _publish(self, step: int, per_gateway: dict[str, list[Event]]) -> None:
         if not per_gateway and not self._acks:

@@ -105,20 +105,27 @@ class SyntheticEngine:
         self._steps += 1
         now = self.wall_clock()
         outputs: list[RequestOutput] = []
-        for req in list(self._running.values()):
+        running = self._running
+        vocab_size = self.vocab_size
+        for req in list(running.values()):
             if not req.first_scheduled_at:
                 req.first_scheduled_at = now
             if req.deadline and now > req.deadline:
-                del self._running[req.req_id]
+                del running[req.req_id]
                 outputs.append(self._output(req, [], "timeout"))
                 continue
-            token = req.rng.randrange(_FIRST_ORDINARY_ID, self.vocab_size)
+            token = req.rng.randrange(_FIRST_ORDINARY_ID, vocab_size)
             req.generated += 1
             req.budget -= 1
-            done = req.budget <= 0
-            if done:
-                del self._running[req.req_id]
-            outputs.append(self._output(req, [token], "length" if done else None))
+            reason = None
+            if req.budget <= 0:
+                del running[req.req_id]
+                reason = "length"
+            if req.top_n:
+                outputs.append(self._output(req, [token], reason))
+            else:  # the common case, built inline: this loop runs once per token
+                outputs.append(RequestOutput(req.req_id, [token], [-0.1], [], reason, req.num_prompt, 0, None,
+                                             req.first_scheduled_at))
         self._last_batch = len(outputs)
         return outputs
 
