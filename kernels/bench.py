@@ -21,7 +21,7 @@ from kernels.rmsnorm import rms_norm
 from kernels.rotary import rotary_embedding
 from kernels.kv_store import store_kv
 
-__all__ = ["decode_step_breakdown", "main"]
+__all__ = ["decode_step_breakdown", "gemv_report", "main"]
 
 _BLOCK = 16
 
@@ -142,6 +142,35 @@ def bench_store_kv(tokens: int, nkv: int, d: int, impl: str) -> float:
     slots = torch.arange(tokens, device="cuda")
     fn = store_kv if impl == "triton" else ref.store_kv
     return _us(lambda: fn(k, k, cache, v_cache, slots))
+
+
+# (name, K, N) of the one-row linears of the benchmark shapes.
+GEMV_SHAPES = [
+    ("8b qkv", 4096, 6144), ("8b o", 4096, 4096), ("8b gate_up", 4096, 28672), ("8b down", 14336, 4096),
+    ("8b lm_head", 4096, 128256), ("135m qkv", 576, 960), ("135m gate_up", 576, 3072), ("135m down", 1536, 576),
+]
+GEMV_CONFIGS = [(4, 512, 4, 3), (8, 512, 4, 3), (8, 1024, 8, 3), (16, 256, 4, 3), (16, 512, 8, 3), (32, 256, 8, 3)]
+
+
+def gemv_report() -> list[str]:
+    """One-row linear: cuBLAS (torch) against linear_one_row's configs, graph-replayed GPU µs."""
+    from kernels.gemv import linear_one_row
+
+    lines = []
+    for name, k, n in GEMV_SHAPES:
+        x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
+        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
+        want = torch.nn.functional.linear(x, w)
+        torch_us = _graph_us(lambda: torch.nn.functional.linear(x, w))
+        cells = []
+        for bn, bk, warps, stages in GEMV_CONFIGS:
+            got = linear_one_row(x, w, None, bn, bk, warps, stages)
+            torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
+            us = _graph_us(lambda: linear_one_row(x, w, None, bn, bk, warps, stages))
+            cells.append(f"{bn}x{bk}/w{warps}: {us:.1f}")
+        gbs = 2 * n * k / torch_us / 1e3
+        lines.append(f"{name} ({k}->{n}): torch {torch_us:.1f} µs ({gbs:.0f} GB/s); triton " + ", ".join(cells))
+    return lines
 
 
 def main() -> int:

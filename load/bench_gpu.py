@@ -285,6 +285,12 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
             total = sum(parts.values())
             notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (GPU µs per step, graph-replayed, x layers): "
                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"; sum {total:.0f} µs")
+    if "a" in todo and shape == "llama-3.1-8b":
+        from kernels.bench import gemv_report
+        from worker import ops
+
+        notes += [f"one-row linear, {line}" for line in gemv_report()]
+        notes.append("one-row linear choices: " + ", ".join(f"{k}: {v}" for k, v in ops.one_row_choices().items()))
     notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
     del runner, graphs

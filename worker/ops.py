@@ -13,12 +13,17 @@ import torch
 
 from kernels import reference
 
-__all__ = ["use_device", "store_kv", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul"]
+__all__ = ["use_device", "linear", "one_row_choices", "store_kv", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul"]
 
 log = logging.getLogger("genfleet.worker.ops")
 
 _NAMES = ("store_kv", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
+# One-row linears (batch-1 decode) on CUDA: kernels/gemv.py where it measured faster than torch
+# for that weight shape (see `linear`); None = torch everywhere.
+_one_row: Callable[..., torch.Tensor] | None = None
+_ONE_ROW_CONFIGS = ((4, 512, 4, 3), (8, 1024, 8, 3))  # (block_n, block_k, warps, stages) tried
+_one_row_choice: dict[tuple[int, int, torch.dtype, bool], tuple[int, int, int, int] | None] = {}
 
 
 def use_device(device: torch.device) -> dict[str, str]:
@@ -36,7 +41,63 @@ def use_device(device: torch.device) -> dict[str, str]:
     for name in _NAMES:
         _impl[name] = triton_ops.get(name, getattr(reference, name))
         chosen[name] = "triton" if name in triton_ops else "torch"
+    global _one_row
+    _one_row = None
+    if device.type == "cuda":
+        try:
+            from kernels.gemv import linear_one_row
+
+            _one_row = linear_one_row
+        except Exception as exc:
+            log.warning("Triton linear_one_row unavailable (%s); using torch", exc)
+    chosen["linear (one row)"] = "triton" if _one_row is not None else "torch"
     return chosen
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias. One row on CUDA: the faster of torch and the Triton GEMV configs,
+    timed once per weight shape on first use (outside CUDA graph capture)."""
+    if _one_row is None or x.shape[0] != 1 or not x.is_cuda:
+        return torch.nn.functional.linear(x, weight, bias)
+    key = (weight.shape[0], weight.shape[1], weight.dtype, bias is not None)
+    if key not in _one_row_choice:
+        if torch.cuda.is_current_stream_capturing():
+            return torch.nn.functional.linear(x, weight, bias)
+        _one_row_choice[key] = _fastest_one_row(x, weight, bias)
+        log.info("one-row linear %dx%d: %s", key[1], key[0], _one_row_choice[key] or "torch")
+    config = _one_row_choice[key]
+    if config is None:
+        return torch.nn.functional.linear(x, weight, bias)
+    return _one_row(x, weight, bias, *config)
+
+
+def one_row_choices() -> dict[str, str]:
+    """What `linear` picked per one-row weight shape so far: "KxN" -> "torch" or the GEMV config."""
+    return {f"{k[1]}x{k[0]}": "torch" if v is None else "triton %dx%d/w%d/s%d" % v for k, v in _one_row_choice.items()}
+
+
+def _fastest_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, int, int, int] | None:
+    assert _one_row is not None
+    one_row = _one_row
+
+    def gpu_seconds(fn: Callable[[], Any]) -> float:
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+
+    best: tuple[int, int, int, int] | None = None
+    best_s = gpu_seconds(lambda: torch.nn.functional.linear(x, weight, bias))
+    for config in _ONE_ROW_CONFIGS:
+        took = gpu_seconds(lambda: one_row(x, weight, bias, *config))
+        if took < 0.97 * best_s:  # a clear win only
+            best, best_s = config, took
+    return best
 
 
 def store_kv(*args: Any, **kwargs: Any) -> Any:

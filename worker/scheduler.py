@@ -10,8 +10,9 @@ Each step spends at most --max-batch-prefill-tokens tokens of compute:
 
 TGI's knobs, now that prefill is chunked and mixed with decodes in one forward pass: TGI ignores
 --waiting-served-ratio and --max-waiting-tokens once chunking is on. Here they keep a meaning:
-admission into a non-empty running batch waits until waiting >= ratio x running requests, or
-until --max-waiting-tokens steps have passed since the last admission. A ratio of 0 (or an empty
+admission into a non-empty running batch waits until waiting >= ratio x running requests, until
+the waiting prompts fill the step's prefill budget, or until --max-waiting-tokens steps have
+passed since the last admission. A ratio of 0 (or an empty
 batch) admits at every step, which is the default behaviour of a chunked scheduler; the default
 ratio 0.3 batches arrivals a little so that prefill chunks share steps. Preempted requests are
 never held back: they were admitted once already.
@@ -144,7 +145,17 @@ class Scheduler:
             return True  # a preempted request resumes as soon as blocks allow: it was admitted once
         if len(self.waiting) >= self.waiting_served_ratio * len(self.running):
             return True
-        return self.steps_since_admission >= self.max_waiting_tokens
+        if self.steps_since_admission >= self.max_waiting_tokens:
+            return True
+        # Holding back only batches arrivals into fuller prefill steps: once the waiting prompts
+        # fill what this step has left after the decodes, waiting longer gains nothing. (A worker
+        # reads only about that much from the shared stream, so the ratio alone could stall it.)
+        pending = 0
+        for req in self.waiting:
+            pending += req.num_tokens - req.num_computed_tokens
+            if pending >= self.token_budget - len(self.running):
+                return True
+        return False
 
     def _reserve(self, req: Request, num_new: int) -> bool:
         """Make room for `num_new` tokens of a running request; False if it was preempted itself."""

@@ -138,6 +138,20 @@ def test_waiting_served_ratio_holds_back_admission() -> None:
     assert "b" in {r.req_id for bt in runner.batches for r in bt.requests}
 
 
+def test_waiting_prompts_that_fill_the_step_are_admitted_despite_the_ratio() -> None:
+    # A worker holds only about two steps' worth of waiting prompts, never ratio x running of
+    # them: a full step's worth must be enough, or the ratio would stall admission.
+    engine, runner = _engine(num_blocks=256, budget=64, max_batch=64, ratio=2.0)
+    engine.add_request(_req("a", [1, 2, 3], 50))
+    engine.step()
+    engine.add_request(_req("short", [4, 5, 6], 5))
+    engine.step()
+    assert [r.req_id for r in runner.batches[-1].requests] == ["a"]  # 3 tokens waiting: held back
+    engine.add_request(_req("long", list(range(10, 80)), 5))  # 73 waiting tokens >= 64 - 1
+    engine.step()
+    assert {r.req_id for r in runner.batches[-1].requests} == {"a", "short", "long"}
+
+
 @dataclass(frozen=True)
 class _Arrival:
     step: int

@@ -12,6 +12,10 @@ from worker.models.config import ModelConfig
 __all__ = ["RMSNorm", "SelfAttention", "GatedMLP", "DecoderLayer"]
 
 
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    return ops.linear(x, layer.weight, layer.bias)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -40,7 +44,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = self.qkv_proj(x)  # (T, q + 2kv)
+        qkv = _linear(x, self.qkv_proj)  # (T, q + 2kv)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)  # (T, H, D)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)  # (T, n_kv, D)
@@ -50,7 +54,7 @@ class SelfAttention(nn.Module):
             k = self.k_norm(k.reshape(-1, self.head_dim)).reshape(k.shape)
         q, k = ops.rotary_embedding(positions, q, k, cos_sin)
         out = attend(self.layer_idx, q, k, v, self.scale)  # (T, H, D)
-        return self.o_proj(out.reshape(num_tokens, self.q_size))  # (T, hidden)
+        return _linear(out.reshape(num_tokens, self.q_size), self.o_proj)  # (T, hidden)
 
 
 class GatedMLP(nn.Module):
@@ -60,7 +64,7 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # (T, hidden)
+        return _linear(ops.silu_and_mul(_linear(x, self.gate_up_proj)), self.down_proj)  # (T, hidden)
 
 
 class DecoderLayer(nn.Module):
