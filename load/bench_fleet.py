@@ -101,9 +101,19 @@ async def _flood(target: Target, prompts: list[str], new: int) -> dict[str, floa
     }
 
 
+async def _one_at_a_time(target: Target, prompts: list[str], new: int) -> list[float]:
+    ttfts = []
+    for prompt in prompts:
+        start, times = await _one(target, prompt, new, time.perf_counter())
+        ttfts.append(times[0] - start)
+    return sorted(ttfts)
+
+
 def flood(model_dir: Path, requests: int, prompt_tokens: int, new: int, worker_flags: list[str],
-          log_path: Path | None = None, ready_timeout: float = 600.0) -> dict[str, float]:
-    """Start `genfleet serve` on `model_dir`, send every request at t=0, stop it; the figures."""
+          log_path: Path | None = None, ready_timeout: float = 600.0, single_prompt_tokens: int = 128,
+          singles: int = 10) -> dict[str, float]:
+    """Start `genfleet serve` on `model_dir`, send every request at t=0, then `singles` requests
+    of `single_prompt_tokens` one at a time (TTFT on an idle fleet, `single_ttft_p50`); stop it."""
     from transformers import AutoTokenizer
 
     words = one_token_words(AutoTokenizer.from_pretrained(str(model_dir)))
@@ -118,7 +128,11 @@ def flood(model_dir: Path, requests: int, prompt_tokens: int, new: int, worker_f
         _wait_healthy(base, proc, ready_timeout)
         target = Target("127.0.0.1", port)
         asyncio.run(_flood(target, prompts[:4], 8))  # warm-up: prefill kernels, connections
-        return asyncio.run(_flood(target, prompts, new))
+        result = asyncio.run(_flood(target, prompts, new))
+        short = ["".join(rng.choice(words) for _ in range(single_prompt_tokens)) for _ in range(singles)]
+        ttfts = asyncio.run(_one_at_a_time(target, short, 8))
+        result["single_ttft_p50"] = ttfts[len(ttfts) // 2]
+        return result
     finally:
         proc.terminate()
         try:

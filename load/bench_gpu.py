@@ -317,7 +317,8 @@ def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, c: dict[str
     return Row(shape, "(d) = (c) through the fleet (HTTP + Redis + SSE)", d["tok_s"], roofline, None,
                f"{d['ok']}/{args.requests} ok; {100 * d['tok_s'] / c['tok_s']:.1f}% of (c); TTFT p50 {d['ttft_p50']:.2f}s "
                f"({(d['ttft_p50'] - c['ttft_p50']) * 1e3:+.0f} ms vs (c)), p99 {d['ttft_p99']:.2f}s; TPOT p50 "
-               f"{d['tpot_p50'] * 1e3:.1f} ms; ITL p50/p99 {d['itl_p50'] * 1e3:.1f}/{d['itl_p99'] * 1e3:.1f} ms"
+               f"{d['tpot_p50'] * 1e3:.1f} ms; ITL p50/p99 {d['itl_p50'] * 1e3:.1f}/{d['itl_p99'] * 1e3:.1f} ms; "
+               f"one request at a time (128 in): TTFT p50 {d['single_ttft_p50'] * 1e3:.1f} ms"
                + (f"; first error {d['first_error']}" if d["failed"] else ""))
 
 
