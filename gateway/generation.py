@@ -90,13 +90,20 @@ class Relay:
                     if event.seq < expected:
                         continue  # already relayed (a duplicate, or a continuation's overlap)
                     if event.seq > expected:
-                        # The rest of this burst belongs to the attempt being replaced.
+                        # The tokens before the gap reach the client first (also when no attempt
+                        # is left); the rest of this burst belongs to the attempt being replaced.
+                        if burst:
+                            yield burst
+                            burst = []
                         await self._continue(state, f"events lost before seq {event.seq}")
                         break
                     relayed.append(event.id)
                     burst.append(event)
                 elif isinstance(event, Finish):
                     if event.seq > len(relayed):
+                        if burst:
+                            yield burst
+                            burst = []
                         await self._continue(state, "events lost before the finish")
                         break
                     state.finish = event

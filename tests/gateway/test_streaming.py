@@ -159,6 +159,18 @@ async def test_relay_yields_the_tokens_before_an_error_then_raises() -> None:
         await run.__anext__()
 
 
+async def test_relay_yields_the_tokens_before_a_gap_even_when_no_attempt_is_left() -> None:
+    state = _state()
+    for event in (_tok(0), _tok(1), _tok(3), _tok(4)):
+        state.queue.put_nowait(event)
+    relay = _relay()
+    relay.max_attempts = 1  # the gap cannot be repaired by a continuation
+    run = relay.run(state)
+    assert await run.__anext__() == [_tok(0), _tok(1)]
+    with pytest.raises(GenfleetError, match="events lost before seq 3"):
+        await run.__anext__()
+
+
 async def test_relay_yields_an_empty_burst_after_keep_alive_seconds_of_silence() -> None:
     state = _state()
     run = _relay().run(state, keep_alive=0.3)
