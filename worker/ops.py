@@ -56,7 +56,9 @@ def use_device(device: torch.device) -> dict[str, str]:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias. One row on CUDA: the faster of torch and the Triton GEMV configs,
-    timed once per weight shape on first use (outside CUDA graph capture)."""
+    timed once per weight shape on first use (outside CUDA graph capture). The timing runs 20
+    calls back to back between two events, so where launching costs the host more than the
+    kernel costs the device (small shapes, Triton's heavier launcher), that cost counts too."""
     if _one_row is None or x.shape[0] != 1 or not x.is_cuda:
         return torch.nn.functional.linear(x, weight, bias)
     key = (weight.shape[0], weight.shape[1], weight.dtype, bias is not None)

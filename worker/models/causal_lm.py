@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kernels.reference import build_cos_sin_cache
+from worker import ops
 from worker.models.config import ModelConfig
 from worker.models.layers import DecoderLayer, RMSNorm
 
@@ -49,7 +50,7 @@ class CausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.matmul(hidden, weight.t()).float()  # (N, vocab) float32
+        return ops.linear(hidden, weight).float()  # (N, vocab) float32
 
     def hf_to_param(self, hf_name: str) -> tuple[str, int | None]:
         """Map a checkpoint tensor name to (our parameter name, shard index or None)."""
