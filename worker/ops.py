@@ -23,7 +23,7 @@ _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name 
 # for that weight shape (see `linear`); None = torch everywhere.
 _one_row: Callable[..., torch.Tensor] | None = None
 _ONE_ROW_CONFIGS = ((4, 512, 4, 3), (8, 1024, 8, 3))  # (block_n, block_k, warps, stages) tried
-_one_row_choice: dict[tuple[int, int, torch.dtype, bool], tuple[int, int, int, int] | None] = {}
+_one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool], tuple[int, int, int, int] | None] = {}
 
 
 def use_device(device: torch.device) -> dict[str, str]:
@@ -54,19 +54,24 @@ def use_device(device: torch.device) -> dict[str, str]:
     return chosen
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, graphed: bool = False) -> torch.Tensor:
     """x @ weight.T + bias. One row on CUDA: the faster of torch and the Triton GEMV configs,
-    timed once per weight shape on first use (outside CUDA graph capture). The timing runs 20
-    calls back to back between two events, so where launching costs the host more than the
-    kernel costs the device (small shapes, Triton's heavier launcher), that cost counts too."""
+    timed once per weight shape on first use (outside CUDA graph capture).
+
+    `graphed`: the call site runs inside decode CUDA graphs, so only GPU time counts and the
+    candidates are timed by graph replay; otherwise 20 calls run back to back between two events,
+    so where launching costs the host more than the kernel costs the device (Triton's launcher
+    is heavier than torch's), that cost counts too.
+    """
     if _one_row is None or x.shape[0] != 1 or not x.is_cuda:
         return torch.nn.functional.linear(x, weight, bias)
-    key = (weight.shape[0], weight.shape[1], weight.dtype, bias is not None)
+    key = (weight.shape[0], weight.shape[1], weight.dtype, bias is not None, graphed)
     if key not in _one_row_choice:
         if torch.cuda.is_current_stream_capturing():
             return torch.nn.functional.linear(x, weight, bias)
-        _one_row_choice[key] = _fastest_one_row(x, weight, bias)
-        log.info("one-row linear %dx%d: %s", key[1], key[0], _one_row_choice[key] or "torch")
+        _one_row_choice[key] = _fastest_one_row(x, weight, bias, graphed)
+        log.info("one-row linear %dx%d%s: %s", key[1], key[0], " (graphed)" if graphed else "",
+                 _one_row_choice[key] or "torch")
     config = _one_row_choice[key]
     if config is None:
         return torch.nn.functional.linear(x, weight, bias)
@@ -75,30 +80,44 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def one_row_choices() -> dict[str, str]:
     """What `linear` picked per one-row weight shape so far: "KxN" -> "torch" or the GEMV config."""
-    return {f"{k[1]}x{k[0]}": "torch" if v is None else "triton %dx%d/w%d/s%d" % v for k, v in _one_row_choice.items()}
+    return {
+        f"{k[1]}x{k[0]}{' graphed' if k[4] else ''}": "torch" if v is None else "triton %dx%d/w%d/s%d" % v
+        for k, v in _one_row_choice.items()
+    }
 
 
-def _fastest_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, int, int, int] | None:
+def _fastest_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     graphed: bool) -> tuple[int, int, int, int] | None:
     assert _one_row is not None
     one_row = _one_row
 
-    def gpu_seconds(fn: Callable[[], Any]) -> float:
-        for _ in range(3):
+    def milliseconds(fn: Callable[[], Any]) -> float:
+        for _ in range(3):  # compiles, and settles the allocator outside any capture
             fn()
+        torch.cuda.synchronize()
+        graph = None
+        if graphed:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(20):
+                    fn()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(20):
-            fn()
+        if graph is not None:
+            graph.replay()
+        else:
+            for _ in range(20):
+                fn()
         end.record()
         end.synchronize()
         return float(start.elapsed_time(end))
 
     best: tuple[int, int, int, int] | None = None
-    best_s = gpu_seconds(lambda: torch.nn.functional.linear(x, weight, bias))
+    best_ms = milliseconds(lambda: torch.nn.functional.linear(x, weight, bias))
     for config in _ONE_ROW_CONFIGS:
-        took = gpu_seconds(lambda: one_row(x, weight, bias, *config))
-        if took < 0.97 * best_s:  # a clear win only
-            best, best_s = config, took
+        took = milliseconds(lambda: one_row(x, weight, bias, *config))
+        if took < 0.97 * best_ms:  # a clear win only
+            best, best_ms = config, took
     return best
 
 

@@ -44,8 +44,9 @@ def test_ops_linear_picks_per_shape_and_matches_torch() -> None:
     for k, n in ((4096, 4096), (576, 960)):
         x = torch.randn(1, k, dtype=torch.bfloat16, device="cuda")
         w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / k**0.5
-        assert_close(ops.linear(x, w), torch.nn.functional.linear(x, w), torch.bfloat16, 2)
-        assert f"{k}x{n}" in ops.one_row_choices()
+        for graphed in (False, True):
+            assert_close(ops.linear(x, w, graphed=graphed), torch.nn.functional.linear(x, w), torch.bfloat16, 2)
+        assert {f"{k}x{n}", f"{k}x{n} graphed"} <= set(ops.one_row_choices())
     two = torch.randn(2, 4096, dtype=torch.bfloat16, device="cuda")
     w = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
     assert torch.equal(ops.linear(two, w), torch.nn.functional.linear(two, w))  # more rows: torch
