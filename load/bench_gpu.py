@@ -229,7 +229,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         base_a = hf_generate(model_dir, 1, 128, 256)
         base_b = hf_generate(model_dir, 64, 128, 256)
     config = WorkerConfig(device="cuda", dtype="bfloat16", max_batch_prefill_tokens=args.prefill_tokens,
-                          max_batch_size=256, prefix_caching=False, cuda_graphs=args.cuda_graphs)
+                          max_batch_size=args.max_batch_size, prefix_caching=False, cuda_graphs=args.cuda_graphs)
     started = time.perf_counter()
     runner = ModelRunner(config, model_dir, load=False)
     graphs = runner.graphs
@@ -311,7 +311,7 @@ def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, c: dict[str
         if item.name.startswith("tokenizer") or item.suffix == ".jinja":
             shutil.copy(item, model_dir / item.name)
     flags = ["--device", "cuda", "--dtype", "bfloat16", "--max-batch-prefill-tokens", str(args.prefill_tokens),
-             "--max-batch-size", "256", "--cuda-graphs", args.cuda_graphs]
+             "--max-batch-size", str(args.max_batch_size), "--cuda-graphs", args.cuda_graphs]
     log = args.fleet_log / f"fleet-{shape}.log" if args.fleet_log else None
     d = flood(model_dir, args.requests, 1024, 128, flags, log)
     return Row(shape, "(d) = (c) through the fleet (HTTP + Redis + SSE)", d["tok_s"], roofline, None,
@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="workload (c) request count")
     parser.add_argument("--prefill-tokens", type=int, default=8192, help="--max-batch-prefill-tokens")
     parser.add_argument("--cuda-graphs", default="1,2,4,8,16,32,64,128,256")
+    parser.add_argument("--max-batch-size", type=int, default=256, help="--max-batch-size of the engine and the fleet")
     parser.add_argument("--workloads", default="a,b,c,d", help="comma list of a, b, c, d")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers generate")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
