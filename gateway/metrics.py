@@ -1,66 +1,32 @@
 """The gateway's Prometheus metrics, under TGI's exact names.
 
-TGI renders counters without a `_total` suffix (its Grafana dashboard queries `tgi_request_count`),
-so counters are exported as untyped samples with the bare name; histograms use TGI's buckets
-(1.5e-4 x 1.5^k seconds for durations). Fleet gauges come from the workers' heartbeats.
+Counters are exported under their bare names as TGI does (common/tgi_metrics.py); histograms
+use TGI's buckets (1.5e-4 x 1.5^k seconds for durations). Fleet gauges come from the workers'
+heartbeats.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from bisect import bisect_left
-from collections import defaultdict
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from common.tgi_metrics import DURATION_BUCKETS, BareCounters
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_DURATION = tuple(1.5e-4 * 1.5**k for k in range(35))
+_DURATION = DURATION_BUCKETS
 
 
 def _linear(top: int, n: int = 100) -> tuple[float, ...]:
     step = max(1, top // n)
     return tuple(float(x) for x in range(step, top + step, step))
-
-
-class _Counters(Collector):
-    """Monotonic counters exported under their bare names (TGI style)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
-        self._help: dict[str, str] = {}
-
-    def declare(self, name: str, help_text: str) -> None:
-        self._help[name] = help_text
-        self._values.setdefault(name, {})
-
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            series = self._values[name]
-            series[key] = series.get(key, 0.0) + amount
-
-    def get(self, name: str, **labels: str) -> float:
-        return self._values[name].get(tuple(sorted(labels.items())), 0.0)
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            for name, series in self._values.items():
-                label_names = sorted({k for key in series for k, _ in key})
-                family = UnknownMetricFamily(name, self._help.get(name, name), labels=label_names)
-                if not series and not label_names:
-                    family.add_metric([], 0.0)
-                for key, value in series.items():
-                    d = dict(key)
-                    family.add_metric([d.get(n, "") for n in label_names], value)
-                yield family
 
 
 class BurstHistogram(Collector):
@@ -89,7 +55,7 @@ class BurstHistogram(Collector):
 class GatewayMetrics:
     def __init__(self, max_input_tokens: int, max_total_tokens: int) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.counters = _Counters()
+        self.counters = BareCounters()
         for name, text in (
             ("tgi_request_count", "Requests received"),
             ("tgi_request_success", "Requests completed"),

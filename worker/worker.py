@@ -135,7 +135,9 @@ class Worker:
                 self._forget_finished(outputs)
                 produced = sum(len(o.new_token_ids) for o in outputs)
                 if self.metrics is not None:
-                    self.metrics.observe_step(engine.stats(), elapsed, produced, batch_size=len(outputs))
+                    batch = getattr(engine, "last_batch", None)  # the synthetic engine has none
+                    method = "prefill" if batch is not None and batch.num_decode < len(batch.requests) else "decode"
+                    self.metrics.observe_step(engine.stats(), elapsed, produced, batch_size=len(outputs), method=method)
                 self.step_log.step(elapsed, produced, engine.stats())
             elif self._draining.is_set():
                 return

@@ -23,7 +23,8 @@ def test_steps_are_recorded_and_served_on_their_own_port() -> None:
     metrics.observe_step(EngineStats(4, 2, 750, 1000, num_preemptions=1, prefix_query_tokens=100,
                                      prefix_hit_tokens=40, steps=1, last_batch_size=4), 0.012, num_tokens=4)
     metrics.observe_step(EngineStats(3, 0, 800, 1000, num_preemptions=1, prefix_query_tokens=150,
-                                     prefix_hit_tokens=90, steps=2, last_batch_size=3), 0.030, num_tokens=3)
+                                     prefix_hit_tokens=90, steps=2, last_batch_size=3), 0.030, num_tokens=3,
+                         method="prefill")
     server = start_metrics_server(0, metrics, addr="127.0.0.1")
     try:
         text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
@@ -44,6 +45,14 @@ def test_steps_are_recorded_and_served_on_their_own_port() -> None:
     assert s["genfleet_worker_preemptions_total"] == 1
     assert s["genfleet_worker_prefix_query_tokens_total"] == 150
     assert s["genfleet_worker_prefix_hit_tokens_total"] == 90
+    # TGI's per-batch series, bare counter names and its duration buckets.
+    assert s["tgi_batch_inference_count{method=decode}"] == 1
+    assert s["tgi_batch_inference_count{method=prefill}"] == 1
+    assert s["tgi_batch_inference_success{method=prefill}"] == 1
+    assert s["tgi_batch_forward_duration_count{method=decode}"] == 1
+    assert abs(s["tgi_batch_forward_duration_sum{method=prefill}"] - 0.030) < 1e-9
+    assert s["tgi_batch_forward_duration_bucket{le=0.00015,method=decode}"] == 0
+    assert "tgi_batch_inference_count_total" not in text
 
 
 def test_two_workers_in_one_process_keep_separate_registries() -> None:
