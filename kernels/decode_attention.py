@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.paged_kv import page_slots, paged_tile
+
 from kernels.varlen_attention import _check_paged_inputs, _dot_precision, prefill_attention
 
 __all__ = ["paged_attention", "paged_decode_attention"]
@@ -52,23 +54,16 @@ def _decode_partial_kernel(
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)  # (N,)
         n_mask = n < end
-        blk = tl.load(bt_ptr + seq * stride_bt + n // PAGE, mask=n_mask, other=0).to(tl.int64)  # (N,)
-        off = (n % PAGE).to(tl.int64)
+        blk, off = page_slots(bt_ptr, seq, stride_bt, n, n_mask, PAGE)  # (N,), (N,)
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(
-            k_cache_ptr + blk[:, None] * stride_kb + off[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
-            mask=kv_mask, other=0.0,
-        )  # (N, D)
+        k = paged_tile(k_cache_ptr, blk, off, kv_head, stride_kb, stride_ks, stride_kh, d, kv_mask)  # (N, D)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (G, N), log2 units
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])  # (G, N)
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_cache_ptr + blk[:, None] * stride_vb + off[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
-            mask=kv_mask, other=0.0,
-        )  # (N, D)
+        v = paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, d, kv_mask)  # (N, D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     # An empty slice (short sequence) leaves lse = -inf: stage 2 gives it zero weight.
