@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -112,8 +113,14 @@ def stack(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _wait_healthy(stack: Stack, timeout: float) -> None:
+    # /health turns 200 with the first live worker; the tests want both in the gateway's view.
+    deadline = time.monotonic() + timeout
     try:
         wait_healthy(stack.base_url, list(stack.procs.values()), timeout)
+        while _metrics(f"{stack.base_url}/metrics").get("genfleet_live_workers", 0) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gateway never saw both workers alive")
+            time.sleep(0.5)
     except (RuntimeError, TimeoutError) as exc:
         logs = {n: (stack.log_dir / f"{n}.log").read_text()[-1500:] for n in stack.procs}
         raise RuntimeError(f"{exc}\n{logs}") from exc
