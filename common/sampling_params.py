@@ -32,3 +32,7 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
 
     def is_greedy(self) -> bool:
         return not self.do_sample
+
+    def has_penalties(self) -> bool:
+        """Repetition, frequency or presence penalty on: sampling reads the token history."""
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0

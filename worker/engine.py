@@ -229,11 +229,7 @@ class LLMEngine:
 
     def _may_run_ahead(self, batch: ScheduledBatch) -> bool:
         # Penalties and prompt logprobs read the real token history on the host.
-        return not any(
-            r.prefill_logprobs or r.params.repetition_penalty != 1.0 or r.params.frequency_penalty != 0.0
-            or r.params.presence_penalty != 0.0
-            for r in batch.requests
-        )
+        return not any(r.prefill_logprobs or r.params.has_penalties() for r in batch.requests)
 
     def _advance(self, batch: ScheduledBatch) -> frozenset[str]:
         """Count `batch` as computed before its outputs are read; a PLACEHOLDER for each sample.

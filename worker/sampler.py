@@ -54,9 +54,7 @@ class SampleResult:
 def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.device) -> SamplingTensors:
     ps = [r.params for r in requests]
     b = len(requests)
-    any_penalty = any(
-        p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in ps
-    )
+    any_penalty = any(p.has_penalties() for p in ps)
     # Two uploads: every float knob in one tensor, every integer (and the penalty history) in another.
     floats = [p.temperature if p.do_sample else 1.0 for p in ps] + [p.top_p for p in ps]
     floats += [p.typical_p for p in ps] + [p.repetition_penalty for p in ps]
