@@ -297,21 +297,23 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     gc.collect()
     torch.cuda.empty_cache()
     if args.tokenizer_dir is not None and "d" in todo:
-        rows.append(fleet_row(shape, model_dir, args, c, c_roofline))
+        rows.append(fleet_row(shape, model_dir, args, config, c, c_roofline))
     return rows, notes
 
 
-def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, c: dict[str, float], roofline: float | None) -> Row:
+def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, config: Any, c: dict[str, float],
+              roofline: float | None) -> Row:
     """(d): (c)'s flood through gateway + Redis + worker + SSE, beside (c) run in-process."""
     import shutil
 
+    from genfleet.serve import child_argv
     from load.bench_fleet import flood
 
     for item in args.tokenizer_dir.iterdir():
         if item.name.startswith("tokenizer") or item.suffix == ".jinja":
             shutil.copy(item, model_dir / item.name)
-    flags = ["--device", "cuda", "--dtype", "bfloat16", "--max-batch-prefill-tokens", str(args.prefill_tokens),
-             "--max-batch-size", str(args.max_batch_size), "--cuda-graphs", args.cuda_graphs]
+    # The fleet's worker runs with exactly the settings of the in-process engine of (c).
+    flags = child_argv("worker", config, config.fleet)[4:]  # what follows `python -m genfleet worker`
     log = args.fleet_log / f"fleet-{shape}.log" if args.fleet_log else None
     d = flood(model_dir, args.requests, 1024, 128, flags, log)
     return Row(shape, "(d) = (c) through the fleet (HTTP + Redis + SSE)", d["tok_s"], roofline, None,
