@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 import shutil
 import signal
 import socket
@@ -31,10 +32,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def die_with_parent() -> None:
-    """preexec_fn for children: the kernel sends SIGTERM if the parent dies, even by SIGKILL."""
+    """preexec_fn for children: the kernel SIGKILLs the child when its parent dies, even by SIGKILL.
+
+    SIGKILL, not SIGTERM: a worker or gateway takes SIGTERM as "drain", and would go on generating
+    for nobody through its whole grace period (a worker's 30 s at full CPU) with its parent gone.
+    A parent that died before the death signal was set is caught by the parent-pid check.
+    """
     if sys.platform.startswith("linux"):
+        parent = os.getppid()
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def find_server_binary() -> str:
@@ -83,7 +92,8 @@ class EmbeddedRedis:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
+            start_new_session=True,  # the terminal's Ctrl-C is for our parent, which stops us last
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

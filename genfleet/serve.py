@@ -1,9 +1,14 @@
 """`genfleet serve`: a whole local fleet from one command.
 
 Starts a Redis-compatible server on a free loopback port (unless --redis-url is given), converts
-the model once, then one gateway and --workers workers as child processes running the same CLI.
-Ctrl-C or SIGTERM stops everything it started: children get SIGTERM (a graceful drain), then
-SIGKILL after their grace period, and the Redis server last. No process is left behind.
+the model once, then --workers workers and one gateway as child processes running the same CLI.
+
+Stopping (Ctrl-C or SIGTERM) goes in the order that lets open streams finish: the gateway first
+(it stops accepting and drains its streams, which still need workers and Redis), then the workers
+(they drain what is left), then Redis. Each step waits for its process's grace period and then
+SIGKILLs it; a second Ctrl-C skips the waiting. Children run in a session of their own, so the
+terminal's Ctrl-C reaches only this process and the order holds; and each has a death signal, so
+a `kill -9` of this process takes every child down with it at once.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -23,6 +29,9 @@ from genfleet.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, die_with
 __all__ = ["serve", "child_argv"]
 
 log = logging.getLogger("genfleet.serve")
+
+# Seconds past a child's own grace period before it is killed: time to close up after its drain.
+_EXIT_MARGIN = 5.0
 
 
 def child_argv(role: str, config: FleetConfig | GatewayConfig | WorkerConfig, fleet: FleetConfig) -> list[str]:
@@ -35,6 +44,10 @@ def child_argv(role: str, config: FleetConfig | GatewayConfig | WorkerConfig, fl
                 continue
             argv += ["--" + f.name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
     return argv
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True)
 
 
 def serve(config: ServeConfig) -> int:
@@ -59,47 +72,53 @@ def serve(config: ServeConfig) -> int:
 
     gateway = replace(config.gateway, fleet=fleet)
     worker = replace(config.worker, fleet=fleet)
-    children: list[subprocess.Popen[bytes]] = []
-    stop_requested = False
+    workers: list[subprocess.Popen[bytes]] = []
+    gateways: list[subprocess.Popen[bytes]] = []
+    stop = threading.Event()  # the first signal: stop in order
+    hurry = threading.Event()  # a second signal: stop now
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
+        if stop.is_set():
+            log.warning("second %s: killing the fleet now", signal.Signals(signum).name)
+            hurry.set()
+        else:
+            log.info("%s: stopping the gateway, then the workers, then Redis", signal.Signals(signum).name)
+        stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(config.workers):
             wid = f"{worker.worker_id}-{i}" if worker.worker_id else None
-            children.append(subprocess.Popen(child_argv("worker", replace(worker, worker_id=wid), fleet), preexec_fn=die_with_parent))
-        children.append(subprocess.Popen(child_argv("gateway", gateway, fleet), preexec_fn=die_with_parent))
+            workers.append(_spawn(child_argv("worker", replace(worker, worker_id=wid), fleet)))
+        gateways.append(_spawn(child_argv("gateway", gateway, fleet)))
         log.info("gateway on http://%s:%d, %d worker(s)", gateway.hostname, gateway.port, config.workers)
-        while not stop_requested:
-            for child in children:
-                code = child.poll()
-                if code is not None:
-                    log.error("child %s exited with %s; stopping the fleet", child.args[3], code)  # type: ignore[index]
-                    stop_requested = True
-                    break
-            time.sleep(0.2)
+        while not stop.wait(0.2):
+            exited = next((c for c in workers + gateways if c.poll() is not None), None)
+            if exited is not None:
+                log.error("child %s exited with %s; stopping the fleet", exited.args[3], exited.returncode)  # type: ignore[index]
+                stop.set()
     finally:
-        grace = max(gateway.graceful_termination_timeout, worker.graceful_termination_timeout)
-        _stop_children(children, min(grace, 30.0))
+        _stop_group(gateways, gateway.graceful_termination_timeout + _EXIT_MARGIN, hurry)
+        _stop_group(workers, worker.graceful_termination_timeout + _EXIT_MARGIN, hurry)
         if redis_server is not None:
             redis_server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    failed = [c.returncode for c in children if c.returncode not in (0, -signal.SIGTERM)]
+    failed = [c.returncode for c in workers + gateways if c.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed else 0
 
 
-def _stop_children(children: list[subprocess.Popen[bytes]], grace: float) -> None:
+def _stop_group(children: list[subprocess.Popen[bytes]], grace: float, hurry: threading.Event) -> None:
+    """SIGTERM (a graceful drain), wait up to `grace` seconds or until `hurry`, then SIGKILL."""
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(c.poll() is None for c in children):
+        if hurry.wait(0.1):
+            break
     for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if child.poll() is None:
+            log.warning("%s did not stop within %.0fs; killing it", child.args[3], grace)  # type: ignore[index]
             child.kill()
-            child.wait()
+        child.wait()

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from genfleet.embedded_redis import free_port
+from tests.integration.fleet import wait_healthy
 
 
 def _descendants(pid: int) -> set[int]:
@@ -46,15 +47,7 @@ def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) ->
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "serve exited early"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}", [proc], timeout=180)
         r = httpx.post(f"http://127.0.0.1:{port}/generate", timeout=60,
                        json={"inputs": "The capital of France is", "parameters": {"max_new_tokens": 3}})
         assert r.status_code == 200 and "Paris" in r.json()["generated_text"]
