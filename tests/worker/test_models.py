@@ -92,6 +92,24 @@ def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
         read_config(tmp_path)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_config_without_architectures_goes_by_model_type(tmp_path: Path, family: str) -> None:
+    config_cls, model_cls, extra = FAMILIES[family]
+    config = config_cls(**{**_COMMON, **extra})
+    config.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.pop("architectures", None)  # valid for transformers, which goes by model_type
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    cls, cfg = read_config(tmp_path)
+    assert cls.__name__ == model_cls.__name__ and cfg.architecture == model_cls.__name__
+
+
+def test_a_config_with_neither_names_its_model_type(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(UnsupportedModel, match="model_type 'gpt2'"):
+        read_config(tmp_path)
+
+
 def test_mistral_sliding_window_caps_the_sequence_length(tmp_path: Path) -> None:
     config = transformers.MistralConfig(**{**_COMMON, "sliding_window": 64})
     transformers.MistralForCausalLM(config).save_pretrained(tmp_path)

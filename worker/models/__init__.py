@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from worker.models.causal_lm import CausalLM
-from worker.models.config import ModelConfig, UnsupportedModel
+from worker.models.config import ModelConfig, UnsupportedModel, architecture_of
 from worker.models.llama import LlamaForCausalLM
 from worker.models.mistral import MistralForCausalLM
 from worker.models.phi3 import Phi3ForCausalLM
@@ -26,12 +26,12 @@ MODEL_REGISTRY: dict[str, type[CausalLM]] = {
 
 def read_config(model_dir: Path) -> tuple[type[CausalLM], ModelConfig]:
     raw = json.loads((model_dir / "config.json").read_text())
-    archs = raw.get("architectures") or []
-    arch = archs[0] if archs else ""
+    arch = architecture_of(raw)
     cls = MODEL_REGISTRY.get(arch)
     if cls is None:
         supported = ", ".join(sorted(MODEL_REGISTRY))
-        raise UnsupportedModel(f"architecture {arch or '(none)'!r} is not supported; supported: {supported}")
+        named = repr(arch) if arch else f"(none named; model_type {raw.get('model_type')!r})"
+        raise UnsupportedModel(f"architecture {named} is not supported; supported: {supported}")
     return cls, ModelConfig.from_dict(raw, **cls.family(raw))  # type: ignore[attr-defined]
 
 

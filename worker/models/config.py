@@ -7,7 +7,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelConfig", "UnsupportedModel"]
+__all__ = ["ModelConfig", "UnsupportedModel", "architecture_of"]
+
+# transformers goes by `model_type` when config.json names no `architectures` (a valid config).
+_ARCHITECTURE_OF_MODEL_TYPE = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+}
+
+
+def architecture_of(raw: dict[str, Any]) -> str:
+    """The HF architecture name: `architectures[0]`, else the one `model_type` stands for ("" if none)."""
+    archs = raw.get("architectures") or []
+    if archs:
+        return str(archs[0])
+    return _ARCHITECTURE_OF_MODEL_TYPE.get(str(raw.get("model_type", "")), "")
 
 
 class UnsupportedModel(ValueError):
@@ -43,7 +60,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], **family: Any) -> ModelConfig:
-        archs = raw.get("architectures") or []
+        arch = architecture_of(raw)
         heads = int(raw["num_attention_heads"])
         hidden = int(raw["hidden_size"])
         # transformers v5 moved rope settings into `rope_parameters`; older configs use
@@ -55,11 +72,11 @@ class ModelConfig:
             scaling = None
         partial = float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)))
         if partial != 1.0:
-            raise UnsupportedModel(f"{archs[0] if archs else 'model'}: partial rotary ({partial}) is not supported")
+            raise UnsupportedModel(f"{arch or 'model'}: partial rotary ({partial}) is not supported")
         eos = raw.get("eos_token_id")
         eos_ids = frozenset(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
         return cls(
-            architecture=archs[0] if archs else "",
+            architecture=arch,
             vocab_size=int(raw["vocab_size"]),
             hidden_size=hidden,
             intermediate_size=int(raw["intermediate_size"]),
