@@ -24,8 +24,9 @@ from common.config import (
     settings_of,
 )
 from common.env import EnvSnapshot, env_names
+from common.tgi_env import ignored_tgi_variables
 
-__all__ = ["main", "build_parser", "ROLE_CLASSES", "parse_configs"]
+__all__ = ["main", "build_parser", "ROLE_CLASSES", "parse_configs", "check_tgi_env"]
 
 # Which config classes feed each subcommand's flags.
 ROLE_CLASSES: dict[str, tuple[type, ...]] = {
@@ -106,6 +107,9 @@ def _values_for(cls: type, args: argparse.Namespace, env: EnvSnapshot) -> dict[s
             values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise ConfigError(f"environment variable {name}={raw!r}: {exc}") from exc
+        choices = f.metadata["choices"]
+        if choices and values[f.name] not in choices:
+            raise ConfigError(f"environment variable {name}={raw!r}: expected one of {', '.join(choices)}")
     return values
 
 
@@ -123,9 +127,24 @@ def parse_configs(argv: Sequence[str] | None = None, environ: dict[str, str] | N
     return "serve", ServeConfig(gateway=gateway, worker=worker, **_values_for(ServeConfig, args, env))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def check_tgi_env(environ: dict[str, str]) -> None:
+    """Report the TGI launcher variables set here that genfleet ignores (common/tgi_env.py):
+    a warning each, and a ConfigError naming every one whose absence would change results."""
+    ignored = ignored_tgi_variables(environ)
+    for item in ignored:
+        if not item.is_error:
+            print(f"genfleet: warning: TGI setting {item.describe()} is not implemented and is ignored", file=sys.stderr)
+    errors = [f"\n  {item.describe()}" for item in ignored if item.is_error]
+    if errors:
+        raise ConfigError("TGI settings that genfleet does not implement, and ignoring them would change "
+                          "results:" + "".join(errors) + "\nUnset them to start.")
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    env = EnvSnapshot.capture(environ)
     try:
-        role, config = parse_configs(argv)
+        role, config = parse_configs(argv, dict(env.values))
+        check_tgi_env(dict(env.values))
     except ConfigError as exc:
         print(f"genfleet: error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from common.config import FleetConfig, GatewayConfig, ServeConfig, WorkerConfig, settings_of
 from common.model_source import ModelNotFound, resolve_model
+from common.tgi_env import ignored_tgi_variables
 from genfleet.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, die_with_parent
 
 __all__ = ["serve", "child_argv"]
@@ -47,7 +48,10 @@ def child_argv(role: str, config: FleetConfig | GatewayConfig | WorkerConfig, fl
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True)
+    # TGI variables genfleet ignores were reported once, here; the children need not repeat it.
+    ignored = {item.variable.name for item in ignored_tgi_variables(os.environ)}
+    env = {k: v for k, v in os.environ.items() if k not in ignored}
+    return subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True, env=env)
 
 
 def serve(config: ServeConfig) -> int:
