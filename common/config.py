@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "QUANTIZE_METHODS",
     "FleetConfig",
     "GatewayConfig",
     "WorkerConfig",
@@ -25,6 +26,11 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# TGI's `--quantize` names. Which of them this build implements is worker/quant's registry.
+QUANTIZE_METHODS = (
+    "awq", "gptq", "marlin", "compressed-tensors", "fp8", "eetq",
+    "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "exl2",
+)
 
 
 class ConfigError(ValueError):
@@ -132,6 +138,10 @@ class WorkerConfig:
     block_size: int = setting(16, "Tokens per KV block")
     prefix_caching: bool = setting(True, "Reuse KV blocks of shared prompt prefixes", tgi=True)
     cuda_memory_fraction: float = setting(1.0, "Share of free GPU memory the worker may use", tgi=True)
+    quantize: str | None = setting(
+        None, "Quantization method (default: the checkpoint's quantization_config, else none)", tgi=True,
+        choices=QUANTIZE_METHODS,
+    )
     cuda_graphs: str = setting("1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs; 0 = off", tgi=True)
     overlap_scheduling: bool = setting(
         True, "Schedule and launch the next step while the device runs the current one (CUDA)"
@@ -152,6 +162,12 @@ class WorkerConfig:
             raise ConfigError("--cuda-memory-fraction must be in (0, 1]")
         if self.max_batch_total_tokens is not None and self.max_batch_total_tokens < self.block_size:
             raise ConfigError("--max-batch-total-tokens must hold at least one block")
+        if self.quantize == "exl2":
+            # As in vLLM and SGLang: exllamav2's kernels are CUDA-only builds with a layout of their own.
+            raise ConfigError(
+                "--quantize exl2 is not supported: serve a GPTQ, AWQ or compressed-tensors export of the model "
+                "(--quantize gptq|awq|compressed-tensors), or quantize on load with --quantize fp8"
+            )
 
     @property
     def cuda_graph_sizes(self) -> tuple[int, ...]:

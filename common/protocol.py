@@ -135,6 +135,7 @@ class WorkerInfo(msgspec.Struct, array_like=True, frozen=True, tag="worker"):
     draining: bool = False  # SIGTERM received: takes no new work
     metrics_port: int = 0  # its own Prometheus listener, 0 = none
     device: str = "cpu"
+    quantize: str | None = None  # --quantize method serving the model (TGI's names), None = dense
 
 
 class GatewayInfo(msgspec.Struct, array_like=True, frozen=True, tag="gateway"):

@@ -4,6 +4,12 @@ Layouts shared with the Triton kernels:
 - KV cache per layer: (num_blocks, block_size, n_kv, D); a slot is block_id * block_size + offset.
 - Varlen batches: the new tokens of all sequences concatenated, (T, ...); sequence i owns rows
   query_start_loc[i]:query_start_loc[i+1], which are its last positions among seq_lens[i].
+- Integer weight-only linears (W4A16 / W8A16; every 4-bit checkpoint format is repacked into it):
+  `qweight` int32 (N, K / P) with P = 32 // bits: row n packs input channels j*P .. j*P + P-1 of
+  word j, channel j*P + i at bits [i*bits, (i+1)*bits), unsigned; `scales` and `zeros` (N, NG),
+  NG = ceil(K / G), in the scales' dtype, the zeros holding integers; weight
+  W[n, k] = (q[n, k] - zeros[n, k // G]) * scales[n, k // G]. An act-order checkpoint's channels
+  are stored sorted by group; `perm` (K,) says which input column each stored channel reads.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ __all__ = [
     "rotary_embedding",
     "build_cos_sin_cache",
     "silu_and_mul",
+    "pack_int32",
+    "unpack_int32",
+    "dequantize_int_weight",
+    "int_weight_linear",
 ]
 
 
@@ -196,3 +206,47 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # (T, 2I) -> (T, I)
     gate, up = x.chunk(2, dim=-1)
     return (F.silu(gate.float()) * up.float()).to(x.dtype)
+
+
+def pack_int32(values: torch.Tensor, bits: int) -> torch.Tensor:  # (..., W * P) -> (..., W) int32
+    """Pack unsigned `bits`-bit integers along the last dim, value i of each word at bits i*bits."""
+    per = 32 // bits
+    v = values.to(torch.int64).reshape(*values.shape[:-1], -1, per)  # (..., W, P)
+    shifts = torch.arange(per, dtype=torch.int64, device=values.device) * bits
+    word = (v << shifts).sum(-1)  # (..., W) in [0, 2**32)
+    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+
+
+def unpack_int32(packed: torch.Tensor, bits: int) -> torch.Tensor:  # (..., W) int32 -> (..., W * P) int32
+    per = 32 // bits
+    shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
+    values = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # (..., W, P); the mask undoes sign fill
+    return values.reshape(*packed.shape[:-1], -1)
+
+
+def dequantize_int_weight(
+    qweight: torch.Tensor,  # (N, K / P) int32
+    scales: torch.Tensor,  # (N, NG)
+    zeros: torch.Tensor,  # (N, NG), integer values
+    group_size: int,
+    bits: int,
+) -> torch.Tensor:  # (N, K) float32, channels in stored order
+    q = unpack_int32(qweight, bits)  # (N, K)
+    group = torch.arange(q.shape[1], device=q.device) // group_size  # (K,)
+    return (q.float() - zeros.float()[:, group]) * scales.float()[:, group]
+
+
+def int_weight_linear(
+    x: torch.Tensor,  # (T, K)
+    qweight: torch.Tensor,  # (N, K / P) int32
+    scales: torch.Tensor,  # (N, NG)
+    zeros: torch.Tensor,  # (N, NG)
+    group_size: int,
+    bits: int,
+    perm: torch.Tensor | None = None,  # (K,) int64: stored channel i reads x[:, perm[i]]
+    bias: torch.Tensor | None = None,  # (N,)
+) -> torch.Tensor:  # (T, N) in x's dtype
+    if perm is not None:
+        x = x[:, perm]
+    weight = dequantize_int_weight(qweight, scales, zeros, group_size, bits)  # (N, K)
+    return F.linear(x.float(), weight, None if bias is None else bias.float()).to(x.dtype)

@@ -24,6 +24,8 @@ from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
 from worker.models import CausalLM, read_config
+from worker.quant import read_checkpoint_quantization, select_method
+from worker.quant.summary import log_weights, randomize
 from worker.weights import load_weights
 
 __all__ = ["ModelRunner", "PendingStep", "resolve_device", "resolve_dtype"]
@@ -70,14 +72,22 @@ class ModelRunner:
         self.kernels = ops.use_device(self.device)
         cls, cfg = read_config(model_dir)
         self.model_config = cfg
+        # The quantization method: --quantize, else the checkpoint's own (None: dense).
+        self.quant = select_method(config.quantize, read_checkpoint_quantization(model_dir), random_weights=not load)
         with torch.device(self.device):
             model: CausalLM = cls(cfg)
         if load:
-            load_weights(model, model_dir, self.dtype, self.device)
+            load_weights(model, model_dir, self.dtype, self.device, self.quant)
         else:  # random weights of the real shape (benchmarks)
             model.to(dtype=self.dtype)
             model.cos_sin_cache.data = model.cos_sin_cache.float()
+            if self.quant is not None:
+                randomize(model, self.quant, self.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the dense linears that quantized ones replaced
         self.model = model.eval().requires_grad_(False)
+        self.quantize = self.quant.name if self.quant is not None else None
+        self._freed_bytes = log_weights(self.model, self.quant, self.dtype)
         self.eos_token_ids = cfg.eos_token_ids
         self.max_model_len = min(cfg.max_position_embeddings, cfg.sliding_window or cfg.max_position_embeddings)
         self.vocab_size = cfg.vocab_size
@@ -108,6 +118,10 @@ class ModelRunner:
             "KV pool: %d blocks x %d tokens = %d tokens, %.2f GiB, allocated in %.2fs",
             num_blocks, self.block_size, kv.capacity_tokens, num_blocks * per_block / 2**30, time.monotonic() - started,
         )
+        if self.quant is not None and self.device.type == "cuda" and self.config.max_batch_total_tokens is None:
+            bought = KVCache.blocks_for_gpu(self._freed_bytes, per_block, 1.0) * self.block_size
+            log.info("quantization %s: the %.2f GiB its weights saved hold ~%d of these KV tokens",
+                     self.quant.name, self._freed_bytes / 2**30, min(bought, kv.capacity_tokens))
         return kv
 
     def _profile_gpu_blocks(self, per_block: int) -> int:

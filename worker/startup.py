@@ -20,8 +20,10 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int]:
-    """Returns (engine, tokenizer, device description, max_total_tokens)."""
+def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int, str | None]:
+    """Returns (engine, tokenizer, device description, max_total_tokens, quantization method or None).
+
+    A quantization setting the worker cannot serve raises worker.quant.QuantizationError."""
     fleet = config.fleet
     model_dir = resolve_model(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
     tokenizer = load_tokenizer(str(model_dir))
@@ -29,7 +31,7 @@ def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int]:
         from worker.synthetic import SyntheticEngine
 
         engine = SyntheticEngine(config, vocab_size=len(tokenizer))
-        return engine, tokenizer, "synthetic", fleet.max_total_tokens or 8192
+        return engine, tokenizer, "synthetic", fleet.max_total_tokens or 8192, None
 
     from worker.engine import LLMEngine
     from worker.model_runner import ModelRunner
@@ -51,4 +53,4 @@ def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int]:
         time.monotonic() - started,
         capacity, runner.num_blocks, runner.block_size,
     )
-    return engine, tokenizer, f"{runner.device}", max_total
+    return engine, tokenizer, f"{runner.device}", max_total, runner.quantize

@@ -1,4 +1,9 @@
-"""safetensors -> our modules: HF names mapped onto fused qkv_proj / gate_up_proj, mmap'd shards."""
+"""safetensors -> our modules: HF names mapped onto fused qkv_proj / gate_up_proj, mmap'd shards.
+
+With a quantization method, each decoder linear's checkpoint tensors (its `tensor_names`) are
+gathered per source module in shard order and handed to the method, whose module replaces the
+dense linear once the rest of the model is on its device and dtype.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ import torch
 from safetensors import safe_open
 
 from worker.models import CausalLM
+from worker.quant import QuantizationError, QuantMethod, quantizable_linears, replace_module
 
 __all__ = ["load_weights"]
 
 
-def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: torch.device) -> None:
+def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: torch.device,
+                 method: QuantMethod | None = None) -> None:
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {model_dir}")
@@ -23,6 +30,9 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         "qkv_proj": [(0, q), (q, kv), (q + kv, kv)],
         "gate_up_proj": [(0, cfg.intermediate_size), (cfg.intermediate_size, cfg.intermediate_size)],
     }
+    linears = quantizable_linears(model) if method is not None else {}
+    # module path -> per shard, its quantized tensors by suffix
+    gathered: dict[str, list[dict[str, torch.Tensor]]] = {}
     loaded: set[str] = set()
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -32,6 +42,12 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                 if hf_name == "lm_head.weight" and model.lm_head is None:
                     continue  # tied: the embedding serves as the head
                 name, shard = model.hf_to_param(hf_name)
+                module, _, suffix = name.rpartition(".")
+                if method is not None and module in linears and suffix in method.tensor_names:
+                    fused = module.rsplit(".", 1)[-1]
+                    shards = gathered.setdefault(module, [{} for _ in shard_offsets.get(fused, [None])])
+                    shards[shard or 0][suffix] = f.get_tensor(hf_name)
+                    continue
                 param = params.get(name)
                 if param is None:
                     raise KeyError(f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}")
@@ -44,8 +60,23 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                         start, size = shard_offsets[fused][shard]
                         param[start : start + size].copy_(tensor)
                 loaded.add(name)
+    loaded |= {f"{module}.weight" for module in gathered}  # replaced below
     missing = set(params) - loaded
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
     model.to(device=device, dtype=dtype)
     model.cos_sin_cache.data = model.cos_sin_cache.float()  # rotary tables stay float32
+    for module, shards in gathered.items():
+        if any(not s for s in shards):
+            raise QuantizationError(f"checkpoint lacks a shard of {module} ({len(shards)} expected)")
+        dense = linears[module]
+        try:
+            built = method.build(shards, dense.bias, dtype, device)  # type: ignore[union-attr]
+        except (KeyError, ValueError) as exc:
+            raise QuantizationError(f"{module}: {exc!s}") from exc
+        if (built.in_features, built.out_features) != (dense.in_features, dense.out_features):
+            raise QuantizationError(
+                f"{module}: the checkpoint's quantized weight is {built.in_features}x{built.out_features}, "
+                f"the model expects {dense.in_features}x{dense.out_features}"
+            )
+        replace_module(model, module, built)

@@ -13,6 +13,7 @@ import queue
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -46,7 +47,7 @@ class _Snapshot:
 
 class Worker:
     def __init__(self, config: WorkerConfig, engine: Any, tokenizer: Any, *, device: str = "cpu",
-                 max_total_tokens: int = 0, metrics: Any = None) -> None:
+                 max_total_tokens: int = 0, metrics: Any = None, quantize: str | None = None) -> None:
         self.config = config
         fleet = config.fleet
         self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -55,6 +56,7 @@ class Worker:
         self.engine = engine
         self.metrics = metrics  # worker/metrics.py WorkerMetrics, or None
         self.device = device
+        self.quantize = quantize  # the quantization method serving the model, None = dense
         self.max_total_tokens = max_total_tokens
         self.redis = redis.Redis.from_url(
             fleet.effective_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=10
@@ -292,6 +294,7 @@ class Worker:
             draining=self._draining.is_set(),
             metrics_port=self.config.metrics_port,
             device=self.device,
+            quantize=self.quantize,
         )
         ttl_ms = int(self.config.fleet.heartbeat_ttl * 1000)
         self._safe(lambda: self.redis.set(self.keys.worker_heartbeat(self.worker_id), encode(info), px=ttl_ms))
@@ -320,9 +323,16 @@ def run_worker(config: WorkerConfig) -> int:
     from common.log import setup_logging
     from worker.metrics import WorkerMetrics, start_metrics_server
 
+    from worker.quant import QuantizationError
+
     setup_logging(config.fleet.json_output, config.fleet.log_level, "worker")
-    engine, tokenizer, device, max_total = build_engine(config)
-    worker = Worker(config, engine, tokenizer, device=device, max_total_tokens=max_total)
+    try:
+        engine, tokenizer, device, max_total, quantize = build_engine(config)
+    except QuantizationError as exc:  # a setting error: the message, not a traceback
+        log.error("%s", exc)
+        print(f"genfleet worker: error: {exc}", file=sys.stderr)
+        return 2
+    worker = Worker(config, engine, tokenizer, device=device, max_total_tokens=max_total, quantize=quantize)
     worker.metrics = WorkerMetrics(worker.worker_id, worker.model, device)
     server = start_metrics_server(config.metrics_port, worker.metrics) if config.metrics_port else None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -53,6 +53,8 @@ def test_control_and_heartbeat_round_trip() -> None:
     assert decode_control(encode(Cancel("r", -1))) == Cancel("r", -1)
     info = WorkerInfo("w", "m", 1, 2, 300, 400, 512, 8, 1.0, 2.0)
     assert decode_worker_info(encode(info)) == info
+    quantized = WorkerInfo("w", "m", 1, 2, 300, 400, 512, 8, 1.0, 2.0, device="cuda", quantize="awq")
+    assert decode_worker_info(encode(quantized)).quantize == "awq"
 
 
 def test_other_schema_version_is_refused() -> None:

@@ -50,6 +50,7 @@ def test_info_has_tgi_and_fleet_fields(gateway: GatewayServer, worker: ScriptedW
     assert info["model_id"] == DEFAULT_MODEL_ID
     assert info["max_input_tokens"] == 200 and info["max_total_tokens"] == 512
     assert info["live_workers"] == 1
+    assert info["quantize"] is None and info["workers"][0]["quantize"] is None  # a dense worker
     assert info["workers"][0]["worker_id"] == worker.worker_id
     assert info["workers"][0]["capacity_tokens"] == worker.capacity_tokens
 

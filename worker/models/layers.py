@@ -12,8 +12,11 @@ from worker.models.config import ModelConfig
 __all__ = ["RMSNorm", "SelfAttention", "GatedMLP", "DecoderLayer"]
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    # One-row decoder layers run inside the decode CUDA graphs: chosen by GPU time alone.
+def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    # A quantized linear (worker/quant) is its own module; a dense one goes through ops.linear,
+    # where one-row decoder layers run inside the decode CUDA graphs: chosen by GPU time alone.
+    if type(layer) is not nn.Linear:
+        return layer(x)  # type: ignore[no-any-return]
     return ops.linear(x, layer.weight, layer.bias, graphed=True)
 
 

@@ -1,0 +1,98 @@
+"""Quantized checkpoints built from a dense one, and the served greedy tokens against transformers.
+
+`write_checkpoint` quantizes every decoder linear of a dense HF directory with the tests' own
+quantizer, packs it with a format's packer (written from that format's specification), and writes
+two directories: the quantized checkpoint, and a dense float32 one holding exactly the
+dequantized weights, which transformers runs as the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from common.sampling_params import SamplingParams
+from tests.worker.quant.rtn import Quantized
+from tests.worker.test_engine_model import _argmax_continuation, _engine, _run
+
+LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+
+Packer = Callable[[Quantized], dict[str, torch.Tensor]]
+
+
+def write_checkpoint(src: Path, root: Path, quantize: Callable[[torch.Tensor], Quantized], pack: Packer,
+                     quantization_config: dict[str, Any], *, config_file: str = "config.json") -> tuple[Path, Path]:
+    """Returns (quantized checkpoint dir, dequantized float32 reference dir)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(src.glob("*.safetensors")):
+        state.update(load_file(path))
+    packed: dict[str, torch.Tensor] = {}
+    dense: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if LINEAR.match(name):
+            quantized = quantize(tensor.float())
+            prefix = name[: -len(".weight")]
+            packed.update({f"{prefix}.{k}": v.contiguous() for k, v in pack(quantized).items()})
+            dense[name] = quantized.dequantized()
+        else:
+            packed[name] = tensor
+            dense[name] = tensor.float()
+    out, ref = root / "quantized", root / "reference"
+    for d in (out, ref):
+        d.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file() and f.suffix != ".safetensors":
+                shutil.copy(f, d / f.name)
+    save_file(packed, out / "model.safetensors")
+    save_file(dense, ref / "model.safetensors")
+    if config_file == "config.json":
+        config = json.loads((out / "config.json").read_text())
+        config["quantization_config"] = quantization_config
+        (out / "config.json").write_text(json.dumps(config))
+    else:
+        (out / config_file).write_text(json.dumps(quantization_config))
+    return out, ref
+
+
+def tiny_model(root: Path, family: str = "llama", **overrides: Any) -> Path:
+    """A random two-layer model of a family, with weights large enough that errors would show."""
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[family]
+    settings = dict(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**{**settings, **overrides})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = root / f"dense-{family}"
+    model.save_pretrained(path)
+    return path
+
+
+def random_prompts(n: int, vocab: int, seed: int = 1) -> dict[str, list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"p{i}": torch.randint(3, vocab, (int(torch.randint(4, 24, (1,), generator=g)),), generator=g).tolist()
+            for i in range(n)}
+
+
+def assert_served_greedy_equals_transformers(checkpoint: Path, reference: Path, prompts: dict[str, list[int]],
+                                             new: int = 16, **worker: Any) -> None:
+    engine = _engine(checkpoint, **worker)
+    assert engine.runner.quant is not None, "the checkpoint did not load as quantized"
+    got = _run(engine, prompts, SamplingParams(max_new_tokens=new, ignore_eos=True))
+    model = transformers.AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
+    for rid, ids in prompts.items():
+        assert got[rid] == _argmax_continuation(model, ids, new), rid
