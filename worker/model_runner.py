@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from common.config import WorkerConfig
+from common.context_length import context_length
 from worker import ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
@@ -89,7 +90,7 @@ class ModelRunner:
         self.quantize = self.quant.name if self.quant is not None else None
         self._freed_bytes = log_weights(self.model, self.quant, self.dtype)
         self.eos_token_ids = cfg.eos_token_ids
-        self.max_model_len = min(cfg.max_position_embeddings, cfg.sliding_window or cfg.max_position_embeddings)
+        self.max_model_len = context_length(model_dir)
         self.vocab_size = cfg.vocab_size
         self.attention = PagedAttentionBackend()
         self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from common.config import WorkerConfig
+from common.context_length import context_length, max_total_tokens
 from common.model_source import resolve_model
 
 __all__ = ["build_engine", "load_tokenizer"]
@@ -31,14 +32,15 @@ def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int, str | None]:
         from worker.synthetic import SyntheticEngine
 
         engine = SyntheticEngine(config, vocab_size=len(tokenizer))
-        return engine, tokenizer, "synthetic", fleet.max_total_tokens or 8192, None
+        max_total = max_total_tokens(context_length(model_dir), fleet.max_total_tokens)
+        return engine, tokenizer, "synthetic", max_total, None
 
     from worker.engine import LLMEngine
     from worker.model_runner import ModelRunner
 
     started = time.monotonic()
     runner = ModelRunner(config, model_dir, load=not config.random_weights)
-    max_total = min(fleet.max_total_tokens or runner.max_model_len, runner.max_model_len)
+    max_total = max_total_tokens(runner.max_model_len, fleet.max_total_tokens)
     engine = LLMEngine(
         config,
         runner,

@@ -110,3 +110,17 @@ def test_gateway_tokenizer_works_where_torch_is_absent(default_model_dir) -> Non
         "assert 'Hello' in t.apply_chat_template([{'role': 'user', 'content': 'Hello'}])\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_gateway_validates_against_the_workers_limit(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    # The gateway's own limit is 512 (harness); a worker that serves 300 lowers it from its heartbeat.
+    worker.max_total_tokens = 300
+    worker.heartbeat()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{gateway.url}/info").json()["max_total_tokens"] != 300:
+        assert time.monotonic() < deadline, "the gateway never read the worker's max_total_tokens"
+        time.sleep(0.05)
+    assert httpx.get(f"{gateway.url}/info").json()["max_input_tokens"] == 200  # already below 299
+    r = httpx.post(f"{gateway.url}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 300}}, timeout=10)
+    assert r.status_code == 422 and "must be <= 300" in r.json()["error"]
+    assert not worker.received

@@ -50,9 +50,6 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False
-    # Attention span of sliding-window models; the runner caps sequence length to it, where
-    # full attention is still exact.
-    sliding_window: int | None = None
 
     @classmethod
     def from_dir(cls, model_dir: Path, **family: Any) -> ModelConfig:

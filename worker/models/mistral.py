@@ -1,4 +1,4 @@
-"""MistralForCausalLM: Llama's layout; a sliding window caps the served sequence length."""
+"""MistralForCausalLM: Llama's layout (its sliding window caps the context: common/context_length.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,4 @@ __all__ = ["MistralForCausalLM"]
 class MistralForCausalLM(LlamaForCausalLM):
     @staticmethod
     def family(raw: dict[str, Any]) -> dict[str, Any]:
-        # Within the window, sliding attention equals full attention: serve up to its length.
-        window = raw.get("sliding_window")
-        return {"qkv_bias": False, "o_bias": False, "sliding_window": int(window) if window else None}
+        return {"qkv_bias": False, "o_bias": False}
