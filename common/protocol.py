@@ -43,7 +43,7 @@ __all__ = [
     "decode_gateway_info",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: SamplingParams.min_tokens
 
 
 class ProtocolError(ValueError):

@@ -28,6 +28,7 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     logprobs: bool = True  # compute the chosen token's logprob (cheap; TGI always returns it)
     prefill_logprobs: bool = False  # decoder_input_details: logprobs of the prompt tokens
     ignore_eos: bool = False  # keep generating past EOS (benchmarks)
+    min_tokens: int = 0  # EOS is not sampled before this many output tokens (vLLM's min_tokens)
     skip_special_tokens: bool = True  # decoded text leaves special tokens out
 
     def is_greedy(self) -> bool:

@@ -97,6 +97,10 @@ class ChatRequest:
     top_p: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    top_k: int | None = None  # vLLM's extra: -1 or 0 = off
+    repetition_penalty: float | None = None  # vLLM's extra (and TGI's)
+    min_tokens: int = 0  # vLLM's extra: EOS is not sampled before this many tokens
+    ignore_eos: bool = False  # vLLM's extra: generate past EOS up to max_tokens
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
@@ -115,7 +119,10 @@ class CompletionRequest:
     top_p: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    repetition_penalty: float | None = None
+    top_k: int | None = None  # vLLM's extra: -1 or 0 = off
+    repetition_penalty: float | None = None  # vLLM's extra (and TGI's)
+    min_tokens: int = 0  # vLLM's extra: EOS is not sampled before this many tokens
+    ignore_eos: bool = False  # vLLM's extra: generate past EOS up to max_tokens
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1

@@ -38,6 +38,7 @@ class GenerateParameters:
     grammar: Any = None
     adapter_id: str | None = None
     ignore_eos: bool = False  # genfleet extension for benchmarks
+    min_tokens: int = 0  # vLLM's extra on the OpenAI routes: EOS is not sampled before this many tokens
 
     @property
     def samples(self) -> bool:

@@ -3,6 +3,8 @@
 Mapping follows TGI where OpenAI clients work with it (temperature 0 = greedy, max_tokens ->
 max_new_tokens, top_logprobs -> top_n_tokens) and OpenAI where TGI breaks them: top_p=1.0 is
 accepted, `n` fans out, `stop` may be a string, presence_penalty keeps OpenAI's meaning.
+The extras vLLM users send are taken as vLLM reads them: `top_k` (-1 or 0 = off),
+`repetition_penalty`, `min_tokens` and `ignore_eos`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bo
         raise ValidationError("`stream_options` must be an object")
     include_usage = bool((options or {}).get("include_usage", False))
     greedy = temperature is not None and temperature == 0
+    top_k = _get(body, "top_k", int, "an integer")
+    if top_k is not None and top_k < -1:
+        raise ValidationError(f"`top_k` must be -1 (off) or a positive integer. Given: {top_k}")
+    min_tokens = _get(body, "min_tokens", int, "an integer") or 0
+    if min_tokens < 0:
+        raise ValidationError(f"`min_tokens` must be greater than or equal to 0. Given: {min_tokens}")
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise ValidationError(f"`min_tokens` must be less than or equal to `max_tokens`={max_tokens}. Given: {min_tokens}")
     if top_p is not None and top_p >= 1.0:
         top_p = None  # OpenAI's default value; TGI rejects it, its clients send it
     params = GenerateParameters(
@@ -82,6 +92,9 @@ def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bo
         frequency_penalty=_get(body, "frequency_penalty", (int, float), "a number"),
         presence_penalty=_get(body, "presence_penalty", (int, float), "a number"),
         repetition_penalty=_get(body, "repetition_penalty", (int, float), "a number"),
+        top_k=top_k if top_k is not None and top_k > 0 else None,
+        min_tokens=min_tokens,
+        ignore_eos=_get(body, "ignore_eos", bool, "a boolean") or False,
         seed=_get(body, "seed", int, "an integer"),
         max_new_tokens=max_tokens,
         stop=tuple(stop or ()),

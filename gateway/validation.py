@@ -78,6 +78,8 @@ def validate(
             f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
             f"Given: {input_len} `inputs` tokens and {max_new} `max_new_tokens`"
         )
+    if p.min_tokens > max_new:
+        raise ValidationError(f"`min_tokens` must be less than or equal to `max_new_tokens`={max_new}. Given: {p.min_tokens}")
     if input_len > limits.max_input_tokens:
         raise ValidationError(f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {input_len}")
     if capacity_tokens is not None and input_len + max_new > capacity_tokens:
@@ -104,6 +106,7 @@ def validate(
         top_n_tokens=top_n,
         prefill_logprobs=p.decoder_input_details,
         ignore_eos=p.ignore_eos,
+        min_tokens=p.min_tokens,
     )
     return Validated(
         input_ids=input_ids,

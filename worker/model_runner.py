@@ -158,7 +158,7 @@ class ModelRunner:
         self._fill_placeholders(batch, inputs, previous)
         # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
         sampled = [batch.requests[i] for i in inputs.sample_rows]
-        tensors = sampler.prepare(sampled, self.vocab_size, self.device) if sampled else None
+        tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids) if sampled else None
         hidden = self._forward(inputs)  # (T, hidden)
         logits_all = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V) float32
         return self._sample(batch, inputs, logits_all, tensors)

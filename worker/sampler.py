@@ -41,6 +41,8 @@ class SamplingTensors:
     presence_penalty: torch.Tensor  # (B, 1)
     history: torch.Tensor | None  # (B, L) int64, padded with -1: tokens seen (for penalties)
     max_top_n: int  # host: largest top_n_tokens asked for
+    eos_ids: torch.Tensor | None = None  # (E,) int64: the model's EOS ids, when some row holds them back
+    hold_eos: torch.Tensor | None = None  # (B, 1) bool: rows short of min_tokens, whose EOS is not sampled
 
 
 @dataclass(slots=True)
@@ -51,7 +53,8 @@ class SampleResult:
     top_logprobs: torch.Tensor | None  # (B, max_top_n) float32
 
 
-def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.device) -> SamplingTensors:
+def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.device,
+            eos_token_ids: frozenset[int] = frozenset()) -> SamplingTensors:
     ps = [r.params for r in requests]
     b = len(requests)
     any_penalty = any(p.has_penalties() for p in ps)
@@ -67,6 +70,11 @@ def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.dev
         ints += [-1] * (longest - len(r.all_token_ids))
     f = upload(torch.tensor(floats, dtype=torch.float32), device).view(6, b, 1)  # (6, B, 1)
     i = upload(torch.tensor(ints, dtype=torch.int64), device)
+    hold = [r.num_generated < r.params.min_tokens for r in requests]
+    eos_ids = hold_eos = None
+    if eos_token_ids and any(hold):  # a third upload only in steps that need it
+        held = upload(torch.tensor(sorted(eos_token_ids) + hold, dtype=torch.int64), device)
+        eos_ids, hold_eos = held[: len(eos_token_ids)], held[len(eos_token_ids) :].bool().view(b, 1)
     return SamplingTensors(
         all_greedy=not any(p.do_sample for p in ps),
         do_sample=i[:b].bool(),
@@ -82,6 +90,8 @@ def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.dev
         presence_penalty=f[5],
         history=i[4 * b :].view(b, longest) if any_penalty else None,
         max_top_n=max((p.top_n_tokens for p in ps), default=0),
+        eos_ids=eos_ids,
+        hold_eos=hold_eos,
     )
 
 
@@ -94,6 +104,8 @@ def sample(logits: torch.Tensor, t: SamplingTensors) -> SampleResult:  # logits 
     raw_logprobs = torch.log_softmax(logits, dim=-1)  # (B, V): reported logprobs (as TGI does)
     if t.any_penalty and t.history is not None:
         logits = _apply_penalties(logits, t)
+    if t.eos_ids is not None and t.hold_eos is not None:  # min_tokens: EOS cannot win yet
+        logits = logits.index_copy(1, t.eos_ids, logits[:, t.eos_ids].masked_fill(t.hold_eos, _MASK))
     if t.all_greedy:
         token_ids = logits.argmax(dim=-1)  # (B,)
     else:

@@ -143,3 +143,36 @@ def test_chat_template_override_and_cors(make_gateway, worker: ScriptedWorker) -
         r = httpx.options(f"{gw.url}/generate", headers={
             "origin": "http://evil.example", "access-control-request-method": "POST"}, timeout=10)
         assert "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+def test_vllm_extras_reach_the_worker(gateway: GatewayServer, worker: ScriptedWorker, route: str) -> None:
+    # What `vllm bench serve` and vLLM users send beside OpenAI's own fields.
+    body = {"max_tokens": 5, "ignore_eos": True, "min_tokens": 3, "top_k": 20, "repetition_penalty": 1.2,
+            **({"messages": MESSAGES} if "chat" in route else {"prompt": "Hello"})}
+    r = httpx.post(f"{gateway.url}{route}", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    (req,) = worker.received
+    p = req.params
+    assert (p.ignore_eos, p.min_tokens, p.top_k, p.repetition_penalty) == (True, 3, 20, 1.2)
+
+
+def test_vllm_top_k_minus_one_is_off(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    r = httpx.post(f"{gateway.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "top_k": -1, "temperature": 0},
+                   timeout=10)
+    assert r.status_code == 200, r.text
+    assert worker.received[0].params.top_k == 0 and not worker.received[0].params.do_sample
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"min_tokens": -1}, "`min_tokens` must be greater than or equal to 0"),
+    ({"min_tokens": 9}, "`min_tokens` must be less than or equal to `max_tokens`=5"),
+    ({"top_k": -2}, "`top_k` must be -1 (off) or a positive integer"),
+    ({"ignore_eos": "yes"}, "`ignore_eos` must be a boolean"),
+    ({"repetition_penalty": 0}, "`repetition_penalty` must be strictly positive"),
+])
+def test_bad_vllm_extras_are_refused_before_queueing(gateway: GatewayServer, worker: ScriptedWorker,
+                                                     extra: dict[str, object], message: str) -> None:
+    r = httpx.post(f"{gateway.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 5, **extra}, timeout=10)
+    assert r.status_code == 422 and message in r.json()["error"], r.text
+    assert r.json()["error_type"] == "validation" and not worker.received

@@ -172,3 +172,23 @@ def test_seeded_continuation_draws_what_the_lost_attempt_would_have(default_mode
         for o in engine.step():
             cont.extend(o.new_token_ids)
     assert full[:4] + cont == full
+
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-step", "overlapped"])
+def test_min_tokens_runs_past_an_eos_the_model_wants_at_once(tiny, overlap: bool) -> None:  # type: ignore[no-untyped-def]
+    path, reference = tiny
+    ids = _tiny_prompts(1)["p0"]
+    (first,) = _argmax_continuation(reference, ids, 1)
+    with torch.no_grad():
+        runner_up = int(reference(torch.tensor([ids])).logits[0, -1].topk(2).indices[1])
+    config = WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=512)
+    runner = ModelRunner(config, path)
+    runner.can_overlap = overlap
+    runner.eos_token_ids = frozenset({first})  # the model's greedy first token is its EOS here
+    engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
+                       max_model_len=runner.max_model_len)
+    assert _run(engine, {"a": ids}, SamplingParams(max_new_tokens=8))["a"] == [first]
+    held = _run(engine, {"b": ids}, SamplingParams(max_new_tokens=8, min_tokens=3))["b"]
+    assert held[0] == runner_up and first not in held[:3] and len(held) >= 3
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks

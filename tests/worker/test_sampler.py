@@ -145,3 +145,20 @@ def test_seeds_beyond_int64_wrap_to_their_64_bits() -> None:
     for step in range(5):
         big = _sample(logits, [_req(params, seed=2**64 - 1, generated=step)]).token_ids
         assert big.tolist() == _sample(logits, [_req(params, seed=-1, generated=step)]).token_ids.tolist()
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_min_tokens_holds_eos_back_until_reached(do_sample: bool) -> None:
+    eos = frozenset({7, 9})
+    logits = torch.full((3, V), -5.0)
+    logits[:, 7] = 20.0  # EOS is by far the likeliest token in every row
+    params = SamplingParams(max_new_tokens=10, min_tokens=3, do_sample=do_sample, seed=1 if do_sample else None)
+    reqs = [_req(params, generated=0), _req(params, generated=2), _req(params, generated=3)]
+    result = sampler.sample(logits, sampler.prepare(reqs, V, torch.device("cpu"), eos))
+    tokens = result.token_ids.tolist()
+    assert tokens[0] not in eos and tokens[1] not in eos  # short of min_tokens
+    assert tokens[2] == 7  # reached: EOS may win again
+    assert result.logprobs[2] == pytest.approx(torch.log_softmax(logits[2], -1)[7].item())  # raw, as TGI reports
+    # Without min_tokens nothing changes and nothing extra is uploaded.
+    plain = sampler.prepare([_req(SamplingParams(max_new_tokens=10))], V, torch.device("cpu"), eos)
+    assert plain.hold_eos is None and sampler.sample(logits[:1], plain).token_ids.tolist() == [7]
