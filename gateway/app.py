@@ -28,7 +28,8 @@ from gateway.generation import Relay
 from gateway.metrics import GatewayMetrics
 from gateway.queue_client import QueueClient
 from gateway.routes_generate import compat_generate, generate, generate_stream
-from gateway.openapi import openapi_json, swagger_ui
+from gateway.docs_page import docs_routes
+from gateway.openapi import openapi_json
 from gateway.routes_info import health, info, metrics, models, tokenize
 from gateway.routes_openai import openai_routes
 from gateway.tokenizer import Tokenizer, TokenizerFilesMissing
@@ -145,7 +146,7 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
     routes += openai_routes()
     routes += [
         Route("/api-doc/openapi.json", openapi_json, methods=["GET"]),
-        Route("/docs", swagger_ui, methods=["GET"]),
+        *docs_routes(),
     ]
     middleware = [Middleware(RequestIdMiddleware)]
     origins = [o.strip() for o in (config.cors_allow_origin or "*").split(",") if o.strip()]

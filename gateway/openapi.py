@@ -1,4 +1,4 @@
-"""GET /api-doc/openapi.json and /docs: the OpenAPI 3 spec, built from the schema classes.
+"""GET /api-doc/openapi.json: the OpenAPI 3 spec, built from the schema classes (/docs: gateway/docs_page.py).
 
 Request bodies come from the same dataclasses the routes validate into (gateway/schemas.py); the
 response and OpenAI request shapes are declared here, once, for the spec.
@@ -11,12 +11,12 @@ from typing import Any, Literal
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from gateway.routes_info import VERSION
 from gateway.schemas import GenerateInput
 
-__all__ = ["openapi_spec", "openapi_json", "swagger_ui"]
+__all__ = ["openapi_spec", "openapi_json"]
 
 
 @dataclass
@@ -214,16 +214,3 @@ async def openapi_json(request: Request) -> Response:
         spec = request.app.state.openapi = openapi_spec()
     return JSONResponse(spec)
 
-
-_SWAGGER = """<!doctype html>
-<html><head><meta charset="utf-8"><title>genfleet API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#swagger-ui"});</script>
-</body></html>
-"""
-
-
-async def swagger_ui(request: Request) -> Response:
-    return HTMLResponse(_SWAGGER)

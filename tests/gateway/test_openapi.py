@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -29,3 +31,19 @@ def test_docs_page_points_at_the_spec(gateway: GatewayServer) -> None:
     r = httpx.get(f"{gateway.url}/docs", timeout=10)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "/api-doc/openapi.json" in r.text and "swagger-ui" in r.text
+
+
+def test_docs_page_loads_nothing_from_outside(gateway: GatewayServer) -> None:
+    # Air-gapped clusters: every asset the page names comes from the gateway itself.
+    page = httpx.get(f"{gateway.url}/docs", timeout=10).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets and all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    assert not re.search(r"https?://", page)
+    kinds: dict[str, httpx.Response] = {}
+    for asset in assets:
+        r = httpx.get(f"{gateway.url}{asset}", timeout=10)
+        assert r.status_code == 200 and r.content, asset
+        kinds[asset.rsplit(".", 1)[-1]] = r
+    assert "SwaggerUIBundle" in kinds["js"].text and "javascript" in kinds["js"].headers["content-type"]
+    assert kinds["css"].headers["content-type"].startswith("text/css")
+    assert httpx.get(f"{gateway.url}/docs/static/no-such-file.js", timeout=10).status_code == 404
