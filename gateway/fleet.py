@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.protocol import GatewayInfo, ProtocolError, WorkerInfo, decode_worker_info, encode
 from common.streams import CONSUMER_GROUP, Keys
@@ -68,6 +69,7 @@ class FleetView:
     started_at: float = field(default_factory=time.time)
     _task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _timing_out_since: float = 0.0  # monotonic time of the first of the refreshes timing out in a row
 
     async def start(self) -> None:
         await self.refresh()
@@ -117,10 +119,23 @@ class FleetView:
                 pending = 0  # no stream or group yet
             self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), int(backlog),
                                     time.time(), pending)
+            self._timing_out_since = 0.0
+        except RedisTimeoutError as exc:
+            # A timeout may be this process stalled past the socket timeout (starved of CPU) with
+            # Redis's reply waiting: the last view stands until refreshes have timed out for a TTL.
+            now = time.monotonic()
+            self._timing_out_since = self._timing_out_since or now
+            if now - self._timing_out_since < self.ttl:
+                log.info("fleet refresh timed out (%s); keeping the last view", exc)
+                return
+            self._unreachable(exc)
         except (RedisError, OSError) as exc:
-            if self.state.redis_ok:
-                log.warning("Redis unreachable: %s", exc)
-            self.state = FleetState(False, (), 0, time.time())
+            self._unreachable(exc)
+
+    def _unreachable(self, exc: Exception) -> None:
+        if self.state.redis_ok:
+            log.warning("Redis unreachable: %s", exc)
+        self.state = FleetState(False, (), 0, time.time())
 
     def is_alive(self, worker_id: str) -> bool:
         return any(w.worker_id == worker_id for w in self.state.workers)

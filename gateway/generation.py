@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.errors import GenfleetError
 from common.protocol import Error, Finish, Token
@@ -41,7 +42,17 @@ class Relay:
 
     async def submit(self, state: RequestState) -> None:
         try:
-            await self.queue_client.submit(state)
+            try:
+                await self.queue_client.submit(state)
+            except RedisTimeoutError as exc:
+                # A gateway starved of CPU can pass the socket timeout while Redis's reply already
+                # waits in the socket: the entry may well be queued. Queue it again as the next
+                # attempt, which makes any copy of this one stale; a second timeout is Redis's.
+                log.warning("request %s: enqueue timed out (%s); queueing it as attempt %d",
+                            state.req_id, exc, state.attempt + 1)
+                await self.queue_client.cancel_attempt(state)
+                state.attempt += 1
+                await self.queue_client.submit(state)
         except QueueFull as exc:
             raise GenfleetError("overloaded", f"Model is overloaded: {exc}") from exc
         except (RedisError, OSError) as exc:

@@ -2,7 +2,8 @@
 
 Threads: the engine loop runs here (it owns the engine; nothing else touches it); intake
 (worker/intake.py) and output (worker/output.py) run beside it and talk to it through queues,
-so the loop never waits on Redis or detokenization. A heartbeat thread publishes WorkerInfo.
+so the loop never waits on Redis or detokenization. A heartbeat thread publishes WorkerInfo;
+a housekeeping thread reclaims orphaned entries and cancels the requests of vanished gateways.
 """
 
 from __future__ import annotations
@@ -87,13 +88,17 @@ class Worker:
             deliver=self._on_request,
         )
         self.gateway_watch = GatewayWatch(self.redis, self.keys)
+        # The heartbeat has a thread of its own: neither an engine step nor housekeeping's Redis
+        # calls (each may wait up to the socket timeout, as long as the heartbeat TTL) hold it up.
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._housekeeper = threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> int:
         self.output.start()
         self.intake.start()
         self._heartbeat.start()
+        self._housekeeper.start()
         log.info("worker %s serving %s on %s", self.worker_id, self.model, self.device)
         try:
             self._loop()
@@ -102,6 +107,7 @@ class Worker:
             self.intake.stop()
             self.output.close()
             self._heartbeat.join(2.0)
+            self._housekeeper.join(2.0)
             self._safe(lambda: self.redis.delete(self.keys.worker_heartbeat(self.worker_id)))
             self._safe(lambda: self.redis.xgroup_delconsumer(
                 self.keys.request_stream(self.model), CONSUMER_GROUP, self.worker_id))
@@ -256,11 +262,13 @@ class Worker:
 
     # -- heartbeat -------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        interval = self.config.fleet.heartbeat_interval
         while not self._stopping.is_set():
             self._heartbeat_now()
+            self._stopping.wait(self.config.fleet.heartbeat_interval)
+
+    def _housekeeping_loop(self) -> None:
+        while not self._stopping.wait(self.config.fleet.heartbeat_interval):
             self._housekeeping()
-            self._stopping.wait(interval)
 
     def _housekeeping(self) -> None:
         try:
