@@ -33,8 +33,9 @@ from common.config import DEFAULT_MODEL_ID, WorkerConfig
 from common.sampling_params import SamplingParams
 from genfleet.embedded_redis import EmbeddedRedis, die_with_parent, free_port
 from load.apis import get_api
-from load.report import percentile, to_markdown
-from load.run_load import RunResult, run_async, run_closed_loop
+from load.report import percentile, to_markdown, to_payload
+from load.results import RunResult
+from load.run_load import run_async, run_closed_loop
 from load.sse_client import Target
 from load.workloads import PromptSpec
 
@@ -145,7 +146,7 @@ def _drive(fleet: Fleet, users: int, requests: int, max_new: int, duration: floa
     for name in after:
         group = "workers" if name.startswith("worker") else name
         cpu_share[group] = round(cpu_share.get(group, 0.0) + (after[name] - before[name]) / wall, 3)
-    payload = result.to_json()
+    payload = to_payload(result)
     payload["cpu_share"] = cpu_share  # CPU seconds per wall second, per process (2 cores = 2.0)
     payload["machine"] = {"busy_thread_share_before": round(share, 3), "loadavg_1m_before": load,
                           "loadavg_1m_after": os.getloadavg()[0]}

@@ -15,12 +15,12 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from typing import Any
 
-if TYPE_CHECKING:
-    from load.run_load import RunResult
+from load.results import RunResult
 
-__all__ = ["percentile", "summarize", "to_markdown", "main"]
+__all__ = ["percentile", "summarize", "to_payload", "to_markdown", "main"]
 
 _PCTS = (50, 90, 95, 99)
 
@@ -74,6 +74,19 @@ def summarize(result: RunResult) -> dict[str, Any]:
         "itl_ms": _dist_ms(result.itl),
         "e2e_ms": _dist_ms([r.e2e for r in ok]),
         "errors": errors,
+    }
+
+
+def to_payload(result: RunResult) -> dict[str, Any]:
+    """The JSON a run is saved as: its summary, timeline, an ITL sample and every request."""
+    summary = summarize(result)
+    return {
+        "label": result.label,
+        "meta": result.meta,
+        "summary": summary,
+        "timeline": {"bin_s": 0.1, "output_tokens": result.token_times},
+        "itl_sample": [round(x, 6) for x in result.itl[:20000]],
+        "requests": [asdict(r) for r in result.records],
     }
 
 

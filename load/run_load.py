@@ -18,76 +18,24 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import random
 import socket
 import sys
 import time
 from collections.abc import Coroutine, Iterator
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from load.apis import API_NAMES, Api, get_api
-from load.report import summarize, to_markdown
+from load.report import to_markdown, to_payload
+from load.results import RequestRecord, RunResult
 from load.sse_client import Target, stream_sse_batches
 from load.workloads import PromptSpec, load_prompts, poisson_gaps
 
-__all__ = ["RequestRecord", "RunResult", "run_open_loop", "run_closed_loop", "parse_target", "run_async", "main"]
+__all__ = ["run_open_loop", "run_closed_loop", "parse_target", "run_async", "main"]
 
 T = TypeVar("T")
-
-_ITL_SAMPLE = 200_000  # ITLs kept for percentiles and plots (reservoir), bounding memory
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    start: float  # seconds after the run began
-    ttft: float | None  # seconds to the first token
-    e2e: float  # seconds to the end of the stream (or the error)
-    output_tokens: int
-    prompt_chars: int
-    error: str | None = None
-
-
-@dataclass
-class RunResult:
-    label: str
-    meta: dict[str, Any]
-    duration: float = 0.0
-    records: list[RequestRecord] = field(default_factory=list)
-    itl: list[float] = field(default_factory=list)
-    token_times: list[int] = field(default_factory=list)  # output tokens per 100 ms bin
-    _itl_seen: int = 0
-    _rng: random.Random = field(default_factory=lambda: random.Random(0))
-
-    def add_itl(self, gap: float) -> None:
-        self._itl_seen += 1
-        if len(self.itl) < _ITL_SAMPLE:
-            self.itl.append(gap)
-        else:
-            j = self._rng.randrange(self._itl_seen)
-            if j < _ITL_SAMPLE:
-                self.itl[j] = gap
-
-    def add_tokens(self, at: float, n: int) -> None:
-        b = int(at * 10)
-        if b >= len(self.token_times):
-            self.token_times.extend([0] * (b + 1 - len(self.token_times)))
-        self.token_times[b] += n
-
-    def to_json(self) -> dict[str, Any]:
-        summary = summarize(self)
-        return {
-            "label": self.label,
-            "meta": self.meta,
-            "summary": summary,
-            "timeline": {"bin_s": 0.1, "output_tokens": self.token_times},
-            "itl_sample": [round(x, 6) for x in self.itl[:20000]],
-            "requests": [asdict(r) for r in self.records],
-        }
-
 
 async def _one(api: Api, target: Target, spec: PromptSpec, result: RunResult, t0: float, timeout: float) -> None:
     start = time.perf_counter()
@@ -276,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payloads = [r.to_json() for r in results]
+    payloads = [to_payload(r) for r in results]
     for payload in payloads:
         (out / f"{payload['label']}.json").write_text(json.dumps(payload, indent=1))
     table = to_markdown(payloads)

@@ -15,7 +15,7 @@ import redis
 from common.protocol import WorkerInfo, decode_worker_info
 from common.streams import Keys
 
-__all__ = ["StreamResult", "run_streams", "stream_once", "worker_infos", "wait_workers_idle", "summarize"]
+__all__ = ["StreamResult", "run_streams", "stream_once", "worker_infos", "wait_workers_idle", "wait_workers_running", "summarize"]
 
 
 @dataclass
@@ -115,6 +115,18 @@ def wait_workers_idle(redis_url: str, prefix: str, expect: int, timeout: float =
             return infos
         time.sleep(0.2)
     raise AssertionError(f"workers not idle after {timeout}s: {infos}")
+
+
+def wait_workers_running(redis_url: str, prefix: str, at_least: int, timeout: float = 20.0) -> list[WorkerInfo]:
+    """Until the live workers together report at least `at_least` requests running."""
+    deadline = time.monotonic() + timeout
+    infos: list[WorkerInfo] = []
+    while time.monotonic() < deadline:
+        infos = worker_infos(redis_url, prefix)
+        if sum(w.running for w in infos) >= at_least:
+            return infos
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} requests running after {timeout}s: {infos}")
 
 
 def summarize(name: str, results: list[StreamResult]) -> Counter[str]:

@@ -18,7 +18,7 @@ from common.config import DEFAULT_MODEL_ID
 from common.streams import CONSUMER_GROUP, Keys
 from genfleet.embedded_redis import free_port
 from tests.integration.fleet import FleetProcesses, start_gateway, start_worker, wait_healthy
-from tests.reliability.harness import run_streams, summarize, wait_workers_idle
+from tests.reliability.harness import run_streams, summarize, wait_workers_idle, wait_workers_running
 
 RATE = "50"
 WORKER_ARGS = ("--synthetic-tokens-per-s", RATE, "--max-batch-total-tokens", "65536")
@@ -81,7 +81,7 @@ def test_gateway_kill_cancels_its_requests(fleet: FleetProcesses) -> None:
     client = threading.Thread(target=lambda: out.extend(run_streams(base, [f"orphan {i}" for i in range(30)], 500)),
                               daemon=True)
     client.start()
-    time.sleep(1.5)
+    wait_workers_running(fleet.redis_url, fleet.prefix, 30)
     proc.kill()  # type: ignore[attr-defined]
     killed = time.monotonic()
     client.join(10)
@@ -97,7 +97,7 @@ def test_gateway_sigterm_finishes_open_streams(fleet: FleetProcesses) -> None:
     client = threading.Thread(target=lambda: out.extend(run_streams(base, [f"drain {i}" for i in range(10)], 60)),
                               daemon=True)
     client.start()
-    time.sleep(0.5)
+    wait_workers_running(fleet.redis_url, fleet.prefix, 10)
     proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
     signalled = time.monotonic()
     client.join(15)
