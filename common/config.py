@@ -65,6 +65,10 @@ class FleetConfig:
     )
     heartbeat_interval: float = setting(1.0, "Seconds between heartbeats")
     heartbeat_ttl: float = setting(5.0, "Seconds after which a silent process counts as dead")
+    watermark_gamma: float = setting(
+        0.5, "Watermark: expected share of the vocabulary on each green list (generation and detection)", tgi=True
+    )
+    watermark_delta: float = setting(2.0, "Watermark: logit bias added to the green tokens", tgi=True)
     json_output: bool = setting(False, "Log as JSON lines", tgi=True)
     log_level: str = setting("info", "Log level", choices=("debug", "info", "warning", "error"))
 
@@ -84,6 +88,10 @@ class FleetConfig:
             )
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise ConfigError("--heartbeat-ttl must exceed --heartbeat-interval")
+        if not 0 < self.watermark_gamma < 1:
+            raise ConfigError(f"--watermark-gamma must be in (0, 1), got {self.watermark_gamma}")
+        if not 0 <= self.watermark_delta < float("inf"):
+            raise ConfigError(f"--watermark-delta must be finite and >= 0, got {self.watermark_delta}")
 
     @property
     def effective_redis_url(self) -> str:

@@ -43,7 +43,7 @@ __all__ = [
     "decode_gateway_info",
 ]
 
-SCHEMA_VERSION = 2  # 2: SamplingParams.min_tokens
+SCHEMA_VERSION = 3  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark
 
 
 class ProtocolError(ValueError):

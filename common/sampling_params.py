@@ -30,6 +30,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     ignore_eos: bool = False  # keep generating past EOS (benchmarks)
     min_tokens: int = 0  # EOS is not sampled before this many output tokens (vLLM's min_tokens)
     skip_special_tokens: bool = True  # decoded text leaves special tokens out
+    # Bias each step toward the green list of the previous token (common/watermark.py), with the
+    # fleet's --watermark-gamma/-delta; it depends on the tokens alone, so a continuation keeps it.
+    watermark: bool = False
 
     def is_greedy(self) -> bool:
         return not self.do_sample

@@ -1,4 +1,4 @@
-"""`genfleet serve | gateway | worker`: flags generated from the config dataclasses.
+"""`genfleet serve | gateway | worker | watermark-detect`: flags generated from the config dataclasses.
 
 Every settable field of common/config.py becomes `--kebab-case`; its fallback is the environment
 (`GENFLEET_<FIELD>`, or TGI's bare name for TGI flags, see common/env.py); its default is the
@@ -25,6 +25,7 @@ from common.config import (
 )
 from common.env import EnvSnapshot, env_names
 from common.tgi_env import ignored_tgi_variables
+from common.watermark import DEFAULT_Z_THRESHOLD
 
 __all__ = ["main", "build_parser", "ROLE_CLASSES", "parse_configs", "check_tgi_env"]
 
@@ -34,6 +35,10 @@ ROLE_CLASSES: dict[str, tuple[type, ...]] = {
     "worker": (FleetConfig, WorkerConfig),
     "serve": (FleetConfig, GatewayConfig, WorkerConfig, ServeConfig),
 }
+
+# `watermark-detect` needs only these fleet settings: the tokenizer's model and the green lists' gamma.
+_DETECT_FIELDS = ("model_id", "revision", "model_cache", "watermark_gamma")
+_DETECT_HELP = "Score a text file for the fleet's watermark (as POST /watermark/detect does) and print JSON"
 
 _ROLE_HELP = {
     "serve": "Run a local fleet: Redis (unless --redis-url), one gateway and --workers workers",
@@ -75,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
                     continue
                 seen.add(f.name)
                 _add_flag(group, f)
+    detect = sub.add_parser("watermark-detect", help=_DETECT_HELP, description=_DETECT_HELP)
+    detect.add_argument("file", help="the text to score; - reads stdin")
+    detect.add_argument("--z-threshold", type=float, default=DEFAULT_Z_THRESHOLD,
+                        help=f"z-score above which the text counts as watermarked (default: {DEFAULT_Z_THRESHOLD})")
+    detect.add_argument("--token-ids", action="store_true", help="FILE holds a JSON list of token ids, not text")
+    group = detect.add_argument_group(FleetConfig.__name__)
+    for f in settings_of(FleetConfig):
+        if f.name in _DETECT_FIELDS:
+            _add_flag(group, f)
     return parser
 
 
@@ -118,6 +132,10 @@ def parse_configs(argv: Sequence[str] | None = None, environ: dict[str, str] | N
     args = build_parser().parse_args(argv)
     env = EnvSnapshot.capture(environ)
     fleet = FleetConfig(**_values_for(FleetConfig, args, env))
+    if args.role == "watermark-detect":
+        from genfleet.watermark_detect import DetectJob
+
+        return "watermark-detect", DetectJob(fleet, args.file, args.z_threshold, args.token_ids)
     if args.role == "gateway":
         return "gateway", GatewayConfig(fleet=fleet, **_values_for(GatewayConfig, args, env))
     if args.role == "worker":
@@ -148,6 +166,10 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except ConfigError as exc:
         print(f"genfleet: error: {exc}", file=sys.stderr)
         return 2
+    if role == "watermark-detect":
+        from genfleet.watermark_detect import run_detect
+
+        return run_detect(config)
     if role == "gateway":
         from gateway.server import run as run_gateway
 

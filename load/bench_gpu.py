@@ -12,6 +12,7 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu                       # everything, < 10 minutes on an H100
     python -m load.bench_gpu --models smollm2 --requests 200 --no-baseline
     python -m load.bench_gpu --tokenizer-dir DIR   # adds (d), the fleet path
+    python -m load.bench_gpu --watermark           # adds (b) greedy and sampled with the watermark on
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def roofline_flood(floor: Floor, num: int, prompt: int, new: int, capacity_token
     return num * new / seconds
 
 
-def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int) -> dict[str, float]:
+def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, **knobs: Any) -> dict[str, float]:
     import torch
 
     from common.sampling_params import SamplingParams
@@ -165,7 +166,7 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int) -> 
 
     engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                        max_model_len=runner.max_model_len)
-    params = SamplingParams(max_new_tokens=new, ignore_eos=True)
+    params = SamplingParams(max_new_tokens=new, ignore_eos=True, **knobs)
     torch.cuda.synchronize()
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
@@ -251,18 +252,26 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     one_step = replace(config, overlap_scheduling=False)  # what overlapped scheduling buys
     static = {"a": (1, base_a), "b": (64, base_b)}  # (batch, transformers baseline)
 
-    def static_rows(key: str, label: str, run_config: Any, with_ttft: bool = False) -> None:
+    def static_rows(key: str, label: str, run_config: Any, with_ttft: bool = False, versus: float | None = None,
+                    **knobs: Any) -> float:
         batch, base = static[key]
-        r = run_engine(runner, run_config, prompts(batch, 128), 256)
+        r = run_engine(runner, run_config, prompts(batch, 128), 256, **knobs)
         ttft = f"TTFT p50 {r['ttft_p50'] * 1e3:.1f} ms, " if with_ttft else ""
+        than = f"; {100 * r['tok_s'] / versus:.1f}% of the same without" if versus else ""
         rows.append(Row(shape, f"({key}) {label}", r["tok_s"], roofline_static(floor, batch, 128, 256), base,
-                        f"{ttft}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms"))
+                        f"{ttft}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms{than}"))
+        return float(r["tok_s"])
 
     for key in ("a", "b"):
         if key in todo:
             size = "batch 1" if key == "a" else "64 x"
             static_rows(key, f"{size} (128 in / 256 out)", config, with_ttft=True)
             static_rows(key, "one step at a time (no overlap)", one_step)
+    if "b" in todo and args.watermark:  # what the watermark stage costs, greedy and sampled
+        greedy = static_rows("b", "greedy", config)
+        static_rows("b", "greedy + watermark", config, versus=greedy, watermark=True)
+        sampled = static_rows("b", "sampled (temperature 1)", config, do_sample=True)
+        static_rows("b", "sampled + watermark", config, versus=sampled, do_sample=True, watermark=True)
     if "a" in todo and graphs is not None:
         runner.graphs = None  # what the graphs buy: the same workload eagerly
         static_rows("a", "without CUDA graphs", config)
@@ -333,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=256, help="--max-batch-size of the engine and the fleet")
     parser.add_argument("--workloads", default="a,b,c,d", help="comma list of a, b, c, d")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers generate")
+    parser.add_argument("--watermark", action="store_true", help="(b) greedy and sampled, each with and without the watermark")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")

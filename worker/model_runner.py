@@ -27,6 +27,7 @@ from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
 from worker.models import CausalLM, read_config
 from worker.quant import read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
+from worker.watermark import Watermark
 from worker.weights import load_weights
 
 __all__ = ["ModelRunner", "PendingStep", "resolve_device", "resolve_dtype"]
@@ -92,6 +93,7 @@ class ModelRunner:
         self.eos_token_ids = cfg.eos_token_ids
         self.max_model_len = context_length(model_dir)
         self.vocab_size = cfg.vocab_size
+        self.watermark = Watermark(config.fleet.watermark_gamma, config.fleet.watermark_delta)
         self.attention = PagedAttentionBackend()
         self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly
         # On CUDA the host can prepare the next step while the device runs this one.
@@ -158,7 +160,9 @@ class ModelRunner:
         self._fill_placeholders(batch, inputs, previous)
         # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
         sampled = [batch.requests[i] for i in inputs.sample_rows]
-        tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids) if sampled else None
+        tensors = None
+        if sampled:
+            tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
         hidden = self._forward(inputs)  # (T, hidden)
         logits_all = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V) float32
         return self._sample(batch, inputs, logits_all, tensors)
@@ -211,7 +215,9 @@ class ModelRunner:
         n, k = len(inputs.sample_rows), 0
         if tensors is not None:
             rows = upload(torch.tensor([last_row[i] for i in inputs.sample_rows]), self.device)
-            result = sampler.sample(logits_all[rows], tensors)
+            # The token each logits row was computed from: the previous token (watermark stage).
+            prev_ids = inputs.input_ids[inputs.logits_rows[rows]] if tensors.watermark is not None else None
+            result = sampler.sample(logits_all[rows], tensors, prev_ids)
             k = tensors.max_top_n
             packed += [result.token_ids, result.logprobs]
             if result.top_ids is not None and result.top_logprobs is not None:

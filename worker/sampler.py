@@ -1,7 +1,8 @@
 """Sampling for the whole batch at once: `prepare(requests)` then `sample(logits, tensors)`.
 
-Greedy rows take the argmax; sampling rows go through penalties, temperature, top-k, top-p and
-typical-p, then an exponential race: argmax(p / E) with E ~ Exp(1) picks token i with
+The stages, each a no-op for rows that do not use it: penalties, min_tokens' EOS hold, the
+watermark bias (worker/watermark.py); then greedy rows take the argmax and sampling rows go through
+temperature, top-k, top-p and typical-p, then an exponential race: argmax(p / E) with E ~ Exp(1) picks token i with
 probability p_i. E comes from a counter-based hash of (seed, step, token id) computed with integer
 tensor ops, so a request's draws depend only on its own seed and step: the same seed and prompt
 give the same text whatever else shares the batch, with no per-request generator and no sync.
@@ -13,16 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
+from common.splitmix import as_int64
+from worker import hash_ops
 from worker.batch import ScheduledRequest
 from worker.input_builder import upload
+from worker.watermark import Watermark
 
 __all__ = ["SamplingTensors", "SampleResult", "prepare", "sample"]
 
 _MASK = float("-inf")
-# splitmix64 constants as signed int64 (torch integer ops wrap on overflow)
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
-_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
-_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 
 
 @dataclass(slots=True)
@@ -43,6 +43,8 @@ class SamplingTensors:
     max_top_n: int  # host: largest top_n_tokens asked for
     eos_ids: torch.Tensor | None = None  # (E,) int64: the model's EOS ids, when some row holds them back
     hold_eos: torch.Tensor | None = None  # (B, 1) bool: rows short of min_tokens, whose EOS is not sampled
+    watermark: Watermark | None = None  # host: the fleet's gamma and delta; None when no row watermarks
+    watermark_rows: torch.Tensor | None = None  # (W,) int64: the rows that watermark
 
 
 @dataclass(slots=True)
@@ -54,16 +56,21 @@ class SampleResult:
 
 
 def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.device,
-            eos_token_ids: frozenset[int] = frozenset()) -> SamplingTensors:
+            eos_token_ids: frozenset[int] = frozenset(), watermark: Watermark | None = None) -> SamplingTensors:
     ps = [r.params for r in requests]
     b = len(requests)
     any_penalty = any(p.has_penalties() for p in ps)
+    marked = [j for j, p in enumerate(ps) if p.watermark]
+    if marked and watermark is None:
+        raise ValueError("a request asks for a watermark, but no gamma/delta were given")
     # Two uploads: every float knob in one tensor, every integer (and the penalty history) in another.
     floats = [p.temperature if p.do_sample else 1.0 for p in ps] + [p.top_p for p in ps]
     floats += [p.typical_p for p in ps] + [p.repetition_penalty for p in ps]
     floats += [p.frequency_penalty for p in ps] + [p.presence_penalty for p in ps]
     ints = [int(p.do_sample) for p in ps] + [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in ps]
-    ints += [_as_int64(r.seed) for r in requests] + [r.num_generated for r in requests]
+    # Seeds arrive as any integer (TGI takes u64); the hash works on their 64 bits.
+    ints += [as_int64(r.seed) for r in requests] + [r.num_generated for r in requests]
+    ints += marked
     longest = max((len(r.all_token_ids) for r in requests), default=0) if any_penalty else 0
     for r in requests if any_penalty else ():
         ints += r.all_token_ids
@@ -88,24 +95,26 @@ def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.dev
         repetition_penalty=f[3],
         frequency_penalty=f[4],
         presence_penalty=f[5],
-        history=i[4 * b :].view(b, longest) if any_penalty else None,
+        history=i[4 * b + len(marked) :].view(b, longest) if any_penalty else None,
         max_top_n=max((p.top_n_tokens for p in ps), default=0),
         eos_ids=eos_ids,
         hold_eos=hold_eos,
+        watermark=watermark if marked else None,
+        watermark_rows=i[4 * b : 4 * b + len(marked)] if marked else None,
     )
 
 
-def _as_int64(seed: int) -> int:
-    # Seeds arrive as any integer (TGI takes u64); the hash works on their 64 bits.
-    return (seed + (1 << 63)) % (1 << 64) - (1 << 63)
-
-
-def sample(logits: torch.Tensor, t: SamplingTensors) -> SampleResult:  # logits (B, V) float32
+def sample(logits: torch.Tensor, t: SamplingTensors, prev_ids: torch.Tensor | None = None) -> SampleResult:
+    """logits (B, V) float32; prev_ids (B,) int64 on the device: each row's last token (watermark)."""
     raw_logprobs = torch.log_softmax(logits, dim=-1)  # (B, V): reported logprobs (as TGI does)
     if t.any_penalty and t.history is not None:
         logits = _apply_penalties(logits, t)
     if t.eos_ids is not None and t.hold_eos is not None:  # min_tokens: EOS cannot win yet
         logits = logits.index_copy(1, t.eos_ids, logits[:, t.eos_ids].masked_fill(t.hold_eos, _MASK))
+    if t.watermark is not None and t.watermark_rows is not None:
+        if prev_ids is None:
+            raise ValueError("watermarked rows need their previous tokens")
+        logits = t.watermark.apply(logits, t.watermark_rows, prev_ids)
     if t.all_greedy:
         token_ids = logits.argmax(dim=-1)  # (B,)
     else:
@@ -160,11 +169,6 @@ def _warp(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:  # -> probs
 
 def _exponential(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:  # (B, V)
     idx = torch.arange(vocab, device=seeds.device, dtype=torch.int64).unsqueeze(0)  # (1, V)
-    x = seeds.unsqueeze(1) * _GOLDEN + steps.unsqueeze(1) * _MIX1 + idx  # (B, V) wraps mod 2^64
-    x = x ^ ((x >> 30) & ((1 << 34) - 1))
-    x = x * _MIX1
-    x = x ^ ((x >> 27) & ((1 << 37) - 1))
-    x = x * _MIX2
-    x = x ^ ((x >> 31) & ((1 << 33) - 1))
+    x = hash_ops.mix(seeds.unsqueeze(1) * hash_ops.GOLDEN + steps.unsqueeze(1) * hash_ops.MIX1 + idx)  # (B, V)
     uniform = (((x >> 40) & 0xFFFFFF).float() + 0.5) / float(1 << 24)  # (0, 1)
     return -torch.log(uniform)
