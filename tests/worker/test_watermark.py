@@ -58,7 +58,7 @@ def test_sampler_biases_greedy_and_sampled_rows_and_leaves_the_others() -> None:
     reqs = [_req(plain, 3), _req(marked, 4), _req(plain, 5), _req(marked_sampled, 6)]
     prev = torch.tensor([3, 4, 5, 6])
     strong = Watermark(0.5, 100.0)
-    got = sampler.sample(logits, sampler.prepare(reqs, V, torch.device("cpu"), strong), prev)
+    got = sampler.sample(logits, sampler.prepare(reqs, V, torch.device("cpu"), watermark=strong), prev)
     unmarked = sampler.sample(logits[[0, 2]], sampler.prepare([reqs[0], reqs[2]], V, torch.device("cpu")))
     assert got.token_ids[[0, 2]].tolist() == unmarked.token_ids.tolist()
     threshold = wm.green_threshold(0.5)
