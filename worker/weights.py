@@ -31,8 +31,9 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         "gate_up_proj": [(0, cfg.intermediate_size), (cfg.intermediate_size, cfg.intermediate_size)],
     }
     linears = quantizable_linears(model) if method is not None else {}
-    # module path -> per shard, its quantized tensors by suffix
-    gathered: dict[str, list[dict[str, torch.Tensor]]] = {}
+    # module path -> {shard: its quantized tensors by suffix}, and how many shards it fuses
+    gathered: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    num_shards: dict[str, int] = {}
     loaded: set[str] = set()
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -44,9 +45,9 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                 name, shard = model.hf_to_param(hf_name)
                 module, _, suffix = name.rpartition(".")
                 if method is not None and module in linears and suffix in method.tensor_names:
-                    fused = module.rsplit(".", 1)[-1]
-                    shards = gathered.setdefault(module, [{} for _ in shard_offsets.get(fused, [None])])
-                    shards[shard or 0][suffix] = f.get_tensor(hf_name)
+                    # A family whose checkpoints store qkv_proj / gate_up_proj fused has one shard.
+                    num_shards[module] = 1 if shard is None else len(shard_offsets[module.rsplit(".", 1)[-1]])
+                    gathered.setdefault(module, {}).setdefault(shard or 0, {})[suffix] = f.get_tensor(hf_name)
                     continue
                 param = params.get(name)
                 if param is None:
@@ -66,9 +67,10 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         raise KeyError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
     model.to(device=device, dtype=dtype)
     model.cos_sin_cache.data = model.cos_sin_cache.float()  # rotary tables stay float32
-    for module, shards in gathered.items():
-        if any(not s for s in shards):
-            raise QuantizationError(f"checkpoint lacks a shard of {module} ({len(shards)} expected)")
+    for module, by_shard in gathered.items():
+        if sorted(by_shard) != list(range(num_shards[module])):
+            raise QuantizationError(f"checkpoint lacks a shard of {module} ({num_shards[module]} expected)")
+        shards = [by_shard[i] for i in range(num_shards[module])]
         dense = linears[module]
         try:
             built = method.build(shards, dense.bias, dtype, device)  # type: ignore[union-attr]

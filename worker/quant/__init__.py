@@ -69,4 +69,4 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
 
 
 # Each method registers itself on import.
-from worker.quant import awq, compressed_tensors  # noqa: E402,F401
+from worker.quant import awq, compressed_tensors, gptq, marlin  # noqa: E402,F401

@@ -1,9 +1,9 @@
 """Quantized checkpoints built from a dense one, and the served greedy tokens against transformers.
 
 `write_checkpoint` quantizes every decoder linear of a dense HF directory with the tests' own
-quantizer, packs it with a format's packer (written from that format's specification), and writes
-two directories: the quantized checkpoint, and a dense float32 one holding exactly the
-dequantized weights, which transformers runs as the reference.
+quantizer, packs it with a format's packer (written from that format's specification), and
+writes the quantized checkpoint; the dense model with exactly the dequantized weights, in
+float32, is what transformers runs as the reference.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,20 @@ from common.sampling_params import SamplingParams
 from tests.worker.quant.rtn import Quantized
 from tests.worker.test_engine_model import _argmax_continuation, _engine, _run
 
-LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)\.weight$")
 
 Packer = Callable[[Quantized], dict[str, torch.Tensor]]
 
 
+@dataclass
+class Checkpoint:
+    path: Path  # the quantized checkpoint
+    source: Path  # the dense model it was made from
+    dequantized: dict[str, torch.Tensor]  # the dense linears' weights as the checkpoint holds them, float32
+
+
 def write_checkpoint(src: Path, root: Path, quantize: Callable[[torch.Tensor], Quantized], pack: Packer,
-                     quantization_config: dict[str, Any], *, config_file: str = "config.json") -> tuple[Path, Path]:
-    """Returns (quantized checkpoint dir, dequantized float32 reference dir)."""
+                     quantization_config: dict[str, Any], *, config_file: str = "config.json") -> Checkpoint:
     state: dict[str, torch.Tensor] = {}
     for path in sorted(src.glob("*.safetensors")):
         state.update(load_file(path))
@@ -44,22 +51,29 @@ def write_checkpoint(src: Path, root: Path, quantize: Callable[[torch.Tensor], Q
             dense[name] = quantized.dequantized()
         else:
             packed[name] = tensor
-            dense[name] = tensor.float()
-    out, ref = root / "quantized", root / "reference"
-    for d in (out, ref):
-        d.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.is_file() and f.suffix != ".safetensors":
-                shutil.copy(f, d / f.name)
+    out = root / "quantized"
+    out.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy(f, out / f.name)
     save_file(packed, out / "model.safetensors")
-    save_file(dense, ref / "model.safetensors")
     if config_file == "config.json":
         config = json.loads((out / "config.json").read_text())
         config["quantization_config"] = quantization_config
         (out / "config.json").write_text(json.dumps(config))
     else:
         (out / config_file).write_text(json.dumps(quantization_config))
-    return out, ref
+    return Checkpoint(out, src, dense)
+
+
+def reference_model(source: Path, dequantized: dict[str, torch.Tensor]) -> transformers.PreTrainedModel:
+    """transformers' float32 model of `source` holding the dequantized linears."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, weight in dequantized.items():
+            params[name].copy_(weight)
+    return model
 
 
 def tiny_model(root: Path, family: str = "llama", **overrides: Any) -> Path:
@@ -69,9 +83,11 @@ def tiny_model(root: Path, family: str = "llama", **overrides: Any) -> Path:
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
     }[family]
     settings = dict(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+                    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     model = model_cls(config_cls(**{**settings, **overrides})).eval()
     with torch.no_grad():
@@ -88,11 +104,11 @@ def random_prompts(n: int, vocab: int, seed: int = 1) -> dict[str, list[int]]:
             for i in range(n)}
 
 
-def assert_served_greedy_equals_transformers(checkpoint: Path, reference: Path, prompts: dict[str, list[int]],
+def assert_served_greedy_equals_transformers(checkpoint: Checkpoint, prompts: dict[str, list[int]],
                                              new: int = 16, **worker: Any) -> None:
-    engine = _engine(checkpoint, **worker)
+    engine = _engine(checkpoint.path, **worker)
     assert engine.runner.quant is not None, "the checkpoint did not load as quantized"
     got = _run(engine, prompts, SamplingParams(max_new_tokens=new, ignore_eos=True))
-    model = transformers.AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
+    model = reference_model(checkpoint.source, checkpoint.dequantized)
     for rid, ids in prompts.items():
         assert got[rid] == _argmax_continuation(model, ids, new), rid

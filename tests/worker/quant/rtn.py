@@ -41,22 +41,22 @@ def quantize(w: torch.Tensor, bits: int, group_size: int, *, sym: bool, scale_dt
     else:
         g_idx = torch.arange(k) // size
     top = 2**bits - 1
+    # Channels sorted by group, padded with zeros to whole groups (a zero moves neither bound).
+    order = torch.argsort(g_idx, stable=True)
+    padded = torch.zeros(n, groups * size)
+    padded[:, :k] = w.float()[:, order]
+    grouped = padded.reshape(n, groups, size)  # (N, NG, G)
+    if sym:
+        scales = (grouped.abs().amax(-1) * 2 / top).clamp(min=1e-6).to(scale_dtype)
+        zeros = torch.full((n, groups), (top + 1) // 2, dtype=torch.int64)
+    else:
+        lo, hi = grouped.amin(-1).clamp(max=0), grouped.amax(-1).clamp(min=0)
+        scale = ((hi - lo) / top).clamp(min=1e-6)
+        zeros = torch.round(-lo / scale).long().clamp(min_zero, top)
+        scales = scale.to(scale_dtype)
+    codes = (torch.round(grouped / scales.float()[..., None]).long() + zeros[..., None]).clamp(0, top)
     q = torch.empty(n, k, dtype=torch.int64)
-    zeros = torch.empty(n, groups, dtype=torch.int64)
-    scales = torch.empty(n, groups, dtype=scale_dtype)
-    for g in range(groups):
-        cols = g_idx == g
-        wg = w[:, cols].float()
-        if sym:
-            scale = (wg.abs().amax(1) * 2 / top).clamp(min=1e-6)
-            zero = torch.full((n,), (top + 1) // 2, dtype=torch.int64)
-        else:
-            lo, hi = wg.amin(1).clamp(max=0), wg.amax(1).clamp(min=0)
-            scale = ((hi - lo) / top).clamp(min=1e-6)
-            zero = torch.round(-lo / scale).long().clamp(min_zero, top)
-        scale = scale.to(scale_dtype)
-        q[:, cols] = (torch.round(wg / scale.float()[:, None]).long() + zero[:, None]).clamp(0, top)
-        zeros[:, g], scales[:, g] = zero, scale
+    q[:, order] = codes.reshape(n, -1)[:, :k]
     return Quantized(q, zeros, scales, g_idx, bits, size)
 
 
