@@ -118,6 +118,10 @@ class GatewayConfig:
     max_queue_length: int = setting(10_000, "Requests waiting in the model's stream before new ones get 429")
     graceful_termination_timeout: float = setting(90.0, "Seconds open streams get to finish on SIGTERM", tgi=True)
     enable_prefill_logprobs: bool = setting(False, "Allow decoder_input_details (prompt logprobs)", tgi=True)
+    merge_worker_metrics: bool = setting(
+        False, "Append the metrics of the workers on this host (their --metrics-port) to /metrics, labelled "
+        "worker_id: one endpoint for a single box (`serve` turns it on; leave it off where Prometheus scrapes workers)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent_requests", "max_best_of", "max_client_batch_size", "payload_limit"):

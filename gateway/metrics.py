@@ -2,7 +2,9 @@
 
 Counters are exported under their bare names as TGI does (common/tgi_metrics.py); histograms
 use TGI's buckets (1.5e-4 x 1.5^k seconds for durations). Fleet gauges come from the workers'
-heartbeats.
+heartbeats. The end-to-end duration is exported twice: as `tgi_request_duration` (TGI's own name)
+and as `tgi_request_duration_seconds` (the name TGI's deployment guides graph). No `*_created`
+series: nobody graphs them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -52,8 +54,20 @@ class BurstHistogram(Collector):
         yield HistogramMetricFamily(self._name, self._help, buckets=buckets, sum_value=self._sum)
 
 
+class _Observed:
+    """One observation into several histograms (a series under two names)."""
+
+    def __init__(self, *histograms: Histogram) -> None:
+        self._histograms = histograms
+
+    def observe(self, value: float) -> None:
+        for h in self._histograms:
+            h.observe(value)
+
+
 class GatewayMetrics:
     def __init__(self, max_input_tokens: int, max_total_tokens: int) -> None:
+        disable_created_metrics()
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.counters = BareCounters()
         for name, text in (
@@ -68,7 +82,8 @@ class GatewayMetrics:
         def hist(name: str, text: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, text, buckets=buckets, registry=r)
 
-        self.duration = hist("tgi_request_duration", "End-to-end request duration (s)", _DURATION)
+        self.duration = _Observed(hist("tgi_request_duration", "End-to-end request duration (s)", _DURATION),
+                                  hist("tgi_request_duration_seconds", "End-to-end request duration (s)", _DURATION))
         self.validation = hist("tgi_request_validation_duration", "Validation and tokenization (s)", _DURATION)
         self.queue = hist("tgi_request_queue_duration", "Queued until first scheduled (s)", _DURATION)
         self.inference = hist("tgi_request_inference_duration", "First scheduled until done (s)", _DURATION)
@@ -101,3 +116,8 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    @property
+    def family_names(self) -> frozenset[str]:
+        """Every family this registry exports (a merged worker series must not repeat one)."""
+        return frozenset(f.name for f in self.registry.collect())

@@ -9,6 +9,7 @@ from common.errors import GenfleetError
 from gateway.context import ctx_of, error_response, read_json
 from gateway.metrics import CONTENT_TYPE
 from gateway.schemas import parse_generate
+from gateway.worker_metrics import worker_metrics
 
 __all__ = ["health", "info", "metrics", "models", "tokenize", "VERSION"]
 
@@ -73,7 +74,10 @@ async def metrics(request: Request) -> Response:
         m.worker_running.labels(w.worker_id).set(w.running)
         m.worker_waiting.labels(w.worker_id).set(w.waiting)
         m.worker_kv_free.labels(w.worker_id).set(w.free_kv_tokens)
-    return Response(m.render(), media_type=CONTENT_TYPE)
+    body = m.render()
+    if ctx.config.merge_worker_metrics:
+        body += await worker_metrics(state.serving, exclude=m.family_names)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 async def models(request: Request) -> Response:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from common.config import FleetConfig, GatewayConfig, ServeConfig, WorkerConfig, settings_of
 from common.model_source import ModelNotFound, resolve_model
 from common.tgi_env import ignored_tgi_variables
-from genfleet.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, die_with_parent
+from genfleet.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, die_with_parent, free_port
 
 __all__ = ["serve", "child_argv"]
 
@@ -74,7 +74,8 @@ def serve(config: ServeConfig) -> int:
         fleet = replace(fleet, redis_url=redis_server.url)
         log.info("started %s on %s", os.path.basename(redis_server.binary), redis_server.url)
 
-    gateway = replace(config.gateway, fleet=fleet)
+    # One /metrics for the box: each worker's listener on a port of its own, merged by the gateway.
+    gateway = replace(config.gateway, fleet=fleet, merge_worker_metrics=True)
     worker = replace(config.worker, fleet=fleet)
     workers: list[subprocess.Popen[bytes]] = []
     gateways: list[subprocess.Popen[bytes]] = []
@@ -93,7 +94,8 @@ def serve(config: ServeConfig) -> int:
     try:
         for i in range(config.workers):
             wid = f"{worker.worker_id}-{i}" if worker.worker_id else None
-            workers.append(_spawn(child_argv("worker", replace(worker, worker_id=wid), fleet)))
+            port = worker.metrics_port + i if worker.metrics_port else free_port()
+            workers.append(_spawn(child_argv("worker", replace(worker, worker_id=wid, metrics_port=port), fleet)))
         gateways.append(_spawn(child_argv("gateway", gateway, fleet)))
         log.info("gateway on http://%s:%d, %d worker(s)", gateway.hostname, gateway.port, config.workers)
         while not stop.wait(0.2):

@@ -144,8 +144,9 @@ class Worker:
                 produced = sum(len(o.new_token_ids) for o in outputs)
                 if self.metrics is not None:
                     batch = getattr(engine, "last_batch", None)  # the synthetic engine has none
-                    method = "prefill" if batch is not None and batch.num_decode < len(batch.requests) else "decode"
-                    self.metrics.observe_step(engine.stats(), elapsed, produced, batch_size=len(outputs), method=method)
+                    prefills = len(batch.requests) - batch.num_decode if batch is not None else 0
+                    self.metrics.observe_step(engine.stats(), elapsed, produced, batch_size=len(outputs),
+                                              method="prefill" if prefills else "decode", num_new=prefills)
                 self.step_log.step(elapsed, produced, engine.stats())
             elif self._draining.is_set():
                 return

@@ -41,6 +41,7 @@ class ScriptedWorker:
     worker_id: str = "wk-scripted"
     capacity_tokens: int = 4096
     max_total_tokens: int = 4096  # what its heartbeat says it serves (the gateway validates against it)
+    metrics_port: int = 0  # its own /metrics listener, as its heartbeat names it
     received: list[GenerateRequest] = field(default_factory=list)
     cancels: list[Cancel] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -74,7 +75,7 @@ class ScriptedWorker:
     def heartbeat(self, draining: bool = False) -> None:
         now = time.time()
         info = WorkerInfo(self.worker_id, self.model, 0, 0, self.capacity_tokens, self.capacity_tokens,
-                          self.max_total_tokens, 8, now, now, draining)
+                          self.max_total_tokens, 8, now, now, draining, metrics_port=self.metrics_port)
         self.r.set(self.keys.worker_heartbeat(self.worker_id), encode(info), ex=3)
 
     def _heartbeats(self) -> None:

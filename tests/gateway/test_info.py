@@ -124,3 +124,11 @@ def test_the_gateway_validates_against_the_workers_limit(gateway: GatewayServer,
     r = httpx.post(f"{gateway.url}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 300}}, timeout=10)
     assert r.status_code == 422 and "must be <= 300" in r.json()["error"]
     assert not worker.received
+
+
+def test_request_duration_under_tgis_name_and_the_guides_name(gateway: GatewayServer) -> None:
+    httpx.post(f"{gateway.url}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}, timeout=10)
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    assert "tgi_request_duration_count 1.0" in text and "tgi_request_duration_seconds_count 1.0" in text
+    assert 'tgi_request_duration_seconds_bucket{le="0.00015"}' in text
+    assert "_created" not in text  # nobody graphs them

@@ -51,6 +51,11 @@ def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) ->
         r = httpx.post(f"http://127.0.0.1:{port}/generate", timeout=60,
                        json={"inputs": "The capital of France is", "parameters": {"max_new_tokens": 3}})
         assert r.status_code == 200 and "Paris" in r.json()["generated_text"]
+        # One /metrics for the box: the gateway's series and the worker's engine series.
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "tgi_request_duration_seconds_count 1.0" in metrics
+        assert 'tgi_batch_inference_duration_count{method="prefill",worker_id=' in metrics
+        assert "genfleet_worker_prefix_hit_tokens_total{worker_id=" in metrics
         children = _descendants(proc.pid)
         assert len(children) >= 3  # redis-compatible server, worker, gateway
     finally:
