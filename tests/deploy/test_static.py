@@ -333,3 +333,59 @@ def test_dashboard_gateway_metrics_are_exported_by_the_gateway() -> None:
     declared = set(re.findall(r"[\"']((?:tgi|genfleet)_[a-z_]+)[\"']", sources))
     missing = {n for n in wanted if not _declared(n, declared)}
     assert not missing, f"dashboard queries metrics the gateway does not define: {missing}"
+
+
+def _arg_defaults(df_path: Path) -> dict[str, str]:
+    df = parse_dockerfile(df_path)
+    args = dict(df.global_args)
+    for stage in df.stages:
+        for arg in stage.all("ARG"):
+            key, _, default = arg.partition("=")
+            args.setdefault(key, default.strip('"'))
+    return args
+
+
+_DEFAULTED = re.compile(r"^\$\{([A-Z_]+):-([^}]*)\}$")
+
+
+@pytest.mark.parametrize("service,dockerfile", [("gateway", GATEWAY_DF), ("worker", WORKER_DF)])
+def test_every_build_arg_is_a_knob_with_the_dockerfile_s_default(service: str, dockerfile: Path) -> None:
+    # Each is taken from the environment or .env; unset or empty, the Dockerfile's own default.
+    raw = load_compose(COMPOSE)["services"][service]["build"]["args"]
+    declared = _arg_defaults(dockerfile)
+    documented = read_env_file(ENV_EXAMPLE)
+    for name, value in raw.items():
+        m = _DEFAULTED.match(value)
+        assert m, f"{service}: build arg {name}={value!r} cannot be overridden"
+        variable, default = m.groups()
+        assert variable == name and name in documented, f"{name} is not documented in deploy/.env.example"
+        assert declared[name] == default, f"{name}: compose default {default!r}, Dockerfile {declared[name]!r}"
+    cpu = load_compose(CPU_OVERRIDE)["services"]["worker"]["build"]["args"]
+    for name in ("BASE_IMAGE", "TORCH_INDEX_URL"):
+        m = _DEFAULTED.match(cpu[name])
+        assert m and m.group(1) == name, f"the CPU override hard-codes {name}"
+
+
+def test_every_image_compose_runs_can_be_renamed() -> None:
+    for path in (COMPOSE, CPU_OVERRIDE):
+        for name, service in load_compose(path)["services"].items():
+            if "image" in service:
+                assert _DEFAULTED.match(service["image"]), f"{path.name}: {name}'s image is hard-coded"
+
+
+def test_cpu_worker_drops_the_compilers_and_the_cuda_worker_keeps_what_triton_needs() -> None:
+    cuda = _arg_defaults(WORKER_DF)["RUNTIME_PACKAGES"].split()
+    assert {"gcc", "python3-dev", "libc6-dev"} <= set(cuda)
+    cpu = load_compose(CPU_OVERRIDE)["services"]["worker"]["build"]["args"]
+    assert cpu["RUNTIME_PACKAGES"].split() == ["python3"] and cpu["SLIM_TORCH"] == "1"
+    assert _arg_defaults(WORKER_DF)["SLIM_TORCH"] == "0"
+
+
+def test_gateway_healthcheck_follows_the_gateway_s_own_port() -> None:
+    df = parse_dockerfile(GATEWAY_DF)
+    (health,) = df.final.all("HEALTHCHECK")
+    command = json.loads(health.split("CMD", 1)[1])
+    assert command[:3] == ["python", "-m", "genfleet.healthcheck"]
+    assert (ROOT / "genfleet" / "healthcheck.py").is_file()
+    # No port is pinned in the image's environment: the probe reads the gateway's own flags.
+    assert "GENFLEET_PORT" not in " ".join(df.final.all("ENV"))
