@@ -294,6 +294,7 @@ on_exit() {
     teardown || status=1
   fi
   rm -f "$ENV_FILE"
+  [ "$status" != 0 ] || say "done in $((SECONDS - T0)) s"
   exit "$status"
 }
 trap on_exit EXIT
@@ -303,4 +304,3 @@ case "$ACTION" in
   smoke) smoke ;;
   all) build_images; smoke ;;
 esac
-say "done in $((SECONDS - T0)) s"
