@@ -33,10 +33,8 @@ def template_error(message: str) -> GenfleetError:
 class ChatTemplate:
     def __init__(self, templates: str | Mapping[str, str], special_tokens: Mapping[str, str]) -> None:
         named = {"default": templates} if isinstance(templates, str) else dict(templates)
-        try:
-            self._compiled = {name: _ENV.from_string(text) for name, text in named.items()}
-        except jinja2.TemplateError as exc:
-            raise ValueError(f"the chat template does not parse: {exc}") from exc
+        # A template that does not parse fails the chat routes only, as in transformers: /generate still serves.
+        self._compiled: dict[str, jinja2.Template | GenfleetError] = {name: _compile(t) for name, t in named.items()}
         self._special_tokens = dict(special_tokens)
 
     def render(
@@ -49,6 +47,8 @@ class ChatTemplate:
         **extra: Any,
     ) -> str:
         template = self._pick(tools)
+        if isinstance(template, GenfleetError):
+            raise template
         # None-valued keys are dropped, as HF does: templates test `is defined`, not `is none`.
         clean = [{k: v for k, v in m.items() if v is not None} for m in messages]
         try:
@@ -59,7 +59,7 @@ class ChatTemplate:
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as exc:
             raise template_error(f"{type(exc).__name__}: {exc}") from exc
 
-    def _pick(self, tools: list[dict[str, Any]] | None) -> jinja2.Template:
+    def _pick(self, tools: list[dict[str, Any]] | None) -> jinja2.Template | GenfleetError:
         if tools is not None and "tool_use" in self._compiled:
             return self._compiled["tool_use"]
         if "default" in self._compiled:
@@ -67,6 +67,13 @@ class ChatTemplate:
         if len(self._compiled) == 1:
             return next(iter(self._compiled.values()))
         raise template_error(f"the model has several chat templates and no default: {sorted(self._compiled)}")
+
+
+def _compile(text: str) -> jinja2.Template | GenfleetError:
+    try:
+        return _ENV.from_string(text)
+    except jinja2.TemplateError as exc:
+        return template_error(f"the chat template does not parse: {exc}")
 
 
 class _Generation(jinja2.ext.Extension):

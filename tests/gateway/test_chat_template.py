@@ -134,3 +134,10 @@ def test_no_template_is_a_template_error(tmp_path: Path) -> None:
     tok = Tokenizer(_model_dir(tmp_path, {}))
     with pytest.raises(GenfleetError, match="no chat template"):
         tok.apply_chat_template(CHATS["one_turn"]["messages"])
+
+
+def test_a_template_that_does_not_parse_fails_chat_only(tmp_path: Path) -> None:
+    tok = Tokenizer(_model_dir(tmp_path, {"chat_template": "{% for m in messages %}{{ m.content }}"}))
+    assert tok.encode("hello", add_special_tokens=False) == [3]  # the tokenizer itself still serves
+    with pytest.raises(GenfleetError, match="does not parse"):
+        tok.apply_chat_template(CHATS["one_turn"]["messages"])
