@@ -67,7 +67,7 @@ install_podman() {
 }
 
 # Podman reads only the files named here (CONTAINERS_CONF, CONTAINERS_STORAGE_CONF): nothing
-# global changes. runc and cgroupfs work where crun and systemd do not (containers in a
+# global changes (its storage and its networks' definitions live under $HOME_DIR too). runc and cgroupfs work where crun and systemd do not (containers in a
 # sandbox); the default ulimits must fit under the sandbox's hard limits.
 configure_podman() {
   mkdir -p "$HOME_DIR"
@@ -80,6 +80,8 @@ default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+[network]
+network_config_dir = "$HOME_DIR/networks"
 EOF
   cat >"$HOME_DIR/storage.conf" <<EOF
 [storage]
@@ -220,11 +222,14 @@ teardown() {
   # podman-compose's down misses `--scale`d replicas: remove what is left by the project's label.
   local left; left=$(project_containers)
   [ -z "$left" ] || "$ENGINE" rm -f -t 10 $left >/dev/null 2>&1 || true
-  "$ENGINE" volume rm -f $("$ENGINE" volume ls -q --filter "label=com.docker.compose.project=$PROJECT") \
-    >/dev/null 2>&1 || true
-  left=$(project_containers)
-  if [ -n "$left" ]; then say "FAILED: containers left after down: $left"; return 1; fi
-  say "down: no container of $PROJECT is left"
+  local kind
+  for kind in volume network; do
+    "$ENGINE" "$kind" rm -f $("$ENGINE" "$kind" ls -q --filter "label=com.docker.compose.project=$PROJECT") \
+      >/dev/null 2>&1 || true
+  done
+  left="$(project_containers) $("$ENGINE" network ls -q --filter "label=com.docker.compose.project=$PROJECT")"
+  if [ -n "${left// /}" ]; then say "FAILED: left after down: $left"; return 1; fi
+  say "down: no container or network of $PROJECT is left"
 }
 
 dump_logs() {

@@ -68,5 +68,5 @@ def test_images_build_and_the_compose_stack_serves(capsys: pytest.CaptureFixture
     if not _gateway_has_transformers():  # the target holds once the gateway tokenizes without it
         assert sizes["genfleet-gateway"] <= GATEWAY_MAX_MB, sizes
     for expected in ("/health 200", "2 live workers", "/generate", "/v1/chat/completions streamed",
-                     "HEALTHCHECK passes", "no container of genfleet-smoke is left"):
+                     "HEALTHCHECK passes", "no container or network of genfleet-smoke is left"):
         assert expected in output, f"missing {expected!r}:\n{output}"
