@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tomllib
 from collections import deque
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,8 @@ def test_images_build_and_the_compose_stack_serves(capsys: pytest.CaptureFixture
     assert sizes["genfleet-worker-cpu"] <= CPU_WORKER_MAX_MB, sizes
     if not _gateway_has_transformers():  # the target holds once the gateway tokenizes without it
         assert sizes["genfleet-gateway"] <= GATEWAY_MAX_MB, sizes
+    # podman kept its storage and networks under its own home: nothing global changed.
+    assert not list(Path("/etc/containers/networks").glob("genfleet-smoke*"))
     for expected in ("/health 200", "2 live workers", "/generate", "/v1/chat/completions streamed",
                      "HEALTHCHECK passes", "no container or network of genfleet-smoke is left"):
         assert expected in output, f"missing {expected!r}:\n{output}"
