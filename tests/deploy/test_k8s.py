@@ -130,6 +130,9 @@ def test_workers_take_a_gpu_each_and_export_metrics_where_scraped(
     assert config.device == "cuda"
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker["ports"][0]["containerPort"] == config.metrics_port
+    # The metrics listener opens only after the model has loaded (worker.run_worker): readiness.
+    for probe in ("startupProbe", "readinessProbe"):
+        assert worker[probe]["tcpSocket"]["port"] == worker["ports"][0]["name"]
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == config.metrics_port
     # Graceful drain (30 s) fits in the grace period.
     assert pod["spec"]["terminationGracePeriodSeconds"] > 30
