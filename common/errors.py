@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["FinishReason", "ErrorType", "HTTP_STATUS", "GenfleetError", "ValidationError"]
+__all__ = ["FinishReason", "ErrorType", "HTTP_STATUS", "GenfleetError", "ValidationError", "GATEWAY_GONE"]
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
@@ -22,7 +22,12 @@ ErrorType = Literal[
     "template_error",  # 422
     "bad_request",  # 400: the body is not JSON
     "payload_too_large",  # 413
+    "gateway_gone",  # never shown: a worker dropped the request of a gateway it took for dead
 ]
+
+# The cancel reason, and the Error a worker sends, when a gateway's heartbeat expired under its
+# requests; a gateway that receives it is alive after all and continues the request elsewhere.
+GATEWAY_GONE = "gateway_gone"
 
 HTTP_STATUS: dict[str, int] = {
     "validation": 422,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import GenfleetError
+from common.errors import GATEWAY_GONE, GenfleetError
 from common.protocol import Error, Finish, Token
 from gateway.fleet import FleetView
 from gateway.metrics import GatewayMetrics
@@ -124,6 +124,11 @@ class Relay:
                 elif isinstance(event, Error):
                     if burst:
                         yield burst  # the tokens before the error reach the client first
+                        burst = []
+                    if event.error_type == GATEWAY_GONE:
+                        # Taken for dead while it was only stalled: this gateway carries on.
+                        await self._continue(state, f"worker {state.owner} took this gateway for dead")
+                        break
                     raise GenfleetError(event.error_type, event.message)
                 # Accepted: the router has already recorded the owner.
             if burst:

@@ -101,6 +101,10 @@ class OutputProcessor:
     def error(self, key: str, error_type: str, message: str) -> None:
         self._queue.put(("error", key, error_type, message))
 
+    def forget(self, key: str) -> None:
+        """The request was cancelled: drop its state (no event; the canceller knows)."""
+        self._queue.put(("forget", key))
+
     def close(self, timeout: float = 5.0) -> None:
         """Publish everything queued, then stop the thread."""
         self._queue.put(None)
@@ -154,6 +158,9 @@ class OutputProcessor:
                 accepted_at=time.time(),
             )
             out[request.gateway_id].append(Accepted(request.req_id, request.attempt, self._worker_id))
+            return 0
+        if kind == "forget":
+            self._live.pop(item[1], None)
             return 0
         if kind == "error":
             _, key, error_type, message = item

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from common.config import WorkerConfig
+from common.errors import GATEWAY_GONE
 from common.protocol import Cancel, GenerateRequest, WorkerInfo, encode
 from common.streams import CONSUMER_GROUP, Keys
 from worker.intake import Intake
@@ -210,6 +211,12 @@ class Worker:
                 if cancel.attempt < 0 or key == _engine_key(cancel.req_id, cancel.attempt):
                     self.engine.abort_request(key)
                     keys.discard(key)
+                    if cancel.reason == GATEWAY_GONE:
+                        # Its gateway may only have been starved past its TTL: if it is alive, this
+                        # error makes it continue the request elsewhere instead of waiting forever.
+                        self.output.error(key, GATEWAY_GONE, "Cancelled: the gateway's heartbeat expired")
+                    else:
+                        self.output.forget(key)
                     with self._admit_lock:
                         self._gateway_of.pop(key, None)
             if not keys:
@@ -285,7 +292,7 @@ class Worker:
             if gateway_id in dead:
                 req_id, attempt = _split_key(key)
                 log.info("gateway %s is gone; cancelling %s", gateway_id, key)
-                self._on_cancel(Cancel(req_id, attempt, "gateway_gone"))
+                self._on_cancel(Cancel(req_id, attempt, GATEWAY_GONE))
 
     def _heartbeat_now(self) -> None:
         stats = self.engine.stats()

@@ -3,8 +3,8 @@
 What issue 13 saw as one 503 in a burst on a busy two-core machine: the gateway's process got no
 CPU for seconds while an XADD was in flight; when it ran again, Redis's reply was waiting in the
 socket but the 5 s timeout fired first, and the client got "Request queue unavailable". Here it
-is made exact: a Lua busy loop holds Redis for a second, so the gateway's commands are surely in
-flight, and SIGSTOP of the gateway for 6 s in that second is the starvation.
+is made exact: CLIENT PAUSE holds Redis's replies for a second, so the gateway's commands are
+surely in flight, and SIGSTOP of the gateway for 6 s in that second is the starvation.
 """
 
 from __future__ import annotations
@@ -23,13 +23,6 @@ import redis
 from tests.integration.fleet import FleetProcesses
 
 STALL_S = 6.0  # past the gateway's 5 s Redis socket timeout
-# Busy for about a second by the server's own clock; Redis answers nothing else meanwhile.
-_HOLD_REDIS = """
-local t = redis.call('TIME')
-local start = t[1] * 1000000 + t[2]
-repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 1000000
-return 1
-"""
 
 
 async def _steady_traffic(base: str, seconds: float, out: list[tuple[int, str]]) -> None:
@@ -64,15 +57,12 @@ def test_gateway_stalled_past_the_redis_timeout_answers_every_request(redis_serv
         deadline = time.monotonic() + 10
         while len(out) < 20 and time.monotonic() < deadline:  # traffic flows before the stall
             time.sleep(0.05)
-        holder = redis.Redis.from_url(redis_server.url, socket_timeout=30)
-        hold = threading.Thread(target=lambda: holder.eval(_HOLD_REDIS, 0), daemon=True)
-        hold.start()
-        time.sleep(0.5)  # half-way through the hold: the gateway's commands wait for their replies
+        with redis.Redis.from_url(redis_server.url) as admin:
+            admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")  # commands wait, none fails
+        time.sleep(0.5)  # half-way through the pause: the gateway's commands wait for their replies
         os.kill(gateway.pid, signal.SIGSTOP)
         time.sleep(STALL_S)  # the stall itself, not a wait for a condition
         os.kill(gateway.pid, signal.SIGCONT)
-        hold.join(10)
-        holder.close()
         client.join(60)
         assert not client.is_alive()
         counts = Counter(status for status, _ in out)

@@ -18,9 +18,11 @@ import redis
 from transformers import AutoTokenizer
 
 from common.config import FleetConfig, WorkerConfig
+from common.errors import GATEWAY_GONE
 from common.protocol import (
     Accepted,
     Cancel,
+    Error,
     Finish,
     GenerateRequest,
     Token,
@@ -192,6 +194,10 @@ def test_cancel_reaches_the_engine(running_worker, redis_url: str, key_prefix: s
     while "c1/0" not in engine.aborted and time.monotonic() < deadline:
         time.sleep(0.02)
     assert "c1/0" in engine.aborted
+    # ...and the output side forgets it too (it held every cancelled request's state for good).
+    while worker.output.num_live() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert worker.output.num_live() == 0
     client.close()
 
 
@@ -250,6 +256,8 @@ def test_gateway_death_cancels_its_requests(running_worker, redis_url: str, key_
     worker, engine = running_worker
     client = redis.Redis.from_url(redis_url)
     keys = Keys(key_prefix)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.gateway_channel("g2"))
     client.set(keys.gateway_heartbeat("g2"), b"x", px=1500)
     req = GenerateRequest("d1", 0, "g2", "m", [1, 2, 3], SamplingParams(max_new_tokens=100_000))
     client.xadd(keys.request_stream("m"), {REQUEST_FIELD: encode(req)})
@@ -257,4 +265,12 @@ def test_gateway_death_cancels_its_requests(running_worker, redis_url: str, key_
     while "d1/0" not in engine.aborted and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "d1/0" in engine.aborted
+    # A gateway taken for dead may only have been stalled: it is told, so it can carry on.
+    errors: list[Error] = []
+    while not errors and time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.2)
+        if msg and msg["type"] == "message":
+            errors += [e for e in decode_events(msg["data"]).events if isinstance(e, Error)]
+    assert [(e.req_id, e.error_type) for e in errors] == [("d1", GATEWAY_GONE)]
+    pubsub.close()
     client.close()
