@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from genfleet.embedded_redis import free_port
+from genfleet.serve import worker_threads
 from tests.integration.fleet import wait_healthy
 
 
@@ -58,8 +59,20 @@ def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) ->
         assert "genfleet_worker_prefix_hit_tokens_total{worker_id=" in metrics
         children = _descendants(proc.pid)
         assert len(children) >= 3  # redis-compatible server, worker, gateway
+        environs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in children]
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
+        worker_env = next(env for env, argv in zip(environs, cmdlines) if b"worker" in argv)
+        if "OMP_NUM_THREADS" not in os.environ:
+            assert f"OMP_NUM_THREADS={worker_threads(1)}".encode() in worker_env
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     time.sleep(0.5)
     assert not [pid for pid in children if _alive(pid)]
+
+
+def test_workers_share_the_cores_out(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert [worker_threads(n) for n in (1, 2, 3)] == [2, 1, 1]
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert worker_threads(3) == 5
