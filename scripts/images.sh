@@ -21,7 +21,7 @@
 #                                    (default ~/.cache/genfleet/images)
 #   DEBIAN_MIRROR, DEBIAN_SUITE      for local bases (default deb.debian.org, bookworm)
 #   TORCH_WHEEL                      a CPU torch wheel on disk for the worker (podman mounts it
-#                                    into the build); default: one in $PIP_FIND_LINKS that fits
+#                                    into the build); default: one in pip's find-links that fits
 #   PYTHON_IMAGE, BASE_IMAGE, TORCH_INDEX_URL, TORCH_SPEC, PIP_INDEX_URL, REDIS_IMAGE
 #                                    passed through to compose (deploy/.env.example)
 set -euo pipefail
@@ -158,7 +158,14 @@ make_local_bases() {
       "$LOCAL_BASE" | "$ENGINE" build -q -t "$LOCAL_REDIS" - >/dev/null
   fi
   export PYTHON_IMAGE=$LOCAL_BASE BASE_IMAGE=$LOCAL_BASE REDIS_IMAGE=$LOCAL_REDIS
-  export TORCH_INDEX_URL=${TORCH_INDEX_URL:-${PIP_INDEX_URL:-https://pypi.org/simple}}
+  # PyPI's Linux torch is the CUDA build (GBs): on local bases torch comes from a CPU wheel on
+  # disk (its dependencies from the package index), or from an index the user names.
+  if [ -z "${TORCH_INDEX_URL:-}" ]; then
+    pick_torch_wheel
+    [ -n "${TORCH_SPEC:-}" ] || die "local bases need a CPU torch wheel (TORCH_WHEEL=<file>, or one in pip's" \
+      "find-links) or TORCH_INDEX_URL=<a mirror of the PyTorch CPU index>"
+    export TORCH_INDEX_URL=${PIP_INDEX_URL:-https://pypi.org/simple}
+  fi
 }
 
 # The CPU torch wheel on disk, when one fits the base's Python: mounted into the worker's build.
@@ -167,7 +174,8 @@ pick_torch_wheel() {
   if [ -z "$wheel" ]; then
     tag=$("$ENGINE" run --rm "$BASE_IMAGE" python3 -c \
       'import sys; print("cp%d%d" % sys.version_info[:2])' 2>/dev/null) || return 0
-    for dir in ${PIP_FIND_LINKS:-}; do
+    for dir in ${PIP_FIND_LINKS:-} $(python3 -m pip config get global.find-links 2>/dev/null); do
+      dir=${dir#file://}
       wheel=$(ls "$dir"/torch-*+cpu-"$tag"-"$tag"-*linux*_"$(uname -m)".whl 2>/dev/null | sort -V | tail -1)
       [ -n "$wheel" ] && break
     done
@@ -190,7 +198,7 @@ build_images() {
             say "no registry: local base images"; make_local_bases; fi ;;
     *) die "GENFLEET_BASES must be registry, local or auto" ;;
   esac
-  [ -z "${BASE_IMAGE:-}" ] || pick_torch_wheel
+  [ -z "${TORCH_WHEEL:-}" ] || [ -n "${TORCH_SPEC:-}" ] || pick_torch_wheel
   say "building $GATEWAY_TAG and $WORKER_TAG (${PYTHON_IMAGE:-default bases})"
   local start=$SECONDS
   if [ "$ENGINE" = podman ]; then
