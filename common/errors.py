@@ -23,6 +23,11 @@ ErrorType = Literal[
     "bad_request",  # 400: the body is not JSON
     "payload_too_large",  # 413
     "gateway_gone",  # never shown: a worker dropped the request of a gateway it took for dead
+    "not_found",  # 404: no such route
+    "method_not_allowed",  # 405
+    "request_timeout",  # 408: the body did not arrive in time
+    "header_too_large",  # 431: request headers over the bound
+    "internal",  # 500: a bug
 ]
 
 # The cancel reason, and the Error a worker sends, when a gateway's heartbeat expired under its
@@ -42,6 +47,11 @@ HTTP_STATUS: dict[str, int] = {
     "timeout": 504,
     "bad_request": 400,
     "payload_too_large": 413,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "request_timeout": 408,
+    "header_too_large": 431,
+    "internal": 500,
 }
 
 

@@ -18,12 +18,16 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from common.errors import GenfleetError
 from common.tgi_metrics import DURATION_BUCKETS, BareCounters
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DURATION = DURATION_BUCKETS
+# tgi_request_failure's `err` label for each error_type (TGI's kinds).
+_FAILURE_KIND = {"validation": "validation", "template_error": "template", "overloaded": "overloaded",
+                 "bad_request": "validation", "payload_too_large": "validation"}
 
 
 def _linear(top: int, n: int = 100) -> tuple[float, ...]:
@@ -113,6 +117,9 @@ class GatewayMetrics:
                                     "scheduled", ["worker_id"], registry=r)
         self.worker_kv_free = Gauge("genfleet_fleet_worker_free_kv_tokens", "A live worker's free KV tokens",
                                     ["worker_id"], registry=r)
+
+    def record_failure(self, exc: GenfleetError) -> None:
+        self.counters.inc("tgi_request_failure", err=_FAILURE_KIND.get(exc.error_type, "generation"))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,7 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.routes_info import VERSION
+from gateway import VERSION
 from gateway.schemas import GenerateInput
 
 __all__ = ["openapi_spec", "openapi_json"]

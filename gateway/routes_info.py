@@ -5,16 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from common.errors import GenfleetError
-from gateway.context import ctx_of, error_response, read_json
+from gateway import VERSION
+from gateway.admission import read_json
+from gateway.context import ctx_of
 from gateway.metrics import CONTENT_TYPE
 from gateway.schemas import parse_generate
 from gateway.worker_metrics import worker_metrics
 
-__all__ = ["health", "info", "metrics", "models", "tokenize", "VERSION"]
-
-VERSION = "0.1.0"
-
+__all__ = ["health", "info", "metrics", "models", "tokenize"]
 
 async def health(request: Request) -> Response:
     ctx = ctx_of(request)
@@ -89,10 +87,7 @@ async def models(request: Request) -> Response:
 
 async def tokenize(request: Request) -> Response:
     ctx = ctx_of(request)
-    try:
-        parsed = parse_generate(await read_json(request, ctx.config.payload_limit))
-    except GenfleetError as exc:
-        return error_response(exc)
+    parsed = parse_generate(await read_json(request, ctx.config.payload_limit))
     return JSONResponse([
         {"id": tid, "text": text, "start": start, "stop": stop}
         for tid, text, start, stop in ctx.tokenizer.offsets(parsed.inputs)

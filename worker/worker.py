@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import random
 import signal
 import socket
 import sys
@@ -182,12 +181,11 @@ class Worker:
                 self.output.accepted(key, request, request.params.seed, entry_id)
                 self.output.error(key, "timeout", "Request deadline exceeded before a worker took it")
                 continue
+            # The gateway resolved the seed at validation (None only when greedy, which draws none).
             seed = request.params.seed
-            if seed is None:
-                seed = random.getrandbits(63)
             prompt = list(request.input_ids) + list(request.generated_ids)
             engine_req = EngineRequest(
-                req_id=key, prompt_ids=prompt, params=request.params, seed=seed,
+                req_id=key, prompt_ids=prompt, params=request.params, seed=seed or 0,
                 arrival_time=time.time(), deadline=request.deadline, priority=request.priority,
                 num_generated_offset=len(request.generated_ids),
             )

@@ -17,12 +17,24 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _nothing_queued(gw: GatewayServer, worker: ScriptedWorker) -> None:
-    time.sleep(0.2)  # give a wrongly queued request time to reach the worker
+    # A probe goes through the same stream: once the worker has it, a request wrongly queued
+    # before it would have reached the worker first.
     assert worker.received == []
+    headers = {"x-request-id": "probe"}
+    if gw.config.api_key:
+        headers["authorization"] = f"Bearer {gw.config.api_key}"
+    probe = httpx.post(f"{gw.url}/generate", json={"inputs": "probe", "parameters": {"max_new_tokens": 1}},
+                       headers=headers, timeout=10)
+    assert probe.status_code == 200, probe.text
+    assert [req.req_id for req in worker.received] == ["probe"]
+    worker.received.clear()
     r = redis.Redis.from_url(gw.config.fleet.effective_redis_url)
     assert r.xlen(Keys(gw.config.fleet.key_prefix).request_stream(DEFAULT_MODEL_ID)) == 0
-    assert gw.ctx.queue_client.in_flight == 0 and gw.ctx.permits.used == 0
     r.close()
+    deadline = time.monotonic() + 5
+    while (gw.ctx.queue_client.in_flight or gw.ctx.permits.used) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gw.ctx.queue_client.in_flight == 0 and gw.ctx.permits.used == 0
 
 
 @pytest.mark.parametrize(("body", "status", "error_type", "message"), [
@@ -80,7 +92,10 @@ def test_too_long_input_is_rejected_before_queueing(gateway: GatewayServer, work
 def test_over_fleet_kv_capacity(gateway: GatewayServer, worker: ScriptedWorker) -> None:
     worker.capacity_tokens = 64
     worker.heartbeat()
-    time.sleep(0.6)  # a fleet refresh
+    deadline = time.monotonic() + 5
+    while gateway.ctx.fleet.state.max_capacity_tokens != 64 and time.monotonic() < deadline:
+        time.sleep(0.02)  # until a fleet refresh has read the new heartbeat
+    assert gateway.ctx.fleet.state.max_capacity_tokens == 64
     r = httpx.post(f"{gateway.url}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 100}},
                    timeout=10)
     assert r.status_code == 422 and "KV capacity" in r.json()["error"]
@@ -164,3 +179,4 @@ def test_request_timeout_cancels_on_the_owner(make_gateway, worker: ScriptedWork
         while not worker.cancels and time.monotonic() < deadline:
             time.sleep(0.02)
         assert worker.cancels[0].req_id == worker.received[0].req_id
+

@@ -36,7 +36,9 @@ def test_health_follows_workers(gateway: GatewayServer, worker: ScriptedWorker) 
 
 def test_health_503_when_the_only_worker_drains(gateway: GatewayServer, worker: ScriptedWorker) -> None:
     worker._stop.set()  # stop its heartbeat thread, then announce draining
-    time.sleep(0.3)
+    for t in worker._threads:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in worker._threads)
     worker.heartbeat(draining=True)
     assert _wait_status(f"{gateway.url}/health", 503).status_code == 503
 

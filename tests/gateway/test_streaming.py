@@ -1,4 +1,4 @@
-"""The relay's hot path without a server: bursts of events, one chunk per burst, byte-exact SSE.
+"""The lifecycle's hot path without a server: bursts of events, one chunk per burst, byte-exact SSE.
 
 The events are compared with what the gateway wrote before it batched and used msgspec: one
 json.dumps(ensure_ascii=False, separators=(",", ":")) per event, one event per chunk.
@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 
 from common.errors import GenfleetError
-from common.protocol import Accepted, Error, Finish, Token, TopToken
+from common.protocol import Accepted, Cancel, Error, Finish, GenerateRequest, Token, TopToken
 from common.sampling_params import SamplingParams
-from gateway.generation import Relay
 from gateway.inbox import Inbox
+from gateway.lifecycle import Lifecycle, Outcome, Run
 from gateway.metrics import GatewayMetrics
-from gateway.queue_client import RequestState
-from gateway.routes_generate import Outcome, _stream
-from gateway.streaming import KEEP_ALIVE, json_float, sse, tgi_token_event
+from gateway.sse import KEEP_ALIVE, SSEResponse, json_float, sse
+from gateway.tgi_shapes import tgi_stream, tgi_token_event
 from gateway.validation import Validated
 
 pytestmark = pytest.mark.timeout(30)
@@ -118,15 +117,42 @@ async def test_inbox_wait_can_be_cancelled() -> None:
     assert await inbox.wait(0.01) is True
 
 
-# -- the relay: bursts ----------------------------------------------------------------------------
-def _relay() -> Relay:
+# -- the lifecycle: bursts ------------------------------------------------------------------------
+class _Queue:
+    """The queue client's contract, scripted: one request, "r", whose inbox the test fills."""
+
+    gateway_id = "gw"
+
+    def __init__(self) -> None:
+        self.inbox: Inbox[Any] = Inbox()
+        self.enqueued: list[GenerateRequest] = []
+        self.cancelled: list[str] = []
+
+    def open(self) -> tuple[str, Inbox[Any]]:
+        return "r", self.inbox
+
+    def close(self, req_id: str) -> None:
+        pass
+
+    async def enqueue(self, msg: GenerateRequest) -> bytes:
+        self.enqueued.append(msg)
+        return b"1-0"
+
+    async def publish_cancel(self, model: str, owner: str | None, cancel: Cancel) -> None:
+        self.cancelled.append(cancel.req_id)
+
+    async def delete_entry(self, model: str, entry_id: bytes) -> None:
+        pass
+
+
+def _lifecycle(queue: _Queue) -> Lifecycle:
     fleet = SimpleNamespace(ttl=5.0, is_alive=lambda worker: True,
                             state=SimpleNamespace(redis_ok=True, serving=(object(),)))
-    return Relay(queue_client=SimpleNamespace(), fleet=fleet, metrics=SimpleNamespace())  # type: ignore[arg-type]
+    return Lifecycle(queue, fleet, GatewayMetrics(100, 200), "m")  # type: ignore[arg-type]
 
 
-def _state() -> RequestState:
-    return RequestState("r", "m", [1, 2], SamplingParams(max_new_tokens=8), 0.0, owner="w")
+def _run() -> Run:
+    return Run([1, 2], SamplingParams(max_new_tokens=8), Outcome())
 
 
 def _tok(seq: int, req_id: str = "r") -> Token:
@@ -134,124 +160,132 @@ def _tok(seq: int, req_id: str = "r") -> Token:
 
 
 async def test_relay_yields_everything_queued_as_one_burst() -> None:
-    state = _state()
-    state.queue.put_nowait(Accepted("r", 0, "w"))
+    queue = _Queue()
+    queue.inbox.put_nowait(Accepted("r", 0, "w"))
     for seq in range(4):
-        state.queue.put_nowait(_tok(seq))
-    state.queue.put_nowait(_tok(2))  # a duplicate is dropped
-    run = _relay().run(state)
-    assert await run.__anext__() == [_tok(0), _tok(1), _tok(2), _tok(3)]
-    state.queue.put_nowait(_tok(4))
-    state.queue.put_nowait(Finish("r", 0, 5, "length", 2, None))
-    assert await run.__anext__() == [_tok(4)]
+        queue.inbox.put_nowait(_tok(seq))
+    queue.inbox.put_nowait(_tok(2))  # a duplicate is dropped
+    run = _run()
+    bursts = _lifecycle(queue).run(run)
+    assert await bursts.__anext__() == [_tok(0), _tok(1), _tok(2), _tok(3)]
+    queue.inbox.put_nowait(_tok(4))
+    queue.inbox.put_nowait(Finish("r", 0, 5, "length", 2, None))
+    assert await bursts.__anext__() == [_tok(4)]
     with pytest.raises(StopAsyncIteration):
-        await run.__anext__()
-    assert state.finish is not None and state.finish.seq == 5 and state.relayed_ids == [1000, 1001, 1002, 1003, 1004]
+        await bursts.__anext__()
+    finish = run.outcome.finish
+    assert finish is not None and finish.seq == 5 and [t.id for t in run.outcome.tokens] == [1000, 1001, 1002, 1003, 1004]
+    assert queue.cancelled == []  # it finished: nothing to stop
 
 
 async def test_relay_yields_the_tokens_before_an_error_then_raises() -> None:
-    state = _state()
+    queue = _Queue()
     for event in (_tok(0), _tok(1), Error("r", 0, "generation", "boom")):
-        state.queue.put_nowait(event)
-    run = _relay().run(state)
-    assert await run.__anext__() == [_tok(0), _tok(1)]
+        queue.inbox.put_nowait(event)
+    bursts = _lifecycle(queue).run(_run())
+    assert await bursts.__anext__() == [_tok(0), _tok(1)]
     with pytest.raises(GenfleetError, match="boom"):
-        await run.__anext__()
+        await bursts.__anext__()
+    assert queue.cancelled == ["r"]
 
 
 async def test_relay_yields_the_tokens_before_a_gap_even_when_no_attempt_is_left() -> None:
-    state = _state()
+    queue = _Queue()
     for event in (_tok(0), _tok(1), _tok(3), _tok(4)):
-        state.queue.put_nowait(event)
-    relay = _relay()
-    relay.max_attempts = 1  # the gap cannot be repaired by a continuation
-    run = relay.run(state)
-    assert await run.__anext__() == [_tok(0), _tok(1)]
+        queue.inbox.put_nowait(event)
+    lifecycle = _lifecycle(queue)
+    lifecycle.max_attempts = 1  # the gap cannot be repaired by a continuation
+    bursts = lifecycle.run(_run())
+    assert await bursts.__anext__() == [_tok(0), _tok(1)]
     with pytest.raises(GenfleetError, match="events lost before seq 3"):
-        await run.__anext__()
+        await bursts.__anext__()
 
 
-async def test_relay_yields_an_empty_burst_after_keep_alive_seconds_of_silence() -> None:
-    state = _state()
-    run = _relay().run(state, keep_alive=0.3)
+async def test_a_gap_re_enqueues_a_continuation_that_keeps_the_seed() -> None:
+    queue = _Queue()
+    for event in (_tok(0), _tok(2)):
+        queue.inbox.put_nowait(event)
+    run = Run([1, 2], SamplingParams(max_new_tokens=8, do_sample=True, seed=41), Outcome())
+    bursts = _lifecycle(queue).run(run)
+    assert await bursts.__anext__() == [_tok(0)]
+    waiting = asyncio.ensure_future(bursts.__anext__())
+    deadline = time.monotonic() + 5
+    while len(queue.enqueued) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    first, second = queue.enqueued
+    assert (second.attempt, second.generated_ids, second.params.max_new_tokens) == (1, [1000], 7)
+    assert first.params.seed == second.params.seed == 41
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_sse_writes_a_keep_alive_after_its_interval_of_silence() -> None:
+    sent: list[tuple[float, bytes]] = []
+    gate = asyncio.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"data:1\n\n"
+        await gate.wait()
+        yield b"data:2\n\n"
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append((time.monotonic(), message["body"]))
+            if message["body"] == KEEP_ALIVE:
+                gate.set()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never leaves
+        return {}
+
     started = time.monotonic()
-    assert await run.__anext__() == []
-    assert 0.3 <= time.monotonic() - started < 2.0
-    state.queue.put_nowait(_tok(0))
-    assert await run.__anext__() == [_tok(0)]
-    await run.aclose()
+    await asyncio.wait_for(SSEResponse(events(), {}, keep_alive=0.3)({"type": "http"}, receive, send), 5)
+    assert [body for _, body in sent] == [b"data:1\n\n", KEEP_ALIVE, b"data:2\n\n", b""]
+    assert 0.3 <= sent[1][0] - started < 2.0
 
 
 # -- the TGI stream: one chunk per burst ----------------------------------------------------------
-class _ScriptedRelay:
-    """Relay.run's contract, scripted: the given bursts, then the Finish on the state."""
-
-    def __init__(self, bursts: list[list[Token]], finish: Finish | None, error: GenfleetError | None = None) -> None:
-        self.bursts, self.finish, self.error = bursts, finish, error
-
-    async def submit(self, state: RequestState) -> None:
-        pass
-
-    async def run(self, state: RequestState, keep_alive: float = 0.0) -> AsyncIterator[list[Token]]:
-        for burst in self.bursts:
-            yield burst
-        if self.error is not None:
-            raise self.error
-        state.finish = self.finish
-
-
-class _QueueClient:
-    def __init__(self) -> None:
-        self.cancelled: list[str] = []
-
-    def new_state(self, model: str, ids: list[int], params: SamplingParams, deadline: float) -> RequestState:
-        return RequestState("r", model, ids, params, deadline)
-
-    def finish(self, state: RequestState) -> None:
-        state.done = True
-
-    async def cancel(self, state: RequestState) -> None:
-        state.done = True
-        self.cancelled.append(state.req_id)
-
-
-def _ctx(relay: _ScriptedRelay) -> Any:
-    queue_client = _QueueClient()
-    return SimpleNamespace(fleet=SimpleNamespace(state=SimpleNamespace(redis_ok=True)), queue_client=queue_client,
-                           model_id="m", deadline=0.0, metrics=GatewayMetrics(100, 200), relay=relay)
-
-
 def _validated(details: bool = True) -> Validated:
-    return Validated([1, 2], SamplingParams(max_new_tokens=8), 1, False, details, False, "prompt")
-
-
-async def _chunks(ctx: Any, v: Validated) -> list[bytes]:
-    return [c async for c in _stream(None, ctx, v, Outcome())]  # type: ignore[arg-type]
+    return Validated([1, 2], (SamplingParams(max_new_tokens=8),), False, details, False, "prompt")
 
 
 async def test_a_burst_goes_out_as_one_chunk_with_the_events_of_one_token_each() -> None:
     tokens = [_tok(i) for i in range(6)]
-    finish = Finish("r", 0, 6, "length", 2, None)
-    ctx = _ctx(_ScriptedRelay([tokens[:4], [], tokens[4:]], finish))
-    chunks = await _chunks(ctx, _validated())
-    # One token behind: the first burst's chunk holds events 1-3, the keep-alive passes through,
-    # the second burst's chunk holds 4-5 and the last event carries text and details.
+    queue = _Queue()
+    lifecycle = _lifecycle(queue)
+    for t in tokens[:4]:
+        queue.inbox.put_nowait(t)
+    run = _run()
+    chunks = []
+    async for chunk in tgi_stream(lifecycle.run(run), _validated(), run.outcome, lifecycle.metrics):
+        chunks.append(chunk)
+        if len(chunks) == 1:  # the second burst arrives once the first is out
+            for t in tokens[4:]:
+                queue.inbox.put_nowait(t)
+            queue.inbox.put_nowait(Finish("r", 0, 6, "length", 2, None))
+    # One token behind: the first burst's chunk holds events 1-3, the second burst's chunk holds
+    # 4-5 and the last event carries text and details.
     details = {"finish_reason": "length", "generated_tokens": 6, "seed": None, "input_length": 2}
     assert chunks == [
         b"".join(_old_token_event(t, t.seq + 1) for t in tokens[:3]),
-        KEEP_ALIVE,
         b"".join(_old_token_event(t, t.seq + 1) for t in tokens[3:5]),
         _old_token_event(tokens[5], 6, " w0 w1 w2 w3 w4 w5", details),
     ]
-    assert ctx.metrics.counters.get("tgi_request_success") == 1 and ctx.queue_client.cancelled == []
+    assert lifecycle.metrics.counters.get("tgi_request_success") == 1 and queue.cancelled == []
 
 
 async def test_an_error_after_tokens_flushes_the_held_event_first() -> None:
     tokens = [_tok(i) for i in range(3)]
-    ctx = _ctx(_ScriptedRelay([tokens], None, GenfleetError("generation", "worker lost")))
-    chunks = await _chunks(ctx, _validated(details=False))
+    queue = _Queue()
+    lifecycle = _lifecycle(queue)
+    for event in (*tokens, Error("r", 0, "generation", "worker lost")):
+        queue.inbox.put_nowait(event)
+    run = _run()
+    chunks = [c async for c in tgi_stream(lifecycle.run(run), _validated(details=False), run.outcome,
+                                          lifecycle.metrics)]
     assert chunks == [
         _old_token_event(tokens[0], 1) + _old_token_event(tokens[1], 2),
         _old_token_event(tokens[2], 3) + _old_sse({"error": "worker lost", "error_type": "generation"}),
     ]
-    assert ctx.queue_client.cancelled == ["r"]  # the request is stopped wherever it still runs
+    assert queue.cancelled == ["r"]  # the request is stopped wherever it still runs

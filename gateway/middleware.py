@@ -1,0 +1,59 @@
+"""Pure-ASGI middleware: the request id of every response, and --api-key on the generation routes."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from common.log import bind_request_id
+
+__all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS"]
+
+# Routes behind --api-key (TGI protects the generation routes only).
+GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions",
+                              "/tokenize", "/chat_tokenize", "/invocations"})
+
+
+class ApiKeyMiddleware:
+    """Bearer auth, compared in constant time; a bare 401 without a body, as TGI answers."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"bearer {api_key}".lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in GENERATION_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"").lower()
+            if not hmac.compare_digest(given, self.expected):
+                await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestIdMiddleware:
+    """Names every response's request id (x-request-id), echoing the client's when it sent one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()
+        request_id = rid.decode(errors="replace")[:128]
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        # Log lines of this request carry its id; the id also names the request on the wire,
+        # so the worker's log lines about it match (gateway/queue_client.py).
+        with bind_request_id(request_id):
+            await self.app(scope, receive, send_with_id)
