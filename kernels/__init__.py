@@ -1,37 +1,12 @@
-"""Triton kernels, one file each, with torch references in kernels/reference.py.
+"""Triton kernels: each launcher lives in the module of its own name (`kernels.store_kv.store_kv`),
+with its torch reference in kernels/reference.py; kernels/paged_kv.py holds what the two paged
+attention kernels share.
 
-Launchers load on first use, so `kernels.reference` imports without Triton installed (and
-TRITON_INTERPRET, read when a kernel is defined, can still be set by the CPU tests). No module is
-named after a launcher: importing the module would shadow the launcher on this package.
+Nothing is imported here, so `kernels.reference` imports without Triton installed (and
+TRITON_INTERPRET, read when a kernel is defined, can still be set by the CPU tests): import a
+launcher from its module.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-__all__ = [
-    "store_kv",
-    "paged_attention",
-    "paged_decode_attention",
-    "prefill_attention",
-    "rms_norm",
-    "rotary_embedding",
-    "silu_and_mul",
-]
-
-_HOME = {
-    "store_kv": "kernels.kv_store",
-    "paged_attention": "kernels.decode_attention",
-    "paged_decode_attention": "kernels.decode_attention",
-    "prefill_attention": "kernels.varlen_attention",
-    "rms_norm": "kernels.rmsnorm",
-    "rotary_embedding": "kernels.rotary",
-    "silu_and_mul": "kernels.activation",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
+__all__: list[str] = []

@@ -14,12 +14,12 @@ import triton
 import triton.testing
 
 from kernels import reference as ref
-from kernels.activation import silu_and_mul
-from kernels.decode_attention import paged_decode_attention
-from kernels.varlen_attention import prefill_attention
-from kernels.rmsnorm import rms_norm
-from kernels.rotary import rotary_embedding
-from kernels.kv_store import store_kv
+from kernels.paged_decode_attention import paged_decode_attention
+from kernels.prefill_attention import prefill_attention
+from kernels.rms_norm import rms_norm
+from kernels.rotary_embedding import rotary_embedding
+from kernels.silu_and_mul import silu_and_mul
+from kernels.store_kv import store_kv
 
 __all__ = ["decode_step_breakdown", "gemv_report", "main"]
 
@@ -34,6 +34,11 @@ def _graph_us(fn: Any) -> float:
     # Replayed from a CUDA graph, as decode runs: GPU time without the host's launch cost.
     fn()
     return float(triton.testing.do_bench_cudagraph(fn, rep=40)) * 1e3
+
+
+def _cos_sin_table(positions: int, d: int) -> torch.Tensor:
+    # The rotary kernel reads the table, whatever its values: the model's own is worker/models/rotary.py.
+    return torch.rand(positions, d, dtype=torch.float32, device="cuda")  # (P, D) [cos | sin]
 
 
 def _paged(batch: int, ctx: int, q_len: int, nh: int, nkv: int, d: int) -> tuple[torch.Tensor, ...]:
@@ -64,7 +69,7 @@ def decode_step_breakdown(cfg: dict[str, Any], batch: int, ctx: int) -> dict[str
     k_new = torch.randn(batch, nkv, d, **bf)
     slots = torch.arange(batch, device="cuda") * _BLOCK
     positions = torch.full((batch,), ctx - 1, device="cuda")
-    cache = ref.build_cos_sin_cache(d, ctx + 1, 500000.0).cuda()
+    cache = _cos_sin_table(ctx + 1, d)
     gu = torch.randn(batch, 2 * inter, **bf)
     a = torch.randn(batch, inter, **bf)
     o_in = torch.randn(batch, nh * d, **bf)
@@ -98,14 +103,14 @@ def _report(name: str, x_names: list[str], x_vals: list[Any], args: dict[str, An
          {"nh": 32, "nkv": 8, "d": 128})
 def bench_decode_attention(batch: int, ctx: int, nh: int, nkv: int, d: int, impl: str) -> float:
     q, kc, vc, tables, seq_lens, qsl = _paged(batch, ctx, 1, nh, nkv, d)
-    fn = paged_decode_attention if impl == "triton" else ref.paged_attention
+    fn = paged_decode_attention if impl == "triton" else ref.paged_decode_attention
     return _us(lambda: fn(q, kc, vc, tables, seq_lens, qsl, d**-0.5))
 
 
 @_report("prefill-attention-8b", ["batch", "q_len"], [(1, 1024), (8, 1024), (1, 4096)], {"nh": 32, "nkv": 8, "d": 128})
 def bench_prefill_attention(batch: int, q_len: int, nh: int, nkv: int, d: int, impl: str) -> float:
     q, kc, vc, tables, seq_lens, qsl = _paged(batch, q_len, q_len, nh, nkv, d)
-    fn = prefill_attention if impl == "triton" else ref.paged_attention
+    fn = prefill_attention if impl == "triton" else ref.prefill_attention
     return _us(lambda: fn(q, kc, vc, tables, seq_lens, qsl, d**-0.5))
 
 
@@ -129,7 +134,7 @@ def bench_rotary(tokens: int, nh: int, nkv: int, d: int, impl: str) -> float:
     q = torch.randn(tokens, nh, d, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(tokens, nkv, d, dtype=torch.bfloat16, device="cuda")
     pos = torch.arange(tokens, device="cuda")
-    cache = ref.build_cos_sin_cache(d, tokens, 500000.0).cuda()
+    cache = _cos_sin_table(tokens, d)
     fn = rotary_embedding if impl == "triton" else ref.rotary_embedding
     return _us(lambda: fn(pos, q, k, cache))
 
@@ -154,7 +159,7 @@ GEMV_CONFIGS = [(4, 512, 4, 3), (8, 512, 4, 3), (8, 1024, 8, 3), (16, 256, 4, 3)
 
 def gemv_report() -> list[str]:
     """One-row linear: cuBLAS (torch) against linear_one_row's configs, graph-replayed GPU µs."""
-    from kernels.gemv import linear_one_row
+    from kernels.linear_one_row import linear_one_row
 
     lines = []
     for name, k, n in GEMV_SHAPES:

@@ -14,17 +14,15 @@ Layouts shared with the Triton kernels:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "store_kv",
-    "paged_attention",
+    "paged_decode_attention",
+    "prefill_attention",
     "rms_norm",
     "rotary_embedding",
-    "build_cos_sin_cache",
     "silu_and_mul",
     "pack_int32",
     "unpack_int32",
@@ -48,7 +46,7 @@ def store_kv(
     flat_v[slots] = v[keep].to(v_cache.dtype)
 
 
-def paged_attention(
+def prefill_attention(
     q: torch.Tensor,  # (T, H, D)
     k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
     v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
@@ -62,13 +60,9 @@ def paged_attention(
     group = num_heads // n_kv
     block_size = k_cache.shape[1]
     starts = query_start_loc.tolist()
-    lens = seq_lens.tolist()
-    decodes = [i for i in range(len(lens)) if starts[i + 1] - starts[i] == 1]
-    if decodes:
-        _decode_attention(q, k_cache, v_cache, block_tables, lens, starts, decodes, scale, out)
-    for i, seq_len in enumerate(lens):
+    for i, seq_len in enumerate(seq_lens.tolist()):
         q_lo, q_hi = starts[i], starts[i + 1]
-        if q_hi - q_lo <= 1:  # empty, or a decode done above
+        if q_hi == q_lo:
             continue
         num_blocks = -(-seq_len // block_size)
         blocks = block_tables[i, :num_blocks].long()
@@ -93,21 +87,22 @@ def paged_attention(
 _DECODE_GATHER_TOKENS = 1 << 16
 
 
-def _decode_attention(
-    q: torch.Tensor,  # (T, H, D)
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    lens: list[int],
-    starts: list[int],
-    decodes: list[int],
+def paged_decode_attention(
+    q: torch.Tensor,  # (B, H, D): one new token per sequence
+    k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
+    block_tables: torch.Tensor,  # (B, max_blocks) int32
+    seq_lens: torch.Tensor,  # (B,) int32: cached + new tokens per sequence
+    query_start_loc: torch.Tensor,  # (B + 1,) int32: 0..B
     scale: float,
-    out: torch.Tensor,  # (T, H, D), written at the decode rows
-) -> None:
+) -> torch.Tensor:  # (B, H, D)
+    out = torch.empty_like(q)
     num_heads, n_kv, dim = q.shape[1], k_cache.shape[2], q.shape[2]
     group = num_heads // n_kv
     block_size = k_cache.shape[1]
-    decodes = sorted(decodes, key=lambda i: lens[i])  # similar lengths share a group: less padding
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    decodes = sorted(range(len(lens)), key=lambda i: lens[i])  # similar lengths share a group: less padding
     lo = 0
     while lo < len(decodes):
         hi = lo + 1
@@ -131,6 +126,7 @@ def _decode_attention(
         probs = torch.softmax(scores, dim=-1)
         attn = torch.matmul(probs, v.transpose(1, 2))  # (b, n_kv, g, D)
         out[rows] = attn.reshape(b, num_heads, dim).to(q.dtype)
+    return out
 
 
 def rms_norm(
@@ -146,37 +142,6 @@ def rms_norm(
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     out = (normed * weight.float()).to(x.dtype)
     return (out, new_residual) if residual is not None else out
-
-
-def build_cos_sin_cache(
-    head_dim: int, max_position: int, base: float, scaling: dict | None = None  # type: ignore[type-arg]
-) -> torch.Tensor:  # (max_position, head_dim): [cos | sin] halves, float32
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
-    if kind == "linear":
-        inv_freq = inv_freq / float(scaling["factor"])  # type: ignore[index]
-    elif kind == "llama3":
-        inv_freq = _llama3_inv_freq(inv_freq, scaling)  # type: ignore[arg-type]
-    elif kind not in ("default",):
-        raise ValueError(f"rope scaling type {kind!r} is not supported")
-    t = torch.arange(max_position, dtype=torch.float64)
-    freqs = torch.outer(t, inv_freq)  # (max_position, D/2)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()
-
-
-def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:  # type: ignore[type-arg]
-    # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, a smooth ramp between.
-    factor = float(scaling["factor"])
-    low = float(scaling.get("low_freq_factor", 1.0))
-    high = float(scaling.get("high_freq_factor", 4.0))
-    original = float(scaling["original_max_position_embeddings"])
-    wavelen = 2 * math.pi / inv_freq
-    low_wavelen, high_wavelen = original / low, original / high
-    smooth = (original / wavelen - low) / (high - low)
-    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-    ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-    mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
-    return torch.where(mid, ramp, scaled)
 
 
 def rotary_embedding(

@@ -63,16 +63,21 @@ class PagedAttentionBackend:
     ) -> torch.Tensor:  # (T, H, D)
         k_cache, v_cache = meta.kv_caches[layer_idx]
         ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        # The one place that picks a kernel by the step's shape (a host int: no device sync).
+        if meta.max_query_len == 1:  # every sequence decodes one token
+            return ops.paged_decode_attention(  # type: ignore[no-any-return]
+                q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale
+            )
         d = meta.num_decodes
         if d and meta.prefill_query_start_loc is not None:
-            decoded = ops.paged_attention(
+            decoded = ops.paged_decode_attention(
                 q[:d], k_cache, v_cache, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale
             )
-            prefilled = ops.paged_attention(
+            prefilled = ops.prefill_attention(
                 q[d:], k_cache, v_cache, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale
             )
             return torch.cat([decoded, prefilled])
-        return ops.paged_attention(  # type: ignore[no-any-return]
+        return ops.prefill_attention(  # type: ignore[no-any-return]
             q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale
         )
 

@@ -5,6 +5,7 @@ Model code calls `ops.<name>(...)` only. `use_device(device)` is called once by 
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,13 +14,16 @@ import torch
 
 from kernels import reference
 
-__all__ = ["use_device", "linear", "one_row_choices", "store_kv", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul"]
+__all__ = [
+    "use_device", "linear", "one_row_choices", "store_kv", "paged_decode_attention", "prefill_attention", "rms_norm",
+    "rotary_embedding", "silu_and_mul",
+]
 
 log = logging.getLogger("genfleet.worker.ops")
 
-_NAMES = ("store_kv", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
+_NAMES = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
-# One-row linears (batch-1 decode) on CUDA: kernels/gemv.py where it measured faster than torch
+# One-row linears (batch-1 decode) on CUDA: kernels/linear_one_row.py where it measured faster than torch
 # for that weight shape (see `linear`); None = torch everywhere.
 _one_row: Callable[..., torch.Tensor] | None = None
 _ONE_ROW_CONFIGS = ((4, 512, 4, 3), (8, 1024, 8, 3))  # (block_n, block_k, warps, stages) tried
@@ -31,11 +35,9 @@ def use_device(device: torch.device) -> dict[str, str]:
     chosen = {}
     triton_ops: dict[str, Callable[..., Any]] = {}
     if device.type == "cuda":
-        import kernels
-
         for name in _NAMES:
             try:  # each launcher loads on first use; a missing one falls back alone
-                triton_ops[name] = getattr(kernels, name)
+                triton_ops[name] = _launcher(name)
             except Exception as exc:  # a broken Triton install must not stop the worker
                 log.warning("Triton %s unavailable (%s); using the torch reference", name, exc)
     for name in _NAMES:
@@ -45,9 +47,7 @@ def use_device(device: torch.device) -> dict[str, str]:
     _one_row = None
     if device.type == "cuda":
         try:
-            from kernels.gemv import linear_one_row
-
-            _one_row = linear_one_row
+            _one_row = _launcher("linear_one_row")
         except Exception as exc:
             log.warning("Triton linear_one_row unavailable (%s); using torch", exc)
     chosen["linear (one row)"] = "triton" if _one_row is not None else "torch"
@@ -125,8 +125,12 @@ def store_kv(*args: Any, **kwargs: Any) -> Any:
     return _impl["store_kv"](*args, **kwargs)
 
 
-def paged_attention(*args: Any, **kwargs: Any) -> Any:
-    return _impl["paged_attention"](*args, **kwargs)
+def paged_decode_attention(*args: Any, **kwargs: Any) -> Any:
+    return _impl["paged_decode_attention"](*args, **kwargs)
+
+
+def prefill_attention(*args: Any, **kwargs: Any) -> Any:
+    return _impl["prefill_attention"](*args, **kwargs)
 
 
 def rms_norm(*args: Any, **kwargs: Any) -> Any:
@@ -139,3 +143,8 @@ def rotary_embedding(*args: Any, **kwargs: Any) -> Any:
 
 def silu_and_mul(*args: Any, **kwargs: Any) -> Any:
     return _impl["silu_and_mul"](*args, **kwargs)
+
+
+def _launcher(name: str) -> Callable[..., Any]:
+    # kernels/<name>.py defines the launcher <name>.
+    return getattr(importlib.import_module(f"kernels.{name}"), name)  # type: ignore[no-any-return]

@@ -10,10 +10,11 @@ from tests.kernels.conftest import ON_GPU, assert_close
 pytest.importorskip("triton")
 
 from kernels import reference as ref  # noqa: E402
-from kernels.activation import silu_and_mul  # noqa: E402
-from kernels.rmsnorm import rms_norm  # noqa: E402
-from kernels.rotary import rotary_embedding  # noqa: E402
-from kernels.kv_store import store_kv  # noqa: E402
+from kernels.rms_norm import rms_norm  # noqa: E402
+from kernels.rotary_embedding import rotary_embedding  # noqa: E402
+from kernels.silu_and_mul import silu_and_mul  # noqa: E402
+from kernels.store_kv import store_kv  # noqa: E402
+from worker.models.rotary import build_cos_sin_cache  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (tokens, hidden): odd counts, a non-power-of-two width, and a wide one on the GPU.
@@ -65,7 +66,7 @@ def test_rotary(
 ) -> None:
     gen = torch.Generator().manual_seed(3)
     tokens = 11
-    cache = ref.build_cos_sin_cache(dim, 512, 500000.0, scaling).to(device)  # (512, D)
+    cache = build_cos_sin_cache(dim, 512, 500000.0, scaling).to(device)  # (512, D)
     positions = torch.randint(0, 512, (tokens,), generator=gen).to(device)  # (T,)
     # q and k as strided views of one fused qkv row, the way the model hands them over.
     qkv = torch.randn(tokens, (heads + 2 * n_kv) * dim, generator=gen).to(device, dtype)

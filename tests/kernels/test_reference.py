@@ -1,14 +1,13 @@
-"""kernels/reference.py against independent dense formulations and transformers' rope tables."""
+"""kernels/reference.py against independent dense formulations and transformers' rotary."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from kernels import reference as ref
+from worker.models.rotary import build_cos_sin_cache
 
 BLOCK = 4
 
@@ -55,16 +54,24 @@ def test_paged_attention_equals_dense_causal(dtype: torch.dtype, gather_cap: int
     for _, new in shapes:
         starts.append(starts[-1] + new)
     scale = dim**-0.5
-    out = ref.paged_attention(
-        torch.cat(qs), k_cache, v_cache, torch.tensor(tables, dtype=torch.int32),
-        torch.tensor([c + n for c, n in shapes], dtype=torch.int32), torch.tensor(starts, dtype=torch.int32), scale,
-    )
+    q, tables_t = torch.cat(qs), torch.tensor(tables, dtype=torch.int32)
+    seq_lens, starts_t = torch.tensor([c + n for c, n in shapes], dtype=torch.int32), torch.tensor(starts, dtype=torch.int32)
+    out = ref.prefill_attention(q, k_cache, v_cache, tables_t, seq_lens, starts_t, scale)
     assert out.shape == (starts[-1], heads, dim) and out.dtype == dtype
+    # The decode reference over the one-token rows alone.
+    one = [i for i, (_, new) in enumerate(shapes) if new == 1]
+    rows = torch.tensor([starts[i] for i in one])
+    decoded = ref.paged_decode_attention(
+        q[rows], k_cache, v_cache, tables_t[one], seq_lens[one], torch.arange(len(one) + 1, dtype=torch.int32), scale
+    )
+    assert decoded.shape == (len(one), heads, dim) and decoded.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for i, (_, new) in enumerate(shapes):
         if new:
             want = _dense_causal(qs[i], full_k[i], full_v[i], scale)
             torch.testing.assert_close(out[starts[i] : starts[i + 1]].float(), want, rtol=tol, atol=tol)
+            if new == 1:
+                torch.testing.assert_close(decoded[one.index(i)].float(), want[0], rtol=tol, atol=tol)
 
 
 def test_store_kv_writes_slots_and_skips_negative_ones() -> None:
@@ -93,38 +100,11 @@ def test_rms_norm_with_and_without_fused_residual(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out.float(), norm((x + residual).float()), rtol=tol, atol=tol)
 
 
-ROPE_CASES = {
-    "default": None,
-    "linear": {"rope_type": "linear", "factor": 4.0},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64},
-}
-
-
-@pytest.mark.parametrize("case", sorted(ROPE_CASES))
-def test_cos_sin_cache_matches_transformers_inverse_frequencies(case: str) -> None:
-    scaling = ROPE_CASES[case]
-    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=2, max_position_embeddings=512,
-                                      rope_theta=500000.0, rope_scaling=scaling)
-    init = ROPE_INIT_FUNCTIONS[scaling["rope_type"]] if scaling else None
-    if init is None:
-        inv_freq = 1.0 / (500000.0 ** (torch.arange(0, 32, 2, dtype=torch.float64) / 32))
-    else:
-        inv_freq, attention_factor = init(config, torch.device("cpu"))
-        assert attention_factor == 1.0
-    cache = ref.build_cos_sin_cache(32, 512, 500000.0, scaling)  # (512, 32)
-    positions = torch.arange(512, dtype=torch.float64).unsqueeze(1)
-    angles = positions * inv_freq.double().unsqueeze(0)  # (512, 16)
-    # transformers keeps inv_freq in float32, so large positions differ by its rounding only.
-    torch.testing.assert_close(cache[:, :16], angles.cos().float(), rtol=0, atol=5e-5)
-    torch.testing.assert_close(cache[:, 16:], angles.sin().float(), rtol=0, atol=5e-5)
-
-
 def test_rotary_neox_matches_transformers_and_interleaved_matches_complex_product() -> None:
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     dim, max_pos = 16, 64
-    cache = ref.build_cos_sin_cache(dim, max_pos, 10000.0)
+    cache = build_cos_sin_cache(dim, max_pos, 10000.0)
     positions = torch.tensor([0, 5, 6, 63, 17])
     q, k = torch.randn(5, 4, dim), torch.randn(5, 2, dim)
     got_q, got_k = ref.rotary_embedding(positions, q, k, cache)

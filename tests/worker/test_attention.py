@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from common.sampling_params import SamplingParams
+from kernels import reference as ref
 from worker import ops
 from worker.attention import PagedAttentionBackend
 from worker.batch import ScheduledBatch, ScheduledRequest
@@ -59,3 +60,34 @@ def test_pure_decode_and_pure_prefill_steps_are_not_split() -> None:
     for batch in (decodes, prompt):
         meta = backend.prepare_metadata(build_inputs(batch, 16, torch.device("cpu")), [])
         assert meta.num_decodes == 0 and meta.prefill_query_start_loc is None
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_pure_steps_go_to_the_kernel_of_their_shape(decode: bool) -> None:
+    # An all-decode step reaches the decode kernel, a prompt step the varlen one; each gives what
+    # the reference of the other kind gives on the same rows.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ops.use_device(device)
+    torch.manual_seed(1)
+    params = SamplingParams(max_new_tokens=4)
+    if decode:
+        reqs = [ScheduledRequest("a", [1], 20, [0, 1], True, params), ScheduledRequest("b", [2], 3, [2], True, params)]
+    else:
+        reqs = [ScheduledRequest("a", [1, 2, 3], 9, [0], True, params), ScheduledRequest("b", [4], 0, [2], True, params)]
+    batch = ScheduledBatch(0, reqs, len(reqs) if decode else 0, sum(len(r.token_ids) for r in reqs))
+    inputs = build_inputs(batch, 16, device)
+    cache = [(torch.randn(3, 16, 2, 32, device=device), torch.randn(3, 16, 2, 32, device=device))]
+    meta = PagedAttentionBackend().prepare_metadata(inputs, cache)
+    tokens = inputs.input_ids.shape[0]
+    q = torch.randn(tokens, 4, 32, device=device)
+    k, v = torch.randn(2, tokens, 2, 32, device=device).unbind(0)
+    got = PagedAttentionBackend().forward(meta, 0, q, k, v, 32**-0.5)
+    other = ref.prefill_attention if decode else ref.paged_decode_attention
+    if not decode:  # the decode reference takes one-token rows only: compare the last row of each
+        rows = inputs.query_start_loc[1:].long() - 1
+        want = other(q[rows], *cache[0], inputs.block_tables, inputs.seq_lens,
+                     torch.arange(len(reqs) + 1, dtype=torch.int32, device=device), 32**-0.5)
+        torch.testing.assert_close(got[rows], want, atol=2e-3, rtol=2e-3)
+    else:
+        want = other(q, *cache[0], inputs.block_tables, inputs.seq_lens, inputs.query_start_loc, 32**-0.5)
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)

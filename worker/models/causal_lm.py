@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.reference import build_cos_sin_cache
 from worker import ops
 from worker.models.config import ModelConfig
 from worker.models.layers import DecoderLayer, RMSNorm
+from worker.models.rotary import build_cos_sin_cache
 
 __all__ = ["CausalLM"]
 

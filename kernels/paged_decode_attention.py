@@ -1,4 +1,4 @@
-"""Paged attention: split-KV decode (flash-decoding) for GQA, and the dispatch to the varlen kernel.
+"""Paged decode attention: split-KV (flash-decoding) for GQA, one new token per sequence.
 
 Decode, program (sequence, kv head, split): the group's query heads share every K/V load; each
 sequence's context is cut into NUM_SPLITS equal slices whose partial outputs and log-sum-exps
@@ -11,13 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_kv import page_slots, paged_tile
+from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, page_slots, paged_tile
 
-from kernels.varlen_attention import _check_paged_inputs, _dot_precision, prefill_attention
+__all__ = ["paged_decode_attention"]
 
-__all__ = ["paged_attention", "paged_decode_attention"]
-
-_LOG2E = 1.4426950408889634
 _MAX_SPLITS = 32
 
 
@@ -110,7 +107,7 @@ def paged_decode_attention(
     scale: float,
     num_splits: int | None = None,
 ) -> torch.Tensor:  # (B, H, D)
-    _check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
     num_seqs = block_tables.shape[0]
     num_heads, dim = q.shape[1], q.shape[2]
     n_kv = k_cache.shape[2]
@@ -126,12 +123,12 @@ def paged_decode_attention(
     block_d = triton.next_power_of_2(dim)
     _decode_partial_kernel[(num_seqs, n_kv, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_out, part_lse,
-        scale * _LOG2E, group,
+        scale * LOG2E, group,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
-        PAGE=k_cache.shape[1], DOT_PRECISION=_dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
+        PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=64, NUM_SPLITS=num_splits,
         num_warps=4, num_stages=2,
     )
@@ -142,22 +139,6 @@ def paged_decode_attention(
         HEAD_DIM=dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,
     )
     return out
-
-
-def paged_attention(
-    q: torch.Tensor,  # (T, H, D)
-    k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
-    v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
-    block_tables: torch.Tensor,  # (B, max_blocks) int32
-    seq_lens: torch.Tensor,  # (B,) int32
-    query_start_loc: torch.Tensor,  # (B + 1,) int32
-    scale: float,
-) -> torch.Tensor:  # (T, H, D)
-    # NOTE: T == B means every sequence decodes exactly one token, because every scheduled
-    # sequence brings at least one new token; deciding from shapes keeps the step free of host syncs.
-    if q.shape[0] == block_tables.shape[0]:
-        return paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
-    return prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
 
 
 _sm_count: dict[int, int] = {}

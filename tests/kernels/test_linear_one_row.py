@@ -9,7 +9,7 @@ from tests.kernels.conftest import ON_GPU, assert_close
 
 pytest.importorskip("triton")
 
-from kernels.gemv import linear_one_row  # noqa: E402
+from kernels.linear_one_row import linear_one_row  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(64, 8), (96, 37), (600, 129)] + ([(4096, 6144), (14336, 4096)] if ON_GPU else [])

@@ -11,11 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_kv import page_slots, paged_tile
+from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, page_slots, paged_tile
 
 __all__ = ["prefill_attention"]
-
-_LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -87,7 +85,7 @@ def prefill_attention(
     scale: float,
     out: torch.Tensor | None = None,  # (T, H, D)
 ) -> torch.Tensor:  # (T, H, D)
-    _check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
     num_tokens, num_heads, dim = q.shape
     out = torch.empty_like(q) if out is None else out
     num_seqs = block_tables.shape[0]
@@ -98,35 +96,11 @@ def prefill_attention(
     grid = (num_seqs, triton.cdiv(num_tokens - num_seqs + 1, block_m), num_heads)
     _prefill_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out,
-        scale * _LOG2E, num_heads // k_cache.shape[2],
+        scale * LOG2E, num_heads // k_cache.shape[2],
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        PAGE=k_cache.shape[1], DOT_PRECISION=_dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
+        PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
     )
     return out
-
-
-def _check_paged_inputs(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-) -> None:
-    num_heads, dim = q.shape[1], q.shape[2]
-    assert q.dim() == 3 and q.stride(2) == 1, q.shape
-    assert k_cache.shape == v_cache.shape and k_cache.dim() == 4 and k_cache.shape[3] == dim, (k_cache.shape, q.shape)
-    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1
-    assert num_heads % k_cache.shape[2] == 0, (num_heads, k_cache.shape)
-    assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
-    assert block_tables.dim() == 2 and block_tables.stride(1) == 1
-    assert seq_lens.shape == (block_tables.shape[0],) and query_start_loc.shape == (block_tables.shape[0] + 1,)
-    assert block_tables.dtype in (torch.int32, torch.int64) and seq_lens.dtype in (torch.int32, torch.int64)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # float32 inputs would run as TF32 (10-bit mantissa) by default: keep them exact.
-    return "ieee" if dtype == torch.float32 else "tf32"
