@@ -110,6 +110,12 @@ class GatewayConfig:
     max_top_n_tokens: int = setting(5, "Largest top_n_tokens", tgi=True)
     max_client_batch_size: int = setting(4, "Most prompts in one /v1/completions request", tgi=True)
     payload_limit: int = setting(2_000_000, "Largest request body in bytes (413 above)", tgi=True)
+    body_read_timeout: float = setting(10.0, "Seconds a client has to send its whole request body (408 after)")
+    max_unfinished_bodies: int = setting(
+        512, "Requests still sending their body before new ones get 429 (counted apart from admitted requests)"
+    )
+    max_header_bytes: int = setting(32_768, "Largest request line plus headers in bytes (431 above)")
+    max_header_count: int = setting(100, "Most request header fields (431 above)")
     api_key: str | None = setting(None, "Bearer token required on generation routes", tgi=True)
     cors_allow_origin: str | None = setting(None, "Comma-separated CORS origins (default: any)", tgi=True)
     chat_template: str | None = setting(None, "Jinja chat template (or a path to one) overriding the model's")
@@ -124,11 +130,14 @@ class GatewayConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent_requests", "max_best_of", "max_client_batch_size", "payload_limit"):
+        for name in ("max_concurrent_requests", "max_best_of", "max_client_batch_size", "payload_limit",
+                     "max_unfinished_bodies", "max_header_bytes", "max_header_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be in 1..65535, got {self.port}")
+        if self.body_read_timeout <= 0:
+            raise ConfigError("--body-read-timeout must be > 0")
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,90 @@
-"""The one way into a generation: the draining check, the request counter, the body, the permit.
+"""The one way into a generation: draining check, request counter, body, permit — in that order.
 
-Every generation route is an `admitted` handler: it gets the parsed JSON body and returns its
-response; the permit it was admitted with is held until that response has been sent in full (a
-stream included) or abandoned. Refusals are raised as GenfleetError and answered by the app's
-exception handlers (gateway/errors.py).
+A request's body is read before it may take a permit, so a client that sends its headers and
+then stalls holds no permit; unfinished bodies are counted apart (`Bodies`, with a bound of its
+own) and must arrive within --body-read-timeout, their bytes counted against --payload-limit as
+they arrive. Every generation route is an `admitted` handler: it gets the parsed body and returns
+its response, and the permit is held until that response has been sent in full (a stream
+included) or abandoned. Refusals are raised as GenfleetError and answered by the app's exception
+handlers (gateway/errors.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from common.errors import GenfleetError
-from gateway.context import GatewayContext, ctx_of
 from gateway.errors import mark_counted
 
-__all__ = ["admitted", "Admission", "read_json"]
+if TYPE_CHECKING:
+    from gateway.context import GatewayContext
+
+__all__ = ["admitted", "Admission", "Permits", "Bodies", "read_json"]
+
+
+class Permits:
+    """--max-concurrent-requests: taken without waiting (429 when none is left), held to the end."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def acquire(self) -> Callable[[], None]:
+        """One permit, or GenfleetError("overloaded"); the returned release may be called twice."""
+        if self.used >= self.limit:
+            raise GenfleetError("overloaded", "Model is overloaded")
+        self.used += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.used -= 1
+
+        return release
+
+
+class Bodies:
+    """Request bodies still arriving: bounded in number, in time and in bytes."""
+
+    def __init__(self, limit: int, timeout: float, payload_limit: int) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self.payload_limit = payload_limit
+        self.unfinished = 0
+
+    async def read(self, request: Request) -> bytes:
+        if self.unfinished >= self.limit:
+            raise GenfleetError("overloaded", "Model is overloaded: too many request bodies are still arriving")
+        too_large = GenfleetError("payload_too_large", f"Payload too large: the limit is {self.payload_limit} bytes")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.payload_limit:
+            raise too_large
+        self.unfinished += 1
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.payload_limit:
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise GenfleetError("request_timeout", f"Request body not received within {self.timeout:g} s") from None
+        finally:
+            self.unfinished -= 1
+        return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -46,15 +108,16 @@ Handler = Callable[[Admission], Awaitable[Response]]
 def admitted(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         started = time.time()
-        ctx = ctx_of(request)
-        if ctx.draining:
-            raise GenfleetError("unavailable", "The gateway is shutting down")
+        ctx: GatewayContext = request.app.state.ctx
+        _refuse_if_draining(ctx)
         ctx.metrics.counters.inc("tgi_request_count")
         mark_counted(request)
+        raw = await ctx.bodies.read(request)
+        body = parse_json(raw)
+        _refuse_if_draining(ctx)  # it may have begun while the body arrived
         release = ctx.permits.acquire()
         try:
-            raw = await read_body(request, ctx.config.payload_limit)
-            response = await handler(Admission(request, ctx, parse_json(raw), len(raw), started))
+            response = await handler(Admission(request, ctx, body, len(raw), started))
         except BaseException:
             release()
             raise
@@ -63,6 +126,11 @@ def admitted(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+def _refuse_if_draining(ctx: GatewayContext) -> None:
+    if ctx.draining:
+        raise GenfleetError("unavailable", "The gateway is shutting down")
 
 
 class _Holding(Response):
@@ -79,21 +147,10 @@ class _Holding(Response):
             self._release()
 
 
-async def read_json(request: Request, payload_limit: int) -> Any:
-    """The body as JSON; TGI's error shape (not a 500) for every way it can be wrong."""
-    return parse_json(await read_body(request, payload_limit))
-
-
-async def read_body(request: Request, payload_limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > payload_limit:
-        raise GenfleetError("payload_too_large", f"Payload too large: the limit is {payload_limit} bytes")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > payload_limit:
-            raise GenfleetError("payload_too_large", f"Payload too large: the limit is {payload_limit} bytes")
-    return body
+async def read_json(request: Request) -> Any:
+    """The body of a route outside the admission path (/tokenize, /chat_tokenize), as JSON."""
+    ctx: GatewayContext = request.app.state.ctx
+    return parse_json(await ctx.bodies.read(request))
 
 
 def parse_json(body: bytes) -> Any:

@@ -19,7 +19,8 @@ from common.config import GatewayConfig
 from common.context_length import context_length, max_total_tokens
 from common.model_source import ModelNotFound, resolve_model
 from common.streams import Keys
-from gateway.context import GatewayContext, Permits
+from gateway.admission import Bodies, Permits
+from gateway.context import GatewayContext
 from gateway.docs_page import docs_routes
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.fleet import FleetView
@@ -110,4 +111,5 @@ def _context(config: GatewayConfig, gid: str) -> GatewayContext:
     lifecycle = Lifecycle(queue_client, fleet, metrics, fleet_cfg.model_id, config.request_timeout)
     return GatewayContext(config=config, model_id=fleet_cfg.model_id, tokenizer=tokenizer,
                           model_limits=Limits(max_input, max_total), queue_client=queue_client, fleet=fleet,
-                          lifecycle=lifecycle, metrics=metrics, permits=permits)
+                          lifecycle=lifecycle, metrics=metrics, permits=permits,
+                          bodies=Bodies(config.max_unfinished_bodies, config.body_read_timeout, config.payload_limit))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
 from common.config import GatewayConfig
-from common.errors import GenfleetError
+from gateway.admission import Bodies, Permits
 from gateway.fleet import FleetView
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import GatewayMetrics
@@ -17,30 +16,7 @@ from gateway.queue_client import QueueClient
 from gateway.tokenizer import Tokenizer
 from gateway.validation import Limits
 
-__all__ = ["GatewayContext", "Permits", "ctx_of"]
-
-
-class Permits:
-    """--max-concurrent-requests: taken without waiting (429 when none is left), held to the end."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def acquire(self) -> Callable[[], None]:
-        """One permit, or GenfleetError("overloaded"); the returned release may be called twice."""
-        if self.used >= self.limit:
-            raise GenfleetError("overloaded", "Model is overloaded")
-        self.used += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.used -= 1
-
-        return release
+__all__ = ["GatewayContext", "ctx_of"]
 
 
 @dataclass
@@ -54,6 +30,7 @@ class GatewayContext:
     lifecycle: Lifecycle
     metrics: GatewayMetrics
     permits: Permits
+    bodies: Bodies
     started_at: float = field(default_factory=time.time)
     draining: bool = False
 

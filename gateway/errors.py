@@ -16,8 +16,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from common.errors import GenfleetError
+from common.log import request_id_var
 
-__all__ = ["error_response", "EXCEPTION_HANDLERS", "request_id_of", "mark_counted"]
+__all__ = ["error_response", "EXCEPTION_HANDLERS", "request_id_of", "mark_counted", "log_if_server_error"]
 
 log = logging.getLogger("genfleet.gateway")
 
@@ -38,6 +39,13 @@ def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", "-"))
 
 
+def log_if_server_error(exc: GenfleetError, where: str, request_id: str | None = None) -> None:
+    """Every 5xx a client gets is logged with its cause and the request id (issue 13.6)."""
+    if exc.status_code >= 500:
+        log.warning("%s answered %d (%s) for request %s: %s", where, exc.status_code, exc.error_type,
+                    request_id or request_id_var.get() or "-", exc.message)
+
+
 def mark_counted(request: Request) -> None:
     """This request is in tgi_request_count: its failure goes into tgi_request_failure."""
     request.scope.setdefault("state", {})["counted"] = True
@@ -47,9 +55,7 @@ async def _genfleet_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GenfleetError)
     if request.scope.get("state", {}).get("counted"):
         request.app.state.ctx.metrics.record_failure(exc)
-    if exc.status_code >= 500:
-        log.warning("%s %s answered %d for request %s: %s", request.method, request.url.path, exc.status_code,
-                    request_id_of(request), exc.message)
+    log_if_server_error(exc, f"{request.method} {request.url.path}", request_id_of(request))
     return error_response(exc)
 
 

@@ -33,12 +33,6 @@ class Inbox(Generic[T]):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def empty(self) -> bool:
-        return not self._items
-
-    def qsize(self) -> int:
-        return len(self._items)
-
     def drain(self) -> list[T]:
         """Everything queued, oldest first; the inbox is empty afterwards."""
         items = list(self._items)

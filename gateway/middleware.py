@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.errors import GenfleetError
 from common.log import bind_request_id
+from gateway.errors import error_response
 
 __all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS"]
 
 # Routes behind --api-key (TGI protects the generation routes only).
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions",
                               "/tokenize", "/chat_tokenize", "/invocations"})
+
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID_RULE = "`x-request-id` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
 
 
 class ApiKeyMiddleware:
@@ -35,7 +42,7 @@ class ApiKeyMiddleware:
 
 
 class RequestIdMiddleware:
-    """Names every response's request id (x-request-id), echoing the client's when it sent one."""
+    """Names every response's request id (x-request-id), echoing the client's when it sent a valid one."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -45,7 +52,11 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()
-        request_id = rid.decode(errors="replace")[:128]
+        if not _REQUEST_ID.fullmatch(rid):
+            # It names the request on the wire and in every log line: refuse what cannot.
+            await error_response(GenfleetError("bad_request", _REQUEST_ID_RULE))(scope, receive, send)
+            return
+        request_id = rid.decode()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: dict[str, Any]) -> None:

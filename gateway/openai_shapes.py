@@ -14,6 +14,7 @@ from typing import Any
 from common.errors import GenfleetError
 from common.protocol import Token
 from gateway import VERSION
+from gateway.errors import log_if_server_error
 from gateway.lifecycle import Run
 from gateway.metrics import GatewayMetrics
 from gateway.schemas_openai import OpenAIRequest
@@ -137,6 +138,7 @@ async def openai_stream(items: AsyncIterator[list[tuple[int, list[Token] | None]
             yield b"".join(chunk)
     except GenfleetError as exc:
         metrics.record_failure(exc)
+        log_if_server_error(exc, "an OpenAI stream event")
         yield error_event(exc)
         return
     finally:

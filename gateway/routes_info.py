@@ -87,7 +87,7 @@ async def models(request: Request) -> Response:
 
 async def tokenize(request: Request) -> Response:
     ctx = ctx_of(request)
-    parsed = parse_generate(await read_json(request, ctx.config.payload_limit))
+    parsed = parse_generate(await read_json(request))
     return JSONResponse([
         {"id": tid, "text": text, "start": start, "stop": stop}
         for tid, text, start, stop in ctx.tokenizer.offsets(parsed.inputs)

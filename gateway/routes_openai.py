@@ -73,7 +73,7 @@ async def completions(call: Admission) -> Response:
 
 async def chat_tokenize(request: Request) -> Response:
     ctx = ctx_of(request)
-    req = parse_chat(await read_json(request, ctx.config.payload_limit), max_n=ctx.config.max_client_batch_size)
+    req = parse_chat(await read_json(request), max_n=ctx.config.max_client_batch_size)
     text = ctx.tokenizer.apply_chat_template(list(req.messages or ()))
     tokens = [{"id": i, "text": t, "start": a, "stop": b}
               for i, t, a, b in ctx.tokenizer.offsets(text, add_special_tokens=False)]

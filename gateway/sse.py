@@ -21,7 +21,8 @@ from starlette.types import Scope, Send
 
 from gateway.responses import WatchedResponse
 
-__all__ = ["KEEP_ALIVE", "KEEP_ALIVE_INTERVAL", "DONE", "sse", "openai_sse", "json_float", "dumps", "encode", "SSEResponse"]
+__all__ = ["KEEP_ALIVE", "KEEP_ALIVE_INTERVAL", "DONE", "sse", "openai_sse", "json_float", "encode",
+           "SSEResponse"]
 
 KEEP_ALIVE = b":\n\n"
 KEEP_ALIVE_INTERVAL = 15.0  # seconds without an event before a keep-alive comment (TGI's default)
@@ -33,10 +34,6 @@ DONE = b"data: [DONE]\n\n"  # with the space: huggingface_hub compares the whole
 encode = msgspec.json.Encoder().encode
 
 
-def dumps(obj: Any) -> str:
-    return encode(obj).decode()
-
-
 def sse(obj: Any, event_id: str | None = None) -> bytes:
     """One TGI event: `data:` without a space, after an optional `id:` line."""
     if event_id is None:
@@ -45,8 +42,9 @@ def sse(obj: Any, event_id: str | None = None) -> bytes:
 
 
 def openai_sse(obj: Any) -> bytes:
-    """One OpenAI event, framed as OpenAI's own API frames it."""
-    return b"data:" + encode(obj) + b"\n\n"
+    """One OpenAI event, framed as OpenAI's own API frames it: `data: ` with the space, which
+    clients that strip the exact prefix "data: " (vLLM's benchmark client) depend on."""
+    return b"data: " + encode(obj) + b"\n\n"
 
 
 def json_float(x: float) -> float | msgspec.Raw | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from common.errors import GenfleetError
 from common.protocol import Token, TopToken
+from gateway.errors import log_if_server_error
 from gateway.lifecycle import Outcome
 from gateway.metrics import GatewayMetrics
 from gateway.sse import encode, json_float, sse
@@ -154,6 +155,7 @@ async def tgi_stream(bursts: AsyncIterator[list[Token]], v: Validated, outcome: 
             yield tgi_token_event(held, index, prefix + outcome.text, details)
     except GenfleetError as exc:
         metrics.record_failure(exc)
+        log_if_server_error(exc, "a /generate_stream event")
         last = tgi_token_event(held, index) if held is not None else b""
         yield last + error_event(exc)
     finally:

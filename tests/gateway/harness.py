@@ -12,6 +12,7 @@ otherwise it emits `max_new_tokens` tokens (ids 1000+seq, text " w<seq>"), finis
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +29,11 @@ from common.protocol import (
 )
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
 from gateway.app import build_app
+from gateway.server import uvicorn_config
 from genfleet.embedded_redis import free_port
 
-__all__ = ["ScriptedWorker", "GatewayServer", "gateway_config", "serve_gateway"]
+__all__ = ["ScriptedWorker", "GatewayServer", "gateway_config", "serve_gateway", "open_raw", "post_head",
+           "read_response"]
 
 
 @dataclass
@@ -183,8 +186,9 @@ class GatewayServer:
 @contextmanager
 def serve_gateway(config: GatewayConfig) -> Iterator[GatewayServer]:
     app = build_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.hostname, port=config.port, log_config=None,
-                                           access_log=False, timeout_graceful_shutdown=2))
+    uv_config = uvicorn_config(app, config)  # served as in production: the same protocol and bounds
+    uv_config.timeout_graceful_shutdown = 2
+    server = uvicorn.Server(uv_config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -197,3 +201,39 @@ def serve_gateway(config: GatewayConfig) -> Iterator[GatewayServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# -- raw HTTP/1.1 on a socket, for what a well-behaved client never does -------------------------
+def open_raw(gw: GatewayServer, head: bytes, body: bytes = b"") -> socket.socket:
+    """A connection that has sent `head` (request line and headers, without the blank line) and
+    the first `body` bytes, and then sends nothing more."""
+    sock = socket.create_connection(("127.0.0.1", gw.config.port), timeout=10)
+    sock.sendall(head + b"\r\n\r\n" + body)
+    return sock
+
+
+def post_head(path: str, length: int | None, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "content-type: application/json", *extra]
+    lines.append(f"content-length: {length}" if length is not None else "transfer-encoding: chunked")
+    return "\r\n".join(lines).encode()
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the one response on `sock` (bounded by `timeout`)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    length = int(headers.get("content-length", "-1"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(status_line.split()[1]), headers, body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -180,3 +181,29 @@ def test_request_timeout_cancels_on_the_owner(make_gateway, worker: ScriptedWork
             time.sleep(0.02)
         assert worker.cancels[0].req_id == worker.received[0].req_id
 
+
+def test_404_and_405_answer_tgi_json(gateway: GatewayServer) -> None:
+    # Issue 13.11: both used to be plain text.
+    r = httpx.get(f"{gateway.url}/no/such/route", timeout=10)
+    assert r.status_code == 404 and r.json() == {"error": "Not Found", "error_type": "not_found"}
+    r = httpx.get(f"{gateway.url}/generate", timeout=10)
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed", "error_type": "method_not_allowed"}
+    assert "POST" in r.headers["allow"]
+
+
+@pytest.mark.parametrize("route", ["/generate", "/generate_stream", "/v1/completions"])
+def test_every_5xx_is_logged_with_its_cause_and_request_id(make_gateway, worker: ScriptedWorker, route: str,  # type: ignore[no-untyped-def]
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 13.6: a 503 reached a client and the gateway logged nothing about it.
+    body = {"prompt": "a HANG"} if route.startswith("/v1") else {"inputs": "a HANG"}
+    with make_gateway(request_timeout=0.5) as gw:
+        r = httpx.post(f"{gw.url}{route}", json=body, headers={"x-request-id": f"rid-5xx{route.count('_')}"},
+                       timeout=10)
+        rid = r.headers["x-request-id"]
+        if route == "/generate_stream":  # TGI answers stream errors inside the 200 stream
+            assert r.status_code == 200 and '"error_type":"timeout"' in r.text
+        else:
+            assert r.status_code == 504, r.text
+    lines = [rec for rec in caplog.records if rec.levelno >= logging.WARNING and "Request deadline exceeded" in rec.getMessage()]
+    assert lines, [rec.getMessage() for rec in caplog.records]
+    assert any(rid in rec.getMessage() or getattr(rec, "request_id", None) == rid for rec in lines)
