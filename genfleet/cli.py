@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import sys
 import types
 import typing
@@ -65,10 +66,19 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def _version() -> str:
+    """pyproject.toml's version, as the installed package's metadata carries it."""
+    try:
+        return importlib.metadata.version("genfleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown (not installed: run scripts/bootstrap.sh)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genfleet", description="TGI-compatible LLM serving as a fleet of gateways and workers"
     )
+    parser.add_argument("--version", action="version", version=f"genfleet {_version()}")
     sub = parser.add_subparsers(dest="role", required=True)
     for role, classes in ROLE_CLASSES.items():
         p = sub.add_parser(role, help=_ROLE_HELP[role], description=_ROLE_HELP[role])

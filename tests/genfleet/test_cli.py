@@ -43,3 +43,21 @@ def test_serve_children_get_exactly_the_parent_settings() -> None:
     argv = child_argv("gateway", config.gateway, config.gateway.fleet)
     _, child = parse_configs(argv[3:], environ={})
     assert child == config.gateway
+
+
+def test_version_is_the_package_version() -> None:
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "genfleet", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"genfleet {importlib.metadata.version('genfleet')}"
+
+
+def test_serve_installs_no_test_or_benchmark_tools() -> None:
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "bootstrap.sh").read_text()
+    serve_extras = script.split("serve) EXTRAS=\"", 1)[1].split('"', 1)[0].split(",")
+    assert not {"test", "load", "gpu"} & set(serve_extras), serve_extras
+    assert "./scripts/bootstrap.sh serve" in (Path(__file__).resolve().parents[2] / "scripts" / "serve.sh").read_text()

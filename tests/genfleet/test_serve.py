@@ -14,6 +14,7 @@ import httpx
 from genfleet.embedded_redis import free_port
 from genfleet.serve import worker_threads
 from tests.integration.fleet import wait_healthy
+from tests.test_readme import readme_curl_examples
 
 
 def _descendants(pid: int) -> set[int]:
@@ -52,6 +53,11 @@ def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) ->
         r = httpx.post(f"http://127.0.0.1:{port}/generate", timeout=60,
                        json={"inputs": "The capital of France is", "parameters": {"max_new_tokens": 3}})
         assert r.status_code == 200 and "Paris" in r.json()["generated_text"]
+        # The README's first examples give a first-time user an answer, not an empty string.
+        for route, body in readme_curl_examples()[:2]:
+            r = httpx.post(f"http://127.0.0.1:{port}{route}", json=body, timeout=60)
+            answer = r.json()["choices"][0]["message"]["content"] if "choices" in r.json() else r.json()["generated_text"]
+            assert r.status_code == 200 and answer.strip(), (route, r.text)
         # One /metrics for the box: the gateway's series and the worker's engine series.
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         assert "tgi_request_duration_seconds_count 1.0" in metrics
