@@ -57,6 +57,11 @@ class _Live:
 _Item = tuple[Any, ...]
 
 
+# Events a worker keeps for resending while Redis refuses its publishes (about a minute of a
+# full batch's tokens); past it they are dropped and the gateways continue from the seq gap.
+_MAX_UNSENT_EVENTS = 100_000
+
+
 class OutputProcessor:
     def __init__(
         self,
@@ -78,6 +83,8 @@ class OutputProcessor:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._live: dict[str, _Live] = {}  # by engine key (req_id/attempt)
         self._acks: list[tuple[str, bytes]] = []  # (stream, entry id) acked in this round's pipeline
+        self._unsent: dict[str, list[Event]] = {}  # by gateway: a failed round's events, sent next
+        self._unsent_acks: list[tuple[str, bytes]] = []
         self._thread = threading.Thread(target=self._run, name="output", daemon=True)
         self.published_batches = 0
 
@@ -260,10 +267,15 @@ class OutputProcessor:
         return text
 
     def _publish(self, step: int, per_gateway: dict[str, list[Event]]) -> None:
-        if not per_gateway and not self._acks:
+        if self._unsent:  # what the last round could not send goes first, in order
+            for gateway_id, events in per_gateway.items():
+                self._unsent.setdefault(gateway_id, []).extend(events)
+            per_gateway, self._unsent = self._unsent, {}
+        acks, self._unsent_acks = self._unsent_acks + self._acks, []
+        if not per_gateway and not acks:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for stream, entry_id in self._acks:
+        for stream, entry_id in acks:
             # Deleted once accepted, so the stream's length is the backlog the gateways bound.
             pipe.xack(stream, CONSUMER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
@@ -274,6 +286,9 @@ class OutputProcessor:
             pipe.execute()
             self.published_batches += 1
         except redis.RedisError:
-            # Pub/sub is at-most-once by design: the gateway sees the seq gap or the owner's
-            # silence and re-enqueues a continuation.
+            # Sent again with the next round (gateways drop by seq what they already have), so a
+            # lost Finish never leaves a stream waiting on a live owner. Past the cap it is dropped
+            # and pub/sub's at-most-once shows: the gateway sees the seq gap and continues.
             log.warning("publish failed for %d gateways at step %d", len(per_gateway), step, exc_info=True)
+            if sum(len(events) for events in per_gateway.values()) <= _MAX_UNSENT_EVENTS:
+                self._unsent, self._unsent_acks = dict(per_gateway), acks

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_exceptions
 from transformers import AutoTokenizer
 
 from common.protocol import Event, Finish, GenerateRequest, Token, decode_events
@@ -47,9 +48,18 @@ class _Pipeline:
 class _Redis:
     def __init__(self) -> None:
         self.published: list[bytes] = []
+        self.failures = 0  # rounds still to refuse, as a Redis restart would
 
     def pipeline(self, transaction: bool = False) -> _Pipeline:
+        if self.failures:
+            self.failures -= 1
+            return _FailingPipeline([])
         return _Pipeline(self.published)
+
+
+class _FailingPipeline(_Pipeline):
+    def execute(self) -> None:
+        raise redis_exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
 
 
 def test_decoder_matches_tokenizer_decode(tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -126,3 +136,21 @@ def test_steps_publish_the_same_events_as_decoding_each_window(tokenizer) -> Non
             assert [x.text for x in t.top_tokens] == [tokenizer.decode([x.id], skip_special_tokens=False)
                                                       for x in t.top_tokens]
     assert out.num_live() == 0
+
+
+def test_a_round_redis_refused_is_sent_with_the_next(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    redis = _Redis()
+    out = OutputProcessor(redis, Keys("t"), "w0", tokenizer, on_stop=lambda key: None)  # type: ignore[arg-type]
+    prompt = tokenizer("Prompt:").input_ids
+    out._handle(("accept", "r/0", GenerateRequest("r", 0, "gw", "m", prompt, SamplingParams(max_new_tokens=2)),
+                 None, None), defaultdict(list))
+    ids = tokenizer(" two words", add_special_tokens=False).input_ids[:2]
+    redis.failures = 1
+    for step, finish in ((0, None), (1, "length")):
+        events: dict[str, list[Event]] = defaultdict(list)
+        out._handle(("step", step, [RequestOutput("r/0", [ids[step]], [-0.5], [], finish, len(prompt), 0)]), events)
+        out._publish(step, events)
+    got = [e for data in redis.published for e in decode_events(data).events]
+    # The first round's token was not lost: it came first in the second round.
+    assert [type(e).__name__ for e in got] == ["Token", "Token", "Finish"]
+    assert [e.seq for e in got if isinstance(e, Token)] == [0, 1]
