@@ -53,16 +53,16 @@ def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) ->
         r = httpx.post(f"http://127.0.0.1:{port}/generate", timeout=60,
                        json={"inputs": "The capital of France is", "parameters": {"max_new_tokens": 3}})
         assert r.status_code == 200 and "Paris" in r.json()["generated_text"]
-        # The README's first examples give a first-time user an answer, not an empty string.
-        for route, body in readme_curl_examples()[:2]:
-            r = httpx.post(f"http://127.0.0.1:{port}{route}", json=body, timeout=60)
-            answer = r.json()["choices"][0]["message"]["content"] if "choices" in r.json() else r.json()["generated_text"]
-            assert r.status_code == 200 and answer.strip(), (route, r.text)
         # One /metrics for the box: the gateway's series and the worker's engine series.
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         assert "tgi_request_duration_seconds_count 1.0" in metrics
         assert 'tgi_batch_inference_duration_count{method="prefill",worker_id=' in metrics
         assert "genfleet_worker_prefix_hit_tokens_total{worker_id=" in metrics
+        # The README's first examples give a first-time user an answer, not an empty string.
+        for route, body in readme_curl_examples()[:2]:
+            r = httpx.post(f"http://127.0.0.1:{port}{route}", json=body, timeout=300)
+            answer = r.json()["choices"][0]["message"]["content"] if "choices" in r.json() else r.json()["generated_text"]
+            assert r.status_code == 200 and answer.strip(), (route, r.text)
         children = _descendants(proc.pid)
         assert len(children) >= 3  # redis-compatible server, worker, gateway
         environs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in children]
