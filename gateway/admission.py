@@ -1,9 +1,9 @@
 """The one way into a generation: draining check, request counter, body, permit — in that order.
 
 A request's body is read before it may take a permit, so a client that sends its headers and
-then stalls holds no permit; unfinished bodies are counted apart (`Bodies`, with a bound of its
-own) and must arrive within --body-read-timeout, their bytes counted against --payload-limit as
-they arrive. Every generation route is an `admitted` handler: it gets the parsed body and returns
+then stalls holds no permit; unfinished bodies are counted apart (gateway/permits.py `Bodies`,
+with a bound of its own) and must arrive within --body-read-timeout, their bytes counted against
+--payload-limit as they arrive. Every generation route is an `admitted` handler: it gets the parsed body and returns
 its response, and the permit is held until that response has been sent in full (a stream
 included) or abandoned. Refusals are raised as GenfleetError and answered by the app's exception
 handlers (gateway/errors.py).
@@ -11,80 +11,21 @@ handlers (gateway/errors.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from common.errors import GenfleetError
+from gateway.context import GatewayContext
 from gateway.errors import mark_counted
 
-if TYPE_CHECKING:
-    from gateway.context import GatewayContext
-
-__all__ = ["admitted", "Admission", "Permits", "Bodies", "read_json"]
-
-
-class Permits:
-    """--max-concurrent-requests: taken without waiting (429 when none is left), held to the end."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def acquire(self) -> Callable[[], None]:
-        """One permit, or GenfleetError("overloaded"); the returned release may be called twice."""
-        if self.used >= self.limit:
-            raise GenfleetError("overloaded", "Model is overloaded")
-        self.used += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.used -= 1
-
-        return release
-
-
-class Bodies:
-    """Request bodies still arriving: bounded in number, in time and in bytes."""
-
-    def __init__(self, limit: int, timeout: float, payload_limit: int) -> None:
-        self.limit = limit
-        self.timeout = timeout
-        self.payload_limit = payload_limit
-        self.unfinished = 0
-
-    async def read(self, request: Request) -> bytes:
-        if self.unfinished >= self.limit:
-            raise GenfleetError("overloaded", "Model is overloaded: too many request bodies are still arriving")
-        too_large = GenfleetError("payload_too_large", f"Payload too large: the limit is {self.payload_limit} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.payload_limit:
-            raise too_large
-        self.unfinished += 1
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.timeout):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > self.payload_limit:
-                        raise too_large
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise GenfleetError("request_timeout", f"Request body not received within {self.timeout:g} s") from None
-        finally:
-            self.unfinished -= 1
-        return b"".join(chunks)
+__all__ = ["admitted", "Admission", "read_json"]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from common.config import GatewayConfig
 from common.context_length import context_length, max_total_tokens
 from common.model_source import ModelNotFound, resolve_model
 from common.streams import Keys
-from gateway.admission import Bodies, Permits
+from gateway.permits import Bodies, Permits
 from gateway.context import GatewayContext
 from gateway.docs_page import docs_routes
 from gateway.errors import EXCEPTION_HANDLERS

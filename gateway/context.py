@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from common.config import GatewayConfig
-from gateway.admission import Bodies, Permits
+from gateway.permits import Bodies, Permits
 from gateway.fleet import FleetView
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import GatewayMetrics
