@@ -8,8 +8,8 @@ kinds below, then stops the traffic and checks the fleet's end state:
   /v1/chat/completions);
 - client drops: a stream closed after two tokens, a /generate whose client times out;
 - bad bodies (bad JSON, wrong types, unknown route shapes): always a 4xx, never a 5xx;
-- stalled bodies (headers and part of the body, then silence until the client gives up), with
-  `--stalled`.
+- stalled bodies (headers and 5 of 64 bytes, then silence): the gateway answers a 4xx itself
+  once its --body-read-timeout passes (`--no-stalled` leaves them out).
 
 Pass criteria: no unexpected outcome (5xx, broken stream, exception); afterwards the gateway's
 in-flight count, the queue, the pending entries and the running batch are 0 and every KV block is
@@ -48,6 +48,7 @@ _BAD_BODIES = (
     b"\xff\xfe not utf-8",
     b"[]",
 )
+_STALL_WAIT_S = 20.0  # how long a stalled-body client waits for the gateway's answer
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class SoakConfig:
     warmup: float = 40.0  # seconds before the RSS baseline is taken
     users: int = 3  # closed-loop clients, each one request at a time
     think: float = 0.1  # seconds a user waits between requests
-    stalled: bool = False  # include stalled bodies
+    stalled: bool = True  # include stalled bodies
     seed: int = 0
     settle_timeout: float = 60.0  # seconds the fleet gets to reach its idle end state
     max_rss_growth: float = 0.05
@@ -191,11 +192,13 @@ class _User:
         self.note("bad_body", "rejected" if 400 <= status < 500 else "unexpected", f"status {status} for {body!r}")
 
     async def stalled_body(self, _client: httpx.AsyncClient) -> None:
-        # Declares 64 bytes, sends 5, then stays silent until it gives up: a slow or hostile client.
-        status = await self._raw_post(b'{"inp', 64, hold=2.0)
-        self.note("stalled_body", "unexpected" if status >= 500 else "abandoned", f"status {status}")
+        # Declares 64 bytes, sends 5, then stays silent: the gateway must give up on it itself
+        # (--body-read-timeout, 10 s by default) with a 4xx, and hold no permit meanwhile.
+        status = await self._raw_post(b'{"inp', 64, wait=_STALL_WAIT_S)
+        ok = 400 <= status < 500
+        self.note("stalled_body", "timed_out" if ok else "unexpected", f"status {status} after a stalled body")
 
-    async def _raw_post(self, body: bytes, length: int, hold: float = 0.0) -> int:
+    async def _raw_post(self, body: bytes, length: int, wait: float = 30.0) -> int:
         host, port = self.base.removeprefix("http://").rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
@@ -203,9 +206,9 @@ class _User:
                          b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (length, body))
             await writer.drain()
             try:
-                head = await asyncio.wait_for(reader.readline(), timeout=hold or 30.0)
+                head = await asyncio.wait_for(reader.readline(), timeout=wait)
             except asyncio.TimeoutError:
-                return 0  # still waiting for the rest of the body: the client gives up
+                return 0  # no answer at all within `wait`
             return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else -1
         finally:
             writer.close()
@@ -215,7 +218,16 @@ async def _traffic(base: str, report: SoakReport, config: SoakConfig, until: flo
     limits = httpx.Limits(max_connections=config.users * 2 + 4)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         users = [_User(base, report, random.Random(config.seed * 1000 + i)) for i in range(config.users)]
+        progress = asyncio.create_task(_progress(report))
         await asyncio.gather(*(u.loop(client, until) for u in users))
+        progress.cancel()
+
+
+async def _progress(report: SoakReport, every: float = 60.0) -> None:
+    """A line a minute on stderr, so a long run shows it is alive and what it has seen."""
+    while True:
+        await asyncio.sleep(every)
+        print(f"soak: {dict(sorted(report.outcomes.items()))}", file=sys.stderr, flush=True)
 
 
 def run(config: SoakConfig, log_path: str | None = None) -> SoakReport:
@@ -241,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=None, help="seconds before the RSS baseline (default: 20%% of the run, 40 s at least)")
     p.add_argument("--users", type=int, default=d.users, help="closed-loop clients")
     p.add_argument("--think", type=float, default=d.think, help="seconds between a user's requests")
-    p.add_argument("--stalled", action="store_true", help="include stalled request bodies")
+    p.add_argument("--stalled", action=argparse.BooleanOptionalAction, default=d.stalled,
+                   help="include stalled request bodies")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--log", help="the fleet's log file (default: a temporary file)")
