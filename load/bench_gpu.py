@@ -251,6 +251,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     todo = set(args.workloads.split(","))
     one_step = replace(config, overlap_scheduling=False)  # what overlapped scheduling buys
     static = {"a": (1, base_a), "b": (64, base_b)}  # (batch, transformers baseline)
+    dense_tok_s: dict[str, float] = {}  # the bf16 (a) and (b), for the quantized rows
 
     def static_rows(key: str, label: str, run_config: Any, with_ttft: bool = False, versus: float | None = None,
                     **knobs: Any) -> float:
@@ -265,7 +266,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     for key in ("a", "b"):
         if key in todo:
             size = "batch 1" if key == "a" else "64 x"
-            static_rows(key, f"{size} (128 in / 256 out)", config, with_ttft=True)
+            dense_tok_s[key] = static_rows(key, f"{size} (128 in / 256 out)", config, with_ttft=True)
             static_rows(key, "one step at a time (no overlap)", one_step)
     if "b" in todo and args.watermark:  # what the watermark stage costs, greedy and sampled
         greedy = static_rows("b", "greedy", config)
@@ -305,8 +306,46 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     del runner, graphs
     gc.collect()
     torch.cuda.empty_cache()
+    for method in filter(None, args.quantize.split(",")):
+        r, n = quantized_rows(shape, model_dir, floor, replace(config, quantize=method), dense_tok_s, todo, rng)
+        rows += r
+        notes += n
     if args.tokenizer_dir is not None and "d" in todo:
         rows.append(fleet_row(shape, model_dir, args, config, c, c_roofline))
+    return rows, notes
+
+
+def quantized_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, dense_tok_s: dict[str, float],
+                   todo: set[str], rng: random.Random) -> tuple[list[Row], list[str]]:
+    """(a) and (b) with the decoder linears in `config.quantize`'s layout, on random weights."""
+    import torch
+
+    from worker.model_runner import ModelRunner
+    from worker.quant import int_kernels
+
+    runner = ModelRunner(config, model_dir, load=False)
+    quantized = [m for m in runner.model.modules() if hasattr(m, "packed_bytes")]
+    dense_linear_bytes = 2 * sum(m.in_features * m.out_features for m in quantized)
+    # The same floor with the linears' bytes as this layout stores them (scales, zeros included).
+    floor = replace(dense_floor, weight_bytes=dense_floor.weight_bytes - dense_linear_bytes
+                    + sum(m.packed_bytes() for m in quantized))
+    vocab = SHAPES[shape]["vocab_size"]
+    run_engine(runner, config, [[rng.randrange(100, vocab) for _ in range(128)] for _ in range(2)], 8)  # warm-up
+    rows = []
+    for key, batch in (("a", 1), ("b", 64)):
+        if key not in todo:
+            continue
+        r = run_engine(runner, config, [[rng.randrange(100, vocab) for _ in range(128)] for _ in range(batch)], 256)
+        versus = f"{r['tok_s'] / dense_tok_s[key]:.2f}x bf16 ({key}); " if key in dense_tok_s else ""
+        rows.append(Row(shape, f"({key}) {config.quantize}: {'batch 1' if batch == 1 else '64 x'} (128 in / 256 out)",
+                        r["tok_s"], roofline_static(floor, batch, 128, 256), None,
+                        f"{versus}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms"))
+    notes = [f"{shape} {config.quantize}: {floor.weight_bytes / 1e9:.2f} GB read per decode step "
+             f"(bf16: {dense_floor.weight_bytes / 1e9:.2f} GB); floor at batch 1 {floor.decode_step([256]) * 1e6:.0f} µs",
+             f"{shape} {config.quantize} kernel choices: " + ", ".join(f"{k}: {v}" for k, v in int_kernels.choices().items())]
+    del runner, quantized
+    gc.collect()
+    torch.cuda.empty_cache()
     return rows, notes
 
 
@@ -346,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")
+    parser.add_argument("--quantize", default="", help="comma list of --quantize methods whose (a) and (b) rows to add")
     args = parser.parse_args(argv)
     import torch
 

@@ -15,8 +15,8 @@ import torch
 from kernels import reference
 
 __all__ = [
-    "use_device", "linear", "one_row_choices", "store_kv", "paged_decode_attention", "prefill_attention", "rms_norm",
-    "rotary_embedding", "silu_and_mul",
+    "use_device", "linear", "one_row_choices", "gpu_milliseconds", "store_kv", "paged_decode_attention",
+    "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
 ]
 
 log = logging.getLogger("genfleet.worker.ops")
@@ -90,35 +90,37 @@ def _fastest_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      graphed: bool) -> tuple[int, int, int, int] | None:
     assert _one_row is not None
     one_row = _one_row
-
-    def milliseconds(fn: Callable[[], Any]) -> float:
-        for _ in range(3):  # compiles, and settles the allocator outside any capture
-            fn()
-        torch.cuda.synchronize()
-        graph = None
-        if graphed:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(20):
-                    fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        if graph is not None:
-            graph.replay()
-        else:
-            for _ in range(20):
-                fn()
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end))
-
     best: tuple[int, int, int, int] | None = None
-    best_ms = milliseconds(lambda: torch.nn.functional.linear(x, weight, bias))
+    best_ms = gpu_milliseconds(lambda: torch.nn.functional.linear(x, weight, bias), graphed)
     for config in _ONE_ROW_CONFIGS:
-        took = milliseconds(lambda: one_row(x, weight, bias, *config))
+        took = gpu_milliseconds(lambda: one_row(x, weight, bias, *config), graphed)
         if took < 0.97 * best_ms:  # a clear win only
             best, best_ms = config, took
     return best
+
+
+def gpu_milliseconds(fn: Callable[[], Any], graphed: bool, calls: int = 20) -> float:
+    """GPU time of `calls` back-to-back calls of fn: replayed from one CUDA graph when `graphed`
+    (device time alone), else launched eagerly between two events (host launch cost counts)."""
+    for _ in range(3):  # compiles, and settles the allocator outside any capture
+        fn()
+    torch.cuda.synchronize()
+    graph = None
+    if graphed:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    if graph is not None:
+        graph.replay()
+    else:
+        for _ in range(calls):
+            fn()
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))
 
 
 def store_kv(*args: Any, **kwargs: Any) -> Any:

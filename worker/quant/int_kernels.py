@@ -1,20 +1,125 @@
-"""The CUDA forward of IntWeightLinear: the integer weight-only product on the device."""
+"""The CUDA forward of IntWeightLinear: per weight shape and batch bucket, the fastest kernel.
+
+Candidates (kernels/int_weight_*.py): the GEMV configs for one row, the tensor-core GEMM configs
+(with split K for few rows), and dequantize + cuBLAS. Each (shape, group, bits, bucket) is timed
+once on first use, outside CUDA graph capture, by graph replay (decode runs inside graphs, so
+device time is what counts); the capture warm-up of every decode bucket makes those choices
+before any graph is recorded. The dequantize + cuBLAS threshold is therefore measured per shape.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
 from kernels import reference
+from worker.ops import gpu_milliseconds
 
 if TYPE_CHECKING:
     from worker.quant.int_weight import IntWeightLinear
 
-__all__ = ["int_weight_linear"]
+__all__ = ["int_weight_linear", "choices", "candidates", "bucket_of"]
+
+log = logging.getLogger("genfleet.worker.quant")
+
+Impl = Callable[[torch.Tensor, "IntWeightLinear"], torch.Tensor]
+_BUCKETS = (1, 16, 32, 64, 128, 256, 1024)  # rows; a batch runs the choice of the smallest bucket >= it
+# Measured on an H200 (docs/perf.md): one-row time falls with split K (the K loop is latency
+# bound), so the candidates spread K over more programs and carry more bytes per iteration.
+_GEMV = ((32, 16, 2, 4, 3), (32, 16, 4, 4, 3), (64, 16, 4, 4, 3), (32, 16, 8, 4, 3), (64, 16, 8, 4, 3),
+         (32, 32, 4, 4, 3), (64, 32, 2, 4, 3), (64, 32, 4, 4, 3), (32, 64, 2, 4, 3), (64, 64, 2, 8, 3),
+         (128, 32, 2, 8, 3), (64, 64, 1, 8, 3), (16, 16, 2, 2, 3), (32, 16, 1, 4, 3))  # (block_n, block_w, split_k, warps, stages)
+_GEMM = ((16, 64, 64, 1, 4, 3), (16, 128, 64, 1, 4, 3), (16, 64, 128, 1, 4, 3), (16, 64, 64, 2, 4, 3),
+         (16, 128, 128, 2, 4, 3), (32, 64, 64, 1, 4, 3), (32, 128, 64, 1, 4, 3), (64, 64, 64, 1, 4, 3),
+         (64, 128, 64, 1, 4, 3), (64, 128, 128, 1, 8, 3), (64, 256, 64, 1, 8, 3),
+         (128, 128, 64, 1, 8, 3))  # (block_m, block_n, block_k, split_k, warps, stages)
+_choice: dict[tuple[int, int, int, int, int], tuple[str, Impl]] = {}
 
 
 def int_weight_linear(x: torch.Tensor, layer: IntWeightLinear) -> torch.Tensor:  # (T, K) -> (T, N)
-    return reference.int_weight_linear(
-        x, layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.bits, layer.perm, layer.bias
-    )
+    if layer.perm is not None:
+        x = x.index_select(1, layer.perm)  # act order: the stored channel order
+    bucket = bucket_of(x.shape[0])
+    key = (layer.out_features, layer.in_features, layer.group_size, layer.bits, bucket)
+    chosen = _choice.get(key)
+    if chosen is None:
+        if torch.cuda.is_current_stream_capturing():  # never timed inside a capture
+            return candidates(layer, bucket)[0][1](x, layer)
+        chosen = _fastest(layer, bucket, x.dtype)
+        _choice[key] = chosen
+        log.info("int%d linear %dx%d group %d, %d rows: %s", layer.bits, layer.in_features, layer.out_features,
+                 layer.group_size, bucket, chosen[0])
+    return chosen[1](x, layer)
+
+
+def bucket_of(rows: int) -> int:
+    return next((b for b in _BUCKETS if rows <= b), _BUCKETS[-1])
+
+
+def choices() -> dict[str, str]:
+    """What was picked so far: "KxN g<group> int<bits> <rows>" -> the kernel and its config."""
+    return {f"{k[1]}x{k[0]} g{k[2]} int{k[3]} {k[4]}": v[0] for k, v in _choice.items()}
+
+
+def _fastest(layer: IntWeightLinear, bucket: int, dtype: torch.dtype) -> tuple[str, Impl]:
+    x = torch.randn(bucket, layer.in_features, dtype=dtype, device=layer.qweight.device)
+    want = _reference(x.float(), layer).float()  # (bucket, N)
+    tolerance = 2e-2 * float(want.abs().max()) + 1e-3
+    best: tuple[float, str, Impl] | None = None
+    for name, impl in candidates(layer, bucket):
+        try:
+            if float((impl(x, layer).float() - want).abs().max()) > tolerance:  # never pick a wrong kernel
+                log.warning("int%d %s disagrees with the torch reference: skipped", layer.bits, name)
+                continue
+            took = gpu_milliseconds(lambda: impl(x, layer), graphed=True)  # noqa: B023 - called at once
+        except Exception as exc:  # a config this card cannot compile is skipped, not fatal
+            log.debug("int%d %s failed: %s", layer.bits, name, exc)
+            continue
+        if best is None or took < best[0]:
+            best = (took, name, impl)
+    if best is None:
+        return "torch reference", _reference
+    return best[1], best[2]
+
+
+def candidates(layer: IntWeightLinear, bucket: int) -> list[tuple[str, Impl]]:
+    """The kernels (and configs) worth timing for `bucket` rows of this layer's shape."""
+    from kernels.int_weight import tile_fits
+    from kernels.int_weight_dequant import int_weight_dequant
+    from kernels.int_weight_gemm import int_weight_gemm
+    from kernels.int_weight_gemv import int_weight_gemv
+
+    per = 32 // layer.bits
+    fits = lambda block_k: tile_fits(block_k, layer.group_size, layer.in_features)  # noqa: E731
+    found: list[tuple[str, Impl]] = []
+    if bucket == 1:
+        for bn, bw, sk, warps, stages in _GEMV:
+            if bw * per * sk <= 2 * layer.in_features:  # every split has work
+                found.append((f"gemv n{bn} w{bw} splitk{sk} warps{warps} stages{stages}",
+                              lambda x, lay, c=(bn, bw, sk, warps, stages): int_weight_gemv(
+                                  x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
+                                  block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4])))
+    for bm, bn, bk, sk, warps, stages in _GEMM:
+        if fits(bk) and bm <= max(16, bucket) and not (sk > 1 and bucket > 64):
+            found.append((f"gemm m{bm} n{bn} k{bk} splitk{sk} warps{warps} stages{stages}",
+                          lambda x, lay, c=(bm, bn, bk, sk, warps, stages): int_weight_gemm(
+                              x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
+                              block_m=c[0], block_n=c[1], block_k=c[2], split_k=c[3], num_warps=c[4], num_stages=c[5])))
+    if bucket >= 64:
+        dequant_k = next(bk for bk in (64, 32, 16) if fits(bk))
+
+        def dense(x: torch.Tensor, lay: IntWeightLinear, bk: int = dequant_k) -> torch.Tensor:
+            weight_t = int_weight_dequant(lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, x.dtype, block_k=bk)
+            out = x @ weight_t  # (T, N)
+            return out if lay.bias is None else out + lay.bias
+
+        found.append(("dequantize + cuBLAS", dense))
+    return found or [("torch reference", _reference)]
+
+
+def _reference(x: torch.Tensor, layer: IntWeightLinear) -> torch.Tensor:
+    return reference.int_weight_linear(x, layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.bits,
+                                       None, layer.bias)

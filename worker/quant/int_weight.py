@@ -1,7 +1,7 @@
 """The integer weight-only layout (W4A16, W8A16): what every 4-bit format is repacked into.
 
 Formats meet at `IntWeights`, a linear's integers unpacked (one uint8 per weight), its zero
-points and scales per group, and its act-order group map; `IntWeightLinear.from_int` packs them
+points and scales per group, and its act-order group map; `IntWeightLinear` packs them
 into the kernels' layout (kernels/reference.py's header gives it). Zero points are stored as the
 integers they are, so W = (q - z) * s is computed exactly as the format defines it.
 
@@ -92,9 +92,10 @@ class IntWeightLinear(nn.Module):
             if not torch.equal(weights.g_idx[perm], torch.arange(k) // self.group_size):
                 raise ValueError(f"g_idx does not split the {k} input channels into groups of {self.group_size}")
             q = q[:, perm]
-        self.register_buffer("qweight", pack_int32(q, self.bits).to(device))  # (N, K / P) int32
-        self.register_buffer("scales", weights.scales.to(device))  # (N, NG)
-        self.register_buffer("zeros", weights.zeros.to(device=device, dtype=weights.scales.dtype))  # (N, NG)
+        self.register_buffer("qweight", pack_int32(q, self.bits).t().contiguous().to(device))  # (K / P, N) int32
+        self.register_buffer("scales", weights.scales.t().contiguous().to(device))  # (NG, N)
+        zeros = weights.zeros.t().contiguous().to(device=device, dtype=weights.scales.dtype)
+        self.register_buffer("zeros", zeros)  # (NG, N)
         self.register_buffer("perm", None if perm is None else perm.to(device))  # (K,) int64
         self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
         # CPU: the weight dequantized once, in input-column order (so no gather), in `dtype`.

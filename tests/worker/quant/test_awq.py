@@ -42,3 +42,16 @@ def test_default_model_awq_group_64(default_model_dir: Path, tmp_path: Path) -> 
                             awq_config(64))
     prompts = {"q": [1, 504, 3575, 282, 4649, 314], "code": [563, 28340, 30, 94, 2730]}
     assert_served_greedy_equals_transformers(ckpt, prompts, new=12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-step", "overlapped"])
+def test_awq_on_cuda_under_graphs_chunked_prefill_and_the_prefix_cache(tmp_path: Path, overlap: bool) -> None:
+    # float32 activations, so the Triton kernels' tokens can equal transformers' float32 ones.
+    dense = tiny_model(tmp_path)
+    ckpt = write_checkpoint(dense, tmp_path, lambda w: quantize(w, 4, 64, sym=False), pack_awq, awq_config(64))
+    prompts = random_prompts(4, 97)
+    prompts["shared"] = prompts["p0"] + [5, 6, 7]  # its prefix is cached by the time it runs
+    assert_served_greedy_equals_transformers(ckpt, prompts, new=24, overlap=overlap, device="cuda", dtype="float32",
+                                             max_batch_prefill_tokens=16)
