@@ -7,6 +7,7 @@ What it generates is fixed by the prompt text, which lets a test pick its worker
   "SLOW"   -> 0.3 s between tokens
   "HANG"   -> accepts and then never answers
   "STOP"   -> the finish reason is stop_sequence after 2 tokens
+  "GONE"   -> attempt 0 gets Error(gateway_gone), as from a worker that took the gateway for dead
 otherwise it emits `max_new_tokens` tokens (ids 1000+seq, text " w<seq>"), finish "length".
 """
 
@@ -23,6 +24,7 @@ import redis
 import uvicorn
 
 from common.config import FleetConfig, GatewayConfig
+from common.errors import GATEWAY_GONE
 from common.protocol import (
     Accepted, Cancel, Error, EventBatch, Finish, GenerateRequest, Token, TopToken, WorkerInfo,
     decode_control, decode_request, encode,
@@ -111,7 +113,7 @@ class ScriptedWorker:
         self.r.publish(self.keys.gateway_channel(req.gateway_id), encode(batch))
 
     def _cancelled(self, req: GenerateRequest) -> bool:
-        return any(c.req_id == req.req_id for c in self.cancels)
+        return any(c.req_id == req.req_id and c.attempt in (req.attempt, -1) for c in self.cancels)
 
     def _answer(self, req: GenerateRequest) -> None:
         self._publish(req, Accepted(req.req_id, req.attempt, self.worker_id))
@@ -120,6 +122,9 @@ class ScriptedWorker:
             self._publish(req, Error(req.req_id, req.attempt, "generation", "Request failed during generation: boom"))
             return
         if "HANG" in prompt:
+            return
+        if "GONE" in prompt and req.attempt == 0:
+            self._publish(req, Error(req.req_id, req.attempt, GATEWAY_GONE, "Cancelled: the gateway's heartbeat expired"))
             return
         n = 2 if "STOP" in prompt else req.params.max_new_tokens
         delay = 0.3 if "SLOW" in prompt else 0.0
@@ -155,7 +160,7 @@ def _contains(haystack: list[int], needle: tuple[int, ...]) -> bool:
 
 
 def register_markers(tokenizer: object) -> None:
-    for word in ("ERROR", "SLOW", "HANG", "STOP"):
+    for word in ("ERROR", "SLOW", "HANG", "STOP", "GONE"):
         ids = tuple(tokenizer.encode(f" {word}", add_special_tokens=False))  # type: ignore[attr-defined]
         _MARKER_TEXTS[ids] = word
 

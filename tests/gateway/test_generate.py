@@ -99,6 +99,15 @@ def test_worker_error_as_tgi_sends_it(gateway: GatewayServer) -> None:
     assert r.text == 'data:{"error":"Request failed during generation: boom","error_type":"generation"}\n\n'
 
 
+def test_a_gateway_taken_for_dead_carries_on(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    # The worker dropped attempt 0 because this gateway's heartbeat had expired (it was stalled):
+    # the client still gets its whole answer, from attempt 1.
+    r = httpx.post(f"{gateway.url}/generate", json={"inputs": "all GONE", "parameters": {"max_new_tokens": 3}},
+                   timeout=10)
+    assert r.status_code == 200 and r.json()["generated_text"] == " w0 w1 w2"
+    assert [q.attempt for q in worker.received if q.req_id == worker.received[-1].req_id] == [0, 1]
+
+
 def test_client_disconnect_cancels_on_owner(gateway: GatewayServer, worker: ScriptedWorker) -> None:
     with httpx.stream("POST", f"{gateway.url}/generate_stream", json={
             "inputs": "go SLOW", "parameters": {"max_new_tokens": 50}}, timeout=10) as r:
