@@ -114,6 +114,7 @@ class GatewayConfig:
     max_unfinished_bodies: int = setting(
         512, "Requests still sending their body before new ones get 429 (counted apart from admitted requests)"
     )
+    header_read_timeout: float = setting(10.0, "Seconds a client has to send a request's line and headers (408 after)")
     max_header_bytes: int = setting(32_768, "Largest request line plus headers in bytes (431 above)")
     max_header_count: int = setting(100, "Most request header fields (431 above)")
     api_key: str | None = setting(None, "Bearer token required on generation routes", tgi=True)
@@ -136,8 +137,8 @@ class GatewayConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be in 1..65535, got {self.port}")
-        if self.body_read_timeout <= 0:
-            raise ConfigError("--body-read-timeout must be > 0")
+        if self.body_read_timeout <= 0 or self.header_read_timeout <= 0:
+            raise ConfigError("--body-read-timeout and --header-read-timeout must be > 0")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ _AFTER_CUT = 2.0  # seconds the cut requests get to write their error before uvi
 
 def uvicorn_config(app: Starlette, config: GatewayConfig) -> uvicorn.Config:
     """How the gateway is served: the same in production and in the tests."""
-    protocol = bounded_protocol(config.max_header_bytes, config.max_header_count)
+    protocol = bounded_protocol(config.max_header_bytes, config.max_header_count, config.header_read_timeout)
     return uvicorn.Config(
         app,
         host=config.hostname,

@@ -1,8 +1,9 @@
-"""Bounded request headers (431) and checked client request ids (400), in TGI's error shape (issue 13.4)."""
+"""Bounded request heads (431, 408) and checked client request ids (400), in TGI's error shape (issue 13.4)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import httpx
@@ -66,3 +67,33 @@ def test_a_good_client_request_id_names_the_request(gateway: GatewayServer, work
                    headers={"x-request-id": rid}, timeout=10)
     assert r.status_code == 200 and r.headers["x-request-id"] == rid
     assert worker.received[0].req_id == rid
+
+
+def test_a_head_trickled_byte_by_byte_gets_408(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    # Slowloris: each byte resets uvicorn's keep-alive timer, so a trickled head held its
+    # connection for as long as the client liked.
+    with make_gateway(header_read_timeout=1.0) as gw:
+        sock = socket.create_connection(("127.0.0.1", gw.config.port), timeout=10)
+        try:
+            started = time.monotonic()
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+            sock.settimeout(0.2)
+            head = b""
+            while b"\r\n\r\n" not in head and time.monotonic() - started < 5:
+                try:
+                    sock.sendall(b"x")  # one more byte of a header that never ends
+                    head += sock.recv(65536)
+                except (socket.timeout, TimeoutError):
+                    continue
+                except OSError:
+                    break
+            assert head.startswith(b"HTTP/1.1 408 "), head
+            assert 1.0 <= time.monotonic() - started < 3.0
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):  # the rest of the answer, then the close
+                head += chunk
+            assert json.loads(head.partition(b"\r\n\r\n")[2]) == {
+                "error": "Request head not received within 1 s", "error_type": "request_timeout"}
+        finally:
+            sock.close()
+        assert httpx.get(f"{gw.url}/health", timeout=5).status_code == 200  # a prompt head is served
