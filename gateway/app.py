@@ -32,6 +32,7 @@ from gateway.openapi import openapi_json
 from gateway.routes_generate import compat_generate, generate, generate_stream
 from gateway.routes_info import health, info, metrics, models, tokenize
 from gateway.routes_openai import openai_routes
+from gateway.routes_watermark import watermark_detect
 from gateway.tokenizer import Tokenizer, TokenizerFilesMissing
 from gateway.validation import Limits
 
@@ -68,6 +69,7 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         Route("/generate", generate, methods=["POST"]),
         Route("/generate_stream", generate_stream, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/watermark/detect", watermark_detect, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ping", health, methods=["GET"]),
         Route("/", health, methods=["GET"]),

@@ -17,7 +17,7 @@ __all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS"]
 
 # Routes behind --api-key (TGI protects the generation routes only).
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions",
-                              "/tokenize", "/chat_tokenize", "/invocations"})
+                              "/tokenize", "/chat_tokenize", "/invocations", "/watermark/detect"})
 
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")

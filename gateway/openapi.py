@@ -13,7 +13,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from common.watermark import WatermarkScore
 from gateway import VERSION
+from gateway.routes_watermark import WatermarkDetectInput
 from gateway.schemas import GenerateInput
 
 __all__ = ["openapi_spec", "openapi_json"]
@@ -101,6 +103,7 @@ class ChatRequest:
     repetition_penalty: float | None = None  # vLLM's extra (and TGI's)
     min_tokens: int = 0  # vLLM's extra: EOS is not sampled before this many tokens
     ignore_eos: bool = False  # vLLM's extra: generate past EOS up to max_tokens
+    watermark: bool = False  # TGI's parameter: bias toward the green lists (POST /watermark/detect)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
@@ -123,6 +126,7 @@ class CompletionRequest:
     repetition_penalty: float | None = None  # vLLM's extra (and TGI's)
     min_tokens: int = 0  # vLLM's extra: EOS is not sampled before this many tokens
     ignore_eos: bool = False  # vLLM's extra: generate past EOS up to max_tokens
+    watermark: bool = False  # TGI's parameter: bias toward the green lists (POST /watermark/detect)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
@@ -164,7 +168,7 @@ def _get(summary: str, ok: dict[str, Any], tag: str) -> dict[str, Any]:
 
 def openapi_spec() -> Any:
     types = [GenerateInput, GenerateResponse, StreamResponse, ErrorResponse, SimpleToken, ChatRequest,
-             CompletionRequest]
+             CompletionRequest, WatermarkDetectInput, WatermarkScore]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     sse = {"description": "Server-sent events",
            "content": {"text/event-stream": {"schema": _events(_ref(StreamResponse))}}}
@@ -183,6 +187,9 @@ def openapi_spec() -> Any:
         "/tokenize": _post("Tokenize inputs", GenerateInput,
                            {"description": "Tokens", **_json({"type": "array", "items": _ref(SimpleToken)})},
                            "Text Generation Inference"),
+        "/watermark/detect": _post("Score a text (or token ids) for this fleet's watermark (genfleet; TGI has no detector)",
+                                   WatermarkDetectInput, {"description": "z-test over the green tokens",
+                                                          **_json(WatermarkScore)}, "genfleet"),
         "/chat_tokenize": _post("Template and tokenize a chat", ChatRequest,
                                 {"description": "Tokens and templated text", **_json({"type": "object"})},
                                 "Text Generation Inference"),

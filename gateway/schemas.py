@@ -140,5 +140,3 @@ def check_ranges(p: GenerateParameters) -> None:
         raise ValidationError("`max_new_tokens` must be strictly positive")
     if p.grammar is not None:
         raise ValidationError("grammar is not supported yet: constrained decoding is not implemented")
-    if p.watermark:
-        raise ValidationError("`watermark` is not supported yet")

@@ -4,7 +4,7 @@ Mapping follows TGI where OpenAI clients work with it (temperature 0 = greedy, m
 max_new_tokens, top_logprobs -> top_n_tokens) and OpenAI where TGI breaks them: top_p=1.0 is
 accepted, `n` fans out, `stop` may be a string, presence_penalty keeps OpenAI's meaning.
 The extras vLLM users send are taken as vLLM reads them: `top_k` (-1 or 0 = off),
-`repetition_penalty`, `min_tokens` and `ignore_eos`.
+`repetition_penalty`, `min_tokens` and `ignore_eos`; `watermark` is TGI's parameter of that name.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bo
         top_k=top_k if top_k is not None and top_k > 0 else None,
         min_tokens=min_tokens,
         ignore_eos=_get(body, "ignore_eos", bool, "a boolean") or False,
+        watermark=_get(body, "watermark", bool, "a boolean") or False,
         seed=_get(body, "seed", int, "an integer"),
         max_new_tokens=max_tokens,
         stop=tuple(stop or ()),

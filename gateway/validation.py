@@ -102,6 +102,7 @@ def validate(
         prefill_logprobs=p.decoder_input_details,
         ignore_eos=p.ignore_eos,
         min_tokens=p.min_tokens,
+        watermark=p.watermark,
     )
     return Validated(
         input_ids=input_ids,

@@ -39,7 +39,10 @@ def test_bad_token_ids_file_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
     path = tmp_path / "ids.json"
     path.write_text('{"not": "a list"}')
     assert main(["watermark-detect", str(path), "--token-ids"]) == 2
-    assert "JSON list" in capsys.readouterr().err
+    assert "`token_ids` must be a list of non-negative integers" in capsys.readouterr().err
+    path.write_text("[1, 2")
+    assert main(["watermark-detect", str(path), "--token-ids"]) == 2
+    assert main(["watermark-detect", str(tmp_path / "missing.txt")]) == 2
 
 
 def test_plain_text_through_the_real_command(default_model_dir: Path) -> None:
