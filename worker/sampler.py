@@ -33,6 +33,8 @@ class SamplingTensors:
     top_k: torch.Tensor  # (B,) int64, vocab size when off
     top_p: torch.Tensor  # (B, 1) float32
     typical_p: torch.Tensor  # (B, 1) float32
+    any_truncation: bool  # host: some sampling row uses top-k, top-p or typical-p (else no sort)
+    any_typical: bool  # host: some sampling row uses typical-p
     seeds: torch.Tensor  # (B,) int64
     steps: torch.Tensor  # (B,) int64: tokens generated so far
     any_penalty: bool  # host flag
@@ -82,13 +84,16 @@ def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.dev
     if eos_token_ids and any(hold):  # a third upload only in steps that need it
         held = upload(torch.tensor(sorted(eos_token_ids) + hold, dtype=torch.int64), device)
         eos_ids, hold_eos = held[: len(eos_token_ids)], held[len(eos_token_ids) :].bool().view(b, 1)
+    sampling = [p for p in ps if p.do_sample]
     return SamplingTensors(
-        all_greedy=not any(p.do_sample for p in ps),
+        all_greedy=not sampling,
         do_sample=i[:b].bool(),
         temperature=f[0],
         top_k=i[b : 2 * b],
         top_p=f[1],
         typical_p=f[2],
+        any_truncation=any(0 < p.top_k < vocab_size or p.top_p < 1.0 or p.typical_p < 1.0 for p in sampling),
+        any_typical=any(p.typical_p < 1.0 for p in sampling),
         seeds=i[2 * b : 3 * b],
         steps=i[3 * b : 4 * b],
         any_penalty=any_penalty,
@@ -144,6 +149,8 @@ def _apply_penalties(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
 
 def _warp(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:  # -> probs (B, V)
     logits = logits / t.temperature
+    if not t.any_truncation:  # nothing to cut: skip the sorts, the most expensive ops of a step on CPU
+        return logits.softmax(dim=-1)
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
     ranks = torch.arange(logits.shape[-1], device=logits.device).unsqueeze(0)  # (1, V)
     sorted_logits = sorted_logits.masked_fill(ranks >= t.top_k.unsqueeze(1), _MASK)
@@ -151,6 +158,13 @@ def _warp(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:  # -> probs
     # top-p: keep the smallest prefix whose mass reaches p (the first token always stays).
     before = sorted_probs.cumsum(dim=-1) - sorted_probs
     sorted_logits = sorted_logits.masked_fill(before >= t.top_p, _MASK)
+    if t.any_typical:
+        sorted_logits = _typical(sorted_logits, t.typical_p)
+    logits = torch.full_like(logits, _MASK).scatter(1, order, sorted_logits)
+    return logits.softmax(dim=-1)
+
+
+def _typical(sorted_logits: torch.Tensor, typical_p: torch.Tensor) -> torch.Tensor:  # (B, V), sorted
     # typical-p: keep tokens whose surprise is closest to the entropy, up to mass p.
     sorted_probs = sorted_logits.softmax(dim=-1)
     logp = torch.log(sorted_probs.clamp_min(1e-30))
@@ -160,11 +174,9 @@ def _warp(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:  # -> probs
     typical_order = shift.argsort(dim=-1)
     typical_probs = sorted_probs.gather(1, typical_order)
     typical_before = typical_probs.cumsum(dim=-1) - typical_probs
-    drop_typical = (typical_before >= t.typical_p) & (t.typical_p < 1.0)
+    drop_typical = (typical_before >= typical_p) & (typical_p < 1.0)
     drop = torch.zeros_like(drop_typical).scatter(1, typical_order, drop_typical)
-    sorted_logits = sorted_logits.masked_fill(drop, _MASK)
-    logits = torch.full_like(logits, _MASK).scatter(1, order, sorted_logits)
-    return logits.softmax(dim=-1)
+    return sorted_logits.masked_fill(drop, _MASK)
 
 
 def _exponential(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:  # (B, V)

@@ -1,6 +1,7 @@
 """The watermark end to end with the real default model: 20 sampled answers of 200 tokens through
 /generate with `watermark: true` are flagged by POST /watermark/detect, also with every fourth word
-replaced; the same prompts without it are not. All 40 requests are sent at once, so they batch."""
+replaced; the same prompts without it are not. All 40 requests are sent at once, so they batch
+(load/watermark_quality.py measures the same on the in-process engine, with perplexities)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def test_watermarked_answers_are_flagged_and_plain_ones_are_not(fleet: FleetProc
               if job[2]]
     assert len(marked) == len(plain) == 20
     assert all(d["watermarked"] and d["z_score"] > 4 for d in marked), [d["z_score"] for d in marked]
-    assert all(not d["watermarked"] and abs(d["z_score"]) < 2 for d in plain), [d["z_score"] for d in plain]
+    # Unwatermarked z-scores are standard normal: 20 of them all within +-2 would fail 60% of
+    # seedings, so each is held to +-3 and their mean to +-0.75 (3.4 standard errors).
+    plain_z = [d["z_score"] for d in plain]
+    assert all(not d["watermarked"] and abs(d["z_score"]) < 3 for d in plain), plain_z
+    assert abs(sum(plain_z) / len(plain_z)) < 0.75, plain_z
     assert all(d["z_score"] > 2 for d in edited), [d["z_score"] for d in edited]
     assert all(d["num_tokens_scored"] > 100 for d in marked + plain)

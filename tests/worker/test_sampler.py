@@ -105,6 +105,7 @@ def test_top_n_alternatives_are_sorted_logprobs() -> None:
         {"temperature": 1.3, "top_p": 0.8},
         {"typical_p": 0.6},
         {"temperature": 0.9, "top_k": 20, "top_p": 0.9, "typical_p": 0.8},
+        {"temperature": 0.8},  # nothing truncated: no sort at all
     ],
 )
 def test_warpers_keep_the_same_tokens_as_transformers(knobs: dict) -> None:  # type: ignore[type-arg]
@@ -124,6 +125,21 @@ def test_warpers_keep_the_same_tokens_as_transformers(knobs: dict) -> None:  # t
         want = warper(torch.zeros(4, 1, dtype=torch.long), want)
     assert ((probs > 0) == torch.isfinite(want)).all()
     torch.testing.assert_close(probs, want.softmax(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_rows_without_truncation_keep_the_whole_distribution_beside_rows_with_it() -> None:
+    torch.manual_seed(5)
+    logits = torch.randn(3, V) * 3
+    rows = [SamplingParams(max_new_tokens=1, do_sample=True, temperature=0.8),
+            SamplingParams(max_new_tokens=1, do_sample=True, top_k=3),
+            SamplingParams(max_new_tokens=1, do_sample=True, typical_p=0.5)]
+    tensors = sampler.prepare([_req(p) for p in rows], V, torch.device("cpu"))
+    assert tensors.any_truncation and tensors.any_typical
+    probs = sampler._warp(logits, tensors)
+    torch.testing.assert_close(probs[0], (logits[0] / 0.8).softmax(-1), rtol=1e-5, atol=1e-6)
+    assert int((probs[1] > 0).sum()) == 3 and 0 < int((probs[2] > 0).sum()) < V
+    alone = sampler.prepare([_req(rows[0])], V, torch.device("cpu"))
+    assert not alone.any_truncation and not alone.any_typical
 
 
 def test_repetition_penalty_equals_transformers_and_greedy_rows_stay_greedy() -> None:
