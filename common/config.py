@@ -65,6 +65,10 @@ class FleetConfig:
     )
     heartbeat_interval: float = setting(1.0, "Seconds between heartbeats")
     heartbeat_ttl: float = setting(5.0, "Seconds after which a silent process counts as dead")
+    graceful_termination_timeout: float = setting(
+        90.0, "Seconds a process finishes its work on SIGTERM (gateway: open streams; worker: running "
+        "requests, the rest handed back)", tgi=True,
+    )
     watermark_gamma: float = setting(
         0.5, "Watermark: expected share of the vocabulary on each green list (generation and detection)", tgi=True
     )
@@ -120,10 +124,8 @@ class GatewayConfig:
     api_key: str | None = setting(None, "Bearer token required on generation routes", tgi=True)
     cors_allow_origin: str | None = setting(None, "Comma-separated CORS origins (default: any)", tgi=True)
     chat_template: str | None = setting(None, "Jinja chat template (or a path to one) overriding the model's")
-    tokenizer_config_path: str | None = setting(None, "Alternate tokenizer_config.json for the chat template", tgi=True)
     request_timeout: float = setting(0.0, "Seconds a request may take end to end; 0 = no limit")
     max_queue_length: int = setting(10_000, "Requests waiting in the model's stream before new ones get 429")
-    graceful_termination_timeout: float = setting(90.0, "Seconds open streams get to finish on SIGTERM", tgi=True)
     enable_prefill_logprobs: bool = setting(False, "Allow decoder_input_details (prompt logprobs)", tgi=True)
     merge_worker_metrics: bool = setting(
         False, "Append the metrics of the workers on this host (their --metrics-port) to /metrics, labelled "
@@ -174,7 +176,6 @@ class WorkerConfig:
     random_weights: bool = setting(
         False, "Benchmark mode: random weights of the model's shape (only config.json and the tokenizer are read)"
     )
-    graceful_termination_timeout: float = setting(30.0, "Seconds a draining worker finishes work before handing it back", tgi=True)
     max_deliveries: int = setting(3, "Deliveries of a stream entry before it is dead-lettered")
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ from typing import Literal
 
 __all__ = ["FinishReason", "ErrorType", "HTTP_STATUS", "GenfleetError", "ValidationError", "GATEWAY_GONE"]
 
+# TGI's finish reasons: what a Finish event carries and the API returns. worker/finish.py decides them.
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 # TGI's error_type values, plus the fleet's own.

@@ -19,6 +19,7 @@ from typing import Union
 
 import msgspec
 
+from common.errors import FinishReason
 from common.sampling_params import SamplingParams
 
 __all__ = [
@@ -91,7 +92,7 @@ class Finish(msgspec.Struct, array_like=True, frozen=True, tag="fin"):
     req_id: str
     attempt: int
     seq: int  # number of tokens in the whole output; the gateway checks it saw them all
-    reason: str  # "length" | "eos_token" | "stop_sequence" (common.errors.FinishReason)
+    reason: FinishReason
     prompt_tokens: int  # length of the prompt the worker prefilled for this attempt
     seed: int | None = None
     queue_time: float = 0.0  # seconds from XADD to first schedule on the worker

@@ -86,5 +86,5 @@ class _Server(uvicorn.Server):
 def run(config: GatewayConfig) -> None:
     setup_logging(config.fleet.json_output, config.fleet.log_level, "gateway")
     app = build_app(config)
-    _Server(uvicorn_config(app, config), app, config.graceful_termination_timeout).run()
+    _Server(uvicorn_config(app, config), app, config.fleet.graceful_termination_timeout).run()
     log.info("gateway stopped")

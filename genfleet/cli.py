@@ -48,8 +48,9 @@ _ROLE_HELP = {
 }
 
 
-def _base_type(annotation: Any) -> type:
-    hints = annotation if not isinstance(annotation, str) else eval(annotation, {}, {})  # noqa: S307
+def _base_type(cls: type, name: str) -> type:
+    # The configs use `from __future__ import annotations`: field types are strings until resolved.
+    hints = typing.get_type_hints(cls)[name]
     origin = typing.get_origin(hints)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hints) if a is not type(None)]
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                 if f.name in seen:
                     continue
                 seen.add(f.name)
-                _add_flag(group, f)
+                _add_flag(group, cls, f)
     detect = sub.add_parser("watermark-detect", help=_DETECT_HELP, description=_DETECT_HELP)
     detect.add_argument("file", help="the text to score; - reads stdin")
     detect.add_argument("--z-threshold", type=float, default=DEFAULT_Z_THRESHOLD,
@@ -98,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     group = detect.add_argument_group(FleetConfig.__name__)
     for f in settings_of(FleetConfig):
         if f.name in _DETECT_FIELDS:
-            _add_flag(group, f)
+            _add_flag(group, FleetConfig, f)
     return parser
 
 
-def _add_flag(group: argparse._ArgumentGroup, f: dataclasses.Field[Any]) -> None:
+def _add_flag(group: argparse._ArgumentGroup, cls: type, f: dataclasses.Field[Any]) -> None:
     flag = "--" + f.name.replace("_", "-")
-    kind = _base_type(f.type)
+    kind = _base_type(cls, f.name)
     envs = ", ".join(env_names(f.name, f.metadata["tgi"]))
     help_text = f"{f.metadata['help']} (env: {envs}; default: {f.default!r})"
     choices = f.metadata["choices"] or None
@@ -126,7 +127,7 @@ def _values_for(cls: type, args: argparse.Namespace, env: EnvSnapshot) -> dict[s
         if found is None:
             continue
         name, raw = found
-        kind = _base_type(f.type)
+        kind = _base_type(cls, f.name)
         try:
             values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
         except (ValueError, argparse.ArgumentTypeError) as exc:

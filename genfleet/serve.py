@@ -115,8 +115,8 @@ def serve(config: ServeConfig) -> int:
                 log.error("child %s exited with %s; stopping the fleet", exited.args[3], exited.returncode)  # type: ignore[index]
                 stop.set()
     finally:
-        _stop_group(gateways, gateway.graceful_termination_timeout + _EXIT_MARGIN, hurry)
-        _stop_group(workers, worker.graceful_termination_timeout + _EXIT_MARGIN, hurry)
+        _stop_group(gateways, fleet.graceful_termination_timeout + _EXIT_MARGIN, hurry)
+        _stop_group(workers, fleet.graceful_termination_timeout + _EXIT_MARGIN, hurry)
         if redis_server is not None:
             redis_server.stop()
         for sig, handler in previous.items():

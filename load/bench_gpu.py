@@ -162,7 +162,8 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, **k
     import torch
 
     from common.sampling_params import SamplingParams
-    from worker.engine import EngineRequest, LLMEngine
+    from worker.engine import LLMEngine
+    from worker.request import Request, RequestKey
 
     engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                        max_model_len=runner.max_model_len)
@@ -170,9 +171,9 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, **k
     torch.cuda.synchronize()
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
-        engine.add_request(EngineRequest(f"r{i}", prompt, params, seed=i, arrival_time=time.time()))
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
+        engine.add_request(Request(RequestKey(f"r{i}", 0), prompt, params, seed=i, arrival_time=time.time()))
+    first: dict[RequestKey, float] = {}
+    last: dict[RequestKey, float] = {}
     produced = computed = 0
     while engine.has_unfinished_requests():
         outs = engine.step()
@@ -180,8 +181,8 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, **k
         now = time.perf_counter()
         for out in outs:
             produced += len(out.new_token_ids)
-            first.setdefault(out.req_id, now)
-            last[out.req_id] = now
+            first.setdefault(out.key, now)
+            last[out.key] = now
     elapsed = time.perf_counter() - started
     ttft = sorted(t - started for t in first.values())
     tpot = sorted((last[r] - first[r]) / max(1, new - 1) for r in first)

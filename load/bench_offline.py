@@ -21,7 +21,8 @@ from pathlib import Path
 from common.config import DEFAULT_MODEL_ID, WorkerConfig
 from common.model_source import resolve_model
 from common.sampling_params import SamplingParams
-from worker.engine import EngineRequest, LLMEngine
+from worker.engine import LLMEngine
+from worker.request import Request, RequestKey
 from worker.model_runner import ModelRunner
 
 
@@ -29,21 +30,21 @@ def _run(engine: LLMEngine, prompts: list[list[int]], max_new: int, concurrent: 
     """Returns (seconds, output tokens, mean TTFT seconds)."""
     params = SamplingParams(max_new_tokens=max_new, ignore_eos=True)
     produced = 0
-    first: dict[str, float] = {}
+    first: dict[RequestKey, float] = {}
     started = time.perf_counter()
-    submitted: dict[str, float] = {}
+    submitted: dict[RequestKey, float] = {}
 
     def drain() -> None:
         nonlocal produced
         while engine.has_unfinished_requests():
             for out in engine.step():
                 produced += len(out.new_token_ids)
-                first.setdefault(out.req_id, time.perf_counter())
+                first.setdefault(out.key, time.perf_counter())
 
     for i, prompt in enumerate(prompts):
-        rid = f"r{i}-{time.perf_counter_ns()}"
-        submitted[rid] = time.perf_counter()
-        engine.add_request(EngineRequest(rid, prompt, params, seed=i, arrival_time=time.time()))
+        key = RequestKey(f"r{i}-{time.perf_counter_ns()}", 0)
+        submitted[key] = time.perf_counter()
+        engine.add_request(Request(key, prompt, params, seed=i, arrival_time=time.time()))
         if not concurrent:
             drain()
     drain()

@@ -211,14 +211,14 @@ def latency(args: argparse.Namespace, out: Path) -> tuple[list[dict[str, Any]], 
 
 def _direct_runs(n: int, rate: float, tokens: int) -> list[dict[str, Any]]:
     """The same synthetic engine called in-process: add_request, then step until it finishes."""
-    from worker.engine import EngineRequest
+    from worker.request import Request, RequestKey
     from worker.synthetic import SyntheticEngine
 
     runs = []
     for i in range(n):
         engine = SyntheticEngine(WorkerConfig(synthetic_tokens_per_s=rate), vocab_size=49152)
         start = time.perf_counter()
-        engine.add_request(EngineRequest(f"d{i}", [1, 2, 3], SamplingParams(max_new_tokens=tokens), i, time.time()))
+        engine.add_request(Request(RequestKey(f"d{i}", 0), [1, 2, 3], SamplingParams(max_new_tokens=tokens), i, time.time()))
         times = []
         while engine.has_unfinished_requests():
             for out in engine.step():

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from common.sampling_params import SamplingParams
     from load.bench_gpu import _ALIASES, write_model_dir
     from worker import model_runner
-    from worker.engine import EngineRequest, LLMEngine
+    from worker.engine import LLMEngine
+    from worker.request import Request, RequestKey
     from worker.model_runner import ModelRunner
 
     blocked: list[float] = []
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                        max_model_len=runner.max_model_len)
     params = SamplingParams(max_new_tokens=3 * args.steps + 64, ignore_eos=True)
     for i in range(args.batch):
-        engine.add_request(EngineRequest(f"r{i}", list(range(100, 228)), params, seed=i, arrival_time=time.time()))
+        engine.add_request(Request(RequestKey(f"r{i}", 0), list(range(100, 228)), params, seed=i, arrival_time=time.time()))
     for _ in range(20):  # prefill and warm-up steps
         engine.step()
     torch.cuda.synchronize()

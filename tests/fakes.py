@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from worker.batch import PLACEHOLDER, ScheduledBatch, StepOutput
+from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, StepOutput
+from worker.request import RequestKey
 
 __all__ = ["FakeRunner", "fake_logprob", "next_token", "solo_run"]
 
@@ -45,7 +46,7 @@ class FakeRunner:
     block_size: int
     token_budget: int
     batches: list[ScheduledBatch] = field(default_factory=list)
-    computed: dict[str, list[int]] = field(default_factory=dict)  # tokens whose "K/V" exist
+    computed: dict[RequestKey, list[int]] = field(default_factory=dict)  # tokens whose "K/V" exist
     can_overlap: bool = False  # True: the engine launches step N+1 before it reads step N
 
     def launch(self, batch: ScheduledBatch, previous: StepOutput | None) -> StepOutput:
@@ -55,7 +56,7 @@ class FakeRunner:
                 if token == PLACEHOLDER:
                     assert previous is not None, "a placeholder without the step that samples it"
                     assert k == 0 and len(req.token_ids) == 1, "a placeholder outside a decode row"
-                    value = previous.sampled_token_ids[previous.req_ids.index(req.req_id)]
+                    value = previous.sampled_token_ids[previous.keys.index(req.key)]
                     assert value >= 0
                     req.token_ids = [value]
                     req.all_token_ids = req.all_token_ids[: req.start_pos] + [value]  # a resolved copy
@@ -68,26 +69,26 @@ class FakeRunner:
         assert batch.num_tokens <= self.token_budget, "step budget exceeded"
         assert batch.num_tokens == sum(len(r.token_ids) for r in batch.requests)
         assert all(len(r.token_ids) == 1 and r.do_sample for r in batch.requests[: batch.num_decode])
-        assert len({r.req_id for r in batch.requests}) == len(batch.requests), "a request twice in one step"
-        for req_id in batch.released_req_ids:
-            self.computed.pop(req_id, None)
+        assert len({r.key for r in batch.requests}) == len(batch.requests), "a request twice in one step"
+        for key in batch.released_keys:
+            self.computed.pop(key, None)
         self.batches.append(batch)
         sampled = []
-        prompt_lps: dict[str, list[float]] = {}
+        prompt_lps: dict[RequestKey, list[float]] = {}
         for req in batch.requests:
-            seen = self.computed.get(req.req_id)
+            seen = self.computed.get(req.key)
             if seen:  # a request continues exactly where its cache ends
-                assert req.start_pos == len(seen), (req.req_id, req.start_pos, len(seen))
+                assert req.start_pos == len(seen), (req.key, req.start_pos, len(seen))
             else:  # new or resumed: from the start, or after whole blocks served by the prefix cache
                 assert req.start_pos % self.block_size == 0 and req.start_pos < len(req.all_token_ids)
             end = req.start_pos + len(req.token_ids)
             assert len(req.block_table) * self.block_size >= end, "blocks do not cover the step"
             assert req.all_token_ids[req.start_pos : end] == req.token_ids
-            self.computed[req.req_id] = req.all_token_ids[:end]
-            sampled.append(next_token(req.all_token_ids[:end]) if req.do_sample else -1)
+            self.computed[req.key] = req.all_token_ids[:end]
+            sampled.append(next_token(req.all_token_ids[:end]) if req.do_sample else NOT_SAMPLED)
             if req.prefill_logprobs:  # as the runner: a score for each next token already known
                 known = len(req.all_token_ids[req.start_pos + 1 : end + 1])
-                prompt_lps[req.req_id] = [fake_logprob(req.start_pos + k) for k in range(known)]
+                prompt_lps[req.key] = [fake_logprob(req.start_pos + k) for k in range(known)]
         n = len(batch.requests)
-        return StepOutput(batch.step, [r.req_id for r in batch.requests], sampled, [0.0] * n, [[] for _ in range(n)],
+        return StepOutput(batch.step, [r.key for r in batch.requests], sampled, [0.0] * n, [[] for _ in range(n)],
                           prompt_lps)

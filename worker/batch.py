@@ -1,7 +1,10 @@
-"""The scheduler <-> model runner contract: `ScheduledBatch` goes in, `StepOutput` comes back.
+"""The worker's two contracts, each one way and plain Python (no tensors).
 
-Plain Python on both sides (no tensors): the scheduler never imports torch, and the runner
-turns a ScheduledBatch into device tensors in worker/input_builder.py.
+- Scheduler <-> model runner: `ScheduledBatch` goes in, `StepOutput` comes back. The scheduler
+  never imports torch; the runner turns a ScheduledBatch into device tensors in
+  worker/input_builder.py.
+- Worker loop <-> engine: `Engine` (LLMEngine on a model, SyntheticEngine without one) takes
+  requests and returns `RequestOutput`s step by step, and reports its load as `EngineStats`.
 
 Request state is token counters, not phases: a request's `num_computed_tokens` catches up with
 its `num_tokens` (prompt + generated). Each step schedules `len(token_ids)` of the tokens not yet
@@ -11,21 +14,29 @@ computed; once a request's computed count reaches its total, the step samples it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from common.errors import FinishReason
 from common.sampling_params import SamplingParams
+from worker.request import Request, RequestKey
 
-__all__ = ["PLACEHOLDER", "ScheduledRequest", "ScheduledBatch", "StepOutput"]
+__all__ = [
+    "PLACEHOLDER", "NOT_SAMPLED", "ScheduledRequest", "ScheduledBatch", "StepOutput",
+    "RequestOutput", "EngineStats", "Engine",
+]
 
 # A token sampled by a step that is still running on the device. With overlapped scheduling the
 # engine schedules step N+1 before step N's tokens reach the host; N's token then stands in the
 # request's token list as PLACEHOLDER, and the runner takes its value from step N's output on
 # the device (`launch(batch, previous)`). The engine writes the real id in when N completes.
 PLACEHOLDER = -1
+# StepOutput.sampled_token_ids of a request that did not sample this step (a mid-prompt chunk).
+NOT_SAMPLED = -2
 
 
 @dataclass(slots=True)
 class ScheduledRequest:
-    req_id: str
+    key: RequestKey
     token_ids: list[int]  # the tokens computed this step: a prompt chunk, or the last sampled token
     start_pos: int  # position of token_ids[0]; equals the request's num_computed_tokens before the step
     block_table: list[int]  # every KV block of the request, covering positions [0, start_pos + len(token_ids))
@@ -46,17 +57,74 @@ class ScheduledBatch:
     num_tokens: int  # sum of len(r.token_ids): never above --max-batch-prefill-tokens
     # Requests whose blocks were freed since the last step (finished, aborted, preempted):
     # the runner drops any per-request state it keeps for them.
-    released_req_ids: list[str] = field(default_factory=list)
+    released_keys: list[RequestKey] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class StepOutput:
     step: int  # echoes ScheduledBatch.step
     # One entry per ScheduledRequest, in the batch's order:
-    req_ids: list[str]
-    sampled_token_ids: list[int]  # the next token, or -1 when do_sample was False (mid-prompt chunk)
+    keys: list[RequestKey]
+    sampled_token_ids: list[int]  # the next token, or NOT_SAMPLED when do_sample was False
     logprobs: list[float]  # log-probability of the sampled token (0.0 when not sampled)
     # top_n alternatives per request: [(token_id, logprob), ...]; empty when not asked for.
     top_tokens: list[list[tuple[int, float]]] = field(default_factory=list)
     # Prompt logprobs per request for the tokens computed this step, when asked for.
-    prefill_logprobs: dict[str, list[float]] = field(default_factory=dict)
+    prefill_logprobs: dict[RequestKey, list[float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    key: RequestKey
+    new_token_ids: list[int]
+    logprobs: list[float]
+    top_tokens: list[list[tuple[int, float]]]
+    finish_reason: FinishReason | None  # decided by worker/finish.py's rules
+    num_prompt_tokens: int
+    num_cached_tokens: int  # prompt tokens reused from the prefix cache
+    prefill_logprobs: list[float] | None = None  # on the step the prompt completes
+    first_scheduled_at: float = 0.0
+    expired: bool = False  # its deadline passed: it ends with a timeout Error, not a Finish
+
+    @property
+    def is_last(self) -> bool:
+        return self.finish_reason is not None or self.expired
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_tokens: int
+    capacity_tokens: int
+    num_preemptions: int  # running totals since start: metrics turn them into increments
+    prefix_query_tokens: int
+    prefix_hit_tokens: int
+    steps: int
+    last_batch_tokens: int = 0  # tokens computed by the last step
+    last_batch_size: int = 0  # requests in the last step
+    last_batch_num_decode: int = 0  # of those, requests that decoded one token (the rest prefilled)
+
+
+class Engine(Protocol):
+    """What the worker loop drives; one thread owns it (worker/worker.py)."""
+
+    def add_request(self, req: Request) -> None:
+        """Take a request admitted from the wire (Request.from_wire).
+
+        Raises:
+            ValueError: it can never be served here (empty, too long, already running).
+        """
+
+    def abort_request(self, key: RequestKey) -> None:
+        """Drop the request at the next step, without an output; unknown keys are ignored."""
+
+    def has_unfinished_requests(self) -> bool: ...
+
+    def num_admittable(self) -> int:
+        """How many more requests the worker should read from the shared stream now."""
+
+    def stats(self) -> EngineStats: ...
+
+    def step(self) -> list[RequestOutput]:
+        """One step: each output carries a request's new tokens, and ends it when `is_last`."""

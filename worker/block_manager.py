@@ -1,8 +1,10 @@
 """Integer bookkeeping of KV blocks: ref counts, a free queue in LRU order, and the prefix cache.
 
-Prefix caching: a block that is full of computed tokens gets a hash chained over its tokens and
-its parent's hash, so equal hashes mean equal prefixes. A new request reuses the cached blocks of
-its longest cached prefix. Blocks whose ref count drops to zero stay in the cache (and keep their
+Prefix caching: a block that is full of computed tokens is cached under the key (parent id,
+*its tokens), where the parent id names the exact content of the block before it (ids come from
+a counter and are never reused). The dict compares keys by value on every hit, so equal keys mean
+equal prefixes: a hash collision costs a lookup, never another prompt's KV. A new request reuses
+the cached blocks of its longest cached prefix. Blocks whose ref count drops to zero stay in the cache (and keep their
 hash) at the back of the free queue; allocation takes from the front, evicting the least recently
 freed first. Never imports torch.
 """
@@ -11,9 +13,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from worker.request import Request
+from worker.request import Request, RequestKey
 
 __all__ = ["BlockManager", "NoFreeBlocks"]
+
+# A cached block's key: (id of the parent block's content, or 0 at the start, *the block's tokens).
+_Key = tuple[int, ...]
 
 
 class NoFreeBlocks(RuntimeError):
@@ -26,12 +31,13 @@ class BlockManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self._hash_of: list[int | None] = [None] * num_blocks
-        self._block_of_hash: dict[int, int] = {}
+        self._key_of: list[_Key | None] = [None] * num_blocks  # the content a free block still holds
+        self._cached: dict[_Key, tuple[int, int]] = {}  # key -> (block holding it, content id)
+        self._next_id = 1
         # Free blocks, least recently freed first. Values unused: an ordered set.
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        # Per request: hashes of its full, committed blocks, in order.
-        self._hashes: dict[str, list[int]] = {}
+        # Per request: content ids of its full, committed blocks, in order.
+        self._ids: dict[RequestKey, list[int]] = {}
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
 
@@ -58,21 +64,20 @@ class BlockManager:
         move only once the admission sticks (`record_lookup`), so a retried admission counts once.
         """
         assert not req.block_table and req.num_computed_tokens == 0
-        self._hashes[req.req_id] = []
+        ids: list[int] = []
+        self._ids[req.key] = ids
         if not (self.enable_prefix_caching and reuse):
             return 0
-        tokens = req.all_token_ids
-        usable = (len(tokens) - 1) // self.block_size
+        tokens, size = req.all_token_ids, self.block_size
         parent = 0
-        for i in range(usable):
-            h = _chain(parent, tokens[i * self.block_size : (i + 1) * self.block_size])
-            block = self._block_of_hash.get(h)
-            if block is None:
+        for i in range((len(tokens) - 1) // size):
+            entry = self._cached.get((parent, *tokens[i * size : (i + 1) * size]))
+            if entry is None:
                 break
+            block, parent = entry
             self._take(block)
             req.block_table.append(block)
-            self._hashes[req.req_id].append(h)
-            parent = h
+            ids.append(parent)
         hit = len(req.block_table) * self.block_size
         req.num_computed_tokens = hit
         return hit
@@ -88,11 +93,10 @@ class BlockManager:
             raise NoFreeBlocks(f"{need} blocks needed, {len(self._free)} free")
         for _ in range(need):
             block, _ = self._free.popitem(last=False)
-            old = self._hash_of[block]
+            old = self._key_of[block]
             if old is not None:  # evict: this block's cached content is being overwritten
-                if self._block_of_hash.get(old) == block:
-                    del self._block_of_hash[old]
-                self._hash_of[block] = None
+                del self._cached[old]
+                self._key_of[block] = None
             self.ref_counts[block] = 1
             req.block_table.append(block)
 
@@ -100,18 +104,24 @@ class BlockManager:
         """Register the request's newly full, computed blocks in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        hashes = self._hashes.setdefault(req.req_id, [])
-        full = req.num_computed_tokens // self.block_size
+        ids = self._ids.setdefault(req.key, [])
+        size = self.block_size
+        full = req.num_computed_tokens // size
         tokens = req.all_token_ids
-        while len(hashes) < full:
-            i = len(hashes)
-            parent = hashes[-1] if hashes else 0
-            h = _chain(parent, tokens[i * self.block_size : (i + 1) * self.block_size])
-            hashes.append(h)
+        while len(ids) < full:
+            i = len(ids)
+            key = (ids[-1] if ids else 0, *tokens[i * size : (i + 1) * size])
             block = req.block_table[i]
-            if self._hash_of[block] is None and h not in self._block_of_hash:
-                self._hash_of[block] = h
-                self._block_of_hash[h] = block
+            if self._key_of[block] is not None:  # holds other cached content: never overwrite it
+                entry = self._cached.get(key)
+                ids.append(entry[1] if entry is not None else self._new_id())
+                continue
+            # One lookup registers the block, or finds the same content cached in another block.
+            entry = self._cached.setdefault(key, (block, self._next_id))
+            if entry[0] == block:
+                self._key_of[block] = key
+                self._next_id += 1
+            ids.append(entry[1])
 
     def free(self, req: Request) -> None:
         # Tail blocks first: they are the least likely to be shared, so they are evicted first.
@@ -119,28 +129,20 @@ class BlockManager:
             self.ref_counts[block] -= 1
             assert self.ref_counts[block] >= 0, f"block {block} freed twice"
             if self.ref_counts[block] == 0:
-                if self._hash_of[block] is None:
+                if self._key_of[block] is None:
                     self._free[block] = None
-                    self._free.move_to_end(block, last=False)  # unhashed: reuse first
+                    self._free.move_to_end(block, last=False)  # not cached: reuse first
                 else:
                     self._free[block] = None
         req.block_table = []
         req.num_computed_tokens = 0
-        self._hashes.pop(req.req_id, None)
+        self._ids.pop(req.key, None)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
 
     def _take(self, block: int) -> None:
         if self.ref_counts[block] == 0:
             del self._free[block]
         self.ref_counts[block] += 1
-
-    def check_invariants(self) -> None:
-        """Debug aid for tests: every block is either referenced or free, never both."""
-        for block, refs in enumerate(self.ref_counts):
-            assert refs >= 0
-            assert (refs == 0) == (block in self._free), f"block {block}: refs={refs}"
-        for h, block in self._block_of_hash.items():
-            assert self._hash_of[block] == h
-
-
-def _chain(parent: int, tokens: list[int]) -> int:
-    return hash((parent, *tokens))

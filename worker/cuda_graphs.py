@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from worker.attention import AttentionMetadata, forward_context
+from worker.attention import AttentionMetadata, PagedAttentionBackend, forward_context
 from worker.input_builder import ModelInputs
+
+if TYPE_CHECKING:
+    from worker.model_runner import ModelRunner
 
 __all__ = ["DecodeGraphs", "capture_decode_graphs"]
 
@@ -39,7 +42,7 @@ class DecodeGraphs:
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     sizes: tuple[int, ...]  # ascending bucket sizes
     max_blocks: int  # block-table width every graph was captured with
-    backend: Any = None  # the runner's attention backend, when it has one
+    backend: PagedAttentionBackend  # the runner's attention backend
     static: _Static | None = None
     graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = field(default_factory=dict)
     capture_seconds: float = 0.0
@@ -104,12 +107,11 @@ class DecodeGraphs:
             kv_caches=self.kv_caches,
             max_query_len=1,
         )
-        scope = forward_context(meta) if self.backend is None else forward_context(meta, self.backend)
-        with scope:
+        with forward_context(meta, self.backend):
             return self.model(static.input_ids[:size], static.positions[:size])  # type: ignore[no-any-return]
 
 
-def capture_decode_graphs(runner: Any) -> DecodeGraphs | None:
+def capture_decode_graphs(runner: ModelRunner) -> DecodeGraphs | None:
     """Graphs for the runner's decode buckets (config.cuda_graph_sizes), or None when off or on CPU."""
     sizes = runner.config.cuda_graph_sizes
     if runner.device.type != "cuda" or not sizes:
@@ -119,7 +121,7 @@ def capture_decode_graphs(runner: Any) -> DecodeGraphs | None:
         kv_caches=runner.kv.layers,
         sizes=sizes,
         max_blocks=-(-runner.max_model_len // runner.block_size),
-        backend=getattr(runner, "attention", None),
+        backend=runner.attention,
     )
     with torch.inference_mode():
         graphs.capture(runner.device)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from worker.batch import ScheduledBatch
+from worker.logits_layout import LogitsLayout
 
 __all__ = ["ModelInputs", "build_inputs", "upload"]
 
@@ -20,7 +21,7 @@ class ModelInputs:
     seq_lens: torch.Tensor  # (B,) int32 device
     query_start_loc: torch.Tensor  # (B + 1,) int32 device
     logits_rows: torch.Tensor  # (N,) int64 device: rows of the hidden state to turn into logits
-    sample_rows: list[int]  # batch indices of requests sampling this step (host)
+    layout: LogitsLayout  # host: what each logits row is for, and where the step's results go
     max_query_len: int
     num_decodes: int = 0  # the first rows that each bring exactly one token (ScheduledBatch.num_decode)
 
@@ -31,8 +32,7 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
     slots: list[int] = []
     seq_lens: list[int] = []
     starts = [0]
-    logits_rows: list[int] = []
-    sample_rows: list[int] = []
+    layout = LogitsLayout()
     width = max(1, max((len(r.block_table) for r in batch.requests), default=1))
     tables: list[int] = []
     max_query_len = 0
@@ -48,14 +48,14 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         seq_lens.append(req.start_pos + n)
         starts.append(starts[-1] + n)
         if req.prefill_logprobs:
-            logits_rows.extend(range(starts[i], starts[i + 1]))
+            # Each row predicts the next prompt token, where one exists within the known tokens.
+            targets = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
+            layout.add_prompt_scored(req.key, i, starts[i], targets, n, req.do_sample)
         elif req.do_sample:
-            logits_rows.append(starts[i + 1] - 1)
-        if req.do_sample:
-            sample_rows.append(i)
+            layout.add_sampled(i, starts[i + 1] - 1)
         max_query_len = max(max_query_len, n)
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
-    parts = (input_ids, positions, slots, tables, seq_lens, starts, logits_rows)
+    parts = (input_ids, positions, slots, tables, seq_lens, starts, layout.rows)
     flat = upload(torch.tensor([x for part in parts for x in part], dtype=torch.int64), device)
     ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = flat.split([len(p) for p in parts])
     return ModelInputs(
@@ -66,7 +66,7 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         seq_lens=lens_t.to(torch.int32),
         query_start_loc=starts_t.to(torch.int32),
         logits_rows=rows_t,
-        sample_rows=sample_rows,
+        layout=layout,
         max_query_len=max_query_len,
         num_decodes=batch.num_decode,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,14 +20,16 @@ from common.config import WorkerConfig
 from common.context_length import context_length
 from worker import ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
-from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
+from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
+from worker.logits_layout import LogitsLayout
 from worker.models import CausalLM, read_config
 from worker.quant import read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
 from worker.watermark import Watermark
+from worker.request import RequestKey
 from worker.weights import load_weights
 
 __all__ = ["ModelRunner", "PendingStep", "resolve_device", "resolve_dtype"]
@@ -56,13 +58,12 @@ class PendingStep:
     """A step queued on the device; `wait` turns it into a StepOutput."""
 
     batch: ScheduledBatch
-    sample_rows: list[int]  # batch indices that sample, in the order of `token_ids`
-    row_of: dict[str, int]  # req_id -> its row in `token_ids`
+    layout: LogitsLayout  # which requests sampled, and where their results sit in `host`
+    row_of: dict[RequestKey, int]  # request -> its row in `token_ids`
     token_ids: torch.Tensor | None  # (n,) int64 on the device: the next step's placeholders read it
-    host: torch.Tensor | None  # float64 on the host (pinned on CUDA): every result, packed
+    host: torch.Tensor | None  # float64 on the host (pinned on CUDA): every result, packed by `layout`
     ready: torch.cuda.Event | None  # fires when `host` is filled (CUDA only)
     top_n: int  # top alternatives per sampled row in `host`
-    lp_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # prompt-logprob rows
 
 
 class ModelRunner:
@@ -138,7 +139,7 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats()
         from common.sampling_params import SamplingParams
 
-        warm = ScheduledRequest("warmup", [0] * tokens, 0, list(range(blocks)), True, SamplingParams(max_new_tokens=1))
+        warm = ScheduledRequest(RequestKey("warmup", 0), [0] * tokens, 0, list(range(blocks)), True, SamplingParams(max_new_tokens=1))
         self.execute(ScheduledBatch(0, [warm], 0, tokens))
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
@@ -159,7 +160,7 @@ class ModelRunner:
         inputs = build_inputs(batch, self.block_size, self.device)
         self._fill_placeholders(batch, inputs, previous)
         # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
-        sampled = [batch.requests[i] for i in inputs.sample_rows]
+        sampled = [batch.requests[i] for i in inputs.layout.sample_batch_idx]
         tensors = None
         if sampled:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
@@ -174,7 +175,7 @@ class ModelRunner:
             return
         if previous is None or previous.token_ids is None:
             raise RuntimeError("a placeholder token without the step that samples it")
-        src = [previous.row_of[r.req_id] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
+        src = [previous.row_of[r.key] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
         src_t = upload(torch.tensor(src, dtype=torch.int64), self.device)
         head = inputs.input_ids[: len(src)]
         head.copy_(torch.where(src_t >= 0, previous.token_ids[src_t.clamp(min=0)], head))
@@ -191,47 +192,26 @@ class ModelRunner:
     def _sample(
         self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None
     ) -> PendingStep:
-        reqs = batch.requests
-        # Row of each sampling request's last token in logits_all, and the prompt-logprob rows:
-        # each row predicts the next prompt token, where one exists within the known tokens.
-        last_row: dict[int, int] = {}
-        lp_rows: list[int] = []
-        lp_targets: list[int] = []
-        lp_spans: dict[str, tuple[int, int]] = {}
-        row = 0
-        for i, req in enumerate(reqs):
-            if req.prefill_logprobs:
-                n = len(req.token_ids)
-                nxt = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
-                lp_spans[req.req_id] = (len(lp_rows), len(lp_rows) + len(nxt))
-                lp_rows.extend(range(row, row + len(nxt)))
-                lp_targets.extend(nxt)
-                row += n
-                last_row[i] = row - 1
-            elif req.do_sample:
-                last_row[i] = row
-                row += 1
-        packed: list[torch.Tensor] = []
-        n, k = len(inputs.sample_rows), 0
+        layout, reqs = inputs.layout, batch.requests
+        token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = None
+        k = 0
         if tensors is not None:
-            rows = upload(torch.tensor([last_row[i] for i in inputs.sample_rows]), self.device)
+            rows = upload(torch.tensor(layout.sample_rows), self.device)
             # The token each logits row was computed from: the previous token (watermark stage).
             prev_ids = inputs.input_ids[inputs.logits_rows[rows]] if tensors.watermark is not None else None
             result = sampler.sample(logits_all[rows], tensors, prev_ids)
             k = tensors.max_top_n
-            packed += [result.token_ids, result.logprobs]
-            if result.top_ids is not None and result.top_logprobs is not None:
-                packed += [result.top_ids.flatten(), result.top_logprobs.flatten()]
-        if lp_rows:
-            index = upload(torch.tensor(lp_rows + lp_targets), self.device)
-            picked = logits_all[index[: len(lp_rows)]]  # (P, V)
-            targets = index[len(lp_rows) :].unsqueeze(1)  # (P, 1)
-            packed.append(torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1))
+            token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
+        if layout.prompt_rows:
+            index = upload(torch.tensor(layout.prompt_rows + layout.prompt_targets), self.device)
+            picked = logits_all[index[: len(layout.prompt_rows)]]  # (P, V)
+            targets = index[len(layout.prompt_rows) :].unsqueeze(1)  # (P, 1)
+            prompt_logprobs = torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1)  # (P,)
         # Everything comes back in one transfer (float64 holds token ids exactly), queued now
         # and waited for in `wait`: the step's one host synchronisation.
+        flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs)
         host = ready = None
-        if packed:
-            flat = torch.cat([p.double() for p in packed])
+        if flat is not None:
             if self.device.type == "cuda":
                 host = torch.empty(flat.shape, dtype=torch.float64, pin_memory=True)
                 host.copy_(flat, non_blocking=True)
@@ -241,30 +221,28 @@ class ModelRunner:
                 host = flat
         return PendingStep(
             batch=batch,
-            sample_rows=inputs.sample_rows,
-            row_of={reqs[i].req_id: j for j, i in enumerate(inputs.sample_rows)},
-            token_ids=packed[0] if tensors is not None else None,
+            layout=layout,
+            row_of={reqs[i].key: j for j, i in enumerate(layout.sample_batch_idx)},
+            token_ids=token_ids,
             host=host,
             ready=ready,
             top_n=k,
-            lp_spans=lp_spans,
         )
 
     def wait(self, step: PendingStep) -> StepOutput:
         if step.ready is not None:
             step.ready.synchronize()
-        host = step.host.tolist() if step.host is not None else []
+        got = step.layout.unpack(step.host.tolist() if step.host is not None else [], step.top_n)
         reqs = step.batch.requests
-        n, k = len(step.sample_rows), step.top_n
-        token_ids = [-1] * len(reqs)
+        k = step.top_n
+        token_ids = [NOT_SAMPLED] * len(reqs)
         logprobs = [0.0] * len(reqs)
         top_tokens: list[list[tuple[int, float]]] = [[] for _ in reqs]
-        tops_id, tops_lp = host[2 * n : 2 * n + n * k], host[2 * n + n * k : 2 * n + 2 * n * k]
-        for j, i in enumerate(step.sample_rows):
-            token_ids[i] = int(host[j])
-            logprobs[i] = host[n + j]
+        for j, i in enumerate(step.layout.sample_batch_idx):
+            token_ids[i] = int(got.token_ids[j])
+            logprobs[i] = got.logprobs[j]
             want = reqs[i].params.top_n_tokens
-            top_tokens[i] = [(int(tops_id[j * k + m]), tops_lp[j * k + m]) for m in range(want)]
-        base = 2 * n + 2 * n * k
-        prefill = {rid: host[base + lo : base + hi] for rid, (lo, hi) in step.lp_spans.items()}
-        return StepOutput(step.batch.step, [r.req_id for r in reqs], token_ids, logprobs, top_tokens, prefill)
+            top_tokens[i] = [(int(got.top_ids[j * k + m]), got.top_logprobs[j * k + m]) for m in range(want)]
+        prompt = got.prompt_logprobs
+        prefill = {key: prompt[lo:hi] for key, (lo, hi) in step.layout.prompt_spans.items()}
+        return StepOutput(step.batch.step, [r.key for r in reqs], token_ids, logprobs, top_tokens, prefill)

@@ -1,8 +1,8 @@
 """The worker's output side: engine outputs -> detokenized events -> one PUBLISH per gateway per step.
 
-Runs on its own thread so the engine loop never waits on detokenization or Redis. It also matches
-stop sequences on the decoded text (TGI keeps the stop text in the output) and reports each match
-back to the engine through `on_stop`, which aborts the request at the next step.
+Runs on its own thread so the engine loop never waits on detokenization or Redis. It also applies
+the stop-sequence rule of worker/finish.py to the decoded text (the only place text exists) and
+reports each match through `on_stop`, so the worker loop aborts the request in the engine.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from common.errors import FinishReason
 from common.log import bind_request_id
 from common.protocol import (
     Accepted,
@@ -33,9 +34,11 @@ from common.protocol import (
 )
 from common.streams import CONSUMER_GROUP, Keys
 from worker.detokenizer import Decoder, IncrementalDetokenizer
+from worker.finish import stop_sequence_hit
+from worker.request import RequestKey
 
 if TYPE_CHECKING:
-    from worker.engine import RequestOutput
+    from worker.batch import RequestOutput
 
 __all__ = ["OutputProcessor"]
 
@@ -69,7 +72,7 @@ class OutputProcessor:
         keys: Keys,
         worker_id: str,
         tokenizer: Any,
-        on_stop: Callable[[str], None],
+        on_stop: Callable[[RequestKey], None],
     ) -> None:
         self._redis = redis_client
         self._keys = keys
@@ -81,7 +84,7 @@ class OutputProcessor:
         self._token_texts: dict[int, str] = {}  # _decode_one's answers, bounded by the vocabulary
         self._on_stop = on_stop
         self._queue: queue.Queue[_Item | None] = queue.Queue()
-        self._live: dict[str, _Live] = {}  # by engine key (req_id/attempt)
+        self._live: dict[RequestKey, _Live] = {}
         self._acks: list[tuple[str, bytes]] = []  # (stream, entry id) acked in this round's pipeline
         self._unsent: dict[str, list[Event]] = {}  # by gateway: a failed round's events, sent next
         self._unsent_acks: list[tuple[str, bytes]] = []
@@ -97,7 +100,7 @@ class OutputProcessor:
         gc.set_threshold(20_000, 10, 10)  # young collections 30x rarer than the default 700
         self._thread.start()
 
-    def accepted(self, key: str, request: GenerateRequest, seed: int | None, entry_id: bytes | None) -> None:
+    def accepted(self, key: RequestKey, request: GenerateRequest, seed: int | None, entry_id: bytes | None) -> None:
         """`key` is the engine's id for this attempt; the entry is XACKed with the Accepted event."""
         self._queue.put(("accept", key, request, seed, entry_id))
 
@@ -105,7 +108,7 @@ class OutputProcessor:
         if outputs:
             self._queue.put(("step", step, outputs))
 
-    def error(self, key: str, error_type: str, message: str) -> None:
+    def error(self, key: RequestKey, error_type: str, message: str) -> None:
         self._queue.put(("error", key, error_type, message))
 
     def forget(self, key: str) -> None:
@@ -116,9 +119,6 @@ class OutputProcessor:
         """Publish everything queued, then stop the thread."""
         self._queue.put(None)
         self._thread.join(timeout)
-
-    def num_live(self) -> int:
-        return len(self._live)
 
     # -- the output thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -182,7 +182,7 @@ class OutputProcessor:
         return int(step)
 
     def _handle_output(self, output: RequestOutput, out: dict[str, list[Event]]) -> None:
-        live = self._live.get(output.req_id)
+        live = self._live.get(output.key)
         if live is None:  # finished on a stop sequence or cancelled; the engine lags a step
             return
         req = live.request
@@ -210,21 +210,25 @@ class OutputProcessor:
             logprob = logprobs[i] if i < len(logprobs) else 0.0
             events.append(Token(req.req_id, req.attempt, live.next_seq, token_id, text, logprob, special, top))
             live.next_seq += 1
-            if stops and not special and self._matches_stop(live, piece):
+            if stops and not special and stop_sequence_hit(live.detokenizer.text, piece, stops):
                 stop_hit = True
                 break
-        reason = "stop_sequence" if stop_hit else output.finish_reason
-        if reason is None:
+        reason: FinishReason | None = "stop_sequence" if stop_hit else output.finish_reason
+        if reason is None and not output.expired:
             return
-        self._live.pop(output.req_id, None)
+        self._live.pop(output.key, None)
         with bind_request_id(req.req_id):
-            log.info("finished attempt %d: %s after %d tokens (prompt %d, %d cached)", req.attempt, reason,
-                     live.next_seq, output.num_prompt_tokens, output.num_cached_tokens)
+            log.info("finished attempt %d: %s after %d tokens (prompt %d, %d cached)", req.attempt,
+                     reason or "timeout", live.next_seq, output.num_prompt_tokens, output.num_cached_tokens)
         if stop_hit:
-            self._on_stop(output.req_id)
-        if reason == "timeout":
+            self._on_stop(output.key)
+        if reason is None:  # expired
             events.append(Error(req.req_id, req.attempt, "timeout", "Request deadline exceeded"))
             return
+        events.append(self._finish(live, output, reason))
+
+    def _finish(self, live: _Live, output: RequestOutput, reason: FinishReason) -> Finish:
+        req = live.request
         now = time.time()
         first = live.first_scheduled_at or live.accepted_at
         prefill = []
@@ -234,31 +238,17 @@ class OutputProcessor:
                 TopToken(tid, self._decode_one(tid), lp, tid in self._special_ids)
                 for tid, lp in zip(prompt, [float("nan"), *output.prefill_logprobs])
             ]
-        events.append(
-            Finish(
-                req.req_id,
-                req.attempt,
-                live.next_seq,
-                reason,
-                output.num_prompt_tokens,
-                live.seed,
-                queue_time=max(0.0, first - (req.enqueued_at or live.accepted_at)),
-                inference_time=max(0.0, now - first),
-                prefill=prefill,
-            )
+        return Finish(
+            req.req_id,
+            req.attempt,
+            live.next_seq,
+            reason,
+            output.num_prompt_tokens,
+            live.seed,
+            queue_time=max(0.0, first - (req.enqueued_at or live.accepted_at)),
+            inference_time=max(0.0, now - first),
+            prefill=prefill,
         )
-
-    def _matches_stop(self, live: _Live, piece: str) -> bool:
-        stops = live.request.params.stop
-        if not stops or not piece:
-            return False
-        text = live.detokenizer.text
-        for stop in stops:
-            # Only a match that ends inside the new piece is new.
-            window = text[-(len(stop) + len(piece)) :]
-            if stop in window:
-                return True
-        return False
 
     def _decode_one(self, token_id: int) -> str:
         text = self._token_texts.get(token_id)

@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable
 
 from common.config import WorkerConfig
 from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.block_manager import BlockManager
-from worker.request import Request, RequestStatus
+from worker.finish import is_expired
+from worker.request import Request, RequestKey, RequestStatus
 
 __all__ = ["Scheduler"]
 
 
 class Scheduler:
-    def __init__(self, config: WorkerConfig, block_manager: BlockManager, max_model_len: int) -> None:
+    def __init__(
+        self, config: WorkerConfig, block_manager: BlockManager, max_model_len: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.max_batch_size = config.max_batch_size
         self.token_budget = config.max_batch_prefill_tokens
         self.waiting_served_ratio = config.waiting_served_ratio
@@ -45,7 +49,8 @@ class Scheduler:
         self.step = 0
         self.steps_since_admission = 0
         self.num_preemptions = 0
-        self._released: list[str] = []
+        self._released: list[RequestKey] = []
+        self._clock = clock  # unix seconds, as deadlines and first_scheduled_at
 
     # -- queue management ------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -64,12 +69,11 @@ class Scheduler:
             self.waiting.remove(req)
         self.blocks.free(req)
         req.status = RequestStatus.FINISHED
-        self._released.append(req.req_id)
+        self._released.append(req.key)
 
     def expire(self, now: float) -> list[Request]:
-        expired = [r for r in (*self.running, *self.waiting) if r.deadline and r.deadline < now]
+        expired = [r for r in (*self.running, *self.waiting) if is_expired(r.deadline, now)]
         for req in expired:
-            req.finish_reason = "timeout"
             self.remove(req)
         return expired
 
@@ -99,35 +103,10 @@ class Scheduler:
         # re-admitting the victim at once would only thrash.
         admitted = 0
         if self.num_preemptions == preemptions_before and self._may_admit():
-            while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
-                req = self.waiting[0]
-                # Prompt logprobs need every prompt position computed: no prefix reuse for them.
-                reuse = not req.params.prefill_logprobs
-                hit = self.blocks.match_prefix(req, reuse)
-                num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-                need = self.blocks.blocks_needed(req, num_new)
-                if not self.blocks.can_allocate(need):
-                    if not self.running and not scheduled and not decodes:
-                        # Nothing else holds blocks: the request can never fit this worker.
-                        raise RuntimeError(f"request {req.req_id} needs more KV blocks than the pool has")
-                    self.blocks.free(req)  # give back the prefix hits until it fits
-                    break
-                self.blocks.allocate(req, num_new)
-                if reuse:
-                    self.blocks.record_lookup(req.num_tokens, hit)
-                if req.num_preemptions == 0:
-                    req.num_cached_tokens = hit
-                self.waiting.popleft()
-                req.status = RequestStatus.RUNNING
-                if not req.first_scheduled_at:
-                    req.first_scheduled_at = time.time()
-                self.running.append(req)
-                scheduled.append(self._scheduled(req, num_new))
-                budget -= num_new
-                admitted += 1
+            admitted = self._admit(budget, scheduled, holds_blocks=bool(scheduled or decodes))
         self.steps_since_admission = 0 if admitted else self.steps_since_admission + 1
         requests = decodes + scheduled
-        released: list[str] = []
+        released: list[RequestKey] = []
         if requests:  # an empty batch never reaches the runner: the next one tells it
             released, self._released = self._released, []
         return ScheduledBatch(
@@ -135,8 +114,39 @@ class Scheduler:
             requests=requests,
             num_decode=len(decodes),
             num_tokens=sum(len(r.token_ids) for r in requests),
-            released_req_ids=released,
+            released_keys=released,
         )
+
+    def _admit(self, budget: int, scheduled: list[ScheduledRequest], holds_blocks: bool) -> int:
+        """Admit waiting requests into `scheduled` within `budget` tokens; returns how many."""
+        admitted = 0
+        while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
+            req = self.waiting[0]
+            # Prompt logprobs need every prompt position computed: no prefix reuse for them.
+            reuse = not req.params.prefill_logprobs
+            hit = self.blocks.match_prefix(req, reuse)
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            need = self.blocks.blocks_needed(req, num_new)
+            if not self.blocks.can_allocate(need):
+                if not self.running and not holds_blocks and not admitted:
+                    # Nothing else holds blocks: the request can never fit this worker.
+                    raise RuntimeError(f"request {req.key} needs more KV blocks than the pool has")
+                self.blocks.free(req)  # give back the prefix hits until it fits
+                break
+            self.blocks.allocate(req, num_new)
+            if reuse:
+                self.blocks.record_lookup(req.num_tokens, hit)
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = hit
+            self.waiting.popleft()
+            req.status = RequestStatus.RUNNING
+            if not req.first_scheduled_at:
+                req.first_scheduled_at = self._clock()
+            self.running.append(req)
+            scheduled.append(self._scheduled(req, num_new))
+            budget -= num_new
+            admitted += 1
+        return admitted
 
     def _may_admit(self) -> bool:
         if not self.waiting:
@@ -175,13 +185,13 @@ class Scheduler:
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)
-        self._released.append(req.req_id)
+        self._released.append(req.key)
 
     @staticmethod
     def _scheduled(req: Request, num_new: int) -> ScheduledRequest:
         start = req.num_computed_tokens
         return ScheduledRequest(
-            req_id=req.req_id,
+            key=req.key,
             token_ids=req.all_token_ids[start : start + num_new],
             start_pos=start,
             block_table=req.block_table,
@@ -192,6 +202,3 @@ class Scheduler:
             seed=req.seed,
             prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
         )
-
-    def running_and_waiting(self) -> Iterable[Request]:
-        return (*self.running, *self.waiting)

@@ -9,6 +9,7 @@ from typing import Any
 from common.config import WorkerConfig
 from common.context_length import context_length, max_total_tokens
 from common.model_source import resolve_model
+from worker.batch import Engine
 
 __all__ = ["build_engine", "load_tokenizer"]
 
@@ -21,7 +22,7 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int, str | None]:
+def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | None]:
     """Returns (engine, tokenizer, device description, max_total_tokens, quantization method or None).
 
     A quantization setting the worker cannot serve raises worker.quant.QuantizationError."""
@@ -31,9 +32,9 @@ def build_engine(config: WorkerConfig) -> tuple[Any, Any, str, int, str | None]:
     if config.synthetic_tokens_per_s > 0:
         from worker.synthetic import SyntheticEngine
 
-        engine = SyntheticEngine(config, vocab_size=len(tokenizer))
+        synthetic = SyntheticEngine(config, vocab_size=len(tokenizer))
         max_total = max_total_tokens(context_length(model_dir), fleet.max_total_tokens)
-        return engine, tokenizer, "synthetic", max_total, None
+        return synthetic, tokenizer, "synthetic", max_total, None
 
     from worker.engine import LLMEngine
     from worker.model_runner import ModelRunner

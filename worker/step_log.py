@@ -11,7 +11,8 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+
+from worker.batch import EngineStats
 
 __all__ = ["StepLog"]
 
@@ -26,7 +27,7 @@ class StepLog:
         self._steps: list[float] = []
         self._tokens = 0
 
-    def step(self, seconds: float, tokens: int, stats: Any) -> str | None:
+    def step(self, seconds: float, tokens: int, stats: EngineStats) -> str | None:
         """Record one engine step; returns the summary line when one was due (and logs it)."""
         if self.interval <= 0:
             return None

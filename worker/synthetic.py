@@ -1,4 +1,4 @@
-"""A model-free engine with LLMEngine's interface, for measuring the control plane alone.
+"""A model-free Engine (worker/batch.py), as LLMEngine is one, for measuring the control plane alone.
 
 `--synthetic-tokens-per-s R` swaps it in for the real engine: every step is a fixed tick of 1/R
 seconds in which each running request gets one token, as a GPU decode step gives each request of
@@ -16,7 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.config import WorkerConfig
-from worker.engine import EngineRequest, EngineStats, RequestOutput
+from common.errors import FinishReason
+from worker.batch import EngineStats, RequestOutput
+from worker.finish import is_expired
+from worker.request import Request, RequestKey
 
 __all__ = ["SyntheticEngine"]
 
@@ -27,7 +30,7 @@ _FIRST_ORDINARY_ID = 256
 
 @dataclass(slots=True)
 class _Running:
-    req_id: str
+    key: RequestKey
     num_prompt: int
     budget: int  # tokens still to produce
     deadline: float
@@ -44,7 +47,7 @@ class SyntheticEngine:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     wall_clock: Callable[[], float] = time.time
-    _running: dict[str, _Running] = field(default_factory=dict)
+    _running: dict[RequestKey, _Running] = field(default_factory=dict)
     _next_tick: float = 0.0
     _steps: int = 0
     _last_batch: int = 0
@@ -57,18 +60,18 @@ class SyntheticEngine:
         self.interval = 1.0 / self.config.synthetic_tokens_per_s
         self.capacity_tokens = self.config.max_batch_total_tokens or 32768
 
-    def add_request(self, req: EngineRequest) -> None:
+    def add_request(self, req: Request) -> None:
         if not req.prompt_ids:
             raise ValueError("empty prompt")
-        if req.req_id in self._running:
-            raise ValueError(f"request {req.req_id} is already running")
+        if req.key in self._running:
+            raise ValueError(f"request {req.key} is already running")
         if len(req.prompt_ids) + req.params.max_new_tokens > self.capacity_tokens:
             raise ValueError(
                 f"prompt ({len(req.prompt_ids)}) + max_new_tokens ({req.params.max_new_tokens}) "
                 f"exceeds this worker's capacity of {self.capacity_tokens} tokens"
             )
-        self._running[req.req_id] = _Running(
-            req_id=req.req_id,
+        self._running[req.key] = _Running(
+            key=req.key,
             num_prompt=len(req.prompt_ids),
             budget=req.params.max_new_tokens,
             deadline=req.deadline,
@@ -76,8 +79,8 @@ class SyntheticEngine:
             top_n=req.params.top_n_tokens,
         )
 
-    def abort_request(self, req_id: str) -> None:
-        self._running.pop(req_id, None)
+    def abort_request(self, key: RequestKey) -> None:
+        self._running.pop(key, None)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._running)
@@ -98,6 +101,7 @@ class SyntheticEngine:
             steps=self._steps,
             last_batch_tokens=self._last_batch,  # one token per request per step
             last_batch_size=self._last_batch,
+            last_batch_num_decode=self._last_batch,  # every request decodes: there is no prefill
         )
 
     def step(self) -> list[RequestOutput]:
@@ -110,21 +114,21 @@ class SyntheticEngine:
         for req in list(running.values()):
             if not req.first_scheduled_at:
                 req.first_scheduled_at = now
-            if req.deadline and now > req.deadline:
-                del running[req.req_id]
-                outputs.append(self._output(req, [], "timeout"))
+            if is_expired(req.deadline, now):
+                del running[req.key]
+                outputs.append(self._output(req, [], None, expired=True))
                 continue
             token = req.rng.randrange(_FIRST_ORDINARY_ID, vocab_size)
             req.generated += 1
             req.budget -= 1
-            reason = None
+            reason: FinishReason | None = None
             if req.budget <= 0:
-                del running[req.req_id]
+                del running[req.key]
                 reason = "length"
             if req.top_n:
                 outputs.append(self._output(req, [token], reason))
             else:  # the common case, built inline: this loop runs once per token
-                outputs.append(RequestOutput(req.req_id, [token], [-0.1], [], reason, req.num_prompt, 0, None,
+                outputs.append(RequestOutput(req.key, [token], [-0.1], [], reason, req.num_prompt, 0, None,
                                              req.first_scheduled_at))
         self._last_batch = len(outputs)
         return outputs
@@ -138,11 +142,12 @@ class SyntheticEngine:
             now = self._next_tick
         self._next_tick = now + self.interval
 
-    def _output(self, req: _Running, tokens: list[int], reason: str | None) -> RequestOutput:
+    def _output(self, req: _Running, tokens: list[int], reason: FinishReason | None,
+                expired: bool = False) -> RequestOutput:
         top = [[(t, -0.1)] + [(req.rng.randrange(_FIRST_ORDINARY_ID, self.vocab_size), -3.0)
                               for _ in range(req.top_n - 1)] for t in tokens] if req.top_n else []
         return RequestOutput(
-            req_id=req.req_id,
+            key=req.key,
             new_token_ids=tokens,
             logprobs=[-0.1] * len(tokens),
             top_tokens=top,
@@ -150,4 +155,5 @@ class SyntheticEngine:
             num_prompt_tokens=req.num_prompt,
             num_cached_tokens=0,
             first_scheduled_at=req.first_scheduled_at,
+            expired=expired,
         )

@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -26,10 +27,16 @@ from common.config import WorkerConfig
 from common.errors import GATEWAY_GONE
 from common.protocol import Cancel, GenerateRequest, WorkerInfo, encode
 from common.streams import CONSUMER_GROUP, Keys
+from worker.batch import Engine, RequestOutput
+from worker.finish import is_expired
 from worker.intake import Intake
 from worker.output import OutputProcessor
 from worker.reclaim import GatewayWatch, Reclaimer
+from worker.request import Request, RequestKey
 from worker.step_log import StepLog
+
+if TYPE_CHECKING:
+    from worker.metrics import WorkerMetrics
 
 __all__ = ["Worker", "run_worker"]
 
@@ -47,15 +54,15 @@ class _Snapshot:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, engine: Any, tokenizer: Any, *, device: str = "cpu",
-                 max_total_tokens: int = 0, metrics: Any = None, quantize: str | None = None) -> None:
+    def __init__(self, config: WorkerConfig, engine: Engine, tokenizer: Any, *, device: str = "cpu",
+                 max_total_tokens: int = 0, metrics: WorkerMetrics | None = None, quantize: str | None = None) -> None:
         self.config = config
         fleet = config.fleet
         self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.keys = Keys(fleet.key_prefix)
         self.model = fleet.model_id
         self.engine = engine
-        self.metrics = metrics  # worker/metrics.py WorkerMetrics, or None
+        self.metrics = metrics
         self.device = device
         self.quantize = quantize  # the quantization method serving the model, None = dense
         self.max_total_tokens = max_total_tokens
@@ -64,11 +71,12 @@ class Worker:
         )
         self._incoming: queue.SimpleQueue[tuple[bytes | None, GenerateRequest]] = queue.SimpleQueue()
         self._cancels: queue.SimpleQueue[Cancel] = queue.SimpleQueue()
-        self._work = threading.Event()  # set when intake or cancels have something
+        self._stops: queue.SimpleQueue[RequestKey] = queue.SimpleQueue()  # ended by the output thread
+        self._work = threading.Event()  # set when intake, cancels or stops have something
         self._stopping = threading.Event()
         self._draining = threading.Event()
-        self._keys_by_req: dict[str, set[str]] = {}
-        self._gateway_of: dict[str, str] = {}  # engine key -> gateway id, for the dead-gateway check
+        self._keys_by_req: dict[str, set[RequestKey]] = {}  # req_id -> its attempts in the engine
+        self._gateway_of: dict[RequestKey, str] = {}  # -> gateway id, for the dead-gateway check
         self._snapshot = _Snapshot(admittable=engine.num_admittable())
         # Held while the engine thread moves requests from the handover queue into the engine and
         # refreshes the snapshot, so intake never counts a request twice or not at all.
@@ -120,7 +128,7 @@ class Worker:
             log.info("draining: no new requests; %d in flight", self._snapshot.running + self._snapshot.waiting)
             self._draining.set()
             self.intake.stop_reading()
-            self._drain_deadline = time.monotonic() + self.config.graceful_termination_timeout
+            self._drain_deadline = time.monotonic() + self.config.fleet.graceful_termination_timeout
             self._heartbeat_now()
         self._work.set()
 
@@ -135,19 +143,7 @@ class Worker:
             self._admit()
             self._apply_cancels()
             if engine.has_unfinished_requests():
-                started = time.perf_counter()
-                outputs = engine.step()
-                elapsed = time.perf_counter() - started
-                self.step_count += 1
-                self.output.step(self.step_count, outputs)
-                self._forget_finished(outputs)
-                produced = sum(len(o.new_token_ids) for o in outputs)
-                if self.metrics is not None:
-                    batch = getattr(engine, "last_batch", None)  # the synthetic engine has none
-                    prefills = len(batch.requests) - batch.num_decode if batch is not None else 0
-                    self.metrics.observe_step(engine.stats(), elapsed, produced, batch_size=len(outputs),
-                                              method="prefill" if prefills else "decode", num_new=prefills)
-                self.step_log.step(elapsed, produced, engine.stats())
+                self._step()
             elif self._draining.is_set():
                 return
             else:
@@ -160,6 +156,21 @@ class Worker:
                 return
             self._refresh_snapshot()
 
+    def _step(self) -> None:
+        started = time.perf_counter()
+        outputs = self.engine.step()
+        elapsed = time.perf_counter() - started
+        self.step_count += 1
+        self.output.step(self.step_count, outputs)
+        self._forget_finished(outputs)
+        produced = sum(len(o.new_token_ids) for o in outputs)
+        stats = self.engine.stats()
+        if self.metrics is not None:
+            prefills = stats.last_batch_size - stats.last_batch_num_decode
+            self.metrics.observe_step(stats, elapsed, produced, batch_size=len(outputs),
+                                      method="prefill" if prefills else "decode", num_new=prefills)
+        self.step_log.step(elapsed, produced, stats)
+
     def _admit(self) -> None:
         with self._admit_lock:
             admitted = self._admit_locked()
@@ -167,70 +178,70 @@ class Worker:
                 self._refresh_snapshot_locked()
 
     def _admit_locked(self) -> int:
-        from worker.engine import EngineRequest
-
         admitted = 0
         while True:
             try:
-                entry_id, request = self._incoming.get_nowait()
+                entry_id, wire = self._incoming.get_nowait()
             except queue.Empty:
                 return admitted
             admitted += 1
-            key = _engine_key(request.req_id, request.attempt)
-            if request.deadline and request.deadline < time.time():
-                self.output.accepted(key, request, request.params.seed, entry_id)
-                self.output.error(key, "timeout", "Request deadline exceeded before a worker took it")
-                continue
+            now = time.time()
             # The gateway resolved the seed at validation (None only when greedy, which draws none).
-            seed = request.params.seed
-            prompt = list(request.input_ids) + list(request.generated_ids)
-            engine_req = EngineRequest(
-                req_id=key, prompt_ids=prompt, params=request.params, seed=seed or 0,
-                arrival_time=time.time(), deadline=request.deadline, priority=request.priority,
-                num_generated_offset=len(request.generated_ids),
-            )
-            self.output.accepted(key, request, seed if request.params.do_sample else None, entry_id)
-            try:
-                self.engine.add_request(engine_req)
-            except ValueError as exc:  # cannot fit this worker: tell the client, don't crash
-                self.output.error(key, "validation", f"Input validation error: {exc}")
+            seed = wire.params.seed
+            req = Request.from_wire(wire, seed or 0, now)
+            if is_expired(wire.deadline, now):
+                self.output.accepted(req.key, wire, seed, entry_id)
+                self.output.error(req.key, "timeout", "Request deadline exceeded before a worker took it")
                 continue
-            self._keys_by_req.setdefault(request.req_id, set()).add(key)
-            self._gateway_of[key] = request.gateway_id
+            self.output.accepted(req.key, wire, seed if wire.params.do_sample else None, entry_id)
+            try:
+                self.engine.add_request(req)
+            except ValueError as exc:  # cannot fit this worker: tell the client, don't crash
+                self.output.error(req.key, "validation", f"Input validation error: {exc}")
+                continue
+            self._keys_by_req.setdefault(wire.req_id, set()).add(req.key)
+            self._gateway_of[req.key] = wire.gateway_id
 
     def _apply_cancels(self) -> None:
+        while True:
+            try:
+                key = self._stops.get_nowait()
+            except queue.Empty:
+                break
+            self._drop(key)
         while True:
             try:
                 cancel = self._cancels.get_nowait()
             except queue.Empty:
                 return
-            keys = self._keys_by_req.get(cancel.req_id, set())
-            for key in list(keys):
-                if cancel.attempt < 0 or key == _engine_key(cancel.req_id, cancel.attempt):
-                    self.engine.abort_request(key)
-                    keys.discard(key)
+            for key in list(self._keys_by_req.get(cancel.req_id, ())):
+                if cancel.attempt < 0 or key.attempt == cancel.attempt:
+                    self._drop(key)
                     if cancel.reason == GATEWAY_GONE:
                         # Its gateway may only have been starved past its TTL: if it is alive, this
                         # error makes it continue the request elsewhere instead of waiting forever.
                         self.output.error(key, GATEWAY_GONE, "Cancelled: the gateway's heartbeat expired")
                     else:
                         self.output.forget(key)
-                    with self._admit_lock:
-                        self._gateway_of.pop(key, None)
-            if not keys:
-                self._keys_by_req.pop(cancel.req_id, None)
 
-    def _forget_finished(self, outputs: list[Any]) -> None:
+    def _drop(self, key: RequestKey) -> None:
+        """End `key` in the engine without an output (its stream has ended or nobody reads it)."""
+        self.engine.abort_request(key)
+        self._forget(key)
+
+    def _forget_finished(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
-            if out.finish_reason is not None:
-                with self._admit_lock:
-                    self._gateway_of.pop(out.req_id, None)
-                req_id, _ = _split_key(out.req_id)
-                keys = self._keys_by_req.get(req_id)
-                if keys is not None:
-                    keys.discard(out.req_id)
-                    if not keys:
-                        del self._keys_by_req[req_id]
+            if out.is_last:
+                self._forget(out.key)
+
+    def _forget(self, key: RequestKey) -> None:
+        with self._admit_lock:
+            self._gateway_of.pop(key, None)
+        keys = self._keys_by_req.get(key.req_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._keys_by_req[key.req_id]
 
     def _refresh_snapshot(self) -> None:
         with self._admit_lock:
@@ -257,9 +268,9 @@ class Worker:
         self._cancels.put(cancel)
         self._work.set()
 
-    def _stop_from_output(self, key: str) -> None:
-        req_id, attempt = _split_key(key)
-        self._cancels.put(Cancel(req_id, attempt, "stop_sequence"))
+    def _stop_from_output(self, key: RequestKey) -> None:
+        # A stop sequence ended the stream: the engine still runs the request until told.
+        self._stops.put(key)
         self._work.set()
 
     def _on_bad_entry(self, entry_id: bytes) -> None:
@@ -288,9 +299,8 @@ class Worker:
             return
         for key, gateway_id in owners.items():
             if gateway_id in dead:
-                req_id, attempt = _split_key(key)
                 log.info("gateway %s is gone; cancelling %s", gateway_id, key)
-                self._on_cancel(Cancel(req_id, attempt, GATEWAY_GONE))
+                self._on_cancel(Cancel(key.req_id, key.attempt, GATEWAY_GONE))
 
     def _heartbeat_now(self) -> None:
         stats = self.engine.stats()
@@ -314,21 +324,11 @@ class Worker:
         self._safe(lambda: self.redis.set(self.keys.worker_heartbeat(self.worker_id), encode(info), px=ttl_ms))
 
     @staticmethod
-    def _safe(fn: Any) -> None:
+    def _safe(fn: Callable[[], object]) -> None:
         try:
             fn()
         except redis.RedisError as exc:
             log.warning("Redis call failed: %s", exc)
-
-
-def _engine_key(req_id: str, attempt: int) -> str:
-    """Inside the worker a request is `req_id/attempt`, so a continuation never meets a stale attempt."""
-    return f"{req_id}/{attempt}"
-
-
-def _split_key(key: str) -> tuple[str, int]:
-    req_id, attempt = key.rsplit("/", 1)
-    return req_id, int(attempt)
 
 
 def run_worker(config: WorkerConfig) -> int:

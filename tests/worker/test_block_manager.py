@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from common.sampling_params import SamplingParams
 from worker.block_manager import BlockManager, NoFreeBlocks
+from tests.worker.invariants import check_block_invariants
 from worker.request import Request
 
 
@@ -33,7 +34,7 @@ def test_allocate_covers_tokens_and_free_returns_every_block() -> None:
     assert len(req.block_table) == 3 and all(bm.ref_counts[b] == 1 for b in req.block_table)
     bm.free(req)
     assert bm.num_free_blocks == 8 and req.block_table == [] and req.num_computed_tokens == 0
-    bm.check_invariants()
+    check_block_invariants(bm)
 
 
 def test_allocation_beyond_the_pool_raises_and_changes_nothing() -> None:
@@ -70,7 +71,7 @@ def test_prefix_hit_shares_full_blocks_and_leaves_one_token_to_compute() -> None
     for r in (a, b, c, d):
         bm.free(r)
     assert bm.num_free_blocks == 16
-    bm.check_invariants()
+    check_block_invariants(bm)
 
 
 def test_hash_chain_distinguishes_equal_blocks_after_different_prefixes() -> None:
@@ -78,6 +79,29 @@ def test_hash_chain_distinguishes_equal_blocks_after_different_prefixes() -> Non
     _compute(bm, _req("a", [1, 1, 1, 1, 7, 7, 7, 7, 0]))
     other = _req("b", [2, 2, 2, 2, 7, 7, 7, 7, 0])  # second block equal, parent different
     assert bm.match_prefix(other) == 0
+
+
+# Python hashes an int modulo this Mersenne prime, so t and t + _HASH_MODULUS hash alike, and so do
+# any two tuples that differ only by such a pair: a collision of the very hash() a cache keyed by
+# hash((parent, *tokens)) would use.
+_HASH_MODULUS = 2**61 - 1
+
+
+def test_blocks_whose_hashes_collide_are_not_served_for_each_other() -> None:
+    bm = BlockManager(num_blocks=16, block_size=4)
+    a = _req("a", [5, 6, 7, 8, 9, 10, 11, 12, 0])
+    _compute(bm, a)
+    forged = [5 + _HASH_MODULUS, 6, 7, 8, 9, 10, 11, 12, 0]
+    assert hash((0, *forged[:4])) == hash((0, *a.all_token_ids[:4]))  # a real collision
+    b = _req("b", forged)
+    assert bm.match_prefix(b) == 0 and not set(b.block_table) & set(a.block_table)
+    # Cached beside a's blocks, b's do not displace them: a's prompt still finds a's own KV.
+    _compute(bm, b)
+    c = _req("c", [5, 6, 7, 8, 9, 10, 11, 12, 1])
+    assert bm.match_prefix(c) == 8 and c.block_table == a.block_table[:2]
+    for r in (a, b, c):
+        bm.free(r)
+    check_block_invariants(bm)
 
 
 def test_freed_cached_blocks_stay_reusable_until_evicted_lru() -> None:
@@ -101,7 +125,7 @@ def test_freed_cached_blocks_stay_reusable_until_evicted_lru() -> None:
     for r in (filler, a, b):
         bm.free(r)
     assert bm.num_free_blocks == 6
-    bm.check_invariants()
+    check_block_invariants(bm)
 
 
 def test_prefix_caching_off_never_hits_and_counts_nothing() -> None:
@@ -139,7 +163,7 @@ def test_random_operations_keep_ref_counts_consistent(ops: list[tuple[int, int, 
                 _compute(bm, req)
             except NoFreeBlocks:
                 bm.free(live.pop(slot))
-        bm.check_invariants()
+        check_block_invariants(bm)
         holders = [0] * bm.num_blocks
         for r in live.values():
             for block in r.block_table:

@@ -13,7 +13,8 @@ from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from load.bench_gpu import write_model_dir
 from worker.batch import ScheduledBatch, ScheduledRequest
-from worker.engine import EngineRequest, LLMEngine
+from worker.engine import LLMEngine
+from worker.request import Request
 from worker.input_builder import build_inputs
 from worker.model_runner import ModelRunner
 
@@ -32,11 +33,11 @@ def _greedy(runner: ModelRunner, prompts: list[list[int]], new: int, params: Sam
     assert engine.overlap == overlap
     params = params or SamplingParams(max_new_tokens=new, ignore_eos=True)
     for i, p in enumerate(prompts):
-        engine.add_request(EngineRequest(f"r{i}", p, params, seed=i, arrival_time=0.0))
+        engine.add_request(Request(f"r{i}", p, params, seed=i, arrival_time=0.0))
     tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
     while engine.has_unfinished_requests():
         for out in engine.step():
-            tokens[out.req_id] += out.new_token_ids
+            tokens[out.key] += out.new_token_ids
     return [tokens[f"r{i}"] for i in range(len(prompts))]
 
 

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from tests.fakes import FakeRunner, solo_run
-from worker.engine import EngineRequest, LLMEngine, RequestOutput
+from worker.batch import RequestOutput
+from worker.engine import LLMEngine
+from worker.request import Request
 
 
 def _engine(num_blocks: int = 32, block_size: int = 4, budget: int = 32, max_batch: int = 8,
-            eos: int = 0, max_model_len: int = 4096, overlap: bool = False) -> tuple[LLMEngine, FakeRunner]:
+            eos: int = 0, max_model_len: int = 4096, overlap: bool = False,
+            clock: Callable[[], float] = time.time) -> tuple[LLMEngine, FakeRunner]:
     config = WorkerConfig(block_size=block_size, max_batch_prefill_tokens=budget, max_batch_size=max_batch,
                           waiting_served_ratio=0.0)
     runner = FakeRunner(block_size, budget, can_overlap=overlap)
     engine = LLMEngine(config, runner, num_blocks=num_blocks, eos_token_ids=frozenset({eos}),
-                       max_model_len=max_model_len)
+                       max_model_len=max_model_len, clock=clock)
     return engine, runner
 
 
-def _req(rid: str, prompt: list[int], max_new: int, **kw: object) -> EngineRequest:
+def _req(rid: str, prompt: list[int], max_new: int, **kw: object) -> Request:
     params = SamplingParams(max_new_tokens=max_new, ignore_eos=bool(kw.pop("ignore_eos", False)))
-    return EngineRequest(rid, prompt, params, seed=0, arrival_time=time.time(), **kw)  # type: ignore[arg-type]
+    return Request(rid, prompt, params, seed=0, arrival_time=time.time(), **kw)  # type: ignore[arg-type]
 
 
 def _drain(engine: LLMEngine) -> list[RequestOutput]:
@@ -60,8 +64,8 @@ def test_eos_finishes_unless_ignored(overlap: bool) -> None:
     engine.add_request(_req("stop", prompt, 10))
     engine.add_request(_req("go", prompt, 10, ignore_eos=True))
     outs = _drain(engine)
-    tokens = {rid: [t for o in outs if o.req_id == rid for t in o.new_token_ids] for rid in ("stop", "go")}
-    reasons = {o.req_id: o.finish_reason for o in outs if o.finish_reason}
+    tokens = {rid: [t for o in outs if o.key == rid for t in o.new_token_ids] for rid in ("stop", "go")}
+    reasons = {o.key: o.finish_reason for o in outs if o.finish_reason}
     assert tokens["stop"] == solo_run(prompt, 3) and reasons["stop"] == "eos_token"
     assert tokens["go"] == solo_run(prompt, 10) and reasons["go"] == "length"
 
@@ -77,7 +81,7 @@ def test_outputs_report_prompt_and_cached_tokens_and_release_to_the_runner() -> 
     second = _drain(engine)
     assert {o.num_cached_tokens for o in second} == {12}
     assert [t for o in second for t in o.new_token_ids] == solo_run(prompt, 2)
-    assert "a" in runner.batches[len(runner.batches) - 2].released_req_ids  # b's first step
+    assert "a" in runner.batches[len(runner.batches) - 2].released_keys  # b's first step
     stats = engine.stats()
     assert (stats.prefix_query_tokens, stats.prefix_hit_tokens) == (26, 12)
     assert stats.num_running == stats.num_waiting == 0 and stats.num_free_tokens == stats.capacity_tokens
@@ -91,19 +95,20 @@ def test_abort_of_a_waiting_or_unknown_request() -> None:
     engine.abort_request("wait")
     engine.abort_request("nobody")
     outs = _drain(engine)
-    assert {o.req_id for o in outs} == {"run"}
-    assert all(r.req_id != "wait" for b in runner.batches for r in b.requests)
+    assert {o.key for o in outs} == {"run"}
+    assert all(r.key != "wait" for b in runner.batches for r in b.requests)
     assert engine.blocks.num_free_blocks == 32
 
 
 def test_running_request_times_out_mid_generation() -> None:
-    engine, _ = _engine()
-    engine.add_request(_req("slow", [1, 2, 3], 100, deadline=time.time() + 0.2))
+    now = [1000.0]
+    engine, _ = _engine(clock=lambda: now[0])
+    engine.add_request(_req("slow", [1, 2, 3], 100, deadline=now[0] + 0.2))
     outs = engine.step() + engine.step()
     assert len(outs) == 2 and all(o.finish_reason is None for o in outs)
-    time.sleep(0.25)
+    now[0] += 0.25
     outs = engine.step()
-    assert [(o.req_id, o.new_token_ids, o.finish_reason) for o in outs] == [("slow", [], "timeout")]
+    assert [(o.key, o.new_token_ids, o.finish_reason, o.expired) for o in outs] == [("slow", [], None, True)]
     assert not engine.has_unfinished_requests() and engine.blocks.num_free_blocks == 32
 
 
@@ -114,7 +119,7 @@ def test_max_batch_size_bounds_the_running_batch() -> None:
     outs = _drain(engine)
     assert max(len(b.requests) for b in runner.batches) == 3
     for i in range(7):
-        assert [t for o in outs if o.req_id == f"r{i}" for t in o.new_token_ids] == solo_run([i + 1] * 5, 4)
+        assert [t for o in outs if o.key == f"r{i}" for t in o.new_token_ids] == solo_run([i + 1] * 5, 4)
 
 
 def test_num_admittable_takes_only_what_can_start_now() -> None:
@@ -146,9 +151,9 @@ def test_overlapped_steps_launch_ahead_and_drop_the_rows_of_finished_requests() 
     engine.add_request(_req("eos", prompt, 10))  # ends at its 3rd token, by EOS
     engine.add_request(_req("len", [8, 9], 4, ignore_eos=True))  # ends at its 4th token, by length
     outs = _drain(engine)
-    got = {rid: [t for o in outs if o.req_id == rid for t in o.new_token_ids] for rid in ("eos", "len")}
+    got = {rid: [t for o in outs if o.key == rid for t in o.new_token_ids] for rid in ("eos", "len")}
     assert got == {"eos": solo_run(prompt, 3), "len": solo_run([8, 9], 4)}
-    steps = [[r.req_id for r in b.requests] for b in runner.batches]
+    steps = [[r.key for r in b.requests] for b in runner.batches]
     # The step after the EOS was already running when the EOS arrived: one wasted row, dropped.
     assert sum("eos" in s for s in steps) == 4
     # A length finish is known ahead: no step is launched past it.

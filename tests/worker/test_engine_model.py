@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from tests.worker.test_model_runner import _tiny_llama
-from worker.engine import EngineRequest, LLMEngine
+from worker.engine import LLMEngine
+from worker.request import Request
 from worker.model_runner import ModelRunner
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "List three fruits:", "Water boils at"]
@@ -54,13 +55,13 @@ def expected(tokenizer, reference) -> dict[str, list[int]]:  # type: ignore[no-u
 def _run(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParams, seeds: dict[str, int] | None = None) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i, (rid, ids) in enumerate(prompts.items()):
-        engine.add_request(EngineRequest(rid, ids, params, (seeds or {}).get(rid, 0), time.time()))
+        engine.add_request(Request(rid, ids, params, (seeds or {}).get(rid, 0), time.time()))
         if i % 2:
             for o in engine.step():  # arrivals interleave with running decodes
-                out.setdefault(o.req_id, []).extend(o.new_token_ids)
+                out.setdefault(o.key, []).extend(o.new_token_ids)
     while engine.has_unfinished_requests():
         for o in engine.step():
-            out.setdefault(o.req_id, []).extend(o.new_token_ids)
+            out.setdefault(o.key, []).extend(o.new_token_ids)
     return out
 
 
@@ -137,7 +138,7 @@ def test_prefill_logprobs_match_transformers(tiny) -> None:  # type: ignore[no-u
     path, reference = tiny
     ids = _tiny_prompts(1)["p0"]
     engine = _engine(path, max_batch_prefill_tokens=5)  # the prompt is split over chunks
-    engine.add_request(EngineRequest("p", ids, SamplingParams(max_new_tokens=1, prefill_logprobs=True), 0, time.time()))
+    engine.add_request(Request("p", ids, SamplingParams(max_new_tokens=1, prefill_logprobs=True), 0, time.time()))
     outs = []
     while engine.has_unfinished_requests():
         outs.extend(engine.step())
@@ -159,14 +160,14 @@ def test_seeded_continuation_draws_what_the_lost_attempt_would_have(default_mode
     prompt = tokenizer(PROMPTS[0]).input_ids
     params = SamplingParams(max_new_tokens=10, do_sample=True, temperature=0.9)
     engine = _engine(default_model_dir)
-    engine.add_request(EngineRequest("full", prompt, params, 77, time.time()))
+    engine.add_request(Request("full", prompt, params, 77, time.time()))
     full: list[int] = []
     while engine.has_unfinished_requests():
         for o in engine.step():
             full.extend(o.new_token_ids)
     # The attempt was lost after 4 tokens: a continuation carries them in its prompt.
     rest = SamplingParams(max_new_tokens=6, do_sample=True, temperature=0.9)
-    engine.add_request(EngineRequest("cont", prompt + full[:4], rest, 77, time.time(), num_generated_offset=4))
+    engine.add_request(Request("cont", prompt + full[:4], rest, 77, time.time(), num_generated_offset=4))
     cont: list[int] = []
     while engine.has_unfinished_requests():
         for o in engine.step():

@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.metrics import WorkerMetrics, start_metrics_server
-from worker.engine import EngineStats
+from worker.batch import EngineStats
 
 
 def _samples(text: str) -> dict[str, float]:

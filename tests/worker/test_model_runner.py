@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
-from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.batch import NOT_SAMPLED, ScheduledBatch, ScheduledRequest
 from worker.input_builder import build_inputs
 from worker.kv_cache import CPU_DEFAULT_TOKENS
 from worker.model_runner import ModelRunner
@@ -59,18 +59,18 @@ class TinyScheduler:
         batch = ScheduledBatch(self.step, scheduled, num_decode, sum(len(s.token_ids) for s in scheduled))
         out = self.runner.execute(batch)
         self.step += 1
-        assert out.req_ids == [s.req_id for s in scheduled]
+        assert out.keys == [s.key for s in scheduled]
         for s, tok, lp, top in zip(scheduled, out.sampled_token_ids, out.logprobs, out.top_tokens, strict=True):
-            r = self.reqs[s.req_id]
+            r = self.reqs[s.key]
             r["computed"] += len(s.token_ids)
-            r["prefill"].extend(out.prefill_logprobs.get(s.req_id, []))
+            r["prefill"].extend(out.prefill_logprobs.get(s.key, []))
             if s.do_sample:
                 r["tokens"].append(tok)
                 r["out"].append(tok)
                 r["lps"].append(lp)
                 r["tops"].append(top)
             else:
-                assert tok == -1
+                assert tok == NOT_SAMPLED
 
     def busy(self) -> bool:
         return any(len(r["out"]) < r["params"].max_new_tokens for r in self.reqs.values())
@@ -194,7 +194,7 @@ def test_mid_prompt_chunk_samples_nothing(tmp_path: Path) -> None:
     runner = _runner(path, block_size=8)
     req = ScheduledRequest("r", [1, 2, 3], 0, [0], False, SamplingParams(max_new_tokens=1))
     out = runner.execute(ScheduledBatch(0, [req], 0, 3))
-    assert out.sampled_token_ids == [-1] and out.logprobs == [0.0] and out.top_tokens == [[]]
+    assert out.sampled_token_ids == [NOT_SAMPLED] and out.logprobs == [0.0] and out.top_tokens == [[]]
 
 
 def test_runner_names_an_unsupported_architecture(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_build_inputs_lays_out_slots_tables_and_logit_rows() -> None:
     assert x.slot_mapping.tolist() == [9, 18, 19, 4, 24, 25]
     assert x.block_tables.tolist() == [[7, 2], [4, 1], [6, 0]] and x.block_tables.dtype == torch.int32
     assert x.seq_lens.tolist() == [6, 5, 2] and x.query_start_loc.tolist() == [0, 1, 4, 6]
-    assert x.logits_rows.tolist() == [0, 4, 5] and x.sample_rows == [0, 2] and x.max_query_len == 3
+    assert x.logits_rows.tolist() == [0, 4, 5] and x.layout.sample_batch_idx == [0, 2] and x.max_query_len == 3
 
 
 def test_attention_metadata_is_scoped_to_one_forward(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from common.protocol import Event, Finish, GenerateRequest, Token, decode_events
 from common.sampling_params import SamplingParams
 from common.streams import Keys
 from worker.detokenizer import Decoder
-from worker.engine import RequestOutput
+from worker.batch import RequestOutput
+from worker.request import RequestKey
 from worker.output import OutputProcessor
 
 
@@ -111,9 +112,9 @@ def test_steps_publish_the_same_events_as_decoding_each_window(tokenizer) -> Non
     streams = {key: tokenizer(text[i:], add_special_tokens=False).input_ids[:20] for i, key in enumerate(prompts)}
     for key, prompt in prompts.items():
         request = GenerateRequest(key, 0, "gw", "m", prompt, SamplingParams(max_new_tokens=20, top_n_tokens=2))
-        out._handle(("accept", f"{key}/0", request, None, None), defaultdict(list))
+        out._handle(("accept", RequestKey(key, 0), request, None, None), defaultdict(list))
     for step in range(20):
-        outputs = [RequestOutput(f"{key}/0", [ids[step]], [-0.25], [[(ids[step], -0.25), (rng.randrange(500), -3.0)]],
+        outputs = [RequestOutput(RequestKey(key, 0), [ids[step]], [-0.25], [[(ids[step], -0.25), (rng.randrange(500), -3.0)]],
                                  "length" if step == 19 else None, len(prompts[key]), 0)
                    for key, ids in streams.items()]
         events: dict[str, list[Event]] = defaultdict(list)
@@ -135,20 +136,20 @@ def test_steps_publish_the_same_events_as_decoding_each_window(tokenizer) -> Non
         for t in got:
             assert [x.text for x in t.top_tokens] == [tokenizer.decode([x.id], skip_special_tokens=False)
                                                       for x in t.top_tokens]
-    assert out.num_live() == 0
+    assert not out._live
 
 
 def test_a_round_redis_refused_is_sent_with_the_next(tokenizer) -> None:  # type: ignore[no-untyped-def]
     redis = _Redis()
     out = OutputProcessor(redis, Keys("t"), "w0", tokenizer, on_stop=lambda key: None)  # type: ignore[arg-type]
     prompt = tokenizer("Prompt:").input_ids
-    out._handle(("accept", "r/0", GenerateRequest("r", 0, "gw", "m", prompt, SamplingParams(max_new_tokens=2)),
+    out._handle(("accept", RequestKey("r", 0), GenerateRequest("r", 0, "gw", "m", prompt, SamplingParams(max_new_tokens=2)),
                  None, None), defaultdict(list))
     ids = tokenizer(" two words", add_special_tokens=False).input_ids[:2]
     redis.failures = 1
     for step, finish in ((0, None), (1, "length")):
         events: dict[str, list[Event]] = defaultdict(list)
-        out._handle(("step", step, [RequestOutput("r/0", [ids[step]], [-0.5], [], finish, len(prompt), 0)]), events)
+        out._handle(("step", step, [RequestOutput(RequestKey("r", 0), [ids[step]], [-0.5], [], finish, len(prompt), 0)]), events)
         out._publish(step, events)
     got = [e for data in redis.published for e in decode_events(data).events]
     # The first round's token was not lost: it came first in the second round.

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from tests.fakes import FakeRunner, fake_logprob, solo_run
-from worker.engine import EngineRequest, LLMEngine
+from tests.worker.invariants import check_block_invariants
+from worker.engine import LLMEngine
+from worker.request import Request
 
 
 def _engine(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_batch: int = 8,
@@ -25,8 +27,8 @@ def _engine(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_bat
     return engine, runner
 
 
-def _req(rid: str, prompt: list[int], max_new: int, **kw: object) -> EngineRequest:
-    return EngineRequest(rid, prompt, SamplingParams(max_new_tokens=max_new), seed=0, arrival_time=time.time(), **kw)  # type: ignore[arg-type]
+def _req(rid: str, prompt: list[int], max_new: int, **kw: object) -> Request:
+    return Request(rid, prompt, SamplingParams(max_new_tokens=max_new), seed=0, arrival_time=time.time(), **kw)  # type: ignore[arg-type]
 
 
 def _drain(engine: LLMEngine, out: dict[str, list[int]], limit: int = 10_000) -> dict[str, str]:
@@ -35,10 +37,10 @@ def _drain(engine: LLMEngine, out: dict[str, list[int]], limit: int = 10_000) ->
         if not engine.has_unfinished_requests():
             break
         for o in engine.step():
-            out.setdefault(o.req_id, []).extend(o.new_token_ids)
+            out.setdefault(o.key, []).extend(o.new_token_ids)
             if o.finish_reason:
-                reasons[o.req_id] = o.finish_reason
-        engine.blocks.check_invariants()
+                reasons[o.key] = o.finish_reason
+        check_block_invariants(engine.blocks)
     assert not engine.has_unfinished_requests()
     return reasons
 
@@ -52,7 +54,7 @@ def test_long_prompt_is_prefilled_in_chunks_beside_decodes() -> None:
     _drain(engine, out)
     mixed = [b for b in runner.batches if b.num_decode == 1 and len(b.requests) == 2]
     assert mixed, "decodes must share steps with prefill chunks"
-    long_chunks = [len(r.token_ids) for b in runner.batches for r in b.requests if r.req_id == "long"]
+    long_chunks = [len(r.token_ids) for b in runner.batches for r in b.requests if r.key == "long"]
     assert long_chunks[0] == 15 and sum(long_chunks[:4]) == 50  # 16-token budget minus the decode
     assert out["long"] == solo_run(list(range(5, 55)), 3)
 
@@ -82,11 +84,11 @@ def test_abort_frees_blocks_at_the_next_step() -> None:
     assert engine.blocks.num_free_blocks == 64 and not engine.has_unfinished_requests()
 
 
-def test_expired_deadline_finishes_with_timeout() -> None:
+def test_expired_deadline_ends_with_timeout() -> None:
     engine, _ = _engine()
     engine.add_request(_req("late", [1, 2, 3], 10, deadline=time.time() - 1))
     outs = engine.step()
-    assert [(o.req_id, o.finish_reason) for o in outs] == [("late", "timeout")]
+    assert [(o.key, o.finish_reason, o.expired) for o in outs] == [("late", None, True)]
     assert engine.blocks.num_free_blocks == 64
 
 
@@ -95,7 +97,7 @@ def test_priority_orders_waiting_requests() -> None:
     engine.add_request(_req("low", [1, 2, 3], 1, priority=0))
     engine.add_request(_req("high", [4, 5, 6], 1, priority=5))
     engine.step()
-    assert runner.batches[0].requests[0].req_id == "high"
+    assert runner.batches[0].requests[0].key == "high"
 
 
 def test_shared_prefix_computes_only_the_suffix() -> None:
@@ -108,7 +110,7 @@ def test_shared_prefix_computes_only_the_suffix() -> None:
     engine.add_request(_req("b", b, 4))
     first = len(runner.batches)
     _drain(engine, out)
-    computed = sum(len(r.token_ids) for batch in runner.batches[first:] for r in batch.requests if r.req_id == "b")
+    computed = sum(len(r.token_ids) for batch in runner.batches[first:] for r in batch.requests if r.key == "b")
     assert computed == len(b) - 512 + 3  # the suffix, then three decode steps
     assert out["b"] == solo_run(b, 4)
     stats = engine.stats()
@@ -132,10 +134,10 @@ def test_waiting_served_ratio_holds_back_admission() -> None:
     engine.step()
     engine.add_request(_req("b", [4, 5, 6], 5))
     engine.step()
-    assert [r.req_id for r in runner.batches[-1].requests] == ["a"]  # 1 waiting < 2.0 x 1 running
+    assert [r.key for r in runner.batches[-1].requests] == ["a"]  # 1 waiting < 2.0 x 1 running
     for _ in range(WorkerConfig().max_waiting_tokens):
         engine.step()
-    assert "b" in {r.req_id for bt in runner.batches for r in bt.requests}
+    assert "b" in {r.key for bt in runner.batches for r in bt.requests}
 
 
 def test_waiting_prompts_that_fill_the_step_are_admitted_despite_the_ratio() -> None:
@@ -146,10 +148,10 @@ def test_waiting_prompts_that_fill_the_step_are_admitted_despite_the_ratio() -> 
     engine.step()
     engine.add_request(_req("short", [4, 5, 6], 5))
     engine.step()
-    assert [r.req_id for r in runner.batches[-1].requests] == ["a"]  # 3 tokens waiting: held back
+    assert [r.key for r in runner.batches[-1].requests] == ["a"]  # 3 tokens waiting: held back
     engine.add_request(_req("long", list(range(10, 80)), 5))  # 73 waiting tokens >= 64 - 1
     engine.step()
-    assert {r.req_id for r in runner.batches[-1].requests} == {"a", "short", "long"}
+    assert {r.key for r in runner.batches[-1].requests} == {"a", "short", "long"}
 
 
 @dataclass(frozen=True)
@@ -206,17 +208,17 @@ def test_any_arrival_schedule_reproduces_solo_runs(
         while pending and pending[0][1].step <= step:
             i, a = pending.pop(0)
             params = SamplingParams(max_new_tokens=a.max_new, prefill_logprobs=a.prompt_logprobs)
-            engine.add_request(EngineRequest(f"r{i}", a.prompt, params, 0, time.time(), priority=a.priority))
+            engine.add_request(Request(f"r{i}", a.prompt, params, 0, time.time(), priority=a.priority))
         if step in aborts:
             engine.abort_request(aborts[step])
         for o in engine.step():
-            assert o.req_id not in finished, "output after the finish"
-            out.setdefault(o.req_id, []).extend(o.new_token_ids)
+            assert o.key not in finished, "output after the finish"
+            out.setdefault(o.key, []).extend(o.new_token_ids)
             if o.prefill_logprobs is not None:
-                prompt_lps[o.req_id] = o.prefill_logprobs
+                prompt_lps[o.key] = o.prefill_logprobs
             if o.finish_reason:
-                finished.add(o.req_id)
-        engine.blocks.check_invariants()
+                finished.add(o.key)
+        check_block_invariants(engine.blocks)
         assert len(engine.scheduler.running) <= max_batch
         step += 1
         assert step < 5000, "no progress"
@@ -249,6 +251,6 @@ def test_preempted_requests_resume_despite_the_waiting_ratio() -> None:
     _drain(engine, out)
     assert engine.scheduler.num_preemptions > 0
     assert all(out[rid] == solo_run(prompt, max_new) for rid, (prompt, max_new) in spec.items())
-    ids = [{r.req_id for r in b.requests} for b in runner.batches]
+    ids = [{r.key for r in b.requests} for b in runner.batches]
     gone = next(i for i, s in enumerate(ids) if "r2" not in s)
     assert any({"r0", "r2"} <= s for s in ids[gone:]), "r2 waited for the whole batch to finish"

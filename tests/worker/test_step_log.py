@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.engine import EngineStats
+from worker.batch import EngineStats
 from worker.step_log import StepLog
 
 

@@ -8,13 +8,13 @@ import pytest
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
-from worker.engine import EngineRequest
+from worker.request import Request
 from worker.synthetic import SyntheticEngine
 
 
 def _Req(req_id: str, n_prompt: int = 5, max_new: int = 4, seed: int = 0,  # noqa: N802
-         deadline: float = 0.0, top_n: int = 0) -> EngineRequest:
-    return EngineRequest(req_id, list(range(1, n_prompt + 1)), SamplingParams(max_new_tokens=max_new, top_n_tokens=top_n),
+         deadline: float = 0.0, top_n: int = 0) -> Request:
+    return Request(req_id, list(range(1, n_prompt + 1)), SamplingParams(max_new_tokens=max_new, top_n_tokens=top_n),
                          seed, time.time(), deadline)
 
 
@@ -42,7 +42,7 @@ def _run(engine: SyntheticEngine) -> dict[str, list]:
     got: dict[str, list] = {}
     while engine.has_unfinished_requests():
         for out in engine.step():
-            got.setdefault(out.req_id, []).append(out)
+            got.setdefault(out.key, []).append(out)
     return got
 
 
@@ -94,18 +94,18 @@ def test_admission_follows_max_batch_size_and_abort_frees() -> None:
     engine.abort_request("unknown")
     assert engine.num_admittable() == 1
     outs = engine.step()
-    assert sorted(o.req_id for o in outs) == ["r0", "r2"]
+    assert sorted(o.key for o in outs) == ["r0", "r2"]
     stats = engine.stats()
     assert stats.num_running == 2 and stats.last_batch_size == 2
     assert stats.num_free_tokens == stats.capacity_tokens - 2 * (5 + 1)
 
 
-def test_expired_deadline_finishes_with_timeout() -> None:
+def test_expired_deadline_ends_with_timeout() -> None:
     engine = _engine(100.0, _FakeClock())
     engine.add_request(_Req("late", deadline=time.time() - 1.0))
     engine.add_request(_Req("ok", max_new=1))
-    outs = {o.req_id: o for o in engine.step()}
-    assert outs["late"].finish_reason == "timeout" and outs["late"].new_token_ids == []
+    outs = {o.key: o for o in engine.step()}
+    assert outs["late"].expired and outs["late"].finish_reason is None and outs["late"].new_token_ids == []
     assert outs["ok"].finish_reason == "length"
     assert not engine.has_unfinished_requests()
 
@@ -136,8 +136,8 @@ def test_worker_relays_synthetic_tokens_over_real_redis(redis_url: str, key_pref
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
     config = WorkerConfig(
         fleet=FleetConfig(model_id="m", redis_url=redis_url, key_prefix=key_prefix,
-                          heartbeat_interval=0.2, heartbeat_ttl=1.0),
-        worker_id="syn", synthetic_tokens_per_s=200.0, graceful_termination_timeout=5.0,
+                          heartbeat_interval=0.2, heartbeat_ttl=1.0, graceful_termination_timeout=5.0),
+        worker_id="syn", synthetic_tokens_per_s=200.0,
     )
     engine = SyntheticEngine(config, vocab_size=len(tokenizer))
     worker = Worker(config, engine, tokenizer, device="synthetic")

@@ -17,7 +17,8 @@ from tests.worker.test_engine_model import _engine, _tiny_prompts
 from tests.worker.test_model_runner import _tiny_llama
 from worker import sampler
 from worker.batch import ScheduledRequest
-from worker.engine import EngineRequest, LLMEngine
+from worker.engine import LLMEngine
+from worker.request import Request
 from worker.watermark import Watermark, green_mask
 
 V = 49152
@@ -76,11 +77,11 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _generate(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParams, offset: int = 0) -> dict[str, list[int]]:
     for rid, ids in prompts.items():
-        engine.add_request(EngineRequest(rid, ids, params, 7, time.time(), num_generated_offset=offset))
+        engine.add_request(Request(rid, ids, params, 7, time.time(), num_generated_offset=offset))
     out: dict[str, list[int]] = {rid: [] for rid in prompts}
     while engine.has_unfinished_requests():
         for o in engine.step():
-            out[o.req_id].extend(o.new_token_ids)
+            out[o.key].extend(o.new_token_ids)
     return out
 
 

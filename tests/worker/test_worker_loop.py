@@ -32,28 +32,10 @@ from common.protocol import (
 )
 from common.sampling_params import SamplingParams
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+from worker.batch import EngineStats, RequestOutput
+from worker.intake import ensure_group
+from worker.request import Request, RequestKey
 from worker.worker import Worker
-
-
-@dataclass
-class _Stats:
-    num_running: int
-    num_waiting: int
-    num_free_tokens: int
-    capacity_tokens: int
-
-
-@dataclass
-class _Out:
-    req_id: str
-    new_token_ids: list[int]
-    logprobs: list[float]
-    top_tokens: list[list[tuple[int, float]]]
-    finish_reason: str | None
-    num_prompt_tokens: int
-    num_cached_tokens: int = 0
-    prefill_logprobs: list[float] | None = None
-    first_scheduled_at: float = 0.0
 
 
 @dataclass
@@ -62,16 +44,16 @@ class ScriptedEngine:
 
     script: list[int]
     capacity: int = 4
-    running: dict[str, tuple[object, int]] = field(default_factory=dict)
-    aborted: list[str] = field(default_factory=list)
+    running: dict[RequestKey, tuple[Request, int]] = field(default_factory=dict)
+    aborted: list[RequestKey] = field(default_factory=list)
     steps: int = 0
 
-    def add_request(self, req) -> None:  # type: ignore[no-untyped-def]
-        self.running[req.req_id] = (req, 0)
+    def add_request(self, req: Request) -> None:
+        self.running[req.key] = (req, 0)
 
-    def abort_request(self, req_id: str) -> None:
-        if self.running.pop(req_id, None) is not None:
-            self.aborted.append(req_id)
+    def abort_request(self, key: RequestKey) -> None:
+        if self.running.pop(key, None) is not None:
+            self.aborted.append(key)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.running)
@@ -79,18 +61,19 @@ class ScriptedEngine:
     def num_admittable(self) -> int:
         return self.capacity - len(self.running)
 
-    def stats(self) -> _Stats:
-        return _Stats(len(self.running), 0, 100 * (self.capacity - len(self.running)), 100 * self.capacity)
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.running), 0, 100 * (self.capacity - len(self.running)), 100 * self.capacity,
+                           0, 0, 0, self.steps)
 
-    def step(self) -> list[_Out]:
+    def step(self) -> list[RequestOutput]:
         time.sleep(0.01)
         self.steps += 1
         outs = []
         for key, (req, n) in list(self.running.items()):
-            budget = req.params.max_new_tokens  # type: ignore[attr-defined]
+            budget = req.params.max_new_tokens
             token = self.script[n % len(self.script)]
             done = n + 1 >= budget
-            outs.append(_Out(key, [token], [-0.5], [], "length" if done else None, len(req.prompt_ids)))  # type: ignore[attr-defined]
+            outs.append(RequestOutput(key, [token], [-0.5], [], "length" if done else None, len(req.prompt_ids), 0))
             if done:
                 del self.running[key]
             else:
@@ -108,9 +91,9 @@ def running_worker(redis_url: str, key_prefix: str, tokenizer) -> Iterator[tuple
     script = tokenizer(" one two three STOP four five six seven", add_special_tokens=False).input_ids
     engine = ScriptedEngine(script)
     config = WorkerConfig(
-        fleet=FleetConfig(model_id="m", redis_url=redis_url, key_prefix=key_prefix, heartbeat_interval=0.2, heartbeat_ttl=1.0),
+        fleet=FleetConfig(model_id="m", redis_url=redis_url, key_prefix=key_prefix, heartbeat_interval=0.2,
+                          heartbeat_ttl=1.0, graceful_termination_timeout=5.0),
         worker_id="w1",
-        graceful_termination_timeout=5.0,
     )
     worker = Worker(config, engine, tokenizer)
     thread = threading.Thread(target=worker.run, daemon=True)
@@ -175,9 +158,9 @@ def test_stop_sequence_finishes_and_aborts_in_engine(running_worker, redis_url: 
     assert text.endswith("STOP") and "four" not in text
     assert [e for e in events if isinstance(e, Finish)][0].reason == "stop_sequence"
     deadline = time.monotonic() + 5
-    while "s1/0" not in engine.aborted and time.monotonic() < deadline:
+    while RequestKey("s1", 0) not in engine.aborted and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "s1/0" in engine.aborted
+    assert RequestKey("s1", 0) in engine.aborted
     pubsub.close()
     client.close()
 
@@ -188,16 +171,16 @@ def test_cancel_reaches_the_engine(running_worker, redis_url: str, key_prefix: s
     keys = Keys(key_prefix)
     _send(client, keys, "c1", max_new=100_000)
     deadline = time.monotonic() + 5
-    while "c1/0" not in engine.running and time.monotonic() < deadline:
+    while RequestKey("c1", 0) not in engine.running and time.monotonic() < deadline:
         time.sleep(0.02)
     client.publish(keys.worker_channel("w1"), encode(Cancel("c1", 0)))
-    while "c1/0" not in engine.aborted and time.monotonic() < deadline:
+    while RequestKey("c1", 0) not in engine.aborted and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "c1/0" in engine.aborted
+    assert RequestKey("c1", 0) in engine.aborted
     # ...and the output side forgets it too (it held every cancelled request's state for good).
-    while worker.output.num_live() and time.monotonic() < deadline:
+    while worker.output._live and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert worker.output.num_live() == 0
+    assert not worker.output._live
     client.close()
 
 
@@ -220,9 +203,18 @@ def test_intake_never_takes_more_than_the_engine_admits(running_worker, redis_ur
     keys = Keys(key_prefix)
     for i in range(10):
         _send(client, keys, f"b{i}", max_new=100_000)
-    time.sleep(1.0)
+    stream = keys.request_stream("m")
+    deadline = time.monotonic() + 5
+    while (len(engine.running) < engine.capacity or client.xinfo_groups(stream)[0]["lag"] > 10 - engine.capacity) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Full and caught up; a few more reads' worth of time must not take more.
+    settled = time.monotonic() + 0.5
+    while time.monotonic() < settled:
+        assert len(engine.running) <= engine.capacity
+        time.sleep(0.02)
     assert len(engine.running) == engine.capacity
-    info = client.xinfo_groups(keys.request_stream("m"))[0]
+    info = client.xinfo_groups(stream)[0]
     assert info["lag"] == 10 - engine.capacity  # the rest stays in the stream for other workers
     for i in range(10):
         client.publish(keys.control_channel("m"), encode(Cancel(f"b{i}", -1)))
@@ -235,15 +227,16 @@ def test_orphaned_entry_of_a_dead_worker_is_reclaimed(running_worker, redis_url:
     stream = keys.request_stream("m")
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.gateway_channel("g1"))
-    # Let the live worker go idle first so it cannot win the race for the entry.
     worker, engine = running_worker
-    engine.capacity = 0
-    time.sleep(0.3)
-    _send(client, keys, "o1", max_new=3)
-    # A worker that read the entry and died before accepting it (it has no heartbeat).
-    got = client.xreadgroup(CONSUMER_GROUP, "dead-worker", {stream: ">"}, count=1)
+    # A worker that read the entry and died before accepting it (it has no heartbeat). The add and
+    # its read are one transaction, so the live worker's blocked read cannot win the entry.
+    req = GenerateRequest("o1", 0, "g1", "m", [1, 2, 3], SamplingParams(max_new_tokens=3))
+    ensure_group(client, stream)  # the worker creates it as it starts, maybe not yet
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(stream, {REQUEST_FIELD: encode(req)})
+    pipe.xreadgroup(CONSUMER_GROUP, "dead-worker", {stream: ">"}, count=1)
+    _, got = pipe.execute()
     assert got and got[0][1]
-    engine.capacity = 4
     events = _collect(pubsub, {"o1"}, timeout=10)
     assert any(isinstance(e, Accepted) and e.worker_id == "w1" for e in events)
     assert client.xpending(stream, CONSUMER_GROUP)["pending"] == 0
@@ -262,9 +255,9 @@ def test_gateway_death_cancels_its_requests(running_worker, redis_url: str, key_
     req = GenerateRequest("d1", 0, "g2", "m", [1, 2, 3], SamplingParams(max_new_tokens=100_000))
     client.xadd(keys.request_stream("m"), {REQUEST_FIELD: encode(req)})
     deadline = time.monotonic() + 8
-    while "d1/0" not in engine.aborted and time.monotonic() < deadline:
+    while RequestKey("d1", 0) not in engine.aborted and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "d1/0" in engine.aborted
+    assert RequestKey("d1", 0) in engine.aborted
     # A gateway taken for dead may only have been stalled: it is told, so it can carry on.
     errors: list[Error] = []
     while not errors and time.monotonic() < deadline:

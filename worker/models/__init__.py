@@ -1,4 +1,4 @@
-"""Model families by HF architecture name; `build_model` is the only entry point."""
+"""Model families by HF architecture name; `read_config` picks a model directory's family."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from worker.models.phi3 import Phi3ForCausalLM
 from worker.models.qwen2 import Qwen2ForCausalLM
 from worker.models.qwen3 import Qwen3ForCausalLM
 
-__all__ = ["MODEL_REGISTRY", "build_model", "read_config", "CausalLM", "ModelConfig", "UnsupportedModel"]
+__all__ = ["MODEL_REGISTRY", "read_config", "CausalLM", "ModelConfig", "UnsupportedModel"]
 
 MODEL_REGISTRY: dict[str, type[CausalLM]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
@@ -33,8 +33,3 @@ def read_config(model_dir: Path) -> tuple[type[CausalLM], ModelConfig]:
         named = repr(arch) if arch else f"(none named; model_type {raw.get('model_type')!r})"
         raise UnsupportedModel(f"architecture {named} is not supported; supported: {supported}")
     return cls, ModelConfig.from_dict(raw, **cls.family(raw))  # type: ignore[attr-defined]
-
-
-def build_model(model_dir: Path) -> CausalLM:
-    cls, cfg = read_config(model_dir)
-    return cls(cfg)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 __all__ = ["ModelConfig", "UnsupportedModel", "architecture_of"]
@@ -50,10 +48,6 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False
-
-    @classmethod
-    def from_dir(cls, model_dir: Path, **family: Any) -> ModelConfig:
-        return cls.from_dict(json.loads((model_dir / "config.json").read_text()), **family)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], **family: Any) -> ModelConfig:
