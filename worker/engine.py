@@ -209,6 +209,7 @@ class LLMEngine:
     def _update(self, batch: ScheduledBatch, result: StepOutput, step: _InFlight | None = None) -> list[RequestOutput]:
         outputs = []
         advanced = step is not None and step.advanced
+        after_token = self.finish.after_token
         for i, sreq in enumerate(batch.requests):
             req = self._requests.get(sreq.key)
             if req is None:
@@ -232,7 +233,7 @@ class LLMEngine:
                 req.all_token_ids[-1] = token
             else:
                 req.all_token_ids.append(token)
-            reason = self.finish.after_token(req, token)
+            reason = after_token(req, token)
             top = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []
             out = self._output(req, [token], [result.logprobs[i]], top, reason)
             if req.num_output_tokens == 1 and req.params.prefill_logprobs:

@@ -31,7 +31,9 @@ class FinishRules:
         """The finish reason of `req` once `token` is its newest token, if it ends there."""
         if token in self.eos_token_ids and not req.params.ignore_eos:
             return "eos_token"
-        if self.reaches_length(req):
+        # reaches_length(req), spelled out: this runs once per generated token.
+        num_tokens = len(req.all_token_ids)
+        if num_tokens - len(req.prompt_ids) >= req.params.max_new_tokens or num_tokens >= self.max_model_len:
             return "length"
         return None
 

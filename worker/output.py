@@ -111,7 +111,7 @@ class OutputProcessor:
     def error(self, key: RequestKey, error_type: str, message: str) -> None:
         self._queue.put(("error", key, error_type, message))
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: RequestKey) -> None:
         """The request was cancelled: drop its state (no event; the canceller knows)."""
         self._queue.put(("forget", key))
 
