@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from worker.request import Request, RequestKey
+from worker.request import Request
 
 __all__ = ["BlockManager", "NoFreeBlocks"]
 
@@ -36,8 +36,6 @@ class BlockManager:
         self._next_id = 1
         # Free blocks, least recently freed first. Values unused: an ordered set.
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        # Per request: content ids of its full, committed blocks, in order.
-        self._ids: dict[RequestKey, list[int]] = {}
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
 
@@ -65,7 +63,7 @@ class BlockManager:
         """
         assert not req.block_table and req.num_computed_tokens == 0
         ids: list[int] = []
-        self._ids[req.key] = ids
+        req.block_content_ids = ids
         if not (self.enable_prefix_caching and reuse):
             return 0
         tokens, size = req.all_token_ids, self.block_size
@@ -104,7 +102,7 @@ class BlockManager:
         """Register the request's newly full, computed blocks in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        ids = self._ids.setdefault(req.key, [])
+        ids = req.block_content_ids
         size = self.block_size
         full = req.num_computed_tokens // size
         tokens = req.all_token_ids
@@ -136,7 +134,7 @@ class BlockManager:
                     self._free[block] = None
         req.block_table = []
         req.num_computed_tokens = 0
-        self._ids.pop(req.key, None)
+        req.block_content_ids = []
 
     def _new_id(self) -> int:
         self._next_id += 1

@@ -72,7 +72,7 @@ class Scheduler:
         self._released.append(req.key)
 
     def expire(self, now: float) -> list[Request]:
-        expired = [r for r in (*self.running, *self.waiting) if is_expired(r.deadline, now)]
+        expired = [r for r in (*self.running, *self.waiting) if r.deadline and is_expired(r.deadline, now)]
         for req in expired:
             self.remove(req)
         return expired
