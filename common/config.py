@@ -31,6 +31,7 @@ QUANTIZE_METHODS = (
     "awq", "gptq", "marlin", "compressed-tensors", "fp8", "eetq",
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "exl2",
 )
+KV_CACHE_DTYPES = ("fp8_e4m3fn", "fp8_e5m2")  # TGI's --kv-cache-dtype values
 
 
 class ConfigError(ValueError):
@@ -159,6 +160,10 @@ class WorkerConfig:
     max_batch_size: int = setting(256, "Most requests in the running batch", tgi=True)
     waiting_served_ratio: float = setting(0.3, "TGI's ratio of waiting to running requests before admitting", tgi=True)
     max_waiting_tokens: int = setting(20, "TGI's steps a waiting request may wait before forcing admission", tgi=True)
+    kv_cache_dtype: str | None = setting(
+        None, "KV cache dtype, fp8_e4m3fn or fp8_e5m2: FP8 pages with a scale per token and KV head, about twice the tokens "
+        "in the same memory (default: the model's dtype)", tgi=True, choices=KV_CACHE_DTYPES,
+    )
     block_size: int = setting(16, "Tokens per KV block")
     prefix_caching: bool = setting(True, "Reuse KV blocks of shared prompt prefixes", tgi=True)
     cuda_memory_fraction: float = setting(1.0, "Share of free GPU memory the worker may use", tgi=True)
@@ -191,6 +196,8 @@ class WorkerConfig:
                 "--quantize exl2 is not supported: serve a GPTQ, AWQ or compressed-tensors export of the model "
                 "(--quantize gptq|awq|compressed-tensors), or quantize on load with --quantize fp8"
             )
+        if self.kv_cache_dtype is not None and self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ConfigError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
 
     @property
     def cuda_graph_sizes(self) -> tuple[int, ...]:

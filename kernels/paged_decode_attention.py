@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, page_slots, paged_tile
+from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, fp8_dots, page_slots, paged_scales, paged_tile
 
 __all__ = ["paged_decode_attention"]
 
@@ -20,12 +20,14 @@ _MAX_SPLITS = 32
 
 @triton.jit
 def _decode_partial_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, part_out_ptr, part_lse_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, seq_lens_ptr, qsl_ptr,
+    part_out_ptr, part_lse_ptr,
     qk_scale, group,
-    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb, stride_ss,
     stride_bt, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
     PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    KV_FP8: tl.constexpr, DOT_F16: tl.constexpr, V_LIFT: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -42,6 +44,8 @@ def _decode_partial_kernel(
         q_ptr + row * stride_qt + heads[:, None] * stride_qh + d[None, :],
         mask=g_mask[:, None] & d_mask[None, :], other=0.0,
     )  # (G, D)
+    if DOT_F16:  # FP8 pages convert exactly to float16 (one instruction on Hopper): the products run in it
+        q = q.to(tl.float16)
     per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(seq_len, start + per_split)
@@ -54,20 +58,25 @@ def _decode_partial_kernel(
         blk, off = page_slots(bt_ptr, seq, stride_bt, n, n_mask, PAGE)  # (N,), (N,)
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = paged_tile(k_cache_ptr, blk, off, kv_head, stride_kb, stride_ks, stride_kh, d, kv_mask)  # (N, D)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (G, N), log2 units
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale  # (G, N), log2 units
+        if KV_FP8:  # a key's scale multiplies its whole score column
+            s = s * paged_scales(k_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])  # (G, N)
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, d, kv_mask)  # (N, D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        pv = p
+        if KV_FP8:  # and a value's scale its probability's weight
+            pv = p * paged_scales(v_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :] * V_LIFT
+        acc = acc * alpha[:, None] + tl.dot(pv.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
     # An empty slice (short sequence) leaves lse = -inf: stage 2 gives it zero weight.
     has_keys = l_i > 0
     l_safe = tl.where(has_keys, l_i, 1.0)
     lse = tl.where(has_keys, m_i + tl.log2(l_safe), float("-inf"))
-    part = acc / l_safe[:, None]
+    part = acc / (l_safe[:, None] * V_LIFT)
     tl.store(
         part_out_ptr + seq * stride_pb + heads[:, None] * stride_ph + split * stride_ps + d[None, :],
         part, mask=g_mask[:, None] & d_mask[None, :],
@@ -105,9 +114,11 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,  # (B,) int32
     query_start_loc: torch.Tensor,  # (B + 1,) int32
     scale: float,
+    k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
+    v_scale: torch.Tensor | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:  # (B, H, D)
-    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    fp8 = check_paged_inputs(q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, query_start_loc)
     num_seqs = block_tables.shape[0]
     num_heads, dim = q.shape[1], q.shape[2]
     n_kv = k_cache.shape[2]
@@ -122,15 +133,17 @@ def paged_decode_attention(
     part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)  # (B, H, S)
     block_d = triton.next_power_of_2(dim)
     _decode_partial_kernel[(num_seqs, n_kv, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_out, part_lse,
+        q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
+        block_tables, seq_lens, query_start_loc, part_out, part_lse,
         scale * LOG2E, group,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        k_scale.stride(0) if fp8 else 0, k_scale.stride(1) if fp8 else 0,
         block_tables.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=64, NUM_SPLITS=num_splits,
-        num_warps=4, num_stages=2,
+        KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), num_warps=4, num_stages=2,
     )
     _decode_reduce_kernel[(num_seqs, num_heads)](
         part_out, part_lse, query_start_loc, out,

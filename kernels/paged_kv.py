@@ -3,7 +3,9 @@ their launchers make on the paged inputs, and the dot precision they compute in.
 
 A sequence's position n lives in block `block_tables[seq, n // PAGE]` at offset `n % PAGE`;
 `page_slots` turns a tile of positions into (block, offset) pairs and `paged_tile` loads the
-(N, D) tile of one KV head at those slots (zeros where masked).
+(N, D) tile of one KV head at those slots (zeros where masked). An FP8 cache keeps one scale per
+(slot, KV head) beside the pages (worker/kv_cache.py): `paged_scales` loads a tile's (N,) scales,
+and `fp8_dots` says how the kernels multiply over FP8 pages.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["LOG2E", "page_slots", "paged_tile", "check_paged_inputs", "dot_precision"]
+__all__ = ["LOG2E", "page_slots", "paged_tile", "paged_scales", "check_paged_inputs", "check_kv_scales",
+           "dot_precision", "fp8_dots"]
 
 # Softmax runs in base 2 (exp2 is cheaper): scores are scaled by log2(e) once, in the launcher.
 LOG2E = 1.4426950408889634
@@ -33,25 +36,57 @@ def paged_tile(cache_ptr, blk, off, kv_head, stride_b, stride_s, stride_h, d, ma
     )  # (N, D)
 
 
+@triton.jit
+def paged_scales(scale_ptr, blk, off, kv_head, stride_b, stride_s, n_mask):
+    # Scales are (num_blocks, block_size, n_kv), contiguous: a KV head is the innermost index.
+    return tl.load(scale_ptr + blk * stride_b + off * stride_s + kv_head, mask=n_mask, other=0.0).to(tl.float32)  # (N,)
+
+
 def check_paged_inputs(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     query_start_loc: torch.Tensor,
-) -> None:
+) -> bool:
+    """Asserts the launchers' shared preconditions; True when the cache is FP8 (with scales)."""
     num_heads, dim = q.shape[1], q.shape[2]
     assert q.dim() == 3 and q.stride(2) == 1, q.shape
     assert k_cache.shape == v_cache.shape and k_cache.dim() == 4 and k_cache.shape[3] == dim, (k_cache.shape, q.shape)
     assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1
     assert num_heads % k_cache.shape[2] == 0, (num_heads, k_cache.shape)
-    assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
+    fp8 = check_kv_scales(k_cache, k_scale, v_scale)
+    assert k_cache.dtype == v_cache.dtype and (fp8 or q.dtype == k_cache.dtype), (q.dtype, k_cache.dtype)
     assert block_tables.dim() == 2 and block_tables.stride(1) == 1
     assert seq_lens.shape == (block_tables.shape[0],) and query_start_loc.shape == (block_tables.shape[0] + 1,)
     assert block_tables.dtype in (torch.int32, torch.int64) and seq_lens.dtype in (torch.int32, torch.int64)
+    return fp8
+
+
+def check_kv_scales(k_cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None) -> bool:
+    """True for an FP8 cache, whose scales must be (num_blocks, block_size, n_kv) and contiguous."""
+    fp8 = k_cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    if not fp8:
+        assert k_scale is None and v_scale is None, "scales go with an FP8 cache only"
+        return False
+    assert k_scale is not None and v_scale is not None, "an FP8 cache needs its k/v scales"
+    assert k_scale.shape == v_scale.shape == k_cache.shape[:3], (k_scale.shape, k_cache.shape)
+    assert k_scale.is_contiguous() and v_scale.is_contiguous()
+    return True
 
 
 def dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs would run as TF32 (10-bit mantissa) by default: keep them exact.
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def fp8_dots(q_dtype: torch.dtype, kv_dtype: torch.dtype) -> dict[str, bool | float]:
+    """Over FP8 pages, 16-bit queries multiply in float16 (FP8 converts to it exactly, in one
+    instruction on Hopper). A value's scale goes on the probabilities, lifted by FP8_MAX (and
+    divided out at the end) so that small scales times small probabilities stay in float16's
+    normal range."""
+    f16 = kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and q_dtype != torch.float32
+    return {"DOT_F16": f16, "V_LIFT": torch.finfo(kv_dtype).max if f16 else 1.0}

@@ -11,19 +11,19 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, page_slots, paged_tile
+from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, fp8_dots, page_slots, paged_scales, paged_tile
 
 __all__ = ["prefill_attention"]
 
 
 @triton.jit
 def _prefill_attention_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, out_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, out_ptr,
     qk_scale, group,
-    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb, stride_ss,
     stride_bt, stride_ot, stride_oh,
     PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, DOT_F16: tl.constexpr, V_LIFT: tl.constexpr,
 ):
     seq = tl.program_id(0)
     tile = tl.program_id(1)
@@ -45,6 +45,8 @@ def _prefill_attention_kernel(
         q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + d[None, :],
         mask=m_mask[:, None] & d_mask[None, :], other=0.0,
     )  # (M, D)
+    if DOT_F16:  # FP8 pages convert exactly to float16 (one instruction on Hopper): the products run in it
+        q = q.to(tl.float16)
     q_pos = ctx + m  # (M,)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -57,7 +59,9 @@ def _prefill_attention_kernel(
         blk, off = page_slots(bt_ptr, seq, stride_bt, n, n_mask, PAGE)  # (N,), (N,)
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = paged_tile(k_cache_ptr, blk, off, kv_head, stride_kb, stride_ks, stride_kh, d, kv_mask)  # (N, D)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (M, N), log2 units
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale  # (M, N), log2 units
+        if KV_FP8:  # a key's scale multiplies its whole score column
+            s = s * paged_scales(k_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :]
         causal = (n[None, :] <= q_pos[:, None]) & n_mask[None, :]
         s = tl.where(causal, s, float("-inf"))
         # Key 0 is visible to every query, so m_new is finite after the first tile.
@@ -66,9 +70,11 @@ def _prefill_attention_kernel(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, d, kv_mask)  # (N, D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        if KV_FP8:  # and a value's scale its probability's weight
+            p = p * paged_scales(v_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :] * V_LIFT
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
-    out = acc / l_i[:, None]
+    out = acc / (l_i[:, None] * V_LIFT)
     tl.store(
         out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + d[None, :],
         out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :],
@@ -83,9 +89,11 @@ def prefill_attention(
     seq_lens: torch.Tensor,  # (B,) int32
     query_start_loc: torch.Tensor,  # (B + 1,) int32
     scale: float,
+    k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
+    v_scale: torch.Tensor | None = None,
     out: torch.Tensor | None = None,  # (T, H, D)
 ) -> torch.Tensor:  # (T, H, D)
-    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    fp8 = check_paged_inputs(q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, query_start_loc)
     num_tokens, num_heads, dim = q.shape
     out = torch.empty_like(q) if out is None else out
     num_seqs = block_tables.shape[0]
@@ -95,12 +103,14 @@ def prefill_attention(
     # Upper bound on any sequence's query count, known without reading query_start_loc.
     grid = (num_seqs, triton.cdiv(num_tokens - num_seqs + 1, block_m), num_heads)
     _prefill_attention_kernel[grid](
-        q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out,
+        q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
+        block_tables, seq_lens, query_start_loc, out,
         scale * LOG2E, num_heads // k_cache.shape[2],
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        k_scale.stride(0) if fp8 else 0, k_scale.stride(1) if fp8 else 0,
         block_tables.stride(0), out.stride(0), out.stride(1),
         PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        BLOCK_M=block_m, BLOCK_N=block_n, KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), num_warps=4, num_stages=2,
     )
     return out

@@ -2,6 +2,8 @@
 
 Layouts shared with the Triton kernels:
 - KV cache per layer: (num_blocks, block_size, n_kv, D); a slot is block_id * block_size + offset.
+- FP8 KV cache: the pages hold float8 values, and k_scale/v_scale (num_blocks, block_size, n_kv)
+  float16 hold one scale per (slot, KV head): a row's value is `page * scale` (`quantize_kv_rows`).
 - Varlen batches: the new tokens of all sequences concatenated, (T, ...); sequence i owns rows
   query_start_loc[i]:query_start_loc[i+1], which are its last positions among seq_lens[i].
 - Integer weight-only linears (W4A16 / W8A16; every 4-bit checkpoint format is repacked into it):
@@ -19,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "KV_MIN_SCALE",
+    "quantize_kv_rows",
     "store_kv",
     "paged_decode_attention",
     "prefill_attention",
@@ -29,7 +33,30 @@ __all__ = [
     "unpack_int32",
     "dequantize_int_weight",
     "int_weight_linear",
+    "FP8_MIN_ROW_SCALE",
+    "quantize_fp8_rows",
+    "w8_linear",
+    "CODEBOOKS_4BIT",
+    "quantize_4bit",
+    "dequantize_4bit",
 ]
+
+
+# The smallest normal float16: a row of zeros still gets a positive scale.
+KV_MIN_SCALE = 2.0**-14
+
+
+def quantize_kv_rows(
+    x: torch.Tensor, dtype: torch.dtype  # x (..., D), dtype a float8 type
+) -> tuple[torch.Tensor, torch.Tensor]:  # (..., D) in dtype, (...,) float16
+    """Per-row FP8: scale = amax / FP8_MAX (float16, so the cache stores it exactly), value = x / scale."""
+    fp8_max = torch.finfo(dtype).max
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1)  # (...,)
+    # Times the reciprocal, not a division: that is what CUDA torch does for a scalar divisor.
+    scale = (amax * (1.0 / fp8_max)).clamp(KV_MIN_SCALE, torch.finfo(torch.float16).max).half()  # (...,)
+    q = (xf / scale.float().unsqueeze(-1)).clamp(-fp8_max, fp8_max).to(dtype)  # (..., D)
+    return q, scale
 
 
 def store_kv(
@@ -38,13 +65,23 @@ def store_kv(
     k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
     v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
     slot_mapping: torch.Tensor,  # (T,) int64; negative = skip
+    k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
+    v_scale: torch.Tensor | None = None,
 ) -> None:
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
-    flat_k = k_cache.view(-1, *k_cache.shape[2:])  # (num_blocks * block_size, n_kv, D)
-    flat_v = v_cache.view(-1, *v_cache.shape[2:])
-    flat_k[slots] = k[keep].to(k_cache.dtype)
-    flat_v[slots] = v[keep].to(v_cache.dtype)
+    for new, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        flat = cache.view(-1, *cache.shape[2:])  # (num_blocks * block_size, n_kv, D)
+        if scale is None:
+            flat[slots] = new[keep].to(cache.dtype)
+        else:
+            flat[slots], scale.view(-1, scale.shape[2])[slots] = quantize_kv_rows(new[keep], cache.dtype)
+
+
+def _pages(cache: torch.Tensor, scale: torch.Tensor | None, blocks: torch.Tensor) -> torch.Tensor:
+    """The given blocks of a cache as float32, dequantized: (*blocks.shape, block_size, n_kv, D)."""
+    pages = cache[blocks].float()
+    return pages if scale is None else pages * scale[blocks].float().unsqueeze(-1)
 
 
 def prefill_attention(
@@ -55,6 +92,8 @@ def prefill_attention(
     seq_lens: torch.Tensor,  # (B,) int32: cached + new tokens per sequence
     query_start_loc: torch.Tensor,  # (B + 1,) int32
     scale: float,
+    k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:  # (T, H, D)
     out = torch.empty_like(q)
     num_heads, n_kv = q.shape[1], k_cache.shape[2]
@@ -67,11 +106,11 @@ def prefill_attention(
             continue
         num_blocks = -(-seq_len // block_size)
         blocks = block_tables[i, :num_blocks].long()
-        k = k_cache[blocks].reshape(-1, n_kv, k_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
-        v = v_cache[blocks].reshape(-1, n_kv, v_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
+        k = _pages(k_cache, k_scale, blocks).reshape(-1, n_kv, k_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
+        v = _pages(v_cache, v_scale, blocks).reshape(-1, n_kv, v_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
         qi = q[q_lo:q_hi].float().transpose(0, 1)  # (H, q_len, D)
-        k = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
-        v = v.float().repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
+        k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
+        v = v.repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
         q_len = q_hi - q_lo
         scores = torch.matmul(qi, k.transpose(1, 2)) * scale  # (H, q_len, S)
         # Query j sits at position seq_len - q_len + j and sees keys up to that position.
@@ -96,6 +135,8 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,  # (B,) int32: cached + new tokens per sequence
     query_start_loc: torch.Tensor,  # (B + 1,) int32: 0..B
     scale: float,
+    k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:  # (B, H, D)
     out = torch.empty_like(q)
     num_heads, n_kv, dim = q.shape[1], k_cache.shape[2], q.shape[2]
@@ -115,8 +156,8 @@ def paged_decode_attention(
         num_blocks = -(-max_len // block_size)
         index = torch.tensor(chosen, device=q.device)
         tables = block_tables[index, :num_blocks].long()  # (b, nb)
-        k = k_cache[tables].reshape(b, -1, n_kv, dim)[:, :max_len].float()  # (b, S, n_kv, D)
-        v = v_cache[tables].reshape(b, -1, n_kv, dim)[:, :max_len].float()  # (b, S, n_kv, D)
+        k = _pages(k_cache, k_scale, tables).reshape(b, -1, n_kv, dim)[:, :max_len]  # (b, S, n_kv, D)
+        v = _pages(v_cache, v_scale, tables).reshape(b, -1, n_kv, dim)[:, :max_len]  # (b, S, n_kv, D)
         rows = torch.tensor([starts[i] for i in chosen], device=q.device)
         # Query head h reads kv head h // group.
         qg = q[rows].float().reshape(b, n_kv, group, dim)  # (b, n_kv, g, D)
@@ -216,3 +257,64 @@ def int_weight_linear(
         x = x[:, perm]
     weight = dequantize_int_weight(qweight, scales, zeros, group_size, bits)  # (N, K)
     return F.linear(x.float(), weight, None if bias is None else bias.float()).to(x.dtype)
+
+
+# Rows of zeros still get a positive scale (and quantize to zeros).
+FP8_MIN_ROW_SCALE = 1e-12
+
+
+def quantize_fp8_rows(
+    x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn  # x (M, K)
+) -> tuple[torch.Tensor, torch.Tensor]:  # (M, K) in dtype, (M, 1) float32
+    """Dynamic per-token FP8: row m is x[m] / s[m] with s[m] = amax(|x[m]|) / FP8_MAX."""
+    fp8_max = torch.finfo(dtype).max
+    xf = x.float()
+    # Times the reciprocal, not a division: that is what CUDA torch does for a scalar divisor.
+    scale = (xf.abs().amax(dim=-1, keepdim=True) * (1.0 / fp8_max)).clamp(min=FP8_MIN_ROW_SCALE)  # (M, 1)
+    return (xf / scale).clamp(-fp8_max, fp8_max).to(dtype), scale
+
+
+def w8_linear(
+    x: torch.Tensor,  # (M, K)
+    weight: torch.Tensor,  # (N, K) int8 or float8
+    scale: torch.Tensor,  # (N,) float32: weight row n is weight[n] * scale[n]
+    bias: torch.Tensor | None = None,  # (N,)
+) -> torch.Tensor:  # (M, N) in x's dtype
+    dense = weight.float() * scale.float().unsqueeze(1)  # (N, K)
+    return F.linear(x.float(), dense, None if bias is None else bias.float()).to(x.dtype)
+
+
+# bitsandbytes' 4-bit codebooks (bitsandbytes.functional.get_4bit_type): NF4, the normal-float
+# quantiles, and its FP4 (sign, 2 exponent bits, 1 mantissa bit, normalized to a maximum of 1).
+CODEBOOKS_4BIT = {
+    "nf4": (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+            0.7229568362236023, 1.0),
+    "fp4": (0.0, 0.0052083334885537624, 0.6666666865348816, 1.0, 0.3333333432674408, 0.5, 0.1666666716337204,
+            0.25, 0.0, -0.0052083334885537624, -0.6666666865348816, -1.0, -0.3333333432674408, -0.5,
+            -0.1666666716337204, -0.25),
+}
+
+
+def quantize_4bit(
+    w: torch.Tensor, code: torch.Tensor, block: int = 64  # w (N, K), code (16,) float32
+) -> tuple[torch.Tensor, torch.Tensor]:  # (N, K / 2) uint8, (N, K / block) float32
+    """bitsandbytes' blockwise 4-bit: each run of `block` weights along a row is divided by its
+    absmax and replaced by the index of the nearest codebook value; element 2j of a row goes to the
+    high nibble of byte j, element 2j + 1 to the low one."""
+    n, k = w.shape
+    blocks = w.float().reshape(n, k // block, block)  # (N, K / B, B)
+    absmax = blocks.abs().amax(-1)  # (N, K / B)
+    normed = blocks / absmax.clamp(min=1e-30).unsqueeze(-1)
+    idx = (normed.unsqueeze(-1) - code.to(w.device)).abs().argmin(-1).reshape(n, k)  # (N, K)
+    return ((idx[:, 0::2] << 4) | idx[:, 1::2]).to(torch.uint8), absmax
+
+
+def dequantize_4bit(
+    packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor  # (N, K / 2) uint8, (N, K / B), (16,)
+) -> torch.Tensor:  # (N, K) float32
+    n, half = packed.shape
+    idx = torch.stack([packed >> 4, packed & 15], dim=-1).reshape(n, 2 * half).long()  # (N, K)
+    block = 2 * half // absmax.shape[1]
+    return code.float().to(packed.device)[idx] * absmax.float().repeat_interleave(block, dim=1)

@@ -13,6 +13,8 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu --models smollm2 --requests 200 --no-baseline
     python -m load.bench_gpu --tokenizer-dir DIR   # adds (d), the fleet path
     python -m load.bench_gpu --watermark           # adds (b) greedy and sampled with the watermark on
+    python -m load.bench_gpu --models 8b --variants quantize=fp8,kv_cache_dtype=fp8_e4m3fn
+                                                   # (a), (b), (c) again per variant, beside bf16
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     todo = set(args.workloads.split(","))
     one_step = replace(config, overlap_scheduling=False)  # what overlapped scheduling buys
     static = {"a": (1, base_a), "b": (64, base_b)}  # (batch, transformers baseline)
-    dense_tok_s: dict[str, float] = {}  # the bf16 (a) and (b), for the quantized rows
+    dense_tok_s: dict[str, float] = {}  # bf16 (a), (b), (c): what each variant's rows compare with
 
     def static_rows(key: str, label: str, run_config: Any, with_ttft: bool = False, versus: float | None = None,
                     **knobs: Any) -> float:
@@ -287,6 +289,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     if "c" in todo or "d" in todo:
         c_prompts = [[rng.randrange(100, vocab) for _ in range(1024)] for _ in range(args.requests)]
         c = run_engine(runner, config, c_prompts, 128)
+        dense_tok_s["c"] = c["tok_s"]
         rows.append(Row(shape, f"(c) {args.requests} x (1024 in / 128 out) at t=0", c["tok_s"], c_roofline, None,
                         f"{c['seconds']:.1f}s, {c['steps']} steps, {c['computed_tokens'] / 1e6:.2f}M tokens computed, "
                         f"{c['preemptions']} preemptions, TTFT p50 {c['ttft_p50']:.2f}s, TPOT p50 {c['tpot_p50'] * 1e3:.1f} ms"))
@@ -307,8 +310,12 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     del runner, graphs
     gc.collect()
     torch.cuda.empty_cache()
-    for method in filter(None, args.quantize.split(",")):
-        r, n = quantized_rows(shape, model_dir, floor, replace(config, quantize=method), dense_tok_s, todo, rng)
+    # --quantize M is short for --variants quantize=M.
+    variants = [f"quantize={m}" for m in filter(None, args.quantize.split(","))]
+    variants += list(filter(None, args.variants.split(",")))
+    for variant in variants:
+        key, _, value = variant.partition("=")
+        r, n = variant_rows(shape, model_dir, floor, replace(config, **{key: value}), dense_tok_s, todo, args.requests)
         rows += r
         notes += n
     if args.tokenizer_dir is not None and "d" in todo:
@@ -316,34 +323,53 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     return rows, notes
 
 
-def quantized_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, dense_tok_s: dict[str, float],
-                   todo: set[str], rng: random.Random) -> tuple[list[Row], list[str]]:
-    """(a) and (b) with the decoder linears in `config.quantize`'s layout, on random weights."""
+def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, dense_tok_s: dict[str, float],
+                 todo: set[str], requests: int) -> tuple[list[Row], list[str]]:
+    """(a), (b), (c) with one setting changed (`--quantize`, `--kv-cache-dtype`), each against its own
+    floor: the weight and KV bytes the variant actually reads, scales included."""
     import torch
 
+    from worker.kv_cache import bytes_per_block
     from worker.model_runner import ModelRunner
     from worker.quant import int_kernels
+    from worker.quant.w8 import w8_choices
 
+    label = config.quantize or f"{config.kv_cache_dtype} KV"
     runner = ModelRunner(config, model_dir, load=False)
     quantized = [m for m in runner.model.modules() if hasattr(m, "packed_bytes")]
     dense_linear_bytes = 2 * sum(m.in_features * m.out_features for m in quantized)
-    # The same floor with the linears' bytes as this layout stores them (scales, zeros included).
+    cfg = SHAPES[shape]
+    kv_token = bytes_per_block(cfg["num_hidden_layers"], 1, cfg["num_key_value_heads"], cfg["head_dim"], runner.kv_dtype)
     floor = replace(dense_floor, weight_bytes=dense_floor.weight_bytes - dense_linear_bytes
-                    + sum(m.packed_bytes() for m in quantized))
-    vocab = SHAPES[shape]["vocab_size"]
-    run_engine(runner, config, [[rng.randrange(100, vocab) for _ in range(128)] for _ in range(2)], 8)  # warm-up
+                    + sum(m.packed_bytes() for m in quantized), kv_bytes_per_token=kv_token)
+    rng = random.Random(1)
+    vocab = cfg["vocab_size"]
+
+    def prompts(n: int, length: int) -> list[list[int]]:
+        return [[rng.randrange(100, vocab) for _ in range(length)] for _ in range(n)]
+
+    run_engine(runner, config, prompts(2, 128), 8)  # warm-up
     rows = []
+    capacity = runner.num_blocks * runner.block_size
     for key, batch in (("a", 1), ("b", 64)):
-        if key not in todo:
-            continue
-        r = run_engine(runner, config, [[rng.randrange(100, vocab) for _ in range(128)] for _ in range(batch)], 256)
-        versus = f"{r['tok_s'] / dense_tok_s[key]:.2f}x bf16 ({key}); " if key in dense_tok_s else ""
-        rows.append(Row(shape, f"({key}) {config.quantize}: {'batch 1' if batch == 1 else '64 x'} (128 in / 256 out)",
-                        r["tok_s"], roofline_static(floor, batch, 128, 256), None,
-                        f"{versus}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms"))
-    notes = [f"{shape} {config.quantize}: {floor.weight_bytes / 1e9:.2f} GB read per decode step "
-             f"(bf16: {dense_floor.weight_bytes / 1e9:.2f} GB); floor at batch 1 {floor.decode_step([256]) * 1e6:.0f} µs",
-             f"{shape} {config.quantize} kernel choices: " + ", ".join(f"{k}: {v}" for k, v in int_kernels.choices().items())]
+        if key in todo:
+            r = run_engine(runner, config, prompts(batch, 128), 256)
+            versus = f"{r['tok_s'] / dense_tok_s[key]:.2f}x bf16 ({key}); " if key in dense_tok_s else ""
+            rows.append(Row(shape, f"({key}) {label}: {'batch 1' if batch == 1 else '64 x'} (128 in / 256 out)",
+                            r["tok_s"], roofline_static(floor, batch, 128, 256), None,
+                            f"{versus}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms"))
+    if "c" in todo:
+        r = run_engine(runner, config, prompts(requests, 1024), 128)
+        versus = f"{r['tok_s'] / dense_tok_s['c']:.2f}x bf16 (c); " if "c" in dense_tok_s else ""
+        rows.append(Row(shape, f"(c) {label}: {requests} x (1024 in / 128 out) at t=0", r["tok_s"],
+                        roofline_flood(floor, requests, 1024, 128, capacity), None,
+                        f"{versus}{r['seconds']:.1f}s, {r['preemptions']} preemptions, TTFT p50 {r['ttft_p50']:.2f}s"))
+    notes = [f"{shape} {label}: {floor.weight_bytes / 1e9:.2f} GB weights read per decode step "
+             f"(bf16: {dense_floor.weight_bytes / 1e9:.2f} GB), {kv_token} KV bytes per token "
+             f"(bf16: {dense_floor.kv_bytes_per_token}); KV pool {capacity} tokens"]
+    if config.quantize:
+        picked = {**int_kernels.choices(), **w8_choices()}
+        notes.append(f"{shape} {label} kernel choices: " + "; ".join(f"{k}: {v}" for k, v in picked.items()))
     del runner, quantized
     gc.collect()
     torch.cuda.empty_cache()
@@ -386,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")
-    parser.add_argument("--quantize", default="", help="comma list of --quantize methods whose (a) and (b) rows to add")
+    parser.add_argument("--quantize", default="", help="comma list of --quantize methods whose (a), (b), (c) rows to add")
+    parser.add_argument("--variants", default="", help="comma list of SETTING=VALUE (a WorkerConfig field, e.g. "
+                        "quantize=fp8, kv_cache_dtype=fp8_e4m3fn): (a), (b), (c) again with it, beside bf16")
     args = parser.parse_args(argv)
     import torch
 

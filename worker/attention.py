@@ -18,6 +18,7 @@ import torch
 
 from worker import ops
 from worker.input_builder import ModelInputs
+from worker.kv_cache import KVLayer
 
 __all__ = ["AttentionMetadata", "PagedAttentionBackend", "forward_context", "current_metadata", "attend"]
 
@@ -28,7 +29,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # (B, max_blocks) int32 device
     seq_lens: torch.Tensor  # (B,) int32 device: cached + new tokens per sequence
     query_start_loc: torch.Tensor  # (B + 1,) int32 device
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k_cache, v_cache)
+    kv_caches: list[KVLayer]  # per layer: k and v pages (and their scales when FP8)
     max_query_len: int  # 1 when every sequence decodes
     # Mixed steps: the first `num_decodes` sequences bring one token each (the batch puts decodes
     # first) and go to the split-KV decode kernel, which reads each KV head once for its whole
@@ -38,7 +39,7 @@ class AttentionMetadata:
 
 
 class PagedAttentionBackend:
-    def prepare_metadata(self, inputs: ModelInputs, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> AttentionMetadata:
+    def prepare_metadata(self, inputs: ModelInputs, kv_caches: list[KVLayer]) -> AttentionMetadata:
         num_seqs, d = inputs.seq_lens.shape[0], inputs.num_decodes
         mixed = inputs.max_query_len > 1 and 0 < d < num_seqs
         return AttentionMetadata(
@@ -61,24 +62,27 @@ class PagedAttentionBackend:
         v: torch.Tensor,  # (T, n_kv, D)
         scale: float,
     ) -> torch.Tensor:  # (T, H, D)
-        k_cache, v_cache = meta.kv_caches[layer_idx]
-        ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        kv = meta.kv_caches[layer_idx]
+        ops.store_kv(k, v, kv.k, kv.v, meta.slot_mapping, kv.k_scale, kv.v_scale)
+        scales = (kv.k_scale, kv.v_scale)  # None, None unless the pages are FP8
         # The one place that picks a kernel by the step's shape (a host int: no device sync).
         if meta.max_query_len == 1:  # every sequence decodes one token
             return ops.paged_decode_attention(  # type: ignore[no-any-return]
-                q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale
+                q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales
             )
         d = meta.num_decodes
         if d and meta.prefill_query_start_loc is not None:
             decoded = ops.paged_decode_attention(
-                q[:d], k_cache, v_cache, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale
+                q[:d], kv.k, kv.v, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale,
+                *scales,
             )
             prefilled = ops.prefill_attention(
-                q[d:], k_cache, v_cache, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale
+                q[d:], kv.k, kv.v, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale,
+                *scales,
             )
             return torch.cat([decoded, prefilled])
         return ops.prefill_attention(  # type: ignore[no-any-return]
-            q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale
+            q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales
         )
 
 

@@ -17,6 +17,7 @@ import torch
 
 from worker.attention import AttentionMetadata, PagedAttentionBackend, forward_context
 from worker.input_builder import ModelInputs
+from worker.kv_cache import KVLayer
 
 if TYPE_CHECKING:
     from worker.model_runner import ModelRunner
@@ -39,7 +40,7 @@ class _Static:
 @dataclass(slots=True)
 class DecodeGraphs:
     model: torch.nn.Module
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    kv_caches: list[KVLayer]
     sizes: tuple[int, ...]  # ascending bucket sizes
     max_blocks: int  # block-table width every graph was captured with
     backend: PagedAttentionBackend  # the runner's attention backend

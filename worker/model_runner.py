@@ -23,7 +23,7 @@ from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, upload
-from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block
+from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
 from worker.logits_layout import LogitsLayout
 from worker.models import CausalLM, read_config
 from worker.quant import read_checkpoint_quantization, select_method
@@ -71,6 +71,7 @@ class ModelRunner:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         self.block_size = config.block_size
         self.kernels = ops.use_device(self.device)
         cls, cfg = read_config(model_dir)
@@ -107,7 +108,7 @@ class ModelRunner:
     # -- KV sizing -----------------------------------------------------------------------------
     def _allocate_kv(self) -> KVCache:
         cfg = self.model_config
-        per_block = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        per_block = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype)
         if self.config.max_batch_total_tokens is not None:
             num_blocks = -(-self.config.max_batch_total_tokens // self.block_size)
         elif self.device.type == "cuda":
@@ -116,7 +117,7 @@ class ModelRunner:
             num_blocks = CPU_DEFAULT_TOKENS // self.block_size
         started = time.monotonic()
         kv = KVCache.allocate(
-            cfg.num_layers, num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device
+            cfg.num_layers, num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype, self.device
         )
         log.info(
             "KV pool: %d blocks x %d tokens = %d tokens, %.2f GiB, allocated in %.2fs",
@@ -126,6 +127,13 @@ class ModelRunner:
             bought = KVCache.blocks_for_gpu(self._freed_bytes, per_block, 1.0) * self.block_size
             log.info("quantization %s: the %.2f GiB its weights saved hold ~%d of these KV tokens",
                      self.quant.name, self._freed_bytes / 2**30, min(bought, kv.capacity_tokens))
+        if self.kv_dtype != self.dtype:
+            plain = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+            log.info(
+                "KV cache %s: %.2fx the tokens of a %s cache in the same memory (%d vs %d tokens in %.2f GiB)",
+                self.config.kv_cache_dtype, plain / per_block, str(self.dtype).removeprefix("torch."),
+                kv.capacity_tokens, num_blocks * per_block // plain * self.block_size, num_blocks * per_block / 2**30,
+            )
         return kv
 
     def _profile_gpu_blocks(self, per_block: int) -> int:
@@ -133,7 +141,9 @@ class ModelRunner:
         tokens = min(self.config.max_batch_prefill_tokens, self.model_config.max_position_embeddings)
         blocks = -(-tokens // self.block_size)
         cfg = self.model_config
-        scratch = KVCache.allocate(cfg.num_layers, blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
+        scratch = KVCache.allocate(
+            cfg.num_layers, blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype, self.device
+        )
         self.kv = scratch
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -75,3 +75,34 @@ def test_decode_attention(heads: int, n_kv: int, dim: int, num_splits: int | Non
     assert_close(got, want, dtype, 2)
     # The decode reference agrees with the general one on one-token rows.
     assert_close(ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale), want, dtype, 2)
+
+
+def _to_fp8(cache: torch.Tensor, fp8: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache's pages as FP8 with their per-(slot, KV head) scales, the way store_kv writes them."""
+    return ref.quantize_kv_rows(cache, fp8)
+
+
+FP8_KV = [torch.float8_e4m3fn, torch.float8_e5m2]
+FP8_Q = [torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+
+
+@pytest.mark.parametrize("fp8", FP8_KV)
+@pytest.mark.parametrize("dtype", FP8_Q)
+@pytest.mark.parametrize(("heads", "n_kv", "dim"), [(3, 1, 64), (8, 2, 128)])
+def test_attention_over_an_fp8_cache(
+    heads: int, n_kv: int, dim: int, dtype: torch.dtype, fp8: torch.dtype, device: torch.device
+) -> None:
+    # Prefill, a chunk after a cached prefix, and decode rows: both kernels read FP8 pages and
+    # their scales the way the reference dequantizes them.
+    spans = [(0, 7), (13, 5), (31, 1), (16, 66)]
+    q, kc, vc, bt, sl, qsl = _paged_batch(spans, heads, n_kv, dim, 16, dtype, device, seed=dim + 1)
+    (kq, ks), (vq, vs) = _to_fp8(kc, fp8), _to_fp8(vc, fp8)
+    scale = dim**-0.5
+    want = ref.prefill_attention(q, kq, vq, bt, sl, qsl, scale, ks, vs)
+    assert_close(prefill_attention(q, kq, vq, bt, sl, qsl, scale, ks, vs), want, dtype, 2)
+    decodes = [(n - 1, 1) for n in (1, 17, 130)]
+    q, kc, vc, bt, sl, qsl = _paged_batch(decodes, heads, n_kv, dim, 16, dtype, device, seed=dim + 2)
+    (kq, ks), (vq, vs) = _to_fp8(kc, fp8), _to_fp8(vc, fp8)
+    want = ref.paged_decode_attention(q, kq, vq, bt, sl, qsl, scale, ks, vs)
+    for splits in (1, 4):
+        assert_close(paged_decode_attention(q, kq, vq, bt, sl, qsl, scale, ks, vs, num_splits=splits), want, dtype, 2)

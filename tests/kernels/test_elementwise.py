@@ -94,3 +94,26 @@ def test_store_kv(n_kv: int, dim: int, block_size: int, dtype: torch.dtype, devi
     store_kv(k, v, got_k, got_v, slots)
     ref.store_kv(k, v, want_k, want_v, slots)
     assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("n_kv", "dim"), [(3, 64), (8, 128)])
+def test_store_kv_into_an_fp8_cache(n_kv: int, dim: int, dtype: torch.dtype, fp8: torch.dtype, device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(5)
+    num_blocks, block_size, tokens = 4, 16, 9
+    k = (torch.randn(tokens, n_kv, dim, generator=gen) * 3).to(device, dtype)  # (T, n_kv, D)
+    v = torch.randn(tokens, n_kv, dim, generator=gen).to(device, dtype)
+    k[4] = 0  # an all-zero row still gets a positive scale
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:tokens]
+    slots[1] = -1
+    slots = slots.to(device)
+    got = [torch.zeros(num_blocks, block_size, n_kv, dim, device=device).to(fp8) for _ in range(2)]
+    want = [c.clone() for c in got]
+    got_s = [torch.zeros(num_blocks, block_size, n_kv, device=device, dtype=torch.float16) for _ in range(2)]
+    want_s = [s.clone() for s in got_s]
+    store_kv(k, v, got[0], got[1], slots, got_s[0], got_s[1])
+    ref.store_kv(k, v, want[0], want[1], slots, want_s[0], want_s[1])
+    # The same bits as the reference: scales and values are rounded the same way.
+    for g, w in zip(got + got_s, want + want_s):
+        assert torch.equal(g.view(torch.uint8) if g.element_size() == 1 else g, w.view(torch.uint8) if w.element_size() == 1 else w)

@@ -128,3 +128,28 @@ def test_silu_and_mul(dtype: torch.dtype) -> None:
     want = F.silu(x[:, :10].float()) * x[:, 10:].float()
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("fp8", "step"), [(torch.float8_e4m3fn, 2**-4), (torch.float8_e5m2, 2**-3)])
+def test_fp8_kv_rows_keep_fp8_precision_and_attention_reads_them_dequantized(fp8: torch.dtype, step: float) -> None:
+    gen = torch.Generator().manual_seed(6)
+    heads, n_kv, dim, seq = 4, 2, 16, 11
+    k = torch.randn(seq, n_kv, dim, generator=gen) * torch.logspace(-3, 2, seq).view(seq, 1, 1)  # rows of any size
+    v = torch.randn(seq, n_kv, dim, generator=gen)
+    k_cache = torch.zeros(3, BLOCK, n_kv, dim).to(fp8)
+    v_cache = torch.zeros_like(k_cache)
+    k_scale = torch.zeros(3, BLOCK, n_kv, dtype=torch.float16)
+    v_scale = torch.zeros_like(k_scale)
+    ref.store_kv(k, v, k_cache, v_cache, torch.arange(seq), k_scale, v_scale)
+    back_k = (k_cache.float() * k_scale.float().unsqueeze(-1)).view(-1, n_kv, dim)[:seq]  # (S, n_kv, D)
+    back_v = (v_cache.float() * v_scale.float().unsqueeze(-1)).view(-1, n_kv, dim)[:seq]
+    # Each row keeps FP8's relative precision against its own largest value, whatever its size.
+    for x, back in ((k, back_k), (v, back_v)):
+        amax = x.abs().amax(-1, keepdim=True)
+        assert ((back - x).abs() <= step * amax).all()
+    q = torch.randn(seq, heads, dim, generator=gen)
+    out = ref.prefill_attention(
+        q, k_cache, v_cache, torch.tensor([[0, 1, 2]], dtype=torch.int32), torch.tensor([seq], dtype=torch.int32),
+        torch.tensor([0, seq], dtype=torch.int32), dim**-0.5, k_scale, v_scale,
+    )
+    torch.testing.assert_close(out, _dense_causal(q, back_k, back_v, dim**-0.5), rtol=1e-5, atol=1e-5)

@@ -13,6 +13,10 @@ calls its linears as modules (worker/models/layers.py `_linear`).
 Internal layouts, each with its kernels and a torch reference in kernels/:
 - integer weight-only (int_weight.py: `IntWeights` -> `IntWeightLinear`, 4 or 8 bits, grouped
   zero points and scales, act order): awq, gptq, marlin, compressed-tensors pack-quantized.
+- one-byte weights (w8.py: `W8Linear`, FP8 e4m3 or int8 with a scale per output channel): fp8
+  and compressed-tensors float-quantized (fp8.py), eetq and bitsandbytes (int8.py).
+- 4-bit codebooks (bnb4.py: `Lut4Linear`, NF4 / FP4 indices with an absmax per 64 weights):
+  bitsandbytes-nf4 and bitsandbytes-fp4.
 
 Adding a method (say `eetq`):
 1. worker/quant/eetq.py: a `QuantMethod` subclass under `@register`, with `name` (TGI's
@@ -69,4 +73,4 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
 
 
 # Each method registers itself on import.
-from worker.quant import awq, compressed_tensors, gptq, marlin  # noqa: E402,F401
+from worker.quant import awq, bnb4, compressed_tensors, fp8, gptq, int8, marlin  # noqa: E402,F401

@@ -76,6 +76,15 @@ def reference_model(source: Path, dequantized: dict[str, torch.Tensor]) -> trans
     return model
 
 
+def on_the_fly(src: Path, dequantize: Callable[[torch.Tensor], torch.Tensor]) -> Checkpoint:
+    """An on-the-fly method's case: the dense `src` is served (with --quantize), and the reference
+    holds `dequantize(weight)` for each decoder linear (the tests' own quantizer, back to float32)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(src.glob("*.safetensors")):
+        state.update(load_file(path))
+    return Checkpoint(src, src, {k: dequantize(v.float()) for k, v in state.items() if LINEAR.match(k)})
+
+
 def tiny_model(root: Path, family: str = "llama", **overrides: Any) -> Path:
     """A random two-layer model of a family, with weights large enough that errors would show."""
     config_cls, model_cls = {

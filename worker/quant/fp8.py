@@ -1,0 +1,69 @@
+"""FP8 (e4m3) weights: `--quantize fp8` on the fly, and compressed-tensors `float-quantized` checkpoints.
+
+On the fly (TGI's `Fp8Linear.from_unquant` with its per-row path): each output channel n of the
+dense weight gets s[n] = amax(|W[n]|) / 448 and is stored as W[n] / s[n] in e4m3; activations are
+quantized per token at run time (worker/quant/w8.py), so no calibration is needed. The
+arithmetic is kernels/reference.py `quantize_fp8_rows`, the same as the activations'.
+
+compressed-tensors float-quantized (llm-compressor's FP8 / FP8_DYNAMIC schemes): `weight` e4m3
+(N, K) and `weight_scale` float (1,) for strategy "tensor" or (N, 1) for "channel". Fused shards
+(q, k, v) keep their own scales row by row, so nothing is requantized. A static `input_scale`
+is not used: activations are always scaled per token, which is at least as precise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kernels.reference import quantize_fp8_rows
+from worker.quant.registry import QuantizationError, QuantMethod, register
+from worker.quant.w8 import W8Linear
+
+__all__ = ["Fp8", "fp8_from_checkpoint"]
+
+
+@register
+class Fp8(QuantMethod):
+    name: ClassVar[str] = "fp8"
+    tensor_names: ClassVar[tuple[str, ...]] = ("weight",)
+    on_the_fly: ClassVar[bool] = True
+
+    @classmethod
+    def claims(cls, checkpoint: dict[str, Any]) -> bool:
+        # quant_method "fp8" checkpoints (transformers' block-wise FP8) are not loaded: no claim,
+        # so they get the registry's clear "cannot load" error.
+        return False
+
+    def build(self, shards: list[dict[str, torch.Tensor]], bias: torch.Tensor | None,
+              dtype: torch.dtype, device: torch.device) -> nn.Module:
+        dense = torch.cat([s["weight"] for s in shards]).to(device)  # (N, K)
+        if dense.element_size() == 1:
+            raise QuantizationError("--quantize fp8 quantizes 16/32-bit weights; this checkpoint's are already 8-bit")
+        weight, scale = quantize_fp8_rows(dense)  # (N, K) e4m3, (N, 1)
+        return W8Linear(weight, scale, bias, dtype, device)
+
+    def describe(self) -> str:
+        return "fp8 (e4m3 weights with per-channel scales, activations per token)"
+
+    def random(self, out_features: int, in_features: int, dtype: torch.dtype, device: torch.device) -> nn.Module:
+        dense = torch.randn(out_features, in_features, device=device) / in_features**0.5
+        return W8Linear(*quantize_fp8_rows(dense), None, dtype, device)
+
+
+def fp8_from_checkpoint(shards: list[dict[str, torch.Tensor]], bias: torch.Tensor | None,
+                        dtype: torch.dtype, device: torch.device) -> W8Linear:
+    """A float-quantized linear: per shard `weight` e4m3 (N_i, K) and `weight_scale` (1,) or (N_i, 1)."""
+    weights, scales = [], []
+    for s in shards:
+        w = s["weight"]
+        if w.dtype != torch.float8_e4m3fn:
+            raise ValueError(f"float-quantized weight is {w.dtype}; float8_e4m3fn loads")
+        scale = s["weight_scale"].float().reshape(-1)
+        if scale.numel() not in (1, w.shape[0]):
+            raise ValueError(f"weight_scale of {scale.numel()} values for {w.shape[0]} rows: per tensor or per channel loads")
+        weights.append(w)
+        scales.append(scale.expand(w.shape[0]))
+    return W8Linear(torch.cat(weights), torch.cat(scales), bias, dtype, device)

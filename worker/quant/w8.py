@@ -1,0 +1,117 @@
+"""The one-byte weight layouts: FP8 (e4m3) and int8, each with a float32 scale per output channel.
+
+`W8Linear` holds `weight` (N, K) float8_e4m3fn or int8 and `scale` (N,) float32; the weight it
+stands for is W[n] = weight[n] * scale[n] (a per-tensor checkpoint scale is repeated per row).
+Methods: fp8 and compressed-tensors float-quantized (worker/quant/fp8.py), eetq and bitsandbytes
+(worker/quant/int8.py).
+
+On CUDA each (shape, batch bucket) runs the fastest of its paths, timed once on first use
+(outside graph capture; worker/ops.py `gpu_milliseconds`):
+- `w8_linear` (kernels/w8_linear.py), at one row `w8_gemv` (kernels/w8_gemv.py): x stays in its dtype, each weight
+  byte is read once and converted in registers (the small-batch path of both layouts);
+- FP8 only: x quantized per token (kernels/quantize_fp8_rows.py), then torch._scaled_mm with row-wise
+  scales on FP8 tensor cores (the large-batch path);
+- int8 only: the weight converted to x's dtype, a dense matmul, the scales on the output.
+On the CPU the weight is dequantized once at load and the product is a plain float matmul.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["W8Linear", "w8_choices"]
+
+log = logging.getLogger("genfleet.worker.quant")
+
+# (kind, N, K, batch bucket, dtype) -> the path's name; filled on first use per key.
+_CHOICE: dict[tuple[str, int, int, int, torch.dtype], str] = {}
+_WIDEST_GEMV = 256  # batch buckets above this never try w8_linear
+
+
+class W8Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        assert weight.dtype in (torch.float8_e4m3fn, torch.int8) and weight.dim() == 2, weight.dtype
+        self.out_features, self.in_features = weight.shape
+        self.kind = "fp8" if weight.dtype == torch.float8_e4m3fn else "int8"
+        self.register_buffer("weight", weight.to(device).contiguous())  # (N, K)
+        self.register_buffer("scale", scale.to(device=device, dtype=torch.float32).reshape(-1).contiguous())  # (N,)
+        self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
+        # CPU: the weight dequantized once, in `dtype`.
+        self.dense: torch.Tensor | None = None
+        if device.type != "cuda":
+            self.dense = (self.weight.float() * self.scale.unsqueeze(1)).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (T, K) -> (T, N)
+        if self.dense is not None:
+            return F.linear(x, self.dense, self.bias)
+        paths = self._paths(x)
+        key = (self.kind, self.out_features, self.in_features, _bucket(x.shape[0]), x.dtype)
+        if key not in _CHOICE:
+            if torch.cuda.is_current_stream_capturing():
+                return paths[next(iter(paths))]()
+            from worker.ops import gpu_milliseconds
+
+            # Timed as graph replays: the decode steps that matter most run inside CUDA graphs.
+            _CHOICE[key] = min(paths, key=lambda name: gpu_milliseconds(paths[name], graphed=True))
+            log.info("%s linear %dx%d, batch <= %d: %s", self.kind, self.in_features, self.out_features, key[3], _CHOICE[key])
+        return paths[_CHOICE[key]]()
+
+    def _paths(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+        from kernels.w8_gemv import GEMV_CONFIGS, w8_gemv
+        from kernels.w8_linear import W8_CONFIGS, w8_linear
+
+        paths: dict[str, Callable[[], torch.Tensor]] = {}
+        if self.kind == "fp8" and _scaled_mm_fits(x, self.weight):
+            paths["fp8 scaled_mm"] = lambda: self._scaled_mm(x)
+        if self.kind == "int8":
+            paths["dequant + matmul"] = lambda: self._dequant_matmul(x)
+        if x.shape[0] == 1:
+            for config in GEMV_CONFIGS:
+                paths["w8_gemv %dx%d/w%d/s%d" % config] = lambda c=config: w8_gemv(x, self.weight, self.scale, self.bias, c)
+        if x.shape[0] <= _WIDEST_GEMV:
+            for config in W8_CONFIGS:
+                if config[0] <= 2 * max(16, x.shape[0]):  # no tile far taller than the batch
+                    paths["w8_linear %dx%dx%d/w%d/s%d" % config] = (
+                        lambda c=config: w8_linear(x, self.weight, self.scale, self.bias, c)
+                    )
+        return paths
+
+    def _scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
+        from kernels.quantize_fp8_rows import quantize_fp8_rows
+
+        xq, x_scale = quantize_fp8_rows(x)  # (T, K) fp8, (T, 1)
+        return torch._scaled_mm(  # type: ignore[no-any-return]
+            xq, self.weight.t(), scale_a=x_scale, scale_b=self.scale.unsqueeze(0), bias=self.bias, out_dtype=x.dtype
+        )
+
+    def _dequant_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)  # (T, N)
+        return out if self.bias is None else out + self.bias
+
+    def packed_bytes(self) -> int:
+        return self.weight.numel() + self.scale.numel() * 4
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.kind}, per-channel scales"
+
+
+def w8_choices() -> dict[str, str]:
+    """What each one-byte linear picked so far: "kind KxN batch<=B" -> path."""
+    return {f"{k[0]} {k[2]}x{k[1]} batch<={k[3]}": v for k, v in _CHOICE.items()}
+
+
+def _bucket(m: int) -> int:
+    return 1 << max(0, m - 1).bit_length()  # the power of two at or above m
+
+
+def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # cuBLASLt FP8 with row-wise scales: sm89+, bfloat16 output, dimensions in multiples of 16.
+    n, k = weight.shape
+    return x.dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0 and torch.cuda.get_device_capability(x.device) >= (8, 9)
