@@ -12,6 +12,7 @@ from worker import ops
 from worker.attention import PagedAttentionBackend
 from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.input_builder import build_inputs
+from worker.kv_cache import KVLayer
 
 
 def _mixed_batch() -> ScheduledBatch:
@@ -34,8 +35,8 @@ def test_mixed_step_split_equals_one_call(heads: int, kv_heads: int) -> None:
     block_size, dim = 16, 32
     inputs = build_inputs(_mixed_batch(), block_size, device)
     assert inputs.num_decodes == 2 and inputs.max_query_len == 5
-    cache = [(torch.randn(6, block_size, kv_heads, dim, device=device),
-              torch.randn(6, block_size, kv_heads, dim, device=device))]
+    cache = [KVLayer(torch.randn(6, block_size, kv_heads, dim, device=device),
+                     torch.randn(6, block_size, kv_heads, dim, device=device))]
     backend = PagedAttentionBackend()
     meta = backend.prepare_metadata(inputs, cache)
     assert meta.num_decodes == 2 and meta.prefill_query_start_loc is not None
@@ -76,7 +77,7 @@ def test_pure_steps_go_to_the_kernel_of_their_shape(decode: bool) -> None:
         reqs = [ScheduledRequest("a", [1, 2, 3], 9, [0], True, params), ScheduledRequest("b", [4], 0, [2], True, params)]
     batch = ScheduledBatch(0, reqs, len(reqs) if decode else 0, sum(len(r.token_ids) for r in reqs))
     inputs = build_inputs(batch, 16, device)
-    cache = [(torch.randn(3, 16, 2, 32, device=device), torch.randn(3, 16, 2, 32, device=device))]
+    cache = [KVLayer(torch.randn(3, 16, 2, 32, device=device), torch.randn(3, 16, 2, 32, device=device))]
     meta = PagedAttentionBackend().prepare_metadata(inputs, cache)
     tokens = inputs.input_ids.shape[0]
     q = torch.randn(tokens, 4, 32, device=device)
@@ -85,9 +86,9 @@ def test_pure_steps_go_to_the_kernel_of_their_shape(decode: bool) -> None:
     other = ref.prefill_attention if decode else ref.paged_decode_attention
     if not decode:  # the decode reference takes one-token rows only: compare the last row of each
         rows = inputs.query_start_loc[1:].long() - 1
-        want = other(q[rows], *cache[0], inputs.block_tables, inputs.seq_lens,
+        want = other(q[rows], *cache[0][:2], inputs.block_tables, inputs.seq_lens,
                      torch.arange(len(reqs) + 1, dtype=torch.int32, device=device), 32**-0.5)
         torch.testing.assert_close(got[rows], want, atol=2e-3, rtol=2e-3)
     else:
-        want = other(q, *cache[0], inputs.block_tables, inputs.seq_lens, inputs.query_start_loc, 32**-0.5)
+        want = other(q, *cache[0][:2], inputs.block_tables, inputs.seq_lens, inputs.query_start_loc, 32**-0.5)
         torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
