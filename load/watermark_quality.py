@@ -27,8 +27,9 @@ from common.config import DEFAULT_MODEL_ID, FleetConfig, WorkerConfig
 from common.model_source import resolve_model
 from common.sampling_params import SamplingParams
 from gateway.tokenizer import Tokenizer
-from worker.engine import EngineRequest, LLMEngine
+from worker.engine import LLMEngine
 from worker.model_runner import ModelRunner
+from worker.request import Request, RequestKey
 
 __all__ = ["TOPICS", "chat_prompts", "replace_every_fourth_word", "main"]
 
@@ -79,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     for marked in (False, True):
         params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
                                 ignore_eos=True, watermark=marked)
-        jobs.update({(marked, i): EngineRequest(f"{marked}-{i}", ids, params, 1000 + i, time.time())
+        jobs.update({(marked, i): Request(RequestKey(f"{marked}-{i}", 0), ids, params, 1000 + i, time.time())
                      for i, ids in enumerate(prompts)})
     outputs = _run(engine, jobs)
     seconds = time.perf_counter() - started
     # The oracle: the same engine without the bias, scoring prompt + answer (prompt logprobs).
     score = SamplingParams(max_new_tokens=1, prefill_logprobs=True)
-    logprobs = _run(engine, {key: EngineRequest(f"ppl-{key}", prompts[key[1]] + ids, score, 0, time.time())
+    logprobs = _run(engine, {key: Request(RequestKey(f"ppl-{key}", 0), prompts[key[1]] + ids, score, 0, time.time())
                              for key, ids in outputs.items()}, prompt_logprobs=True)
     results: dict[bool, list[Answer]] = {False: [], True: []}
     for (marked, i), ids in sorted(outputs.items()):
@@ -101,19 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(engine: LLMEngine, jobs: dict[tuple[bool, int], EngineRequest], prompt_logprobs: bool = False
+def _run(engine: LLMEngine, jobs: dict[tuple[bool, int], Request], prompt_logprobs: bool = False
          ) -> dict[tuple[bool, int], list[Any]]:
     """Runs every job in one batch; each job's new tokens (or, with prompt_logprobs, its prompt logprobs)."""
-    key_of = {job.req_id: key for key, job in jobs.items()}
+    key_of = {job.key: key for key, job in jobs.items()}
     for job in jobs.values():
         engine.add_request(job)
     out: dict[tuple[bool, int], list[Any]] = {key: [] for key in jobs}
     while engine.has_unfinished_requests():
         for o in engine.step():
             if not prompt_logprobs:
-                out[key_of[o.req_id]].extend(o.new_token_ids)
+                out[key_of[o.key]].extend(o.new_token_ids)
             elif o.prefill_logprobs is not None:
-                out[key_of[o.req_id]].extend(o.prefill_logprobs)
+                out[key_of[o.key]].extend(o.prefill_logprobs)
     return out
 
 
