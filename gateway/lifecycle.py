@@ -55,6 +55,7 @@ class RequestState:
     entry_id: bytes | str | None = None  # the current attempt's stream entry
     finish: Finish | None = None  # set when the request ends normally
     done: bool = False  # finished or cancelled: nothing more to stop
+    subscription: int = 0  # the queue client's pub/sub subscription its events are known through
 
 
 @dataclass
@@ -119,7 +120,8 @@ class Lifecycle:
             raise GenfleetError("unavailable", "Request queue unavailable: Redis does not answer")
         deadline = time.time() + self.request_timeout if self.request_timeout > 0 else 0.0
         req_id, inbox = self.queue_client.open()
-        state = RequestState(req_id, self.model, run.input_ids, run.params, deadline, inbox)
+        state = RequestState(req_id, self.model, run.input_ids, run.params, deadline, inbox,
+                             subscription=self.queue_client.subscriptions)
         outcome = run.outcome
         self._observe_start(outcome, state)
         try:
@@ -269,6 +271,12 @@ class Lifecycle:
     async def _check_liveness(self, state: RequestState, watch: _Watch) -> None:
         if state.deadline and time.time() > state.deadline:
             raise GenfleetError("timeout", "Request deadline exceeded")
+        if state.subscription != self.queue_client.subscriptions:
+            # Quiet since pub/sub reconnected: whatever the worker published meanwhile (the
+            # finish, maybe) is gone, and nothing would ever tell this request so.
+            state.subscription = self.queue_client.subscriptions
+            await self._continue(state, "events may have been lost while pub/sub reconnected")
+            return
         now = time.monotonic()
         if state.owner is not None and not self.fleet.is_alive(state.owner):
             # One missed refresh is not death: the heartbeat key must stay gone a whole TTL.

@@ -38,6 +38,9 @@ class QueueClient:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._groups_ready: set[str] = set()
+        # Counts the subscriptions made: a request opened under an earlier one may have lost
+        # events published while the connection was down (pub/sub keeps nothing for us).
+        self.subscriptions = 0
 
     @property
     def in_flight(self) -> int:
@@ -101,6 +104,7 @@ class QueueClient:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
+                self.subscriptions += 1
                 self._subscribed.set()
                 backoff = 0.1
                 while True:

@@ -124,6 +124,7 @@ class _Queue:
     gateway_id = "gw"
 
     def __init__(self) -> None:
+        self.subscriptions = 1  # the pub/sub subscriptions made so far
         self.inbox: Inbox[Any] = Inbox()
         self.enqueued: list[GenerateRequest] = []
         self.cancelled: list[str] = []
@@ -218,6 +219,26 @@ async def test_a_gap_re_enqueues_a_continuation_that_keeps_the_seed() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_quiet_request_continues_once_pub_sub_has_reconnected() -> None:
+    queue = _Queue()
+    for event in (Accepted("r", 0, "w"), _tok(0), _tok(1)):
+        queue.inbox.put_nowait(event)
+    bursts = _lifecycle(queue).run(_run())
+    assert await bursts.__anext__() == [_tok(0), _tok(1)]
+    waiting = asyncio.ensure_future(bursts.__anext__())
+    await asyncio.sleep(0.6)  # quiet for two liveness checks on the same subscription
+    assert len(queue.enqueued) == 1
+    queue.subscriptions += 1  # the connection dropped and came back: the finish may be lost
+    deadline = time.monotonic() + 5
+    while len(queue.enqueued) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert (queue.enqueued[1].attempt, queue.enqueued[1].generated_ids) == (1, [1000, 1001])
+    queue.inbox.put_nowait(Finish("r", 1, 2, "length", 2, None))
+    with pytest.raises(StopAsyncIteration):
+        await waiting
+    assert len(queue.enqueued) == 2
 
 
 async def test_sse_writes_a_keep_alive_after_its_interval_of_silence() -> None:

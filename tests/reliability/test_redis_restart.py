@@ -12,16 +12,17 @@ import httpx
 
 from genfleet.embedded_redis import EmbeddedRedis
 from tests.integration.fleet import FleetProcesses
-from tests.reliability.harness import StreamResult, run_streams, summarize, wait_workers_idle
+from tests.reliability.harness import StreamResult, run_streams, summarize, wait_workers_idle, wait_workers_running
 
 BODY = {"inputs": "ping", "parameters": {"max_new_tokens": 5}}
+WORKER_ARGS = ("--synthetic-tokens-per-s", "50", "--max-batch-total-tokens", "65536")
 
 
 def test_redis_restart_mid_load() -> None:
     server = EmbeddedRedis().start()
     fleet = FleetProcesses(server.url, f"rr{uuid.uuid4().hex[:6]}")
     try:
-        fleet.start(num_workers=1, worker_args=("--synthetic-tokens-per-s", "50", "--max-batch-total-tokens", "65536"))
+        fleet.start(num_workers=1, worker_args=WORKER_ARGS)
         out: list[StreamResult] = []
         client = threading.Thread(
             target=lambda: out.extend(run_streams(fleet.base_url, [f"open {i}" for i in range(20)], 250, timeout=60)),
@@ -65,6 +66,38 @@ def test_redis_restart_mid_load() -> None:
         assert summarize("redis restart: new streams", after)["completed"] == 10
         assert all(p.poll() is None for p in fleet.workers + fleet.gateways)
         wait_workers_idle(server.url, fleet.prefix, expect=1, timeout=10)
+    finally:
+        fleet.stop()
+        server.stop()
+
+
+def test_streams_that_end_while_redis_is_down() -> None:
+    """An outage shorter than the heartbeat TTL, inside which every stream's last tokens and finish
+    were published to nobody: once pub/sub is back each stream is continued from what its client
+    saw, rather than waiting for events that will never come (the owner never looked dead)."""
+    server = EmbeddedRedis().start()
+    fleet = FleetProcesses(server.url, f"re{uuid.uuid4().hex[:6]}")
+    long_ttl = ("--heartbeat-ttl", "10")
+    try:
+        fleet.start(num_workers=1, worker_args=("--synthetic-tokens-per-s", "100", *long_ttl), gateway_args=long_ttl)
+        out: list[StreamResult] = []
+        client = threading.Thread(
+            target=lambda: out.extend(run_streams(fleet.base_url, [f"short {i}" for i in range(8)], 30, timeout=30)),
+            daemon=True)
+        client.start()
+        wait_workers_running(server.url, fleet.prefix, at_least=1, timeout=20)
+        server.kill()
+        deadline, statuses = time.monotonic() + 1.5, []  # 30 tokens at 100 tok/s end inside it
+        while time.monotonic() < deadline:
+            statuses.append(httpx.post(f"{fleet.base_url}/generate", json=BODY, timeout=10).status_code)
+        assert set(statuses[1:]) <= {503}, statuses
+        server.start()
+        client.join(30)
+        assert not client.is_alive(), "streams still waiting for events published while Redis was down"
+        counts = summarize("redis restart: streams ended during the outage", out)
+        assert counts["completed"] == 8, [(len(r.token_ids), r.finish_reason, r.error_type) for r in out]
+        assert counts["lost_tokens"] == counts["duplicated_tokens"] == 0
+        assert all(len(r.token_ids) == 30 for r in out), [len(r.token_ids) for r in out]
     finally:
         fleet.stop()
         server.stop()
