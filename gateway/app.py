@@ -1,5 +1,5 @@
 """Build the Starlette app: routes, pure-ASGI middleware, exception handlers, and the lifespan
-that owns Redis, the tokenizer and the request lifecycle."""
+that owns Redis and the served models (tokenizer, fleet view and request lifecycle of each)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.fleet import FleetView
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import GatewayMetrics
+from gateway.models import ModelRegistry, ServedModel
 from gateway.middleware import ApiKeyMiddleware, RequestIdMiddleware
 from gateway.queue_client import QueueClient
 from gateway.openapi import openapi_json
@@ -60,7 +61,7 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         try:
             yield
         finally:
-            await ctx.fleet.stop()
+            await ctx.models.stop()
             await ctx.queue_client.stop()
             await ctx.fleet.client.aclose()
 
@@ -91,27 +92,36 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
 
 def _context(config: GatewayConfig, gid: str) -> GatewayContext:
     fleet_cfg = config.fleet
-    try:
-        model_dir = resolve_model(fleet_cfg.model_id, model_cache=fleet_cfg.model_cache,
-                                  revision=fleet_cfg.revision, weights=False)
-        tokenizer = Tokenizer(model_dir, config.chat_template)
-    except (ModelNotFound, TokenizerFilesMissing) as exc:
-        log.error("cannot start: %s", exc)
-        raise
-    max_total = max_total_tokens(context_length(model_dir), fleet_cfg.max_total_tokens)
-    max_input = fleet_cfg.max_input_tokens or max_total - 1
     # NOTE: redis-py's pool refuses past 100 connections by default; every in-flight request
-    # may hold one at a time (XADD, cancel), plus the subscription, heartbeat and fleet view.
+    # may hold one at a time (XADD, cancel), plus the subscription, heartbeat and fleet views.
     client = aioredis.Redis.from_url(fleet_cfg.effective_redis_url, socket_timeout=5, socket_connect_timeout=3,
                                      health_check_interval=10, max_connections=config.max_concurrent_requests + 32)
     keys = Keys(fleet_cfg.key_prefix)
     queue_client = QueueClient(client, keys, gid, config.max_queue_length)
-    metrics = GatewayMetrics(max_input, max_total)
     permits = Permits(config.max_concurrent_requests)
-    fleet = FleetView(client, keys, fleet_cfg.model_id, gid, fleet_cfg.heartbeat_interval,
-                      fleet_cfg.heartbeat_ttl, in_flight=lambda: permits.used)
-    lifecycle = Lifecycle(queue_client, fleet, metrics, fleet_cfg.model_id, config.request_timeout)
-    return GatewayContext(config=config, model_id=fleet_cfg.model_id, tokenizer=tokenizer,
-                          model_limits=Limits(max_input, max_total), queue_client=queue_client, fleet=fleet,
-                          lifecycle=lifecycle, metrics=metrics, permits=permits,
+
+    def model_files(model_id: str, default: bool) -> tuple[Tokenizer, Limits]:
+        model_dir = resolve_model(model_id, model_cache=fleet_cfg.model_cache,
+                                  revision=fleet_cfg.revision if default else None, weights=False)
+        # --chat-template is the default model's; every other model has its own files.
+        tokenizer = Tokenizer(model_dir, config.chat_template if default else None)
+        max_total = max_total_tokens(context_length(model_dir), fleet_cfg.max_total_tokens)
+        return tokenizer, Limits(fleet_cfg.max_input_tokens or max_total - 1, max_total)
+
+    def served(model_id: str, tokenizer: Tokenizer, limits: Limits, default: bool) -> ServedModel:
+        fleet = FleetView(client, keys, model_id, gid, fleet_cfg.heartbeat_interval, fleet_cfg.heartbeat_ttl,
+                          in_flight=lambda: permits.used, publishes_heartbeat=default)
+        lifecycle = Lifecycle(queue_client, fleet, metrics, model_id, config.request_timeout)
+        return ServedModel(model_id, tokenizer, limits, fleet, lifecycle)
+
+    try:
+        tokenizer, limits = model_files(fleet_cfg.model_id, default=True)
+    except (ModelNotFound, TokenizerFilesMissing) as exc:
+        log.error("cannot start: %s", exc)
+        raise
+    metrics = GatewayMetrics(limits.max_input_tokens, limits.max_total_tokens)
+    registry = ModelRegistry(served(fleet_cfg.model_id, tokenizer, limits, default=True),
+                             lambda name: served(name, *model_files(name, default=False), default=False))
+    return GatewayContext(config=config, models=registry, queue_client=queue_client, metrics=metrics,
+                          permits=permits,
                           bodies=Bodies(config.max_unfinished_bodies, config.body_read_timeout, config.payload_limit))

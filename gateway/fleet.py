@@ -1,7 +1,8 @@
 """The gateway's view of the fleet, refreshed once per heartbeat interval.
 
-It publishes this gateway's own heartbeat (workers cancel the requests of gateways that vanish),
-reads every worker heartbeat of the served model, and measures the stream's backlog. /health,
+The default model's view publishes this gateway's own heartbeat (workers cancel the requests of
+gateways that vanish). Each view reads every worker heartbeat, keeps those of its model (and the
+names of every model the fleet serves, for gateway/models.py), and measures the stream's backlog. /health,
 /info, /metrics and the capacity check read the cached view; nothing on the request path waits
 for a refresh.
 """
@@ -34,6 +35,7 @@ class FleetState:
     queue_size: int = 0
     refreshed_at: float = 0.0
     pending: int = 0  # delivered to a worker, not yet acknowledged
+    fleet_models: frozenset[str] = frozenset()  # every model a live, serving worker of the fleet serves
 
     @property
     def serving(self) -> tuple[WorkerInfo, ...]:
@@ -65,6 +67,7 @@ class FleetView:
     interval: float
     ttl: float
     in_flight: Callable[[], int] = lambda: 0
+    publishes_heartbeat: bool = True  # one view per gateway does (the default model's)
     state: FleetState = field(default_factory=FleetState)
     started_at: float = field(default_factory=time.time)
     _task: asyncio.Task[None] | None = None
@@ -83,6 +86,8 @@ class FleetView:
             done, _ = await asyncio.wait({self._task}, timeout=2 * self.interval + 1)
             if not done:
                 self._task.cancel()
+        if not self.publishes_heartbeat:
+            return
         try:
             await self.client.delete(self.keys.gateway_heartbeat(self.gateway_id))
         except RedisError:
@@ -97,11 +102,14 @@ class FleetView:
 
     async def refresh(self) -> None:
         try:
-            info = GatewayInfo(self.gateway_id, int(self.in_flight()), self.started_at, time.time())
-            await self.client.set(self.keys.gateway_heartbeat(self.gateway_id), encode(info), px=int(self.ttl * 1000))
+            if self.publishes_heartbeat:
+                info = GatewayInfo(self.gateway_id, int(self.in_flight()), self.started_at, time.time())
+                await self.client.set(self.keys.gateway_heartbeat(self.gateway_id), encode(info),
+                                      px=int(self.ttl * 1000))
             keys = [k async for k in self.client.scan_iter(match=self.keys.worker_heartbeat_pattern(), count=500)]
             raw = await self.client.mget(keys) if keys else []
             workers = []
+            models = set()
             for value in raw:
                 if value is None:
                     continue
@@ -109,6 +117,8 @@ class FleetView:
                     w = decode_worker_info(value)
                 except ProtocolError:
                     continue
+                if not w.draining:
+                    models.add(w.model)
                 if w.model == self.model:
                     workers.append(w)
             stream = self.keys.request_stream(self.model)
@@ -118,7 +128,7 @@ class FleetView:
             except ResponseError:
                 pending = 0  # no stream or group yet
             self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), int(backlog),
-                                    time.time(), pending)
+                                    time.time(), pending, frozenset(models))
             self._timing_out_since = 0.0
         except RedisTimeoutError as exc:
             # A timeout may be this process stalled past the socket timeout (starved of CPU) with

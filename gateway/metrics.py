@@ -115,6 +115,10 @@ class GatewayMetrics:
                                     ["worker_id"], registry=r)
         self.worker_waiting = Gauge("genfleet_fleet_worker_waiting", "Requests a live worker accepted but has not "
                                     "scheduled", ["worker_id"], registry=r)
+        self.model_workers = Gauge("genfleet_model_live_workers", "Live workers serving each model this gateway has "
+                                   "opened", ["model"], registry=r)
+        self.model_queue_size = Gauge("genfleet_model_queue_size", "Requests waiting in each opened model's stream",
+                                      ["model"], registry=r)
         self.worker_kv_free = Gauge("genfleet_fleet_worker_free_kv_tokens", "A live worker's free KV tokens",
                                     ["worker_id"], registry=r)
 

@@ -1,4 +1,4 @@
-"""TGI's generation routes: POST /generate, /generate_stream and / (compat)."""
+"""TGI's generation routes: POST /generate, /generate_stream and / (compat); `x-model-id` picks the model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.admission import Admission, admitted
 from gateway.lifecycle import Run
+from gateway.models import MODEL_HEADER, ServedModel
 from gateway.responses import DeferredResponse
 from gateway.schemas import GenerateInput, parse_generate
 from gateway.sse import SSEResponse
@@ -36,19 +37,19 @@ async def compat_generate(call: Admission) -> Response:
     return await _generate(call, parsed, as_list=True)
 
 
-async def _validated(call: Admission, parsed: GenerateInput, *, stream: bool) -> Validated:
-    ctx = call.ctx
-    check = functools.partial(validate, parsed, ctx.config, ctx.limits, ctx.tokenizer, stream=stream,
-                              capacity_tokens=ctx.fleet.state.max_capacity_tokens)
-    return await off_loop(check, call.body_size)
+async def _validated(call: Admission, parsed: GenerateInput, *, stream: bool) -> tuple[ServedModel, Validated]:
+    model = await call.ctx.models.get(call.request.headers.get(MODEL_HEADER))
+    check = functools.partial(validate, parsed, call.ctx.config, model.limits, model.tokenizer, stream=stream,
+                              capacity_tokens=model.fleet.state.max_capacity_tokens)
+    return model, await off_loop(check, call.body_size)
 
 
 async def _generate(call: Admission, parsed: GenerateInput, *, as_list: bool) -> Response:
-    v = await _validated(call, parsed, stream=False)
+    model, v = await _validated(call, parsed, stream=False)
     runs = Run.fan_out(v.input_ids, v.run_params, call.started)
 
     async def produce() -> Response:
-        await call.ctx.lifecycle.complete(runs)
+        await model.lifecycle.complete(runs)
         body, best = generate_body(v, [r.outcome for r in runs])
         headers = timing_headers(v.input_ids, len(v.input_text), best)
         return JSONResponse([body] if as_list else body, headers=headers)
@@ -59,7 +60,7 @@ async def _generate(call: Admission, parsed: GenerateInput, *, as_list: bool) ->
 async def _stream(call: Admission, parsed: GenerateInput) -> Response:
     # TGI answers stream errors inside a 200 SSE stream; a refusal before the stream starts keeps
     # its status here so that load balancers and clients can back off (documented in docs/api.md).
-    v = await _validated(call, parsed, stream=True)
+    model, v = await _validated(call, parsed, stream=True)
     (run,) = Run.fan_out(v.input_ids, v.run_params, call.started)
-    events = tgi_stream(call.ctx.lifecycle.run(run), v, run.outcome, call.ctx.metrics)
+    events = tgi_stream(model.lifecycle.run(run), v, run.outcome, call.ctx.metrics)
     return SSEResponse(events, stream_headers(len(v.input_text)))

@@ -1,4 +1,8 @@
-"""GET /health, /ping, /info, /metrics, /v1/models and POST /tokenize."""
+"""GET /health, /ping, /info, /metrics, /v1/models and POST /tokenize.
+
+/health, /info and /tokenize concern the model the `x-model-id` header names (the default without
+it), as the generation routes do; /metrics and /v1/models cover every model.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from gateway import VERSION
 from gateway.admission import read_json
 from gateway.context import ctx_of
 from gateway.metrics import CONTENT_TYPE
+from gateway.models import MODEL_HEADER
 from gateway.schemas import parse_generate
 from gateway.worker_metrics import worker_metrics
 
@@ -16,7 +21,8 @@ __all__ = ["health", "info", "metrics", "models", "tokenize"]
 
 async def health(request: Request) -> Response:
     ctx = ctx_of(request)
-    if ctx.fleet.state.healthy and not ctx.draining:
+    model = await ctx.models.get(request.headers.get(MODEL_HEADER))
+    if model.fleet.state.healthy and not ctx.draining:
         return Response(status_code=200)
     return JSONResponse({"error": "unhealthy", "error_type": "healthcheck"}, status_code=503,
                         headers={"Retry-After": "1"})
@@ -24,17 +30,18 @@ async def health(request: Request) -> Response:
 
 async def info(request: Request) -> Response:
     ctx = ctx_of(request)
-    state = ctx.fleet.state
+    model = await ctx.models.get(request.headers.get(MODEL_HEADER))
+    state = model.fleet.state
     c = ctx.config
     return JSONResponse({
-        "model_id": ctx.model_id,
+        "model_id": model.model_id,
         "model_sha": None,
         "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": c.max_concurrent_requests,
         "max_best_of": c.max_best_of,
         "max_stop_sequences": c.max_stop_sequences,
-        "max_input_tokens": ctx.limits.max_input_tokens,
-        "max_total_tokens": ctx.limits.max_total_tokens,
+        "max_input_tokens": model.limits.max_input_tokens,
+        "max_total_tokens": model.limits.max_total_tokens,
         "validation_workers": 1,
         "max_client_batch_size": c.max_client_batch_size,
         "router": "genfleet-gateway",
@@ -51,6 +58,7 @@ async def info(request: Request) -> Response:
             for w in state.workers
         ],
         "queue_size": state.queue_size,
+        "models": ctx.models.live_names(),  # every model of the fleet (x-model-id picks one)
     })
 
 
@@ -68,6 +76,11 @@ async def metrics(request: Request) -> Response:
     m.pending.set(state.pending)
     for g in (m.worker_running, m.worker_waiting, m.worker_kv_free):
         g.clear()  # workers that left must not linger
+    m.model_workers.clear()
+    m.model_queue_size.clear()
+    for model in ctx.models.opened():
+        m.model_workers.labels(model.model_id).set(len(model.fleet.state.serving))
+        m.model_queue_size.labels(model.model_id).set(model.fleet.state.queue_size)
     for w in state.serving:
         m.worker_running.labels(w.worker_id).set(w.running)
         m.worker_waiting.labels(w.worker_id).set(w.waiting)
@@ -81,14 +94,15 @@ async def metrics(request: Request) -> Response:
 async def models(request: Request) -> Response:
     ctx = ctx_of(request)
     return JSONResponse({"object": "list", "data": [
-        {"id": ctx.model_id, "object": "model", "created": 0, "owned_by": ctx.model_id}
+        {"id": name, "object": "model", "created": 0, "owned_by": name} for name in ctx.models.live_names()
     ]})
 
 
 async def tokenize(request: Request) -> Response:
     ctx = ctx_of(request)
     parsed = parse_generate(await read_json(request))
+    model = await ctx.models.get(request.headers.get(MODEL_HEADER))
     return JSONResponse([
         {"id": tid, "text": text, "start": start, "stop": stop}
-        for tid, text, start, stop in ctx.tokenizer.offsets(parsed.inputs)
+        for tid, text, start, stop in model.tokenizer.offsets(parsed.inputs)
     ])

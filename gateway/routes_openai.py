@@ -1,6 +1,6 @@
 """OpenAI-compatible routes: POST /v1/chat/completions, /v1/completions and /chat_tokenize.
 
-One --max-concurrent-requests permit covers the whole HTTP request, however many choices it
+The request's `model` picks the served model (gateway/models.py). One --max-concurrent-requests permit covers the whole HTTP request, however many choices it
 fans out to, and is held until its last chunk is written.
 """
 
@@ -13,10 +13,11 @@ from starlette.routing import Route
 from gateway.admission import Admission, admitted, read_json
 from gateway.context import ctx_of
 from gateway.lifecycle import Run
+from gateway.models import ServedModel
 from gateway.openai_shapes import OpenAICall, completion_body, openai_stream
 from gateway.responses import DeferredResponse
 from gateway.schemas import GenerateInput
-from gateway.schemas_openai import parse_chat, parse_completion
+from gateway.schemas_openai import OpenAIRequest, parse_chat, parse_completion
 from gateway.sse import SSEResponse
 from gateway.tgi_shapes import timing_headers
 from gateway.validation import off_loop, validate
@@ -24,31 +25,32 @@ from gateway.validation import off_loop, validate
 __all__ = ["openai_routes"]
 
 
-def _prepare(call: Admission, chat: bool) -> OpenAICall:
-    """Parse, template, tokenize and validate every prompt; one Run per choice (prompt x n)."""
+def _parse(call: Admission, chat: bool) -> OpenAIRequest:
+    limit = call.ctx.config.max_client_batch_size
+    return parse_chat(call.body, max_n=limit) if chat else parse_completion(call.body, max_n=limit, max_prompts=limit)
+
+
+def _prepare(call: Admission, chat: bool, req: OpenAIRequest, model: ServedModel) -> OpenAICall:
+    """Template, tokenize and validate every prompt; one Run per choice (prompt x n)."""
     ctx = call.ctx
-    if chat:
-        req = parse_chat(call.body, max_n=ctx.config.max_client_batch_size)
-        prompts = [ctx.tokenizer.apply_chat_template(list(req.messages or ()))]
-    else:
-        req = parse_completion(call.body, max_n=ctx.config.max_client_batch_size,
-                               max_prompts=ctx.config.max_client_batch_size)
-        prompts = list(req.prompts or ())
+    prompts = [model.tokenizer.apply_chat_template(list(req.messages or ()))] if chat else list(req.prompts or ())
     choices: list[Run] = []
     prompt_tokens = 0
     for prompt in prompts:
         # The chat template writes its own special tokens.
-        v = validate(GenerateInput(prompt, req.parameters), ctx.config, ctx.limits, ctx.tokenizer, stream=False,
-                     capacity_tokens=ctx.fleet.state.max_capacity_tokens, add_special_tokens=not chat, fan_out=req.n)
+        v = validate(GenerateInput(prompt, req.parameters), ctx.config, model.limits, model.tokenizer, stream=False,
+                     capacity_tokens=model.fleet.state.max_capacity_tokens, add_special_tokens=not chat, fan_out=req.n)
         choices += Run.fan_out(v.input_ids, v.run_params[: req.n], call.started)
         prompt_tokens += len(v.input_ids)
     return OpenAICall(chat, req, choices, prompt_tokens, sum(len(p) for p in prompts),
-                      f"{'chatcmpl' if chat else 'cmpl'}-{call.request_id}", req.model or ctx.model_id, int(call.started))
+                      f"{'chatcmpl' if chat else 'cmpl'}-{call.request_id}", req.model or model.model_id, int(call.started))
 
 
 async def _openai(call: Admission, chat: bool) -> Response:
-    oc = await off_loop(lambda: _prepare(call, chat), call.body_size)
-    lifecycle = call.ctx.lifecycle
+    req = await off_loop(lambda: _parse(call, chat), call.body_size)
+    model = await call.ctx.models.get(req.model)
+    oc = await off_loop(lambda: _prepare(call, chat, req, model), call.body_size)
+    lifecycle = model.lifecycle
     if oc.req.stream:
         return SSEResponse(openai_stream(lifecycle.interleave(oc.choices), oc, call.ctx.metrics),
                            {"x-compute-type": "gpu+optimized"})
@@ -74,9 +76,10 @@ async def completions(call: Admission) -> Response:
 async def chat_tokenize(request: Request) -> Response:
     ctx = ctx_of(request)
     req = parse_chat(await read_json(request), max_n=ctx.config.max_client_batch_size)
-    text = ctx.tokenizer.apply_chat_template(list(req.messages or ()))
+    tokenizer = (await ctx.models.get(req.model)).tokenizer
+    text = tokenizer.apply_chat_template(list(req.messages or ()))
     tokens = [{"id": i, "text": t, "start": a, "stop": b}
-              for i, t, a, b in ctx.tokenizer.offsets(text, add_special_tokens=False)]
+              for i, t, a, b in tokenizer.offsets(text, add_special_tokens=False)]
     return JSONResponse({"tokenize_response": tokens, "templated_text": text})
 
 

@@ -19,6 +19,7 @@ from common import watermark
 from common.errors import ValidationError
 from gateway.admission import parse_json
 from gateway.context import ctx_of
+from gateway.models import MODEL_HEADER
 from gateway.tokenizer import Tokenizer
 from gateway.validation import off_loop
 
@@ -55,7 +56,8 @@ async def watermark_detect(request: Request) -> Response:
     body = await ctx.bodies.read(request)
     parsed = parse_detect(parse_json(body))
     gamma = ctx.config.fleet.watermark_gamma
-    result = await off_loop(lambda: score_input(parsed, gamma, ctx.tokenizer), len(body))
+    tokenizer = (await ctx.models.get(request.headers.get(MODEL_HEADER))).tokenizer
+    result = await off_loop(lambda: score_input(parsed, gamma, tokenizer), len(body))
     return Response(msgspec.json.encode(result), media_type="application/json")
 
 

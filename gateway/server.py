@@ -76,7 +76,8 @@ class _Server(uvicorn.Server):
                 self.should_exit = True
             elif not self._cut_at and now - self._drain_since >= self._grace:
                 log.warning("grace period over: ending %d open request(s) with an error", ctx.permits.used)
-                ctx.lifecycle.cut(_CUT_MESSAGE)
+                for model in ctx.models.opened():
+                    model.lifecycle.cut(_CUT_MESSAGE)
                 self._cut_at = now
             elif self._cut_at and now - self._cut_at >= _AFTER_CUT:
                 self.should_exit = True
