@@ -3,6 +3,10 @@
 Decode, program (sequence, kv head, split): the group's query heads share every K/V load; each
 sequence's context is cut into NUM_SPLITS equal slices whose partial outputs and log-sum-exps
 stage 2 merges. Splitting keeps the card busy at small batch with long contexts.
+
+A sliding window (`window` > 0) keeps the last `window` keys: the splits cut only that range, so
+pages before it are never read. Soft-capping (`softcap` > 0) bounds each score as
+softcap * tanh(score / softcap) (Gemma 2) before the softmax.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, fp8_dots, page_slots, paged_scales, paged_tile
+from kernels.paged_kv import (
+    check_paged_inputs, dot_precision, fp8_dots, page_slots, paged_scales, paged_tile, scaled_scores,
+    window_or_all,
+)
 
 __all__ = ["paged_decode_attention"]
 
@@ -22,12 +29,12 @@ _MAX_SPLITS = 32
 def _decode_partial_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, seq_lens_ptr, qsl_ptr,
     part_out_ptr, part_lse_ptr,
-    qk_scale, group,
+    scale, softcap, window, group,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb, stride_ss,
     stride_bt, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
     PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    KV_FP8: tl.constexpr, DOT_F16: tl.constexpr, V_LIFT: tl.constexpr,
+    KV_FP8: tl.constexpr, DOT_F16: tl.constexpr, V_LIFT: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -46,8 +53,9 @@ def _decode_partial_kernel(
     )  # (G, D)
     if DOT_F16:  # FP8 pages convert exactly to float16 (one instruction on Hopper): the products run in it
         q = q.to(tl.float16)
-    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    start = split * per_split
+    lo = tl.maximum(seq_len - window, 0)  # the first key the query sees
+    per_split = tl.cdiv(tl.cdiv(seq_len - lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = lo + split * per_split
     end = tl.minimum(seq_len, start + per_split)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -58,9 +66,10 @@ def _decode_partial_kernel(
         blk, off = page_slots(bt_ptr, seq, stride_bt, n, n_mask, PAGE)  # (N,), (N,)
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = paged_tile(k_cache_ptr, blk, off, kv_head, stride_kb, stride_ks, stride_kh, d, kv_mask)  # (N, D)
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale  # (G, N), log2 units
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION)  # (G, N)
         if KV_FP8:  # a key's scale multiplies its whole score column
             s = s * paged_scales(k_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :]
+        s = scaled_scores(s, scale, softcap, SOFTCAP)  # (G, N), log2 units
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])  # (G, N)
@@ -117,6 +126,8 @@ def paged_decode_attention(
     k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
     v_scale: torch.Tensor | None = None,
     num_splits: int | None = None,
+    window: int = 0,  # > 0: each query sees its last `window` keys only
+    softcap: float = 0.0,  # > 0: scores become softcap * tanh(score / softcap)
 ) -> torch.Tensor:  # (B, H, D)
     fp8 = check_paged_inputs(q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, query_start_loc)
     num_seqs = block_tables.shape[0]
@@ -135,7 +146,7 @@ def paged_decode_attention(
     _decode_partial_kernel[(num_seqs, n_kv, num_splits)](
         q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
         block_tables, seq_lens, query_start_loc, part_out, part_lse,
-        scale * LOG2E, group,
+        scale, softcap, window_or_all(window), group,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         k_scale.stride(0) if fp8 else 0, k_scale.stride(1) if fp8 else 0,
@@ -143,7 +154,7 @@ def paged_decode_attention(
         part_lse.stride(0), part_lse.stride(1),
         PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=64, NUM_SPLITS=num_splits,
-        KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), num_warps=4, num_stages=2,
+        KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), SOFTCAP=softcap > 0, num_warps=4, num_stages=2,
     )
     _decode_reduce_kernel[(num_seqs, num_heads)](
         part_out, part_lse, query_start_loc, out,

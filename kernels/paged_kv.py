@@ -14,10 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["LOG2E", "page_slots", "paged_tile", "paged_scales", "check_paged_inputs", "check_kv_scales",
-           "dot_precision", "fp8_dots"]
+__all__ = ["LOG2E", "page_slots", "paged_tile", "paged_scales", "scaled_scores", "window_or_all", "check_paged_inputs",
+           "check_kv_scales", "dot_precision", "fp8_dots"]
 
-# Softmax runs in base 2 (exp2 is cheaper): scores are scaled by log2(e) once, in the launcher.
+# Softmax runs in base 2 (exp2 is cheaper): `scaled_scores` folds log2(e) into the scores' scale.
 LOG2E = 1.4426950408889634
 
 
@@ -40,6 +40,21 @@ def paged_tile(cache_ptr, blk, off, kv_head, stride_b, stride_s, stride_h, d, ma
 def paged_scales(scale_ptr, blk, off, kv_head, stride_b, stride_s, n_mask):
     # Scales are (num_blocks, block_size, n_kv), contiguous: a KV head is the innermost index.
     return tl.load(scale_ptr + blk * stride_b + off * stride_s + kv_head, mask=n_mask, other=0.0).to(tl.float32)  # (N,)
+
+
+@triton.jit
+def scaled_scores(s, scale, softcap, SOFTCAP: tl.constexpr):
+    # q.k products -> softmax scores in log2 units; soft-capped as softcap * tanh(s * scale / softcap)
+    # (tanh written through the sigmoid, which the interpreter and every backend have).
+    if SOFTCAP:
+        return (2.0 * tl.sigmoid(s * (2.0 * scale / softcap)) - 1.0) * (softcap * LOG2E)
+    return s * (scale * LOG2E)
+
+
+def window_or_all(window: int) -> int:
+    # The kernels mask by the window unconditionally; no window is one longer than any sequence.
+    assert window >= 0, window
+    return window if window > 0 else 1 << 30
 
 
 def check_paged_inputs(

@@ -3,6 +3,8 @@
 One launch covers a whole varlen batch: program (sequence, query tile, head). A sequence's q_len
 queries are its last positions among seq_lens[i]; their K/V are already in the cache (store_kv runs
 first), so prefill, chunked prefill over a cached prefix, and decode rows are all the same case.
+With a sliding window (`window` > 0) query position p sees keys p - window + 1 .. p, and a tile's
+loop starts at the first key any of its rows sees; soft-capping as in the decode kernel.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_kv import LOG2E, check_paged_inputs, dot_precision, fp8_dots, page_slots, paged_scales, paged_tile
+from kernels.paged_kv import (
+    check_paged_inputs, dot_precision, fp8_dots, page_slots, paged_scales, paged_tile, scaled_scores,
+    window_or_all,
+)
 
 __all__ = ["prefill_attention"]
 
@@ -19,11 +24,12 @@ __all__ = ["prefill_attention"]
 @triton.jit
 def _prefill_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, out_ptr,
-    qk_scale, group,
+    scale, softcap, window, group,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb, stride_ss,
     stride_bt, stride_ot, stride_oh,
     PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, DOT_F16: tl.constexpr, V_LIFT: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     tile = tl.program_id(1)
@@ -53,28 +59,34 @@ def _prefill_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # Keys past the tile's last query position are masked for every row: stop there.
     end = tl.minimum(seq_len, ctx + (tile + 1) * BLOCK_M)
-    for n0 in range(0, end, BLOCK_N):
+    # And keys before the window of the tile's first query are masked for every row: start there.
+    begin = tl.maximum(ctx + tile * BLOCK_M - window + 1, 0)
+    for n0 in range(begin, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)  # (N,)
         n_mask = n < end
         blk, off = page_slots(bt_ptr, seq, stride_bt, n, n_mask, PAGE)  # (N,), (N,)
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = paged_tile(k_cache_ptr, blk, off, kv_head, stride_kb, stride_ks, stride_kh, d, kv_mask)  # (N, D)
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale  # (M, N), log2 units
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION)  # (M, N)
         if KV_FP8:  # a key's scale multiplies its whole score column
             s = s * paged_scales(k_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :]
-        causal = (n[None, :] <= q_pos[:, None]) & n_mask[None, :]
-        s = tl.where(causal, s, float("-inf"))
-        # Key 0 is visible to every query, so m_new is finite after the first tile.
+        s = scaled_scores(s, scale, softcap, SOFTCAP)  # (M, N), log2 units
+        visible = (n[None, :] <= q_pos[:, None]) & (n[None, :] > q_pos[:, None] - window) & n_mask[None, :]
+        s = tl.where(visible, s, float("-inf"))
+        # A row can see no key of this tile yet (a window starts after it): its maximum is -inf,
+        # and it subtracts 0 instead so that no -inf - -inf appears.
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])  # (M, N)
-        alpha = tl.exp2(m_i - m_new)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_sub[:, None])  # (M, N)
+        alpha = tl.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, d, kv_mask)  # (N, D)
         if KV_FP8:  # and a value's scale its probability's weight
             p = p * paged_scales(v_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :] * V_LIFT
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
-    out = acc / (l_i[:, None] * V_LIFT)
+    # Padding rows past q_len can see no key with a window: they divide by 1 (and are not stored).
+    out = acc / (tl.where(l_i > 0, l_i, 1.0)[:, None] * V_LIFT)
     tl.store(
         out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + d[None, :],
         out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :],
@@ -92,6 +104,8 @@ def prefill_attention(
     k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
     v_scale: torch.Tensor | None = None,
     out: torch.Tensor | None = None,  # (T, H, D)
+    window: int = 0,  # > 0: each query sees its last `window` keys only (itself included)
+    softcap: float = 0.0,  # > 0: scores become softcap * tanh(score / softcap)
 ) -> torch.Tensor:  # (T, H, D)
     fp8 = check_paged_inputs(q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, query_start_loc)
     num_tokens, num_heads, dim = q.shape
@@ -105,12 +119,13 @@ def prefill_attention(
     _prefill_attention_kernel[grid](
         q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
         block_tables, seq_lens, query_start_loc, out,
-        scale * LOG2E, num_heads // k_cache.shape[2],
+        scale, softcap, window_or_all(window), num_heads // k_cache.shape[2],
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         k_scale.stride(0) if fp8 else 0, k_scale.stride(1) if fp8 else 0,
         block_tables.stride(0), out.stride(0), out.stride(1),
         PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
-        BLOCK_M=block_m, BLOCK_N=block_n, KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), num_warps=4, num_stages=2,
+        BLOCK_M=block_m, BLOCK_N=block_n, KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), SOFTCAP=softcap > 0,
+        num_warps=4, num_stages=2,
     )
     return out

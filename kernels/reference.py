@@ -29,6 +29,8 @@ __all__ = [
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "gelu_tanh_and_mul",
+    "fused_moe",
     "pack_int32",
     "unpack_int32",
     "dequantize_int_weight",
@@ -94,6 +96,8 @@ def prefill_attention(
     scale: float,
     k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
     v_scale: torch.Tensor | None = None,
+    window: int = 0,  # > 0: each query sees its last `window` keys only (itself included)
+    softcap: float = 0.0,  # > 0: scores become softcap * tanh(score / softcap)
 ) -> torch.Tensor:  # (T, H, D)
     out = torch.empty_like(q)
     num_heads, n_kv = q.shape[1], k_cache.shape[2]
@@ -112,11 +116,11 @@ def prefill_attention(
         k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
         v = v.repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
         q_len = q_hi - q_lo
-        scores = torch.matmul(qi, k.transpose(1, 2)) * scale  # (H, q_len, S)
+        scores = _capped(torch.matmul(qi, k.transpose(1, 2)) * scale, softcap)  # (H, q_len, S)
         # Query j sits at position seq_len - q_len + j and sees keys up to that position.
         q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device).unsqueeze(1)  # (q_len, 1)
         k_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)  # (1, S)
-        scores.masked_fill_(k_pos > q_pos, float("-inf"))
+        scores.masked_fill_(_hidden(k_pos, q_pos, window), float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[q_lo:q_hi] = torch.matmul(probs, v).transpose(0, 1).to(q.dtype)  # (q_len, H, D)
     return out
@@ -137,6 +141,8 @@ def paged_decode_attention(
     scale: float,
     k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
     v_scale: torch.Tensor | None = None,
+    window: int = 0,  # > 0: each query sees its last `window` keys only (itself included)
+    softcap: float = 0.0,  # > 0: scores become softcap * tanh(score / softcap)
 ) -> torch.Tensor:  # (B, H, D)
     out = torch.empty_like(q)
     num_heads, n_kv, dim = q.shape[1], k_cache.shape[2], q.shape[2]
@@ -161,14 +167,24 @@ def paged_decode_attention(
         rows = torch.tensor([starts[i] for i in chosen], device=q.device)
         # Query head h reads kv head h // group.
         qg = q[rows].float().reshape(b, n_kv, group, dim)  # (b, n_kv, g, D)
-        scores = torch.matmul(qg, k.permute(0, 2, 3, 1)) * scale  # (b, n_kv, g, S)
+        scores = _capped(torch.matmul(qg, k.permute(0, 2, 3, 1)) * scale, softcap)  # (b, n_kv, g, S)
         seq = torch.tensor([lens[i] for i in chosen], device=q.device).unsqueeze(1)  # (b, 1)
-        pad = torch.arange(max_len, device=q.device).unsqueeze(0) >= seq  # (b, S)
-        scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+        k_pos = torch.arange(max_len, device=q.device).unsqueeze(0)  # (1, S)
+        scores.masked_fill_(_hidden(k_pos, seq - 1, window)[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         attn = torch.matmul(probs, v.transpose(1, 2))  # (b, n_kv, g, D)
         out[rows] = attn.reshape(b, num_heads, dim).to(q.dtype)
     return out
+
+
+def _capped(scores: torch.Tensor, softcap: float) -> torch.Tensor:
+    return scores if softcap <= 0 else softcap * torch.tanh(scores / softcap)
+
+
+def _hidden(k_pos: torch.Tensor, q_pos: torch.Tensor, window: int) -> torch.Tensor:
+    # Keys after the query, and with a window those `window` or more positions before it.
+    hidden = k_pos > q_pos
+    return hidden | (k_pos <= q_pos - window) if window > 0 else hidden
 
 
 def rms_norm(
@@ -176,13 +192,14 @@ def rms_norm(
     weight: torch.Tensor,  # (hidden,)
     eps: float,
     residual: torch.Tensor | None = None,  # (T, hidden)
+    offset: float = 0.0,  # added to the weight in float32 (Gemma's norms store w - 1)
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     if residual is not None:
         x = x + residual
         new_residual = x
     xf = x.float()
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    out = (normed * weight.float()).to(x.dtype)
+    out = (normed * (weight.float() + offset)).to(x.dtype)
     return (out, new_residual) if residual is not None else out
 
 
@@ -213,6 +230,29 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # (T, 2I) -> (T, I)
     gate, up = x.chunk(2, dim=-1)
     return (F.silu(gate.float()) * up.float()).to(x.dtype)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:  # (T, 2I) -> (T, I)
+    gate, up = x.chunk(2, dim=-1)
+    return (F.gelu(gate.float(), approximate="tanh") * up.float()).to(x.dtype)
+
+
+def fused_moe(
+    x: torch.Tensor,  # (T, H)
+    w13: torch.Tensor,  # (E, 2I, H): each expert's gate rows, then its up rows
+    w2: torch.Tensor,  # (E, H, I)
+    topk_weights: torch.Tensor,  # (T, top_k) float32: routing weights
+    topk_ids: torch.Tensor,  # (T, top_k) int: routed experts
+) -> torch.Tensor:  # (T, H) in x's dtype
+    """A loop over the experts that any token chose: each one's SwiGLU MLP on its tokens, weighted."""
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (T, H)
+    for expert in topk_ids.unique().tolist():
+        tokens, slots = torch.nonzero(topk_ids == expert, as_tuple=True)  # (n,), (n,)
+        gate_up = x[tokens].float() @ w13[expert].float().t()  # (n, 2I)
+        gate, up = gate_up.chunk(2, dim=-1)
+        y = (F.silu(gate) * up) @ w2[expert].float().t()  # (n, H)
+        out.index_add_(0, tokens, y * topk_weights[tokens, slots].float().unsqueeze(1))
+    return out.to(x.dtype)
 
 
 def pack_int32(values: torch.Tensor, bits: int) -> torch.Tensor:  # (..., W * P) -> (..., W) int32

@@ -1,4 +1,7 @@
-"""RMSNorm with an optional fused residual add: one row per program, float32 statistics."""
+"""RMSNorm with an optional fused residual add: one row per program, float32 statistics.
+
+`offset` is added to the weight in float32 (Gemma stores its norm weights as w - 1).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ __all__ = ["rms_norm"]
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
-    hidden, eps,
+    hidden, eps, offset,
     stride_xt, stride_rt, stride_ot, stride_rot,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -27,7 +30,7 @@ def _rms_norm_kernel(
         tl.store(res_out_ptr + row * stride_rot + cols, x, mask=mask)
     xf = x.to(tl.float32)
     var = tl.sum(xf * xf, axis=0) / hidden
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + offset
     out = xf * tl.rsqrt(var + eps) * w
     tl.store(out_ptr + row * stride_ot + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -37,6 +40,7 @@ def rms_norm(
     weight: torch.Tensor,  # (hidden,)
     eps: float,
     residual: torch.Tensor | None = None,  # (T, hidden)
+    offset: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     assert x.dim() == 2 and weight.shape == (x.shape[1],), (x.shape, weight.shape)
     assert x.stride(1) == 1 and weight.is_contiguous()
@@ -51,7 +55,7 @@ def rms_norm(
         res_out, res, stride_r, stride_ro = out, x, 0, 0
     if num_tokens:
         _rms_norm_kernel[(num_tokens,)](
-            x, res, weight, out, res_out, hidden, eps,
+            x, res, weight, out, res_out, hidden, eps, offset,
             x.stride(0), stride_r, out.stride(0), stride_ro,
             HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 8),
         )

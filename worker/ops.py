@@ -16,12 +16,15 @@ from kernels import reference
 
 __all__ = [
     "use_device", "linear", "one_row_choices", "gpu_milliseconds", "store_kv", "paged_decode_attention",
-    "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
+    "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "gelu_tanh_and_mul", "fused_moe",
 ]
 
 log = logging.getLogger("genfleet.worker.ops")
 
-_NAMES = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
+_NAMES = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
+          "gelu_tanh_and_mul", "fused_moe")
+# Launchers that live in another kernel's module (a variant of its kernel).
+_MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
 # One-row linears (batch-1 decode) on CUDA: kernels/linear_one_row.py where it measured faster than torch
 # for that weight shape (see `linear`); None = torch everywhere.
@@ -147,6 +150,14 @@ def silu_and_mul(*args: Any, **kwargs: Any) -> Any:
     return _impl["silu_and_mul"](*args, **kwargs)
 
 
+def gelu_tanh_and_mul(*args: Any, **kwargs: Any) -> Any:
+    return _impl["gelu_tanh_and_mul"](*args, **kwargs)
+
+
+def fused_moe(*args: Any, **kwargs: Any) -> Any:
+    return _impl["fused_moe"](*args, **kwargs)
+
+
 def _launcher(name: str) -> Callable[..., Any]:
-    # kernels/<name>.py defines the launcher <name>.
-    return getattr(importlib.import_module(f"kernels.{name}"), name)  # type: ignore[no-any-return]
+    # kernels/<name>.py defines the launcher <name> (or the module _MODULE_OF names).
+    return getattr(importlib.import_module(f"kernels.{_MODULE_OF.get(name, name)}"), name)  # type: ignore[no-any-return]

@@ -106,3 +106,45 @@ def test_attention_over_an_fp8_cache(
     want = ref.paged_decode_attention(q, kq, vq, bt, sl, qsl, scale, ks, vs)
     for splits in (1, 4):
         assert_close(paged_decode_attention(q, kq, vq, bt, sl, qsl, scale, ks, vs, num_splits=splits), want, dtype, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("window", "softcap"), [(5, 0.0), (20, 0.0), (0, 2.5), (9, 1.5)])
+def test_sliding_window_and_softcap(window: int, softcap: float, dtype: torch.dtype, device: torch.device) -> None:
+    # Windows shorter than a page, than a query tile and than the context, with soft-capped
+    # scores alone and with a window: prefill tiles whose first rows see no key of the first
+    # tile, a chunk after a cached prefix, and decode rows whose window starts mid-page.
+    heads, n_kv, dim = 4, 2, 64
+    spans = [(0, 7), (13, 5), (31, 1), (16, 66)]
+    q, kc, vc, bt, sl, qsl = _paged_batch(spans, heads, n_kv, dim, 4, dtype, device, seed=window + 3)
+    scale = dim**-0.5
+    kw = {"window": window, "softcap": softcap}
+    want = ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale, **kw)
+    assert_close(prefill_attention(q, kc, vc, bt, sl, qsl, scale, **kw), want, dtype, 2)
+    if window:  # the window changes the answer: the test would see a kernel that ignored it
+        assert (want - ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale, softcap=softcap)).abs().max() > 1e-2
+    q, kc, vc, bt, sl, qsl = _paged_batch([(n - 1, 1) for n in (1, 6, 17, 130)], heads, n_kv, dim, 4, dtype, device,
+                                          seed=window + 4)
+    want = ref.paged_decode_attention(q, kc, vc, bt, sl, qsl, scale, **kw)
+    for splits in (1, 4):
+        assert_close(paged_decode_attention(q, kc, vc, bt, sl, qsl, scale, num_splits=splits, **kw), want, dtype, 2)
+    assert_close(ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale, **kw), want, dtype, 2)
+    if softcap:
+        assert (want - ref.paged_decode_attention(q, kc, vc, bt, sl, qsl, scale, window=window)).abs().max() > 1e-3
+
+
+def test_decode_reads_no_page_before_the_window(device: torch.device) -> None:
+    # Pages wholly before the window hold NaN: a kernel that read them would return NaN.
+    heads, n_kv, dim, page = 2, 1, 64, 4
+    q, kc, vc, bt, sl, qsl = _paged_batch([(40, 1), (70, 1)], heads, n_kv, dim, page, torch.float32, device, seed=7)
+    window = 9
+    want = ref.paged_decode_attention(q, kc, vc, bt, sl, qsl, dim**-0.5, window=window)
+    for i, n in enumerate(sl.tolist()):
+        first_page = (n - window) // page
+        kc[bt[i, :first_page].long()] = float("nan")
+        vc[bt[i, :first_page].long()] = float("nan")
+    for splits in (1, 4):
+        got = paged_decode_attention(q, kc, vc, bt, sl, qsl, dim**-0.5, num_splits=splits, window=window)
+        assert_close(got, want, torch.float32)
+    got = prefill_attention(q, kc, vc, bt, sl, qsl, dim**-0.5, window=window)
+    assert_close(got, want, torch.float32)

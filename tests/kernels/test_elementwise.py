@@ -1,4 +1,4 @@
-"""rms_norm, silu_and_mul, rotary and store_kv kernels against kernels/reference.py."""
+"""rms_norm, silu_and_mul / gelu_tanh_and_mul, rotary and store_kv kernels against kernels/reference.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 from kernels import reference as ref  # noqa: E402
 from kernels.rms_norm import rms_norm  # noqa: E402
 from kernels.rotary_embedding import rotary_embedding  # noqa: E402
-from kernels.silu_and_mul import silu_and_mul  # noqa: E402
+from kernels.silu_and_mul import gelu_tanh_and_mul, silu_and_mul  # noqa: E402
 from kernels.store_kv import store_kv  # noqa: E402
 from worker.models.rotary import build_cos_sin_cache  # noqa: E402
 
@@ -47,6 +47,29 @@ def test_silu_and_mul(shape: tuple[int, int], dtype: torch.dtype, device: torch.
     gen = torch.Generator().manual_seed(2)
     x = (2 * torch.randn(shape, generator=gen)).to(device, dtype)  # (T, 2I)
     assert_close(silu_and_mul(x), ref.silu_and_mul(x), dtype, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", [False, True])
+def test_rms_norm_with_a_weight_offset(dtype: torch.dtype, fused: bool, device: torch.device) -> None:
+    # Gemma's norms: the stored weight is w - 1, and 1 is added in float32.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 96, generator=gen).to(device, dtype)
+    w = (0.1 * torch.randn(96, generator=gen)).to(device, dtype)
+    res = torch.randn(7, 96, generator=gen).to(device, dtype) if fused else None
+    got, want = rms_norm(x, w, 1e-6, res, 1.0), ref.rms_norm(x, w, 1e-6, res, 1.0)
+    got, want = (got[0], want[0]) if fused else (got, want)
+    assert_close(got, want, dtype, 2)
+    plain = ref.rms_norm(x, (w.float() + 1).to(dtype), 1e-6, res)
+    assert_close(want, plain[0] if fused else plain, dtype, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 32), (5, 192), (9, 1536)])
+def test_gelu_tanh_and_mul(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(4)
+    x = (2 * torch.randn(shape, generator=gen)).to(device, dtype)  # (T, 2I)
+    assert_close(gelu_tanh_and_mul(x), ref.gelu_tanh_and_mul(x), dtype, 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,0 +1,123 @@
+"""Fused mixture-of-experts MLP: every expert's gate/up GEMM in one launch, then every down GEMM in one.
+
+Each token is routed to top_k experts: a (token, slot) pair p = token * top_k + slot. The pairs
+are sorted by expert and each expert's run padded to a multiple of BLOCK_M (`align_by_expert`),
+so a program's BLOCK_M rows all multiply by one expert's weights: program (row block, column
+block) reads its expert from `block_expert` and its pairs from `sorted_pairs` (padding = P, masked).
+The sorting runs on the device with shapes fixed by (tokens, top_k, experts) alone: no host sync,
+so the whole layer replays inside a CUDA graph. The first GEMM reads token rows (p // top_k) of x
+and writes each pair's gate|up row; the second reads the activated pair rows, scales each by its
+routing weight and writes float32 rows that a sum over the top_k slots turns into the output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.paged_kv import dot_precision
+from kernels.silu_and_mul import silu_and_mul
+
+__all__ = ["fused_moe", "align_by_expert"]
+
+
+@triton.jit
+def _moe_gemm_kernel(
+    a_ptr, w_ptr, c_ptr, pairs_ptr, block_expert_ptr, routing_ptr,
+    num_pairs, num_experts, n_out, k_in,
+    stride_am, stride_we, stride_wn, stride_cm,
+    ROWS_PER_A: tl.constexpr, SCALE_BY_ROUTING: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    block = tl.program_id(0)
+    expert = tl.load(block_expert_ptr + block).to(tl.int64)
+    if expert >= num_experts:  # a block past the last expert's run: nothing to do
+        return
+    pairs = tl.load(pairs_ptr + block * BLOCK_M + tl.arange(0, BLOCK_M))  # (M,)
+    valid = pairs < num_pairs
+    a_rows = (pairs // ROWS_PER_A).to(tl.int64)  # (M,): the token's row, or the pair's own
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # (N,)
+    n_mask = n < n_out
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, k_in, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)  # (K,)
+        k_mask = k < k_in
+        a = tl.load(a_ptr + a_rows[:, None] * stride_am + k[None, :], mask=valid[:, None] & k_mask[None, :],
+                    other=0.0)  # (M, K)
+        w = tl.load(w_ptr + expert * stride_we + n[None, :] * stride_wn + k[:, None],
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)  # (K, N): rows of W are outputs
+        acc += tl.dot(a, w, input_precision=DOT_PRECISION)
+    if SCALE_BY_ROUTING:
+        acc = acc * tl.load(routing_ptr + pairs, mask=valid, other=0.0)[:, None]
+    c_rows = pairs.to(tl.int64)
+    tl.store(c_ptr + c_rows[:, None] * stride_cm + n[None, :], acc.to(c_ptr.dtype.element_ty),
+             mask=valid[:, None] & n_mask[None, :])
+
+
+def align_by_expert(
+    topk_ids: torch.Tensor,  # (T, top_k) int: each pair's expert
+    num_experts: int,
+    block_m: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (num_blocks * block_m,) int32, (num_blocks,) int32
+    """Pairs sorted by expert, each expert's run padded to block_m with the sentinel P, and the
+    expert of every row block (num_experts for the blocks past the end). num_blocks bounds the
+    padded runs for any routing: ceil(P / block_m) + num_experts."""
+    flat = topk_ids.reshape(-1).long()  # (P,)
+    num_pairs = flat.numel()
+    num_blocks = triton.cdiv(num_pairs, block_m) + num_experts
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,); bincount would sync for its size
+    padded = (counts + block_m - 1) // block_m * block_m  # (E,)
+    padded_end = padded.cumsum(0)  # (E,)
+    order = torch.argsort(flat, stable=True)  # (P,): pairs by expert
+    expert_of = flat[order]  # (P,)
+    rank = torch.arange(num_pairs, device=flat.device) - (counts.cumsum(0) - counts)[expert_of]  # (P,)
+    dest = (padded_end - padded)[expert_of] + rank  # (P,)
+    sorted_pairs = torch.full((num_blocks * block_m,), num_pairs, dtype=torch.int32, device=flat.device)
+    sorted_pairs[dest] = order.to(torch.int32)
+    starts = torch.arange(num_blocks, device=flat.device) * block_m  # (num_blocks,)
+    block_expert = torch.searchsorted(padded_end, starts, right=True).to(torch.int32)  # (num_blocks,)
+    return sorted_pairs, block_expert
+
+
+def fused_moe(
+    x: torch.Tensor,  # (T, H)
+    w13: torch.Tensor,  # (E, 2I, H): each expert's gate rows, then its up rows
+    w2: torch.Tensor,  # (E, H, I)
+    topk_weights: torch.Tensor,  # (T, top_k) float32: routing weights
+    topk_ids: torch.Tensor,  # (T, top_k) int: routed experts
+) -> torch.Tensor:  # (T, H) in x's dtype
+    num_tokens, hidden = x.shape
+    num_experts, two_inter, _ = w13.shape
+    top_k = topk_ids.shape[1]
+    assert x.stride(1) == 1 and w13.is_contiguous() and w2.is_contiguous(), "row-major inputs"
+    assert w13.shape[2] == hidden and w2.shape == (num_experts, hidden, two_inter // 2), (w13.shape, w2.shape)
+    assert topk_weights.shape == topk_ids.shape == (num_tokens, top_k) and x.dtype == w13.dtype == w2.dtype
+    num_pairs = num_tokens * top_k
+    if num_pairs == 0:
+        return torch.zeros_like(x)
+    block_m = 16 if num_pairs <= 64 * num_experts else 64  # few pairs per expert: less padding
+    sorted_pairs, block_expert = align_by_expert(topk_ids, num_experts, block_m)
+    routing = topk_weights.reshape(-1).float().contiguous()  # (P,)
+    gate_up = torch.empty(num_pairs, two_inter, dtype=x.dtype, device=x.device)  # (P, 2I)
+    _gemm(x, w13, gate_up, sorted_pairs, block_expert, routing, num_pairs, top_k, False, block_m)
+    act = silu_and_mul(gate_up)  # (P, I)
+    down = torch.empty(num_pairs, hidden, dtype=torch.float32, device=x.device)  # (P, H)
+    _gemm(act, w2, down, sorted_pairs, block_expert, routing, num_pairs, 1, True, block_m)
+    return down.view(num_tokens, top_k, hidden).sum(1).to(x.dtype)  # (T, H)
+
+
+def _gemm(a: torch.Tensor, w: torch.Tensor, c: torch.Tensor, sorted_pairs: torch.Tensor, block_expert: torch.Tensor,
+          routing: torch.Tensor, num_pairs: int, rows_per_a: int, scale_by_routing: bool, block_m: int) -> None:
+    num_experts, n_out, k_in = w.shape
+    block_n = min(64, triton.next_power_of_2(n_out))
+    block_k = min(64, max(16, triton.next_power_of_2(k_in)))
+    grid = (block_expert.shape[0], triton.cdiv(n_out, block_n))
+    _moe_gemm_kernel[grid](
+        a, w, c, sorted_pairs, block_expert, routing,
+        num_pairs, num_experts, n_out, k_in,
+        a.stride(0), w.stride(0), w.stride(1), c.stride(0),
+        ROWS_PER_A=rows_per_a, SCALE_BY_ROUTING=scale_by_routing, DOT_PRECISION=dot_precision(a.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=2,
+    )
