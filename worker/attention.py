@@ -61,28 +61,31 @@ class PagedAttentionBackend:
         k: torch.Tensor,  # (T, n_kv, D)
         v: torch.Tensor,  # (T, n_kv, D)
         scale: float,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> torch.Tensor:  # (T, H, D)
         kv = meta.kv_caches[layer_idx]
         ops.store_kv(k, v, kv.k, kv.v, meta.slot_mapping, kv.k_scale, kv.v_scale)
         scales = (kv.k_scale, kv.v_scale)  # None, None unless the pages are FP8
+        layer = {"window": window, "softcap": softcap}
         # The one place that picks a kernel by the step's shape (a host int: no device sync).
         if meta.max_query_len == 1:  # every sequence decodes one token
             return ops.paged_decode_attention(  # type: ignore[no-any-return]
-                q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales
+                q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales, **layer
             )
         d = meta.num_decodes
         if d and meta.prefill_query_start_loc is not None:
             decoded = ops.paged_decode_attention(
                 q[:d], kv.k, kv.v, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale,
-                *scales,
+                *scales, **layer,
             )
             prefilled = ops.prefill_attention(
                 q[d:], kv.k, kv.v, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale,
-                *scales,
+                *scales, **layer,
             )
             return torch.cat([decoded, prefilled])
         return ops.prefill_attention(  # type: ignore[no-any-return]
-            q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales
+            q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales, **layer
         )
 
 
@@ -117,7 +120,14 @@ def current_metadata() -> AttentionMetadata:
     return _scope()[0]
 
 
-def attend(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """The layers' entry: the current step's backend stores k, v and attends (shapes as its forward)."""
+def attend(
+    layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+    window: int = 0, softcap: float = 0.0,
+) -> torch.Tensor:
+    """The layers' entry: the current step's backend stores k, v and attends (shapes as its forward).
+
+    window > 0: the layer's sliding window (each query sees its last `window` keys); softcap > 0:
+    its scores are soft-capped (softcap * tanh(score / softcap)).
+    """
     meta, backend = _scope()
-    return backend.forward(meta, layer_idx, q, k, v, scale)
+    return backend.forward(meta, layer_idx, q, k, v, scale, window, softcap)

@@ -25,7 +25,7 @@ from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
 from worker.logits_layout import LogitsLayout
-from worker.models import CausalLM, read_config
+from worker.models import CausalLM, UnsupportedModel, read_config
 from worker.quant import read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
 from worker.watermark import Watermark
@@ -78,6 +78,11 @@ class ModelRunner:
         self.model_config = cfg
         # The quantization method: --quantize, else the checkpoint's own (None: dense).
         self.quant = select_method(config.quantize, read_checkpoint_quantization(model_dir), random_weights=not load)
+        if self.quant is not None and cls.has_experts:
+            raise UnsupportedModel(
+                f"{cfg.architecture}: quantized experts are not supported (quantization {self.quant.name}); "
+                "serve the unquantized checkpoint"
+            )
         with torch.device(self.device):
             model: CausalLM = cls(cfg)
         if load:

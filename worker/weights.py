@@ -30,6 +30,9 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         "qkv_proj": [(0, q), (q, kv), (q + kv, kv)],
         "gate_up_proj": [(0, cfg.intermediate_size), (cfg.intermediate_size, cfg.intermediate_size)],
     }
+    # Stacked expert parameters: (expert, shard) pieces loaded so far, and how many each needs.
+    expert_pieces: dict[str, set[tuple[int, int]]] = {}
+    expert_needs: dict[str, int] = {}
     linears = quantizable_linears(model) if method is not None else {}
     # module path -> {shard: its quantized tensors by suffix}, and how many shards it fuses
     gathered: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
@@ -42,6 +45,12 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                     continue
                 if hf_name == "lm_head.weight" and model.lm_head is None:
                     continue  # tied: the embedding serves as the head
+                slot = model.expert_slot(hf_name)
+                if slot is not None:
+                    _load_expert(params, slot, f.get_tensor(hf_name), hf_name)
+                    expert_pieces.setdefault(slot[0], set()).add(slot[1:3])
+                    expert_needs[slot[0]] = params[slot[0]].shape[0] * slot[3]
+                    continue
                 name, shard = model.hf_to_param(hf_name)
                 module, _, suffix = name.rpartition(".")
                 if method is not None and module in linears and suffix in method.tensor_names:
@@ -59,9 +68,13 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                     else:
                         fused = name.split(".")[-2]
                         start, size = shard_offsets[fused][shard]
+                        if fused == "gate_up_proj":  # a shared expert's MLP has its own width
+                            size = param.shape[0] // 2
+                            start = shard * size
                         param[start : start + size].copy_(tensor)
                 loaded.add(name)
     loaded |= {f"{module}.weight" for module in gathered}  # replaced below
+    loaded |= {name for name, pieces in expert_pieces.items() if len(pieces) == expert_needs[name]}
     missing = set(params) - loaded
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
@@ -82,3 +95,17 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                 f"the model expects {dense.in_features}x{dense.out_features}"
             )
         replace_module(model, module, built)
+
+
+def _load_expert(params: dict[str, torch.nn.Parameter], slot: tuple[str, int, int, int], tensor: torch.Tensor,
+                 hf_name: str) -> None:
+    name, expert, shard, shards = slot
+    param = params.get(name)
+    if param is None:
+        raise KeyError(f"checkpoint tensor {hf_name!r} has no place in the model")
+    rows = param.shape[1] // shards  # w13 stacks gate then up rows: shard i is the i-th block
+    target = param[expert, shard * rows : (shard + 1) * rows]
+    if target.shape != tensor.shape:
+        raise KeyError(f"checkpoint tensor {hf_name!r} is {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+    with torch.no_grad():
+        target.copy_(tensor)

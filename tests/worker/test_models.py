@@ -34,6 +34,37 @@ FAMILIES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16}),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {"pad_token_id": 0}),
+    "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),
+    # Windows of 8 tokens: the prompt (13) and its 32 decode steps cross them.
+    "gemma2": (
+        transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+        {"head_dim": 16, "sliding_window": 8, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 5.0},
+    ),
+    "gemma3": (
+        transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
+        {"head_dim": 16, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+         "rope_scaling": {"rope_type": "linear", "factor": 4.0}, "final_logit_softcapping": 5.0},
+    ),
+    "granite": (
+        transformers.GraniteConfig, transformers.GraniteForCausalLM,
+        {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.3, "logits_scaling": 4.0},
+    ),
+    "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, {"pad_token_id": 0}),
+    "starcoder2": (transformers.Starcoder2Config, transformers.Starcoder2ForCausalLM,
+                   {"sliding_window": 8, "norm_epsilon": 1e-5, "bos_token_id": 1, "eos_token_id": 2}),
+    "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
+                {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    # A dense layer beside the MoE one (mlp_only_layers), a shared expert, unnormalized top-k.
+    "qwen2_moe": (
+        transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM,
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+         "shared_expert_intermediate_size": 48, "mlp_only_layers": [1], "norm_topk_prob": False},
+    ),
+    "qwen3_moe": (
+        transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16,
+         "norm_topk_prob": True},
+    ),
 }
 
 
@@ -123,3 +154,45 @@ def test_partial_rotary_is_refused_not_served_wrong(tmp_path: Path) -> None:
     config.save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModel, match="partial rotary"):
         read_config(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "starcoder2", "mixtral"])
+def test_chunked_prefill_across_the_window_matches_transformers(tmp_path: Path, family: str) -> None:
+    # A 40-token prompt in chunks of 7 over the paged cache: the chunks after the first read
+    # keys cached by earlier steps, and (windowed families) only those inside the window.
+    path, reference = _save(tmp_path, family)
+    runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=512, block_size=4), path)
+    blocks = list(range(runner.num_blocks))
+    prompt = [int(t) for t in torch.randint(1, 200, (40,), generator=torch.Generator().manual_seed(2))]
+    ours = torch.cat([_our_logits(runner, prompt[i : i + 7], i, blocks) for i in range(0, len(prompt), 7)])
+    with torch.no_grad():
+        theirs = reference(torch.tensor([prompt])).logits[0].float()
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "starcoder2"])
+def test_a_window_applied_in_attention_does_not_cap_the_context(tmp_path: Path, family: str) -> None:
+    path, _ = _save(tmp_path, family)
+    runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=128), path)
+    assert runner.max_model_len == _COMMON["max_position_embeddings"]
+    assert any(layer.self_attn.window == 8 for layer in runner.model.layers)
+
+
+def test_quantized_experts_are_refused_by_name(tmp_path: Path) -> None:
+    path, _ = _save(tmp_path, "mixtral")
+    with pytest.raises(UnsupportedModel, match="MixtralForCausalLM: quantized experts are not supported"):
+        ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=128, quantize="fp8"), path)
+
+
+def test_gemma3_reads_an_older_configs_rope_and_window_pattern(tmp_path: Path) -> None:
+    # Checkpoints written before transformers v5: rope_theta + rope_scaling for the global layers,
+    # rope_local_base_freq for the sliding ones, and a pattern instead of layer_types.
+    raw = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **_COMMON, "head_dim": 16,
+           "num_hidden_layers": 6, "sliding_window": 512, "sliding_window_pattern": 3, "rope_theta": 1e6,
+           "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+           "query_pre_attn_scalar": 16}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    _, cfg = read_config(tmp_path)
+    assert cfg.layer_windows == (512, 512, 0, 512, 512, 0)
+    assert (cfg.rope_theta, cfg.rope_scaling) == (1e6, {"rope_type": "linear", "factor": 8.0})
+    assert cfg.local_rope == (1e4, None) and cfg.attn_scale == 0.25 and cfg.norm_offset == 1.0

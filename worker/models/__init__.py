@@ -7,11 +7,19 @@ from pathlib import Path
 
 from worker.models.causal_lm import CausalLM
 from worker.models.config import ModelConfig, UnsupportedModel, architecture_of
+from worker.models.gemma import GemmaForCausalLM
+from worker.models.gemma2 import Gemma2ForCausalLM
+from worker.models.gemma3 import Gemma3ForCausalLM
+from worker.models.granite import GraniteForCausalLM
 from worker.models.llama import LlamaForCausalLM
 from worker.models.mistral import MistralForCausalLM
+from worker.models.mixtral import MixtralForCausalLM
+from worker.models.olmo2 import Olmo2ForCausalLM
 from worker.models.phi3 import Phi3ForCausalLM
 from worker.models.qwen2 import Qwen2ForCausalLM
 from worker.models.qwen3 import Qwen3ForCausalLM
+from worker.models.qwen_moe import Qwen2MoeForCausalLM, Qwen3MoeForCausalLM
+from worker.models.starcoder2 import Starcoder2ForCausalLM
 
 __all__ = ["MODEL_REGISTRY", "read_config", "CausalLM", "ModelConfig", "UnsupportedModel"]
 
@@ -21,6 +29,15 @@ MODEL_REGISTRY: dict[str, type[CausalLM]] = {
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Phi3ForCausalLM": Phi3ForCausalLM,
+    "GemmaForCausalLM": GemmaForCausalLM,
+    "Gemma2ForCausalLM": Gemma2ForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
+    "GraniteForCausalLM": GraniteForCausalLM,
+    "Olmo2ForCausalLM": Olmo2ForCausalLM,
+    "Starcoder2ForCausalLM": Starcoder2ForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
+    "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
 }
 
 

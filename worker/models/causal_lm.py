@@ -1,4 +1,4 @@
-"""The decoder-only causal LM shared by the Llama-like families; each family file adds its quirks."""
+"""The decoder-only causal LM shared by every family; each family file adds its quirks."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from torch import nn
 
 from worker import ops
 from worker.models.config import ModelConfig
-from worker.models.layers import DecoderLayer, RMSNorm
+from worker.models.layers import DecoderLayer, GatedMLP, make_norm
 from worker.models.rotary import build_cos_sin_cache
 
-__all__ = ["CausalLM"]
+__all__ = ["CausalLM", "ExpertSlot"]
+
+# Where a per-expert checkpoint tensor goes: (our parameter, expert, shard, shards per expert).
+ExpertSlot = tuple[str, int, int, int]
 
 
 class CausalLM(nn.Module):
@@ -24,6 +27,8 @@ class CausalLM(nn.Module):
         ("gate_proj", "gate_up_proj", 0),
         ("up_proj", "gate_up_proj", 1),
     )
+    layer_cls: type[nn.Module] = DecoderLayer
+    has_experts = False  # mixture-of-experts families: their experts are stacked parameters
 
     @staticmethod
     def family(raw: dict[str, Any]) -> dict[str, Any]:
@@ -34,14 +39,22 @@ class CausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList([self.layer_cls(cfg, i, self.build_mlp(cfg, i)) for i in range(cfg.num_layers)])
+        self.norm = make_norm(cfg, cfg.hidden_size)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        cache = build_cos_sin_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.register_buffer("cos_sin_cache", cache, persistent=False)  # (max_pos, D) float32
+        ropes = [(cfg.rope_theta, cfg.rope_scaling)] + ([cfg.local_rope] if cfg.local_rope is not None else [])
+        max_pos = cfg.max_position_embeddings
+        cache = torch.stack([build_cos_sin_cache(cfg.head_dim, max_pos, theta, scaling) for theta, scaling in ropes])
+        # (R, max_pos, D) float32: the global table, then the sliding-window layers' own where they differ.
+        self.register_buffer("cos_sin_cache", cache, persistent=False)
+
+    def build_mlp(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
+        return GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # (T, hidden)
+        if self.cfg.embedding_scale != 1.0:  # rounded to the activations' dtype first, as Gemma does
+            hidden = hidden * torch.tensor(self.cfg.embedding_scale, dtype=hidden.dtype)
         residual = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual, self.cos_sin_cache)
@@ -50,7 +63,12 @@ class CausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return ops.linear(hidden, weight).float()  # (N, vocab) float32
+        logits = ops.linear(hidden, weight).float()  # (N, vocab) float32
+        if self.cfg.logits_scale != 1.0:
+            logits = logits * self.cfg.logits_scale
+        if self.cfg.final_softcap > 0:
+            logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
+        return logits
 
     def hf_to_param(self, hf_name: str) -> tuple[str, int | None]:
         """Map a checkpoint tensor name to (our parameter name, shard index or None)."""
@@ -59,3 +77,7 @@ class CausalLM(nn.Module):
             if f".{hf_part}." in name:
                 return name.replace(f".{hf_part}.", f".{ours}."), shard
         return name, None
+
+    def expert_slot(self, hf_name: str) -> ExpertSlot | None:
+        """Where a per-expert checkpoint tensor goes (mixture-of-experts families); None otherwise."""
+        return None

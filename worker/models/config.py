@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelConfig", "UnsupportedModel", "architecture_of"]
+__all__ = ["ModelConfig", "MoEConfig", "UnsupportedModel", "architecture_of", "rope_of"]
 
 # transformers goes by `model_type` when config.json names no `architectures` (a valid config).
 _ARCHITECTURE_OF_MODEL_TYPE = {
@@ -14,6 +14,15 @@ _ARCHITECTURE_OF_MODEL_TYPE = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "granite": "GraniteForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
 
 
@@ -27,6 +36,16 @@ def architecture_of(raw: dict[str, Any]) -> str:
 
 class UnsupportedModel(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    num_experts: int
+    top_k: int  # experts per token
+    intermediate_size: int  # of each expert
+    normalize_top_k: bool  # routing weights of the chosen experts renormalized to sum to 1
+    shared_intermediate_size: int = 0  # > 0: a shared expert (sigmoid-gated) beside the routed ones
+    sparse_layers: tuple[bool, ...] = ()  # per layer: experts (True) or a dense MLP; empty: all experts
 
 
 @dataclass(frozen=True)
@@ -47,26 +66,37 @@ class ModelConfig:
     eos_token_ids: frozenset[int]
     qkv_bias: bool = False
     o_bias: bool = False
-    qk_norm: bool = False
+    # Per-head RMSNorm of q and k before rotary (Qwen3, Gemma 3): "head"; over the whole
+    # projection (OLMo 2): "all"; none: "".
+    qk_norm: str = ""
+    hidden_act: str = "silu"  # the gated MLP's: "silu" or "gelu_tanh"
+    layer_norm: bool = False  # LayerNorm with a bias instead of RMSNorm (StarCoder2)
+    norm_offset: float = 0.0  # added to every RMSNorm weight (Gemma stores w - 1)
+    attn_scale: float | None = None  # the q.k scale; None: head_dim ** -0.5
+    attn_softcap: float = 0.0  # > 0: attention scores soft-capped (Gemma 2)
+    final_softcap: float = 0.0  # > 0: logits soft-capped (Gemma 2)
+    embedding_scale: float = 1.0  # embeddings times this, rounded to the model's dtype (Gemma, Granite)
+    residual_scale: float = 1.0  # each block's output times this before the residual add (Granite)
+    logits_scale: float = 1.0  # logits times this (Granite: 1 / logits_scaling)
+    # Sliding window per layer (0: full attention); empty: every layer full.
+    layer_windows: tuple[int, ...] = ()
+    # Rope (theta, scaling) of the sliding-window layers where it differs from the global one (Gemma 3).
+    local_rope: tuple[float, dict[str, Any] | None] | None = None
+    moe: MoEConfig | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], **family: Any) -> ModelConfig:
         arch = architecture_of(raw)
         heads = int(raw["num_attention_heads"])
         hidden = int(raw["hidden_size"])
-        # transformers v5 moved rope settings into `rope_parameters`; older configs use
-        # `rope_theta` + `rope_scaling`.
         rope = dict(raw.get("rope_parameters") or {})
-        theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
-        scaling = raw.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} or None)
-        if scaling and (scaling.get("rope_type") or scaling.get("type")) in (None, "default"):
-            scaling = None
+        theta, scaling = rope_of(raw, rope)
         partial = float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)))
         if partial != 1.0:
             raise UnsupportedModel(f"{arch or 'model'}: partial rotary ({partial}) is not supported")
         eos = raw.get("eos_token_id")
         eos_ids = frozenset(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
-        return cls(
+        fields: dict[str, Any] = dict(
             architecture=arch,
             vocab_size=int(raw["vocab_size"]),
             hidden_size=hidden,
@@ -81,5 +111,16 @@ class ModelConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             eos_token_ids=eos_ids,
-            **family,
         )
+        return cls(**{**fields, **family})
+
+
+def rope_of(raw: dict[str, Any], rope: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling or None) from one rope description: transformers v5's `rope_parameters`
+    (given as `rope`), else an older config's `rope_theta` + `rope_scaling`."""
+    theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    scaling = raw.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} or None)
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) in (None, "default"):
+        scaling = None
+    return theta, scaling
+

@@ -13,4 +13,4 @@ class Qwen3ForCausalLM(CausalLM):
     @staticmethod
     def family(raw: dict[str, Any]) -> dict[str, Any]:
         bias = bool(raw.get("attention_bias", False))
-        return {"qkv_bias": bias, "o_bias": bias, "qk_norm": True}
+        return {"qkv_bias": bias, "o_bias": bias, "qk_norm": "head"}

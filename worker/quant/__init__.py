@@ -8,7 +8,7 @@ What a method is: only the decoder's linears change (qkv_proj, o_proj, gate_up_p
 embeddings, norms and the LM head stay dense). worker/weights.py hands a method, per linear of
 our model, the checkpoint tensors of each source module (q, k, v for qkv_proj) and puts the
 module it returns in place of the dense nn.Linear. Model files never change per format: a layer
-calls its linears as modules (worker/models/layers.py `_linear`).
+calls its linears as modules (worker/models/layers.py `linear`).
 
 Internal layouts, each with its kernels and a torch reference in kernels/:
 - integer weight-only (int_weight.py: `IntWeights` -> `IntWeightLinear`, 4 or 8 bits, grouped

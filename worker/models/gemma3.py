@@ -1,0 +1,40 @@
+"""Gemma3ForCausalLM (Gemma 3 text): Gemma 2's layers with per-head q/k norms, five sliding-window
+layers to each global one, and a rope base of their own for the sliding-window layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.models.causal_lm import CausalLM
+from worker.models.config import UnsupportedModel, rope_of
+from worker.models.gemma import gemma_common
+from worker.models.gemma2 import SandwichDecoderLayer, layer_windows
+
+__all__ = ["Gemma3ForCausalLM"]
+
+
+class Gemma3ForCausalLM(CausalLM):
+    layer_cls = SandwichDecoderLayer
+
+    @staticmethod
+    def family(raw: dict[str, Any]) -> dict[str, Any]:
+        if raw.get("use_bidirectional_attention"):
+            raise UnsupportedModel("Gemma3ForCausalLM: bidirectional attention (an embedding model) is not served")
+        rope = raw.get("rope_parameters") or {}
+        if "full_attention" in rope:  # transformers v5: one rope description per layer type
+            global_rope = rope_of({}, rope["full_attention"])
+            local_rope = rope_of({}, rope.get("sliding_attention") or {})
+        else:  # rope_theta / rope_scaling for global layers, rope_local_base_freq for the others
+            global_rope = rope_of(raw, rope)
+            local_rope = (float(raw.get("rope_local_base_freq", 10000.0)), None)
+        return {
+            **gemma_common(raw),
+            "qk_norm": "head",
+            "rope_theta": global_rope[0],
+            "rope_scaling": global_rope[1],
+            "local_rope": local_rope,
+            "attn_scale": float(raw.get("query_pre_attn_scalar") or raw["head_dim"]) ** -0.5,
+            "attn_softcap": float(raw.get("attn_logit_softcapping") or 0.0),
+            "final_softcap": float(raw.get("final_logit_softcapping") or 0.0),
+            "layer_windows": layer_windows(raw, int(raw.get("sliding_window_pattern") or 6)),
+        }
