@@ -14,6 +14,7 @@ import triton
 import triton.testing
 
 from kernels import reference as ref
+from kernels.fused_moe import fused_moe
 from kernels.paged_decode_attention import paged_decode_attention
 from kernels.prefill_attention import prefill_attention
 from kernels.rms_norm import rms_norm
@@ -21,7 +22,7 @@ from kernels.rotary_embedding import rotary_embedding
 from kernels.silu_and_mul import silu_and_mul
 from kernels.store_kv import store_kv
 
-__all__ = ["decode_step_breakdown", "gemv_report", "main"]
+__all__ = ["decode_step_breakdown", "gemv_report", "moe_report", "main"]
 
 _BLOCK = 16
 
@@ -175,6 +176,30 @@ def gemv_report() -> list[str]:
             cells.append(f"{bn}x{bk}/w{warps}: {us:.1f}")
         gbs = 2 * n * k / torch_us / 1e3
         lines.append(f"{name} ({k}->{n}): torch {torch_us:.1f} µs ({gbs:.0f} GB/s); triton " + ", ".join(cells))
+    return lines
+
+
+def moe_report(hidden: int, inter: int, experts: int, top_k: int, token_counts: tuple[int, ...]) -> list[str]:
+    """One MoE layer's experts, bf16: the fused kernel against the reference's loop of torch
+    matmuls per expert, eagerly (the loop reads which experts were chosen on the host), and the
+    fused kernel's bytes-read floor share at the card's copy rate where `copy_bytes_per_s` is known."""
+    bf = dict(dtype=torch.bfloat16, device="cuda")
+    w13 = torch.randn(experts, 2 * inter, hidden, **bf) / hidden**0.5  # (E, 2I, H)
+    w2 = torch.randn(experts, hidden, inter, **bf) / inter**0.5  # (E, H, I)
+    lines = []
+    for tokens in token_counts:
+        x = torch.randn(tokens, hidden, **bf)
+        logits = torch.randn(tokens, experts, device="cuda")
+        weights, ids = torch.softmax(logits, -1).topk(top_k, dim=-1)  # (T, k) each
+        touched = int(ids.unique().numel())
+        fused = _us(lambda: fused_moe(x, w13, w2, weights, ids))
+        fused_graphed = _graph_us(lambda: fused_moe(x, w13, w2, weights, ids))
+        loop = _us(lambda: ref.fused_moe(x, w13, w2, weights, ids))
+        gb = touched * 3 * hidden * inter * 2 / 1e9
+        lines.append(f"MoE layer {experts}x(H {hidden}, FFN {inter}) top-{top_k}, {tokens} tokens ({touched} experts "
+                     f"touched, {gb:.2f} GB of their weights): fused {fused:.0f} µs eager / {fused_graphed:.0f} µs "
+                     f"graph-replayed, per-expert torch loop {loop:.0f} µs ({loop / fused:.1f}x); "
+                     f"{gb / (fused_graphed * 1e-6):.0f} GB/s of expert weights read")
     return lines
 
 

@@ -15,6 +15,10 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu --watermark           # adds (b) greedy and sampled with the watermark on
     python -m load.bench_gpu --models 8b --variants quantize=fp8,kv_cache_dtype=fp8_e4m3fn
                                                    # (a), (b), (c) again per variant, beside bf16
+    python -m load.bench_gpu --models mixtral --workloads a,b --requests 200
+                                                   # Mixtral-8x7B's shape (93 GB): (a), (b) against the
+                                                   # bytes of the experts a step reads, and the fused MoE
+                                                   # kernel against a per-expert loop of torch matmuls
 """
 
 from __future__ import annotations
@@ -51,8 +55,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
     },
+    # Mixtral-8x7B's shape (46.7B parameters, 93 GB in bf16): 8 experts of FFN 14336, top-2.
+    "mixtral-8x7b": {
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32000, "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": None,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+    },
 }
-_ALIASES = {"8b": "llama-3.1-8b", "smollm2": "smollm2-135m"}
+_ALIASES = {"8b": "llama-3.1-8b", "smollm2": "smollm2-135m", "mixtral": "mixtral-8x7b"}
 
 
 def write_model_dir(root: Path, shape: str) -> Path:
@@ -113,32 +126,46 @@ class Floor:
     """What a step must at least cost on this card: bytes over bandwidth, FLOPs over GEMM rate."""
 
     weight_bytes: int  # read by every forward step (the embedding table only once, unless tied)
-    matmul_params: int  # parameters in the linear layers (2 FLOPs each per token)
+    matmul_params: int  # parameters in the linear layers a token passes (2 FLOPs each per token)
     kv_bytes_per_token: int
     attn_flops_per_ctx: int  # per query token per context token
     card: Card
+    # Mixture of experts: bytes of one expert over all layers (not in weight_bytes), (experts, top_k).
+    expert_bytes: int = 0
+    experts: tuple[int, int] = (0, 0)
+
+    def experts_read(self, batch: int) -> float:
+        # Expected experts a step reads per layer: each token picks top_k of E, uniformly at random.
+        num, top_k = self.experts
+        return num * (1 - (1 - top_k / num) ** batch) if num else 0.0
 
     def decode_step(self, contexts: list[int]) -> float:
-        byte_s = (self.weight_bytes + self.kv_bytes_per_token * sum(contexts)) / self.card.copy_bytes_per_s
+        weights = self.weight_bytes + self.expert_bytes * self.experts_read(len(contexts))
+        byte_s = (weights + self.kv_bytes_per_token * sum(contexts)) / self.card.copy_bytes_per_s
         flop_s = len(contexts) * 2 * self.matmul_params / self.card.gemm_flops
         return max(byte_s, flop_s)
 
     def prefill(self, num_tokens: int, ctx_pairs: int) -> float:
         flops = 2 * self.matmul_params * num_tokens + self.attn_flops_per_ctx * ctx_pairs
-        return max(flops / self.card.gemm_flops, self.weight_bytes / self.card.copy_bytes_per_s)
+        weights = self.weight_bytes + self.expert_bytes * self.experts[0]
+        return max(flops / self.card.gemm_flops, weights / self.card.copy_bytes_per_s)
 
 
 def floor_for(cfg: dict[str, Any], card: Card) -> Floor:
     h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     d, nh, nkv, vocab = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
-    per_layer = h * (nh + 2 * nkv) * d + nh * d * h + 3 * h * inter + 2 * h
-    matmul = layers * per_layer + vocab * h  # the LM head reads the whole table, tied or not
+    experts, top_k = cfg.get("num_local_experts", 0), cfg.get("num_experts_per_tok", 0)
+    attn = h * (nh + 2 * nkv) * d + nh * d * h + 2 * h
+    mlp = 3 * h * inter  # one expert's, for a mixture of experts
+    shared = layers * (attn + (h * experts if experts else mlp)) + vocab * h  # the router; the LM head reads all
     return Floor(
-        weight_bytes=2 * (matmul + h),
-        matmul_params=matmul,
+        weight_bytes=2 * (shared + h),
+        matmul_params=shared + layers * mlp * (top_k if experts else 0),
         kv_bytes_per_token=2 * layers * nkv * d * 2,
         attn_flops_per_ctx=4 * nh * d * layers,
         card=card,
+        expert_bytes=2 * layers * mlp if experts else 0,
+        experts=(experts, top_k),
     )
 
 
@@ -229,7 +256,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     floor = floor_for(cfg, card)
     notes: list[str] = []
     base_a = base_b = None
-    if not args.no_baseline:
+    if not args.no_baseline and not cfg.get("num_local_experts"):  # transformers' MoE loop: hours at this size
         base_a = hf_generate(model_dir, 1, 128, 256)
         base_b = hf_generate(model_dir, 64, 128, 256)
     config = WorkerConfig(device="cuda", dtype="bfloat16", max_batch_prefill_tokens=args.prefill_tokens,
@@ -293,7 +320,15 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         rows.append(Row(shape, f"(c) {args.requests} x (1024 in / 128 out) at t=0", c["tok_s"], c_roofline, None,
                         f"{c['seconds']:.1f}s, {c['steps']} steps, {c['computed_tokens'] / 1e6:.2f}M tokens computed, "
                         f"{c['preemptions']} preemptions, TTFT p50 {c['ttft_p50']:.2f}s, TPOT p50 {c['tpot_p50'] * 1e3:.1f} ms"))
-    if "a" in todo or "b" in todo:
+    if cfg.get("num_local_experts") and ("a" in todo or "b" in todo):
+        from kernels.bench import moe_report
+
+        notes += [f"{shape}: {line}" for line in moe_report(cfg["hidden_size"], cfg["intermediate_size"],
+                                                             cfg["num_local_experts"], cfg["num_experts_per_tok"],
+                                                             (1, 64, 512))]
+        notes.append(f"{shape}: experts read per layer per decode step (random routing): batch 1 "
+                     f"{floor.experts_read(1):.1f}, batch 64 {floor.experts_read(64):.2f}")
+    elif "a" in todo or "b" in todo:
         for batch in (1, 64):
             parts = decode_step_breakdown(cfg, batch, 384)
             total = sum(parts.values())
@@ -401,7 +436,7 @@ def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, config: Any
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="8b,smollm2", help="comma list of: 8b, smollm2")
+    parser.add_argument("--models", default="8b,smollm2", help="comma list of: 8b, smollm2, mixtral")
     parser.add_argument("--requests", type=int, default=1000, help="workload (c) request count")
     parser.add_argument("--prefill-tokens", type=int, default=8192, help="--max-batch-prefill-tokens")
     parser.add_argument("--cuda-graphs", default="1,2,4,8,16,32,64,128,256")
