@@ -34,6 +34,13 @@ FAMILIES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16}),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {"pad_token_id": 0}),
+    # Prompt and decode stay inside the original context of 64: the short factors, as transformers.
+    "phi35_longrope": (
+        transformers.Phi3Config, transformers.Phi3ForCausalLM,
+        {"pad_token_id": 0, "original_max_position_embeddings": 64,
+         "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                          "long_factor": [2.0 + 0.5 * i for i in range(8)]}},
+    ),
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),
     # Windows of 8 tokens: the prompt (13) and its 32 decode steps cross them.
     "gemma2": (

@@ -22,6 +22,8 @@ def build_cos_sin_cache(
         inv_freq = inv_freq / float(scaling["factor"])  # type: ignore[index]
     elif kind == "llama3":
         inv_freq = _llama3_inv_freq(inv_freq, scaling)  # type: ignore[arg-type]
+    elif kind == "longrope":
+        return _longrope_table(head_dim, max_position, base, scaling)  # type: ignore[arg-type]
     elif kind not in ("default",):
         raise ValueError(f"rope scaling type {kind!r} is not supported")
     t = torch.arange(max_position, dtype=torch.float64)
@@ -42,3 +44,26 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:  # 
     ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
     mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
     return torch.where(mid, ramp, scaled)
+
+
+def _longrope_table(head_dim: int, max_position: int, base: float, scaling: dict) -> torch.Tensor:  # type: ignore[type-arg]
+    # Phi-3.5 / Phi-4 (LongRoPE): each frequency divided by its own factor, `short_factor` for the
+    # positions of the original context and `long_factor` past it, both tables times the attention
+    # factor. NOTE(longrope): by position, as an incremental decode in transformers rotates them; its
+    # one-shot forward of a prompt longer than the original context uses the long factors for
+    # every position instead.
+    original = int(scaling["original_max_position_embeddings"])
+    factor = float(scaling.get("factor") or max_position / original)
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    t = torch.arange(max_position, dtype=torch.float64)
+    tables = []
+    for key, rows in (("short_factor", t[:original]), ("long_factor", t[original:])):
+        ext = torch.tensor(scaling[key], dtype=torch.float64)
+        if ext.numel() != head_dim // 2:
+            raise ValueError(f"longrope {key} has {ext.numel()} values, the head needs {head_dim // 2}")
+        freqs = torch.outer(rows, 1.0 / (ext * base**exponents))  # (n, D/2)
+        tables.append(torch.cat([freqs.cos(), freqs.sin()], dim=-1) * float(attention))
+    return torch.cat(tables).float()

@@ -34,3 +34,23 @@ def test_cos_sin_cache_matches_transformers_inverse_frequencies(case: str) -> No
     # transformers keeps inv_freq in float32, so large positions differ by its rounding only.
     torch.testing.assert_close(cache[:, :16], angles.cos().float(), rtol=0, atol=5e-5)
     torch.testing.assert_close(cache[:, 16:], angles.sin().float(), rtol=0, atol=5e-5)
+
+
+def test_longrope_tables_match_transformers_short_and_long_frequencies() -> None:
+    # Positions of the original context rotate by the short factors, the rest by the long ones,
+    # both scaled by transformers' attention factor.
+    short, long = [1.0 + 0.2 * i for i in range(16)], [3.0 + 0.5 * i for i in range(16)]
+    config = transformers.Phi3Config(hidden_size=64, num_attention_heads=2, max_position_embeddings=512,
+                                     original_max_position_embeddings=128, rope_theta=10000.0,
+                                     rope_scaling={"rope_type": "longrope", "short_factor": short, "long_factor": long})
+    init = ROPE_INIT_FUNCTIONS["longrope"]
+    short_inv, factor = init(config, torch.device("cpu"))
+    long_inv, _ = init(config, torch.device("cpu"), seq_len=129)
+    scaling = {"rope_type": "longrope", "short_factor": short, "long_factor": long, "original_max_position_embeddings": 128}
+    cache = build_cos_sin_cache(32, 512, 10000.0, scaling)  # (512, 32)
+    positions = torch.arange(512, dtype=torch.float64).unsqueeze(1)
+    inv = torch.where(positions < 128, short_inv.double().unsqueeze(0), long_inv.double().unsqueeze(0))  # (512, 16)
+    angles = positions * inv
+    assert factor > 1.0
+    torch.testing.assert_close(cache[:, :16], (angles.cos() * factor).float(), rtol=0, atol=5e-5)
+    torch.testing.assert_close(cache[:, 16:], (angles.sin() * factor).float(), rtol=0, atol=5e-5)
