@@ -50,3 +50,24 @@ def test_align_by_expert_pads_each_experts_run() -> None:
     assert pairs[8:12].tolist() == [0, 2, 5, sentinel]  # expert 2
     assert (pairs[12:] == sentinel).all()
     assert block_expert.tolist() == [0, 1, 2, 4, 4, 4]  # expert 3 has no run; past the end = E
+
+
+@pytest.mark.gpu
+def test_fused_moe_replays_in_a_cuda_graph_with_new_routing() -> None:
+    # Captured once, replayed after the routing changed in place: the grouping by expert runs on
+    # the device, so the replay follows the new experts (no host sync, no shape of the routing).
+    gen = torch.Generator().manual_seed(5)
+    tokens, experts, top_k, hidden, inter = 24, 8, 2, 128, 64
+    x = torch.randn(tokens, hidden, generator=gen).cuda().half()
+    w13 = (torch.randn(experts, 2 * inter, hidden, generator=gen) / hidden**0.5).cuda().half()
+    w2 = (torch.randn(experts, hidden, inter, generator=gen) / inter**0.5).cuda().half()
+    weights, ids = (t.cuda() for t in _routing(tokens, experts, top_k, gen))
+    fused_moe(x, w13, w2, weights, ids)  # compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fused_moe(x, w13, w2, weights, ids)
+    new_weights, new_ids = _routing(tokens, experts, top_k, gen)
+    weights.copy_(new_weights)
+    ids.copy_(new_ids)
+    graph.replay()
+    assert_close(out, ref.fused_moe(x, w13, w2, weights, ids), torch.float16, 4)

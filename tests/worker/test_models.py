@@ -59,6 +59,7 @@ FAMILIES = {
     "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, {"pad_token_id": 0}),
     "starcoder2": (transformers.Starcoder2Config, transformers.Starcoder2ForCausalLM,
                    {"sliding_window": 8, "norm_epsilon": 1e-5, "bos_token_id": 1, "eos_token_id": 2}),
+    "cohere": (transformers.CohereConfig, transformers.CohereForCausalLM, {"logit_scale": 0.5, "pad_token_id": 0}),
     "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
                 {"num_local_experts": 4, "num_experts_per_tok": 2}),
     # A dense layer beside the MoE one (mlp_only_layers), a shared expert, unnormalized top-k.

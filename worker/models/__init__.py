@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from worker.models.causal_lm import CausalLM
+from worker.models.cohere import CohereForCausalLM
 from worker.models.config import ModelConfig, UnsupportedModel, architecture_of
 from worker.models.gemma import GemmaForCausalLM
 from worker.models.gemma2 import Gemma2ForCausalLM
@@ -38,6 +39,7 @@ MODEL_REGISTRY: dict[str, type[CausalLM]] = {
     "MixtralForCausalLM": MixtralForCausalLM,
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "CohereForCausalLM": CohereForCausalLM,
 }
 
 

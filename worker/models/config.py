@@ -23,6 +23,7 @@ _ARCHITECTURE_OF_MODEL_TYPE = {
     "mixtral": "MixtralForCausalLM",
     "qwen2_moe": "Qwen2MoeForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
+    "cohere": "CohereForCausalLM",
 }
 
 
@@ -70,7 +71,9 @@ class ModelConfig:
     # projection (OLMo 2): "all"; none: "".
     qk_norm: str = ""
     hidden_act: str = "silu"  # the gated MLP's: "silu" or "gelu_tanh"
-    layer_norm: bool = False  # LayerNorm with a bias instead of RMSNorm (StarCoder2)
+    layer_norm: bool = False  # LayerNorm instead of RMSNorm (StarCoder2, Cohere)
+    layer_norm_bias: bool = True  # the LayerNorm has a bias (StarCoder2; not Cohere)
+    rope_interleaved: bool = False  # rotary pairs (2i, 2i + 1) (GPT-J, Cohere), not (i, i + D/2)
     norm_offset: float = 0.0  # added to every RMSNorm weight (Gemma stores w - 1)
     attn_scale: float | None = None  # the q.k scale; None: head_dim ** -0.5
     attn_softcap: float = 0.0  # > 0: attention scores soft-capped (Gemma 2)

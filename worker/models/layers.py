@@ -34,12 +34,12 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with a bias (StarCoder2), with RMSNorm's fused-residual interface."""
+    """LayerNorm, with a bias (StarCoder2) or without (Cohere), and RMSNorm's fused-residual interface."""
 
-    def __init__(self, size: int, eps: float) -> None:
+    def __init__(self, size: int, eps: float, bias: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
-        self.bias = nn.Parameter(torch.zeros(size))
+        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
         self.eps = eps
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
@@ -50,7 +50,9 @@ class LayerNorm(nn.Module):
 
 
 def make_norm(cfg: ModelConfig, size: int) -> nn.Module:
-    return LayerNorm(size, cfg.rms_norm_eps) if cfg.layer_norm else RMSNorm(size, cfg.rms_norm_eps, cfg.norm_offset)
+    if cfg.layer_norm:
+        return LayerNorm(size, cfg.rms_norm_eps, cfg.layer_norm_bias)
+    return RMSNorm(size, cfg.rms_norm_eps, cfg.norm_offset)
 
 
 class SelfAttention(nn.Module):
@@ -67,6 +69,7 @@ class SelfAttention(nn.Module):
         self.window = cfg.layer_windows[layer_idx] if cfg.layer_windows else 0
         # Which rope table of CausalLM.cos_sin_cache: 1 = the sliding-window layers' own (Gemma 3).
         self.rope_table = 1 if self.window and cfg.local_rope is not None else 0
+        self.rope_neox = not cfg.rope_interleaved
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
         # q and k normalised before rotary: per head (Qwen3, Gemma 3) or over the projection (OLMo 2).
@@ -87,7 +90,7 @@ class SelfAttention(nn.Module):
         if self.qk_norm == "head" and self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q.reshape(-1, self.head_dim)).reshape(q.shape)
             k = self.k_norm(k.reshape(-1, self.head_dim)).reshape(k.shape)
-        q, k = ops.rotary_embedding(positions, q, k, rope_tables[self.rope_table])
+        q, k = ops.rotary_embedding(positions, q, k, rope_tables[self.rope_table], self.rope_neox)
         out = attend(self.layer_idx, q, k, v, self.scale, self.window, self.softcap)  # (T, H, D)
         return linear(out.reshape(num_tokens, self.q_size), self.o_proj)  # (T, hidden)
 
