@@ -25,6 +25,10 @@ def _dir(tmp_path: Path, config: dict[str, Any], tokenizer_config: dict[str, Any
     ({"max_position_embeddings": 32768, "sliding_window": 4096}, None, 4096),  # Mistral v0.1
     ({"max_position_embeddings": 32768, "sliding_window": 4096, "use_sliding_window": False}, None, 32768),  # Qwen2
     ({"max_position_embeddings": 32768, "sliding_window": None}, None, 32768),
+    # Families whose window the worker applies in attention: it caps nothing.
+    ({"model_type": "gemma2", "max_position_embeddings": 8192, "sliding_window": 4096}, None, 8192),
+    ({"model_type": "gemma3_text", "max_position_embeddings": 32768, "sliding_window": 512}, None, 32768),
+    ({"model_type": "starcoder2", "max_position_embeddings": 16384, "sliding_window": 4096}, None, 16384),
     ({}, None, 4096),
 ])
 def test_context_length(tmp_path: Path, config: dict[str, Any], tokenizer_config: dict[str, Any] | None,
