@@ -182,6 +182,14 @@ class WorkerConfig:
         False, "Benchmark mode: random weights of the model's shape (only config.json and the tokenizer are read)"
     )
     max_deliveries: int = setting(3, "Deliveries of a stream entry before it is dead-lettered")
+    num_shard: int | None = setting(
+        None, "Tensor parallelism: one worker over this many GPUs of the host (ranks of CPU processes with --device "
+        "cpu); the first N visible devices (CUDA_VISIBLE_DEVICES) (default: 1, or every visible GPU with --sharded)",
+        tgi=True,
+    )
+    sharded: bool | None = setting(
+        None, "Shard the model over every visible GPU (TGI's flag; --num-shard N picks the count)", tgi=True
+    )
 
     def __post_init__(self) -> None:
         if self.max_batch_prefill_tokens < 1 or self.max_batch_size < 1 or self.block_size < 1:
@@ -196,6 +204,12 @@ class WorkerConfig:
                 "--quantize exl2 is not supported: serve a GPTQ, AWQ or compressed-tensors export of the model "
                 "(--quantize gptq|awq|compressed-tensors), or quantize on load with --quantize fp8"
             )
+        if self.num_shard is not None and self.num_shard < 1:
+            raise ConfigError(f"--num-shard must be >= 1, got {self.num_shard}")
+        if self.sharded is False and (self.num_shard or 1) > 1:
+            raise ConfigError(f"--sharded false contradicts --num-shard {self.num_shard}")
+        if self.sharded and self.num_shard == 1:
+            raise ConfigError("--sharded asks for more than one shard, but --num-shard is 1")
         if self.kv_cache_dtype is not None and self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ConfigError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
 

@@ -57,7 +57,7 @@ def _spawn(argv: list[str], cpu_threads: int = 0) -> subprocess.Popen[bytes]:
 
 
 def worker_threads(num_workers: int) -> int:
-    """CPU threads per worker: the machine's cores shared out. Each worker's torch would otherwise
+    """CPU threads per worker process (each rank of a sharded worker counts as one): the machine's cores shared out. Each worker's torch would otherwise
     start one thread per core, and N workers' threads oversubscribe the cores: every parallel op
     then waits at its barrier for a descheduled thread (a decode step of 3 requests measured
     2.5x slower with 2 threads than with 1 on a loaded 2-core machine)."""
@@ -106,7 +106,7 @@ def serve(config: ServeConfig) -> int:
             wid = f"{worker.worker_id}-{i}" if worker.worker_id else None
             port = worker.metrics_port + i if worker.metrics_port else free_port()
             workers.append(_spawn(child_argv("worker", replace(worker, worker_id=wid, metrics_port=port), fleet),
-                                  cpu_threads=worker_threads(config.workers)))
+                                  cpu_threads=worker_threads(config.workers * (worker.num_shard or 1))))
         gateways.append(_spawn(child_argv("gateway", gateway, fleet)))
         log.info("gateway on http://%s:%d, %d worker(s)", gateway.hostname, gateway.port, config.workers)
         while not stop.wait(0.2):

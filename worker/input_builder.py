@@ -1,4 +1,9 @@
-"""ScheduledBatch -> the device tensors of one forward pass, built on the host and copied once."""
+"""ScheduledBatch -> the device tensors of one forward pass, built on the host and copied once.
+
+`pack_inputs` lays the step out in one int64 host buffer and a short header of its part sizes;
+`unpack_inputs` turns the buffer, once on the device, into views. A sharded worker's rank 0 sends
+that buffer and header to its other ranks (worker/parallel/control.py), which unpack it the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import torch
 from worker.batch import ScheduledBatch
 from worker.logits_layout import LogitsLayout
 
-__all__ = ["ModelInputs", "build_inputs", "upload"]
+__all__ = ["ModelInputs", "PackedInputs", "build_inputs", "pack_inputs", "unpack_inputs", "upload", "HEADER_LEN"]
+
+# PackedInputs.header: the 7 part lengths of the buffer, then max_query_len and num_decodes.
+HEADER_LEN = 9
 
 
 @dataclass(slots=True)
@@ -26,7 +34,19 @@ class ModelInputs:
     num_decodes: int = 0  # the first rows that each bring exactly one token (ScheduledBatch.num_decode)
 
 
+@dataclass(slots=True)
+class PackedInputs:
+    flat: torch.Tensor  # (sum of the part lengths,) int64 host: ids, positions, slots, tables, lens, starts, rows
+    header: tuple[int, ...]  # HEADER_LEN ints: how `unpack_inputs` cuts `flat`
+    layout: LogitsLayout  # host, rank 0 only: what each logits row is for
+
+
 def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -> ModelInputs:
+    packed = pack_inputs(batch, block_size)
+    return unpack_inputs(upload(packed.flat, device), packed.header, packed.layout)
+
+
+def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
     input_ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -56,19 +76,26 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
         max_query_len = max(max_query_len, n)
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
     parts = (input_ids, positions, slots, tables, seq_lens, starts, layout.rows)
-    flat = upload(torch.tensor([x for part in parts for x in part], dtype=torch.int64), device)
-    ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = flat.split([len(p) for p in parts])
+    flat = torch.tensor([x for part in parts for x in part], dtype=torch.int64)
+    return PackedInputs(flat, (*(len(p) for p in parts), max_query_len, batch.num_decode), layout)
+
+
+def unpack_inputs(flat: torch.Tensor, header: tuple[int, ...], layout: LogitsLayout | None) -> ModelInputs:
+    """Views of `flat` (on the device) cut as `header` says; `layout` is None on ranks that do not sample."""
+    *lengths, max_query_len, num_decodes = header
+    ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = flat.split(lengths)
+    num_seqs = lens_t.shape[0]
     return ModelInputs(
         input_ids=ids_t,
         positions=pos_t,
         slot_mapping=slots_t,
-        block_tables=tables_t.view(len(batch.requests), width).to(torch.int32),
+        block_tables=tables_t.view(num_seqs, tables_t.shape[0] // num_seqs).to(torch.int32),
         seq_lens=lens_t.to(torch.int32),
         query_start_loc=starts_t.to(torch.int32),
         logits_rows=rows_t,
-        layout=layout,
+        layout=layout if layout is not None else LogitsLayout(),
         max_query_len=max_query_len,
-        num_decodes=batch.num_decode,
+        num_decodes=num_decodes,
     )
 
 

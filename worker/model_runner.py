@@ -22,10 +22,11 @@ from worker import ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
-from worker.input_builder import ModelInputs, build_inputs, upload
+from worker.input_builder import ModelInputs, build_inputs, pack_inputs, unpack_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
 from worker.logits_layout import LogitsLayout
 from worker.models import CausalLM, UnsupportedModel, read_config
+from worker.parallel import ShardGroup, add_all_reduces, shard_model
 from worker.quant import read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
 from worker.watermark import Watermark
@@ -67,9 +68,12 @@ class PendingStep:
 
 
 class ModelRunner:
-    def __init__(self, config: WorkerConfig, model_dir: Path, *, load: bool = True) -> None:
+    def __init__(self, config: WorkerConfig, model_dir: Path, *, load: bool = True,
+                 shards: ShardGroup | None = None) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        # A sharded worker's rank (worker/parallel/): this rank's part of the model; rank 0 samples.
+        self.shards = shards
+        self.device = shards.device if shards is not None else resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         self.block_size = config.block_size
@@ -83,10 +87,13 @@ class ModelRunner:
                 f"{cfg.architecture}: quantized experts are not supported (quantization {self.quant.name}); "
                 "serve the unquantized checkpoint"
             )
+        plan = shards.plan(cfg, cls.has_experts) if shards is not None else None
         with torch.device(self.device):
-            model: CausalLM = cls(cfg)
+            model: CausalLM = cls(cfg if plan is None else plan.local_config(cfg))
+        if shards is not None and plan is not None:
+            shard_model(model, plan, shards, self.quant)
         if load:
-            load_weights(model, model_dir, self.dtype, self.device, self.quant)
+            load_weights(model, model_dir, self.dtype, self.device, self.quant, plan)
         else:  # random weights of the real shape (benchmarks)
             model.to(dtype=self.dtype)
             model.cos_sin_cache.data = model.cos_sin_cache.float()
@@ -94,6 +101,8 @@ class ModelRunner:
                 randomize(model, self.quant, self.dtype, self.device)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # the dense linears that quantized ones replaced
+        if shards is not None:
+            add_all_reduces(model, shards)
         self.model = model.eval().requires_grad_(False)
         self.quantize = self.quant.name if self.quant is not None else None
         self._freed_bytes = log_weights(self.model, self.quant, self.dtype)
@@ -112,7 +121,7 @@ class ModelRunner:
 
     # -- KV sizing -----------------------------------------------------------------------------
     def _allocate_kv(self) -> KVCache:
-        cfg = self.model_config
+        cfg = self.model.cfg  # this rank's KV heads when sharded
         per_block = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype)
         if self.config.max_batch_total_tokens is not None:
             num_blocks = -(-self.config.max_batch_total_tokens // self.block_size)
@@ -120,6 +129,8 @@ class ModelRunner:
             num_blocks = self._profile_gpu_blocks(per_block)
         else:
             num_blocks = CPU_DEFAULT_TOKENS // self.block_size
+        if self.shards is not None:  # one block manager for all ranks: the smallest pool
+            num_blocks = self.shards.min_over_ranks(num_blocks)
         started = time.monotonic()
         kv = KVCache.allocate(
             cfg.num_layers, num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype, self.device
@@ -145,7 +156,7 @@ class ModelRunner:
         # A warm-up forward of the largest prefill step shows the activation peak.
         tokens = min(self.config.max_batch_prefill_tokens, self.model_config.max_position_embeddings)
         blocks = -(-tokens // self.block_size)
-        cfg = self.model_config
+        cfg = self.model.cfg
         scratch = KVCache.allocate(
             cfg.num_layers, blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype, self.device
         )
@@ -155,7 +166,8 @@ class ModelRunner:
         from common.sampling_params import SamplingParams
 
         warm = ScheduledRequest(RequestKey("warmup", 0), [0] * tokens, 0, list(range(blocks)), True, SamplingParams(max_new_tokens=1))
-        self.execute(ScheduledBatch(0, [warm], 0, tokens))
+        # Every rank of a sharded worker runs this same warm-up forward by itself.
+        self.logits(build_inputs(ScheduledBatch(0, [warm], 0, tokens), self.block_size, self.device))
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         del scratch, self.kv
@@ -172,28 +184,44 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, previous: PendingStep | None) -> PendingStep:
-        inputs = build_inputs(batch, self.block_size, self.device)
-        self._fill_placeholders(batch, inputs, previous)
+        inputs = self.prepare_inputs(batch, previous)
         # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
         sampled = [batch.requests[i] for i in inputs.layout.sample_batch_idx]
         tensors = None
         if sampled:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
-        hidden = self._forward(inputs)  # (T, hidden)
-        logits_all = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V) float32
+        logits_all = self.logits(inputs)
+        assert logits_all is not None  # rank 0 (or unsharded) always has them
         return self._sample(batch, inputs, logits_all, tensors)
+
+    def prepare_inputs(self, batch: ScheduledBatch, previous: PendingStep | None) -> ModelInputs:
+        """The step's device inputs, placeholders filled; a sharded worker's other ranks get them too."""
+        packed = pack_inputs(batch, self.block_size)
+        placeholders = any(r.token_ids[0] == PLACEHOLDER for r in batch.requests[: batch.num_decode])
+        if self.shards is not None:
+            self.shards.send_step(packed.header, packed.flat, placeholders)
+        inputs = unpack_inputs(upload(packed.flat, self.device), packed.header, packed.layout)
+        if placeholders:
+            self._fill_placeholders(batch, inputs, previous)
+        return inputs
+
+    def logits(self, inputs: ModelInputs) -> torch.Tensor | None:
+        """The forward and the LM head: (N, V) float32, on rank 0 only when sharded (None elsewhere)."""
+        hidden = self._forward(inputs)  # (T, hidden)
+        local = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V or vocab_per_rank) float32
+        return local if self.shards is None else self.shards.gather_logits(local, self.vocab_size)
 
     def _fill_placeholders(self, batch: ScheduledBatch, inputs: ModelInputs, previous: PendingStep | None) -> None:
         # Placeholders only ever stand alone in decode rows, which come first: token i of row i.
         decodes = batch.requests[: batch.num_decode]
-        if not any(r.token_ids[0] == PLACEHOLDER for r in decodes):
-            return
         if previous is None or previous.token_ids is None:
             raise RuntimeError("a placeholder token without the step that samples it")
         src = [previous.row_of[r.key] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
         src_t = upload(torch.tensor(src, dtype=torch.int64), self.device)
         head = inputs.input_ids[: len(src)]
         head.copy_(torch.where(src_t >= 0, previous.token_ids[src_t.clamp(min=0)], head))
+        if self.shards is not None:
+            self.shards.share_placeholders(head)
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
         meta = self.attention.prepare_metadata(inputs, self.kv.layers)

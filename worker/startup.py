@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from typing import Any
@@ -25,7 +26,8 @@ def load_tokenizer(model_dir: str) -> Any:
 def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | None]:
     """Returns (engine, tokenizer, device description, max_total_tokens, quantization method or None).
 
-    A quantization setting the worker cannot serve raises worker.quant.QuantizationError."""
+    A quantization setting the worker cannot serve raises worker.quant.QuantizationError, a
+    --num-shard it cannot serve worker.parallel.ShardingError."""
     fleet = config.fleet
     model_dir = resolve_model(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
     tokenizer = load_tokenizer(str(model_dir))
@@ -37,10 +39,19 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
         return synthetic, tokenizer, "synthetic", max_total, None
 
     from worker.engine import LLMEngine
-    from worker.model_runner import ModelRunner
+    from worker.model_runner import ModelRunner, resolve_device
+    from worker.parallel.launch import check_shardable, start_ranks, world_size_of
 
     started = time.monotonic()
-    runner = ModelRunner(config, model_dir, load=not config.random_weights)
+    device = resolve_device(config.device)
+    world_size = world_size_of(config, device)
+    shards = None
+    if world_size > 1:
+        check_shardable(config, model_dir, world_size)
+        shards = start_ranks(config, world_size, device)
+    if shards is not None:
+        atexit.register(shards.close)
+    runner = ModelRunner(config, model_dir, load=not config.random_weights, shards=shards)
     max_total = max_total_tokens(runner.max_model_len, fleet.max_total_tokens)
     engine = LLMEngine(
         config,
@@ -56,4 +67,5 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
         time.monotonic() - started,
         capacity, runner.num_blocks, runner.block_size,
     )
-    return engine, tokenizer, f"{runner.device}", max_total, runner.quantize
+    where = f"{runner.device}" if shards is None else f"{device.type} x{world_size} ({shards.backend})"
+    return engine, tokenizer, where, max_total, runner.quantize

@@ -8,18 +8,22 @@ dense linear once the rest of the model is on its device and dtype.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from worker.models import CausalLM
+from worker.parallel.plan import ShardPlan
 from worker.quant import QuantizationError, QuantMethod, quantizable_linears, replace_module
 
 __all__ = ["load_weights"]
 
 
 def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: torch.device,
-                 method: QuantMethod | None = None) -> None:
+                 method: QuantMethod | None = None, plan: ShardPlan | None = None) -> None:
+    """`plan`: a sharded worker's rank reads only its slices of each tensor (its model is built at that size)."""
+    read = plan.read if plan is not None else _read_whole
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {model_dir}")
@@ -56,12 +60,12 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                 if method is not None and module in linears and suffix in method.tensor_names:
                     # A family whose checkpoints store qkv_proj / gate_up_proj fused has one shard.
                     num_shards[module] = 1 if shard is None else len(shard_offsets[module.rsplit(".", 1)[-1]])
-                    gathered.setdefault(module, {}).setdefault(shard or 0, {})[suffix] = f.get_tensor(hf_name)
+                    gathered.setdefault(module, {}).setdefault(shard or 0, {})[suffix] = read(f, hf_name, name, shard)
                     continue
                 param = params.get(name)
                 if param is None:
                     raise KeyError(f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}")
-                tensor = f.get_tensor(hf_name)
+                tensor = read(f, hf_name, name, shard)
                 with torch.no_grad():
                     if shard is None:
                         param.copy_(tensor)
@@ -109,3 +113,7 @@ def _load_expert(params: dict[str, torch.nn.Parameter], slot: tuple[str, int, in
         raise KeyError(f"checkpoint tensor {hf_name!r} is {tuple(tensor.shape)}, expected {tuple(target.shape)}")
     with torch.no_grad():
         target.copy_(tensor)
+
+
+def _read_whole(f: Any, hf_name: str, _name: str, _shard: int | None) -> torch.Tensor:
+    return f.get_tensor(hf_name)  # type: ignore[no-any-return]

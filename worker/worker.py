@@ -337,12 +337,13 @@ def run_worker(config: WorkerConfig) -> int:
     from common.log import setup_logging
     from worker.metrics import WorkerMetrics, start_metrics_server
 
+    from worker.parallel import ShardingError
     from worker.quant import QuantizationError
 
     setup_logging(config.fleet.json_output, config.fleet.log_level, "worker")
     try:
         engine, tokenizer, device, max_total, quantize = build_engine(config)
-    except QuantizationError as exc:  # a setting error: the message, not a traceback
+    except (QuantizationError, ShardingError) as exc:  # a setting error: the message, not a traceback
         log.error("%s", exc)
         print(f"genfleet worker: error: {exc}", file=sys.stderr)
         return 2

@@ -76,15 +76,16 @@ FAMILIES = {
 }
 
 
-def _save(tmp_path: Path, family: str) -> tuple[Path, torch.nn.Module]:
+def _save(tmp_path: Path, family: str, overrides: dict | None = None, name: str | None = None  # type: ignore[type-arg]
+          ) -> tuple[Path, torch.nn.Module]:
     config_cls, model_cls, extra = FAMILIES[family]
     torch.manual_seed(0)
-    config = config_cls(**{**_COMMON, **extra})
+    config = config_cls(**{**_COMMON, **extra, **(overrides or {})})
     model = model_cls(config).eval()
     with torch.no_grad():  # larger weights than the init so differences would show
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path / family
+    path = tmp_path / (name or family)
     model.save_pretrained(path)
     return path, model
 

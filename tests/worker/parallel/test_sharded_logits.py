@@ -1,0 +1,51 @@
+"""Two CPU ranks (gloo) against the unsharded runner: every family, and the KV-head counts TGI refuses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.worker.test_models import FAMILIES, _save
+
+# Beside the families' own tiny configs (4 heads, 2 KV heads): KV heads that do not divide 2,
+# a single KV head, and the default model's 9 heads over 3 KV heads (5 and 4 query heads a rank).
+HEAD_SHAPES = {
+    "kv3": ("llama", {"num_attention_heads": 6, "num_key_value_heads": 3, "hidden_size": 96}),
+    "kv1": ("llama", {"num_attention_heads": 4, "num_key_value_heads": 1}),
+    "heads9_kv3": ("llama", {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 72,
+                            "intermediate_size": 97}),
+    "qwen2_kv1": ("qwen2", {"num_attention_heads": 4, "num_key_value_heads": 1}),
+}
+# Refused when sharded (tests/worker/parallel/test_plan.py): experts, and OLMo 2's q/k norms over all heads.
+UNSHARDABLE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmo2"}
+FAMILY_MODELS = sorted(set(FAMILIES) - UNSHARDABLE)
+MODELS = FAMILY_MODELS + sorted(HEAD_SHAPES)
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tp")
+    dirs = [_save(root, name)[0] for name in FAMILY_MODELS]
+    for name, (family, extra) in HEAD_SHAPES.items():
+        dirs.append(_save(root, family, extra, name=name)[0])
+    out = root / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tests.worker.parallel.tp_probe", str(out), *map(str, dirs)],
+                   env=env, check=True, timeout=300)
+    return out
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_sharded_logits_match_unsharded_after_prefill_and_16_decode_steps(probed: Path, model: str) -> None:
+    got = torch.load(probed / f"{model}.pt")
+    assert len(got["sharded"]) == 17  # the prefill, then 16 decode steps
+    for step, (ours, theirs) in enumerate(zip(got["sharded"], got["reference"], strict=True)):
+        assert ours.shape == theirs.shape, step
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, msg=lambda m, s=step: f"step {s}: {m}")
+        assert torch.equal(ours.argmax(-1), theirs.argmax(-1)), step

@@ -1,0 +1,68 @@
+"""Rank 0 of a real two-rank CPU worker (gloo), beside the unsharded runner, on the same steps.
+
+`python -m tests.worker.parallel.tp_probe OUT_DIR MODEL_DIR...`: for each model, a 13-token
+prefill (every prompt row's logits) then 16 greedy decode steps through the paged cache, run by
+the unsharded ModelRunner and by a sharded one whose rank 1 is a real `worker.parallel.rank`
+process; both runners' logits go to OUT_DIR/<model dir name>.pt. The decode tokens are the
+unsharded run's argmax, fed to both, so a step's difference never compounds into the next.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from common.config import FleetConfig, WorkerConfig
+from common.sampling_params import SamplingParams
+from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.model_runner import ModelRunner
+from worker.parallel.launch import start_ranks
+from worker.request import RequestKey
+
+STEPS = 16
+
+
+def _logits(runner: ModelRunner, tokens: list[int], start: int, n: int) -> torch.Tensor:
+    blocks = list(range(runner.num_blocks))
+    req = ScheduledRequest(RequestKey("probe", 0), tokens[start : start + n], start, blocks, True,
+                           SamplingParams(max_new_tokens=1), all_token_ids=tokens, prefill_logprobs=n > 1)
+    with torch.inference_mode():
+        inputs = runner.prepare_inputs(ScheduledBatch(0, [req], 1 if n == 1 else 0, n), None)
+        logits = runner.logits(inputs)
+    assert logits is not None
+    return logits.clone()  # (rows, V)
+
+
+def _run(runner: ModelRunner, prompt: list[int], decoded: list[int] | None) -> tuple[list[torch.Tensor], list[int]]:
+    tokens = list(prompt)
+    out = [_logits(runner, tokens, 0, len(prompt))]
+    chosen: list[int] = []
+    for i in range(STEPS):
+        nxt = decoded[i] if decoded is not None else int(out[-1][-1].argmax())
+        chosen.append(nxt)
+        tokens.append(nxt)
+        out.append(_logits(runner, tokens, len(tokens) - 1, 1))
+    return out, chosen
+
+
+def main(argv: list[str]) -> int:
+    out_dir = Path(argv[0])
+    prompt = [int(t) for t in torch.randint(1, 200, (13,), generator=torch.Generator().manual_seed(1))]
+    for model_dir in map(Path, argv[1:]):
+        config = WorkerConfig(fleet=FleetConfig(model_id=str(model_dir)), device="cpu", dtype="float32",
+                              max_batch_total_tokens=512, block_size=8, num_shard=2)
+        reference, chosen = _run(ModelRunner(replace(config, num_shard=None), model_dir), prompt, None)
+        group = start_ranks(config, 2, torch.device("cpu"))
+        try:
+            sharded, _ = _run(ModelRunner(config, model_dir, shards=group), prompt, chosen)
+        finally:
+            group.close()
+        torch.save({"reference": reference, "sharded": sharded, "tokens": chosen}, out_dir / f"{model_dir.name}.pt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
