@@ -19,6 +19,8 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
                                                    # Mixtral-8x7B's shape (93 GB): (a), (b) against the
                                                    # bytes of the experts a step reads, and the fused MoE
                                                    # kernel against a per-expert loop of torch matmuls
+    python -m load.bench_gpu --models 8b --num-shard 1,2,4 --workloads none
+                                                   # (a), (b) per rank count, all-reduce share (load/bench_shards.py)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from load.bench_shards import shard_rows
 
 __all__ = ["SHAPES", "write_model_dir", "main"]
 
@@ -244,10 +248,16 @@ def hf_generate(model_dir: Path, batch: int, prompt: int, new: int) -> float:
     return batch * new / elapsed
 
 
+def _engine_config(args: argparse.Namespace) -> Any:
+    from common.config import WorkerConfig
+
+    return WorkerConfig(device="cuda", dtype="bfloat16", max_batch_prefill_tokens=args.prefill_tokens,
+                        max_batch_size=args.max_batch_size, prefix_caching=False, cuda_graphs=args.cuda_graphs)
+
+
 def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     import torch
 
-    from common.config import WorkerConfig
     from kernels.bench import decode_step_breakdown
     from worker.model_runner import ModelRunner
 
@@ -259,8 +269,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     if not args.no_baseline and not cfg.get("num_local_experts"):  # transformers' MoE loop: hours at this size
         base_a = hf_generate(model_dir, 1, 128, 256)
         base_b = hf_generate(model_dir, 64, 128, 256)
-    config = WorkerConfig(device="cuda", dtype="bfloat16", max_batch_prefill_tokens=args.prefill_tokens,
-                          max_batch_size=args.max_batch_size, prefix_caching=False, cuda_graphs=args.cuda_graphs)
+    config = _engine_config(args)
     started = time.perf_counter()
     runner = ModelRunner(config, model_dir, load=False)
     graphs = runner.graphs
@@ -450,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", default="", help="comma list of --quantize methods whose (a), (b), (c) rows to add")
     parser.add_argument("--variants", default="", help="comma list of SETTING=VALUE (a WorkerConfig field, e.g. "
                         "quantize=fp8, kv_cache_dtype=fp8_e4m3fn): (a), (b), (c) again with it, beside bf16")
+    parser.add_argument("--num-shard", default="", help="comma list of rank counts (e.g. 1,2,4): (a), (b) and the "
+                        "all-reduce time per decode step for each, on that many GPUs (load/bench_shards.py)")
     args = parser.parse_args(argv)
     import torch
 
@@ -467,6 +478,16 @@ def main(argv: list[str] | None = None) -> int:
             notes += n + [f"{name}: {time.perf_counter() - started:.0f}s"]
             for row in r:
                 print(row, flush=True)
+    if args.num_shard:
+        shard_table = ["| model | ranks | (a) out tok/s | (b) out tok/s | NCCL µs per (b) decode step | share of the step |",
+                       "|---|---|---|---|---|---|"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.models.split(","):
+                shape = _ALIASES.get(name, name)
+                config = _engine_config(args)
+                shard_table += shard_rows(shape, write_model_dir(Path(tmp), shape), config,
+                                          [int(n) for n in args.num_shard.split(",")], run_engine)
+        print("\n".join(["", *shard_table]))
     print("\n| model | workload | out tok/s | roofline tok/s | % of roofline | transformers tok/s | x transformers | detail |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -1,0 +1,78 @@
+"""Which heads, FFN columns and vocabulary rows each rank holds; settings a sharded worker refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.config import ConfigError, WorkerConfig
+from genfleet.cli import parse_configs
+from worker.models.config import ModelConfig
+from worker.parallel import ShardingError, ShardPlan
+from worker.parallel.launch import world_size_of
+from worker.parallel.plan import split_range
+
+
+def _cfg(heads: int, kv: int, inter: int = 96, vocab: int = 211) -> ModelConfig:
+    return ModelConfig("LlamaForCausalLM", vocab, 64, inter, 2, heads, kv, 16, 1e-5, 1e4, None, 256, False,
+                       frozenset())
+
+
+def test_ranges_are_contiguous_near_equal_and_cover_everything() -> None:
+    for total, parts in ((9, 2), (96, 4), (97, 3), (4, 4)):
+        ranges = [split_range(total, parts, r) for r in range(parts)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == total
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert max(e - s for s, e in ranges) - min(e - s for s, e in ranges) <= 1
+
+
+@pytest.mark.parametrize(("heads", "kv", "world", "expected"), [
+    (4, 2, 2, [(0,), (1,)]),  # divides: one KV head a rank
+    (8, 8, 4, [(0, 1), (2, 3), (4, 5), (6, 7)]),  # multi-head attention
+    (4, 1, 2, [(0,), (0,)]),  # one KV head: replicated on both ranks
+    (8, 2, 4, [(0,), (0,), (1,), (1,)]),  # fewer KV heads than ranks
+    (6, 3, 2, [(0, 0, 1), (1, 2, 2)]),  # 3 do not divide 2: the straddled head kept twice
+    (9, 3, 2, [(0, 0, 0, 1, 1), (1, 2, 2, 2)]),  # the default model's shape: 5 and 4 query heads
+])
+def test_each_rank_keeps_the_kv_heads_its_query_heads_read(
+    heads: int, kv: int, world: int, expected: list[tuple[int, ...]]
+) -> None:
+    plans = [ShardPlan.build(_cfg(heads, kv), r, world) for r in range(world)]
+    assert [p.kv_heads for p in plans] == expected
+    for p in plans:
+        local = p.q_heads[1] - p.q_heads[0]
+        per = local // len(p.kv_heads)  # the kernels' grouping: local head i reads local KV head i // per
+        assert local % len(p.kv_heads) == 0
+        assert [p.kv_heads[i // per] for i in range(local)] == [h // (heads // kv) for h in range(*p.q_heads)]
+
+
+def test_the_vocabulary_pads_the_last_rank() -> None:
+    plans = [ShardPlan.build(_cfg(4, 2, vocab=211), r, 2) for r in range(2)]
+    assert [(p.vocab_start, p.vocab_per_rank) for p in plans] == [(0, 106), (106, 106)]
+    local = plans[1].local_config(_cfg(4, 2, vocab=211))
+    assert (local.vocab_size, local.num_heads, local.num_kv_heads, local.intermediate_size) == (106, 2, 1, 48)
+
+
+def test_more_ranks_than_heads_is_refused_with_the_counts() -> None:
+    with pytest.raises(ValueError, match="4 attention heads: it cannot shard over 8"):
+        ShardPlan.build(_cfg(4, 2), 0, 8)
+
+
+def test_num_shard_settings() -> None:
+    _, config = parse_configs(["worker", "--num-shard", "2"], environ={})
+    assert config.num_shard == 2
+    _, config = parse_configs(["worker"], environ={"NUM_SHARD": "4"})  # TGI's variable
+    assert config.num_shard == 4
+    _, config = parse_configs(["worker", "--sharded"], environ={})
+    assert config.sharded is True
+    for bad in ({"num_shard": 0}, {"sharded": False, "num_shard": 2}, {"sharded": True, "num_shard": 1}):
+        with pytest.raises(ConfigError, match="shard"):
+            WorkerConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_world_size_on_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert world_size_of(WorkerConfig(), cpu) == 1
+    assert world_size_of(WorkerConfig(num_shard=2), cpu) == 2
+    with pytest.raises(ShardingError, match="--num-shard N"):
+        world_size_of(WorkerConfig(sharded=True), cpu)
