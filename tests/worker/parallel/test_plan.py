@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from common.config import ConfigError, WorkerConfig
 from genfleet.cli import parse_configs
+from tests.worker.parallel.test_sharded_logits import UNSHARDABLE
+from tests.worker.test_models import _COMMON, FAMILIES
 from worker.models.config import ModelConfig
 from worker.parallel import ShardingError, ShardPlan
-from worker.parallel.launch import world_size_of
+from worker.parallel.launch import check_shardable, world_size_of
 from worker.parallel.plan import split_range
 
 
@@ -76,3 +80,11 @@ def test_world_size_on_cpu() -> None:
     assert world_size_of(WorkerConfig(num_shard=2), cpu) == 2
     with pytest.raises(ShardingError, match="--num-shard N"):
         world_size_of(WorkerConfig(sharded=True), cpu)
+
+
+@pytest.mark.parametrize("family", sorted(UNSHARDABLE))
+def test_experts_and_whole_projection_qk_norms_are_refused_by_name(tmp_path: Path, family: str) -> None:
+    config_cls, _, extra = FAMILIES[family]
+    config_cls(**{**_COMMON, **extra}).save_pretrained(tmp_path)
+    with pytest.raises(ShardingError, match="--num-shard 2: .*cannot be sharded yet"):
+        check_shardable(WorkerConfig(num_shard=2), tmp_path, 2)

@@ -1,4 +1,5 @@
-"""Two CPU ranks (gloo) against the unsharded runner: every family, and the KV-head counts TGI refuses."""
+"""Two CPU ranks (gloo) against the unsharded runner: every family, and the KV-head counts TGI refuses
+(tests/worker/parallel/tp_probe.py runs both; these tests read what it saved)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,10 @@ def test_sharded_logits_match_unsharded_after_prefill_and_16_decode_steps(probed
         assert ours.shape == theirs.shape, step
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, msg=lambda m, s=step: f"step {s}: {m}")
         assert torch.equal(ours.argmax(-1), theirs.argmax(-1)), step
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_overlapped_greedy_through_the_engine_matches_unsharded(probed: Path, model: str) -> None:
+    got = torch.load(probed / f"{model}.pt")
+    assert got["sharded_greedy"] == got["reference_greedy"]
+    assert all(len(tokens) == 12 for tokens in got["sharded_greedy"])

@@ -5,6 +5,9 @@ prefill (every prompt row's logits) then 16 greedy decode steps through the page
 the unsharded ModelRunner and by a sharded one whose rank 1 is a real `worker.parallel.rank`
 process; both runners' logits go to OUT_DIR/<model dir name>.pt. The decode tokens are the
 unsharded run's argmax, fed to both, so a step's difference never compounds into the next.
+Then both runners serve three prompts through the engine with overlapped scheduling (as on CUDA:
+a step's decode tokens are placeholders filled from the previous step on rank 0's device, which
+the other ranks get by broadcast): their greedy tokens go to the same file.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import torch
 from common.config import FleetConfig, WorkerConfig
 from common.sampling_params import SamplingParams
 from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.engine import LLMEngine
 from worker.model_runner import ModelRunner
 from worker.parallel.launch import start_ranks
-from worker.request import RequestKey
+from worker.request import Request, RequestKey
 
 STEPS = 16
 
@@ -48,19 +52,39 @@ def _run(runner: ModelRunner, prompt: list[int], decoded: list[int] | None) -> t
     return out, chosen
 
 
+def _overlapped_greedy(runner: ModelRunner, config: WorkerConfig, prompts: list[list[int]]) -> list[list[int]]:
+    runner.can_overlap = True  # on CPU the launch runs at once; the placeholder path is the same
+    engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=frozenset(),
+                       max_model_len=runner.max_model_len)
+    assert engine.overlap
+    for i, prompt in enumerate(prompts):
+        engine.add_request(Request(RequestKey(f"r{i}", 0), prompt, SamplingParams(max_new_tokens=12), 0, 0.0))
+    out: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            out.setdefault(o.key.req_id, []).extend(o.new_token_ids)
+    return [out[f"r{i}"] for i in range(len(prompts))]
+
+
 def main(argv: list[str]) -> int:
     out_dir = Path(argv[0])
     prompt = [int(t) for t in torch.randint(1, 200, (13,), generator=torch.Generator().manual_seed(1))]
     for model_dir in map(Path, argv[1:]):
         config = WorkerConfig(fleet=FleetConfig(model_id=str(model_dir)), device="cpu", dtype="float32",
                               max_batch_total_tokens=512, block_size=8, num_shard=2)
-        reference, chosen = _run(ModelRunner(replace(config, num_shard=None), model_dir), prompt, None)
+        prompts = [prompt, prompt[:5], prompt[3:]]
+        unsharded = ModelRunner(replace(config, num_shard=None), model_dir)
+        reference, chosen = _run(unsharded, prompt, None)
+        reference_greedy = _overlapped_greedy(unsharded, config, prompts)
         group = start_ranks(config, 2, torch.device("cpu"))
         try:
-            sharded, _ = _run(ModelRunner(config, model_dir, shards=group), prompt, chosen)
+            runner = ModelRunner(config, model_dir, shards=group)
+            sharded, _ = _run(runner, prompt, chosen)
+            sharded_greedy = _overlapped_greedy(runner, config, prompts)
         finally:
             group.close()
-        torch.save({"reference": reference, "sharded": sharded, "tokens": chosen}, out_dir / f"{model_dir.name}.pt")
+        torch.save({"reference": reference, "sharded": sharded, "reference_greedy": reference_greedy,
+                    "sharded_greedy": sharded_greedy}, out_dir / f"{model_dir.name}.pt")
     return 0
 
 
