@@ -70,6 +70,10 @@ class FleetConfig:
         90.0, "Seconds a process finishes its work on SIGTERM (gateway: open streams; worker: running "
         "requests, the rest handed back)", tgi=True,
     )
+    resume_ttl: float = setting(
+        60.0, "Seconds a request's journal (its tokens, for resuming a stream or answering a retry with the "
+        "same id) outlives its last write in Redis",
+    )
     watermark_gamma: float = setting(
         0.5, "Watermark: expected share of the vocabulary on each green list (generation and detection)", tgi=True
     )
@@ -91,6 +95,8 @@ class FleetConfig:
                 f"`max_input_tokens` must be < `max_total_tokens`; given {self.max_input_tokens} "
                 f"and {self.max_total_tokens}"
             )
+        if self.resume_ttl <= 0:
+            raise ConfigError("--resume-ttl must be > 0")
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise ConfigError("--heartbeat-ttl must exceed --heartbeat-interval")
         if not 0 < self.watermark_gamma < 1:
@@ -190,8 +196,18 @@ class WorkerConfig:
     sharded: bool | None = setting(
         None, "Shard the model over every visible GPU (TGI's flag; --num-shard N picks the count)", tgi=True
     )
+    gateway_grace_period: float = setting(
+        30.0, "Seconds a request whose gateway stopped heart-beating keeps running, so that its client can "
+        "reconnect through another gateway (Last-Event-ID), before it is cancelled"
+    )
+    checkpoint_tokens: bool = setting(
+        True, "Append each step's events of every running request to its journal in Redis (one pipeline per "
+        "step), which stream resumption and retries by request id replay"
+    )
 
     def __post_init__(self) -> None:
+        if self.gateway_grace_period < 0:
+            raise ConfigError("--gateway-grace-period must be >= 0")
         if self.max_batch_prefill_tokens < 1 or self.max_batch_size < 1 or self.block_size < 1:
             raise ConfigError("--max-batch-prefill-tokens, --max-batch-size and --block-size must be >= 1")
         if not 0 < self.cuda_memory_fraction <= 1:

@@ -25,6 +25,9 @@ ErrorType = Literal[
     "payload_too_large",  # 413
     "gateway_gone",  # never shown: a worker dropped the request of a gateway it took for dead
     "not_found",  # 404: no such route
+    "unknown_request",  # 404: no request of that id to resume (never existed, or its journal expired)
+    "request_gone",  # 410: the request to resume was cancelled (its client left, or nobody came back in time)
+    "forbidden",  # 403: the request to resume belongs to another API key
     "method_not_allowed",  # 405
     "request_timeout",  # 408: the body did not arrive in time
     "header_too_large",  # 431: request headers over the bound
@@ -49,6 +52,9 @@ HTTP_STATUS: dict[str, int] = {
     "bad_request": 400,
     "payload_too_large": 413,
     "not_found": 404,
+    "unknown_request": 404,
+    "request_gone": 410,
+    "forbidden": 403,
     "method_not_allowed": 405,
     "request_timeout": 408,
     "header_too_large": 431,

@@ -4,7 +4,8 @@ Messages and where they travel (key names in common/streams.py):
 
     gateway --XADD stream {p}:req:{model}--------------> worker   GenerateRequest
     worker  --PUBLISH {p}:gw:{gateway_id}--------------> gateway  EventBatch[Accepted|Token|Finish|Error]
-    gateway --PUBLISH {p}:wk:{worker_id} / {p}:ctl:{m}-> worker   Cancel
+    gateway --PUBLISH {p}:wk:{worker_id} / {p}:ctl:{m}-> worker   Cancel | Adopt
+    both    --RPUSH {p}:log:{req_id} EX ttl-----------> all     JournalEntry (the request's journal)
     worker  --SET {p}:worker:{id} EX ttl----------------> all     WorkerInfo (heartbeat)
     gateway --SET {p}:gateway:{id} EX ttl---------------> all     GatewayInfo (heartbeat)
 
@@ -34,17 +35,21 @@ __all__ = [
     "Event",
     "EventBatch",
     "Cancel",
+    "Adopt",
+    "Control",
+    "JournalEntry",
     "WorkerInfo",
     "GatewayInfo",
     "encode",
     "decode_request",
     "decode_events",
     "decode_control",
+    "decode_journal_entry",
     "decode_worker_info",
     "decode_gateway_info",
 ]
 
-SCHEMA_VERSION = 3  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark
+SCHEMA_VERSION = 4  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope
 
 
 class ProtocolError(ValueError):
@@ -62,6 +67,7 @@ class GenerateRequest(msgspec.Struct, array_like=True, frozen=True, tag="gen"):
     deadline: float = 0.0  # unix time after which no worker may serve it; 0 = none
     priority: int = 0  # higher is served first among waiting requests
     enqueued_at: float = 0.0  # unix time of the XADD (queue-time metrics)
+    scope: str = ""  # digest of the API key that submitted it ("" = none): who may attach to it
 
 
 class Accepted(msgspec.Struct, array_like=True, frozen=True, tag="acc"):
@@ -122,6 +128,23 @@ class Cancel(msgspec.Struct, array_like=True, frozen=True, tag="cancel"):
     reason: str = "client_disconnected"
 
 
+class Adopt(msgspec.Struct, array_like=True, frozen=True, tag="adopt"):
+    """From now on, publish every attempt of `req_id` to `gateway_id`'s channel (its old gateway
+    is gone and a client reconnected through this one). The owner answers with an Accepted on the
+    new channel: what it published before that is in the request's journal."""
+
+    req_id: str
+    gateway_id: str
+
+
+Control = Union[Cancel, Adopt]
+
+# What a request's journal ({p}:log:{req_id}, a list) holds, in order: the gateway's
+# GenerateRequest of every attempt, the owner's EventBatch of every step that had events for it
+# (written once per step with the publish), and the Cancel or Adopt of a gateway.
+JournalEntry = Union[GenerateRequest, EventBatch, Cancel, Adopt]
+
+
 class WorkerInfo(msgspec.Struct, array_like=True, frozen=True, tag="worker"):
     worker_id: str
     model: str
@@ -155,7 +178,8 @@ _encoder = msgspec.msgpack.Encoder()
 _envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
 _request_decoder = msgspec.msgpack.Decoder(GenerateRequest)
 _events_decoder = msgspec.msgpack.Decoder(EventBatch)
-_control_decoder = msgspec.msgpack.Decoder(Cancel)
+_control_decoder = msgspec.msgpack.Decoder(Control)
+_journal_decoder = msgspec.msgpack.Decoder(JournalEntry)
 _worker_info_decoder = msgspec.msgpack.Decoder(WorkerInfo)
 _gateway_info_decoder = msgspec.msgpack.Decoder(GatewayInfo)
 
@@ -172,8 +196,12 @@ def decode_events(data: bytes) -> EventBatch:
     return _decode(data, _events_decoder)
 
 
-def decode_control(data: bytes) -> Cancel:
-    return _decode(data, _control_decoder)
+def decode_control(data: bytes) -> Control:
+    return _decode(data, _control_decoder)  # type: ignore[return-value]
+
+
+def decode_journal_entry(data: bytes) -> JournalEntry:
+    return _decode(data, _journal_decoder)  # type: ignore[return-value]
 
 
 def decode_worker_info(data: bytes) -> WorkerInfo:

@@ -32,6 +32,16 @@ class Keys:
         # Cancels for requests whose owner is not known yet reach every worker of the model.
         return f"{self.prefix}:ctl:{model}"
 
+    def journal(self, req_id: str) -> str:
+        # A list with a TTL: the request's life (common/protocol.py JournalEntry), for any gateway
+        # to replay. Written by the gateway (attempts, cancels, adoptions) and the owner (events).
+        return f"{self.prefix}:log:{req_id}"
+
+    def claim(self, req_id: str) -> str:
+        # SET NX by the gateway that generates it (value: the submitter's scope); a second
+        # gateway that finds it attaches to the journal instead of generating twice.
+        return f"{self.prefix}:run:{req_id}"
+
     def worker_heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
 

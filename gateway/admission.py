@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from common.errors import GenfleetError
 from gateway.context import GatewayContext
 from gateway.errors import mark_counted
+from gateway.resume import parse_last_event_id
 
 __all__ = ["admitted", "Admission", "read_json"]
 
@@ -41,6 +42,12 @@ class Admission:
     @property
     def request_id(self) -> str:
         return str(self.request.scope.get("state", {}).get("request_id", ""))
+
+    def resume_point(self) -> tuple[str, int] | None:
+        """(request id, seq) of the stream to resume, from `Last-Event-ID` (gateway/resume.py)."""
+        headers = self.request.headers
+        named = headers.get("idempotency-key") or headers.get("x-request-id")
+        return parse_last_event_id(headers.get("last-event-id"), named)
 
 
 Handler = Callable[[Admission], Awaitable[Response]]

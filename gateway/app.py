@@ -27,7 +27,7 @@ from gateway.fleet import FleetView
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import GatewayMetrics
 from gateway.models import ModelRegistry, ServedModel
-from gateway.middleware import ApiKeyMiddleware, RequestIdMiddleware
+from gateway.middleware import ApiKeyMiddleware, RequestIdMiddleware, api_key_scope
 from gateway.queue_client import QueueClient
 from gateway.openapi import openapi_json
 from gateway.routes_generate import compat_generate, generate, generate_stream
@@ -97,7 +97,7 @@ def _context(config: GatewayConfig, gid: str) -> GatewayContext:
     client = aioredis.Redis.from_url(fleet_cfg.effective_redis_url, socket_timeout=5, socket_connect_timeout=3,
                                      health_check_interval=10, max_connections=config.max_concurrent_requests + 32)
     keys = Keys(fleet_cfg.key_prefix)
-    queue_client = QueueClient(client, keys, gid, config.max_queue_length)
+    queue_client = QueueClient(client, keys, gid, config.max_queue_length, fleet_cfg.resume_ttl)
     permits = Permits(config.max_concurrent_requests)
 
     def model_files(model_id: str, default: bool) -> tuple[Tokenizer, Limits]:
@@ -111,7 +111,8 @@ def _context(config: GatewayConfig, gid: str) -> GatewayContext:
     def served(model_id: str, tokenizer: Tokenizer, limits: Limits, default: bool) -> ServedModel:
         fleet = FleetView(client, keys, model_id, gid, fleet_cfg.heartbeat_interval, fleet_cfg.heartbeat_ttl,
                           in_flight=lambda: permits.used, publishes_heartbeat=default)
-        lifecycle = Lifecycle(queue_client, fleet, metrics, model_id, config.request_timeout)
+        lifecycle = Lifecycle(queue_client, fleet, metrics, model_id, config.request_timeout,
+                              scope=api_key_scope(config.api_key))
         return ServedModel(model_id, tokenizer, limits, fleet, lifecycle)
 
     try:

@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -30,8 +31,10 @@ from common.protocol import Accepted, Cancel, Error, Event, Finish, GenerateRequ
 from common.sampling_params import SamplingParams
 from gateway.fleet import FleetView
 from gateway.inbox import Inbox
+from gateway.journal import Replay
 from gateway.metrics import GatewayMetrics
 from gateway.queue_client import QueueClient, QueueFull
+from gateway.resume import attach, same_request
 
 __all__ = ["Lifecycle", "RequestState", "Outcome", "Run"]
 
@@ -85,6 +88,7 @@ class Run:
     input_ids: list[int]
     params: SamplingParams
     outcome: Outcome
+    resume: tuple[str, int] | None = None  # (request id, seq of the last event the client has): Last-Event-ID
 
     @staticmethod
     def fan_out(input_ids: list[int], run_params: Sequence[SamplingParams], started: float) -> list[Run]:
@@ -96,6 +100,7 @@ class Run:
 class _Watch:
     missing_owner_since: float = 0.0
     no_worker_since: float = 0.0
+    journal_refreshed: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -109,37 +114,89 @@ class Lifecycle:
     # A queued request with no worker serving its model at all fails after this many heartbeat
     # TTLs rather than waiting forever (there may be no --request-timeout).
     no_worker_ttls: float = 10.0
+    scope: str = ""  # digest of --api-key: who may attach to this gateway's requests (gateway/resume.py)
     _cut: str | None = None
     _cancelling: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def run(self, run: Run) -> AsyncIterator[list[Token]]:
+    async def run(self, run: Run, index: int | None = None) -> AsyncIterator[list[Token]]:
         """Queue one generation and yield its tokens a burst at a time (every event queued when the
-        relay wakes); `run.outcome` collects them and the Finish. Raises GenfleetError for an
-        Error event, a passed deadline, a lost fleet. Closing the iterator early cancels it."""
+        relay wakes); `run.outcome` collects them and the Finish. A run whose id already names a
+        request (a resumed stream, a retry) attaches to it instead (gateway/resume.py). Raises
+        GenfleetError for an Error event, a passed deadline, a lost fleet. Closing the iterator
+        early cancels it."""
         if not self.fleet.state.redis_ok:
             raise GenfleetError("unavailable", "Request queue unavailable: Redis does not answer")
+        if run.resume is not None:
+            bursts = attach(self, run, *run.resume)
+        else:
+            claimed = await self._claim(run, index)
+            bursts = attach(self, run, claimed, -1) if isinstance(claimed, str) else self._generate(run, claimed)
+        async with contextlib.aclosing(bursts) as it:
+            async for burst in it:
+                yield burst
+
+    async def _claim(self, run: Run, index: int | None) -> GenerateRequest | str:
+        """The request this run queues under its id (claimed), or the id of the same request
+        already running or ended (a retry). An id that names another request gets a suffix."""
+        base = req_id = self.queue_client.request_id(index)
         deadline = time.time() + self.request_timeout if self.request_timeout > 0 else 0.0
-        req_id, inbox = self.queue_client.open()
-        state = RequestState(req_id, self.model, run.input_ids, run.params, deadline, inbox,
+        while True:
+            msg = GenerateRequest(
+                req_id=req_id, attempt=0, gateway_id=self.queue_client.gateway_id, model=self.model,
+                input_ids=run.input_ids, params=run.params, deadline=deadline, scope=self.scope,
+            )
+            try:
+                existing = await self.queue_client.claim(msg)
+            except (RedisError, OSError) as exc:
+                raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
+            if existing is None:
+                return msg
+            if same_request(existing, run, self.scope):
+                log.info("request %s is a retry: answered from the running or finished request", req_id)
+                return req_id
+            req_id = f"{base}-{uuid.uuid4().hex[:6]}"
+
+    async def _generate(self, run: Run, msg: GenerateRequest) -> AsyncIterator[list[Token]]:
+        req_id, inbox = self.queue_client.open(msg.req_id)
+        state = RequestState(req_id, self.model, run.input_ids, run.params, msg.deadline, inbox,
                              subscription=self.queue_client.subscriptions)
-        outcome = run.outcome
-        self._observe_start(outcome, state)
+        self._observe_start(run.outcome, state)
         try:
             await self._submit(state)
+        except GenfleetError:
+            self.queue_client.close(req_id)
+            await _quietly(self.queue_client.release(req_id))
+            raise
+        async with contextlib.aclosing(self.follow(state, run.outcome)) as bursts:
+            async for burst in bursts:
+                yield burst
+
+    def state_of(self, replay: Replay, inbox: Inbox[Event]) -> RequestState:
+        """The relay's record of a request taken over from its journal (gateway/resume.py)."""
+        first = replay.first
+        return RequestState(first.req_id, first.model, first.input_ids, first.params, first.deadline, inbox,
+                            attempt=replay.current.attempt, owner=replay.owner,
+                            relayed_ids=[t.id for t in replay.tokens], subscription=self.queue_client.subscriptions)
+
+    async def follow(self, state: RequestState, outcome: Outcome) -> AsyncIterator[list[Token]]:
+        """Relay a queued request's events to its end; cancel it wherever it runs when it does
+        not get there (the client left, an error)."""
+        try:
             async for burst in self._relay(state):
-                self._observe_burst(outcome, burst)
+                self.observe_burst(outcome, burst)
                 yield burst
             state.done = True
             outcome.finish = state.finish
             self._observe_finish(outcome)
         finally:
-            self.queue_client.close(req_id)
+            self.queue_client.close(state.req_id)
             if not state.done:
                 await self._cancel(state)
 
     async def complete(self, runs: Sequence[Run]) -> None:
         """Run every request to its end; the first error cancels the others and is raised."""
-        tasks = [asyncio.ensure_future(self._drain(run)) for run in runs]
+        index = _indexes(runs)
+        tasks = [asyncio.ensure_future(self._drain(run, index(i))) for i, run in enumerate(runs)]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -153,9 +210,11 @@ class Lifecycle:
         cancels the others and is raised."""
         inbox: Inbox[tuple[int, list[Token] | None | BaseException]] = Inbox()
 
+        run_index = _indexes(runs)
+
         async def pump(index: int, run: Run) -> None:
             try:
-                async with contextlib.aclosing(self.run(run)) as bursts:
+                async with contextlib.aclosing(self.run(run, run_index(index))) as bursts:
                     async for burst in bursts:
                         inbox.put_nowait((index, burst))
                 inbox.put_nowait((index, None))
@@ -184,8 +243,8 @@ class Lifecycle:
         """End every open request with an error (the gateway's grace period is over)."""
         self._cut = why
 
-    async def _drain(self, run: Run) -> None:
-        async with contextlib.aclosing(self.run(run)) as bursts:
+    async def _drain(self, run: Run, index: int | None) -> None:
+        async with contextlib.aclosing(self.run(run, index)) as bursts:
             async for _ in bursts:
                 pass
 
@@ -207,14 +266,15 @@ class Lifecycle:
             raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
 
     async def _enqueue(self, state: RequestState) -> None:
-        # A continuation carries what the client has already seen and the remaining budget.
+        # A continuation carries what the client has already seen and the remaining budget; the
+        # first attempt is the one claimed (`_claim`).
         params = state.params
         if state.relayed_ids:
             params = msgspec.structs.replace(params, max_new_tokens=max(1, params.max_new_tokens - len(state.relayed_ids)))
         msg = GenerateRequest(
             req_id=state.req_id, attempt=state.attempt, gateway_id=self.queue_client.gateway_id, model=state.model,
             input_ids=state.input_ids, params=params, generated_ids=list(state.relayed_ids),
-            deadline=state.deadline, priority=0, enqueued_at=time.time(),
+            deadline=state.deadline, priority=0, enqueued_at=time.time(), scope=self.scope,
         )
         state.entry_id = await self.queue_client.enqueue(msg)
 
@@ -286,6 +346,10 @@ class Lifecycle:
                 watch.missing_owner_since = 0.0
         else:
             watch.missing_owner_since = 0.0
+        if state.owner is None and now - watch.journal_refreshed > self.queue_client.journal_ttl / 3:
+            # Queued: no worker refreshes its claim and journal yet.
+            watch.journal_refreshed = now
+            await _quietly(self.queue_client.refresh_journal(state.req_id))
         fleet = self.fleet.state
         if state.owner is None and fleet.redis_ok and not fleet.serving:
             watch.no_worker_since = watch.no_worker_since or now
@@ -323,7 +387,10 @@ class Lifecycle:
         await asyncio.wait({task}, timeout=5.0)
 
     async def _cancel_everywhere(self, state: RequestState, reason: str) -> None:
-        await self.queue_client.publish_cancel(state.model, state.owner, Cancel(state.req_id, state.attempt, reason))
+        cancel = Cancel(state.req_id, state.attempt, reason)
+        await self.queue_client.publish_cancel(state.model, state.owner, cancel)
+        # A client reconnecting later is told it was cancelled, rather than waiting for it.
+        await _quietly(self.queue_client.append_journal(state.req_id, cancel))
         if state.owner is None and state.entry_id is not None:
             # Nobody accepted it: take it out of the backlog so no worker starts it for nobody.
             await self.queue_client.delete_entry(state.model, state.entry_id)
@@ -334,7 +401,7 @@ class Lifecycle:
         self.metrics.input_length.observe(len(state.input_ids))
         self.metrics.max_new.observe(state.params.max_new_tokens)
 
-    def _observe_burst(self, outcome: Outcome, burst: list[Token]) -> None:
+    def observe_burst(self, outcome: Outcome, burst: list[Token]) -> None:
         # Tokens of one burst arrived together: the first carries the gap, the rest 0.
         now = time.time()
         if not outcome.tokens:
@@ -357,6 +424,18 @@ class Lifecycle:
             m.queue.observe(f.queue_time)
             m.inference.observe(f.inference_time)
             m.per_token.observe(f.inference_time / max(1, len(outcome.tokens)))
+
+
+def _indexes(runs: Sequence[Run]) -> Callable[[int], int | None]:
+    """Run i's index in its request id: none when it is the only one."""
+    return (lambda i: i) if len(runs) > 1 else (lambda i: None)
+
+
+async def _quietly(call: Awaitable[object]) -> None:
+    try:
+        await call
+    except (RedisError, OSError) as exc:
+        log.warning("Redis call failed: %s", exc)
 
 
 async def _cancel_all(tasks: list[asyncio.Future[None]]) -> None:

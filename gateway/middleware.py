@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import uuid
@@ -13,7 +14,7 @@ from common.errors import GenfleetError
 from common.log import bind_request_id
 from gateway.errors import error_response
 
-__all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS"]
+__all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS", "api_key_scope"]
 
 # Routes behind --api-key (TGI protects the generation routes only).
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions",
@@ -21,7 +22,13 @@ GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/co
 
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_REQUEST_ID_RULE = "`x-request-id` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+_REQUEST_ID_RULE = "`{}` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+
+
+def api_key_scope(api_key: str | None) -> str:
+    """What a request carries to say which key submitted it: a digest, never the key ("" = none).
+    Bearer tokens compare case-insensitively (as TGI), so the digest is of the lowered key."""
+    return hashlib.sha256(api_key.lower().encode()).hexdigest()[:32] if api_key else ""
 
 
 class ApiKeyMiddleware:
@@ -42,7 +49,9 @@ class ApiKeyMiddleware:
 
 
 class RequestIdMiddleware:
-    """Names every response's request id (x-request-id), echoing the client's when it sent a valid one."""
+    """Names every response's request id (x-request-id), echoing the client's when it sent a valid
+    one. An `Idempotency-Key` names it when given: a retry with the same key (or x-request-id)
+    is answered by the same generation (gateway/resume.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -51,11 +60,15 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = dict(scope["headers"]).get(b"x-request-id") or uuid.uuid4().hex.encode()
-        if not _REQUEST_ID.fullmatch(rid):
-            # It names the request on the wire and in every log line: refuse what cannot.
-            await error_response(GenfleetError("bad_request", _REQUEST_ID_RULE))(scope, receive, send)
-            return
+        headers = dict(scope["headers"])
+        for name in (b"idempotency-key", b"x-request-id"):
+            given = headers.get(name)
+            if given is not None and not _REQUEST_ID.fullmatch(given):
+                # It names the request on the wire and in every log line: refuse what cannot.
+                rule = _REQUEST_ID_RULE.format(name.decode().title() if name[0] == ord("i") else name.decode())
+                await error_response(GenfleetError("bad_request", rule))(scope, receive, send)
+                return
+        rid = headers.get(b"idempotency-key") or headers.get(b"x-request-id") or uuid.uuid4().hex.encode()
         request_id = rid.decode()
         scope.setdefault("state", {})["request_id"] = request_id
 

@@ -37,6 +37,10 @@ class OpenAICall:
     response_id: str
     model: str
     created: int = 0
+    # `id:` lines (<request id>:<seq>) on token chunks: only for a client that asked for a
+    # resumable stream (Idempotency-Key or Last-Event-ID), since clients that read every line
+    # after "data: " as JSON (vLLM's benchmark) choke on them. One chunk per token either way.
+    event_ids: bool = False
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
@@ -122,7 +126,8 @@ async def openai_stream(items: AsyncIterator[list[tuple[int, list[Token] | None]
                         metrics: GatewayMetrics) -> AsyncIterator[bytes]:
     """The chunks of an interleaved run (Lifecycle.interleave): one chunk per token, one with the
     finish reason per choice, the usage chunk when asked for, then [DONE]; or an error event."""
-    started: set[int] = set()
+    # A resumed stream's client has had its first chunk (with the role) already.
+    started: set[int] = {i for i, c in enumerate(call.choices) if c.resume is not None and c.resume[1] >= 0}
     try:
         async for wake in items:
             chunk: list[bytes] = []
@@ -131,7 +136,8 @@ async def openai_stream(items: AsyncIterator[list[tuple[int, list[Token] | None]
                     for token in burst:
                         first = index not in started
                         started.add(index)
-                        chunk.append(openai_sse(_chunk(call, index, [token], first, None)))
+                        event_id = f"{token.req_id}:{token.seq}" if call.event_ids else None
+                        chunk.append(openai_sse(_chunk(call, index, [token], first, None), event_id))
                     continue
                 reason = finish_reason(call.choices[index])
                 chunk.append(openai_sse(_chunk(call, index, [], index not in started, reason)))

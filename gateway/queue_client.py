@@ -1,4 +1,5 @@
-"""The gateway's side of Redis, transport only: XADD, one pub/sub subscription, cancel publishes.
+"""The gateway's side of Redis, transport only: XADD, one pub/sub subscription, cancel and adopt
+publishes, and the requests' journals (common/streams.py `claim`, `journal`).
 
 Every event batch arrives on this gateway's one channel; each event is handed to the inbox
 registered under its request id. What the events mean (attempts, owners, seq checks) is
@@ -15,7 +16,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from common.log import request_id_var
-from common.protocol import Cancel, Event, GenerateRequest, ProtocolError, decode_events, encode
+from common.protocol import (
+    Adopt,
+    Cancel,
+    Event,
+    GenerateRequest,
+    JournalEntry,
+    ProtocolError,
+    decode_events,
+    decode_journal_entry,
+    decode_request,
+    encode,
+)
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
 from gateway.inbox import Inbox
 
@@ -29,11 +41,14 @@ class QueueFull(RuntimeError):
 
 
 class QueueClient:
-    def __init__(self, client: aioredis.Redis, keys: Keys, gateway_id: str, max_queue_length: int) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, gateway_id: str, max_queue_length: int,
+                 journal_ttl: float = 60.0) -> None:
         self._redis = client
         self._keys = keys
         self.gateway_id = gateway_id
         self._max_queue_length = max_queue_length
+        self.journal_ttl = journal_ttl
+        self._ttl_ms = max(1, int(journal_ttl * 1000))
         self._inboxes: dict[str, Inbox[Event]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -58,12 +73,21 @@ class QueueClient:
             except (asyncio.CancelledError, RedisError):
                 pass
 
-    def open(self) -> tuple[str, Inbox[Event]]:
-        """A fresh request id and the inbox its events will be routed to (until `close`)."""
-        # The HTTP request's id (x-request-id) names the request fleet-wide when it is free, so
-        # gateway and worker logs match; fan-outs (best_of, n) and reused ids get a suffix.
+    @staticmethod
+    def request_id(index: int | None = None) -> str:
+        """The fleet id of the HTTP request's run `index` (None: its only run): the HTTP request's
+        id (x-request-id or Idempotency-Key), so gateway and worker logs match and a retry with
+        the same id names the same run; `.index` for each run of a fan-out (best_of, n)."""
         base = request_id_var.get() or uuid.uuid4().hex
-        req_id = base
+        return base if index is None else f"{base}.{index}"
+
+    def is_open(self, req_id: str) -> bool:
+        return req_id in self._inboxes
+
+    def open(self, req_id: str) -> tuple[str, Inbox[Event]]:
+        """The inbox `req_id`'s events will be routed to (until `close`), under a suffixed id
+        when this gateway already relays one of that id."""
+        base = req_id
         while req_id in self._inboxes:
             req_id = f"{base}-{uuid.uuid4().hex[:6]}"
         inbox: Inbox[Event] = Inbox()
@@ -73,15 +97,72 @@ class QueueClient:
     def close(self, req_id: str) -> None:
         self._inboxes.pop(req_id, None)
 
+    async def claim(self, msg: GenerateRequest) -> GenerateRequest | None:
+        """Make `msg` (attempt 0) the request of its id fleet-wide: None when it now is, else the
+        request that already holds the id (running, or ended within the journal's TTL)."""
+        previous = await self._redis.set(self._keys.claim(msg.req_id), encode(msg), nx=True, get=True, px=self._ttl_ms)
+        return None if previous is None else decode_request(previous)
+
+    async def claimed(self, req_id: str) -> GenerateRequest | None:
+        raw = await self._redis.get(self._keys.claim(req_id))
+        return None if raw is None else decode_request(raw)
+
+    async def release(self, req_id: str) -> None:
+        """Give up a claim whose request was never queued (refused before the XADD)."""
+        await self._redis.delete(self._keys.claim(req_id))
+
     async def enqueue(self, msg: GenerateRequest) -> bytes | str:
-        """XADD one attempt; the entry id. Raises QueueFull, before queueing, when over the bound."""
+        """XADD one attempt; the entry id. Raises QueueFull, before queueing, when over the bound.
+        A continuation (attempt > 0) is written to the request's journal first."""
         stream = self._keys.request_stream(msg.model)
         await self._ensure_group(stream)
         if await self._redis.xlen(stream) >= self._max_queue_length:
             # Workers delete entries when they accept them, so XLEN is the unserved backlog.
             raise QueueFull(f"the request queue holds {self._max_queue_length} entries")
-        entry_id: bytes | str = await self._redis.xadd(stream, {REQUEST_FIELD: encode(msg)})
-        return entry_id
+        payload = encode(msg)
+        if msg.attempt == 0:
+            entry_id: bytes | str = await self._redis.xadd(stream, {REQUEST_FIELD: payload})
+            return entry_id
+        pipe = self._redis.pipeline(transaction=False)
+        self._journal_on(pipe, msg.req_id, payload)
+        pipe.xadd(stream, {REQUEST_FIELD: payload})
+        return (await pipe.execute())[-1]  # type: ignore[no-any-return]
+
+    async def journal(self, req_id: str, start: int = 0) -> list[JournalEntry]:
+        """The request's journal from entry `start` on (unreadable entries skipped, logged)."""
+        entries = []
+        for raw in await self._redis.lrange(self._keys.journal(req_id), start, -1):
+            try:
+                entries.append(decode_journal_entry(raw))
+            except ProtocolError as exc:
+                log.warning("skipping an unreadable journal entry of %s: %s", req_id, exc)
+                entries.append(Cancel(req_id, -2, "unreadable"))  # keeps the count of entries read
+        return entries
+
+    async def append_journal(self, req_id: str, msg: Cancel | Adopt) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        self._journal_on(pipe, req_id, encode(msg))
+        await pipe.execute()
+
+    async def refresh_journal(self, req_id: str) -> None:
+        """Keep a request's claim and journal while no worker writes them (it is queued)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.pexpire(self._keys.claim(req_id), self._ttl_ms)
+        pipe.pexpire(self._keys.journal(req_id), self._ttl_ms)
+        await pipe.execute()
+
+    def _journal_on(self, pipe: aioredis.client.Pipeline, req_id: str, payload: bytes) -> None:
+        pipe.rpush(self._keys.journal(req_id), payload)
+        pipe.pexpire(self._keys.journal(req_id), self._ttl_ms)
+        pipe.pexpire(self._keys.claim(req_id), self._ttl_ms)
+
+    async def gateway_alive(self, gateway_id: str) -> bool:
+        return bool(await self._redis.exists(self._keys.gateway_heartbeat(gateway_id)))
+
+    async def publish_adopt(self, model: str, owner: str | None, adopt: Adopt) -> None:
+        """To the owner's channel, or to every worker of the model while nobody owns it yet."""
+        channel = self._keys.worker_channel(owner) if owner else self._keys.control_channel(model)
+        await self._redis.publish(channel, encode(adopt))
 
     async def publish_cancel(self, model: str, owner: str | None, cancel: Cancel) -> None:
         """To the owner's channel, or to every worker of the model while nobody owns it yet."""

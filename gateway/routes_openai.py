@@ -20,6 +20,7 @@ from gateway.schemas import GenerateInput
 from gateway.schemas_openai import OpenAIRequest, parse_chat, parse_completion
 from gateway.sse import SSEResponse
 from gateway.tgi_shapes import timing_headers
+from common.errors import ValidationError
 from gateway.validation import off_loop, validate
 
 __all__ = ["openai_routes"]
@@ -52,6 +53,13 @@ async def _openai(call: Admission, chat: bool) -> Response:
     oc = await off_loop(lambda: _prepare(call, chat, req, model), call.body_size)
     lifecycle = model.lifecycle
     if oc.req.stream:
+        resume = call.resume_point()
+        if resume is not None:
+            if len(oc.choices) > 1:
+                raise ValidationError("`Last-Event-ID` resumes a stream of one choice (one prompt, n = 1)")
+            oc.choices[0].resume = resume
+        headers = call.request.headers
+        oc.event_ids = "idempotency-key" in headers or resume is not None
         return SSEResponse(openai_stream(lifecycle.interleave(oc.choices), oc, call.ctx.metrics),
                            {"x-compute-type": "gpu+optimized"})
 

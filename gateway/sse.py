@@ -2,9 +2,9 @@
 
 TGI (axum `Event::json_data`) writes `data:{json}\\n\\n` with no space after the colon; OpenAI
 writes `data: {json}\\n\\n` and ends with `data: [DONE]`. Both get a `:\\n\\n` comment after
-KEEP_ALIVE_INTERVAL seconds of silence, so proxies with idle timeouts keep the stream open. TGI's
-events also carry an `id:` line (`<request id>:<seq>`), which clients ignore and which lets a
-stream be resumed.
+KEEP_ALIVE_INTERVAL seconds of silence, so proxies with idle timeouts keep the stream open. Token
+events of both also carry an `id:` line (`<request id>:<seq>`), which clients ignore and which
+a client sends back as `Last-Event-ID` to resume the stream (gateway/resume.py).
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ def sse(obj: Any, event_id: str | None = None) -> bytes:
     return b"id:" + event_id.encode() + b"\ndata:" + encode(obj) + b"\n\n"
 
 
-def openai_sse(obj: Any) -> bytes:
+def openai_sse(obj: Any, event_id: str | None = None) -> bytes:
     """One OpenAI event, framed as OpenAI's own API frames it: `data: ` with the space, which
-    clients that strip the exact prefix "data: " (vLLM's benchmark client) depend on."""
-    return b"data: " + encode(obj) + b"\n\n"
+    clients that strip the exact prefix "data: " (vLLM's benchmark client) depend on; after an
+    optional `id:` line, which OpenAI's clients ignore."""
+    if event_id is None:
+        return b"data: " + encode(obj) + b"\n\n"
+    return b"id:" + event_id.encode() + b"\ndata: " + encode(obj) + b"\n\n"
 
 
 def json_float(x: float) -> float | msgspec.Raw | None:

@@ -138,25 +138,25 @@ async def tgi_stream(bursts: AsyncIterator[list[Token]], v: Validated, outcome: 
     # Events go out one token behind the worker, so the last token's event can carry the final
     # text and details once the Finish has arrived, as TGI's last event does. Every event of a
     # burst goes out in one chunk: one write per burst, however many tokens it holds.
+    # An event's index is its token's place in the whole output (seq + 1), so a resumed stream
+    # (Last-Event-ID) goes on counting where the client left off.
     held: Token | None = None
-    index = 0  # of the held token's event
     try:
         async for burst in bursts:
             chunk = []
             for token in burst:
                 if held is not None:
-                    chunk.append(tgi_token_event(held, index))
+                    chunk.append(tgi_token_event(held, held.seq + 1))
                 held = token
-                index += 1
             if chunk:
                 yield b"".join(chunk)
         if held is not None:
             details = details_json(v, outcome, stream=True) if v.details else None
-            yield tgi_token_event(held, index, prefix + outcome.text, details)
+            yield tgi_token_event(held, held.seq + 1, prefix + outcome.text, details)
     except GenfleetError as exc:
         metrics.record_failure(exc)
         log_if_server_error(exc, "a /generate_stream event")
-        last = tgi_token_event(held, index) if held is not None else b""
+        last = tgi_token_event(held, held.seq + 1) if held is not None else b""
         yield last + error_event(exc)
     finally:
         await bursts.aclose()  # type: ignore[attr-defined]

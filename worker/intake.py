@@ -4,7 +4,8 @@ Two threads, neither of which ever blocks the engine loop:
 - the reader takes at most `budget()` entries per read from the model's stream (so a busy worker
   leaves work for idle ones) and hands them over with their stream entry ids; the output thread
   XACKs each entry together with its Accepted event;
-- the listener receives Cancel messages on this worker's channel and the model's control channel.
+- the listener receives Cancel and Adopt messages on this worker's channel and the model's control
+  channel.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 import redis
 
-from common.protocol import Cancel, GenerateRequest, ProtocolError, decode_control, decode_request
+from common.protocol import Control, GenerateRequest, ProtocolError, decode_control, decode_request
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
 
 __all__ = ["Intake", "ensure_group", "read_entry"]
@@ -53,7 +54,7 @@ class Intake:
         worker_id: str,
         budget: Callable[[], int],
         on_request: Callable[[bytes, GenerateRequest], None],
-        on_cancel: Callable[[Cancel], None],
+        on_control: Callable[[Control], None],
         on_bad_entry: Callable[[bytes], None],
     ) -> None:
         self._client = client
@@ -63,7 +64,7 @@ class Intake:
         self._worker_id = worker_id
         self._budget = budget
         self._on_request = on_request
-        self._on_cancel = on_cancel
+        self._on_control = on_control
         self._on_bad_entry = on_bad_entry
         self._reading = threading.Event()
         self._stopped = threading.Event()
@@ -146,7 +147,7 @@ class Intake:
                     if message is None or message.get("type") != "message":
                         continue
                     try:
-                        self._on_cancel(decode_control(message["data"]))
+                        self._on_control(decode_control(message["data"]))
                     except ProtocolError as exc:
                         log.warning("ignoring unreadable control message: %s", exc)
             except redis.RedisError as exc:

@@ -63,6 +63,8 @@ class WorkerMetrics:
         self.kv_usage = Gauge("genfleet_worker_kv_usage_ratio", "Share of the KV cache in use (0..1)", registry=r)
         self.steps = Counter("genfleet_worker_steps", "Engine steps run", registry=r)
         self.tokens = Counter("genfleet_worker_generated_tokens", "Tokens generated", registry=r)
+        self.admitted = Counter("genfleet_worker_admitted_requests",
+                                "Request attempts admitted into the engine (a continuation counts again)", registry=r)
         self.tokens_per_s = Gauge("genfleet_worker_tokens_per_second",
                                   "Tokens generated per second over the last few seconds", registry=r)
         self.preemptions = Counter("genfleet_worker_preemptions", "Requests preempted for lack of KV blocks",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import redis
 
 from common.errors import FinishReason
@@ -33,6 +34,7 @@ from common.protocol import (
     encode,
 )
 from common.streams import CONSUMER_GROUP, Keys
+from worker.checkpoint import Checkpointer
 from worker.detokenizer import Decoder, IncrementalDetokenizer
 from worker.finish import stop_sequence_hit
 from worker.request import RequestKey
@@ -56,7 +58,7 @@ class _Live:
 
 
 # Items on the queue: ("accept", key, request, seed, entry_id) | ("step", step, outputs)
-#                   | ("error", key, error_type, message)
+#                   | ("error", key, error_type, message) | ("adopt", key, gateway_id) | ("forget", key)
 _Item = tuple[Any, ...]
 
 
@@ -73,6 +75,7 @@ class OutputProcessor:
         worker_id: str,
         tokenizer: Any,
         on_stop: Callable[[RequestKey], None],
+        checkpoint: Checkpointer | None = None,
     ) -> None:
         self._redis = redis_client
         self._keys = keys
@@ -83,6 +86,7 @@ class OutputProcessor:
         self._decoders = {skip: Decoder(tokenizer, skip) for skip in (True, False)}
         self._token_texts: dict[int, str] = {}  # _decode_one's answers, bounded by the vocabulary
         self._on_stop = on_stop
+        self._checkpoint = checkpoint  # None: --checkpoint-tokens false
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._live: dict[RequestKey, _Live] = {}
         self._acks: list[tuple[str, bytes]] = []  # (stream, entry id) acked in this round's pipeline
@@ -110,6 +114,10 @@ class OutputProcessor:
 
     def error(self, key: RequestKey, error_type: str, message: str) -> None:
         self._queue.put(("error", key, error_type, message))
+
+    def adopt(self, key: RequestKey, gateway_id: str) -> None:
+        """Publish `key`'s events to `gateway_id` from now on, starting with an Accepted there."""
+        self._queue.put(("adopt", key, gateway_id))
 
     def forget(self, key: RequestKey) -> None:
         """The request was cancelled: drop its state (no event; the canceller knows)."""
@@ -168,6 +176,13 @@ class OutputProcessor:
             return 0
         if kind == "forget":
             self._live.pop(item[1], None)
+            return 0
+        if kind == "adopt":
+            _, key, gateway_id = item
+            live = self._live.get(key)
+            if live is not None:  # else it has ended: the adopter finds the end in the journal
+                live.request = msgspec.structs.replace(live.request, gateway_id=gateway_id)
+                out[gateway_id].append(Accepted(live.request.req_id, live.request.attempt, self._worker_id))
             return 0
         if kind == "error":
             _, key, error_type, message = item
@@ -265,6 +280,8 @@ class OutputProcessor:
         if not per_gateway and not acks:
             return
         pipe = self._redis.pipeline(transaction=False)
+        if self._checkpoint is not None and per_gateway:
+            self._checkpoint.add(pipe, step, per_gateway)
         for stream, entry_id in acks:
             # Deleted once accepted, so the stream's length is the backlog the gateways bound.
             pipe.xack(stream, CONSUMER_GROUP, entry_id)

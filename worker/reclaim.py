@@ -5,13 +5,16 @@
   a heartbeat TTL and their consumer has no heartbeat left: idle alone is not dead, since a busy
   worker may sit on an entry for a long engine step. An entry delivered more than --max-deliveries times is
   dead-lettered: copied to the model's dead-letter stream, acked, and its gateway gets an Error.
-- Dead gateways: a request whose gateway has stopped heart-beating has nobody to stream to; the
-  worker cancels it so its blocks return to the pool.
+- Dead gateways: a request whose gateway has stopped heart-beating has nobody to stream to. It
+  keeps running for --gateway-grace-period, so that its client can reconnect through another
+  gateway, which adopts it (common/protocol.py Adopt); after that the worker cancels it so its
+  blocks return to the pool.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import redis
@@ -99,16 +102,19 @@ class Reclaimer:
 
 
 class GatewayWatch:
-    """Tracks the gateways this worker streams to; reports those whose heartbeat went away.
+    """Tracks the gateways this worker streams to; reports those whose heartbeat went away at
+    least `grace` seconds ago.
 
     A gateway counts as dead only after its heartbeat was seen once and then expired, so a
     request never dies because its gateway's first heartbeat has not landed yet.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, grace: float = 0.0) -> None:
         self._client = client
         self._keys = keys
+        self._grace = grace
         self._seen: set[str] = set()
+        self._gone_since: dict[str, float] = {}  # monotonic time its heartbeat was first missed
 
     def dead_among(self, gateway_ids: Iterable[str]) -> set[str]:
         ids = sorted(set(gateway_ids))
@@ -119,9 +125,11 @@ class GatewayWatch:
             pipe.exists(self._keys.gateway_heartbeat(gid))
         alive = pipe.execute()
         dead = set()
+        now = time.monotonic()
         for gid, exists in zip(ids, alive):
             if exists:
                 self._seen.add(gid)
-            elif gid in self._seen:
+                self._gone_since.pop(gid, None)  # back (restarted under its id)
+            elif gid in self._seen and now - self._gone_since.setdefault(gid, now) >= self._grace:
                 dead.add(gid)
         return dead

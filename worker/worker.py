@@ -3,7 +3,8 @@
 Threads: the engine loop runs here (it owns the engine; nothing else touches it); intake
 (worker/intake.py) and output (worker/output.py) run beside it and talk to it through queues,
 so the loop never waits on Redis or detokenization. A heartbeat thread publishes WorkerInfo;
-a housekeeping thread reclaims orphaned entries and cancels the requests of vanished gateways.
+a housekeeping thread reclaims orphaned entries and cancels the requests of vanished gateways
+once --gateway-grace-period has passed without another gateway adopting them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ import redis
 
 from common.config import WorkerConfig
 from common.errors import GATEWAY_GONE
-from common.protocol import Cancel, GenerateRequest, WorkerInfo, encode
+import msgspec
+
+from common.protocol import Adopt, Cancel, Control, GenerateRequest, WorkerInfo, encode
 from common.streams import CONSUMER_GROUP, Keys
 from worker.batch import Engine, RequestOutput
+from worker.checkpoint import Checkpointer
 from worker.finish import is_expired
 from worker.intake import Intake
 from worker.output import OutputProcessor
@@ -70,13 +74,16 @@ class Worker:
             fleet.effective_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=10
         )
         self._incoming: queue.SimpleQueue[tuple[bytes | None, GenerateRequest]] = queue.SimpleQueue()
-        self._cancels: queue.SimpleQueue[Cancel] = queue.SimpleQueue()
+        self._cancels: queue.SimpleQueue[Control] = queue.SimpleQueue()
         self._stops: queue.SimpleQueue[RequestKey] = queue.SimpleQueue()  # ended by the output thread
         self._work = threading.Event()  # set when intake, cancels or stops have something
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._keys_by_req: dict[str, set[RequestKey]] = {}  # req_id -> its attempts in the engine
         self._gateway_of: dict[RequestKey, str] = {}  # -> gateway id, for the dead-gateway check
+        # Adopts of requests not in the engine yet (still queued in the stream): req_id ->
+        # (gateway id, monotonic time), applied when one is admitted, forgotten after a TTL.
+        self._adopts: dict[str, tuple[str, float]] = {}
         self._snapshot = _Snapshot(admittable=engine.num_admittable())
         # Held while the engine thread moves requests from the handover queue into the engine and
         # refreshes the snapshot, so intake never counts a request twice or not at all.
@@ -84,10 +91,12 @@ class Worker:
         self.started_at = time.time()
         self.step_count = 0
         self.step_log = StepLog(config.stats_interval)
-        self.output = OutputProcessor(self.redis, self.keys, self.worker_id, tokenizer, self._stop_from_output)
+        checkpoint = Checkpointer(self.keys, self.worker_id, fleet.resume_ttl) if config.checkpoint_tokens else None
+        self.output = OutputProcessor(self.redis, self.keys, self.worker_id, tokenizer, self._stop_from_output,
+                                      checkpoint)
         self.intake = Intake(
             self.redis, self.keys, self.model, self.worker_id,
-            budget=self._budget, on_request=self._on_request, on_cancel=self._on_cancel,
+            budget=self._budget, on_request=self._on_request, on_control=self._on_control,
             on_bad_entry=self._on_bad_entry,
         )
         self.reclaimer = Reclaimer(
@@ -95,7 +104,7 @@ class Worker:
             min_idle_ms=int(fleet.heartbeat_ttl * 1000), max_deliveries=config.max_deliveries,
             deliver=self._on_request,
         )
-        self.gateway_watch = GatewayWatch(self.redis, self.keys)
+        self.gateway_watch = GatewayWatch(self.redis, self.keys, config.gateway_grace_period)
         # The heartbeat has a thread of its own: neither an engine step nor housekeeping's Redis
         # calls (each may wait up to the socket timeout, as long as the heartbeat TTL) hold it up.
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -185,7 +194,12 @@ class Worker:
             except queue.Empty:
                 return admitted
             admitted += 1
+            if self.metrics is not None:
+                self.metrics.admitted.inc()
             now = time.time()
+            adopted = self._adopts.pop(wire.req_id, None)
+            if adopted is not None:
+                wire = msgspec.structs.replace(wire, gateway_id=adopted[0])
             # The gateway resolved the seed at validation (None only when greedy, which draws none).
             seed = wire.params.seed
             req = Request.from_wire(wire, seed or 0, now)
@@ -214,6 +228,9 @@ class Worker:
                 cancel = self._cancels.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(cancel, Adopt):
+                self._adopt(cancel)
+                continue
             for key in list(self._keys_by_req.get(cancel.req_id, ())):
                 if cancel.attempt < 0 or key.attempt == cancel.attempt:
                     self._drop(key)
@@ -223,6 +240,20 @@ class Worker:
                         self.output.error(key, GATEWAY_GONE, "Cancelled: the gateway's heartbeat expired")
                     else:
                         self.output.forget(key)
+
+    def _adopt(self, adopt: Adopt) -> None:
+        keys = self._keys_by_req.get(adopt.req_id)
+        if not keys:
+            now = time.monotonic()
+            ttl = self.config.fleet.resume_ttl
+            self._adopts = {r: a for r, a in self._adopts.items() if now - a[1] < ttl}
+            self._adopts[adopt.req_id] = (adopt.gateway_id, now)
+            return
+        log.info("request %s adopted by gateway %s", adopt.req_id, adopt.gateway_id)
+        for key in keys:
+            with self._admit_lock:
+                self._gateway_of[key] = adopt.gateway_id
+            self.output.adopt(key, adopt.gateway_id)
 
     def _drop(self, key: RequestKey) -> None:
         """End `key` in the engine without an output (its stream has ended or nobody reads it)."""
@@ -264,7 +295,7 @@ class Worker:
         self._incoming.put((entry_id, request))
         self._work.set()
 
-    def _on_cancel(self, cancel: Cancel) -> None:
+    def _on_control(self, cancel: Control) -> None:
         self._cancels.put(cancel)
         self._work.set()
 
@@ -299,8 +330,8 @@ class Worker:
             return
         for key, gateway_id in owners.items():
             if gateway_id in dead:
-                log.info("gateway %s is gone; cancelling %s", gateway_id, key)
-                self._on_cancel(Cancel(key.req_id, key.attempt, GATEWAY_GONE))
+                log.info("gateway %s is gone and nobody adopted %s; cancelling it", gateway_id, key)
+                self._on_control(Cancel(key.req_id, key.attempt, GATEWAY_GONE))
 
     def _heartbeat_now(self) -> None:
         stats = self.engine.stats()

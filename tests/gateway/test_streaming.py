@@ -122,6 +122,7 @@ class _Queue:
     """The queue client's contract, scripted: one request, "r", whose inbox the test fills."""
 
     gateway_id = "gw"
+    journal_ttl = 60.0
 
     def __init__(self) -> None:
         self.subscriptions = 1  # the pub/sub subscriptions made so far
@@ -129,8 +130,24 @@ class _Queue:
         self.enqueued: list[GenerateRequest] = []
         self.cancelled: list[str] = []
 
-    def open(self) -> tuple[str, Inbox[Any]]:
-        return "r", self.inbox
+    @staticmethod
+    def request_id(index: int | None = None) -> str:
+        return "r"
+
+    async def claim(self, msg: GenerateRequest) -> None:
+        return None  # every id is free
+
+    async def release(self, req_id: str) -> None:
+        pass
+
+    def open(self, req_id: str) -> tuple[str, Inbox[Any]]:
+        return req_id, self.inbox
+
+    async def append_journal(self, req_id: str, msg: Any) -> None:
+        pass
+
+    async def refresh_journal(self, req_id: str) -> None:
+        pass
 
     def close(self, req_id: str) -> None:
         pass

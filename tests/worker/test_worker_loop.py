@@ -21,12 +21,15 @@ from common.config import FleetConfig, WorkerConfig
 from common.errors import GATEWAY_GONE
 from common.protocol import (
     Accepted,
+    Adopt,
     Cancel,
+    EventBatch,
     Error,
     Finish,
     GenerateRequest,
     Token,
     decode_events,
+    decode_journal_entry,
     decode_worker_info,
     encode,
 )
@@ -86,18 +89,23 @@ def tokenizer(default_model_dir: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(default_model_dir)
 
 
-@pytest.fixture
-def running_worker(redis_url: str, key_prefix: str, tokenizer) -> Iterator[tuple[Worker, ScriptedEngine]]:  # type: ignore[no-untyped-def]
+def _start(redis_url: str, key_prefix: str, tokenizer, worker_id: str, **settings: object) -> tuple[Worker, ScriptedEngine, threading.Thread]:  # type: ignore[no-untyped-def]
     script = tokenizer(" one two three STOP four five six seven", add_special_tokens=False).input_ids
     engine = ScriptedEngine(script)
     config = WorkerConfig(
         fleet=FleetConfig(model_id="m", redis_url=redis_url, key_prefix=key_prefix, heartbeat_interval=0.2,
                           heartbeat_ttl=1.0, graceful_termination_timeout=5.0),
-        worker_id="w1",
+        worker_id=worker_id, **settings,  # type: ignore[arg-type]
     )
     worker = Worker(config, engine, tokenizer)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
+    return worker, engine, thread
+
+
+@pytest.fixture
+def running_worker(redis_url: str, key_prefix: str, tokenizer) -> Iterator[tuple[Worker, ScriptedEngine]]:  # type: ignore[no-untyped-def]
+    worker, engine, thread = _start(redis_url, key_prefix, tokenizer, "w1", gateway_grace_period=1.0)
     yield worker, engine
     worker.request_stop()
     thread.join(10)
@@ -265,5 +273,66 @@ def test_gateway_death_cancels_its_requests(running_worker, redis_url: str, key_
         if msg and msg["type"] == "message":
             errors += [e for e in decode_events(msg["data"]).events if isinstance(e, Error)]
     assert [(e.req_id, e.error_type) for e in errors] == [("d1", GATEWAY_GONE)]
+    pubsub.close()
+    client.close()
+
+
+def test_steps_are_journaled_and_an_adopt_moves_the_stream(running_worker, redis_url: str, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    worker, engine = running_worker
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.gateway_channel("g1"), keys.gateway_channel("g3"))
+    _send(client, keys, "a1", 100_000)
+    seen: dict[str, list[object]] = {"g1": [], "g3": []}
+    deadline = time.monotonic() + 10
+
+    def collect(until) -> None:  # type: ignore[no-untyped-def]
+        while not until() and time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.2)
+            if msg and msg["type"] == "message":
+                seen[msg["channel"].decode().rsplit(":", 1)[1]] += decode_events(msg["data"]).events
+
+    collect(lambda: sum(isinstance(e, Token) for e in seen["g1"]) >= 3)
+    client.publish(keys.worker_channel("w1"), encode(Adopt("a1", "g3")))
+    collect(lambda: sum(isinstance(e, Token) for e in seen["g3"]) >= 3)
+    client.publish(keys.worker_channel("w1"), encode(Cancel("a1", 0)))
+    while RequestKey("a1", 0) not in engine.aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The new gateway's stream starts with the owner's Accepted; the two channels' tokens follow
+    # each other with no gap and no overlap.
+    assert isinstance(seen["g3"][0], Accepted) and seen["g3"][0].worker_id == "w1"
+    first = [e.seq for e in seen["g1"] if isinstance(e, Token)]
+    second = [e.seq for e in seen["g3"] if isinstance(e, Token)]
+    assert first + second == list(range(len(first) + len(second)))
+    # Every event published is in the journal, one EventBatch per step that had events for it.
+    # (The journal is written before the publish of the same round: what was seen is there.)
+    entries = [decode_journal_entry(raw) for raw in client.lrange(keys.journal("a1"), 0, -1)]
+    assert entries and all(isinstance(e, EventBatch) and e.worker_id == "w1" for e in entries)
+    steps = [e.step for e in entries if isinstance(e, EventBatch)]
+    assert len(steps) == len(set(steps))
+    journaled = [ev.seq for e in entries if isinstance(e, EventBatch) for ev in e.events if isinstance(ev, Token)]
+    assert journaled[: len(first) + len(second)] == first + second
+    assert 0 < client.pttl(keys.journal("a1")) <= 60_000
+    pubsub.close()
+    client.close()
+
+
+def test_checkpointing_off_writes_no_journal(redis_url: str, key_prefix: str, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    worker, _, thread = _start(redis_url, key_prefix, tokenizer, "w2", checkpoint_tokens=False)
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(key_prefix)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.gateway_channel("g1"))
+    _send(client, keys, "n1", 3)
+    finished = False
+    deadline = time.monotonic() + 10
+    while not finished and time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.2)
+        if msg and msg["type"] == "message":
+            finished = any(isinstance(e, Finish) for e in decode_events(msg["data"]).events)
+    assert finished and not client.exists(keys.journal("n1"))
+    worker.request_stop()
+    thread.join(10)
     pubsub.close()
     client.close()

@@ -1,0 +1,180 @@
+"""An HTTP request attached to a fleet request that already exists: a stream resumed with
+`Last-Event-ID` (through any gateway), or a retry naming its request by x-request-id or
+Idempotency-Key. Either way the request is generated once and every client of it gets the same
+tokens.
+
+The request's claim and journal (common/streams.py; gateway/journal.py folds them) say where it
+stands. Ended: the answer is replayed from the journal. Running, and its gateway is gone (or is
+this one, restarted): this gateway adopts it — an Adopt on the journal and to its owner, which
+answers with an Accepted on this gateway's channel and publishes there from then on; the journal
+holds everything before that Accepted, the channel everything after, and the relay
+(gateway/lifecycle.py) dedupes by seq, so the client sees no gap and no duplicate. Running, and
+its gateway is alive (a retry while the first call runs): this gateway follows the journal,
+reading what each step appended, and the request stays its first gateway's to cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from common.errors import GenfleetError, ValidationError
+from common.protocol import Accepted, Adopt, Event, GenerateRequest, Token
+from gateway.inbox import Inbox
+from gateway.journal import Replay
+
+if TYPE_CHECKING:
+    from gateway.lifecycle import Lifecycle, Run
+
+__all__ = ["attach", "same_request", "parse_last_event_id"]
+
+log = logging.getLogger("genfleet.gateway.resume")
+
+_FOLLOW_POLL = 0.05  # seconds between journal reads while following
+_GATEWAY_CHECK = 1.0  # seconds between checks that a followed request's gateway is still alive
+_ADOPT_WAIT = 1.0  # seconds to wait for the owner's Accepted before asking again
+_ADOPT_TRIES = 3
+
+
+def parse_last_event_id(value: str | None, request_id: str | None) -> tuple[str, int] | None:
+    """(request id, seq) from a `Last-Event-ID` header (`<request id>:<seq>`, as our events' `id:`
+    lines); None without one. The request id must be the one named by x-request-id, if any."""
+    if value is None:
+        return None
+    rid, sep, seq = value.strip().rpartition(":")
+    if not sep or not rid or not seq.isdigit() or len(seq) > 9:
+        raise GenfleetError("bad_request", "`Last-Event-ID` must be `<request id>:<seq>`, as the stream's `id:` lines")
+    if request_id is not None and request_id != rid:
+        raise GenfleetError("bad_request", f"`Last-Event-ID` names request {rid}, `x-request-id` {request_id}")
+    return rid, int(seq)
+
+
+def same_request(existing: GenerateRequest, run: Run, scope: str) -> bool:
+    """Whether `run` asks what `existing` (a claim) asked: the same prompt and parameters, the
+    seed aside (each call without one draws its own). Another key's request raises."""
+    if existing.scope != scope:
+        raise GenfleetError("forbidden", f"Request {existing.req_id} belongs to another API key")
+    unseeded = msgspec.structs.replace
+    return existing.input_ids == run.input_ids and unseeded(existing.params, seed=None) == unseeded(run.params, seed=None)
+
+
+async def attach(lc: Lifecycle, run: Run, req_id: str, after: int) -> AsyncIterator[list[Token]]:
+    """Yield the tokens of request `req_id` after seq `after` (-1: all), then its live ones."""
+    qc = lc.queue_client
+    first = await qc.claimed(req_id)
+    if first is None:
+        raise GenfleetError("unknown_request", f"No request {req_id} to resume: it is unknown, or it ended "
+                            "longer ago than its journal is kept")
+    if not same_request(first, run, lc.scope):
+        raise ValidationError(f"the request body differs from that of request {req_id}")
+    replay = Replay(first)
+    replay.fold(await qc.journal(req_id))
+    if after >= len(replay.tokens):
+        raise GenfleetError("request_gone", f"Request {req_id} cannot resume after seq {after}: its journal holds "
+                            f"{len(replay.tokens)} tokens (workers run with --checkpoint-tokens false?)")
+    outcome = run.outcome
+    outcome.tokens = replay.tokens[: after + 1]  # what the client already has
+    log.info("request %s resumed after seq %d (%d tokens in its journal, its gateway %s)", req_id, after,
+             len(replay.tokens), replay.reply_to)
+    pending = replay.tokens[after + 1:]
+    if not replay.ended and await _follows(lc, replay):
+        async for added in _follow(lc, replay):
+            pending += added
+            if pending:
+                lc.observe_burst(outcome, pending)
+                yield pending
+                pending = []
+    if not replay.ended:
+        # Adopt it: from here on it is this gateway's request, cancelled when this client leaves.
+        req_id, inbox = qc.open(req_id)
+        state = lc.state_of(replay, inbox)
+        try:
+            pending += await _adopt(lc, replay, inbox)
+        except BaseException:
+            qc.close(req_id)
+            raise
+        if not replay.ended:
+            state.attempt, state.owner = replay.current.attempt, replay.owner
+            state.relayed_ids = [t.id for t in replay.tokens]
+            if pending:
+                lc.observe_burst(outcome, pending)
+                yield pending
+            async for burst in lc.follow(state, outcome):
+                yield burst
+            return
+        qc.close(req_id)
+    _end(replay)
+    if pending:
+        lc.observe_burst(outcome, pending)
+        yield pending
+    outcome.finish = replay.finish
+
+
+async def _follows(lc: Lifecycle, replay: Replay) -> bool:
+    """Follow the journal (the request stays with its gateway) rather than adopt it?"""
+    qc = lc.queue_client
+    if replay.reply_to == qc.gateway_id:
+        return qc.is_open(replay.req_id)  # a retry of a request this gateway relays; else restarted
+    return await qc.gateway_alive(replay.reply_to)
+
+
+async def _follow(lc: Lifecycle, replay: Replay) -> AsyncIterator[list[Token]]:
+    """What each read of the growing journal added, until the request ends or its gateway goes
+    away (then the caller adopts it)."""
+    qc = lc.queue_client
+    checked = time.monotonic()
+    first = replay.first
+    while not replay.ended:
+        if first.deadline and time.time() > first.deadline:
+            raise GenfleetError("timeout", "Request deadline exceeded")
+        added = replay.fold(await qc.journal(replay.req_id, replay.read))
+        if added:
+            yield added
+            continue
+        now = time.monotonic()
+        if now - checked >= _GATEWAY_CHECK:
+            checked = now
+            if not await _follows(lc, replay):
+                return
+        await asyncio.sleep(_FOLLOW_POLL)
+
+
+def _end(replay: Replay) -> None:
+    if replay.gone:
+        raise GenfleetError("request_gone", f"Request {replay.req_id} was cancelled: its client left, or none came "
+                            "back within the gateway grace period")
+    if replay.error is not None:
+        raise GenfleetError(replay.error.error_type, replay.error.message)
+
+
+async def _adopt(lc: Lifecycle, replay: Replay, inbox: Inbox[Event]) -> list[Token]:
+    """Make the owner publish to this gateway; the tokens it logged before it did."""
+    qc = lc.queue_client
+    adopt = Adopt(replay.req_id, qc.gateway_id)
+    await qc.append_journal(replay.req_id, adopt)
+    early: list[Event] = []
+    for _ in range(_ADOPT_TRIES):
+        await qc.publish_adopt(replay.current.model, replay.owner, adopt)
+        deadline = time.monotonic() + _ADOPT_WAIT
+        while time.monotonic() < deadline and not _acked(early, replay):
+            if await inbox.wait(max(0.0, deadline - time.monotonic())):
+                early += inbox.drain()
+        if _acked(early, replay):
+            break
+        replay.fold(await qc.journal(replay.req_id, replay.read))
+        if replay.ended:
+            break
+    # Everything the owner published before its Accepted here is in the journal by now.
+    added = replay.fold(await qc.journal(replay.req_id, replay.read))
+    for event in early + inbox.drain():
+        inbox.put_nowait(event)  # the relay takes them in order, dropping what the journal gave
+    return added
+
+
+def _acked(events: list[Event], replay: Replay) -> bool:
+    return any(isinstance(e, Accepted) for e in events)
