@@ -34,7 +34,7 @@ from gateway.inbox import Inbox
 from gateway.journal import Replay
 from gateway.metrics import GatewayMetrics
 from gateway.queue_client import QueueClient, QueueFull
-from gateway.resume import attach, same_request
+from gateway.resume import attach, open_replay, same_request
 
 __all__ = ["Lifecycle", "RequestState", "Outcome", "Run"]
 
@@ -89,6 +89,7 @@ class Run:
     params: SamplingParams
     outcome: Outcome
     resume: tuple[str, int] | None = None  # (request id, seq of the last event the client has): Last-Event-ID
+    replay: Replay | None = None  # the journal of the request it resumes, once checked (Lifecycle.prepare)
 
     @staticmethod
     def fan_out(input_ids: list[int], run_params: Sequence[SamplingParams], started: float) -> list[Run]:
@@ -127,13 +128,23 @@ class Lifecycle:
         if not self.fleet.state.redis_ok:
             raise GenfleetError("unavailable", "Request queue unavailable: Redis does not answer")
         if run.resume is not None:
-            bursts = attach(self, run, *run.resume)
+            replay = run.replay or await open_replay(self, run, *run.resume)
+            bursts = attach(self, run, replay, run.resume[1])
         else:
             claimed = await self._claim(run, index)
-            bursts = attach(self, run, claimed, -1) if isinstance(claimed, str) else self._generate(run, claimed)
+            if isinstance(claimed, str):
+                bursts = attach(self, run, await open_replay(self, run, claimed, -1), -1)
+            else:
+                bursts = self._generate(run, claimed)
         async with contextlib.aclosing(bursts) as it:
             async for burst in it:
                 yield burst
+
+    async def prepare(self, run: Run) -> None:
+        """Before a stream's response starts: check that the stream it resumes may be resumed, so
+        that a refusal keeps its status (404, 403, 410)."""
+        if run.resume is not None and self.fleet.state.redis_ok:
+            run.replay = await open_replay(self, run, *run.resume)
 
     async def _claim(self, run: Run, index: int | None) -> GenerateRequest | str:
         """The request this run queues under its id (claimed), or the id of the same request

@@ -31,7 +31,7 @@ from gateway.journal import Replay
 if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle, Run
 
-__all__ = ["attach", "same_request", "parse_last_event_id"]
+__all__ = ["attach", "open_replay", "same_request", "parse_last_event_id"]
 
 log = logging.getLogger("genfleet.gateway.resume")
 
@@ -63,8 +63,9 @@ def same_request(existing: GenerateRequest, run: Run, scope: str) -> bool:
     return existing.input_ids == run.input_ids and unseeded(existing.params, seed=None) == unseeded(run.params, seed=None)
 
 
-async def attach(lc: Lifecycle, run: Run, req_id: str, after: int) -> AsyncIterator[list[Token]]:
-    """Yield the tokens of request `req_id` after seq `after` (-1: all), then its live ones."""
+async def open_replay(lc: Lifecycle, run: Run, req_id: str, after: int) -> Replay:
+    """Request `req_id`'s journal, folded, once checked that `run` may attach to it after seq
+    `after`: raises the refusal (404, 403, 422, 410) before any response starts."""
     qc = lc.queue_client
     first = await qc.claimed(req_id)
     if first is None:
@@ -74,9 +75,18 @@ async def attach(lc: Lifecycle, run: Run, req_id: str, after: int) -> AsyncItera
         raise ValidationError(f"the request body differs from that of request {req_id}")
     replay = Replay(first)
     replay.fold(await qc.journal(req_id))
+    if replay.gone:
+        _end(replay)
     if after >= len(replay.tokens):
         raise GenfleetError("request_gone", f"Request {req_id} cannot resume after seq {after}: its journal holds "
                             f"{len(replay.tokens)} tokens (workers run with --checkpoint-tokens false?)")
+    return replay
+
+
+async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIterator[list[Token]]:
+    """Yield the tokens of `replay`'s request after seq `after` (-1: all), then its live ones."""
+    qc = lc.queue_client
+    req_id = replay.req_id
     outcome = run.outcome
     outcome.tokens = replay.tokens[: after + 1]  # what the client already has
     log.info("request %s resumed after seq %d (%d tokens in its journal, its gateway %s)", req_id, after,

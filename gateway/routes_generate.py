@@ -63,5 +63,6 @@ async def _stream(call: Admission, parsed: GenerateInput) -> Response:
     model, v = await _validated(call, parsed, stream=True)
     (run,) = Run.fan_out(v.input_ids, v.run_params, call.started)
     run.resume = call.resume_point()
+    await model.lifecycle.prepare(run)
     events = tgi_stream(model.lifecycle.run(run), v, run.outcome, call.ctx.metrics)
     return SSEResponse(events, stream_headers(len(v.input_text)))

@@ -58,6 +58,7 @@ async def _openai(call: Admission, chat: bool) -> Response:
             if len(oc.choices) > 1:
                 raise ValidationError("`Last-Event-ID` resumes a stream of one choice (one prompt, n = 1)")
             oc.choices[0].resume = resume
+            await lifecycle.prepare(oc.choices[0])
         headers = call.request.headers
         oc.event_ids = "idempotency-key" in headers or resume is not None
         return SSEResponse(openai_stream(lifecycle.interleave(oc.choices), oc, call.ctx.metrics),

@@ -6,7 +6,8 @@ load/run_load.py's client in this process, and records each process's CPU time s
 name the bottleneck. Three scenarios:
 
 - relay:   one gateway relaying `--streams` concurrent streams, each sending request after request
-           for `--duration` (workers offer far more tokens than a gateway relays)
+           for `--duration` (workers offer far more tokens than a gateway relays); with the workers'
+           per-step token checkpoints on and off (`--relay-checkpoint on,off`), in the same run
 - scaling: 1 and 4 workers with a small batch each, so the workers are the bottleneck
 - latency: one stream at a time, fleet path against the same engine stepped in-process
 
@@ -64,6 +65,7 @@ class Fleet:
     rate: float  # synthetic tokens/s per request
     batch: int  # --max-batch-size per worker
     log_dir: Path
+    worker_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
@@ -74,7 +76,7 @@ class Fleet:
         for i in range(self.workers):
             self._spawn(f"worker{i}", ["worker", *common, "--worker-id", f"w{i}", "--device", "cpu",
                                        "--synthetic-tokens-per-s", str(self.rate),
-                                       "--max-batch-size", str(self.batch)])
+                                       "--max-batch-size", str(self.batch), *self.worker_args])
         self._spawn("gateway", ["gateway", *common, "--hostname", "127.0.0.1", "--port", str(self.port),
                                 "--max-concurrent-requests", "4096"])
         self._wait_healthy(180.0)
@@ -125,8 +127,8 @@ class Fleet:
 
 
 @contextmanager
-def _fleet(workers: int, rate: float, batch: int, log_dir: Path) -> Iterator[Fleet]:
-    fleet = Fleet(workers, rate, batch, log_dir)
+def _fleet(workers: int, rate: float, batch: int, log_dir: Path, worker_args: tuple[str, ...] = ()) -> Iterator[Fleet]:
+    fleet = Fleet(workers, rate, batch, log_dir, worker_args)
     try:
         yield fleet.start()
     finally:
@@ -150,6 +152,12 @@ def _drive(fleet: Fleet, users: int, requests: int, max_new: int, duration: floa
     payload["cpu_share"] = cpu_share  # CPU seconds per wall second, per process (2 cores = 2.0)
     payload["machine"] = {"busy_thread_share_before": round(share, 3), "loadavg_1m_before": load,
                           "loadavg_1m_after": os.getloadavg()[0]}
+    if fleet.redis is not None:
+        import redis
+
+        client = redis.Redis.from_url(fleet.redis.url)
+        payload["redis_used_memory_peak"] = int(client.info("memory")["used_memory_peak"])
+        client.close()
     return payload, cpu_share
 
 
@@ -158,12 +166,13 @@ def relay(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     # Every stream sends request after request until --duration, so the figure is the steady state
     # rather than one round's ramp-up and tail.
     rounds = max(1, math.ceil(args.duration * args.relay_rate / args.relay_tokens)) + 1
-    for workers in args.relay_workers:
+    for workers, checkpoint in [(w, c) for w in args.relay_workers for c in args.relay_checkpoint]:
         batch = -(-args.streams // workers)
-        with _fleet(workers, args.relay_rate, batch, out / "logs") as fleet:
-            label = f"relay-{args.streams}streams-{workers}w"
+        worker_args = ("--checkpoint-tokens", "true" if checkpoint == "on" else "false")
+        with _fleet(workers, args.relay_rate, batch, out / "logs", worker_args) as fleet:
+            label = f"relay-{args.streams}streams-{workers}w-checkpoint-{checkpoint}"
             meta = {"scenario": "relay", "workers": workers, "rate": args.relay_rate, "batch": batch, "load": args.streams,
-                    "tokens": args.relay_tokens}
+                    "tokens": args.relay_tokens, "checkpoint": checkpoint}
             payload, cpu = _drive(fleet, args.streams, args.streams * rounds, args.relay_tokens, args.duration, label,
                                   meta)
             payloads.append(payload)
@@ -237,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--relay-workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     # Offered: streams x rate = 256,000 tokens/s, far above what one gateway relays, so the
     # gateway (and the cores it shares) is what the relay figure measures.
+    p.add_argument("--relay-checkpoint", type=lambda s: s.split(","), default=["on", "off"],
+                   help="worker token checkpoints (--checkpoint-tokens) in the relay runs: on, off or on,off")
     p.add_argument("--relay-rate", type=float, default=1000.0, help="synthetic tokens/s per stream")
     p.add_argument("--relay-tokens", type=int, default=1000, help="tokens per relay request")
     p.add_argument("--scale-rate", type=float, default=50.0)

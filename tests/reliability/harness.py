@@ -7,7 +7,9 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import redis
@@ -45,6 +47,17 @@ class StreamResult:
         return (max(self.seqs) + 1 - len(set(self.seqs))) if self.seqs else 0
 
 
+async def tgi_events(r: httpx.Response) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+    """A TGI event stream's events, each with the `id:` line before it (None without one)."""
+    event_id: str | None = None
+    async for line in r.aiter_lines():
+        if line.startswith("id:"):
+            event_id = line[3:]
+        elif line.startswith("data:"):
+            yield event_id, json.loads(line[5:])
+            event_id = None
+
+
 async def stream_once(client: httpx.AsyncClient, base: str, prompt: str, max_new_tokens: int,
                       *, disconnect_after: int | None = None, **params: object) -> StreamResult:
     """POST /generate_stream and record every event; close the connection after
@@ -59,26 +72,20 @@ async def stream_once(client: httpx.AsyncClient, base: str, prompt: str, max_new
                 payload = json.loads(await r.aread() or b"{}")
                 res.error_type = payload.get("error_type")
                 return res
-            event_id: str | None = None
-            async for line in r.aiter_lines():
-                if line.startswith("id:"):
-                    event_id = line[3:]
-                elif line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    if "error" in event:
-                        res.error_type = event.get("error_type", "unknown")
-                        return res
-                    res.token_ids.append(event["token"]["id"])
-                    if event_id is not None:
-                        res.seqs.append(int(event_id.rsplit(":", 1)[1]))
-                    if not event["token"]["special"]:
-                        res.text += event["token"]["text"]
-                    if event.get("details"):
-                        res.finish_reason = event["details"]["finish_reason"]
-                    event_id = None
-                    if disconnect_after is not None and len(res.token_ids) >= disconnect_after:
-                        res.disconnected = True
-                        return res
+            async for event_id, event in tgi_events(r):
+                if "error" in event:
+                    res.error_type = event.get("error_type", "unknown")
+                    return res
+                res.token_ids.append(event["token"]["id"])
+                if event_id is not None:
+                    res.seqs.append(int(event_id.rsplit(":", 1)[1]))
+                if not event["token"]["special"]:
+                    res.text += event["token"]["text"]
+                if event.get("details"):
+                    res.finish_reason = event["details"]["finish_reason"]
+                if disconnect_after is not None and len(res.token_ids) >= disconnect_after:
+                    res.disconnected = True
+                    return res
     except httpx.HTTPError as exc:
         res.exception = f"{type(exc).__name__}: {exc}"
     return res
@@ -143,3 +150,94 @@ def summarize(name: str, results: list[StreamResult]) -> Counter[str]:
             counts["client_exception"] += 1
     print(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return counts
+
+
+@dataclass
+class ResumedStream:
+    """A streaming client that reconnects with Last-Event-ID when its connection breaks."""
+
+    prompt: str
+    request_id: str
+    events: list[tuple[int, int, str, bool]] = field(default_factory=list)  # (seq, token id, text, special)
+    generated_text: str | None = None
+    finish_reason: str | None = None
+    error: tuple[int, str | None] | None = None  # (status, error_type) of a refusal or error event
+    reconnects: int = 0
+    tokens_seen: asyncio.Event = field(default_factory=asyncio.Event)  # set at `signal_after` tokens, or the end
+
+    @property
+    def seqs(self) -> list[int]:
+        return [e[0] for e in self.events]
+
+    @property
+    def text(self) -> str:
+        return "".join(text for _, _, text, special in self.events if not special)
+
+    @property
+    def last_event_id(self) -> str | None:
+        return f"{self.request_id}:{self.events[-1][0]}" if self.events else None
+
+
+async def resumed_stream(client: httpx.AsyncClient, bases: list[str], res: ResumedStream, max_new_tokens: int,
+                         *, signal_after: int = 3, deadline_s: float = 90.0, headers: dict[str, str] | None = None,
+                         reconnect_headers: dict[str, str] | None = None,
+                         reconnect_when: asyncio.Event | None = None) -> ResumedStream:
+    """POST /generate_stream to bases[0]; on a broken connection, POST it again with Last-Event-ID
+    to the next base (the last one is retried until the deadline: a restarting gateway), once
+    `reconnect_when` is set when given."""
+    try:
+        return await _resumed_stream(client, bases, res, max_new_tokens, signal_after, deadline_s, headers,
+                                     reconnect_headers, reconnect_when)
+    finally:
+        res.tokens_seen.set()
+
+
+async def _resumed_stream(client: httpx.AsyncClient, bases: list[str], res: ResumedStream, max_new_tokens: int,
+                          signal_after: int, deadline_s: float, headers: dict[str, str] | None,
+                          reconnect_headers: dict[str, str] | None,
+                          reconnect_when: asyncio.Event | None) -> ResumedStream:
+    body = {"inputs": res.prompt, "parameters": {"max_new_tokens": max_new_tokens, "details": True}}
+    deadline = time.monotonic() + deadline_s
+    attempt = 0
+    while time.monotonic() < deadline:
+        base = bases[min(attempt, len(bases) - 1)]
+        h = {"x-request-id": res.request_id, **(headers or {})}
+        if res.events:
+            h = {**h, **(reconnect_headers or {}), "Last-Event-ID": res.last_event_id or ""}
+        try:
+            async with client.stream("POST", f"{base}/generate_stream", json=body, headers=h) as r:
+                if r.status_code != 200:
+                    res.error = (r.status_code, json.loads(await r.aread() or b"{}").get("error_type"))
+                    return res
+                async for event_id, event in tgi_events(r):
+                    if "error" in event:
+                        res.error = (200, event.get("error_type"))
+                        return res
+                    token = event["token"]
+                    seq = int((event_id or ":-1").rsplit(":", 1)[1])
+                    res.events.append((seq, token["id"], token["text"], token["special"]))
+                    if len(res.events) >= signal_after:
+                        res.tokens_seen.set()
+                    if event.get("generated_text") is not None:
+                        res.generated_text = event["generated_text"]
+                        res.finish_reason = (event.get("details") or {}).get("finish_reason")
+                        return res
+        except httpx.HTTPError:
+            pass
+        attempt += 1
+        res.reconnects += 1
+        if reconnect_when is not None:
+            await reconnect_when.wait()
+        await asyncio.sleep(0.2)  # a connection refused while the gateway restarts: try again soon
+    res.error = (0, "client deadline")
+    return res
+
+
+def worker_counter(metrics_ports: list[int], name: str) -> float:
+    """The sum over workers of a counter from their /metrics listeners."""
+    total = 0.0
+    for port in metrics_ports:
+        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total

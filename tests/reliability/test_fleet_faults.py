@@ -21,7 +21,9 @@ from tests.integration.fleet import FleetProcesses, start_gateway, start_worker,
 from tests.reliability.harness import run_streams, summarize, wait_workers_idle, wait_workers_running
 
 RATE = "50"
-WORKER_ARGS = ("--synthetic-tokens-per-s", RATE, "--max-batch-total-tokens", "65536")
+# A gone gateway's requests are cancelled after a 1 s grace period here (30 s by default, for a
+# client to resume elsewhere: tests/reliability/test_resume.py).
+WORKER_ARGS = ("--synthetic-tokens-per-s", RATE, "--max-batch-total-tokens", "65536", "--gateway-grace-period", "1")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,8 @@ def test_gateway_kill_cancels_its_requests(fleet: FleetProcesses) -> None:
     killed = time.monotonic()
     client.join(10)
     assert not client.is_alive()
-    # The workers notice the gateway's heartbeat expiring (TTL 2 s) and drop its 30 requests.
+    # The workers notice the gateway's heartbeat expiring (TTL 2 s), give its 30 requests the
+    # grace period (1 s) and drop them.
     wait_workers_idle(fleet.redis_url, fleet.prefix, expect=3, timeout=8)
     print(f"[gateway kill -9] 30 requests cancelled on the workers {time.monotonic() - killed:.2f}s after the kill")
 

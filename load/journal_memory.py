@@ -1,0 +1,77 @@
+"""Redis memory that running requests' journals take: claims and per-step checkpoints of N
+requests, written as a worker and a gateway write them, measured with INFO memory.
+
+Each request gets its claim (the GenerateRequest with a prompt of `--prompt-tokens` ids) and the
+checkpoints of `--tokens` engine steps of one token each (worker/checkpoint.py, through a real
+pipeline against a private Redis-compatible server), so the figure is the memory of N requests
+that have each generated that many tokens and are still running.
+
+    python -m load.journal_memory --requests 1000 --prompt-tokens 128 --tokens 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import redis
+
+from common.protocol import Accepted, GenerateRequest, Token, encode
+from common.sampling_params import SamplingParams
+from common.streams import Keys
+from genfleet.embedded_redis import EmbeddedRedis
+from worker.checkpoint import Checkpointer
+
+__all__ = ["measure", "main"]
+
+
+def measure(requests: int, prompt_tokens: int, tokens: int, seed: int = 0) -> dict[str, float]:
+    rng = random.Random(seed)
+    keys = Keys("mem")
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        before = int(client.info("memory")["used_memory"])
+        checkpoint = Checkpointer(keys, "worker-0", ttl=60.0)
+        ids = [f"{rng.getrandbits(64):016x}{i}" for i in range(requests)]
+        pipe = client.pipeline(transaction=False)
+        for req_id in ids:
+            prompt = [rng.randrange(49152) for _ in range(prompt_tokens)]
+            claim = GenerateRequest(req_id, 0, "gateway-0", "model", prompt, SamplingParams(max_new_tokens=tokens * 2),
+                                    enqueued_at=time.time(), scope="0" * 32)
+            pipe.set(keys.claim(req_id), encode(claim), px=60_000)
+        pipe.execute()
+        started = time.perf_counter()
+        for step in range(tokens):
+            pipe = client.pipeline(transaction=False)
+            events = []
+            for req_id in ids:
+                if step == 0:
+                    events.append(Accepted(req_id, 0, "worker-0"))
+                token_id = rng.randrange(49152)
+                events.append(Token(req_id, 0, step, token_id, f" w{token_id % 997}", -rng.random(), False))
+            checkpoint.add(pipe, step, {"gateway-0": events})
+            pipe.execute()
+        write_s = time.perf_counter() - started
+        after = int(client.info("memory")["used_memory"])
+        client.close()
+    used = after - before
+    return {"requests": requests, "prompt_tokens": prompt_tokens, "tokens": tokens,
+            "used_memory_bytes": used, "bytes_per_request": used / requests,
+            "mib_per_1000_requests": used / requests * 1000 / 2**20,
+            "bytes_per_token": used / (requests * tokens), "write_seconds_per_step": write_s / tokens}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m load.journal_memory", description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=256, help="tokens each request has generated so far")
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args.requests, args.prompt_tokens, args.tokens), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

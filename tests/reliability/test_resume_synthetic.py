@@ -1,0 +1,200 @@
+"""Resuming streams and retrying by id around synthetic workers (50 tokens/s per stream, no model):
+a restarted gateway, another API key, a reconnect after the grace period, and 20 retried calls.
+The kill -9 case on the real model is tests/reliability/test_resume.py."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from genfleet.embedded_redis import free_port
+from tests.integration.fleet import start_gateway, start_worker, wait_healthy
+from tests.reliability.harness import (
+    ResumedStream,
+    resumed_stream,
+    wait_workers_idle,
+    wait_workers_running,
+    worker_counter,
+)
+
+SYNTHETIC = ("--synthetic-tokens-per-s", "50", "--max-batch-total-tokens", "65536")
+ADMITTED = "genfleet_worker_admitted_requests_total"
+KEY, OTHER_KEY = "key-one", "key-two"
+
+
+@dataclass
+class Fleet:
+    redis_url: str
+    prefix: str
+    metrics_ports: list[int] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def gateway(self, name: str, *args: str) -> None:
+        self.ports.setdefault(name, free_port())
+        self.procs[name] = start_gateway(self.redis_url, self.prefix, self.ports[name], f"{self.prefix}-{name}", *args)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _fleet(redis_url: str, workers: int, grace: str, gateways: dict[str, tuple[str, ...]]) -> Fleet:
+    fleet = Fleet(redis_url, f"rs{uuid.uuid4().hex[:6]}")
+    for i in range(workers):
+        port = free_port()
+        fleet.metrics_ports.append(port)
+        fleet.procs[f"w{i}"] = start_worker(redis_url, fleet.prefix, f"{fleet.prefix}-w{i}", *SYNTHETIC,
+                                            "--gateway-grace-period", grace, "--metrics-port", str(port))
+    for name, args in gateways.items():
+        fleet.gateway(name, *args)
+    try:
+        for name in gateways:
+            wait_healthy(fleet.url(name), list(fleet.procs.values()), timeout=90)
+        wait_workers_idle(redis_url, fleet.prefix, expect=workers, timeout=60)
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+@pytest.fixture(scope="module")
+def fleet(redis_server) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+    keyed = ("--api-key", KEY)
+    f = _fleet(redis_server.url, 2, "20", {"a": keyed, "b": keyed, "c": ("--api-key", OTHER_KEY)})
+    yield f
+    f.stop()
+
+
+def _auth(key: str = KEY) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def _run(streams: list[tuple[list[str], ResumedStream]], max_new: int, during=None, **kw) -> None:  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        tasks = [asyncio.ensure_future(resumed_stream(client, bases, res, max_new, **kw)) for bases, res in streams]
+        if during is not None:
+            await during()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=90)
+
+
+def test_a_restarted_gateway_resumes_its_streams(fleet: Fleet) -> None:
+    before = worker_counter(fleet.metrics_ports, ADMITTED)
+    streams = [ResumedStream(f"restart {i}", f"rst-{uuid.uuid4().hex[:8]}-{i}") for i in range(6)]
+
+    async def restart_mid_stream() -> None:
+        await asyncio.wait_for(asyncio.gather(*(s.tokens_seen.wait() for s in streams)), timeout=30)
+        fleet.procs["a"].kill()
+        fleet.procs["a"].wait()
+        fleet.gateway("a", "--api-key", KEY)  # the same id and port
+
+    # 400 tokens take 8 s: the requests still run when the restarted gateway is up.
+    asyncio.run(_run([([fleet.url("a")], s) for s in streams], 400, restart_mid_stream, headers=_auth()))
+    for s in streams:
+        assert s.error is None and s.reconnects >= 1, (s.request_id, s.error)
+        assert s.seqs == list(range(400)) and s.generated_text == s.text
+    wait_workers_idle(fleet.redis_url, fleet.prefix, expect=2, timeout=20)
+    assert worker_counter(fleet.metrics_ports, ADMITTED) - before == 6
+
+
+def test_another_api_key_cannot_attach(fleet: Fleet) -> None:
+    stream = ResumedStream("mine", f"key-{uuid.uuid4().hex[:8]}")
+
+    async def attach_with_other_key() -> None:
+        await asyncio.wait_for(stream.tokens_seen.wait(), timeout=30)
+        headers = {**_auth(OTHER_KEY), "x-request-id": stream.request_id, "Last-Event-ID": stream.last_event_id or ""}
+        body = {"inputs": "mine", "parameters": {"max_new_tokens": 100, "details": True}}
+        async with httpx.AsyncClient(timeout=10) as client:
+            resumed = await client.post(f"{fleet.url('c')}/generate_stream", json=body, headers=headers)
+            del headers["Last-Event-ID"]
+            retried = await client.post(f"{fleet.url('c')}/generate", json=body, headers=headers)
+        for r in (resumed, retried):
+            assert r.status_code == 403, r.text
+            assert r.json() == {"error": f"Request {stream.request_id} belongs to another API key",
+                                "error_type": "forbidden"}
+
+    asyncio.run(_run([([fleet.url("a")], stream)], 100, attach_with_other_key, headers=_auth()))
+    assert stream.error is None and stream.seqs == list(range(100))
+
+
+def test_retries_by_id_generate_once(fleet: Fleet) -> None:
+    before = worker_counter(fleet.metrics_ports, ADMITTED)
+
+    async def call(client: httpx.AsyncClient, i: int, gateway: str) -> tuple[int, dict[str, object]]:
+        # Half name the request by x-request-id, half by Idempotency-Key; the retries of odd ones
+        # go to the other gateway.
+        header = "x-request-id" if i % 2 else "Idempotency-Key"
+        body = {"inputs": f"retry {i}", "parameters": {"max_new_tokens": 40, "details": True, "do_sample": True}}
+        r = await client.post(f"{fleet.url(gateway)}/generate", json=body,
+                              headers={**_auth(), header: f"idem-{run_id}-{i}"})
+        return r.status_code, r.json()
+
+    async def main() -> list[tuple[int, dict[str, object]]]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            first = [asyncio.ensure_future(call(client, i, "a")) for i in range(20)]
+            await asyncio.sleep(0.3)  # the retries go out while the first calls run (40 tokens take 0.8 s)
+            retries = [asyncio.ensure_future(call(client, i, "b" if i % 2 else "a")) for i in range(20)]
+            return list(await asyncio.gather(*first, *retries))
+
+    run_id = uuid.uuid4().hex[:8]
+    answers = asyncio.run(main())
+    assert all(status == 200 for status, _ in answers), answers
+    for i in range(20):
+        # Sampled without a seed: only one generation can give both calls the same tokens.
+        assert answers[i] == answers[20 + i]
+    assert len({str(a[1]["generated_text"]) for a in answers}) == 20
+    wait_workers_idle(fleet.redis_url, fleet.prefix, expect=2, timeout=20)
+    assert worker_counter(fleet.metrics_ports, ADMITTED) - before == 20
+
+
+def test_reconnects_after_the_grace_period_or_a_disconnect_are_gone(redis_server) -> None:  # type: ignore[no-untyped-def]
+    fleet = _fleet(redis_server.url, 1, "1", {"d": (), "e": ()})
+    try:
+        orphan = ResumedStream("orphan", f"late-{uuid.uuid4().hex[:8]}")
+        grace_over = asyncio.Event()
+
+        async def kill_then_wait_out_the_grace() -> None:
+            await asyncio.wait_for(orphan.tokens_seen.wait(), timeout=30)
+            wait_workers_running(fleet.redis_url, fleet.prefix, 1, timeout=10)  # its heartbeat shows it
+            fleet.procs["d"].kill()
+            started = time.monotonic()
+            # Heartbeat TTL (2 s) + grace (1 s): the worker cancels the orphan, and is idle.
+            wait_workers_idle(fleet.redis_url, fleet.prefix, expect=1, timeout=15)
+            print(f"[grace] the orphan was cancelled {time.monotonic() - started:.1f}s after its gateway died")
+            grace_over.set()
+
+        asyncio.run(_run([([fleet.url("d"), fleet.url("e")], orphan)], 2000, kill_then_wait_out_the_grace,
+                         reconnect_when=grace_over))
+        assert orphan.error == (410, "request_gone") and orphan.reconnects == 1, orphan.error
+
+        # A client that disconnects from a live gateway cancels its request at once, as before; a
+        # reconnect is told so.
+        rid = f"left-{uuid.uuid4().hex[:8]}"
+        last = None
+        body = {"inputs": "left", "parameters": {"max_new_tokens": 2000}}
+        with httpx.stream("POST", f"{fleet.url('e')}/generate_stream", json=body, headers={"x-request-id": rid}) as r:
+            for line in r.iter_lines():
+                if line.startswith("id:"):
+                    last = line[3:]
+                    if int(last.rsplit(":", 1)[1]) >= 2:
+                        break
+        wait_workers_idle(fleet.redis_url, fleet.prefix, expect=1, timeout=5)
+        r = httpx.post(f"{fleet.url('e')}/generate_stream", json=body, headers={"Last-Event-ID": last or ""})
+        assert r.status_code == 410 and r.json()["error_type"] == "request_gone", r.text
+        body = {"inputs": "x", "parameters": {"max_new_tokens": 5}}
+        r = httpx.post(f"{fleet.url('e')}/generate_stream", json=body, headers={"Last-Event-ID": "never-seen:3"})
+        assert r.status_code == 404 and r.json()["error_type"] == "unknown_request", r.text
+    finally:
+        fleet.stop()
