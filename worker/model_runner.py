@@ -9,8 +9,10 @@ without waiting for N+1 (its copy was queued ahead of N+1 and signals its own ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +90,9 @@ class ModelRunner:
                 "serve the unquantized checkpoint"
             )
         plan = shards.plan(cfg, cls.has_experts) if shards is not None else None
-        with torch.device(self.device):
+        # Built in its serving dtype: a float32 build first would need twice the weights' memory
+        # (Mixtral-8x7B: 187 GB, more than one card holds).
+        with torch.device(self.device), _default_dtype(self.dtype):
             model: CausalLM = cls(cfg if plan is None else plan.local_config(cfg))
         if shards is not None and plan is not None:
             shard_model(model, plan, shards, self.quant)
@@ -289,3 +293,13 @@ class ModelRunner:
         prompt = got.prompt_logprobs
         prefill = {key: prompt[lo:hi] for key, (lo, hi) in step.layout.prompt_spans.items()}
         return StepOutput(step.batch.step, [r.key for r in reqs], token_ids, logprobs, top_tokens, prefill)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -37,8 +37,9 @@ class SparseMoE(nn.Module):
         self.moe = moe
         hidden, inter, experts = cfg.hidden_size, moe.intermediate_size, moe.num_experts
         self.gate = nn.Linear(hidden, experts, bias=False)  # the router
-        self.w13 = nn.Parameter(torch.empty(experts, 2 * inter, hidden))
-        self.w2 = nn.Parameter(torch.empty(experts, hidden, inter))
+        # Initialised as nn.Linear's weights are: random-weight runs (benchmarks) read them as they are.
+        self.w13 = nn.Parameter(torch.empty(experts, 2 * inter, hidden).uniform_(-(hidden**-0.5), hidden**-0.5))
+        self.w2 = nn.Parameter(torch.empty(experts, hidden, inter).uniform_(-(inter**-0.5), inter**-0.5))
         self.shared_expert = GatedMLP(hidden, moe.shared_intermediate_size) if moe.shared_intermediate_size else None
         self.shared_expert_gate = nn.Linear(hidden, 1, bias=False) if moe.shared_intermediate_size else None
 
