@@ -60,14 +60,19 @@ def shard_model(model: CausalLM, plan: ShardPlan, group: ShardGroup, quant: Quan
     )
 
 
+# On-load methods with one scale per output row (worker/quant/w8.py): each rank quantizes its slice
+# of the dense weight (a row-parallel slice gets scales of its own rows of its columns).
+SHARDABLE_QUANTIZE = ("fp8", "eetq", "bitsandbytes")
+
+
 def refuse_unshardable(quant: QuantMethod | None, world_size: int) -> None:
-    """A method that quantizes on load (fp8, eetq, bitsandbytes*) quantizes each rank's slice of the
-    dense weight; a pre-quantized checkpoint's packed layout (groups along the input, act-order
-    permutations) is not sliced here, and is refused rather than served wrong."""
-    if quant is not None and not quant.on_the_fly:
+    """A pre-quantized checkpoint's packed layout (groups along the input, act-order permutations)
+    and the 4-bit codebooks' blocks are not sliced here: refused rather than served wrong."""
+    if quant is not None and quant.name not in SHARDABLE_QUANTIZE:
         raise QuantizationError(
-            f"--quantize {quant.name} checkpoints cannot be sharded yet (--num-shard {world_size}): "
-            "serve them unsharded, or shard the unquantized checkpoint and quantize on load (--quantize fp8)"
+            f"--quantize {quant.name} cannot be sharded yet (--num-shard {world_size}): serve it unsharded, or "
+            f"shard the unquantized checkpoint and quantize each rank's slice on load (--quantize "
+            f"{' | '.join(SHARDABLE_QUANTIZE)})"
         )
 
 

@@ -15,6 +15,7 @@ from worker.models.config import ModelConfig
 from worker.parallel import ShardingError, ShardPlan
 from worker.parallel.launch import check_shardable, world_size_of
 from worker.parallel.plan import split_range
+from worker.quant import QuantizationError
 
 
 def _cfg(heads: int, kv: int, inter: int = 96, vocab: int = 211) -> ModelConfig:
@@ -87,4 +88,13 @@ def test_experts_and_whole_projection_qk_norms_are_refused_by_name(tmp_path: Pat
     config_cls, _, extra = FAMILIES[family]
     config_cls(**{**_COMMON, **extra}).save_pretrained(tmp_path)
     with pytest.raises(ShardingError, match="--num-shard 2: .*cannot be sharded yet"):
+        check_shardable(WorkerConfig(num_shard=2), tmp_path, 2)
+
+
+def test_a_prequantized_checkpoint_is_refused_before_any_rank_starts(tmp_path: Path) -> None:
+    config_cls, _, extra = FAMILIES["llama"]
+    config = config_cls(**{**_COMMON, **extra})
+    config.quantization_config = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": True}
+    config.save_pretrained(tmp_path)
+    with pytest.raises(QuantizationError, match="--quantize gptq cannot be sharded yet"):
         check_shardable(WorkerConfig(num_shard=2), tmp_path, 2)

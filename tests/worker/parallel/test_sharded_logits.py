@@ -28,18 +28,21 @@ FAMILY_MODELS = sorted(set(FAMILIES) - UNSHARDABLE)
 MODELS = FAMILY_MODELS + sorted(HEAD_SHAPES)
 
 
+def _probe(out: Path, dirs: list[Path], *options: str) -> Path:
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tests.worker.parallel.tp_probe", *options, str(out), *map(str, dirs)],
+                   env=env, check=True, timeout=300)
+    return out
+
+
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tp")
     dirs = [_save(root, name)[0] for name in FAMILY_MODELS]
     for name, (family, extra) in HEAD_SHAPES.items():
         dirs.append(_save(root, family, extra, name=name)[0])
-    out = root / "out"
-    out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "tests.worker.parallel.tp_probe", str(out), *map(str, dirs)],
-                   env=env, check=True, timeout=300)
-    return out
+    return _probe(root / "out", dirs)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -57,3 +60,25 @@ def test_overlapped_greedy_through_the_engine_matches_unsharded(probed: Path, mo
     got = torch.load(probed / f"{model}.pt")
     assert got["sharded_greedy"] == got["reference_greedy"]
     assert all(len(tokens) == 12 for tokens in got["sharded_greedy"])
+
+
+def test_fp8_on_load_quantizes_each_ranks_slice_no_worse_than_the_whole(tmp_path: Path) -> None:
+    # Row-parallel slices get scales of their own (per output row of each rank's columns), so the
+    # sharded fp8 model is not the unsharded one bit for bit; it must be as close to the dense model.
+    got = torch.load(_probe(tmp_path / "out", [_save(tmp_path, "llama")[0]], "--quantize", "fp8") / "llama.pt")
+    for step, (ours, theirs, dense) in enumerate(zip(got["sharded"], got["reference"], got["dense"], strict=True)):
+        ours_err, theirs_err = (ours - dense).abs().max(), (theirs - dense).abs().max()
+        assert 0 < ours_err <= 1.5 * theirs_err, (step, float(ours_err), float(theirs_err))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_nccl_with_decode_graphs_match_unsharded(tmp_path: Path) -> None:
+    # NCCL, the all-reduces captured in the decode CUDA graphs, placeholders broadcast on the device.
+    models = [_save(tmp_path, "llama")[0], _save(tmp_path, "llama", HEAD_SHAPES["kv3"][1], name="kv3")[0]]
+    out = _probe(tmp_path / "out", models, "--device", "cuda")
+    for model in ("llama", "kv3"):
+        got = torch.load(out / f"{model}.pt")
+        for ours, theirs in zip(got["sharded"], got["reference"], strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)  # Triton kernels, float32
+        assert got["sharded_greedy"] == got["reference_greedy"]

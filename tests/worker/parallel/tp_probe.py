@@ -1,17 +1,19 @@
 """Rank 0 of a real two-rank CPU worker (gloo), beside the unsharded runner, on the same steps.
 
-`python -m tests.worker.parallel.tp_probe OUT_DIR MODEL_DIR...`: for each model, a 13-token
+`python -m tests.worker.parallel.tp_probe [--quantize M] [--device D] OUT_DIR MODEL_DIR...`: for each model, a 13-token
 prefill (every prompt row's logits) then 16 greedy decode steps through the paged cache, run by
 the unsharded ModelRunner and by a sharded one whose rank 1 is a real `worker.parallel.rank`
 process; both runners' logits go to OUT_DIR/<model dir name>.pt. The decode tokens are the
 unsharded run's argmax, fed to both, so a step's difference never compounds into the next.
 Then both runners serve three prompts through the engine with overlapped scheduling (as on CUDA:
 a step's decode tokens are placeholders filled from the previous step on rank 0's device, which
-the other ranks get by broadcast): their greedy tokens go to the same file.
+the other ranks get by broadcast): their greedy tokens go to the same file. With --quantize, the
+dense unsharded model's logits too.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -67,24 +69,33 @@ def _overlapped_greedy(runner: ModelRunner, config: WorkerConfig, prompts: list[
 
 
 def main(argv: list[str]) -> int:
-    out_dir = Path(argv[0])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quantize", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("model_dirs", type=Path, nargs="+")
+    args = parser.parse_args(argv)
     prompt = [int(t) for t in torch.randint(1, 200, (13,), generator=torch.Generator().manual_seed(1))]
-    for model_dir in map(Path, argv[1:]):
-        config = WorkerConfig(fleet=FleetConfig(model_id=str(model_dir)), device="cpu", dtype="float32",
-                              max_batch_total_tokens=512, block_size=8, num_shard=2)
+    for model_dir in args.model_dirs:
+        config = WorkerConfig(fleet=FleetConfig(model_id=str(model_dir)), device=args.device, dtype="float32",
+                              max_batch_total_tokens=512, block_size=8, num_shard=2, quantize=args.quantize)
         prompts = [prompt, prompt[:5], prompt[3:]]
         unsharded = ModelRunner(replace(config, num_shard=None), model_dir)
         reference, chosen = _run(unsharded, prompt, None)
         reference_greedy = _overlapped_greedy(unsharded, config, prompts)
-        group = start_ranks(config, 2, torch.device("cpu"))
+        group = start_ranks(config, 2, torch.device(args.device))
         try:
             runner = ModelRunner(config, model_dir, shards=group)
             sharded, _ = _run(runner, prompt, chosen)
             sharded_greedy = _overlapped_greedy(runner, config, prompts)
         finally:
             group.close()
-        torch.save({"reference": reference, "sharded": sharded, "reference_greedy": reference_greedy,
-                    "sharded_greedy": sharded_greedy}, out_dir / f"{model_dir.name}.pt")
+        saved = {"reference": reference, "sharded": sharded, "reference_greedy": reference_greedy,
+                 "sharded_greedy": sharded_greedy}
+        if args.quantize is not None:  # what either quantization loses against the dense model
+            dense = replace(config, num_shard=None, quantize=None)
+            saved["dense"] = _run(ModelRunner(dense, model_dir), prompt, chosen)[0]
+        torch.save(saved, args.out_dir / f"{model_dir.name}.pt")
     return 0
 
 
