@@ -32,6 +32,7 @@ def context_length(model_dir: Path) -> int:
     exact), and the tokenizer's model_max_length where it sets one.
     """
     config = read_json_object(model_dir / "config.json")
+    config = {**config, **(config.get("text_config") or {})}  # a multimodal model's language model
     limits = [next((int(config[k]) for k in _POSITION_KEYS if config.get(k)), _FALLBACK_CONTEXT)]
     window = config.get("sliding_window")
     applied = config.get("model_type") in WINDOWED_MODEL_TYPES

@@ -34,9 +34,7 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         "qkv_proj": [(0, q), (q, kv), (q + kv, kv)],
         "gate_up_proj": [(0, cfg.intermediate_size), (cfg.intermediate_size, cfg.intermediate_size)],
     }
-    # Stacked expert parameters: (expert, shard) pieces loaded so far, and how many each needs.
-    expert_pieces: dict[str, set[tuple[int, int]]] = {}
-    expert_needs: dict[str, int] = {}
+    experts = _Experts(params)
     linears = quantizable_linears(model) if method is not None else {}
     # module path -> {shard: its quantized tensors by suffix}, and how many shards it fuses
     gathered: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
@@ -45,17 +43,15 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for hf_name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                if "rotary_emb.inv_freq" in hf_name:
+                if "rotary_emb.inv_freq" in hf_name or model.ignores(hf_name):
                     continue
-                if hf_name == "lm_head.weight" and model.lm_head is None:
-                    continue  # tied: the embedding serves as the head
                 slot = model.expert_slot(hf_name)
                 if slot is not None:
-                    _load_expert(params, slot, f.get_tensor(hf_name), hf_name)
-                    expert_pieces.setdefault(slot[0], set()).add(slot[1:3])
-                    expert_needs[slot[0]] = params[slot[0]].shape[0] * slot[3]
+                    experts.load(slot, f.get_tensor(hf_name), hf_name)
                     continue
                 name, shard = model.hf_to_param(hf_name)
+                if name == "lm_head.weight" and model.lm_head is None:
+                    continue  # tied: the embedding serves as the head
                 module, _, suffix = name.rpartition(".")
                 if method is not None and module in linears and suffix in method.tensor_names:
                     # A family whose checkpoints store qkv_proj / gate_up_proj fused has one shard.
@@ -65,20 +61,10 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                 param = params.get(name)
                 if param is None:
                     raise KeyError(f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}")
-                tensor = read(f, hf_name, name, shard)
-                with torch.no_grad():
-                    if shard is None:
-                        param.copy_(tensor)
-                    else:
-                        fused = name.split(".")[-2]
-                        start, size = shard_offsets[fused][shard]
-                        if fused == "gate_up_proj":  # a shared expert's MLP has its own width
-                            size = param.shape[0] // 2
-                            start = shard * size
-                        param[start : start + size].copy_(tensor)
+                _copy_shard(param, name, shard, read(f, hf_name, name, shard), shard_offsets)
                 loaded.add(name)
     loaded |= {f"{module}.weight" for module in gathered}  # replaced below
-    loaded |= {name for name, pieces in expert_pieces.items() if len(pieces) == expert_needs[name]}
+    loaded |= experts.complete()
     missing = set(params) - loaded
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
@@ -101,18 +87,44 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         replace_module(model, module, built)
 
 
-def _load_expert(params: dict[str, torch.nn.Parameter], slot: tuple[str, int, int, int], tensor: torch.Tensor,
-                 hf_name: str) -> None:
-    name, expert, shard, shards = slot
-    param = params.get(name)
-    if param is None:
-        raise KeyError(f"checkpoint tensor {hf_name!r} has no place in the model")
-    rows = param.shape[1] // shards  # w13 stacks gate then up rows: shard i is the i-th block
-    target = param[expert, shard * rows : (shard + 1) * rows]
-    if target.shape != tensor.shape:
-        raise KeyError(f"checkpoint tensor {hf_name!r} is {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+def _copy_shard(param: torch.nn.Parameter, name: str, shard: int | None, tensor: torch.Tensor,
+                shard_offsets: dict[str, list[tuple[int, int]]]) -> None:
     with torch.no_grad():
-        target.copy_(tensor)
+        if shard is None:
+            param.copy_(tensor)
+            return
+        fused = name.split(".")[-2]
+        start, size = shard_offsets[fused][shard]
+        if fused == "gate_up_proj":  # halves of the parameter: a shared expert's MLP has its own width
+            size = param.shape[0] // 2
+            start = shard * size
+        param[start : start + size].copy_(tensor)
+
+
+class _Experts:
+    """Stacked expert parameters (w13, w2), filled one (expert, shard) piece at a time."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]) -> None:
+        self.params = params
+        self.pieces: dict[str, set[tuple[int, int]]] = {}  # parameter -> pieces loaded
+        self.needs: dict[str, int] = {}  # parameter -> pieces it takes (experts x shards)
+
+    def load(self, slot: tuple[str, int, int, int], tensor: torch.Tensor, hf_name: str) -> None:
+        name, expert, shard, shards = slot
+        param = self.params.get(name)
+        if param is None:
+            raise KeyError(f"checkpoint tensor {hf_name!r} has no place in the model")
+        rows = param.shape[1] // shards  # w13 stacks gate then up rows: shard i is the i-th block
+        target = param[expert, shard * rows : (shard + 1) * rows]
+        if target.shape != tensor.shape:
+            raise KeyError(f"checkpoint tensor {hf_name!r} is {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(tensor)
+        self.pieces.setdefault(name, set()).add((expert, shard))
+        self.needs[name] = param.shape[0] * shards
+
+    def complete(self) -> set[str]:
+        return {name for name, pieces in self.pieces.items() if len(pieces) == self.needs[name]}
 
 
 def _read_whole(f: Any, hf_name: str, _name: str, _shard: int | None) -> torch.Tensor:

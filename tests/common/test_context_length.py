@@ -29,6 +29,9 @@ def _dir(tmp_path: Path, config: dict[str, Any], tokenizer_config: dict[str, Any
     ({"model_type": "gemma2", "max_position_embeddings": 8192, "sliding_window": 4096}, None, 8192),
     ({"model_type": "gemma3_text", "max_position_embeddings": 32768, "sliding_window": 512}, None, 32768),
     ({"model_type": "starcoder2", "max_position_embeddings": 16384, "sliding_window": 4096}, None, 16384),
+    # A multimodal checkpoint's language model names its own length and window.
+    ({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text", "max_position_embeddings": 131072,
+                                              "sliding_window": 1024}}, None, 131072),
     ({}, None, 4096),
 ])
 def test_context_length(tmp_path: Path, config: dict[str, Any], tokenizer_config: dict[str, Any] | None,

@@ -205,3 +205,27 @@ def test_gemma3_reads_an_older_configs_rope_and_window_pattern(tmp_path: Path) -
     assert cfg.layer_windows == (512, 512, 0, 512, 512, 0)
     assert (cfg.rope_theta, cfg.rope_scaling) == (1e6, {"rope_type": "linear", "factor": 8.0})
     assert cfg.local_rope == (1e4, None) and cfg.attn_scale == 0.25 and cfg.norm_offset == 1.0
+
+
+def test_a_gemma3_multimodal_checkpoint_serves_its_language_model(tmp_path: Path) -> None:
+    # Gemma 3 4B and up ship as Gemma3ForConditionalGeneration: text prompts get what
+    # transformers' multimodal class gives them, and the vision tower is left unread.
+    _, _, extra = FAMILIES["gemma3"]
+    text = {**_COMMON, **extra, "vocab_size": 300}
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                       image_token_index=299, boi_token_index=297, eoi_token_index=298)
+    torch.manual_seed(0)
+    reference = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    reference.save_pretrained(tmp_path)
+    runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=128, block_size=8), tmp_path)
+    assert runner.max_model_len == _COMMON["max_position_embeddings"]  # from text_config; its window caps nothing
+    prompt = [int(t) for t in torch.randint(1, 290, (20,), generator=torch.Generator().manual_seed(3))]
+    ours = _our_logits(runner, prompt, 0, list(range(runner.num_blocks)))
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.tensor([prompt])).logits[0].float()
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)

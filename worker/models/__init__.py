@@ -10,7 +10,7 @@ from worker.models.cohere import CohereForCausalLM
 from worker.models.config import ModelConfig, UnsupportedModel, architecture_of
 from worker.models.gemma import GemmaForCausalLM
 from worker.models.gemma2 import Gemma2ForCausalLM
-from worker.models.gemma3 import Gemma3ForCausalLM
+from worker.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from worker.models.granite import GraniteForCausalLM
 from worker.models.llama import LlamaForCausalLM
 from worker.models.mistral import MistralForCausalLM
@@ -33,6 +33,7 @@ MODEL_REGISTRY: dict[str, type[CausalLM]] = {
     "GemmaForCausalLM": GemmaForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
+    "Gemma3ForConditionalGeneration": Gemma3ForConditionalGeneration,
     "GraniteForCausalLM": GraniteForCausalLM,
     "Olmo2ForCausalLM": Olmo2ForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,
@@ -51,4 +52,5 @@ def read_config(model_dir: Path) -> tuple[type[CausalLM], ModelConfig]:
         supported = ", ".join(sorted(MODEL_REGISTRY))
         named = repr(arch) if arch else f"(none named; model_type {raw.get('model_type')!r})"
         raise UnsupportedModel(f"architecture {named} is not supported; supported: {supported}")
+    raw = cls.text_config(raw)
     return cls, ModelConfig.from_dict(raw, **cls.family(raw))  # type: ignore[attr-defined]

@@ -35,6 +35,11 @@ class CausalLM(nn.Module):
         """Family-specific ModelConfig fields read from the raw config.json."""
         return {}
 
+    @staticmethod
+    def text_config(raw: dict[str, Any]) -> dict[str, Any]:
+        """The language model's part of config.json (a multimodal checkpoint nests it)."""
+        return raw
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -77,6 +82,10 @@ class CausalLM(nn.Module):
             if f".{hf_part}." in name:
                 return name.replace(f".{hf_part}.", f".{ours}."), shard
         return name, None
+
+    def ignores(self, hf_name: str) -> bool:
+        """A checkpoint tensor the served model does not use (a multimodal checkpoint's vision tower)."""
+        return False
 
     def expert_slot(self, hf_name: str) -> ExpertSlot | None:
         """Where a per-expert checkpoint tensor goes (mixture-of-experts families); None otherwise."""

@@ -10,7 +10,11 @@ from worker.models.config import UnsupportedModel, rope_of
 from worker.models.gemma import gemma_common
 from worker.models.gemma2 import SandwichDecoderLayer, layer_windows
 
-__all__ = ["Gemma3ForCausalLM"]
+__all__ = ["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"]
+
+# Where a multimodal checkpoint keeps its language model (older saves, then transformers v5's).
+_TEXT_PREFIXES = ("language_model.", "model.language_model.")
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 
 
 class Gemma3ForCausalLM(CausalLM):
@@ -38,3 +42,33 @@ class Gemma3ForCausalLM(CausalLM):
             "final_softcap": float(raw.get("final_logit_softcapping") or 0.0),
             "layer_windows": layer_windows(raw, int(raw.get("sliding_window_pattern") or 6)),
         }
+
+
+class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
+    """Gemma 3 4B / 12B / 27B checkpoints served as text models: the language model of
+    `text_config`, the vision tower and projector left unread (prompts with images are not served)."""
+
+    @staticmethod
+    def text_config(raw: dict[str, Any]) -> dict[str, Any]:
+        text = dict(raw.get("text_config") or {})
+        if not text:
+            raise UnsupportedModel("Gemma3ForConditionalGeneration: config.json has no text_config")
+        # The checkpoint's own name and end-of-turn ids stand beside text_config.
+        eos = raw.get("eos_token_id", text.get("eos_token_id"))
+        tied = raw.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
+        return {**text, "architectures": raw.get("architectures"), "eos_token_id": eos, "tie_word_embeddings": tied}
+
+    @staticmethod
+    def family(raw: dict[str, Any]) -> dict[str, Any]:
+        # transformers' multimodal class leaves the logits uncapped, whatever text_config says.
+        return {**Gemma3ForCausalLM.family(raw), "final_softcap": 0.0}
+
+    def ignores(self, hf_name: str) -> bool:
+        return hf_name.startswith(_VISION_PREFIXES)
+
+    def hf_to_param(self, hf_name: str) -> tuple[str, int | None]:
+        for prefix in _TEXT_PREFIXES:
+            if hf_name.startswith(prefix):
+                hf_name = hf_name[len(prefix) :]
+                break
+        return super().hf_to_param(hf_name)
