@@ -132,7 +132,9 @@ class GatewayConfig:
     cors_allow_origin: str | None = setting(None, "Comma-separated CORS origins (default: any)", tgi=True)
     chat_template: str | None = setting(None, "Jinja chat template (or a path to one) overriding the model's")
     request_timeout: float = setting(0.0, "Seconds a request may take end to end; 0 = no limit")
-    max_queue_length: int = setting(10_000, "Requests waiting in the model's stream before new ones get 429")
+    max_queue_length: int = setting(
+        10_000, "Requests waiting in a priority level's stream of the model before new ones of that level get 429"
+    )
     enable_prefill_logprobs: bool = setting(False, "Allow decoder_input_details (prompt logprobs)", tgi=True)
     merge_worker_metrics: bool = setting(
         False, "Append the metrics of the workers on this host (their --metrics-port) to /metrics, labelled "
@@ -166,6 +168,9 @@ class WorkerConfig:
     max_batch_size: int = setting(256, "Most requests in the running batch", tgi=True)
     waiting_served_ratio: float = setting(0.3, "TGI's ratio of waiting to running requests before admitting", tgi=True)
     max_waiting_tokens: int = setting(20, "TGI's steps a waiting request may wait before forcing admission", tgi=True)
+    max_priority_wait: float = setting(
+        30.0, "Seconds a waiting request may be passed over by higher priorities; then it goes first (0: no bound)"
+    )
     kv_cache_dtype: str | None = setting(
         None, "KV cache dtype, fp8_e4m3fn or fp8_e5m2: FP8 pages with a scale per token and KV head, about twice the tokens "
         "in the same memory (default: the model's dtype)", tgi=True, choices=KV_CACHE_DTYPES,

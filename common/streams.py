@@ -4,20 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys", "CONSUMER_GROUP", "REQUEST_FIELD"]
+__all__ = ["Keys", "CONSUMER_GROUP", "REQUEST_FIELD", "PRIORITY_LEVELS", "MIN_PRIORITY", "MAX_PRIORITY"]
 
 CONSUMER_GROUP = "workers"
 REQUEST_FIELD = b"m"  # the one field of a stream entry: the encoded GenerateRequest
+
+# A request's priority: larger is more urgent, 0 the default. Each level has a stream of its own
+# per model, so a worker pulls higher levels first however long the lower ones' backlog is.
+MIN_PRIORITY, MAX_PRIORITY = -2, 2
+PRIORITY_LEVELS = tuple(range(MAX_PRIORITY, MIN_PRIORITY - 1, -1))  # highest first
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "genfleet"
 
-    # NOTE: the model's request stream and its dead-letter stream share a hash tag so they land
+    # NOTE: the model's request streams and its dead-letter stream share a hash tag so they land
     # in one Redis Cluster slot; everything else spreads freely.
-    def request_stream(self, model: str) -> str:
-        return f"{self.prefix}:req:{{{model}}}"
+    def request_stream(self, model: str, priority: int = 0) -> str:
+        base = f"{self.prefix}:req:{{{model}}}"
+        return base if priority == 0 else f"{base}:p{priority}"
+
+    def request_streams(self, model: str) -> list[str]:
+        """Every priority level's stream of `model`, highest first."""
+        return [self.request_stream(model, level) for level in PRIORITY_LEVELS]
 
     def dead_letter_stream(self, model: str) -> str:
         return f"{self.prefix}:dlq:{{{model}}}"

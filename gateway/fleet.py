@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.protocol import GatewayInfo, ProtocolError, WorkerInfo, decode_worker_info, encode
-from common.streams import CONSUMER_GROUP, Keys
+from common.streams import CONSUMER_GROUP, PRIORITY_LEVELS, Keys
 from gateway.validation import Limits
 
 __all__ = ["FleetView", "FleetState"]
@@ -36,6 +36,7 @@ class FleetState:
     refreshed_at: float = 0.0
     pending: int = 0  # delivered to a worker, not yet acknowledged
     fleet_models: frozenset[str] = frozenset()  # every model a live, serving worker of the fleet serves
+    queue_by_priority: dict[int, int] = field(default_factory=dict)  # queue_size per priority level
 
     @property
     def serving(self) -> tuple[WorkerInfo, ...]:
@@ -121,14 +122,9 @@ class FleetView:
                     models.add(w.model)
                 if w.model == self.model:
                     workers.append(w)
-            stream = self.keys.request_stream(self.model)
-            backlog = await self.client.xlen(stream)
-            try:
-                pending = int((await self.client.xpending(stream, CONSUMER_GROUP))["pending"])
-            except ResponseError:
-                pending = 0  # no stream or group yet
-            self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), int(backlog),
-                                    time.time(), pending, frozenset(models))
+            backlog, pending = await self._backlog()
+            self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), sum(backlog.values()),
+                                    time.time(), pending, frozenset(models), backlog)
             self._timing_out_since = 0.0
         except RedisTimeoutError as exc:
             # A timeout may be this process stalled past the socket timeout (starved of CPU) with
@@ -141,6 +137,20 @@ class FleetView:
             self._unreachable(exc)
         except (RedisError, OSError) as exc:
             self._unreachable(exc)
+
+    async def _backlog(self) -> tuple[dict[int, int], int]:
+        """Entries waiting in each priority level's stream, and those delivered but not acknowledged."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.keys.request_streams(self.model):
+            pipe.xlen(stream)
+            pipe.xpending(stream, CONSUMER_GROUP)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                raise reply  # a ResponseError is a stream or group not made yet
+        backlog = {level: int(n) for level, n in zip(PRIORITY_LEVELS, replies[::2]) if isinstance(n, int)}
+        pending = sum(int(r["pending"]) for r in replies[1::2] if isinstance(r, dict))
+        return backlog, pending
 
     def _unreachable(self, exc: Exception) -> None:
         if self.state.redis_ok:

@@ -51,6 +51,7 @@ class RequestState:
     input_ids: list[int]
     params: SamplingParams  # the seed is resolved at validation and kept by every attempt
     deadline: float
+    priority: int
     inbox: Inbox[Event] = field(default_factory=Inbox)  # events routed here, taken a burst at a time
     attempt: int = 0
     owner: str | None = None
@@ -90,11 +91,13 @@ class Run:
     outcome: Outcome
     resume: tuple[str, int] | None = None  # (request id, seq of the last event the client has): Last-Event-ID
     replay: Replay | None = None  # the journal of the request it resumes, once checked (Lifecycle.prepare)
+    priority: int = 0  # larger is more urgent (common/streams.py PRIORITY_LEVELS)
 
     @staticmethod
-    def fan_out(input_ids: list[int], run_params: Sequence[SamplingParams], started: float) -> list[Run]:
+    def fan_out(input_ids: list[int], run_params: Sequence[SamplingParams], started: float,
+                priority: int = 0) -> list[Run]:
         """One run per parameter set (best_of, n: each with its own seed), timed from `started`."""
-        return [Run(input_ids, p, Outcome(started=started)) for p in run_params]
+        return [Run(input_ids, p, Outcome(started=started), priority) for p in run_params]
 
 
 @dataclass
@@ -154,7 +157,7 @@ class Lifecycle:
         while True:
             msg = GenerateRequest(
                 req_id=req_id, attempt=0, gateway_id=self.queue_client.gateway_id, model=self.model,
-                input_ids=run.input_ids, params=run.params, deadline=deadline, scope=self.scope,
+                input_ids=run.input_ids, params=run.params, deadline=deadline, priority=run.priority, scope=self.scope,
             )
             try:
                 existing = await self.queue_client.claim(msg)
@@ -169,7 +172,7 @@ class Lifecycle:
 
     async def _generate(self, run: Run, msg: GenerateRequest) -> AsyncIterator[list[Token]]:
         req_id, inbox = self.queue_client.open(msg.req_id)
-        state = RequestState(req_id, self.model, run.input_ids, run.params, msg.deadline, inbox,
+        state = RequestState(req_id, self.model, run.input_ids, run.params, msg.deadline, run.priority, inbox,
                              subscription=self.queue_client.subscriptions)
         self._observe_start(run.outcome, state)
         try:
@@ -185,8 +188,8 @@ class Lifecycle:
     def state_of(self, replay: Replay, inbox: Inbox[Event]) -> RequestState:
         """The relay's record of a request taken over from its journal (gateway/resume.py)."""
         first = replay.first
-        return RequestState(first.req_id, first.model, first.input_ids, first.params, first.deadline, inbox,
-                            attempt=replay.current.attempt, owner=replay.owner,
+        return RequestState(first.req_id, first.model, first.input_ids, first.params, first.deadline, first.priority,
+                            inbox, attempt=replay.current.attempt, owner=replay.owner,
                             relayed_ids=[t.id for t in replay.tokens], subscription=self.queue_client.subscriptions)
 
     async def follow(self, state: RequestState, outcome: Outcome) -> AsyncIterator[list[Token]]:
@@ -285,7 +288,7 @@ class Lifecycle:
         msg = GenerateRequest(
             req_id=state.req_id, attempt=state.attempt, gateway_id=self.queue_client.gateway_id, model=state.model,
             input_ids=state.input_ids, params=params, generated_ids=list(state.relayed_ids),
-            deadline=state.deadline, priority=0, enqueued_at=time.time(), scope=self.scope,
+            deadline=state.deadline, priority=state.priority, enqueued_at=time.time(), scope=self.scope,
         )
         state.entry_id = await self.queue_client.enqueue(msg)
 
@@ -404,7 +407,7 @@ class Lifecycle:
         await _quietly(self.queue_client.append_journal(state.req_id, cancel))
         if state.owner is None and state.entry_id is not None:
             # Nobody accepted it: take it out of the backlog so no worker starts it for nobody.
-            await self.queue_client.delete_entry(state.model, state.entry_id)
+            await self.queue_client.delete_entry(state.model, state.priority, state.entry_id)
 
     def _observe_start(self, outcome: Outcome, state: RequestState) -> None:
         outcome.validated_at = time.time()

@@ -117,6 +117,8 @@ class GatewayMetrics:
                                     "scheduled", ["worker_id"], registry=r)
         self.model_workers = Gauge("genfleet_model_live_workers", "Live workers serving each model this gateway has "
                                    "opened", ["model"], registry=r)
+        self.queue_by_priority = Gauge("genfleet_queue_size_by_priority", "Requests waiting in the model's stream of "
+                                       "each priority level", ["priority"], registry=r)
         self.model_queue_size = Gauge("genfleet_model_queue_size", "Requests waiting in each opened model's stream",
                                       ["model"], registry=r)
         self.worker_kv_free = Gauge("genfleet_fleet_worker_free_kv_tokens", "A live worker's free KV tokens",

@@ -112,9 +112,10 @@ class QueueClient:
         await self._redis.delete(self._keys.claim(req_id))
 
     async def enqueue(self, msg: GenerateRequest) -> bytes | str:
-        """XADD one attempt; the entry id. Raises QueueFull, before queueing, when over the bound.
+        """XADD one attempt to its priority's stream; the entry id. Raises QueueFull, before
+        queueing, when that stream is over the bound (a flood of one level never refuses another).
         A continuation (attempt > 0) is written to the request's journal first."""
-        stream = self._keys.request_stream(msg.model)
+        stream = self._keys.request_stream(msg.model, msg.priority)
         await self._ensure_group(stream)
         if await self._redis.xlen(stream) >= self._max_queue_length:
             # Workers delete entries when they accept them, so XLEN is the unserved backlog.
@@ -172,9 +173,9 @@ class QueueClient:
         except RedisError as exc:
             log.warning("could not publish cancel for %s: %s", cancel.req_id, exc)
 
-    async def delete_entry(self, model: str, entry_id: bytes | str) -> None:
+    async def delete_entry(self, model: str, priority: int, entry_id: bytes | str) -> None:
         try:
-            await self._redis.xdel(self._keys.request_stream(model), entry_id)
+            await self._redis.xdel(self._keys.request_stream(model, priority), entry_id)
         except RedisError as exc:
             log.warning("could not delete queued entry %r: %s", entry_id, exc)
 

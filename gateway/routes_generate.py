@@ -46,7 +46,7 @@ async def _validated(call: Admission, parsed: GenerateInput, *, stream: bool) ->
 
 async def _generate(call: Admission, parsed: GenerateInput, *, as_list: bool) -> Response:
     model, v = await _validated(call, parsed, stream=False)
-    runs = Run.fan_out(v.input_ids, v.run_params, call.started)
+    runs = Run.fan_out(v.input_ids, v.run_params, call.started, v.priority)
 
     async def produce() -> Response:
         await model.lifecycle.complete(runs)
@@ -61,7 +61,7 @@ async def _stream(call: Admission, parsed: GenerateInput) -> Response:
     # TGI answers stream errors inside a 200 SSE stream; a refusal before the stream starts keeps
     # its status here so that load balancers and clients can back off (documented in docs/api.md).
     model, v = await _validated(call, parsed, stream=True)
-    (run,) = Run.fan_out(v.input_ids, v.run_params, call.started)
+    (run,) = Run.fan_out(v.input_ids, v.run_params, call.started, v.priority)
     run.resume = call.resume_point()
     await model.lifecycle.prepare(run)
     events = tgi_stream(model.lifecycle.run(run), v, run.outcome, call.ctx.metrics)

@@ -76,6 +76,8 @@ async def metrics(request: Request) -> Response:
     m.pending.set(state.pending)
     for g in (m.worker_running, m.worker_waiting, m.worker_kv_free):
         g.clear()  # workers that left must not linger
+    for level, size in state.queue_by_priority.items():
+        m.queue_by_priority.labels(str(level)).set(size)
     m.model_workers.clear()
     m.model_queue_size.clear()
     for model in ctx.models.opened():

@@ -41,7 +41,7 @@ def _prepare(call: Admission, chat: bool, req: OpenAIRequest, model: ServedModel
         # The chat template writes its own special tokens.
         v = validate(GenerateInput(prompt, req.parameters), ctx.config, model.limits, model.tokenizer, stream=False,
                      capacity_tokens=model.fleet.state.max_capacity_tokens, add_special_tokens=not chat, fan_out=req.n)
-        choices += Run.fan_out(v.input_ids, v.run_params[: req.n], call.started)
+        choices += Run.fan_out(v.input_ids, v.run_params[: req.n], call.started, v.priority)
         prompt_tokens += len(v.input_ids)
     return OpenAICall(chat, req, choices, prompt_tokens, sum(len(p) for p in prompts),
                       f"{'chatcmpl' if chat else 'cmpl'}-{call.request_id}", req.model or model.model_id, int(call.started))

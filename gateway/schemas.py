@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ValidationError
+from common.streams import MAX_PRIORITY, MIN_PRIORITY
 
 __all__ = ["GenerateParameters", "GenerateInput", "parse_generate", "parse_parameters", "check_ranges"]
 
@@ -39,6 +40,7 @@ class GenerateParameters:
     adapter_id: str | None = None
     ignore_eos: bool = False  # genfleet extension for benchmarks
     min_tokens: int = 0  # vLLM's extra on the OpenAI routes: EOS is not sampled before this many tokens
+    priority: int = 0  # larger is more urgent, MIN_PRIORITY..MAX_PRIORITY (common/streams.py)
 
     @property
     def samples(self) -> bool:
@@ -116,12 +118,19 @@ def parse_parameters(raw: Any) -> GenerateParameters:
         raise ValidationError("`adapter_id` must be a string")
     values["adapter_id"] = adapter
     values["grammar"] = raw.get("grammar")
+    priority = raw.get("priority")
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValidationError("`priority` must be an integer")
+        values["priority"] = priority
     params = GenerateParameters(**values)
     check_ranges(params)
     return params
 
 
 def check_ranges(p: GenerateParameters) -> None:
+    if not MIN_PRIORITY <= p.priority <= MAX_PRIORITY:
+        raise ValidationError(f"`priority` must be >= {MIN_PRIORITY} and <= {MAX_PRIORITY}. Given: {p.priority}")
     if p.temperature is not None and p.temperature <= 0:
         raise ValidationError("`temperature` must be strictly positive")
     if p.repetition_penalty is not None and p.repetition_penalty <= 0:

@@ -97,6 +97,7 @@ def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bo
         ignore_eos=_get(body, "ignore_eos", bool, "a boolean") or False,
         watermark=_get(body, "watermark", bool, "a boolean") or False,
         seed=_get(body, "seed", int, "an integer"),
+        priority=_get(body, "priority", int, "an integer") or 0,
         max_new_tokens=max_tokens,
         stop=tuple(stop or ()),
         details=True,

@@ -47,6 +47,7 @@ class Validated:
     details: bool
     decoder_input_details: bool
     input_text: str
+    priority: int = 0
 
     @property
     def params(self) -> SamplingParams:
@@ -111,6 +112,7 @@ def validate(
         details=p.details or p.decoder_input_details,
         decoder_input_details=p.decoder_input_details,
         input_text=req.inputs,
+        priority=p.priority,
     )
 
 

@@ -1,19 +1,22 @@
 """The worker's intake: XREADGROUP only as many requests as the engine can admit, and cancels.
 
 Two threads, neither of which ever blocks the engine loop:
-- the reader takes at most `budget()` entries per read from the model's stream (so a busy worker
-  leaves work for idle ones) and hands them over with their stream entry ids; the output thread
-  XACKs each entry together with its Accepted event;
+- the reader takes at most `budget()` entries per read from the model's streams (so a busy worker
+  leaves work for idle ones), from the highest priority level down: a level's entries are read
+  only while every higher level is empty. It hands them over with their stream entry ids; the
+  output thread XACKs each entry together with its Accepted event;
 - the listener receives Cancel and Adopt messages on this worker's channel and the model's control
   channel.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -55,11 +58,11 @@ class Intake:
         budget: Callable[[], int],
         on_request: Callable[[bytes, GenerateRequest], None],
         on_control: Callable[[Control], None],
-        on_bad_entry: Callable[[bytes], None],
+        on_bad_entry: Callable[[str, bytes], None],
     ) -> None:
         self._client = client
         self._keys = keys
-        self._stream = keys.request_stream(model)
+        self._streams = keys.request_streams(model)  # highest priority first
         self._model = model
         self._worker_id = worker_id
         self._budget = budget
@@ -75,7 +78,8 @@ class Intake:
         ]
 
     def start(self) -> None:
-        ensure_group(self._client, self._stream)
+        for stream in self._streams:
+            ensure_group(self._client, stream)
         self._reading.set()
         for t in self._threads:
             t.start()
@@ -106,31 +110,49 @@ class Intake:
                 self._wake.clear()
                 continue
             try:
-                reply = self._client.xreadgroup(
-                    CONSUMER_GROUP, self._worker_id, {self._stream: ">"}, count=count, block=_READ_BLOCK_MS
-                )
+                self._read(count)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted without persistence
-                    log.warning("consumer group missing; recreating %s", self._stream)
-                    self._safe(lambda: ensure_group(self._client, self._stream))
+                    log.warning("consumer group missing; recreating the groups of %s", self._model)
+                    for stream in self._streams:
+                        self._safe(functools.partial(ensure_group, self._client, stream))
                 else:
                     log.warning("XREADGROUP failed: %s", exc)
                 self._stopped.wait(_RETRY_SECONDS)
-                continue
             except redis.RedisError as exc:
                 log.warning("Redis unavailable for intake (%s); retrying", exc)
                 self._stopped.wait(_RETRY_SECONDS)
-                continue
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._deliver(entry_id, fields)
 
-    def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+    def _read(self, count: int) -> None:
+        """Up to `count` entries, higher levels first; blocks a while only when every level is empty."""
+        left = count
+        for stream in self._streams:
+            reply = self._client.xreadgroup(CONSUMER_GROUP, self._worker_id, {stream: ">"}, count=left)
+            left -= self._deliver_reply(reply)
+            if left <= 0:
+                return
+        if left < count:
+            return
+        # Nothing anywhere: wait on every level at once (a reply may carry entries of several).
+        reply = self._client.xreadgroup(CONSUMER_GROUP, self._worker_id, dict.fromkeys(self._streams, ">"),
+                                        count=count, block=_READ_BLOCK_MS)
+        order = {stream: i for i, stream in enumerate(self._streams)}
+        self._deliver_reply(sorted(reply or [], key=lambda r: order[_name(r[0])]))
+
+    def _deliver_reply(self, reply: list[Any] | None) -> int:
+        delivered = 0
+        for stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._deliver(_name(stream), entry_id, fields)
+                delivered += 1
+        return delivered
+
+    def _deliver(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         try:
             _, request = read_entry(fields)
         except ProtocolError as exc:
-            log.error("dropping unreadable stream entry %r: %s", entry_id, exc)
-            self._on_bad_entry(entry_id)
+            log.error("dropping unreadable stream entry %r of %s: %s", entry_id, stream, exc)
+            self._on_bad_entry(stream, entry_id)
             return
         if request.deadline and request.deadline < time.time():
             log.info("request %s expired before it was read", request.req_id)
@@ -162,3 +184,7 @@ class Intake:
             fn()
         except redis.RedisError:
             pass
+
+
+def _name(stream: bytes | str) -> str:
+    return stream.decode() if isinstance(stream, bytes) else stream

@@ -160,7 +160,7 @@ class OutputProcessor:
         if kind == "accept":
             _, key, request, seed, entry_id = item
             if entry_id is not None:
-                self._acks.append((self._keys.request_stream(request.model), entry_id))
+                self._acks.append((self._keys.request_stream(request.model, request.priority), entry_id))
             context = list(request.input_ids) + list(request.generated_ids)
             self._live[key] = _Live(
                 request=request,

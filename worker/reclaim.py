@@ -41,7 +41,7 @@ class Reclaimer:
     ) -> None:
         self._client = client
         self._keys = keys
-        self._stream = keys.request_stream(model)
+        self._streams = keys.request_streams(model)  # highest priority first
         self._dlq = keys.dead_letter_stream(model)
         self._worker_id = worker_id
         self._min_idle_ms = min_idle_ms
@@ -51,17 +51,22 @@ class Reclaimer:
         self.dead_lettered = 0
 
     def run_once(self, budget: int) -> None:
-        """Claim up to `budget` orphaned entries; dead-letter those delivered too often."""
-        if budget <= 0:
-            return
+        """Claim up to `budget` orphaned entries, higher priority levels first; dead-letter those
+        delivered too often."""
+        for stream in self._streams:
+            if budget <= 0:
+                return
+            budget -= self._reclaim(stream, budget)
+
+    def _reclaim(self, stream: str, budget: int) -> int:
         pending = self._client.xpending_range(
-            self._stream, CONSUMER_GROUP, min="-", max="+", count=budget, idle=self._min_idle_ms
+            stream, CONSUMER_GROUP, min="-", max="+", count=budget, idle=self._min_idle_ms
         )
         pending = [p for p in pending if self._owner_is_dead(p["consumer"])]
         if not pending:
-            return
+            return 0
         claimed = self._client.xclaim(
-            self._stream, CONSUMER_GROUP, self._worker_id, self._min_idle_ms,
+            stream, CONSUMER_GROUP, self._worker_id, self._min_idle_ms,
             [p["message_id"] for p in pending],
         )
         deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
@@ -70,14 +75,15 @@ class Reclaimer:
                 raw, request = read_entry(fields)
             except ProtocolError as exc:
                 log.error("acking unreadable orphan %r: %s", entry_id, exc)
-                self._client.xack(self._stream, CONSUMER_GROUP, entry_id)
+                self._client.xack(stream, CONSUMER_GROUP, entry_id)
                 continue
             if deliveries.get(entry_id, 1) > self._max_deliveries:
-                self._dead_letter(entry_id, raw, request, deliveries[entry_id])
+                self._dead_letter(stream, entry_id, raw, request, deliveries[entry_id])
                 continue
             self.reclaimed += 1
             log.info("reclaimed orphaned request %s (delivery %d)", request.req_id, deliveries.get(entry_id, 1))
             self._deliver(entry_id, request)
+        return len(claimed)
 
     def _owner_is_dead(self, consumer: bytes | str) -> bool:
         name = consumer.decode() if isinstance(consumer, bytes) else consumer
@@ -85,7 +91,7 @@ class Reclaimer:
             return False  # ours: in the handover queue, acked within a step
         return not self._client.exists(self._keys.worker_heartbeat(name))
 
-    def _dead_letter(self, entry_id: bytes, raw: bytes, request: GenerateRequest, times: int) -> None:
+    def _dead_letter(self, stream: str, entry_id: bytes, raw: bytes, request: GenerateRequest, times: int) -> None:
         self.dead_lettered += 1
         log.error("dead-lettering %s after %d deliveries", request.req_id, times)
         error = Error(
@@ -96,7 +102,7 @@ class Reclaimer:
         )
         pipe = self._client.pipeline(transaction=False)
         pipe.xadd(self._dlq, {REQUEST_FIELD: raw, b"deliveries": str(times)}, maxlen=10_000, approximate=True)
-        pipe.xack(self._stream, CONSUMER_GROUP, entry_id)
+        pipe.xack(stream, CONSUMER_GROUP, entry_id)
         pipe.publish(self._keys.gateway_channel(request.gateway_id), encode(EventBatch(self._worker_id, 0, [error])))
         pipe.execute()
 

@@ -6,7 +6,11 @@ Each step spends at most --max-batch-prefill-tokens tokens of compute:
    blocks freed, its tokens kept; it is recomputed later) until the older one fits.
 2. then waiting requests, highest priority first and FIFO within a priority, each taking its
    cached prefix and then as large a chunk of the rest as the budget allows, up to
-   --max-batch-size running requests.
+   --max-batch-size running requests. A request passed over for --max-priority-wait seconds goes
+   first whatever its priority (the starvation bound).
+
+Preemption takes the lowest priority first, the newest request within it; a preempted request
+waits at the head of its priority level.
 
 TGI's knobs, now that prefill is chunked and mixed with decodes in one forward pass: TGI ignores
 --waiting-served-ratio and --max-waiting-tokens once chunking is on. Here they keep a meaning:
@@ -42,6 +46,7 @@ class Scheduler:
         self.token_budget = config.max_batch_prefill_tokens
         self.waiting_served_ratio = config.waiting_served_ratio
         self.max_waiting_tokens = config.max_waiting_tokens
+        self.max_priority_wait = config.max_priority_wait
         self.max_model_len = max_model_len
         self.blocks = block_manager
         self.waiting: deque[Request] = deque()
@@ -55,9 +60,13 @@ class Scheduler:
     # -- queue management ------------------------------------------------------------------------
     def add(self, req: Request) -> None:
         # Stable priority order: after every waiting request of the same or higher priority.
+        self._insert(req, lambda other: other.priority < req.priority)
+
+    def _insert(self, req: Request, goes_before: Callable[[Request], bool]) -> None:
+        """Into `waiting` before the first request for which `goes_before` holds (else last)."""
         index = len(self.waiting)
         for i, other in enumerate(self.waiting):
-            if other.priority < req.priority:
+            if goes_before(other):
                 index = i
                 break
         self.waiting.insert(index, req)
@@ -120,6 +129,7 @@ class Scheduler:
     def _admit(self, budget: int, scheduled: list[ScheduledRequest], holds_blocks: bool) -> int:
         """Admit waiting requests into `scheduled` within `budget` tokens; returns how many."""
         admitted = 0
+        self._promote_starved()
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             req = self.waiting[0]
             # Prompt logprobs need every prompt position computed: no prefix reuse for them.
@@ -148,6 +158,17 @@ class Scheduler:
             admitted += 1
         return admitted
 
+    def _promote_starved(self) -> None:
+        """Move to the head every request passed over past --max-priority-wait (oldest first)."""
+        if self.max_priority_wait <= 0 or len(self.waiting) < 2:
+            return
+        top = self.waiting[0].priority
+        cutoff = self._clock() - self.max_priority_wait
+        starved = [r for r in self.waiting if r.priority < top and r.arrival_time <= cutoff]
+        for req in sorted(starved, key=lambda r: r.arrival_time, reverse=True):
+            self.waiting.remove(req)
+            self.waiting.appendleft(req)
+
     def _may_admit(self) -> bool:
         if not self.waiting:
             return False
@@ -171,12 +192,19 @@ class Scheduler:
         """Make room for `num_new` tokens of a running request; False if it was preempted itself."""
         need = self.blocks.blocks_needed(req, num_new)
         while not self.blocks.can_allocate(need):
-            victim = self.running[-1]
+            victim = self._victim(req)
             self._preempt(victim)
             if victim is req:
                 return False
         self.blocks.allocate(req, num_new)
         return True
+
+    def _victim(self, req: Request) -> Request:
+        """The lowest-priority request of `req` and those after it in `running` (oldest first; the
+        ones before it are already in this step), the newest of them."""
+        candidates = self.running[self.running.index(req):]
+        lowest = min(r.priority for r in candidates)
+        return next(r for r in reversed(candidates) if r.priority == lowest)
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -184,7 +212,8 @@ class Scheduler:
         req.status = RequestStatus.WAITING
         req.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(req)
+        # At the head of its priority level: it was admitted once and resumes before newer ones.
+        self._insert(req, lambda other: other.priority <= req.priority)
         self._released.append(req.key)
 
     @staticmethod

@@ -9,6 +9,7 @@ once --gateway-grace-period has passed without another gateway adopting them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -126,8 +127,8 @@ class Worker:
             self._heartbeat.join(2.0)
             self._housekeeper.join(2.0)
             self._safe(lambda: self.redis.delete(self.keys.worker_heartbeat(self.worker_id)))
-            self._safe(lambda: self.redis.xgroup_delconsumer(
-                self.keys.request_stream(self.model), CONSUMER_GROUP, self.worker_id))
+            for stream in self.keys.request_streams(self.model):
+                self._safe(functools.partial(self.redis.xgroup_delconsumer, stream, CONSUMER_GROUP, self.worker_id))
             self.redis.close()
         return 0
 
@@ -304,8 +305,7 @@ class Worker:
         self._stops.put(key)
         self._work.set()
 
-    def _on_bad_entry(self, entry_id: bytes) -> None:
-        stream = self.keys.request_stream(self.model)
+    def _on_bad_entry(self, stream: str, entry_id: bytes) -> None:
         self._safe(lambda: self.redis.xack(stream, CONSUMER_GROUP, entry_id))
 
     # -- heartbeat -------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class _Queue:
     async def publish_cancel(self, model: str, owner: str | None, cancel: Cancel) -> None:
         self.cancelled.append(cancel.req_id)
 
-    async def delete_entry(self, model: str, entry_id: bytes) -> None:
+    async def delete_entry(self, model: str, priority: int, entry_id: bytes) -> None:
         pass
 
 

@@ -17,10 +17,11 @@ from worker.request import Request
 
 
 def _engine(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_batch: int = 8,
-            prefix: bool = True, ratio: float = 0.0, overlap: bool = False) -> tuple[LLMEngine, FakeRunner]:
+            prefix: bool = True, ratio: float = 0.0, overlap: bool = False,
+            max_priority_wait: float = 30.0) -> tuple[LLMEngine, FakeRunner]:
     config = WorkerConfig(
         block_size=block_size, max_batch_prefill_tokens=budget, max_batch_size=max_batch,
-        prefix_caching=prefix, waiting_served_ratio=ratio,
+        prefix_caching=prefix, waiting_served_ratio=ratio, max_priority_wait=max_priority_wait,
     )
     runner = FakeRunner(block_size, budget, can_overlap=overlap)
     engine = LLMEngine(config, runner, num_blocks=num_blocks, eos_token_ids=frozenset({0}), max_model_len=4096)
@@ -28,7 +29,8 @@ def _engine(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_bat
 
 
 def _req(rid: str, prompt: list[int], max_new: int, **kw: object) -> Request:
-    return Request(rid, prompt, SamplingParams(max_new_tokens=max_new), seed=0, arrival_time=time.time(), **kw)  # type: ignore[arg-type]
+    kw.setdefault("arrival_time", time.time())
+    return Request(rid, prompt, SamplingParams(max_new_tokens=max_new), seed=0, **kw)  # type: ignore[arg-type]
 
 
 def _drain(engine: LLMEngine, out: dict[str, list[int]], limit: int = 10_000) -> dict[str, str]:
@@ -98,6 +100,34 @@ def test_priority_orders_waiting_requests() -> None:
     engine.add_request(_req("high", [4, 5, 6], 1, priority=5))
     engine.step()
     assert runner.batches[0].requests[0].key == "high"
+
+
+def test_preemption_takes_the_lowest_priority_first_and_spares_the_highest() -> None:
+    # 12 blocks of 4 tokens, three requests growing to 24 tokens (6 blocks) each: one must yield.
+    engine, _ = _engine(num_blocks=12, block_size=4, budget=64)
+    prompts = {"old-low": [1] * 8, "mid": [2] * 8, "high": [3] * 8}
+    reqs = {rid: _req(rid, prompt, 16, priority=p) for (rid, prompt), p in zip(prompts.items(), (-1, 0, 1))}
+    for req in reqs.values():
+        engine.add_request(req)
+    victims: list[str] = []
+    out: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        before = {rid: r.num_preemptions for rid, r in reqs.items()}
+        for o in engine.step():
+            out.setdefault(o.key, []).extend(o.new_token_ids)
+        victims += [rid for rid, r in reqs.items() if r.num_preemptions > before[rid]]
+    # The oldest request is the lowest priority: it yields, though the newest would otherwise.
+    assert victims and victims[0] == "old-low" and "high" not in victims, victims
+    assert all(out[rid] == solo_run(prompt, 16) for rid, prompt in prompts.items())
+
+
+def test_a_request_passed_over_past_the_bound_goes_first() -> None:
+    for bound, first in ((5.0, "starved"), (0.0, "high")):
+        engine, runner = _engine(budget=4, max_batch=1, max_priority_wait=bound)
+        engine.add_request(_req("high", [4, 5, 6], 1, priority=2))
+        engine.add_request(_req("starved", [1, 2, 3], 1, priority=-2, arrival_time=time.time() - 10))
+        engine.step()
+        assert runner.batches[0].requests[0].key == first, bound
 
 
 def test_shared_prefix_computes_only_the_suffix() -> None:
