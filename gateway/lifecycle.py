@@ -97,7 +97,7 @@ class Run:
     def fan_out(input_ids: list[int], run_params: Sequence[SamplingParams], started: float,
                 priority: int = 0) -> list[Run]:
         """One run per parameter set (best_of, n: each with its own seed), timed from `started`."""
-        return [Run(input_ids, p, Outcome(started=started), priority) for p in run_params]
+        return [Run(input_ids, p, Outcome(started=started), priority=priority) for p in run_params]
 
 
 @dataclass
