@@ -60,7 +60,9 @@ def shard_rows(shape: str, model_dir: Path, config: Any, counts: list[int], run_
     rows = []
     base: dict[str, float] = {}
     for n in counts:
-        run_config = replace(config, num_shard=n if n > 1 else None)
+        # The ranks read these settings from their command line: the model directory and random weights too.
+        run_config = replace(config, fleet=replace(config.fleet, model_id=str(model_dir)), random_weights=True,
+                             num_shard=n if n > 1 else None)
         group = start_ranks(run_config, n, torch.device("cuda")) if n > 1 else None
         try:
             runner = ModelRunner(run_config, model_dir, load=False, shards=group)

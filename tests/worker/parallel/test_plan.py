@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,10 @@ def test_a_prequantized_checkpoint_is_refused_before_any_rank_starts(tmp_path: P
     config.save_pretrained(tmp_path)
     with pytest.raises(QuantizationError, match="--quantize gptq cannot be sharded yet"):
         check_shardable(WorkerConfig(num_shard=2), tmp_path, 2)
+
+
+def test_the_worker_names_the_counts_and_exits_2_before_starting_any_rank(default_model_dir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "genfleet", "worker", "--device", "cpu", "--num-shard", "16",
+                           "--redis-url", "redis://127.0.0.1:1/0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: --num-shard 16: LlamaForCausalLM has 9 attention heads: it cannot shard over 16" in proc.stderr
