@@ -27,7 +27,7 @@ from common.model_source import ModelNotFound, resolve_model
 from common.tgi_env import ignored_tgi_variables
 from genfleet.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, die_with_parent, free_port
 
-__all__ = ["serve", "child_argv", "worker_threads"]
+__all__ = ["serve", "child_argv", "worker_threads", "worker_devices"]
 
 log = logging.getLogger("genfleet.serve")
 
@@ -47,13 +47,31 @@ def child_argv(role: str, config: FleetConfig | GatewayConfig | WorkerConfig, fl
     return argv
 
 
-def _spawn(argv: list[str], cpu_threads: int = 0) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], cpu_threads: int = 0, devices: str | None = None) -> subprocess.Popen[bytes]:
     # TGI variables genfleet ignores were reported once, here; the children need not repeat it.
     ignored = {item.variable.name for item in ignored_tgi_variables(os.environ)}
     env = {k: v for k, v in os.environ.items() if k not in ignored}
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
     if cpu_threads and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(cpu_threads)  # torch's intra-op threads
     return subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True, env=env)
+
+
+def worker_devices(index: int, num_shard: int, visible: str | None) -> str | None:
+    """The GPUs of sharded worker `index` when `serve` starts several: the next `num_shard` of the
+    visible ones (CUDA_VISIBLE_DEVICES, else 0, 1, ...), so workers never share a GPU. None (the
+    environment as it is) for unsharded workers, whose placement is left as it was."""
+    if num_shard <= 1:
+        return None
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
+    wanted = range(index * num_shard, (index + 1) * num_shard)
+    if ids is None:
+        return ",".join(str(i) for i in wanted)
+    if wanted.stop > len(ids):
+        raise ValueError(f"{index + 1} workers x --num-shard {num_shard} need {wanted.stop} GPUs; "
+                         f"CUDA_VISIBLE_DEVICES names {len(ids)}")
+    return ",".join(ids[i] for i in wanted)
 
 
 def worker_threads(num_workers: int) -> int:
@@ -71,6 +89,15 @@ def serve(config: ServeConfig) -> int:
         # Convert or download once, before the children race for it.
         resolve_model(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
     except ModelNotFound as exc:
+        print(f"genfleet: error: {exc}", file=sys.stderr)
+        return 2
+
+    shards = config.worker.num_shard or 1
+    try:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = [None if config.worker.device == "cpu" else worker_devices(i, shards, visible)
+                   for i in range(config.workers)]
+    except ValueError as exc:
         print(f"genfleet: error: {exc}", file=sys.stderr)
         return 2
 
@@ -106,7 +133,8 @@ def serve(config: ServeConfig) -> int:
             wid = f"{worker.worker_id}-{i}" if worker.worker_id else None
             port = worker.metrics_port + i if worker.metrics_port else free_port()
             workers.append(_spawn(child_argv("worker", replace(worker, worker_id=wid, metrics_port=port), fleet),
-                                  cpu_threads=worker_threads(config.workers * (worker.num_shard or 1))))
+                                  cpu_threads=worker_threads(config.workers * shards),
+                                  devices=devices[i]))
         gateways.append(_spawn(child_argv("gateway", gateway, fleet)))
         log.info("gateway on http://%s:%d, %d worker(s)", gateway.hostname, gateway.port, config.workers)
         while not stop.wait(0.2):

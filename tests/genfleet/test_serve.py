@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from genfleet.embedded_redis import free_port
-from genfleet.serve import worker_threads
+from genfleet.serve import worker_devices, worker_threads
 from tests.integration.fleet import wait_healthy
 from tests.test_readme import readme_curl_examples
 
@@ -82,3 +83,11 @@ def test_workers_share_the_cores_out(monkeypatch) -> None:  # type: ignore[no-un
     assert [worker_threads(n) for n in (1, 2, 3)] == [2, 1, 1]
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert worker_threads(3) == 5
+
+
+def test_sharded_workers_get_disjoint_gpus() -> None:
+    assert [worker_devices(i, 2, None) for i in range(2)] == ["0,1", "2,3"]
+    assert [worker_devices(i, 2, "4,5,6,7") for i in range(2)] == ["4,5", "6,7"]
+    assert worker_devices(0, 1, "3") is None  # unsharded workers keep the environment as it is
+    with pytest.raises(ValueError, match="2 workers x --num-shard 2 need 4 GPUs; CUDA_VISIBLE_DEVICES names 3"):
+        worker_devices(1, 2, "0,1,2")
