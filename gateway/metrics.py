@@ -79,6 +79,9 @@ class GatewayMetrics:
             ("tgi_request_success", "Requests completed"),
             ("tgi_request_failure", "Requests failed, by error type"),
             ("genfleet_request_continuations", "Requests re-enqueued after losing their worker"),
+            ("genfleet_request_attached", "Calls answered by a request that already held their id, by how: "
+             "replayed (it had ended), followed (its gateway relays it); and adoptions of requests whose gateway "
+             "was gone"),
         ):
             self.counters.declare(name, text)
         r.register(self.counters)

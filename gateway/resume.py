@@ -92,7 +92,11 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
     log.info("request %s resumed after seq %d (%d tokens in its journal, its gateway %s)", req_id, after,
              len(replay.tokens), replay.reply_to)
     pending = replay.tokens[after + 1:]
-    if not replay.ended and await _follows(lc, replay):
+    counters = lc.metrics.counters
+    if replay.ended:
+        counters.inc("genfleet_request_attached", how="replayed")
+    elif await _follows(lc, replay):
+        counters.inc("genfleet_request_attached", how="followed")
         async for added in _follow(lc, replay):
             pending += added
             if pending:
@@ -101,6 +105,7 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
                 pending = []
     if not replay.ended:
         # Adopt it: from here on it is this gateway's request, cancelled when this client leaves.
+        counters.inc("genfleet_request_attached", how="adopted")
         req_id, inbox = qc.open(req_id)
         state = lc.state_of(replay, inbox)
         try:
@@ -187,4 +192,4 @@ async def _adopt(lc: Lifecycle, replay: Replay, inbox: Inbox[Event]) -> list[Tok
 
 
 def _acked(events: list[Event], replay: Replay) -> bool:
-    return any(isinstance(e, Accepted) for e in events)
+    return any(isinstance(e, Accepted) and e.attempt == replay.current.attempt for e in events)
