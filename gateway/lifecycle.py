@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ from gateway.inbox import Inbox
 from gateway.journal import Replay
 from gateway.metrics import GatewayMetrics
 from gateway.queue_client import QueueClient, QueueFull
-from gateway.resume import attach, open_replay, same_request
+from gateway.resume import attach, claim, open_replay
 
 __all__ = ["Lifecycle", "RequestState", "Outcome", "Run"]
 
@@ -134,7 +133,7 @@ class Lifecycle:
             replay = run.replay or await open_replay(self, run, *run.resume)
             bursts = attach(self, run, replay, run.resume[1])
         else:
-            claimed = await self._claim(run, index)
+            claimed = await claim(self, run, index)
             if isinstance(claimed, str):
                 bursts = attach(self, run, await open_replay(self, run, claimed, -1), -1)
             else:
@@ -149,32 +148,11 @@ class Lifecycle:
         if run.resume is not None and self.fleet.state.redis_ok:
             run.replay = await open_replay(self, run, *run.resume)
 
-    async def _claim(self, run: Run, index: int | None) -> GenerateRequest | str:
-        """The request this run queues under its id (claimed), or the id of the same request
-        already running or ended (a retry). An id that names another request gets a suffix."""
-        base = req_id = self.queue_client.request_id(index)
-        deadline = time.time() + self.request_timeout if self.request_timeout > 0 else 0.0
-        while True:
-            msg = GenerateRequest(
-                req_id=req_id, attempt=0, gateway_id=self.queue_client.gateway_id, model=self.model,
-                input_ids=run.input_ids, params=run.params, deadline=deadline, priority=run.priority, scope=self.scope,
-            )
-            try:
-                existing = await self.queue_client.claim(msg)
-            except (RedisError, OSError) as exc:
-                raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
-            if existing is None:
-                return msg
-            if same_request(existing, run, self.scope):
-                log.info("request %s is a retry: answered from the running or finished request", req_id)
-                return req_id
-            req_id = f"{base}-{uuid.uuid4().hex[:6]}"
-
     async def _generate(self, run: Run, msg: GenerateRequest) -> AsyncIterator[list[Token]]:
         req_id, inbox = self.queue_client.open(msg.req_id)
         state = RequestState(req_id, self.model, run.input_ids, run.params, msg.deadline, run.priority, inbox,
                              subscription=self.queue_client.subscriptions)
-        self._observe_start(run.outcome, state)
+        self.metrics.observe_start(run.outcome, len(state.input_ids), state.params.max_new_tokens)
         try:
             await self._submit(state)
         except GenfleetError:
@@ -197,11 +175,11 @@ class Lifecycle:
         not get there (the client left, an error)."""
         try:
             async for burst in self._relay(state):
-                self.observe_burst(outcome, burst)
+                self.metrics.observe_burst(outcome, burst)
                 yield burst
             state.done = True
             outcome.finish = state.finish
-            self._observe_finish(outcome)
+            self.metrics.observe_finish(outcome)
         finally:
             self.queue_client.close(state.req_id)
             if not state.done:
@@ -408,36 +386,6 @@ class Lifecycle:
         if state.owner is None and state.entry_id is not None:
             # Nobody accepted it: take it out of the backlog so no worker starts it for nobody.
             await self.queue_client.delete_entry(state.model, state.priority, state.entry_id)
-
-    def _observe_start(self, outcome: Outcome, state: RequestState) -> None:
-        outcome.validated_at = time.time()
-        self.metrics.validation.observe(outcome.validated_at - outcome.started)
-        self.metrics.input_length.observe(len(state.input_ids))
-        self.metrics.max_new.observe(state.params.max_new_tokens)
-
-    def observe_burst(self, outcome: Outcome, burst: list[Token]) -> None:
-        # Tokens of one burst arrived together: the first carries the gap, the rest 0.
-        now = time.time()
-        if not outcome.tokens:
-            outcome.first_token_at = now
-            self.metrics.ttft.observe(now - outcome.started)
-        else:
-            self.metrics.itl.observe(now - outcome.last_token_at)
-        if len(burst) > 1:
-            self.metrics.itl.observe(0.0, len(burst) - 1)
-        outcome.last_token_at = now
-        outcome.tokens += burst
-
-    def _observe_finish(self, outcome: Outcome) -> None:
-        m = self.metrics
-        m.counters.inc("tgi_request_success")
-        m.duration.observe(time.time() - outcome.started)
-        m.generated.observe(len(outcome.tokens))
-        f = outcome.finish
-        if f is not None:
-            m.queue.observe(f.queue_time)
-            m.inference.observe(f.inference_time)
-            m.per_token.observe(f.inference_time / max(1, len(outcome.tokens)))
 
 
 def _indexes(runs: Sequence[Run]) -> Callable[[int], int | None]:

@@ -10,8 +10,10 @@ series: nobody graphs them.
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -20,6 +22,10 @@ from prometheus_client.utils import floatToGoString
 
 from common.errors import GenfleetError
 from common.tgi_metrics import DURATION_BUCKETS, BareCounters
+
+if TYPE_CHECKING:
+    from common.protocol import Token
+    from gateway.lifecycle import Outcome
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE"]
 
@@ -126,6 +132,37 @@ class GatewayMetrics:
                                       ["model"], registry=r)
         self.worker_kv_free = Gauge("genfleet_fleet_worker_free_kv_tokens", "A live worker's free KV tokens",
                                     ["worker_id"], registry=r)
+
+    def observe_start(self, outcome: Outcome, input_length: int, max_new_tokens: int) -> None:
+        """A fleet request validated and about to be queued."""
+        outcome.validated_at = time.time()
+        self.validation.observe(outcome.validated_at - outcome.started)
+        self.input_length.observe(input_length)
+        self.max_new.observe(max_new_tokens)
+
+    def observe_burst(self, outcome: Outcome, burst: list[Token]) -> None:
+        # Tokens of one burst arrived together: the first carries the gap, the rest 0.
+        now = time.time()
+        if not outcome.tokens:
+            outcome.first_token_at = now
+            self.ttft.observe(now - outcome.started)
+        else:
+            self.itl.observe(now - outcome.last_token_at)
+        if len(burst) > 1:
+            self.itl.observe(0.0, len(burst) - 1)
+        outcome.last_token_at = now
+        outcome.tokens += burst
+
+    def observe_finish(self, outcome: Outcome) -> None:
+        m = self
+        m.counters.inc("tgi_request_success")
+        m.duration.observe(time.time() - outcome.started)
+        m.generated.observe(len(outcome.tokens))
+        f = outcome.finish
+        if f is not None:
+            m.queue.observe(f.queue_time)
+            m.inference.observe(f.inference_time)
+            m.per_token.observe(f.inference_time / max(1, len(outcome.tokens)))
 
     def record_failure(self, exc: GenfleetError) -> None:
         self.counters.inc("tgi_request_failure", err=_FAILURE_KIND.get(exc.error_type, "generation"))

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
+from redis.exceptions import RedisError
 
 from common.errors import GenfleetError, ValidationError
 from common.protocol import Accepted, Adopt, Event, GenerateRequest, Token
@@ -31,7 +33,7 @@ from gateway.journal import Replay
 if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle, Run
 
-__all__ = ["attach", "open_replay", "same_request", "parse_last_event_id"]
+__all__ = ["claim", "attach", "open_replay", "same_request", "parse_last_event_id"]
 
 log = logging.getLogger("genfleet.gateway.resume")
 
@@ -61,6 +63,28 @@ def same_request(existing: GenerateRequest, run: Run, scope: str) -> bool:
         raise GenfleetError("forbidden", f"Request {existing.req_id} belongs to another API key")
     unseeded = msgspec.structs.replace
     return existing.input_ids == run.input_ids and unseeded(existing.params, seed=None) == unseeded(run.params, seed=None)
+
+
+async def claim(lc: Lifecycle, run: Run, index: int | None) -> GenerateRequest | str:
+    """The request `run` queues under its id (now claimed), or the id of the same request already
+    running or ended (a retry). An id that names another request gets a suffix."""
+    qc = lc.queue_client
+    base = req_id = qc.request_id(index)
+    deadline = time.time() + lc.request_timeout if lc.request_timeout > 0 else 0.0
+    while True:
+        msg = GenerateRequest(req_id=req_id, attempt=0, gateway_id=qc.gateway_id, model=lc.model,
+                              input_ids=run.input_ids, params=run.params, deadline=deadline, priority=run.priority,
+                              scope=lc.scope)
+        try:
+            existing = await qc.claim(msg)
+        except (RedisError, OSError) as exc:
+            raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
+        if existing is None:
+            return msg
+        if same_request(existing, run, lc.scope):
+            log.info("request %s is a retry: answered from the running or finished request", req_id)
+            return req_id
+        req_id = f"{base}-{uuid.uuid4().hex[:6]}"
 
 
 async def open_replay(lc: Lifecycle, run: Run, req_id: str, after: int) -> Replay:
@@ -100,7 +124,7 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
         async for added in _follow(lc, replay):
             pending += added
             if pending:
-                lc.observe_burst(outcome, pending)
+                lc.metrics.observe_burst(outcome, pending)
                 yield pending
                 pending = []
     if not replay.ended:
@@ -117,7 +141,7 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
             state.attempt, state.owner = replay.current.attempt, replay.owner
             state.relayed_ids = [t.id for t in replay.tokens]
             if pending:
-                lc.observe_burst(outcome, pending)
+                lc.metrics.observe_burst(outcome, pending)
                 yield pending
             async for burst in lc.follow(state, outcome):
                 yield burst
@@ -125,7 +149,7 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
         qc.close(req_id)
     _end(replay)
     if pending:
-        lc.observe_burst(outcome, pending)
+        lc.metrics.observe_burst(outcome, pending)
         yield pending
     outcome.finish = replay.finish
 

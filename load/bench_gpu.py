@@ -364,6 +364,10 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         notes += n
     if args.tokenizer_dir is not None and "d" in todo:
         rows.append(fleet_row(shape, model_dir, args, config, c, c_roofline))
+        if args.checkpoint_ab:
+            # The same flood with the workers' per-step token checkpoints off (they are on by default).
+            rows.append(fleet_row(shape, model_dir, args, replace(config, checkpoint_tokens=False), c, c_roofline,
+                                  " with --checkpoint-tokens false"))
     return rows, notes
 
 
@@ -421,7 +425,7 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, d
 
 
 def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, config: Any, c: dict[str, float],
-              roofline: float | None) -> Row:
+              roofline: float | None, variant: str = "") -> Row:
     """(d): (c)'s flood through gateway + Redis + worker + SSE, beside (c) run in-process."""
     import shutil
 
@@ -435,7 +439,7 @@ def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, config: Any
     flags = child_argv("worker", config, config.fleet)[4:]  # what follows `python -m genfleet worker`
     log = args.fleet_log / f"fleet-{shape}.log" if args.fleet_log else None
     d = flood(model_dir, args.requests, 1024, 128, flags, log)
-    return Row(shape, "(d) = (c) through the fleet (HTTP + Redis + SSE)", d["tok_s"], roofline, None,
+    return Row(shape, "(d) = (c) through the fleet (HTTP + Redis + SSE)" + variant, d["tok_s"], roofline, None,
                f"{d['ok']}/{args.requests} ok; {100 * d['tok_s'] / c['tok_s']:.1f}% of (c); TTFT p50 {d['ttft_p50']:.2f}s "
                f"({(d['ttft_p50'] - c['ttft_p50']) * 1e3:+.0f} ms vs (c)), p99 {d['ttft_p99']:.2f}s; TPOT p50 "
                f"{d['tpot_p50'] * 1e3:.1f} ms; ITL p50/p99 {d['itl_p50'] * 1e3:.1f}/{d['itl_p99'] * 1e3:.1f} ms; "
@@ -459,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", default="", help="comma list of --quantize methods whose (a), (b), (c) rows to add")
     parser.add_argument("--variants", default="", help="comma list of SETTING=VALUE (a WorkerConfig field, e.g. "
                         "quantize=fp8, kv_cache_dtype=fp8_e4m3fn): (a), (b), (c) again with it, beside bf16")
+    parser.add_argument("--checkpoint-ab", action="store_true", help="(d) a second time with the workers' token "
+                        "checkpoints off (--checkpoint-tokens false): their cost on the fleet path")
     parser.add_argument("--num-shard", default="", help="comma list of rank counts (e.g. 1,2,4): (a), (b) and the "
                         "all-reduce time per decode step for each, on that many GPUs (load/bench_shards.py)")
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ The kill -9 case on the real model is tests/reliability/test_resume.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 import uuid
@@ -198,3 +199,45 @@ def test_reconnects_after_the_grace_period_or_a_disconnect_are_gone(redis_server
         assert r.status_code == 404 and r.json()["error_type"] == "unknown_request", r.text
     finally:
         fleet.stop()
+
+
+def test_an_openai_stream_resumes_through_another_gateway(fleet: Fleet) -> None:
+    key = f"oai-{uuid.uuid4().hex[:8]}"
+    body = {"model": "tgi", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 100, "stream": True}
+    first: list[tuple[str, str]] = []  # (id line, content) of each token chunk
+    seen_three = asyncio.Event()
+
+    async def read(client: httpx.AsyncClient, url: str, headers: dict[str, str], out: list[tuple[str, str]],
+                   signal: asyncio.Event | None = None) -> bool:
+        event_id = None
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                if line.startswith("id:"):
+                    event_id = line[3:]
+                elif line == "data: [DONE]":
+                    return True
+                elif line.startswith("data: "):
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    if event_id is not None:
+                        out.append((event_id, delta.get("content", "")))
+                    event_id = None
+                    if signal is not None and len(out) >= 3:
+                        signal.set()
+        return False
+
+    async def main() -> tuple[bool, bool, list[tuple[str, str]]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            whole = asyncio.ensure_future(read(client, fleet.url("a"), {**_auth(), "Idempotency-Key": key}, first,
+                                               seen_three))
+            await asyncio.wait_for(seen_three.wait(), timeout=30)
+            resumed: list[tuple[str, str]] = []
+            last = first[2][0]
+            done = await read(client, fleet.url("b"), {**_auth(), "Last-Event-ID": last}, resumed)
+            return await whole, done, resumed
+
+    whole_done, resumed_done, resumed = asyncio.run(main())
+    assert whole_done and resumed_done
+    assert [i for i, _ in first] == [f"{key}:{seq}" for seq in range(100)]
+    # The second client gets exactly what the first got after seq 2, and the same [DONE].
+    assert resumed == first[3:]

@@ -1,12 +1,16 @@
-"""Redis memory that running requests' journals take: claims and per-step checkpoints of N
-requests, written as a worker and a gateway write them, measured with INFO memory.
+"""What running requests' journals cost: the Redis memory of N requests' claims and per-step
+checkpoints (INFO memory), and the time a worker's publish round takes with and without them.
 
 Each request gets its claim (the GenerateRequest with a prompt of `--prompt-tokens` ids) and the
 checkpoints of `--tokens` engine steps of one token each (worker/checkpoint.py, through a real
 pipeline against a private Redis-compatible server), so the figure is the memory of N requests
 that have each generated that many tokens and are still running.
 
-    python -m load.journal_memory --requests 1000 --prompt-tokens 128 --tokens 256
+The second figure times, for `--batch` running requests, the output thread's round: build the
+events, then one pipeline that PUBLISHes the step's EventBatch to the gateway, alone and with the
+checkpoints (worker/output.py's `_publish`), against a private server on loopback.
+
+    python -m load.journal_cost --requests 1000 --prompt-tokens 128 --tokens 256 --batch 256
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import time
 
 import redis
 
-from common.protocol import Accepted, GenerateRequest, Token, encode
+from common.protocol import Accepted, EventBatch, GenerateRequest, Token, encode
 from common.sampling_params import SamplingParams
 from common.streams import Keys
 from genfleet.embedded_redis import EmbeddedRedis
 from worker.checkpoint import Checkpointer
 
-__all__ = ["measure", "main"]
+__all__ = ["measure", "round_cost", "main"]
 
 
 def measure(requests: int, prompt_tokens: int, tokens: int, seed: int = 0) -> dict[str, float]:
@@ -63,13 +67,42 @@ def measure(requests: int, prompt_tokens: int, tokens: int, seed: int = 0) -> di
             "bytes_per_token": used / (requests * tokens), "write_seconds_per_step": write_s / tokens}
 
 
+def round_cost(batch: int, steps: int = 200, seed: int = 0) -> dict[str, float]:
+    """Seconds per publish round of `batch` requests with one token each: publish only, and
+    publish plus checkpoints, alternated round by round so both see the same machine."""
+    rng = random.Random(seed)
+    keys = Keys("cost")
+    ids = [f"{rng.getrandbits(64):016x}{i}" for i in range(batch)]
+    times: dict[str, float] = {"off": 0.0, "on": 0.0}
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        checkpoint = Checkpointer(keys, "worker-0", ttl=60.0)
+        for step in range(steps):
+            for mode in ("off", "on") if step % 2 else ("on", "off"):
+                started = time.perf_counter()
+                events = [Token(req_id, 0, step, 1000 + step, " word", -0.5, False) for req_id in ids]
+                pipe = client.pipeline(transaction=False)
+                if mode == "on":
+                    checkpoint.add(pipe, step, {"gateway-0": events})  # type: ignore[dict-item]
+                pipe.publish(keys.gateway_channel("gateway-0"), encode(EventBatch("worker-0", step, events)))  # type: ignore[arg-type]
+                pipe.execute()
+                times[mode] += time.perf_counter() - started
+        client.close()
+    off, on = times["off"] / steps, times["on"] / steps
+    return {"batch": batch, "round_ms_off": off * 1000, "round_ms_on": on * 1000,
+            "added_us_per_request": (on - off) / batch * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m load.journal_memory", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m load.journal_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--tokens", type=int, default=256, help="tokens each request has generated so far")
+    p.add_argument("--batch", type=int, default=256, help="running requests per publish round (0: skip)")
     args = p.parse_args(argv)
     print(json.dumps(measure(args.requests, args.prompt_tokens, args.tokens), indent=1))
+    if args.batch:
+        print(json.dumps(round_cost(args.batch), indent=1))
     return 0
 
 
