@@ -27,9 +27,9 @@ ROW_PARALLEL = ("self_attn.o_proj", "mlp.down_proj", "mlp.c_proj")  # per decode
 
 
 class VocabParallelEmbedding(nn.Module):
-    def __init__(self, rows: int, hidden: int, start: int, group: ShardGroup) -> None:
+    def __init__(self, weight: nn.Parameter, start: int, group: ShardGroup) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(rows, hidden))  # (vocab_per_rank, hidden): ids start.. start+rows
+        self.weight = weight  # (vocab_per_rank, hidden): the rows of ids start .. start + vocab_per_rank
         self.start = start
         self.group = group
 
@@ -54,10 +54,8 @@ class RowParallel(nn.Module):
 def shard_model(model: CausalLM, plan: ShardPlan, group: ShardGroup, quant: QuantMethod | None) -> None:
     """Swap in the vocab-parallel embedding (before the weights load: its parameter keeps its name)."""
     refuse_unshardable(quant, group.world_size)
-    old = model.embed_tokens
-    model.embed_tokens = VocabParallelEmbedding(old.weight.shape[0], old.weight.shape[1], plan.vocab_start, group).to(
-        device=old.weight.device, dtype=old.weight.dtype
-    )
+    # The built embedding's parameter, as initialised (random-weight benchmarks read it as it is).
+    model.embed_tokens = VocabParallelEmbedding(model.embed_tokens.weight, plan.vocab_start, group)
 
 
 # On-load methods with one scale per output row (worker/quant/w8.py): each rank quantizes its slice
