@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["FinishReason", "ErrorType", "HTTP_STATUS", "GenfleetError", "ValidationError", "GATEWAY_GONE"]
+__all__ = ["FinishReason", "ErrorType", "HTTP_STATUS", "GenfleetError", "ValidationError", "GATEWAY_GONE",
+           "CANCELLED"]
 
 # TGI's finish reasons: what a Finish event carries and the API returns. worker/finish.py decides them.
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
+# "cancelled" is the gateway's own: the request was ended by POST /cancel/{request_id}.
+FinishReason = Literal["length", "eos_token", "stop_sequence", "cancelled"]
 
 # TGI's error_type values, plus the fleet's own.
 ErrorType = Literal[
@@ -33,6 +35,10 @@ ErrorType = Literal[
     "header_too_large",  # 431: request headers over the bound
     "internal",  # 500: a bug
 ]
+
+# The cancel reason of POST /cancel/{request_id}, and the error_type of the Error event that
+# tells the request's own gateway to end its client's stream (with finish reason "cancelled").
+CANCELLED = "cancelled"
 
 # The cancel reason, and the Error a worker sends, when a gateway's heartbeat expired under its
 # requests; a gateway that receives it is alive after all and continues the request elsewhere.

@@ -30,6 +30,7 @@ from gateway.models import ModelRegistry, ServedModel
 from gateway.middleware import ApiKeyMiddleware, RequestIdMiddleware, api_key_scope
 from gateway.queue_client import QueueClient
 from gateway.openapi import openapi_json
+from gateway.routes_cancel import cancel
 from gateway.routes_generate import compat_generate, generate, generate_stream
 from gateway.routes_info import health, info, metrics, models, tokenize
 from gateway.routes_openai import openai_routes
@@ -70,6 +71,7 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         Route("/generate", generate, methods=["POST"]),
         Route("/generate_stream", generate_stream, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/cancel/{request_id}", cancel, methods=["POST"]),
         Route("/watermark/detect", watermark_detect, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ping", health, methods=["GET"]),

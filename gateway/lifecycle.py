@@ -25,7 +25,7 @@ import msgspec
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import GATEWAY_GONE, GenfleetError
+from common.errors import CANCELLED, GATEWAY_GONE, GenfleetError
 from common.protocol import Accepted, Cancel, Error, Event, Finish, GenerateRequest, Token
 from common.sampling_params import SamplingParams
 from gateway.fleet import FleetView
@@ -41,6 +41,7 @@ log = logging.getLogger("genfleet.gateway.lifecycle")
 
 _POLL = 0.25  # seconds between liveness checks while waiting for events
 _FINISHED = "finished"
+_CANCELLED = "cancelled by id"
 
 
 @dataclass
@@ -288,6 +289,9 @@ class Lifecycle:
                 raise then
             if then == _FINISHED:
                 return
+            if then == _CANCELLED:  # POST /cancel/{id}: stop it everywhere, end the stream normally
+                await self._cancel(state, CANCELLED)
+                return
             await self._continue(state, then)
 
     def _take(self, state: RequestState, events: list[Event]) -> tuple[list[Token], str | GenfleetError | None]:
@@ -296,6 +300,10 @@ class Lifecycle:
         burst: list[Token] = []
         relayed = state.relayed_ids
         for event in events:
+            if isinstance(event, Error) and event.error_type == CANCELLED:  # from any gateway, any attempt
+                state.finish = Finish(state.req_id, state.attempt, len(relayed), "cancelled", len(state.input_ids),
+                                      state.params.seed)
+                return burst, _CANCELLED
             if event.attempt != state.attempt:
                 continue  # a stale attempt
             if isinstance(event, Token):

@@ -21,6 +21,10 @@ GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/co
                               "/tokenize", "/chat_tokenize", "/invocations", "/watermark/detect"})
 
 
+def _needs_key(path: str) -> bool:
+    return path in GENERATION_PATHS or path.startswith("/cancel/")
+
+
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _REQUEST_ID_RULE = "`{}` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
 
@@ -39,7 +43,7 @@ class ApiKeyMiddleware:
         self.expected = f"bearer {api_key}".lower().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in GENERATION_PATHS:
+        if scope["type"] == "http" and scope["method"] == "POST" and _needs_key(scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"").lower()
             if not hmac.compare_digest(given, self.expected):
                 await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]})

@@ -22,7 +22,7 @@ from gateway.sse import DONE, json_float, openai_sse
 
 __all__ = ["OpenAICall", "completion_body", "openai_stream", "finish_reason"]
 
-_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length", "cancelled": "cancelled"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from common.protocol import (
     Adopt,
     Cancel,
     Event,
+    EventBatch,
     GenerateRequest,
     JournalEntry,
     ProtocolError,
@@ -172,6 +173,11 @@ class QueueClient:
             await self._redis.publish(channel, encode(cancel))
         except RedisError as exc:
             log.warning("could not publish cancel for %s: %s", cancel.req_id, exc)
+
+    async def publish_to_gateway(self, gateway_id: str, events: list[Event]) -> None:
+        """Events for requests another gateway relays (POST /cancel/{id} tells it to end one)."""
+        await self._redis.publish(self._keys.gateway_channel(gateway_id),
+                                  encode(EventBatch(f"gateway:{self.gateway_id}", 0, events)))
 
     async def delete_entry(self, model: str, priority: int, entry_id: bytes | str) -> None:
         try:
