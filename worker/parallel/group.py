@@ -22,7 +22,7 @@ from worker.models.config import ModelConfig
 from worker.parallel.control import write_step, write_stop
 from worker.parallel.plan import ShardPlan
 
-__all__ = ["ShardGroup", "ShardingError", "COLLECTIVE_TIMEOUT"]
+__all__ = ["ShardGroup", "ShardingError", "plan_rank", "COLLECTIVE_TIMEOUT"]
 
 log = logging.getLogger("genfleet.worker.parallel")
 
@@ -32,6 +32,14 @@ _POLL_S = 0.1  # how often rank 0 checks that its ranks live
 
 class ShardingError(ValueError):
     """A --num-shard setting this host or model cannot serve."""
+
+
+def plan_rank(cfg: ModelConfig, rank: int, world_size: int, has_experts: bool) -> ShardPlan:
+    """Rank `rank`'s ShardPlan, or a ShardingError naming --num-shard and what does not shard."""
+    try:
+        return ShardPlan.build(cfg, rank, world_size, has_experts=has_experts)
+    except ValueError as exc:
+        raise ShardingError(f"--num-shard {world_size}: {exc}") from exc
 
 
 class ShardGroup:
@@ -56,10 +64,7 @@ class ShardGroup:
         )
 
     def plan(self, cfg: ModelConfig, has_experts: bool) -> ShardPlan:
-        try:
-            return ShardPlan.build(cfg, self.rank, self.world_size, has_experts=has_experts)
-        except ValueError as exc:
-            raise ShardingError(f"--num-shard {self.world_size}: {exc}") from exc
+        return plan_rank(cfg, self.rank, self.world_size, has_experts)
 
     # -- collectives (every rank calls each, in the same order) ---------------------------------
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:

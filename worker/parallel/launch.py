@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from common.config import WorkerConfig
-from worker.parallel.group import ShardGroup, ShardingError
-from worker.parallel.plan import ShardPlan
+from worker.parallel.group import ShardGroup, ShardingError, plan_rank
 
 __all__ = ["world_size_of", "check_shardable", "start_ranks"]
 
@@ -50,10 +49,7 @@ def check_shardable(config: WorkerConfig, model_dir: Path, world_size: int) -> N
     from worker.quant import read_checkpoint_quantization, select_method
 
     cls, cfg = read_config(model_dir)
-    try:
-        ShardPlan.build(cfg, 0, world_size, has_experts=cls.has_experts)
-    except ValueError as exc:
-        raise ShardingError(f"--num-shard {world_size}: {exc}") from exc
+    plan_rank(cfg, 0, world_size, cls.has_experts)
     checkpoint = read_checkpoint_quantization(model_dir)
     refuse_unshardable(select_method(config.quantize, checkpoint, random_weights=config.random_weights), world_size)
 
