@@ -132,7 +132,7 @@ def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
         read_config(tmp_path)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "starcoder2", "mixtral", "qwen2_moe", "cohere"])
 def test_a_config_without_architectures_goes_by_model_type(tmp_path: Path, family: str) -> None:
     config_cls, model_cls, extra = FAMILIES[family]
     config = config_cls(**{**_COMMON, **extra})

@@ -17,6 +17,7 @@ _ARCHITECTURE_OF_MODEL_TYPE = {
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",
     "granite": "GraniteForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
     "starcoder2": "Starcoder2ForCausalLM",

@@ -74,9 +74,9 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
         # q and k normalised before rotary: per head (Qwen3, Gemma 3) or over the projection (OLMo 2).
         self.qk_norm = cfg.qk_norm
-        q_norm, k_norm = (cfg.head_dim, cfg.head_dim) if cfg.qk_norm == "head" else (self.q_size, self.kv_size)
-        self.q_norm = make_norm(cfg, q_norm) if cfg.qk_norm else None
-        self.k_norm = make_norm(cfg, k_norm) if cfg.qk_norm else None
+        q_width, k_width = (cfg.head_dim, cfg.head_dim) if cfg.qk_norm == "head" else (self.q_size, self.kv_size)
+        self.q_norm = make_norm(cfg, q_width) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, k_width) if cfg.qk_norm else None
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, rope_tables: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
