@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.redis_url import RedisUrlError, parse_redis_url
+
 __all__ = [
     "DEFAULT_MODEL_ID",
     "QUANTIZE_METHODS",
@@ -54,7 +56,15 @@ class FleetConfig:
     model_id: str = setting(DEFAULT_MODEL_ID, "Model to serve: a Hub id or a local HF directory", tgi=True)
     revision: str | None = setting(None, "Hub revision of the model", tgi=True)
     redis_url: str | None = setting(
-        None, "Redis URL; `serve` starts a local server when unset, gateway/worker use redis://127.0.0.1:6379"
+        None, "Redis URL: redis[s]://[user:password@]host:port[/db], or redis[s]+sentinel://h1:p1,h2:p2/<master-name> "
+        "for a Sentinel set; `serve` starts a local server when unset, gateway/worker use redis://127.0.0.1:6379"
+    )
+    redis_cluster: bool = setting(
+        False, "--redis-url is a node of a Redis Cluster: keys spread over its shards, gateways' token channels "
+        "use sharded pub/sub"
+    )
+    stream_partitions: int = setting(
+        1, "Request streams per model, read round-robin by its workers (spreads a hot model over cluster shards)"
     )
     key_prefix: str = setting("genfleet", "Prefix of every Redis key, so fleets can share one Redis")
     model_cache: str | None = setting(
@@ -97,6 +107,15 @@ class FleetConfig:
             )
         if self.resume_ttl <= 0:
             raise ConfigError("--resume-ttl must be > 0")
+        if self.redis_url is not None:
+            try:
+                parse_redis_url(self.redis_url, self.redis_cluster)
+            except RedisUrlError as exc:
+                raise ConfigError(str(exc)) from None
+        elif self.redis_cluster:
+            raise ConfigError("--redis-cluster needs --redis-url, the address of a cluster node")
+        if not 1 <= self.stream_partitions <= 1024:
+            raise ConfigError(f"--stream-partitions must be in 1..1024, got {self.stream_partitions}")
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise ConfigError("--heartbeat-ttl must exceed --heartbeat-interval")
         if not 0 < self.watermark_gamma < 1:

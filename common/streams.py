@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 __all__ = ["Keys", "CONSUMER_GROUP", "REQUEST_FIELD", "PRIORITY_LEVELS", "MIN_PRIORITY", "MAX_PRIORITY"]
@@ -18,19 +19,41 @@ PRIORITY_LEVELS = tuple(range(MAX_PRIORITY, MIN_PRIORITY - 1, -1))  # highest fi
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "genfleet"
+    partitions: int = 1  # request streams per model and level (--stream-partitions); every process agrees
 
-    # NOTE: the model's request streams and its dead-letter stream share a hash tag so they land
-    # in one Redis Cluster slot; everything else spreads freely.
-    def request_stream(self, model: str, priority: int = 0) -> str:
-        base = f"{self.prefix}:req:{{{model}}}"
+    # NOTE: a Redis Cluster hashes only what is between the first { and }: a partition's priority
+    # levels and its dead-letter stream share that hash tag (one slot, so one XREADGROUP may read
+    # every level), different models and the partitions of one model get different tags, and so
+    # spread over the cluster's slots. Partition 0 keeps the unpartitioned names.
+    def request_stream(self, model: str, priority: int = 0, partition: int = 0) -> str:
+        base = f"{self.prefix}:req:{{{self._tag(model, partition)}}}"
         return base if priority == 0 else f"{base}:p{priority}"
 
-    def request_streams(self, model: str) -> list[str]:
-        """Every priority level's stream of `model`, highest first."""
-        return [self.request_stream(model, level) for level in PRIORITY_LEVELS]
+    def request_streams(self, model: str, partition: int = 0) -> list[str]:
+        """Every priority level's stream of one partition of `model`, highest first."""
+        return [self.request_stream(model, level, partition) for level in PRIORITY_LEVELS]
 
-    def dead_letter_stream(self, model: str) -> str:
-        return f"{self.prefix}:dlq:{{{model}}}"
+    def all_request_streams(self, model: str) -> list[str]:
+        return [s for p in range(self.partitions) for s in self.request_streams(model, p)]
+
+    def dead_letter_stream(self, model: str, partition: int = 0) -> str:
+        return f"{self.prefix}:dlq:{{{self._tag(model, partition)}}}"
+
+    def partition_of(self, req_id: str) -> int:
+        # By request id, so every attempt of a request (its continuations) goes to one partition.
+        return zlib.crc32(req_id.encode()) % self.partitions if self.partitions > 1 else 0
+
+    def stream_of(self, model: str, req_id: str, priority: int = 0) -> str:
+        return self.request_stream(model, priority, self.partition_of(req_id))
+
+    def model_registry(self) -> str:
+        # A sorted set of the fleet's model names, scored by the last heartbeat of a worker of each.
+        return f"{self.prefix}:models"
+
+    def worker_registry(self, model: str) -> str:
+        # A sorted set of the model's worker ids, scored by their last heartbeat's time: gateways
+        # find the heartbeats from it on any shard, without KEYS or SCAN.
+        return f"{self.prefix}:workers:{{{model}}}"
 
     def gateway_channel(self, gateway_id: str) -> str:
         return f"{self.prefix}:gw:{gateway_id}"
@@ -55,11 +78,9 @@ class Keys:
     def worker_heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
 
-    def worker_heartbeat_pattern(self) -> str:
-        return f"{self.prefix}:worker:*"
-
     def gateway_heartbeat(self, gateway_id: str) -> str:
         return f"{self.prefix}:gateway:{gateway_id}"
 
-    def gateway_heartbeat_pattern(self) -> str:
-        return f"{self.prefix}:gateway:*"
+    @staticmethod
+    def _tag(model: str, partition: int) -> str:
+        return model if partition == 0 else f"{model}#{partition}"

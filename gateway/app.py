@@ -9,7 +9,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -18,6 +17,7 @@ from starlette.routing import Route
 from common.config import GatewayConfig
 from common.context_length import context_length, max_total_tokens
 from common.model_source import ModelNotFound, resolve_model
+from common.redis_clients import async_client
 from common.streams import Keys
 from gateway.permits import Bodies, Permits
 from gateway.context import GatewayContext
@@ -96,9 +96,10 @@ def _context(config: GatewayConfig, gid: str) -> GatewayContext:
     fleet_cfg = config.fleet
     # NOTE: redis-py's pool refuses past 100 connections by default; every in-flight request
     # may hold one at a time (XADD, cancel), plus the subscription, heartbeat and fleet views.
-    client = aioredis.Redis.from_url(fleet_cfg.effective_redis_url, socket_timeout=5, socket_connect_timeout=3,
-                                     health_check_interval=10, max_connections=config.max_concurrent_requests + 32)
-    keys = Keys(fleet_cfg.key_prefix)
+    client = async_client(fleet_cfg.effective_redis_url, fleet_cfg.redis_cluster, socket_timeout=5,
+                          socket_connect_timeout=3, health_check_interval=10,
+                          max_connections=config.max_concurrent_requests + 32)
+    keys = Keys(fleet_cfg.key_prefix, fleet_cfg.stream_partitions)
     queue_client = QueueClient(client, keys, gid, config.max_queue_length, fleet_cfg.resume_ttl)
     permits = Permits(config.max_concurrent_requests)
 

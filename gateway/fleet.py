@@ -1,8 +1,10 @@
 """The gateway's view of the fleet, refreshed once per heartbeat interval.
 
 The default model's view publishes this gateway's own heartbeat (workers cancel the requests of
-gateways that vanish). Each view reads every worker heartbeat, keeps those of its model (and the
-names of every model the fleet serves, for gateway/models.py), and measures the stream's backlog. /health,
+gateways that vanish). Each view reads every worker heartbeat (found through the fleet's model
+registry and each model's worker registry, so no KEYS or SCAN, which would see one shard of a
+cluster), keeps those of its model (and the names of every model the fleet serves, for
+gateway/models.py), and measures its model's streams' backlog. /health,
 /info, /metrics and the capacity check read the cached view; nothing on the request path waits
 for a refresh.
 """
@@ -107,8 +109,7 @@ class FleetView:
                 info = GatewayInfo(self.gateway_id, int(self.in_flight()), self.started_at, time.time())
                 await self.client.set(self.keys.gateway_heartbeat(self.gateway_id), encode(info),
                                       px=int(self.ttl * 1000))
-            keys = [k async for k in self.client.scan_iter(match=self.keys.worker_heartbeat_pattern(), count=500)]
-            raw = await self.client.mget(keys) if keys else []
+            raw = await self._heartbeats()
             workers = []
             models = set()
             for value in raw:
@@ -139,18 +140,43 @@ class FleetView:
             self._unreachable(exc)
 
     async def _backlog(self) -> tuple[dict[int, int], int]:
-        """Entries waiting in each priority level's stream, and those delivered but not acknowledged."""
+        """Entries waiting in each priority level's streams (every partition), and those delivered but
+        not acknowledged."""
         pipe = self.client.pipeline(transaction=False)
-        for stream in self.keys.request_streams(self.model):
+        for stream in self.keys.all_request_streams(self.model):
             pipe.xlen(stream)
             pipe.xpending(stream, CONSUMER_GROUP)
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
                 raise reply  # a ResponseError is a stream or group not made yet
-        backlog = {level: int(n) for level, n in zip(PRIORITY_LEVELS, replies[::2]) if isinstance(n, int)}
+        backlog: dict[int, int] = {}
+        for level, n in zip(PRIORITY_LEVELS * self.keys.partitions, replies[::2]):
+            if isinstance(n, int):
+                backlog[level] = backlog.get(level, 0) + n
         pending = sum(int(r["pending"]) for r in replies[1::2] if isinstance(r, dict))
         return backlog, pending
+
+    async def _heartbeats(self) -> list[bytes | None]:
+        """Every worker heartbeat of the fleet: the models that registered, their workers, their keys."""
+        # Names silent for far longer than a TTL are left by workers that died without unregistering.
+        stale = time.time() - max(60.0, 10 * self.ttl)
+        models = await self._registered(self.keys.model_registry(), stale)
+        pipe = self.client.pipeline(transaction=False)  # in a cluster: one round trip per shard
+        for model in models:
+            pipe.zremrangebyscore(self.keys.worker_registry(model), "-inf", stale)
+            pipe.zrange(self.keys.worker_registry(model), 0, -1)
+        worker_ids = [w for ids in (await pipe.execute())[1::2] for w in ids]
+        if not worker_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for wid in worker_ids:
+            pipe.get(self.keys.worker_heartbeat(_text(wid)))
+        return list(await pipe.execute())
+
+    async def _registered(self, registry: str, stale: float) -> list[str]:
+        await self.client.zremrangebyscore(registry, "-inf", stale)
+        return [_text(name) for name in await self.client.zrange(registry, 0, -1)]
 
     def _unreachable(self, exc: Exception) -> None:
         if self.state.redis_ok:
@@ -159,3 +185,7 @@ class FleetView:
 
     def is_alive(self, worker_id: str) -> bool:
         return any(w.worker_id == worker_id for w in self.state.workers)
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name

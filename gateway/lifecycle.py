@@ -393,7 +393,7 @@ class Lifecycle:
         await _quietly(self.queue_client.append_journal(state.req_id, cancel))
         if state.owner is None and state.entry_id is not None:
             # Nobody accepted it: take it out of the backlog so no worker starts it for nobody.
-            await self.queue_client.delete_entry(state.model, state.priority, state.entry_id)
+            await self.queue_client.delete_entry(state.model, state.req_id, state.priority, state.entry_id)
 
 
 def _indexes(runs: Sequence[Run]) -> Callable[[int], int | None]:

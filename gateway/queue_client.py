@@ -1,8 +1,8 @@
 """The gateway's side of Redis, transport only: XADD, one pub/sub subscription, cancel and adopt
 publishes, and the requests' journals (common/streams.py `claim`, `journal`).
 
-Every event batch arrives on this gateway's one channel; each event is handed to the inbox
-registered under its request id. What the events mean (attempts, owners, seq checks) is
+Every event batch arrives on this gateway's one channel (a sharded channel in a Redis Cluster);
+each event is handed to the inbox registered under its request id. What the events mean (attempts, owners, seq checks) is
 gateway/lifecycle.py's business.
 """
 
@@ -29,6 +29,7 @@ from common.protocol import (
     decode_request,
     encode,
 )
+from common.redis_clients import anext_message, asubscribe, is_cluster, is_data, is_subscribe, publish
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
 from gateway.inbox import Inbox
 
@@ -54,8 +55,11 @@ class QueueClient:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._groups_ready: set[str] = set()
-        # Counts the subscriptions made: a request opened under an earlier one may have lost
-        # events published while the connection was down (pub/sub keeps nothing for us).
+        self._sharded = is_cluster(client)
+        # Counts the subscriptions Redis confirmed: a request opened under an earlier one may have
+        # lost events published while the connection was down (pub/sub keeps nothing for us).
+        # Confirmations, not our calls, because redis-py resubscribes by itself when it reconnects
+        # a connection, and a cluster's pub/sub moves a channel to its slot's new primary.
         self.subscriptions = 0
 
     @property
@@ -116,10 +120,11 @@ class QueueClient:
         """XADD one attempt to its priority's stream; the entry id. Raises QueueFull, before
         queueing, when that stream is over the bound (a flood of one level never refuses another).
         A continuation (attempt > 0) is written to the request's journal first."""
-        stream = self._keys.request_stream(msg.model, msg.priority)
+        stream = self._keys.stream_of(msg.model, msg.req_id, msg.priority)
         await self._ensure_group(stream)
-        if await self._redis.xlen(stream) >= self._max_queue_length:
-            # Workers delete entries when they accept them, so XLEN is the unserved backlog.
+        # Workers delete entries when they accept them, so XLEN is the unserved backlog; each of
+        # a model's partitions holds its share of the bound.
+        if await self._redis.xlen(stream) >= -(-self._max_queue_length // self._keys.partitions):
             raise QueueFull(f"the request queue holds {self._max_queue_length} entries")
         payload = encode(msg)
         if msg.attempt == 0:
@@ -164,24 +169,24 @@ class QueueClient:
     async def publish_adopt(self, model: str, owner: str | None, adopt: Adopt) -> None:
         """To the owner's channel, or to every worker of the model while nobody owns it yet."""
         channel = self._keys.worker_channel(owner) if owner else self._keys.control_channel(model)
-        await self._redis.publish(channel, encode(adopt))
+        await publish(self._redis, channel, encode(adopt), self._sharded)
 
     async def publish_cancel(self, model: str, owner: str | None, cancel: Cancel) -> None:
         """To the owner's channel, or to every worker of the model while nobody owns it yet."""
         channel = self._keys.worker_channel(owner) if owner else self._keys.control_channel(model)
         try:
-            await self._redis.publish(channel, encode(cancel))
+            await publish(self._redis, channel, encode(cancel), self._sharded)
         except RedisError as exc:
             log.warning("could not publish cancel for %s: %s", cancel.req_id, exc)
 
     async def publish_to_gateway(self, gateway_id: str, events: list[Event]) -> None:
         """Events for requests another gateway relays (POST /cancel/{id} tells it to end one)."""
-        await self._redis.publish(self._keys.gateway_channel(gateway_id),
-                                  encode(EventBatch(f"gateway:{self.gateway_id}", 0, events)))
+        await publish(self._redis, self._keys.gateway_channel(gateway_id),
+                      encode(EventBatch(f"gateway:{self.gateway_id}", 0, events)), self._sharded)
 
-    async def delete_entry(self, model: str, priority: int, entry_id: bytes | str) -> None:
+    async def delete_entry(self, model: str, req_id: str, priority: int, entry_id: bytes | str) -> None:
         try:
-            await self._redis.xdel(self._keys.request_stream(model, priority), entry_id)
+            await self._redis.xdel(self._keys.stream_of(model, req_id, priority), entry_id)
         except RedisError as exc:
             log.warning("could not delete queued entry %r: %s", entry_id, exc)
 
@@ -189,16 +194,19 @@ class QueueClient:
         channel = self._keys.gateway_channel(self.gateway_id)
         backoff = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(channel)
-                self.subscriptions += 1
-                self._subscribed.set()
-                backoff = 0.1
+                await asubscribe(pubsub, [channel], self._sharded)
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
+                    message = await anext_message(pubsub, 1.0, self._sharded)
+                    if message is None:
+                        continue
+                    if is_data(message):
                         self._route(message["data"])
+                    elif is_subscribe(message):
+                        self.subscriptions += 1
+                        self._subscribed.set()
+                        backoff = 0.1
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise

@@ -65,10 +65,13 @@ def find_server_binary() -> str:
 class EmbeddedRedis:
     """One server process; `start()` returns once it answers PING. Not daemonized: it dies with us."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False, password: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, appendonly: bool = False, password: str | None = None,
+                 config_file: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
+        self.config_file = config_file  # first argument when given (a sentinel's, which it rewrites)
+        self.extra_args = extra_args  # e.g. --cluster-enabled yes, --replicaof host port, --sentinel
         self.binary = find_server_binary()
         self.dir = tempfile.mkdtemp(prefix="genfleet-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -81,6 +84,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         args = [
             self.binary,
+            *([self.config_file] if self.config_file else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", self.dir,
@@ -91,6 +95,7 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
             start_new_session=True,  # the terminal's Ctrl-C is for our parent, which stops us last

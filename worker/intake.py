@@ -4,9 +4,12 @@ Two threads, neither of which ever blocks the engine loop:
 - the reader takes at most `budget()` entries per read from the model's streams (so a busy worker
   leaves work for idle ones), from the highest priority level down: a level's entries are read
   only while every higher level is empty. It hands them over with their stream entry ids; the
-  output thread XACKs each entry together with its Accepted event;
+  output thread XACKs each entry together with its Accepted event. With --stream-partitions N it
+  reads the model's N partitions in turn, one per read (a partition's levels share a slot, so one
+  read may span them; a cluster refuses a read across slots), and blocks 1/N of the poll interval
+  on each, so an idle worker sends Redis the same reads per second;
 - the listener receives Cancel and Adopt messages on this worker's channel and the model's control
-  channel.
+  channel (sharded channels in a cluster).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import functools
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from common.protocol import Control, GenerateRequest, ProtocolError, decode_control, decode_request
+from common.redis_clients import is_cluster, is_data, next_message, subscribe
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
 
 __all__ = ["Intake", "ensure_group", "read_entry"]
@@ -62,7 +67,12 @@ class Intake:
     ) -> None:
         self._client = client
         self._keys = keys
-        self._streams = keys.request_streams(model)  # highest priority first
+        # Each partition's streams, highest priority first.
+        self._partitions = [keys.request_streams(model, p) for p in range(keys.partitions)]
+        self._streams = self._partitions[0]  # the partition this read takes
+        # Workers start their turn at different partitions, so N partitions see N readers at once.
+        self._turn = zlib.crc32(worker_id.encode()) % keys.partitions
+        self._block_ms = max(20, _READ_BLOCK_MS // keys.partitions)
         self._model = model
         self._worker_id = worker_id
         self._budget = budget
@@ -78,8 +88,9 @@ class Intake:
         ]
 
     def start(self) -> None:
-        for stream in self._streams:
-            ensure_group(self._client, stream)
+        for streams in self._partitions:
+            for stream in streams:
+                ensure_group(self._client, stream)
         self._reading.set()
         for t in self._threads:
             t.start()
@@ -109,6 +120,8 @@ class Intake:
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
+            self._streams = self._partitions[self._turn]
+            self._turn = (self._turn + 1) % len(self._partitions)
             try:
                 self._read(count)
             except redis.ResponseError as exc:
@@ -135,7 +148,7 @@ class Intake:
             return
         # Nothing anywhere: wait on every level at once (a reply may carry entries of several).
         reply = self._client.xreadgroup(CONSUMER_GROUP, self._worker_id, dict.fromkeys(self._streams, ">"),
-                                        count=count, block=_READ_BLOCK_MS)
+                                        count=count, block=self._block_ms)
         order = {stream: i for i, stream in enumerate(self._streams)}
         self._deliver_reply(sorted(reply or [], key=lambda r: order[_name(r[0])]))
 
@@ -160,13 +173,14 @@ class Intake:
 
     def _listen_loop(self) -> None:
         channels = [self._keys.worker_channel(self._worker_id), self._keys.control_channel(self._model)]
+        sharded = is_cluster(self._client)
         while not self._stopped.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(*channels)
+                subscribe(pubsub, channels, sharded)
                 while not self._stopped.is_set():
-                    message = pubsub.get_message(timeout=0.2)
-                    if message is None or message.get("type") != "message":
+                    message = next_message(pubsub, 0.2, sharded)
+                    if message is None or not is_data(message):
                         continue
                     try:
                         self._on_control(decode_control(message["data"]))

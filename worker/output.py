@@ -33,6 +33,7 @@ from common.protocol import (
     TopToken,
     encode,
 )
+from common.redis_clients import is_cluster, publish
 from common.streams import CONSUMER_GROUP, Keys
 from worker.checkpoint import Checkpointer
 from worker.detokenizer import Decoder, IncrementalDetokenizer
@@ -78,6 +79,7 @@ class OutputProcessor:
         checkpoint: Checkpointer | None = None,
     ) -> None:
         self._redis = redis_client
+        self._sharded = is_cluster(redis_client)
         self._keys = keys
         self._worker_id = worker_id
         self._tokenizer = tokenizer
@@ -160,7 +162,7 @@ class OutputProcessor:
         if kind == "accept":
             _, key, request, seed, entry_id = item
             if entry_id is not None:
-                self._acks.append((self._keys.request_stream(request.model, request.priority), entry_id))
+                self._acks.append((self._keys.stream_of(request.model, request.req_id, request.priority), entry_id))
             context = list(request.input_ids) + list(request.generated_ids)
             self._live[key] = _Live(
                 request=request,
@@ -288,7 +290,7 @@ class OutputProcessor:
             pipe.xdel(stream, entry_id)
         for gateway_id, events in per_gateway.items():
             batch = EventBatch(self._worker_id, step, events)
-            pipe.publish(self._keys.gateway_channel(gateway_id), encode(batch))
+            publish(pipe, self._keys.gateway_channel(gateway_id), encode(batch), self._sharded)
         try:
             pipe.execute()
             self.published_batches += 1

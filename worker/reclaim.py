@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 import redis
 
 from common.protocol import Error, EventBatch, GenerateRequest, ProtocolError, encode
-from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+from common.redis_clients import is_cluster, publish
+from common.streams import CONSUMER_GROUP, PRIORITY_LEVELS, REQUEST_FIELD, Keys
 from worker.intake import read_entry
 
 __all__ = ["Reclaimer", "GatewayWatch"]
@@ -41,8 +42,11 @@ class Reclaimer:
     ) -> None:
         self._client = client
         self._keys = keys
-        self._streams = keys.request_streams(model)  # highest priority first
-        self._dlq = keys.dead_letter_stream(model)
+        # (stream, its partition), highest priority level first, each level over every partition
+        self._streams = [(keys.request_stream(model, level, p), p) for level in PRIORITY_LEVELS
+                         for p in range(keys.partitions)]
+        self._model = model
+        self._sharded = is_cluster(client)
         self._worker_id = worker_id
         self._min_idle_ms = min_idle_ms
         self._max_deliveries = max_deliveries
@@ -53,12 +57,12 @@ class Reclaimer:
     def run_once(self, budget: int) -> None:
         """Claim up to `budget` orphaned entries, higher priority levels first; dead-letter those
         delivered too often."""
-        for stream in self._streams:
+        for stream, partition in self._streams:
             if budget <= 0:
                 return
-            budget -= self._reclaim(stream, budget)
+            budget -= self._reclaim(stream, partition, budget)
 
-    def _reclaim(self, stream: str, budget: int) -> int:
+    def _reclaim(self, stream: str, partition: int, budget: int) -> int:
         pending = self._client.xpending_range(
             stream, CONSUMER_GROUP, min="-", max="+", count=budget, idle=self._min_idle_ms
         )
@@ -78,7 +82,7 @@ class Reclaimer:
                 self._client.xack(stream, CONSUMER_GROUP, entry_id)
                 continue
             if deliveries.get(entry_id, 1) > self._max_deliveries:
-                self._dead_letter(stream, entry_id, raw, request, deliveries[entry_id])
+                self._dead_letter(stream, partition, entry_id, raw, request, deliveries[entry_id])
                 continue
             self.reclaimed += 1
             log.info("reclaimed orphaned request %s (delivery %d)", request.req_id, deliveries.get(entry_id, 1))
@@ -91,7 +95,8 @@ class Reclaimer:
             return False  # ours: in the handover queue, acked within a step
         return not self._client.exists(self._keys.worker_heartbeat(name))
 
-    def _dead_letter(self, stream: str, entry_id: bytes, raw: bytes, request: GenerateRequest, times: int) -> None:
+    def _dead_letter(self, stream: str, partition: int, entry_id: bytes, raw: bytes, request: GenerateRequest,
+                     times: int) -> None:
         self.dead_lettered += 1
         log.error("dead-lettering %s after %d deliveries", request.req_id, times)
         error = Error(
@@ -101,9 +106,11 @@ class Reclaimer:
             f"Request failed during generation: delivered {times} times without being served",
         )
         pipe = self._client.pipeline(transaction=False)
-        pipe.xadd(self._dlq, {REQUEST_FIELD: raw, b"deliveries": str(times)}, maxlen=10_000, approximate=True)
+        pipe.xadd(self._keys.dead_letter_stream(self._model, partition), {REQUEST_FIELD: raw, b"deliveries": str(times)},
+                  maxlen=10_000, approximate=True)
         pipe.xack(stream, CONSUMER_GROUP, entry_id)
-        pipe.publish(self._keys.gateway_channel(request.gateway_id), encode(EventBatch(self._worker_id, 0, [error])))
+        publish(pipe, self._keys.gateway_channel(request.gateway_id), encode(EventBatch(self._worker_id, 0, [error])),
+                self._sharded)
         pipe.execute()
 
 

@@ -30,6 +30,7 @@ from common.errors import GATEWAY_GONE
 import msgspec
 
 from common.protocol import Adopt, Cancel, Control, GenerateRequest, WorkerInfo, encode
+from common.redis_clients import sync_client
 from common.streams import CONSUMER_GROUP, Keys
 from worker.batch import Engine, RequestOutput
 from worker.checkpoint import Checkpointer
@@ -64,15 +65,16 @@ class Worker:
         self.config = config
         fleet = config.fleet
         self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.keys = Keys(fleet.key_prefix)
+        self.keys = Keys(fleet.key_prefix, fleet.stream_partitions)
         self.model = fleet.model_id
         self.engine = engine
         self.metrics = metrics
         self.device = device
         self.quantize = quantize  # the quantization method serving the model, None = dense
         self.max_total_tokens = max_total_tokens
-        self.redis = redis.Redis.from_url(
-            fleet.effective_redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=10
+        self.redis = sync_client(
+            fleet.effective_redis_url, fleet.redis_cluster, socket_timeout=5.0, socket_connect_timeout=5.0,
+            health_check_interval=10,
         )
         self._incoming: queue.SimpleQueue[tuple[bytes | None, GenerateRequest]] = queue.SimpleQueue()
         self._cancels: queue.SimpleQueue[Control] = queue.SimpleQueue()
@@ -127,7 +129,8 @@ class Worker:
             self._heartbeat.join(2.0)
             self._housekeeper.join(2.0)
             self._safe(lambda: self.redis.delete(self.keys.worker_heartbeat(self.worker_id)))
-            for stream in self.keys.request_streams(self.model):
+            self._safe(lambda: self.redis.zrem(self.keys.worker_registry(self.model), self.worker_id))
+            for stream in self.keys.all_request_streams(self.model):
                 self._safe(functools.partial(self.redis.xgroup_delconsumer, stream, CONSUMER_GROUP, self.worker_id))
             self.redis.close()
         return 0
@@ -352,7 +355,11 @@ class Worker:
             quantize=self.quantize,
         )
         ttl_ms = int(self.config.fleet.heartbeat_ttl * 1000)
-        self._safe(lambda: self.redis.set(self.keys.worker_heartbeat(self.worker_id), encode(info), px=ttl_ms))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.worker_heartbeat(self.worker_id), encode(info), px=ttl_ms)
+        pipe.zadd(self.keys.worker_registry(self.model), {self.worker_id: info.updated_at})
+        pipe.zadd(self.keys.model_registry(), {self.model: info.updated_at})
+        self._safe(pipe.execute)
 
     @staticmethod
     def _safe(fn: Callable[[], object]) -> None:

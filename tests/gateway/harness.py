@@ -82,6 +82,8 @@ class ScriptedWorker:
         info = WorkerInfo(self.worker_id, self.model, 0, 0, self.capacity_tokens, self.capacity_tokens,
                           self.max_total_tokens, 8, now, now, draining, metrics_port=self.metrics_port)
         self.r.set(self.keys.worker_heartbeat(self.worker_id), encode(info), ex=3)
+        self.r.zadd(self.keys.worker_registry(self.model), {self.worker_id: now})
+        self.r.zadd(self.keys.model_registry(), {self.model: now})
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(0.2):

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import redis
 
+from common.config import DEFAULT_MODEL_ID
 from common.protocol import WorkerInfo, decode_worker_info
+from common.redis_clients import sync_client
 from common.streams import Keys
 
 __all__ = ["StreamResult", "run_streams", "stream_once", "worker_infos", "wait_workers_idle", "wait_workers_running", "summarize"]
@@ -101,11 +102,13 @@ def run_streams(base: str, prompts: list[str], max_new_tokens: int, timeout: flo
     return asyncio.run(_run_streams(base, prompts, max_new_tokens, timeout, **kw))
 
 
-def worker_infos(redis_url: str, prefix: str) -> list[WorkerInfo]:
-    client = redis.Redis.from_url(redis_url)
+def worker_infos(redis_url: str, prefix: str, model: str = DEFAULT_MODEL_ID, cluster: bool = False) -> list[WorkerInfo]:
+    client = sync_client(redis_url, cluster)
     try:
-        keys = list(client.scan_iter(match=Keys(prefix).worker_heartbeat_pattern()))
-        return [decode_worker_info(v) for v in client.mget(keys) if v is not None] if keys else []
+        keys = Keys(prefix)
+        worker_ids = [w.decode() for w in client.zrange(keys.worker_registry(model), 0, -1)]
+        values = [client.get(keys.worker_heartbeat(w)) for w in worker_ids]
+        return [decode_worker_info(v) for v in values if v is not None]
     finally:
         client.close()
 
