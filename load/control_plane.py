@@ -10,6 +10,9 @@ name the bottleneck. Three scenarios:
            per-step token checkpoints on and off (`--relay-checkpoint on,off`), in the same run
 - scaling: 1 and 4 workers with a small batch each, so the workers are the bottleneck
 - latency: one stream at a time, fleet path against the same engine stepped in-process
+- cluster: the relay with 2 gateways through one Redis, then through a three-primary Redis Cluster
+           (--redis-cluster; the gateways' ids chosen so their channels live on different shards),
+           with each Redis process's CPU and the Redis commands per token and per request
 
     python -m load.control_plane --scenario all --out load_results/control_plane
 """
@@ -30,10 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+from redis.crc import key_slot
+
 from common.config import DEFAULT_MODEL_ID, WorkerConfig
 from common.sampling_params import SamplingParams
+from common.streams import Keys
 from genfleet.embedded_redis import EmbeddedRedis, die_with_parent, free_port
 from load.apis import get_api
+from load.redis_topology import LocalCluster
 from load.report import percentile, to_markdown, to_payload
 from load.results import RunResult
 from load.run_load import run_async, run_closed_loop
@@ -66,21 +74,65 @@ class Fleet:
     batch: int  # --max-batch-size per worker
     log_dir: Path
     worker_args: tuple[str, ...] = ()
-    port: int = field(default_factory=free_port)
+    gateways: int = 1
+    cluster: bool = False  # a three-primary Redis Cluster instead of one server
+    ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    redis: EmbeddedRedis | None = None
+    servers: list[EmbeddedRedis] = field(default_factory=list)
+    topology: LocalCluster | None = None
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
 
     def start(self) -> Fleet:
-        self.redis = EmbeddedRedis().start()
-        common = ["--redis-url", self.redis.url, "--key-prefix", "cp", "--model-id", DEFAULT_MODEL_ID]
+        if self.cluster:
+            self.topology = LocalCluster(3).start()
+            self.servers = self.topology.nodes
+            url = self.topology.url
+        else:
+            self.servers = [EmbeddedRedis().start()]
+            url = self.servers[0].url
+        common = ["--redis-url", url, "--key-prefix", "cp", "--model-id", DEFAULT_MODEL_ID,
+                  *(["--redis-cluster"] if self.cluster else [])]
         for i in range(self.workers):
             self._spawn(f"worker{i}", ["worker", *common, "--worker-id", f"w{i}", "--device", "cpu",
                                        "--synthetic-tokens-per-s", str(self.rate),
                                        "--max-batch-size", str(self.batch), *self.worker_args])
-        self._spawn("gateway", ["gateway", *common, "--hostname", "127.0.0.1", "--port", str(self.port),
-                                "--max-concurrent-requests", "4096"])
+        for i, gateway_id in enumerate(self._gateway_ids()):
+            self.ports.append(free_port())
+            self._spawn(f"gateway{i}", ["gateway", *common, "--hostname", "127.0.0.1", "--port", str(self.ports[-1]),
+                                        "--gateway-id", gateway_id, "--max-concurrent-requests", "4096"])
         self._wait_healthy(180.0)
         return self
+
+    def _gateway_ids(self) -> list[str]:
+        if self.topology is None:
+            return [f"g{i}" for i in range(self.gateways)]
+        # Ids whose channels hash to different primaries, so the token traffic splits over the shards.
+        ids: list[str] = []
+        shards: set[int] = set()
+        for n in range(1000):
+            shard = self.topology.node_of_slot(key_slot(Keys("cp").gateway_channel(f"g{n}").encode()))
+            if shard not in shards or len(shards) == len(self.servers):
+                ids.append(f"g{n}")
+                shards.add(shard)
+            if len(ids) == self.gateways:
+                break
+        return ids
+
+    def redis_calls(self) -> dict[str, int]:
+        """Commands each server has run so far, by name (INFO commandstats), summed over servers."""
+        calls: dict[str, int] = {}
+        for server in self.servers:
+            client = redis.Redis(port=server.port)
+            try:
+                for name, stats in client.info("commandstats").items():
+                    command = name.removeprefix("cmdstat_")
+                    calls[command] = calls.get(command, 0) + int(stats["calls"])
+            finally:
+                client.close()
+        return calls
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +149,8 @@ class Fleet:
             if dead:
                 raise RuntimeError(f"{dead} exited; logs in {self.log_dir}")
             try:
-                health = httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2)
-                if health.status_code == 200:
+                if all(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+                       for port in self.ports):
                     return
             except httpx.HTTPError:
                 pass
@@ -107,8 +159,9 @@ class Fleet:
 
     def cpu(self) -> dict[str, float]:
         pids = {name: p.pid for name, p in self.procs.items()}
-        if self.redis is not None and self.redis.proc is not None:
-            pids["redis"] = self.redis.proc.pid
+        for i, server in enumerate(self.servers):
+            if server.proc is not None:
+                pids[f"redis{i}" if self.cluster else "redis"] = server.proc.pid
         pids["client"] = os.getpid()
         return {name: _cpu_seconds(pid) for name, pid in pids.items()}
 
@@ -122,13 +175,14 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        if self.redis is not None:
-            self.redis.stop()
+        for server in self.servers:
+            server.stop()
 
 
 @contextmanager
-def _fleet(workers: int, rate: float, batch: int, log_dir: Path, worker_args: tuple[str, ...] = ()) -> Iterator[Fleet]:
-    fleet = Fleet(workers, rate, batch, log_dir, worker_args)
+def _fleet(workers: int, rate: float, batch: int, log_dir: Path, worker_args: tuple[str, ...] = (),
+           gateways: int = 1, cluster: bool = False) -> Iterator[Fleet]:
+    fleet = Fleet(workers, rate, batch, log_dir, worker_args, gateways, cluster)
     try:
         yield fleet.start()
     finally:
@@ -139,23 +193,26 @@ def _drive(fleet: Fleet, users: int, requests: int, max_new: int, duration: floa
            meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
     specs = [PromptSpec(f"Request {i}: tell me a story about the sea.", max_new) for i in range(requests)]
     share, load = machine_share(), os.getloadavg()[0]
-    before, t0 = fleet.cpu(), time.perf_counter()
-    result: RunResult = run_async(run_closed_loop(get_api("tgi"), Target("127.0.0.1", fleet.port), specs, users,
+    calls_before, before, t0 = fleet.redis_calls(), fleet.cpu(), time.perf_counter()
+    targets = [Target("127.0.0.1", port) for port in fleet.ports]
+    result: RunResult = run_async(run_closed_loop(get_api("tgi"), targets, specs, users,
                                                     duration, 120.0, label, meta))
     wall = time.perf_counter() - t0
-    after = fleet.cpu()
+    after, calls_after = fleet.cpu(), fleet.redis_calls()
     cpu_share: dict[str, float] = {}
     for name in after:
-        group = "workers" if name.startswith("worker") else name
+        group = "workers" if name.startswith("worker") else "gateway" if name.startswith("gateway") else name
         cpu_share[group] = round(cpu_share.get(group, 0.0) + (after[name] - before[name]) / wall, 3)
+        if name.startswith("redis") and name != "redis":  # a cluster's shards, and their sum
+            cpu_share["redis"] = round(cpu_share.get("redis", 0.0) + (after[name] - before[name]) / wall, 3)
     payload = to_payload(result)
     payload["cpu_share"] = cpu_share  # CPU seconds per wall second, per process (2 cores = 2.0)
+    payload["redis_calls"] = {k: calls_after[k] - calls_before.get(k, 0) for k in calls_after
+                              if calls_after[k] > calls_before.get(k, 0)}
     payload["machine"] = {"busy_thread_share_before": round(share, 3), "loadavg_1m_before": load,
                           "loadavg_1m_after": os.getloadavg()[0]}
-    if fleet.redis is not None:
-        import redis
-
-        client = redis.Redis.from_url(fleet.redis.url)
+    if not fleet.cluster:
+        client = redis.Redis(port=fleet.servers[0].port)
         payload["redis_used_memory_peak"] = int(client.info("memory")["used_memory_peak"])
         client.close()
     return payload, cpu_share
@@ -177,6 +234,28 @@ def relay(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
                                   meta)
             payloads.append(payload)
             print(f"{label}: {payload['summary']['output_token_throughput']:,.0f} tok/s; cpu {cpu}", file=sys.stderr)
+    return payloads
+
+
+def cluster(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """The relay with 2 gateways, one Redis against a three-primary cluster, in the same run."""
+    payloads = []
+    rounds = max(1, math.ceil(args.duration * args.relay_rate / args.relay_tokens)) + 1
+    workers = args.relay_workers[-1]
+    batch = -(-args.streams // workers)
+    for on_cluster in (False, True):
+        with _fleet(workers, args.relay_rate, batch, out / "logs", gateways=2, cluster=on_cluster) as fleet:
+            label = f"relay-2gw-{'cluster3' if on_cluster else 'single'}"
+            meta = {"scenario": "cluster", "workers": workers, "gateways": 2, "cluster": on_cluster,
+                    "rate": args.relay_rate, "batch": batch, "load": args.streams, "tokens": args.relay_tokens}
+            payload, cpu = _drive(fleet, args.streams, args.streams * rounds, args.relay_tokens, args.duration, label,
+                                  meta)
+            s = payload["summary"]
+            tokens = s["output_token_throughput"] * s["duration_s"] or 1.0
+            payload["redis_calls_per_token"] = {k: v / tokens for k, v in sorted(payload["redis_calls"].items())}
+            payloads.append(payload)
+            print(f"{label}: {s['output_token_throughput']:,.0f} tok/s; cpu {cpu}; redis calls "
+                  f"{payload['redis_calls']}", file=sys.stderr)
     return payloads
 
 
@@ -239,7 +318,7 @@ def _direct_runs(n: int, rate: float, tokens: int) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m load.control_plane", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("relay", "scaling", "latency", "all"), default="all")
+    p.add_argument("--scenario", choices=("relay", "scaling", "latency", "cluster", "all"), default="all")
     p.add_argument("--out", default="load_results/control_plane")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of sending per run at most")
     p.add_argument("--streams", type=int, default=256)
@@ -274,11 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario in ("latency", "all"):
         runs, extra["latency"] = latency(args, out)
         payloads += runs
+    if args.scenario in ("cluster", "all"):
+        payloads += cluster(args, out)
     for payload in payloads:
         (out / f"{payload['label']}.json").write_text(json.dumps(payload, indent=1))
     (out / "extra.json").write_text(json.dumps(extra, indent=1))
     table = to_markdown(payloads)
-    columns = ["client", "gateway", "redis", "workers"]
+    columns = ["client", "gateway", "redis", "redis0", "redis1", "redis2", "workers"]
     cpu_rows = ["| run | " + " | ".join(columns) + " | busy-thread share before | load avg before / after |",
                 "|---" * (3 + len(columns)) + "|"]
     for payload in payloads:

@@ -115,21 +115,24 @@ async def run_open_loop(api: Api, target: Target, specs: list[PromptSpec], rate:
     return result
 
 
-async def run_closed_loop(api: Api, target: Target, specs: list[PromptSpec], concurrency: int, duration: float,
-                          timeout: float, label: str, meta: dict[str, Any], progress: Any = None) -> RunResult:
+async def run_closed_loop(api: Api, target: Target | list[Target], specs: list[PromptSpec], concurrency: int,
+                          duration: float, timeout: float, label: str, meta: dict[str, Any],
+                          progress: Any = None) -> RunResult:
+    """`concurrency` users sending request after request; several targets (gateways) share them out."""
     result = RunResult(label, meta)
     t0 = time.perf_counter()
     queue: Iterator[PromptSpec] = iter(specs)
+    targets = target if isinstance(target, list) else [target]
 
-    async def user() -> None:
+    async def user(own: Target) -> None:
         for spec in queue:  # shared iterator: each spec is sent once
             if time.perf_counter() - t0 > duration:
                 return
-            await _one(api, target, spec, result, t0, timeout)
+            await _one(api, own, spec, result, t0, timeout)
             if progress is not None:
                 progress.update(1)
 
-    await asyncio.gather(*(user() for _ in range(concurrency)))
+    await asyncio.gather(*(user(targets[i % len(targets)]) for i in range(concurrency)))
     result.duration = time.perf_counter() - t0
     return result
 
