@@ -35,13 +35,17 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
 
 
 class LocalCluster:
-    """`primaries` servers with the 16384 slots split evenly, in order: node i serves slots_of(i)."""
+    """`primaries` servers with the 16384 slots split evenly, in order (node i serves slots_of(i)), and
+    `replicas` replicas of each, which the cluster promotes when their primary dies."""
 
-    def __init__(self, primaries: int = 3) -> None:
+    def __init__(self, primaries: int = 3, replicas: int = 0) -> None:
         # The bus ports are named: the default (port + 10000) is past 65535 for a high free port.
-        self.bus_ports = [free_port() for _ in range(primaries)]
+        self.primaries = primaries
+        self.bus_ports = [free_port() for _ in range(primaries * (1 + replicas))]
+        # nodes[:primaries] are the primaries; nodes[primaries + k] replicates primary k % primaries.
         self.nodes = [
-            EmbeddedRedis(extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+            EmbeddedRedis(appendonly=replicas > 0,
+                          extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
                                       "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus)))
             for bus in self.bus_ports
         ]
@@ -51,31 +55,46 @@ class LocalCluster:
         return self.nodes[0].url
 
     def slots_of(self, index: int) -> range:
-        n = len(self.nodes)
+        n = self.primaries
         return range(index * _SLOTS // n, (index + 1) * _SLOTS // n)
 
     def node_of_slot(self, slot: int) -> int:
-        return next(i for i in range(len(self.nodes)) if slot in self.slots_of(i))
+        return next(i for i in range(self.primaries) if slot in self.slots_of(i))
 
     def start(self, timeout: float = 20.0) -> LocalCluster:
         for node in self.nodes:
             node.start()
         clients = [redis.Redis(port=node.port) for node in self.nodes]
         try:
-            for i, client in enumerate(clients):
+            for i, client in enumerate(clients[:self.primaries]):
                 slots = self.slots_of(i)
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", slots.start, slots.stop - 1)
             for node, bus in zip(self.nodes[1:], self.bus_ports[1:]):
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
-            wait_for("cluster_state:ok on every node", lambda: all(
-                c.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0
-                and int(c.execute_command("CLUSTER", "INFO").decode().split("cluster_known_nodes:")[1].split()[0])
-                == len(self.nodes)
-                for c in clients), timeout)
+            wait_for("every node knowing every other", lambda: all(
+                _info(c)["cluster_known_nodes"] == str(len(self.nodes)) for c in clients), timeout)
+            for k, client in enumerate(clients[self.primaries:]):
+                primary_id = clients[k % self.primaries].execute_command("CLUSTER", "MYID")
+                client.execute_command("CLUSTER", "REPLICATE", primary_id)
+            wait_for("cluster_state:ok and every replica in sync", lambda: all(
+                _info(c)["cluster_state"] == "ok" for c in clients) and all(
+                c.info("replication").get("master_link_status") == "up" for c in clients[self.primaries:]), timeout)
         finally:
             for client in clients:
                 client.close()
         return self
+
+    def primary_ports(self) -> dict[int, int]:
+        """Slot range start -> port of the node serving it now, as a live node sees the cluster."""
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            try:
+                return {int(start): int(nodes[0][1]) for start, _, *nodes in client.execute_command("CLUSTER", "SLOTS")}
+            except (redis.RedisError, OSError):
+                continue
+            finally:
+                client.close()
+        return {}
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -153,3 +172,9 @@ class LocalSentinels:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _info(client: redis.Redis) -> dict[str, str]:
+    text = client.execute_command("CLUSTER", "INFO")
+    text = text.decode() if isinstance(text, bytes) else text
+    return dict(line.split(":", 1) for line in text.split() if ":" in line)

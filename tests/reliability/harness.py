@@ -18,7 +18,7 @@ from common.protocol import WorkerInfo, decode_worker_info
 from common.redis_clients import sync_client
 from common.streams import Keys
 
-__all__ = ["StreamResult", "run_streams", "stream_once", "worker_infos", "wait_workers_idle", "wait_workers_running", "summarize"]
+__all__ = ["StreamResult", "run_streams", "service_back_at", "stream_once", "worker_infos", "wait_workers_idle", "wait_workers_running", "summarize"]
 
 
 @dataclass
@@ -127,12 +127,13 @@ def wait_workers_idle(redis_url: str, prefix: str, expect: int, timeout: float =
     raise AssertionError(f"workers not idle after {timeout}s: {infos}")
 
 
-def wait_workers_running(redis_url: str, prefix: str, at_least: int, timeout: float = 20.0) -> list[WorkerInfo]:
+def wait_workers_running(redis_url: str, prefix: str, at_least: int, timeout: float = 20.0,
+                         cluster: bool = False) -> list[WorkerInfo]:
     """Until the live workers together report at least `at_least` requests running."""
     deadline = time.monotonic() + timeout
     infos: list[WorkerInfo] = []
     while time.monotonic() < deadline:
-        infos = worker_infos(redis_url, prefix)
+        infos = worker_infos(redis_url, prefix, cluster=cluster)
         if sum(w.running for w in infos) >= at_least:
             return infos
         time.sleep(0.05)
@@ -244,3 +245,18 @@ def worker_counter(metrics_ports: list[int], name: str) -> float:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def service_back_at(base: str, timeout: float) -> float:
+    """The monotonic time of the first of 5 POST /generate in a row that answer 200, within `timeout`."""
+    deadline = time.monotonic() + timeout
+    ok, first = 0, 0.0
+    while time.monotonic() < deadline and ok < 5:
+        r = httpx.post(f"{base}/generate", json={"inputs": "ping", "parameters": {"max_new_tokens": 5}}, timeout=10)
+        if r.status_code == 200:
+            ok, first = ok + 1, first or time.monotonic()
+        else:
+            ok, first = 0, 0.0
+            time.sleep(0.2)
+    assert ok == 5, f"service not back within {timeout}s"
+    return first

@@ -1,5 +1,5 @@
 """The fleet on a three-primary Redis Cluster (--redis-cluster): two models whose streams live on
-different primaries, gateways' channels on sharded pub/sub, greedy parity with transformers (the
+different primaries (the default model's in two partitions), gateways' channels on sharded pub/sub, greedy parity with transformers (the
 single-Redis spine test's reference), 16 concurrent streams, and kill -9 of a worker mid-stream
 with every stream continued to the same tokens."""
 
@@ -28,6 +28,7 @@ OTHER_PREFIX = "rc2"  # the second model's fleet: its own gateway and worker ids
 MAX_NEW = 12
 PROMPTS = [f"Fact {i}: the number {i * 11 % 89} is" for i in range(16)]
 WORKER_ARGS = ("--redis-cluster", "--max-batch-total-tokens", "4096")
+PARTITIONS = ("--stream-partitions", "2")  # the default model's stream in two slots
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def fleets(cluster: LocalCluster, second_model: str, default_model_dir: Path) ->
     main = FleetProcesses(cluster.url, PREFIX)
     other = FleetProcesses(cluster.url, OTHER_PREFIX)
     try:
-        main.start(num_workers=2, worker_args=WORKER_ARGS, gateway_args=("--redis-cluster",))
+        main.start(num_workers=2, worker_args=(*WORKER_ARGS, *PARTITIONS), gateway_args=("--redis-cluster", *PARTITIONS))
         other.start(num_workers=1, worker_args=(*WORKER_ARGS, "--model-id", second_model, "--random-weights"),
                     gateway_args=("--redis-cluster", "--model-id", second_model))
         yield main, other
@@ -81,17 +82,18 @@ def fleets(cluster: LocalCluster, second_model: str, default_model_dir: Path) ->
 
 
 def test_models_and_channels_spread_over_the_primaries(cluster: LocalCluster, fleets, second_model: str) -> None:  # type: ignore[no-untyped-def]
-    models = [(Keys(PREFIX), DEFAULT_MODEL_ID), (Keys(OTHER_PREFIX), second_model)]
+    models = [(Keys(PREFIX, 2), DEFAULT_MODEL_ID), (Keys(OTHER_PREFIX), second_model)]
     owners = [_primary_of(cluster, keys.request_stream(model)) for keys, model in models]
     assert owners[0] != owners[1]
     for (keys, model), owner in zip(models, owners):
         # Each stream (and its dead-letter stream, same hash tag) lives on the primary its slot names.
         assert key_slot(keys.dead_letter_stream(model).encode()) == key_slot(keys.request_stream(model).encode())
-        node = redis.Redis(port=cluster.nodes[owner].port)
-        try:
-            assert node.exists(keys.request_stream(model)) == 1
-        finally:
-            node.close()
+        for stream in keys.request_streams(model):
+            node = redis.Redis(port=cluster.nodes[_primary_of(cluster, stream)].port)
+            try:
+                assert node.exists(stream) == 1
+            finally:
+                node.close()
     for fleet in fleets:
         # The gateway listens with SSUBSCRIBE on the shard that owns its channel.
         channel = Keys(fleet.prefix).gateway_channel(f"{fleet.prefix}-g0")
