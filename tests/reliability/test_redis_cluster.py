@@ -88,7 +88,7 @@ def test_models_and_channels_spread_over_the_primaries(cluster: LocalCluster, fl
     for (keys, model), owner in zip(models, owners):
         # Each stream (and its dead-letter stream, same hash tag) lives on the primary its slot names.
         assert key_slot(keys.dead_letter_stream(model).encode()) == key_slot(keys.request_stream(model).encode())
-        for stream in keys.request_streams(model):
+        for stream in keys.all_request_streams(model):  # every partition's priority levels
             node = redis.Redis(port=cluster.nodes[_primary_of(cluster, stream)].port)
             try:
                 assert node.exists(stream) == 1

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from common.config import FleetConfig, WorkerConfig
 from common.protocol import Finish, GenerateRequest, Token, decode_events, encode
 from common.sampling_params import SamplingParams
-from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
+from common.streams import CONSUMER_GROUP, PRIORITY_LEVELS, REQUEST_FIELD, Keys
 from tests.worker.test_worker_loop import ScriptedEngine
 from worker.worker import Worker
 
@@ -23,8 +23,10 @@ PARTITIONS = 3
 def test_keys_place_partitions_and_continuations() -> None:
     keys = Keys("p", PARTITIONS)
     assert keys.request_stream("m") == Keys("p").request_stream("m") == "p:req:{m}"  # partition 0: the old name
-    assert keys.request_streams("m") == ["p:req:{m}", "p:req:{m#1}", "p:req:{m#2}"]
-    assert keys.dead_letter_stream("m", 2) == "p:dlq:{m#2}"  # same tag as its request stream
+    assert keys.request_stream("m", 1, 2) == "p:req:{m#2}:p1"  # priority 1 of partition 2
+    assert [keys.request_stream("m", 0, p) for p in range(PARTITIONS)] == ["p:req:{m}", "p:req:{m#1}", "p:req:{m#2}"]
+    assert len(keys.all_request_streams("m")) == PARTITIONS * len(PRIORITY_LEVELS)
+    assert keys.dead_letter_stream("m", 2) == "p:dlq:{m#2}"  # same tag as its request streams
     # Every attempt of one request (continuations reuse the id) lands in one partition.
     assert {keys.stream_of("m", "req-42") for _ in range(5)} == {keys.stream_of("m", "req-42")}
     assert len({keys.partition_of(f"r{i}") for i in range(30)}) == PARTITIONS
@@ -60,7 +62,7 @@ def test_worker_serves_every_partition(redis_url: str, key_prefix: str, default_
                     finished.add(event.req_id)
         assert finished == set(ids)
         assert all(tokens[r] == [0, 1, 2] for r in ids), tokens
-        for stream in keys.request_streams("m"):  # accepted entries are acked and deleted
+        for stream in keys.all_request_streams("m"):  # accepted entries are acked and deleted
             assert client.xlen(stream) == 0
             assert client.xpending(stream, CONSUMER_GROUP)["pending"] == 0
         assert client.zscore(keys.worker_registry("m"), "w1") is not None
