@@ -1,4 +1,15 @@
-"""Model families by HF architecture name; `read_config` picks a model directory's family."""
+"""Model families by HF architecture name; `read_config` picks a model directory's family.
+
+A family is a CausalLM subclass in its own file, registered below, that says how it differs from
+Llama's decoder and nothing else:
+- `family(raw)`: the ModelConfig fields its config.json sets (windows, soft-caps, multipliers,
+  norm and MLP variants, a MoEConfig); `text_config(raw)` where a multimodal config nests them.
+- `layer_cls` (pre-norm DecoderLayer; Gemma's sandwich, OLMo 2's post-norm, Cohere's parallel
+  block) and `build_mlp` (gated by default; StarCoder2's plain MLP; moe.py's SparseMoE).
+- `stacked_params` / `hf_to_param`, `expert_slot` and `ignores`: where each checkpoint tensor goes.
+An architecture not registered here is refused at start by name; a family refuses the variants it
+does not serve (UnsupportedModel) from `family`.
+"""
 
 from __future__ import annotations
 
