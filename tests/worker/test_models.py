@@ -229,3 +229,21 @@ def test_a_gemma3_multimodal_checkpoint_serves_its_language_model(tmp_path: Path
     with torch.no_grad():
         theirs = reference(input_ids=torch.tensor([prompt])).logits[0].float()
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("family", "extra", "named"), [
+    ("cohere", {"use_qk_norm": True}, "use_qk_norm"),
+    ("granite", {"mlp_bias": True}, "mlp_bias"),
+    ("gemma3", {"use_bidirectional_attention": True}, "bidirectional"),
+    ("mixtral", {"hidden_act": "gelu"}, "'gelu'"),
+])
+def test_a_variant_a_family_does_not_serve_is_refused_by_name(tmp_path: Path, family: str, extra: dict, named: str  # type: ignore[type-arg]
+                                                               ) -> None:
+    config_cls, model_cls, base = FAMILIES[family]
+    config = config_cls(**{**_COMMON, **base})
+    config.architectures = [model_cls.__name__]
+    config.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, **extra}))
+    with pytest.raises(UnsupportedModel, match=named):
+        read_config(tmp_path)
