@@ -155,6 +155,9 @@ class GatewayConfig:
         10_000, "Requests waiting in a priority level's stream of the model before new ones of that level get 429"
     )
     enable_prefill_logprobs: bool = setting(False, "Allow decoder_input_details (prompt logprobs)", tgi=True)
+    disable_grammar_support: bool = setting(
+        False, "Refuse `grammar`, `response_format` and `tools` (422 `grammar is not supported`)", tgi=True
+    )
     merge_worker_metrics: bool = setting(
         False, "Append the metrics of the workers on this host (their --metrics-port) to /metrics, labelled "
         "worker_id: one endpoint for a single box (`serve` turns it on; leave it off where Prometheus scrapes workers)"

@@ -49,7 +49,7 @@ __all__ = [
     "decode_gateway_info",
 ]
 
-SCHEMA_VERSION = 4  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope
+SCHEMA_VERSION = 5  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope; 5: SamplingParams.grammar
 
 
 class ProtocolError(ValueError):

@@ -33,6 +33,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     # Bias each step toward the green list of the previous token (common/watermark.py), with the
     # fleet's --watermark-gamma/-delta; it depends on the tokens alone, so a continuation keeps it.
     watermark: bool = False
+    # The llguidance grammar (its JSON or Lark text, built and checked by gateway/grammar.py) the
+    # output must match; None = unconstrained. The worker compiles it (worker/grammar.py).
+    grammar: str | None = None
 
     def is_greedy(self) -> bool:
         return not self.do_sample

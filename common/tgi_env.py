@@ -80,7 +80,7 @@ TGI_VARIABLES: tuple[TgiVariable, ...] = (
     _T("NGROK_AUTHTOKEN", "ngrok token"),
     _T("NGROK_EDGE", "ngrok edge"),
     _T("TOKENIZER_CONFIG_PATH", "alternate tokenizer_config.json"),
-    _T("DISABLE_GRAMMAR_SUPPORT", "grammar-constrained generation off", False, ("false", "0")),
+    _T("DISABLE_GRAMMAR_SUPPORT", "grammar-constrained generation off"),
     _T("MAX_CLIENT_BATCH_SIZE", "most prompts per request"),
     _T("LORA_ADAPTERS", "LoRA adapters served by adapter_id", True),
     _T("USAGE_STATS", "anonymous usage statistics to Hugging Face (genfleet sends none)", False, ("off", "no-stack")),

@@ -12,6 +12,7 @@ from typing import Any
 
 from common.errors import ValidationError
 from common.streams import MAX_PRIORITY, MIN_PRIORITY
+from gateway.grammar import GrammarSpec, parse_tgi_grammar
 
 __all__ = ["GenerateParameters", "GenerateInput", "parse_generate", "parse_parameters", "check_ranges"]
 
@@ -36,7 +37,7 @@ class GenerateParameters:
     decoder_input_details: bool = False
     seed: int | None = None
     top_n_tokens: int | None = None
-    grammar: Any = None
+    grammar: GrammarSpec | None = None  # what the output must match (gateway/grammar.py)
     adapter_id: str | None = None
     ignore_eos: bool = False  # genfleet extension for benchmarks
     min_tokens: int = 0  # vLLM's extra on the OpenAI routes: EOS is not sampled before this many tokens
@@ -117,7 +118,7 @@ def parse_parameters(raw: Any) -> GenerateParameters:
     if adapter is not None and not isinstance(adapter, str):
         raise ValidationError("`adapter_id` must be a string")
     values["adapter_id"] = adapter
-    values["grammar"] = raw.get("grammar")
+    values["grammar"] = parse_tgi_grammar(raw.get("grammar"))
     priority = raw.get("priority")
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int):
@@ -147,5 +148,3 @@ def check_ranges(p: GenerateParameters) -> None:
         raise ValidationError("`top_k` must be strictly positive")
     if p.max_new_tokens is not None and p.max_new_tokens == 0:
         raise ValidationError("`max_new_tokens` must be strictly positive")
-    if p.grammar is not None:
-        raise ValidationError("grammar is not supported yet: constrained decoding is not implemented")

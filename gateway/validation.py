@@ -19,6 +19,7 @@ import msgspec
 from common.config import GatewayConfig
 from common.errors import ValidationError
 from common.sampling_params import SamplingParams
+from gateway.grammar import compile_grammar
 from gateway.schemas import GenerateInput, GenerateParameters
 from gateway.tokenizer import Tokenizer
 
@@ -69,6 +70,7 @@ def validate(
     p = req.parameters
     best_of = p.best_of or 1
     _check_parameters(p, config, limits, stream=stream)
+    grammar = compile_grammar(p.grammar) if p.grammar is not None else None
     input_ids = tokenizer.encode(req.inputs, add_special_tokens=add_special_tokens)
     if p.truncate is not None and len(input_ids) > p.truncate:
         input_ids = input_ids[-p.truncate :]
@@ -104,6 +106,7 @@ def validate(
         ignore_eos=p.ignore_eos,
         min_tokens=p.min_tokens,
         watermark=p.watermark,
+        grammar=grammar,
     )
     return Validated(
         input_ids=input_ids,
@@ -130,6 +133,8 @@ def _check_parameters(p: GenerateParameters, config: GatewayConfig, limits: Limi
             raise ValidationError("you must use sampling when `best_of` is > 1")
         if p.seed is not None:
             raise ValidationError("`seed` must not be set when `best_of` > 1")
+    if p.grammar is not None and config.disable_grammar_support:
+        raise ValidationError("grammar is not supported")
     if p.decoder_input_details and stream:
         raise ValidationError("`decoder_input_details` == true is not supported when streaming tokens")
     if p.decoder_input_details and not config.enable_prefill_logprobs:

@@ -14,7 +14,7 @@ computed; once a request's computed count reaches its total, the step samples it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.errors import FinishReason
 from common.sampling_params import SamplingParams
@@ -47,6 +47,9 @@ class ScheduledRequest:
     num_generated: int = 0  # tokens generated before this step (seeded RNG offset, penalties)
     seed: int = 0  # resolved per-request seed: same seed + same prompt => same text in any batch
     prefill_logprobs: bool = False  # return logprobs for the prompt tokens computed this step
+    # The request's llguidance matcher, past every token generated so far (the sampler masks the
+    # next token with it); None when unconstrained.
+    grammar: Any = None
 
 
 @dataclass(slots=True)
@@ -85,10 +88,11 @@ class RequestOutput:
     prefill_logprobs: list[float] | None = None  # on the step the prompt completes
     first_scheduled_at: float = 0.0
     expired: bool = False  # its deadline passed: it ends with a timeout Error, not a Finish
+    error: str | None = None  # it cannot be served (its grammar): it ends with a validation Error
 
     @property
     def is_last(self) -> bool:
-        return self.finish_reason is not None or self.expired
+        return self.finish_reason is not None or self.expired or self.error is not None
 
 
 @dataclass(slots=True)

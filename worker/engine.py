@@ -12,14 +12,20 @@ and output handling thus hide behind the device's work instead of leaving it idl
 A request that N finishes (EOS) has one wasted row in N+1, which is dropped. Steps whose requests
 need the real token history on the host (repetition/frequency/presence penalties, prompt
 logprobs) run one at a time, as does everything when the runner cannot overlap.
+
+Constrained requests (a grammar) wait outside the scheduler while worker/grammar.py compiles
+their matcher on its own threads, so a cold schema never stalls the other requests' steps; the
+engine advances each matcher with every sampled token. Their steps run one at a time too: the
+next token's mask needs the token just sampled.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.config import WorkerConfig
 from common.errors import FinishReason
@@ -29,7 +35,13 @@ from worker.finish import FinishRules
 from worker.request import Request, RequestKey, RequestStatus
 from worker.scheduler import Scheduler
 
+if TYPE_CHECKING:
+    from worker.grammar import GrammarCompiler
+
 __all__ = ["LLMEngine", "Runner"]
+
+# How long a step with nothing to run waits for a grammar being compiled (then the loop looks again).
+_COMPILE_POLL_S = 0.02
 
 
 class Runner(Protocol):
@@ -66,6 +78,7 @@ class LLMEngine:
         eos_token_ids: frozenset[int],
         max_model_len: int,
         clock: Callable[[], float] = time.time,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         self.runner = runner
         self.block_size = config.block_size
@@ -82,6 +95,8 @@ class LLMEngine:
         self.last_batch: ScheduledBatch | None = None  # the step whose outputs came last
         self.overlap = config.overlap_scheduling and runner.can_overlap
         self._inflight: _InFlight | None = None
+        self.grammars = grammars  # None: constrained requests are refused
+        self._compiling: list[tuple[Request, Future[Any]]] = []  # constrained, matcher not ready yet
 
     # -- API -------------------------------------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -97,8 +112,13 @@ class LLMEngine:
             raise ValueError(f"the request needs {need} KV tokens; this worker holds {self.capacity_tokens}")
         if req.key in self._requests:
             raise ValueError(f"request {req.key} is already running")
+        if req.params.grammar is not None and self.grammars is None:
+            raise ValueError("grammar is not supported by this worker")
         self._requests[req.key] = req
-        self.scheduler.add(req)
+        if req.params.grammar is not None and self.grammars is not None:
+            self._compiling.append((req, self.grammars.start(req.params.grammar, req.generated_before)))
+        else:
+            self.scheduler.add(req)
         self._mean_prompt += (req.num_prompt_tokens - self._mean_prompt) / 16  # moving mean, ~16 requests
 
     def abort_request(self, key: RequestKey) -> None:
@@ -147,7 +167,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         self._apply_aborts()
-        outputs = []
+        outputs = self._admit_compiled()
         for req in self.scheduler.expire(self._clock()):
             outputs.append(self._output(req, [], [], [], None, expired=True))
             self._requests.pop(req.key, None)
@@ -179,8 +199,30 @@ class LLMEngine:
         self.last_batch = batch
 
     def _may_run_ahead(self, batch: ScheduledBatch) -> bool:
-        # Penalties and prompt logprobs read the real token history on the host.
-        return not any(r.prefill_logprobs or r.params.has_penalties() for r in batch.requests)
+        # Penalties, prompt logprobs and grammar masks read the real token history on the host.
+        return not any(r.prefill_logprobs or r.params.has_penalties() or r.grammar is not None for r in batch.requests)
+
+    def _admit_compiled(self) -> list[RequestOutput]:
+        """Schedule the constrained requests whose matcher is ready; end those whose grammar failed."""
+        if not self._compiling:
+            return []
+        sched = self.scheduler
+        if not sched.running and not sched.waiting and self._inflight is None:
+            wait([f for _, f in self._compiling], timeout=_COMPILE_POLL_S, return_when=FIRST_COMPLETED)
+        outputs, pending = [], []
+        for req, future in self._compiling:
+            if self._requests.get(req.key) is not req:
+                future.cancel()  # aborted while compiling
+            elif not future.done():
+                pending.append((req, future))
+            elif (exc := future.exception()) is not None:
+                del self._requests[req.key]
+                outputs.append(self._output(req, [], [], [], None, error=f"Input validation error: {exc}"))
+            else:
+                req.grammar = future.result()
+                sched.add(req)
+        self._compiling = pending
+        return outputs
 
     def _advance(self, batch: ScheduledBatch) -> frozenset[RequestKey]:
         """Count `batch` as computed before its outputs are read; a PLACEHOLDER for each sample.
@@ -233,6 +275,8 @@ class LLMEngine:
                 req.all_token_ids[-1] = token
             else:
                 req.all_token_ids.append(token)
+            if req.grammar is not None:
+                req.grammar.consume_token(token)  # the mask allowed it: the matcher takes it
             reason = after_token(req, token)
             top = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []
             out = self._output(req, [token], [result.logprobs[i]], top, reason)
@@ -247,7 +291,7 @@ class LLMEngine:
     @staticmethod
     def _output(
         req: Request, ids: list[int], lps: list[float], top: list[list[tuple[int, float]]],
-        reason: FinishReason | None, expired: bool = False,
+        reason: FinishReason | None, expired: bool = False, error: str | None = None,
     ) -> RequestOutput:
         return RequestOutput(
             key=req.key,
@@ -259,4 +303,5 @@ class LLMEngine:
             num_cached_tokens=req.num_cached_tokens,
             first_scheduled_at=req.first_scheduled_at,
             expired=expired,
+            error=error,
         )

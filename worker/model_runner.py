@@ -20,7 +20,7 @@ import torch
 
 from common.config import WorkerConfig
 from common.context_length import context_length
-from worker import ops, sampler
+from worker import grammar_mask, ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
@@ -196,6 +196,8 @@ class ModelRunner:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
         logits_all = self.logits(inputs)
         assert logits_all is not None  # rank 0 (or unsharded) always has them
+        if tensors is not None:  # the host fills grammar masks while the device runs the forward
+            tensors.grammar = grammar_mask.prepare([r.grammar for r in sampled], self.vocab_size, self.device)
         return self._sample(batch, inputs, logits_all, tensors)
 
     def prepare_inputs(self, batch: ScheduledBatch, previous: PendingStep | None) -> ModelInputs:

@@ -231,14 +231,17 @@ class OutputProcessor:
                 stop_hit = True
                 break
         reason: FinishReason | None = "stop_sequence" if stop_hit else output.finish_reason
-        if reason is None and not output.expired:
+        if reason is None and not output.expired and output.error is None:
             return
         self._live.pop(output.key, None)
         with bind_request_id(req.req_id):
             log.info("finished attempt %d: %s after %d tokens (prompt %d, %d cached)", req.attempt,
-                     reason or "timeout", live.next_seq, output.num_prompt_tokens, output.num_cached_tokens)
+                     reason or ("error" if output.error else "timeout"), live.next_seq, output.num_prompt_tokens, output.num_cached_tokens)
         if stop_hit:
             self._on_stop(output.key)
+        if output.error is not None:
+            events.append(Error(req.req_id, req.attempt, "validation", output.error))
+            return
         if reason is None:  # expired
             events.append(Error(req.req_id, req.attempt, "timeout", "Request deadline exceeded"))
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from common.protocol import GenerateRequest
 from common.sampling_params import SamplingParams
@@ -55,6 +55,9 @@ class Request:
     num_preemptions: int = 0
     first_scheduled_at: float = 0.0
     prefill_logprobs: list[float] = field(default_factory=list)
+    # llguidance matcher of a constrained request (worker/grammar.py), set before it is scheduled
+    # and advanced by the engine with each token; None when unconstrained.
+    grammar: Any = None
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:
@@ -73,6 +76,11 @@ class Request:
             priority=wire.priority,
             num_generated_offset=len(wire.generated_ids),
         )
+
+    @property
+    def generated_before(self) -> list[int]:
+        """The tokens earlier attempts generated (the tail of prompt_ids)."""
+        return self.prompt_ids[len(self.prompt_ids) - self.num_generated_offset :]
 
     @property
     def num_prompt_tokens(self) -> int:

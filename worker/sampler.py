@@ -1,6 +1,7 @@
 """Sampling for the whole batch at once: `prepare(requests)` then `sample(logits, tensors)`.
 
 The stages, each a no-op for rows that do not use it: penalties, min_tokens' EOS hold, the
+grammar mask (worker/grammar_mask.py; a constrained row's EOS is the grammar's to allow), the
 watermark bias (worker/watermark.py); then greedy rows take the argmax and sampling rows go through
 temperature, top-k, top-p and typical-p, then an exponential race: argmax(p / E) with E ~ Exp(1) picks token i with
 probability p_i. E comes from a counter-based hash of (seed, step, token id) computed with integer
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from common.splitmix import as_int64
-from worker import hash_ops
+from worker import grammar_mask, hash_ops
 from worker.batch import ScheduledRequest
 from worker.input_builder import upload
 from worker.watermark import Watermark
@@ -47,6 +48,7 @@ class SamplingTensors:
     hold_eos: torch.Tensor | None = None  # (B, 1) bool: rows short of min_tokens, whose EOS is not sampled
     watermark: Watermark | None = None  # host: the fleet's gamma and delta; None when no row watermarks
     watermark_rows: torch.Tensor | None = None  # (W,) int64: the rows that watermark
+    grammar: grammar_mask.GrammarMask | None = None  # the constrained rows' allowed tokens; None = no row
 
 
 @dataclass(slots=True)
@@ -79,7 +81,7 @@ def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.dev
         ints += [-1] * (longest - len(r.all_token_ids))
     f = upload(torch.tensor(floats, dtype=torch.float32), device).view(6, b, 1)  # (6, B, 1)
     i = upload(torch.tensor(ints, dtype=torch.int64), device)
-    hold = [r.num_generated < r.params.min_tokens for r in requests]
+    hold = [r.num_generated < r.params.min_tokens and r.grammar is None for r in requests]
     eos_ids = hold_eos = None
     if eos_token_ids and any(hold):  # a third upload only in steps that need it
         held = upload(torch.tensor(sorted(eos_token_ids) + hold, dtype=torch.int64), device)
@@ -116,6 +118,8 @@ def sample(logits: torch.Tensor, t: SamplingTensors, prev_ids: torch.Tensor | No
         logits = _apply_penalties(logits, t)
     if t.eos_ids is not None and t.hold_eos is not None:  # min_tokens: EOS cannot win yet
         logits = logits.index_copy(1, t.eos_ids, logits[:, t.eos_ids].masked_fill(t.hold_eos, _MASK))
+    if t.grammar is not None:
+        logits = grammar_mask.apply(logits, t.grammar)
     if t.watermark is not None and t.watermark_rows is not None:
         if prev_ids is None:
             raise ValueError("watermarked rows need their previous tokens")

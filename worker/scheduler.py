@@ -228,6 +228,7 @@ class Scheduler:
             params=req.params,
             all_token_ids=req.all_token_ids,
             num_generated=req.num_output_tokens + req.num_generated_offset,
+            grammar=req.grammar,
             seed=req.seed,
             prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
         )

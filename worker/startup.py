@@ -5,12 +5,16 @@ from __future__ import annotations
 import atexit
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from common.config import WorkerConfig
 from common.context_length import context_length, max_total_tokens
 from common.model_source import resolve_model
 from worker.batch import Engine
+
+if TYPE_CHECKING:
+    from worker.grammar import GrammarCompiler
 
 __all__ = ["build_engine", "load_tokenizer"]
 
@@ -21,6 +25,17 @@ def load_tokenizer(model_dir: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _grammar_compiler(model_dir: Path, vocab_size: int, eos_token_ids: frozenset[int]) -> GrammarCompiler | None:
+    """Grammars need the fast tokenizer's file; without one the worker refuses constrained requests."""
+    from worker.grammar import GrammarCompiler
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        log.warning("%s has no tokenizer.json: requests with a grammar will be refused", model_dir)
+        return None
+    return GrammarCompiler(path, vocab_size, eos_token_ids)
 
 
 def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | None]:
@@ -59,6 +74,7 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
         num_blocks=runner.num_blocks,
         eos_token_ids=runner.eos_token_ids,
         max_model_len=max_total,
+        grammars=_grammar_compiler(model_dir, runner.vocab_size, runner.eos_token_ids),
     )
     capacity = runner.num_blocks * runner.block_size
     log.info(

@@ -65,6 +65,8 @@ class SyntheticEngine:
             raise ValueError("empty prompt")
         if req.key in self._running:
             raise ValueError(f"request {req.key} is already running")
+        if req.params.grammar is not None:
+            raise ValueError("grammar is not supported by a synthetic worker (its tokens are random)")
         if len(req.prompt_ids) + req.params.max_new_tokens > self.capacity_tokens:
             raise ValueError(
                 f"prompt ({len(req.prompt_ids)}) + max_new_tokens ({req.params.max_new_tokens}) "

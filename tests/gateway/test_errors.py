@@ -61,7 +61,7 @@ def _nothing_queued(gw: GatewayServer, worker: ScriptedWorker) -> None:
      "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 512. Given: 1 `inputs` tokens and "
      "600 `max_new_tokens`"),
     (b'{"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {}}}}', 422, "validation",
-     "Input validation error: grammar is not supported yet"),
+     "Input validation error: grammar is not valid: Grammar must have a 'properties' field"),
 ])
 def test_bad_input(gateway: GatewayServer, worker: ScriptedWorker, body: bytes, status: int,
                    error_type: str, message: str) -> None:

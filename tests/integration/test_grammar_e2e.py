@@ -1,0 +1,143 @@
+"""Structured generation end to end: real Redis, a gateway and two workers on the real default
+model. Every constrained output parses and validates against its schema (or fully matches its
+regex), streamed or not, and stays valid when its worker is killed mid-stream."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from tests.integration.fleet import FleetProcesses
+from tests.reliability.harness import StreamResult, run_streams, worker_infos
+
+SHORT = {"type": "string", "maxLength": 12}
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "nested": {"type": "object", "properties": {
+        "name": SHORT, "address": {"type": "object", "properties": {"city": SHORT, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                                   "required": ["city", "zip"]}}, "required": ["name", "address"]},
+    "array-enum": {"type": "object", "properties": {
+        "colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 1, "maxItems": 3},
+        "size": {"enum": ["S", "M", "L"]}}, "required": ["colors", "size"]},
+    "defs-ref": {"type": "object", "$defs": {"point": {"type": "object", "properties": {
+        "x": {"type": "integer", "minimum": -9, "maximum": 9}, "y": {"type": "integer", "minimum": -9, "maximum": 9}},
+        "required": ["x", "y"]}}, "properties": {"start": {"$ref": "#/$defs/point"}, "end": {"$ref": "#/$defs/point"}},
+        "required": ["start", "end"]},
+    "anyof": {"type": "object", "properties": {"value": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999},
+                                                                    {"type": "boolean"}]}}, "required": ["value"]},
+    "format-minmax": {"type": "object", "properties": {
+        "day": {"type": "string", "format": "date"}, "score": {"type": "number", "minimum": 0, "maximum": 10},
+        "ok": {"type": "boolean"}}, "required": ["day", "score", "ok"]},
+}
+REGEXES = {"phone": r"[0-9]{3}-[0-9]{4}", "answer": r"(yes|no), because [a-z ]{1,20}\.", "hex": r"#[0-9a-f]{6}"}
+MAX_NEW = 64
+
+
+@pytest.fixture(scope="module")
+def fleet(redis_server, default_model_dir: Path) -> Iterator[FleetProcesses]:  # type: ignore[no-untyped-def]
+    processes = FleetProcesses(redis_server.url, f"gr{uuid.uuid4().hex[:6]}").start(
+        num_workers=2, worker_args=("--max-batch-total-tokens", "8192"),
+        gateway_args=("--max-input-tokens", "512", "--max-total-tokens", "1024"),
+    )
+    deadline = time.monotonic() + 120
+    while len(worker_infos(processes.redis_url, processes.prefix)) < 2:
+        assert time.monotonic() < deadline, "workers did not both heartbeat"
+        time.sleep(0.2)
+    yield processes
+    processes.stop()
+
+
+def _assert_valid(schema: dict[str, Any], text: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    validator.validate(json.loads(text))
+
+
+def _generate(base: str, prompt: str, grammar: dict[str, Any]) -> dict[str, Any]:
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": MAX_NEW, "details": True, "grammar": grammar}}
+    r = httpx.post(f"{base}/generate", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _stream(base: str, prompt: str, grammar: dict[str, Any]) -> str:
+    text, finish = "", None
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": MAX_NEW, "details": True, "grammar": grammar}}
+    with httpx.stream("POST", f"{base}/generate_stream", json=body, timeout=300) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                assert "error" not in event, event
+                if event["generated_text"] is not None:
+                    text, finish = event["generated_text"], event["details"]["finish_reason"]
+    assert finish == "eos_token", (finish, text)
+    return text
+
+
+def test_every_schema_and_regex_output_is_valid_streamed_or_not(fleet: FleetProcesses) -> None:
+    base = fleet.base_url
+    jobs = []
+    with ThreadPoolExecutor(16) as pool:
+        # Each grammar once, every other one streamed: the CPU model's steps are the cost here.
+        for k, (name, schema) in enumerate(SCHEMAS.items()):
+            prompt = f"Here is a JSON object describing a {name.replace('-', ' ')} example:\n"
+            call = _stream if k % 2 else _generate
+            jobs.append((schema, None, pool.submit(call, base, prompt, {"type": "json", "value": schema})))
+        for k, (name, regex) in enumerate(REGEXES.items()):
+            call = _generate if k % 2 else _stream
+            jobs.append((None, regex, pool.submit(call, base, f"The {name} is ", {"type": "regex", "value": regex})))
+        for schema, regex, job in jobs:
+            got = job.result(timeout=600)
+            text = got["generated_text"] if isinstance(got, dict) else got
+            if isinstance(got, dict):
+                assert got["details"]["finish_reason"] == "eos_token", got
+            if schema is not None:
+                _assert_valid(schema, text)
+            else:
+                assert re.fullmatch(regex, text), (regex, text)
+
+
+GUIDED = {"type": "object", "properties": {
+    "item": {"type": "string", "maxLength": 16}, "count": {"type": "integer", "minimum": 1, "maximum": 99},
+    "tags": {"type": "array", "items": {"enum": ["new", "used", "rare"]}, "maxItems": 3}},
+    "required": ["item", "count", "tags"]}
+
+
+def test_kill_9_mid_guided_streams_keeps_every_output_valid(fleet: FleetProcesses) -> None:
+    prompts = [f"Inventory line {i}, as JSON:" for i in range(10)]
+    out: list[StreamResult] = []
+    grammar = {"type": "json", "value": GUIDED}
+    client = threading.Thread(target=lambda: out.extend(run_streams(fleet.base_url, prompts, MAX_NEW, timeout=300, grammar=grammar)),
+                              daemon=True)
+    client.start()
+    procs = {f"{fleet.prefix}-w{i}": p for i, p in enumerate(fleet.workers)}
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        busy = [w for w in worker_infos(fleet.redis_url, fleet.prefix) if w.worker_id in procs and w.running >= 3]
+        if busy:
+            victim = procs[max(busy, key=lambda w: w.running).worker_id]
+        time.sleep(0.1)
+    assert victim is not None, "no worker took the guided streams"
+    time.sleep(1.0)  # let it stream some tokens first
+    victim.kill()
+    assert victim.wait(5) == -signal.SIGKILL
+    client.join(400)
+    assert not client.is_alive(), "clients still waiting"
+    assert len(out) == len(prompts)
+    for r in out:
+        assert r.completed, (r.prompt, r.status, r.error_type, r.exception)
+        assert r.lost == 0 and r.duplicated == 0 and r.seqs == list(range(len(r.token_ids))), r.seqs
+        assert r.finish_reason == "eos_token", (r.prompt, r.text)
+        _assert_valid(GUIDED, r.text)
