@@ -23,7 +23,8 @@ import llguidance
 
 from common.errors import ValidationError
 
-__all__ = ["GrammarSpec", "parse_tgi_grammar", "compile_grammar", "JSON_OPTIONS", "ANY_JSON_OBJECT"]
+__all__ = ["GrammarSpec", "parse_tgi_grammar", "parse_response_format", "compile_grammar", "JSON_OPTIONS",
+           "ANY_JSON_OBJECT"]
 
 # How generated JSON is laid out: one space after `:` and `,`, no other whitespace. Free whitespace
 # lets a small model pad with newlines until its budget runs out; a schema's own "x-guidance"
@@ -70,6 +71,34 @@ def parse_tgi_grammar(raw: Any) -> GrammarSpec | None:
         except json.JSONDecodeError as exc:
             raise ValidationError(f"grammar is not valid: {exc}") from exc
     return GrammarSpec.json_schema(value, require_properties=True)
+
+
+def parse_response_format(raw: Any) -> GrammarSpec | None:
+    """OpenAI's response_format: {"type": "text"}, {"type": "json_object"} (any object) or
+    {"type": "json_schema", "json_schema": {"name", "schema"?, "strict"?, "description"?}};
+    TGI's own shape ({"type": "json"|"json_schema"|"regex", "value": ...}) is taken as TGI reads it."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        raise ValidationError("`response_format` must be an object with a string `type`")
+    if "value" in raw:
+        return parse_tgi_grammar(raw)
+    kind = raw["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return GrammarSpec.json_schema(ANY_JSON_OBJECT)
+    if kind != "json_schema":
+        raise ValidationError(f"`response_format.type` must be 'text', 'json_object' or 'json_schema'. Given: {kind!r}")
+    spec = raw.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ValidationError("`response_format.json_schema` must be an object with a string `name`")
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise ValidationError("`response_format.json_schema.strict` must be a boolean")
+    schema = spec.get("schema", ANY_JSON_OBJECT)
+    if not isinstance(schema, dict):
+        raise ValidationError("`response_format.json_schema.schema` must be an object")
+    return GrammarSpec.json_schema(schema)
 
 
 def compile_grammar(spec: GrammarSpec) -> str:

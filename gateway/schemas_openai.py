@@ -9,11 +9,13 @@ The extras vLLM users send are taken as vLLM reads them: `top_k` (-1 or 0 = off)
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from common.errors import GenfleetError, ValidationError
+from gateway.grammar import GrammarSpec, parse_response_format
 from gateway.schemas import GenerateParameters, check_ranges
 
 __all__ = ["OpenAIRequest", "parse_chat", "parse_completion", "chat_messages"]
@@ -53,7 +55,7 @@ def _get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: s
 
 
 def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bool]:
-    for unsupported in ("tools", "functions", "response_format", "logit_bias", "guided_json"):
+    for unsupported in ("tools", "functions", "logit_bias"):
         if body.get(unsupported):
             raise ValidationError(f"`{unsupported}` is not supported yet")
     temperature = _get(body, "temperature", (int, float), "a number")
@@ -101,6 +103,7 @@ def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bo
         max_new_tokens=max_tokens,
         stop=tuple(stop or ()),
         details=True,
+        grammar=_grammar(body),
     )
     if params.max_new_tokens is not None and params.max_new_tokens <= 0:
         raise ValidationError("`max_tokens` must be strictly positive")
@@ -179,6 +182,26 @@ def chat_messages(messages: list[Any]) -> tuple[dict[str, Any], ...]:
             msg["name"] = m["name"]
         out.append(msg)
     return tuple(out)
+
+
+def _grammar(body: dict[str, Any]) -> GrammarSpec | None:
+    """response_format, or vLLM's extras guided_json / guided_regex (one of them at most)."""
+    given = [name for name in ("response_format", "guided_json", "guided_regex") if body.get(name) is not None]
+    if len(given) > 1:
+        raise ValidationError(f"only one of `response_format`, `guided_json` and `guided_regex` may be set. Given: {given}")
+    if body.get("guided_json") is not None:
+        schema = body["guided_json"]
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as exc:
+                raise ValidationError(f"grammar is not valid: {exc}") from exc
+        return GrammarSpec.json_schema(schema)
+    if body.get("guided_regex") is not None:
+        if not isinstance(body["guided_regex"], str):
+            raise ValidationError("`guided_regex` must be a string")
+        return GrammarSpec("regex", body["guided_regex"])
+    return parse_response_format(body.get("response_format"))
 
 
 def _model(body: dict[str, Any]) -> str | None:

@@ -84,3 +84,51 @@ def test_disable_grammar_support_answers_as_tgi(make_gateway, worker: ScriptedWo
 def test_compiled_once_per_grammar() -> None:
     spec = GrammarSpec.json_schema({"properties": {"x": {"type": "number"}}})
     assert compile_grammar(spec) is compile_grammar(GrammarSpec.json_schema({"properties": {"x": {"type": "number"}}}))
+
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize("extra, schema", [
+    ({"response_format": {"type": "json_object"}}, {"type": "object"}),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA, "strict": True}}}, SCHEMA),
+    ({"response_format": {"type": "json", "value": SCHEMA}}, SCHEMA),  # TGI's own shape
+    ({"guided_json": SCHEMA}, SCHEMA),  # vLLM's extra
+    ({"response_format": {"type": "text"}}, None),
+], ids=["json_object", "json_schema", "tgi-shape", "guided_json", "text"])
+def test_response_format_reaches_the_worker_on_both_openai_routes(
+    gateway: GatewayServer, worker: ScriptedWorker, extra: dict, schema: dict | None  # type: ignore[type-arg]
+) -> None:
+    bodies = {"/v1/chat/completions": {"messages": MESSAGES}, "/v1/completions": {"prompt": "Hi"}}
+    for n, (route, body) in enumerate(bodies.items(), 1):
+        r = httpx.post(f"{gateway.url}{route}", json={**body, "max_tokens": 2, **extra}, timeout=10)
+        assert r.status_code == 200, r.text
+        _received(worker, n)
+        sent = worker.received[-1].params.grammar
+        if schema is None:
+            assert sent is None
+            continue
+        assert sent is not None
+        got = json.loads(sent)["grammars"][0]["json_schema"]
+        assert got["type"] == "object" and list(got.get("properties", {})) == list(schema.get("properties", {}))
+
+
+@pytest.mark.parametrize("response_format, message", [
+    ({"type": "xml"}, "`response_format.type` must be"),
+    ({"type": "json_schema"}, "`response_format.json_schema` must be an object with a string `name`"),
+    ({"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "strin"}}}, "grammar is not valid: "),
+    ({"type": "json_schema", "json_schema": {"name": "t", "schema": {}, "strict": "yes"}}, "`response_format.json_schema.strict`"),
+], ids=["unknown-type", "no-json_schema", "bad-schema", "bad-strict"])
+def test_bad_response_formats_are_422(gateway: GatewayServer, worker: ScriptedWorker, response_format: dict, message: str) -> None:  # type: ignore[type-arg]
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", json={"messages": MESSAGES, "response_format": response_format},
+                   timeout=10)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith(f"Input validation error: {message}"), r.json()
+    assert worker.received == []
+
+
+def test_disable_grammar_support_refuses_response_format(make_gateway, worker: ScriptedWorker) -> None:  # type: ignore[no-untyped-def]
+    with make_gateway(disable_grammar_support=True) as gw:
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json={"messages": MESSAGES, "response_format": {"type": "json_object"}},
+                       timeout=10)
+        assert r.status_code == 422 and r.json()["error"] == "Input validation error: grammar is not supported"

@@ -86,7 +86,7 @@ def test_completions_batch_and_stream(gateway: GatewayServer, worker: ScriptedWo
     ("/v1/chat/completions", {"messages": []}, 422, "validation"),
     ("/v1/chat/completions", {"messages": "hi"}, 422, "validation"),
     ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function"}]}, 422, "validation"),
-    ("/v1/chat/completions", {"messages": MESSAGES, "response_format": {"type": "json_object"}}, 422, "validation"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "response_format": {"type": "xml"}}, 422, "validation"),
     ("/v1/chat/completions", {"messages": MESSAGES, "n": 9}, 422, "validation"),
     ("/v1/chat/completions", {"messages": MESSAGES, "top_p": 0}, 422, "validation"),
     ("/v1/completions", {"prompt": ["a"] * 5}, 422, "batch size exceeded"),
