@@ -23,6 +23,7 @@ ErrorType = Literal[
     "timeout",  # 504-class: the request's deadline passed
     "dead_letter",  # 424: delivered too many times without being accepted
     "template_error",  # 422
+    "tool_error",  # 422: tools or tool_choice the request cannot use
     "bad_request",  # 400: the body is not JSON
     "payload_too_large",  # 413
     "gateway_gone",  # never shown: a worker dropped the request of a gateway it took for dead
@@ -47,6 +48,7 @@ GATEWAY_GONE = "gateway_gone"
 HTTP_STATUS: dict[str, int] = {
     "validation": 422,
     "template_error": 422,
+    "tool_error": 422,
     "overloaded": 429,
     "generation": 424,
     "dead_letter": 424,

@@ -35,6 +35,7 @@ class ChatTemplate:
         named = {"default": templates} if isinstance(templates, str) else dict(templates)
         # A template that does not parse fails the chat routes only, as in transformers: /generate still serves.
         self._compiled: dict[str, jinja2.Template | GenfleetError] = {name: _compile(t) for name, t in named.items()}
+        self._sources = named
         self._special_tokens = dict(special_tokens)
 
     def render(
@@ -59,13 +60,20 @@ class ChatTemplate:
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as exc:
             raise template_error(f"{type(exc).__name__}: {exc}") from exc
 
+    def reads(self, name: str, *, tools: bool) -> bool:
+        """Whether the template picked for a request (with or without tools) mentions `name`."""
+        return name in self._sources[self._pick_name(tools)]
+
     def _pick(self, tools: list[dict[str, Any]] | None) -> jinja2.Template | GenfleetError:
-        if tools is not None and "tool_use" in self._compiled:
-            return self._compiled["tool_use"]
+        return self._compiled[self._pick_name(tools is not None)]
+
+    def _pick_name(self, tools: bool) -> str:
+        if tools and "tool_use" in self._compiled:
+            return "tool_use"
         if "default" in self._compiled:
-            return self._compiled["default"]
+            return "default"
         if len(self._compiled) == 1:
-            return next(iter(self._compiled.values()))
+            return next(iter(self._compiled))
         raise template_error(f"the model has several chat templates and no default: {sorted(self._compiled)}")
 
 

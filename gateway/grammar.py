@@ -2,9 +2,10 @@
 turned into the llguidance grammar text that travels to the worker (SamplingParams.grammar).
 
 A request names a grammar as a `GrammarSpec` (parsed from the body, shape checks only);
-`compile_grammar` applies the content rules and builds the text, once per distinct grammar: a JSON
-schema must pass the draft 2020-12 meta-schema (TGI's rule, jsonschema here), a TGI schema must
-have top-level `properties`, and llguidance must accept the result. An object schema that lists
+`compile_grammar` applies the content rules and builds the text, once per distinct grammar: a TGI
+schema must have top-level `properties`, and llguidance must accept the result; a schema it
+refuses is then checked against the draft 2020-12 meta-schema (TGI's rule, jsonschema here) so
+that the message says what is wrong as TGI would. An object schema that lists
 `properties` and says nothing of others gets only those (`additionalProperties: false`), as TGI's
 outlines and xgrammar's strict mode do: a model left free to add keys rambles on. It checks the grammar without
 a tokenizer in about a millisecond; the worker compiles it against the model's vocabulary. Every
@@ -24,7 +25,7 @@ import llguidance
 from common.errors import ValidationError
 
 __all__ = ["GrammarSpec", "parse_tgi_grammar", "parse_response_format", "compile_grammar", "JSON_OPTIONS",
-           "ANY_JSON_OBJECT"]
+           "ANY_JSON_OBJECT", "closed_schema"]
 
 # How generated JSON is laid out: one space after `:` and `,`, no other whitespace. Free whitespace
 # lets a small model pad with newlines until its budget runs out; a schema's own "x-guidance"
@@ -112,21 +113,26 @@ def _compile(kind: str, text: str, require_properties: bool) -> str:
         schema = json.loads(text)
         if not isinstance(schema, dict):
             raise ValidationError("grammar is not valid: a JSON schema must be an object")
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            raise ValidationError(f"grammar is not valid: {exc.message}") from exc
         if require_properties and "properties" not in schema:
             raise ValidationError("grammar is not valid: Grammar must have a 'properties' field")
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(_closed(schema), defaults=JSON_OPTIONS)  # type: ignore[arg-type]
-        prefix = "cannot compile regex from schema"  # TGI's words for a schema its engine refuses
-    elif kind == "regex":
-        grammar, prefix = llguidance.LLMatcher.grammar_from_regex(text), "grammar is not valid"
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed_schema(schema), defaults=JSON_OPTIONS)  # type: ignore[arg-type]
+        error = llguidance.LLMatcher.validate_grammar(grammar)
+        if error:
+            # The meta-schema check says what is wrong in TGI's words; it costs tens of ms in
+            # Python for a large schema, so only a schema llguidance refused pays it.
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise ValidationError(f"grammar is not valid: {exc.message}") from exc
+            raise ValidationError(f"cannot compile regex from schema: {error.strip()}")  # TGI's words
+        return grammar
+    if kind == "regex":
+        grammar = llguidance.LLMatcher.grammar_from_regex(text)
     else:
-        grammar, prefix = llguidance.LLMatcher.grammar_from_lark(text), "grammar is not valid"
+        grammar = llguidance.LLMatcher.grammar_from_lark(text)
     error = llguidance.LLMatcher.validate_grammar(grammar)
     if error:
-        raise ValidationError(f"{prefix}: {error.strip()}")
+        raise ValidationError(f"grammar is not valid: {error.strip()}")
     return grammar
 
 
@@ -136,7 +142,7 @@ _LIST = ("anyOf", "oneOf", "prefixItems")
 _MAP = ("properties", "$defs", "definitions", "patternProperties")
 
 
-def _closed(node: Any) -> Any:
+def closed_schema(node: Any) -> Any:
     """A copy of schema `node` where every object schema listing `properties` forbids other keys
     unless it says otherwise. allOf members stay open: they share one object's keys."""
     if not isinstance(node, dict):
@@ -144,13 +150,13 @@ def _closed(node: Any) -> Any:
     out = dict(node)
     for key in _ONE:
         if isinstance(out.get(key), dict):
-            out[key] = _closed(out[key])
+            out[key] = closed_schema(out[key])
     for key in _LIST:
         if isinstance(out.get(key), list):
-            out[key] = [_closed(s) for s in out[key]]
+            out[key] = [closed_schema(s) for s in out[key]]
     for key in _MAP:
         if isinstance(out.get(key), dict):
-            out[key] = {name: _closed(s) for name, s in out[key].items()}
+            out[key] = {name: closed_schema(s) for name, s in out[key].items()}
     if isinstance(out.get("allOf"), list):
         out["allOf"] = [_open_members(s) for s in out["allOf"]]
     if "properties" in out and not {"additionalProperties", "patternProperties", "unevaluatedProperties"} & out.keys():
@@ -159,7 +165,7 @@ def _closed(node: Any) -> Any:
 
 
 def _open_members(node: Any) -> Any:
-    closed = _closed(node)
+    closed = closed_schema(node)
     if isinstance(closed, dict) and "additionalProperties" not in node:
         closed.pop("additionalProperties", None)
     return closed

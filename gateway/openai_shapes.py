@@ -19,10 +19,12 @@ from gateway.lifecycle import Run
 from gateway.metrics import GatewayMetrics
 from gateway.schemas_openai import OpenAIRequest
 from gateway.sse import DONE, json_float, openai_sse
+from gateway.tool_calls import ToolCallReader
 
 __all__ = ["OpenAICall", "completion_body", "openai_stream", "finish_reason"]
 
 _FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length", "cancelled": "cancelled"}
+_TOOL_CALLS = "tool_calls"  # OpenAI's finish reason of an answer that calls tools
 
 
 @dataclass
@@ -92,25 +94,37 @@ def completion_body(call: OpenAICall) -> dict[str, Any]:
     for index, c in enumerate(call.choices):
         o = c.outcome
         choice: dict[str, Any] = {"index": index}
-        if call.chat:
+        reason = finish_reason(c)
+        if call.req.tools is not None:
+            reader = ToolCallReader()
+            reader.feed(o.text)
+            reader.finish()
+            calls = [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+                     for t in reader.calls]
+            choice["message"] = {"role": "assistant", "content": reader.content or None}
+            if calls:
+                choice["message"]["tool_calls"] = calls
+                reason = _TOOL_CALLS if reason == "stop" else reason
+        elif call.chat:
             choice["message"] = {"role": "assistant", "content": o.text}
         else:
             choice["text"] = o.text
         choice["logprobs"] = _logprobs(call, o.tokens)
-        choice["finish_reason"] = finish_reason(c)
+        choice["finish_reason"] = reason
         out.append(choice)
     return call.envelope(choices=out, usage=call.usage())
 
 
-def _chunk(call: OpenAICall, index: int, tokens: list[Token], first: bool, reason: str | None) -> dict[str, Any]:
+def _chunk(call: OpenAICall, index: int, tokens: list[Token], first: bool, reason: str | None,
+           delta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One chunk: a token's text, or (tools) a delta the ToolCallReader made."""
     text = _text(tokens)
     logprobs = _logprobs(call, tokens, stream=True) if tokens else None
     if call.chat:
-        delta: dict[str, Any] = {}
+        if delta is None:
+            delta = {"content": text} if tokens or first else {}
         if first:
-            delta["role"] = "assistant"
-        if tokens or first:
-            delta["content"] = text
+            delta = {"role": "assistant", **delta}
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
     else:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
@@ -122,24 +136,41 @@ def error_event(exc: GenfleetError) -> bytes:
     return openai_sse({"error": {"message": exc.message, "type": exc.error_type, "http_status_code": exc.status_code}})
 
 
+def _tool_chunks(call: OpenAICall, index: int, deltas: list[dict[str, Any]], started: set[int],
+                 event_id: str | None = None) -> list[bytes]:
+    out = []
+    for delta in deltas:
+        out.append(openai_sse(_chunk(call, index, [], index not in started, None, delta), event_id))
+        started.add(index)
+    return out
+
+
 async def openai_stream(items: AsyncIterator[list[tuple[int, list[Token] | None]]], call: OpenAICall,
                         metrics: GatewayMetrics) -> AsyncIterator[bytes]:
     """The chunks of an interleaved run (Lifecycle.interleave): one chunk per token, one with the
     finish reason per choice, the usage chunk when asked for, then [DONE]; or an error event."""
     # A resumed stream's client has had its first chunk (with the role) already.
     started: set[int] = {i for i, c in enumerate(call.choices) if c.resume is not None and c.resume[1] >= 0}
+    readers = {i: ToolCallReader() for i in range(len(call.choices))} if call.req.tools is not None else {}
     try:
         async for wake in items:
             chunk: list[bytes] = []
             for index, burst in wake:
+                reader = readers.get(index)
                 if burst is not None:
                     for token in burst:
+                        event_id = f"{token.req_id}:{token.seq}" if call.event_ids else None
+                        if reader is not None:
+                            chunk += _tool_chunks(call, index, reader.feed(_text([token])), started, event_id)
+                            continue
                         first = index not in started
                         started.add(index)
-                        event_id = f"{token.req_id}:{token.seq}" if call.event_ids else None
                         chunk.append(openai_sse(_chunk(call, index, [token], first, None), event_id))
                     continue
                 reason = finish_reason(call.choices[index])
+                if reader is not None:
+                    chunk += _tool_chunks(call, index, reader.finish(), started)
+                    reason = _TOOL_CALLS if reader.made_calls and reason == "stop" else reason
                 chunk.append(openai_sse(_chunk(call, index, [], index not in started, reason)))
             yield b"".join(chunk)
     except GenfleetError as exc:

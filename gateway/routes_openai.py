@@ -19,6 +19,7 @@ from gateway.responses import DeferredResponse
 from gateway.schemas import GenerateInput
 from gateway.schemas_openai import OpenAIRequest, parse_chat, parse_completion
 from gateway.sse import SSEResponse
+from gateway.tools import render_prompt
 from gateway.tgi_shapes import timing_headers
 from common.errors import ValidationError
 from gateway.validation import off_loop, validate
@@ -34,7 +35,7 @@ def _parse(call: Admission, chat: bool) -> OpenAIRequest:
 def _prepare(call: Admission, chat: bool, req: OpenAIRequest, model: ServedModel) -> OpenAICall:
     """Template, tokenize and validate every prompt; one Run per choice (prompt x n)."""
     ctx = call.ctx
-    prompts = [model.tokenizer.apply_chat_template(list(req.messages or ()))] if chat else list(req.prompts or ())
+    prompts = [render_prompt(model.tokenizer, list(req.messages or ()), req.tools)] if chat else list(req.prompts or ())
     choices: list[Run] = []
     prompt_tokens = 0
     for prompt in prompts:
@@ -86,7 +87,7 @@ async def chat_tokenize(request: Request) -> Response:
     ctx = ctx_of(request)
     req = parse_chat(await read_json(request), max_n=ctx.config.max_client_batch_size)
     tokenizer = (await ctx.models.get(req.model)).tokenizer
-    text = tokenizer.apply_chat_template(list(req.messages or ()))
+    text = render_prompt(tokenizer, list(req.messages or ()), req.tools)
     tokens = [{"id": i, "text": t, "start": a, "stop": b}
               for i, t, a, b in tokenizer.offsets(text, add_special_tokens=False)]
     return JSONResponse({"tokenize_response": tokens, "templated_text": text})

@@ -17,6 +17,7 @@ from typing import Any
 from common.errors import GenfleetError, ValidationError
 from gateway.grammar import GrammarSpec, parse_response_format
 from gateway.schemas import GenerateParameters, check_ranges
+from gateway.tools import ToolChoice, parse_tools, tool_grammar
 
 __all__ = ["OpenAIRequest", "parse_chat", "parse_completion", "chat_messages"]
 
@@ -39,6 +40,7 @@ class OpenAIRequest:
     stream: bool
     include_usage: bool
     logprobs: bool
+    tools: ToolChoice | None = None  # chat with tools the model may (or must) call
 
 
 def _get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -55,7 +57,7 @@ def _get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: s
 
 
 def _common(body: Any, *, max_n: int) -> tuple[GenerateParameters, int, bool, bool]:
-    for unsupported in ("tools", "functions", "logit_bias"):
+    for unsupported in ("functions", "logit_bias"):
         if body.get(unsupported):
             raise ValidationError(f"`{unsupported}` is not supported yet")
     temperature = _get(body, "temperature", (int, float), "a number")
@@ -126,12 +128,17 @@ def parse_chat(body: Any, *, max_n: int) -> OpenAIRequest:
         raise ValidationError("`top_logprobs` requires `logprobs` to be true")
     if top:
         params = _replace(params, top_n_tokens=top)
-    return OpenAIRequest(None, chat_messages(messages), _model(body), params, n, stream, include_usage, logprobs)
+    tools = parse_tools(body, has_grammar=params.grammar is not None)
+    if tools is not None:
+        params = _replace(params, grammar=tool_grammar(tools))
+    return OpenAIRequest(None, chat_messages(messages), _model(body), params, n, stream, include_usage, logprobs, tools)
 
 
 def parse_completion(body: Any, *, max_n: int, max_prompts: int) -> OpenAIRequest:
     if not isinstance(body, dict):
         raise ValidationError("expected a JSON object with `prompt`")
+    if body.get("tools"):
+        raise ValidationError("`tools` are taken by /v1/chat/completions only")
     if body.get("suffix"):
         raise _Unprocessable("suffix not supported", "Suffix is not supported and can be achieved by preprocessing the prompt.")
     prompt = body.get("prompt")
@@ -175,11 +182,12 @@ def chat_messages(messages: list[Any]) -> tuple[dict[str, Any], ...]:
             content = ""
         elif not isinstance(content, str):
             raise ValidationError("message `content` must be a string or a list of parts")
-        if m.get("tool_calls"):
-            raise ValidationError("`tool_calls` in messages are not supported yet")
         msg: dict[str, Any] = {"role": m["role"], "content": content}
-        if isinstance(m.get("name"), str):
-            msg["name"] = m["name"]
+        for key in ("name", "tool_call_id"):
+            if isinstance(m.get(key), str):
+                msg[key] = m[key]
+        if m.get("tool_calls"):
+            msg["tool_calls"] = _tool_calls(m["tool_calls"])
         out.append(msg)
     return tuple(out)
 
@@ -202,6 +210,19 @@ def _grammar(body: dict[str, Any]) -> GrammarSpec | None:
             raise ValidationError("`guided_regex` must be a string")
         return GrammarSpec("regex", body["guided_regex"])
     return parse_response_format(body.get("response_format"))
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """An assistant message's earlier calls, in OpenAI's shape, for the chat template."""
+    if not isinstance(calls, list):
+        raise ValidationError("`tool_calls` must be a list")
+    out = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+            raise ValidationError("each tool call must be {id, type: function, function: {name, arguments: string}}")
+        out.append({"id": str(c.get("id", "")), "type": "function", "function": {"name": fn["name"], "arguments": fn["arguments"]}})
+    return out
 
 
 def _model(body: dict[str, Any]) -> str | None:

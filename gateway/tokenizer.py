@@ -72,6 +72,10 @@ class Tokenizer:
             raise template_error("the model has no chat template")
         return self._template.render(messages, **kwargs)
 
+    def template_reads(self, name: str, *, tools: bool = False) -> bool:
+        """Whether the chat template mentions `name` (`tools`, `tool_calls`): else the caller spells it out."""
+        return self._template is not None and self._template.reads(name, tools=tools)
+
     def _add_missing_special_tokens(self) -> None:
         # transformers adds a named special token that tokenizer.json lacks; so do we.
         missing = [t for t in self.special_tokens.values() if self._tok.token_to_id(t) is None]
