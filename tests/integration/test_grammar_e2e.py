@@ -130,6 +130,60 @@ def test_openai_and_huggingface_clients_get_valid_structured_output(fleet: Fleet
         assert re.fullmatch(REGEXES["phone"], tgi.result())
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+                           "required": ["city", "unit"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "Current time in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET", "PST"]}}, "required": ["zone"]}}}
+
+
+def test_openai_client_tool_calls_whole_and_streamed(fleet: FleetProcesses) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{fleet.base_url}/v1", api_key="-", timeout=900)
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+
+    def streamed() -> tuple[dict[int, dict[str, str]], str | None]:
+        calls: dict[int, dict[str, str]] = {}
+        reason = None
+        for chunk in client.chat.completions.create(model="tgi", messages=messages, tools=[WEATHER, TIME], temperature=0,
+                                                    tool_choice={"type": "function", "function": {"name": "get_time"}},
+                                                    max_tokens=MAX_NEW, stream=True):
+            choice = chunk.choices[0]
+            for d in choice.delta.tool_calls or []:
+                call = calls.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += d.id or ""
+                call["name"] += (d.function.name or "") if d.function else ""
+                call["arguments"] += (d.function.arguments or "") if d.function else ""
+            reason = choice.finish_reason or reason
+        return calls, reason
+
+    with ThreadPoolExecutor(3) as pool:
+        required = pool.submit(client.chat.completions.create, model="tgi", messages=messages, tools=[WEATHER, TIME],
+                               tool_choice="required", temperature=0, max_tokens=MAX_NEW)
+        auto = pool.submit(client.chat.completions.create, model="tgi", messages=messages, tools=[WEATHER, TIME],
+                           temperature=0, max_tokens=MAX_NEW)
+        stream = pool.submit(streamed)
+        choice = required.result().choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+        for call in choice.message.tool_calls:
+            assert call.type == "function" and call.id.startswith("call_")
+            _assert_valid(schemas[call.function.name], call.function.arguments)
+        answer = auto.result().choices[0]
+        if answer.message.tool_calls:  # "auto": a call or text, the model's choice; either is well formed
+            assert answer.finish_reason == "tool_calls"
+            for call in answer.message.tool_calls:
+                _assert_valid(schemas[call.function.name], call.function.arguments)
+        else:
+            assert answer.message.content and answer.finish_reason in ("stop", "length")
+        calls, reason = stream.result()
+        assert reason == "tool_calls" and list(calls) == [0]
+        assert calls[0]["name"] == "get_time" and calls[0]["id"].startswith("call_")
+        _assert_valid(schemas["get_time"], calls[0]["arguments"])
+
+
 GUIDED = {"type": "object", "properties": {
     "item": {"type": "string", "maxLength": 16}, "count": {"type": "integer", "minimum": 1, "maximum": 99},
     "tags": {"type": "array", "items": {"enum": ["new", "used", "rare"]}, "maxItems": 3}},
