@@ -38,7 +38,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # OpenAI's rule for function names
 
 
 class ToolError(GenfleetError):
-    """TGI's 422 `tool_error`."""
+    """TGI's 422 `tool_error`: tools the request cannot use (a malformed one is a `validation` 422)."""
 
     def __init__(self, message: str) -> None:
         super().__init__("tool_error", f"Tool error: {message}")
@@ -64,11 +64,11 @@ def parse_tools(body: dict[str, Any], has_grammar: bool) -> ToolChoice | None:
             raise ToolError("`tool_choice` needs `tools`")
         return None
     if not isinstance(tools, list) or not tools:
-        raise ToolError("`tools` must be a non-empty list")
+        raise ValidationError("`tools` must be a non-empty list")
     checked = tuple(_tool(t) for t in tools)
     names = [t["function"]["name"] for t in checked]
     if len(set(names)) != len(names):
-        raise ToolError(f"function names must be unique. Given: {names}")
+        raise ValidationError(f"function names must be unique. Given: {names}")
     if choice is None:
         choice = "auto"
     if choice == "none":
@@ -77,15 +77,15 @@ def parse_tools(body: dict[str, Any], has_grammar: bool) -> ToolChoice | None:
         raise ToolError("Grammar and tools are mutually exclusive")
     parallel = body.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
-        raise ToolError("`parallel_tool_calls` must be a boolean")
+        raise ValidationError("`parallel_tool_calls` must be a boolean")
     prompt = body.get("tool_prompt", DEFAULT_TOOL_PROMPT)
     if not isinstance(prompt, str):
-        raise ToolError("`tool_prompt` must be a string")
+        raise ValidationError("`tool_prompt` must be a string")
     if choice in ("auto", "required"):
         return ToolChoice(checked, choice, parallel, prompt)
     named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     if not isinstance(named, str) or (isinstance(choice, dict) and choice.get("type", "function") != "function"):
-        raise ToolError('`tool_choice` must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
+        raise ValidationError('`tool_choice` must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
     if named not in names:
         raise ToolError(f"Tool with name {named} not found")
     return ToolChoice(tuple(t for t in checked if t["function"]["name"] == named), "required", False, prompt)
@@ -132,14 +132,14 @@ def _calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
 
 def _tool(tool: Any) -> dict[str, Any]:
     if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(tool.get("function"), dict):
-        raise ToolError('each tool must be {"type": "function", "function": {"name", "description"?, "parameters"?}}')
+        raise ValidationError('each tool must be {"type": "function", "function": {"name", "description"?, "parameters"?}}')
     fn = tool["function"]
     name = fn.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ToolError(f"a function name must match [A-Za-z0-9_.-]{{1,64}}. Given: {name!r}")
+        raise ValidationError(f"a function name must match [A-Za-z0-9_.-]{{1,64}}. Given: {name!r}")
     params = fn.get("parameters")
     if params is not None and not isinstance(params, dict):
-        raise ToolError(f"the parameters of {name} must be a JSON schema object")
+        raise ValidationError(f"the parameters of {name} must be a JSON schema object")
     if fn.get("description") is not None and not isinstance(fn["description"], str):
         raise ValidationError(f"the description of {name} must be a string")
     return {"type": "function", "function": {k: v for k, v in fn.items() if k in ("name", "description", "parameters", "strict")}}
