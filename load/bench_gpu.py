@@ -13,6 +13,8 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu --models smollm2 --requests 200 --no-baseline
     python -m load.bench_gpu --tokenizer-dir DIR   # adds (d), the fleet path
     python -m load.bench_gpu --watermark           # adds (b) greedy and sampled with the watermark on
+    python -m load.bench_gpu --models smollm2 --grammar --tokenizer-dir DIR
+                                                   # adds (b) greedy with and without a JSON-schema grammar
     python -m load.bench_gpu --models 8b --variants quantize=fp8,kv_cache_dtype=fp8_e4m3fn
                                                    # (a), (b), (c) again per variant, beside bf16
     python -m load.bench_gpu --models mixtral --workloads a,b --requests 200
@@ -191,7 +193,8 @@ def roofline_flood(floor: Floor, num: int, prompt: int, new: int, capacity_token
     return num * new / seconds
 
 
-def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, **knobs: Any) -> dict[str, float]:
+def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, grammars: Any = None,
+               **knobs: Any) -> dict[str, float]:
     import torch
 
     from common.sampling_params import SamplingParams
@@ -199,7 +202,7 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, **k
     from worker.request import Request, RequestKey
 
     engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
-                       max_model_len=runner.max_model_len)
+                       max_model_len=runner.max_model_len, grammars=grammars)
     params = SamplingParams(max_new_tokens=new, ignore_eos=True, **knobs)
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -253,6 +256,20 @@ def _engine_config(args: argparse.Namespace) -> Any:
 
     return WorkerConfig(device="cuda", dtype="bfloat16", max_batch_prefill_tokens=args.prefill_tokens,
                         max_batch_size=args.max_batch_size, prefix_caching=False, cuda_graphs=args.cuda_graphs)
+
+
+def _guided(args: argparse.Namespace, runner: Any) -> tuple[Any, str]:
+    """A grammar compiler on --tokenizer-dir's vocabulary and a schema no row finishes in 256 tokens."""
+    from gateway.grammar import GrammarSpec, compile_grammar
+    from worker.grammar import GrammarCompiler
+
+    if args.tokenizer_dir is None:
+        raise SystemExit("--grammar needs --tokenizer-dir (a tokenizer.json no larger than the model's vocabulary)")
+    item = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999},
+                                             "tag": {"enum": ["a", "b", "c"]}}, "required": ["id", "tag"]}
+    schema = {"type": "object", "properties": {"rows": {"type": "array", "minItems": 200, "items": item}}, "required": ["rows"]}
+    compiler = GrammarCompiler(args.tokenizer_dir / "tokenizer.json", runner.vocab_size, runner.eos_token_ids)
+    return compiler, compile_grammar(GrammarSpec.json_schema(schema))
 
 
 def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
@@ -312,6 +329,10 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         static_rows("b", "greedy + watermark", config, versus=greedy, watermark=True)
         sampled = static_rows("b", "sampled (temperature 1)", config, do_sample=True)
         static_rows("b", "sampled + watermark", config, versus=sampled, do_sample=True, watermark=True)
+    if "b" in todo and args.grammar:  # guided decoding beside the same unconstrained, in one run
+        greedy = static_rows("b", "greedy", config)
+        grammars, grammar = _guided(args, runner)
+        static_rows("b", "greedy + JSON schema (200+ array items)", config, versus=greedy, grammars=grammars, grammar=grammar)
     if "a" in todo and graphs is not None:
         runner.graphs = None  # what the graphs buy: the same workload eagerly
         static_rows("a", "without CUDA graphs", config)
@@ -457,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="a,b,c,d", help="comma list of a, b, c, d")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers generate")
     parser.add_argument("--watermark", action="store_true", help="(b) greedy and sampled, each with and without the watermark")
+    parser.add_argument("--grammar", action="store_true",
+                        help="(b) greedy with and without a JSON-schema grammar (needs --tokenizer-dir)")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")
