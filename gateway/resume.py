@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.errors import GenfleetError, ValidationError
 from common.protocol import Accepted, Adopt, Event, GenerateRequest, Token
@@ -76,7 +77,13 @@ async def claim(lc: Lifecycle, run: Run, index: int | None) -> GenerateRequest |
                               input_ids=run.input_ids, params=run.params, deadline=deadline, priority=run.priority,
                               scope=lc.scope)
         try:
-            existing = await qc.claim(msg)
+            try:
+                existing = await qc.claim(msg)
+            except RedisTimeoutError:
+                # A gateway starved of CPU past its socket timeout may have Redis's reply waiting:
+                # the claim may have landed. Asking again tells, as it then holds this very request.
+                existing = await qc.claim(msg)
+                existing = None if existing == msg else existing
         except (RedisError, OSError) as exc:
             raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
         if existing is None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import redis
 
-from common.protocol import Error, EventBatch, GenerateRequest, ProtocolError, encode
+from common.protocol import Error, EventBatch, GenerateRequest, ProtocolError, decode_gateway_info, encode
 from common.redis_clients import is_cluster, publish
 from common.streams import CONSUMER_GROUP, PRIORITY_LEVELS, REQUEST_FIELD, Keys
 from worker.intake import read_entry
@@ -27,6 +28,8 @@ from worker.intake import read_entry
 __all__ = ["Reclaimer", "GatewayWatch"]
 
 log = logging.getLogger("genfleet.worker.reclaim")
+
+K = TypeVar("K")
 
 
 class Reclaimer:
@@ -115,8 +118,10 @@ class Reclaimer:
 
 
 class GatewayWatch:
-    """Tracks the gateways this worker streams to; reports those whose heartbeat went away at
-    least `grace` seconds ago.
+    """Tracks the gateways this worker streams to; reports the requests whose gateway went away at
+    least `grace` seconds ago: its heartbeat expired, or it restarted under the same id (a new
+    `started_at`) after the request became its own — a restarted gateway knows nothing of it
+    unless it adopted it since.
 
     A gateway counts as dead only after its heartbeat was seen once and then expired, so a
     request never dies because its gateway's first heartbeat has not landed yet.
@@ -127,22 +132,43 @@ class GatewayWatch:
         self._keys = keys
         self._grace = grace
         self._seen: set[str] = set()
-        self._gone_since: dict[str, float] = {}  # monotonic time its heartbeat was first missed
+        self._gone_since: dict[str, float] = {}  # gateway -> when its heartbeat was first missed
+        # gateway -> (its process's started_at, when this worker last saw it): a new started_at
+        # is a restart, dated by when the old process was last seen, in this worker's clock (the
+        # gateway's clock may differ from ours).
+        self._process: dict[str, tuple[float, float]] = {}
+        self._replaced_at: dict[str, float] = {}  # gateway -> when its old process was last seen
 
-    def dead_among(self, gateway_ids: Iterable[str]) -> set[str]:
-        ids = sorted(set(gateway_ids))
+    def orphans(self, owners: Mapping[K, tuple[str, float]]) -> list[K]:
+        """Of `owners` (request -> its gateway and since when), those to cancel now."""
+        ids = sorted({gid for gid, _ in owners.values()})
         if not ids:
-            return set()
-        pipe = self._client.pipeline(transaction=False)
+            return []
+        pipe = self._client.pipeline(transaction=False)  # not MGET: in a Redis Cluster the keys' slots differ
         for gid in ids:
-            pipe.exists(self._keys.gateway_heartbeat(gid))
-        alive = pipe.execute()
-        dead = set()
-        now = time.monotonic()
-        for gid, exists in zip(ids, alive):
-            if exists:
-                self._seen.add(gid)
-                self._gone_since.pop(gid, None)  # back (restarted under its id)
-            elif gid in self._seen and now - self._gone_since.setdefault(gid, now) >= self._grace:
-                dead.add(gid)
-        return dead
+            pipe.get(self._keys.gateway_heartbeat(gid))
+        heartbeats = dict(zip(ids, pipe.execute()))
+        now = time.time()
+        for gid, raw in heartbeats.items():
+            if raw is None:
+                if gid in self._seen:
+                    self._gone_since.setdefault(gid, now)
+                continue
+            self._seen.add(gid)
+            self._gone_since.pop(gid, None)
+            try:
+                started_at = decode_gateway_info(raw).started_at
+            except ProtocolError:
+                continue
+            previous = self._process.get(gid)
+            if previous is not None and previous[0] != started_at:
+                self._replaced_at[gid] = previous[1]
+            self._process[gid] = (started_at, now)
+        orphans = []
+        for key, (gid, since) in owners.items():
+            gone_at = self._gone_since.get(gid)
+            if gone_at is None and since < self._replaced_at.get(gid, 0.0):
+                gone_at = self._replaced_at[gid]  # the process it belonged to was replaced
+            if gone_at is not None and now - gone_at >= self._grace:
+                orphans.append(key)
+        return orphans

@@ -83,7 +83,8 @@ class Worker:
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._keys_by_req: dict[str, set[RequestKey]] = {}  # req_id -> its attempts in the engine
-        self._gateway_of: dict[RequestKey, str] = {}  # -> gateway id, for the dead-gateway check
+        # -> (gateway id, unix time it became the request's gateway), for the dead-gateway check
+        self._gateway_of: dict[RequestKey, tuple[str, float]] = {}
         # Adopts of requests not in the engine yet (still queued in the stream): req_id ->
         # (gateway id, monotonic time), applied when one is admitted, forgotten after a TTL.
         self._adopts: dict[str, tuple[str, float]] = {}
@@ -218,7 +219,7 @@ class Worker:
                 self.output.error(req.key, "validation", f"Input validation error: {exc}")
                 continue
             self._keys_by_req.setdefault(wire.req_id, set()).add(req.key)
-            self._gateway_of[req.key] = wire.gateway_id
+            self._gateway_of[req.key] = (wire.gateway_id, now)
 
     def _apply_cancels(self) -> None:
         while True:
@@ -256,7 +257,7 @@ class Worker:
         log.info("request %s adopted by gateway %s", adopt.req_id, adopt.gateway_id)
         for key in keys:
             with self._admit_lock:
-                self._gateway_of[key] = adopt.gateway_id
+                self._gateway_of[key] = (adopt.gateway_id, time.time())
             self.output.adopt(key, adopt.gateway_id)
 
     def _drop(self, key: RequestKey) -> None:
@@ -327,14 +328,13 @@ class Worker:
                 self.reclaimer.run_once(self._budget())
             with self._admit_lock:
                 owners = dict(self._gateway_of)
-            dead = self.gateway_watch.dead_among(owners.values())
+            orphans = self.gateway_watch.orphans(owners)
         except redis.RedisError as exc:
             log.warning("housekeeping skipped: %s", exc)
             return
-        for key, gateway_id in owners.items():
-            if gateway_id in dead:
-                log.info("gateway %s is gone and nobody adopted %s; cancelling it", gateway_id, key)
-                self._on_control(Cancel(key.req_id, key.attempt, GATEWAY_GONE))
+        for key in orphans:
+            log.info("gateway %s is gone and nobody adopted %s; cancelling it", owners[key][0], key)
+            self._on_control(Cancel(key.req_id, key.attempt, GATEWAY_GONE))
 
     def _heartbeat_now(self) -> None:
         stats = self.engine.stats()
