@@ -80,8 +80,10 @@ class SimpleToken:
 @dataclass
 class ChatMessage:
     role: str
-    content: str | list[dict[str, Any]]
+    content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls: {id, type, function: {name, arguments}}
+    tool_call_id: str | None = None  # a `tool` message: the call it answers
 
 
 @dataclass
@@ -111,6 +113,14 @@ class ChatRequest:
     top_logprobs: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # {"type": "text" | "json_object"} or {"type": "json_schema", "json_schema": {name, schema, strict}}
+    response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | None = None  # vLLM's extra: a JSON schema the answer must match
+    guided_regex: str | None = None  # vLLM's extra: a regex the answer must match
+    tools: list[dict[str, Any]] | None = None  # [{"type": "function", "function": {name, description, parameters}}]
+    tool_choice: str | dict[str, Any] | None = None  # "none" | "auto" | "required" | {"type": "function", "function": {name}}
+    parallel_tool_calls: bool = True
+    tool_prompt: str | None = None  # TGI's: introduces the tools where the chat template does not take them
 
 
 @dataclass
@@ -133,9 +143,22 @@ class CompletionRequest:
     logprobs: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None  # as on /v1/chat/completions
+    guided_json: dict[str, Any] | None = None  # vLLM's extra
+    guided_regex: str | None = None  # vLLM's extra
 
 
 _REF = "#/components/schemas/{name}"
+_GRAMMAR_TYPE = {"description": "TGI's GrammarType: the output must match it", "oneOf": [
+    {"type": "null"},
+    {"type": "object", "required": ["type", "value"], "properties": {
+        "type": {"enum": ["json", "json_object"]}, "value": {"type": ["object", "string"]}}},
+    {"type": "object", "required": ["type", "value"], "properties": {
+        "type": {"const": "regex"}, "value": {"type": "string"}}},
+    {"type": "object", "required": ["type", "value"], "properties": {
+        "type": {"const": "json_schema"}, "value": {"type": "object", "required": ["schema"], "properties": {
+            "name": {"type": "string"}, "schema": {"type": "object"}}}}},
+]}
 
 
 def _ref(t: type) -> dict[str, str]:
@@ -170,6 +193,9 @@ def openapi_spec() -> Any:
     types = [GenerateInput, GenerateResponse, StreamResponse, ErrorResponse, SimpleToken, ChatRequest,
              CompletionRequest, WatermarkDetectInput, WatermarkScore]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
+    # GenerateParameters holds the parsed grammar (gateway/grammar.py's GrammarSpec); clients send TGI's GrammarType.
+    components.pop("GrammarSpec", None)
+    components["GenerateParameters"]["properties"]["grammar"] = _GRAMMAR_TYPE
     sse = {"description": "Server-sent events",
            "content": {"text/event-stream": {"schema": _events(_ref(StreamResponse))}}}
     oai = {"description": "OpenAI response object, or server-sent chunks ending in `data: [DONE]` when streaming",

@@ -83,8 +83,9 @@ def parse_tools(body: dict[str, Any], has_grammar: bool) -> ToolChoice | None:
         raise ValidationError("`tool_prompt` must be a string")
     if choice in ("auto", "required"):
         return ToolChoice(checked, choice, parallel, prompt)
-    named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if not isinstance(named, str) or (isinstance(choice, dict) and choice.get("type", "function") != "function"):
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    named = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(named, str) or choice.get("type", "function") != "function":  # type: ignore[union-attr]
         raise ValidationError('`tool_choice` must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
     if named not in names:
         raise ToolError(f"Tool with name {named} not found")
