@@ -160,7 +160,12 @@ def test_openai_client_tool_calls_whole_and_streamed(fleet: FleetProcesses) -> N
             reason = choice.finish_reason or reason
         return calls, reason
 
-    with ThreadPoolExecutor(3) as pool:
+    from huggingface_hub import InferenceClient
+
+    hf = InferenceClient(fleet.base_url, timeout=900)
+    with ThreadPoolExecutor(4) as pool:
+        via_hf = pool.submit(hf.chat_completion, messages, tools=[WEATHER, TIME], tool_choice="required", max_tokens=MAX_NEW,
+                             temperature=0)
         required = pool.submit(client.chat.completions.create, model="tgi", messages=messages, tools=[WEATHER, TIME],
                                tool_choice="required", temperature=0, max_tokens=MAX_NEW)
         auto = pool.submit(client.chat.completions.create, model="tgi", messages=messages, tools=[WEATHER, TIME],
@@ -178,6 +183,9 @@ def test_openai_client_tool_calls_whole_and_streamed(fleet: FleetProcesses) -> N
                 _assert_valid(schemas[call.function.name], call.function.arguments)
         else:
             assert answer.message.content and answer.finish_reason in ("stop", "length")
+        hf_call = via_hf.result().choices[0].message.tool_calls[0].function
+        arguments = hf_call.arguments if isinstance(hf_call.arguments, str) else json.dumps(hf_call.arguments)
+        _assert_valid(schemas[hf_call.name], arguments)
         calls, reason = stream.result()
         assert reason == "tool_calls" and list(calls) == [0]
         assert calls[0]["name"] == "get_time" and calls[0]["id"].startswith("call_")
