@@ -65,8 +65,9 @@ def test_openai_client_errors(gateway: GatewayServer) -> None:
     # TGI's error body on /v1 too: the right exception class, the message in `body` (docs/api.md).
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model="tgi", messages=[{"role": "user", "content": "Hi"}],
-                                       tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
-    assert info.value.body == "Input validation error: `tools` is not supported yet"
+                                       tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                                       tool_choice={"type": "function", "function": {"name": "g"}})
+    assert info.value.body == "Tool error: Tool with name g not found"
     with pytest.raises(openai.APIError, match="boom"):
         list(client.chat.completions.create(model="tgi", messages=[{"role": "user", "content": "an ERROR here"}],
                                             stream=True))
