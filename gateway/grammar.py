@@ -127,13 +127,31 @@ def _compile(kind: str, text: str, require_properties: bool) -> str:
             raise ValidationError(f"cannot compile regex from schema: {error.strip()}")  # TGI's words
         return grammar
     if kind == "regex":
-        grammar = llguidance.LLMatcher.grammar_from_regex(text)
+        grammar = llguidance.LLMatcher.grammar_from_regex(_ascii_classes(text))
     else:
         grammar = llguidance.LLMatcher.grammar_from_lark(text)
     error = llguidance.LLMatcher.validate_grammar(grammar)
     if error:
         raise ValidationError(f"grammar is not valid: {error.strip()}")
     return grammar
+
+
+# `\d` and `\w` mean ASCII in TGI's engine (outlines) and to most users; in llguidance's Rust
+# syntax they are Unicode, and a small model then writes digits from other scripts.
+_ASCII = {"d": "[0-9]", "D": "[^0-9]", "w": "[0-9A-Za-z_]", "W": "[^0-9A-Za-z_]"}
+
+
+def _ascii_classes(regex: str) -> str:
+    """`regex` with \\d \\D \\w \\W as ASCII classes (nested classes are valid inside [...] too)."""
+    out, i = [], 0
+    while i < len(regex):
+        if regex[i] == "\\" and i + 1 < len(regex):
+            out.append(_ASCII.get(regex[i + 1], regex[i : i + 2]))
+            i += 2
+        else:
+            out.append(regex[i])
+            i += 1
+    return "".join(out)
 
 
 # Where subschemas sit: keyword -> how many (one schema, a list, or a map of them).
@@ -157,6 +175,8 @@ def closed_schema(node: Any) -> Any:
     for key in _MAP:
         if isinstance(out.get(key), dict):
             out[key] = {name: closed_schema(s) for name, s in out[key].items()}
+    if isinstance(out.get("pattern"), str):  # ECMA-262's \d and \w, as JSON Schema means them: ASCII
+        out["pattern"] = _ascii_classes(out["pattern"])
     if isinstance(out.get("allOf"), list):
         out["allOf"] = [_open_members(s) for s in out["allOf"]]
     if "properties" in out and not {"additionalProperties", "patternProperties", "unevaluatedProperties"} & out.keys():

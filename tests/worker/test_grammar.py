@@ -83,6 +83,16 @@ def test_mask_allows_exactly_what_the_matcher_accepts_and_leaves_other_rows_alon
     assert grammar_mask.prepare([None, None], vocab, CPU) is None  # unconstrained steps pay nothing
 
 
+@pytest.mark.parametrize("spec", [GrammarSpec("regex", r"\d+"),
+                                  GrammarSpec.json_schema({"type": "string", "pattern": r"^\d+$"})], ids=["regex", "pattern"])
+def test_digit_classes_are_ascii_as_tgi_and_json_schema_mean_them(compiler: GrammarCompiler, spec: GrammarSpec) -> None:
+    matcher = compiler.start(compile_grammar(spec), [] if spec.kind == "regex" else compiler.tokenizer.tokenize_str('"')).result(timeout=10)
+    mask = grammar_mask.prepare([matcher], 49152, CPU)
+    assert mask is not None
+    texts = {compiler.tokenizer.decode_str([t]) for t in _allowed(mask, 0, 49152)}
+    assert texts and all(re.fullmatch("[0-9]+", t) for t in texts), sorted(texts)[:10]
+
+
 def test_sampler_picks_the_best_allowed_token_and_keeps_raw_logprobs(compiler: GrammarCompiler) -> None:
     matcher = compiler.start(compile_grammar(GrammarSpec("regex", "[0-9]+")), []).result(timeout=10)
     vocab = 49152
