@@ -1,26 +1,25 @@
 """The sampler's grammar stage: each constrained row's allowed tokens as a bitmask, applied on device.
 
 `prepare` fills one int32 bitmask row per constrained request on the host (llguidance, ~tens of
-µs a row; the model runner calls it after the forward is queued, so on CUDA it runs while the
-device computes) and uploads it with the row indices; `apply` sets every disallowed logit of those
+µs a row, spread over llguidance's own threads from `_PARALLEL_ROWS` rows up; the model runner
+calls it after the forward is queued, so on CUDA it runs while the device computes) and uploads it with the row indices; `apply` sets every disallowed logit of those
 rows to -inf. Unconstrained rows are not touched, and a step with no constrained row pays nothing.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+import llguidance
 import torch
 
 from worker.input_builder import upload
 
-if TYPE_CHECKING:
-    import llguidance
-
 __all__ = ["GrammarMask", "prepare", "apply"]
 
 _BITS = 32
+_PARALLEL_ROWS = 4  # below this many rows a hop to the executor's threads costs more than it saves
 
 
 @dataclass(slots=True)
@@ -35,11 +34,19 @@ def prepare(matchers: list[llguidance.LLMatcher | None], vocab_size: int, device
         return None
     words = -(-vocab_size // _BITS)
     host = torch.empty((len(rows), words), dtype=torch.int32)  # (G, W)
-    for k, j in enumerate(rows):
-        matcher = matchers[j]
-        assert matcher is not None
-        matcher.unsafe_compute_mask_ptr(host[k].data_ptr(), words * 4)
+    constrained = [(matchers[j], k) for k, j in enumerate(rows)]
+    if len(rows) >= _PARALLEL_ROWS:
+        _executor().unsafe_compute_mask_ptr(constrained, host.data_ptr(), words * 4, len(rows))  # type: ignore[arg-type]
+    else:
+        for matcher, k in constrained:
+            matcher.unsafe_compute_mask_ptr(host[k].data_ptr(), words * 4)  # type: ignore[union-attr]
     return GrammarMask(upload(torch.tensor(rows, dtype=torch.int64), device), upload(host, device))
+
+
+@functools.cache
+def _executor() -> llguidance.LLExecutor:
+    """llguidance's worker threads, started on first use and shared by every step."""
+    return llguidance.LLExecutor()
 
 
 def apply(logits: torch.Tensor, mask: GrammarMask) -> torch.Tensor:

@@ -93,6 +93,16 @@ def test_digit_classes_are_ascii_as_tgi_and_json_schema_mean_them(compiler: Gram
     assert texts and all(re.fullmatch("[0-9]+", t) for t in texts), sorted(texts)[:10]
 
 
+def test_many_rows_fill_in_parallel_to_the_same_masks(compiler: GrammarCompiler) -> None:
+    grammars = [compile_grammar(GrammarSpec("regex", r)) for r in ("(yes|no)", "[0-9]+", "[a-z]{2}")]
+    matchers = [compiler.start(grammars[k % 3], []).result(timeout=10) for k in range(grammar_mask._PARALLEL_ROWS + 2)]
+    together = grammar_mask.prepare([None, *matchers], 49152, CPU)
+    assert together is not None and together.rows.tolist() == list(range(1, len(matchers) + 1))
+    for k, m in enumerate(matchers):
+        alone = grammar_mask.prepare([m], 49152, CPU)
+        assert alone is not None and torch.equal(together.bitmask[k], alone.bitmask[0]), k
+
+
 def test_sampler_picks_the_best_allowed_token_and_keeps_raw_logprobs(compiler: GrammarCompiler) -> None:
     matcher = compiler.start(compile_grammar(GrammarSpec("regex", "[0-9]+")), []).result(timeout=10)
     vocab = 49152
