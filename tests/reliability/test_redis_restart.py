@@ -82,12 +82,14 @@ def test_streams_that_end_while_redis_is_down() -> None:
         fleet.start(num_workers=1, worker_args=("--synthetic-tokens-per-s", "100", *long_ttl), gateway_args=long_ttl)
         out: list[StreamResult] = []
         client = threading.Thread(
-            target=lambda: out.extend(run_streams(fleet.base_url, [f"short {i}" for i in range(8)], 30, timeout=30)),
+            target=lambda: out.extend(run_streams(fleet.base_url, [f"short {i}" for i in range(8)], 100, timeout=30)),
             daemon=True)
         client.start()
         wait_workers_running(server.url, fleet.prefix, at_least=1, timeout=20)
         server.kill()
-        deadline, statuses = time.monotonic() + 1.5, []  # 30 tokens at 100 tok/s end inside it
+        # 100 tokens at 100 tok/s: long enough for a heartbeat to show them running (every 0.5 s),
+        # short enough that every stream's end falls inside the outage.
+        deadline, statuses = time.monotonic() + 2.5, []
         while time.monotonic() < deadline:
             statuses.append(httpx.post(f"{fleet.base_url}/generate", json=BODY, timeout=10).status_code)
         assert set(statuses[1:]) <= {503}, statuses
@@ -97,7 +99,7 @@ def test_streams_that_end_while_redis_is_down() -> None:
         counts = summarize("redis restart: streams ended during the outage", out)
         assert counts["completed"] == 8, [(len(r.token_ids), r.finish_reason, r.error_type) for r in out]
         assert counts["lost_tokens"] == counts["duplicated_tokens"] == 0
-        assert all(len(r.token_ids) == 30 for r in out), [len(r.token_ids) for r in out]
+        assert all(len(r.token_ids) == 100 for r in out), [len(r.token_ids) for r in out]
     finally:
         fleet.stop()
         server.stop()
