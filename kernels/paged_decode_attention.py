@@ -1,4 +1,4 @@
-"""Paged decode attention: split-KV (flash-decoding) for GQA, one new token per sequence.
+"""Paged decode attention: split-KV (flash-decoding) for GQA, a few new tokens per sequence.
 
 Decode, program (sequence, kv head, split): the group's query heads share every K/V load; each
 sequence's context is cut into NUM_SPLITS equal slices whose partial outputs and log-sum-exps
@@ -7,6 +7,12 @@ stage 2 merges. Splitting keeps the card busy at small batch with long contexts.
 A sliding window (`window` > 0) keeps the last `window` keys: the splits cut only that range, so
 pages before it are never read. Soft-capping (`softcap` > 0) bounds each score as
 softcap * tanh(score / softcap) (Gemma 2) before the softmax.
+
+A sequence may bring up to `max_query_len` new tokens (speculative verification: the last
+sampled token and its drafts), causal among themselves: query j sits at position
+seq_len - q_len + j and sees the keys up to it (and, with a window, the `window` keys ending
+there). The program's tile is every (query, head of the group) pair, row j * group + g, so all of
+a sequence's queries still share each K/V load.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ def _decode_partial_kernel(
     part_out_ptr, part_lse_ptr,
     scale, softcap, window, group,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_sb, stride_ss,
-    stride_bt, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
+    stride_bt, stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
     PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
     KV_FP8: tl.constexpr, DOT_F16: tl.constexpr, V_LIFT: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -40,20 +46,25 @@ def _decode_partial_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    row = tl.load(qsl_ptr + seq).to(tl.int64)
-    g = tl.arange(0, BLOCK_G)  # (G,)
+    q_lo = tl.load(qsl_ptr + seq)
+    q_len = tl.load(qsl_ptr + seq + 1) - q_lo
+    r = tl.arange(0, BLOCK_G)  # (G,): row j * group + g
+    j = r // group  # (G,): which of the sequence's queries
+    g = r % group
     d = tl.arange(0, BLOCK_D)  # (D,)
-    g_mask = g < group
+    r_mask = j < q_len
     d_mask = d < HEAD_DIM
     heads = kv_head * group + g  # (G,)
+    rows = (q_lo + j).to(tl.int64)  # (G,): the query's token row
     # G is padded to 16 so the products run on tensor cores; padded rows read zeros.
     q = tl.load(
-        q_ptr + row * stride_qt + heads[:, None] * stride_qh + d[None, :],
-        mask=g_mask[:, None] & d_mask[None, :], other=0.0,
+        q_ptr + rows[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        mask=r_mask[:, None] & d_mask[None, :], other=0.0,
     )  # (G, D)
     if DOT_F16:  # FP8 pages convert exactly to float16 (one instruction on Hopper): the products run in it
         q = q.to(tl.float16)
-    lo = tl.maximum(seq_len - window, 0)  # the first key the query sees
+    q_pos = seq_len - q_len + j  # (G,): the last key each row sees
+    lo = tl.maximum(seq_len - q_len + 1 - window, 0)  # the first key the first query sees
     per_split = tl.cdiv(tl.cdiv(seq_len - lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
     start = lo + split * per_split
     end = tl.minimum(seq_len, start + per_split)
@@ -70,10 +81,14 @@ def _decode_partial_kernel(
         if KV_FP8:  # a key's scale multiplies its whole score column
             s = s * paged_scales(k_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :]
         s = scaled_scores(s, scale, softcap, SOFTCAP)  # (G, N), log2 units
-        s = tl.where(n_mask[None, :], s, float("-inf"))
+        visible = (n[None, :] <= q_pos[:, None]) & (n[None, :] > q_pos[:, None] - window)  # (G, N)
+        s = tl.where(n_mask[None, :] & visible & r_mask[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])  # (G, N)
-        alpha = tl.exp2(m_i - m_new)
+        # A row that sees no key of this tile yet (a later query's slice, a padded row) keeps
+        # m = -inf; it subtracts 0 instead, so its weights stay 0 rather than NaN.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])  # (G, N)
+        alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, d, kv_mask)  # (N, D)
         pv = p
@@ -81,46 +96,45 @@ def _decode_partial_kernel(
             pv = p * paged_scales(v_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :] * V_LIFT
         acc = acc * alpha[:, None] + tl.dot(pv.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
-    # An empty slice (short sequence) leaves lse = -inf: stage 2 gives it zero weight.
+    # An empty slice (short sequence, or outside a row's keys) leaves lse = -inf: stage 2 gives it zero weight.
     has_keys = l_i > 0
     l_safe = tl.where(has_keys, l_i, 1.0)
     lse = tl.where(has_keys, m_i + tl.log2(l_safe), float("-inf"))
     part = acc / (l_safe[:, None] * V_LIFT)
     tl.store(
-        part_out_ptr + seq * stride_pb + heads[:, None] * stride_ph + split * stride_ps + d[None, :],
-        part, mask=g_mask[:, None] & d_mask[None, :],
+        part_out_ptr + rows[:, None] * stride_pt + heads[:, None] * stride_ph + split * stride_ps + d[None, :],
+        part, mask=r_mask[:, None] & d_mask[None, :],
     )
-    tl.store(part_lse_ptr + seq * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
+    tl.store(part_lse_ptr + rows * stride_lt + heads * stride_lh + split, lse, mask=r_mask)
 
 
 @triton.jit
 def _decode_reduce_kernel(
-    part_out_ptr, part_lse_ptr, qsl_ptr, out_ptr,
-    stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ot, stride_oh,
+    part_out_ptr, part_lse_ptr, out_ptr,
+    stride_pt, stride_ph, stride_ps, stride_lt, stride_lh, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
-    seq = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # a query token
     head = tl.program_id(1)
     s = tl.arange(0, NUM_SPLITS)  # (S,)
     d = tl.arange(0, BLOCK_D)  # (D,)
     d_mask = d < HEAD_DIM
-    lse = tl.load(part_lse_ptr + seq * stride_lb + head * stride_lh + s)  # (S,)
+    lse = tl.load(part_lse_ptr + row * stride_lt + head * stride_lh + s)  # (S,)
     w = tl.exp2(lse - tl.max(lse, 0))  # (S,)
     parts = tl.load(
-        part_out_ptr + seq * stride_pb + head * stride_ph + s[:, None] * stride_ps + d[None, :],
+        part_out_ptr + row * stride_pt + head * stride_ph + s[:, None] * stride_ps + d[None, :],
         mask=d_mask[None, :], other=0.0,
     )  # (S, D)
     out = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)  # (D,)
-    row = tl.load(qsl_ptr + seq).to(tl.int64)
     tl.store(out_ptr + row * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
 def paged_decode_attention(
-    q: torch.Tensor,  # (B, H, D): one new token per sequence
+    q: torch.Tensor,  # (T, H, D): each sequence's new tokens, at most max_query_len of them
     k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
     v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
     block_tables: torch.Tensor,  # (B, max_blocks) int32
-    seq_lens: torch.Tensor,  # (B,) int32
+    seq_lens: torch.Tensor,  # (B,) int32: cached + new tokens per sequence
     query_start_loc: torch.Tensor,  # (B + 1,) int32
     scale: float,
     k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
@@ -128,10 +142,12 @@ def paged_decode_attention(
     num_splits: int | None = None,
     window: int = 0,  # > 0: each query sees its last `window` keys only
     softcap: float = 0.0,  # > 0: scores become softcap * tanh(score / softcap)
-) -> torch.Tensor:  # (B, H, D)
+    max_query_len: int = 1,  # host int: the most new tokens of any sequence (no device sync to find it)
+) -> torch.Tensor:  # (T, H, D)
     fp8 = check_paged_inputs(q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, query_start_loc)
+    assert max_query_len >= 1, max_query_len
     num_seqs = block_tables.shape[0]
-    num_heads, dim = q.shape[1], q.shape[2]
+    num_tokens, num_heads, dim = q.shape
     n_kv = k_cache.shape[2]
     group = num_heads // n_kv
     out = torch.empty_like(q)  # (T, H, D)
@@ -140,8 +156,9 @@ def paged_decode_attention(
     if num_splits is None:
         num_splits = _default_splits(num_seqs * n_kv, q.device)
     assert num_splits & (num_splits - 1) == 0, "num_splits must be a power of two"
-    part_out = torch.empty(num_seqs, num_heads, num_splits, dim, dtype=torch.float32, device=q.device)  # (B, H, S, D)
-    part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)  # (B, H, S)
+    # Partial results per query token: (T, H, S, D) and (T, H, S).
+    part_out = torch.empty(num_tokens, num_heads, num_splits, dim, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_tokens, num_heads, num_splits, dtype=torch.float32, device=q.device)
     block_d = triton.next_power_of_2(dim)
     _decode_partial_kernel[(num_seqs, n_kv, num_splits)](
         q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
@@ -153,11 +170,11 @@ def paged_decode_attention(
         block_tables.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
-        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=64, NUM_SPLITS=num_splits,
+        BLOCK_G=max(16, triton.next_power_of_2(max_query_len * group)), BLOCK_N=64, NUM_SPLITS=num_splits,
         KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), SOFTCAP=softcap > 0, num_warps=4, num_stages=2,
     )
-    _decode_reduce_kernel[(num_seqs, num_heads)](
-        part_out, part_lse, query_start_loc, out,
+    _decode_reduce_kernel[(num_tokens, num_heads)](
+        part_out, part_lse, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1),
         HEAD_DIM=dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,

@@ -132,25 +132,27 @@ _DECODE_GATHER_TOKENS = 1 << 16
 
 
 def paged_decode_attention(
-    q: torch.Tensor,  # (B, H, D): one new token per sequence
+    q: torch.Tensor,  # (T, H, D): each sequence's new tokens (one, or a few when verifying drafts)
     k_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
     v_cache: torch.Tensor,  # (num_blocks, block_size, n_kv, D)
     block_tables: torch.Tensor,  # (B, max_blocks) int32
     seq_lens: torch.Tensor,  # (B,) int32: cached + new tokens per sequence
-    query_start_loc: torch.Tensor,  # (B + 1,) int32: 0..B
+    query_start_loc: torch.Tensor,  # (B + 1,) int32
     scale: float,
     k_scale: torch.Tensor | None = None,  # (num_blocks, block_size, n_kv) float16: FP8 caches only
     v_scale: torch.Tensor | None = None,
     window: int = 0,  # > 0: each query sees its last `window` keys only (itself included)
     softcap: float = 0.0,  # > 0: scores become softcap * tanh(score / softcap)
-) -> torch.Tensor:  # (B, H, D)
+    max_query_len: int = 1,  # unused here (the launcher's grid needs it); kept for one signature
+) -> torch.Tensor:  # (T, H, D)
     out = torch.empty_like(q)
     num_heads, n_kv, dim = q.shape[1], k_cache.shape[2], q.shape[2]
     group = num_heads // n_kv
     block_size = k_cache.shape[1]
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
-    decodes = sorted(range(len(lens)), key=lambda i: lens[i])  # similar lengths share a group: less padding
+    q_lens = [starts[i + 1] - starts[i] for i in range(len(lens))]
+    decodes = sorted((i for i in range(len(lens)) if q_lens[i]), key=lambda i: lens[i])  # similar lengths: less padding
     lo = 0
     while lo < len(decodes):
         hi = lo + 1
@@ -158,22 +160,29 @@ def paged_decode_attention(
             hi += 1
         chosen = decodes[lo:hi]
         lo = hi
-        b, max_len = len(chosen), lens[chosen[-1]]
+        b, max_len, width = len(chosen), lens[chosen[-1]], max(q_lens[i] for i in chosen)
         num_blocks = -(-max_len // block_size)
         index = torch.tensor(chosen, device=q.device)
         tables = block_tables[index, :num_blocks].long()  # (b, nb)
         k = _pages(k_cache, k_scale, tables).reshape(b, -1, n_kv, dim)[:, :max_len]  # (b, S, n_kv, D)
         v = _pages(v_cache, v_scale, tables).reshape(b, -1, n_kv, dim)[:, :max_len]  # (b, S, n_kv, D)
-        rows = torch.tensor([starts[i] for i in chosen], device=q.device)
-        # Query head h reads kv head h // group.
-        qg = q[rows].float().reshape(b, n_kv, group, dim)  # (b, n_kv, g, D)
-        scores = _capped(torch.matmul(qg, k.permute(0, 2, 3, 1)) * scale, softcap)  # (b, n_kv, g, S)
+        # Query j of a sequence is row starts[i] + j; rows past its q_len are padding (row 0, dropped).
+        j = torch.arange(width, device=q.device).unsqueeze(0)  # (1, W)
+        q_len = torch.tensor([q_lens[i] for i in chosen], device=q.device).unsqueeze(1)  # (b, 1)
+        real = j < q_len  # (b, W)
+        rows = torch.where(real, torch.tensor([starts[i] for i in chosen], device=q.device).unsqueeze(1) + j, 0)
+        # Query head h reads kv head h // group: (b, n_kv, W * g, D), row j * g + head-in-group.
+        qg = q[rows].float().reshape(b, width, n_kv, group, dim).transpose(1, 2).reshape(b, n_kv, width * group, dim)
+        scores = _capped(torch.matmul(qg, k.permute(0, 2, 3, 1)) * scale, softcap)  # (b, n_kv, W * g, S)
         seq = torch.tensor([lens[i] for i in chosen], device=q.device).unsqueeze(1)  # (b, 1)
-        k_pos = torch.arange(max_len, device=q.device).unsqueeze(0)  # (1, S)
-        scores.masked_fill_(_hidden(k_pos, seq - 1, window)[:, None, None, :], float("-inf"))
+        q_pos = (seq - q_len + j).unsqueeze(2)  # (b, W, 1): the last key each query sees (padding: past all)
+        k_pos = torch.arange(max_len, device=q.device).view(1, 1, -1)  # (1, 1, S)
+        hidden = _hidden(k_pos, q_pos, window).repeat_interleave(group, dim=1)  # (b, W * g, S)
+        scores.masked_fill_(hidden[:, None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        attn = torch.matmul(probs, v.transpose(1, 2))  # (b, n_kv, g, D)
-        out[rows] = attn.reshape(b, num_heads, dim).to(q.dtype)
+        attn = torch.matmul(probs, v.transpose(1, 2))  # (b, n_kv, W * g, D)
+        attn = attn.reshape(b, n_kv, width, group, dim).transpose(1, 2).reshape(b, width, num_heads, dim)
+        out[rows[real]] = attn[real].to(q.dtype)  # (rows, H, D)
     return out
 
 

@@ -77,6 +77,25 @@ def test_decode_attention(heads: int, n_kv: int, dim: int, num_splits: int | Non
     assert_close(ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale), want, dtype, 2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "n_kv", "dim"), HEADS)
+@pytest.mark.parametrize("num_splits", [1, 4, None])
+def test_decode_attention_of_several_queries(
+    heads: int, n_kv: int, dim: int, num_splits: int | None, dtype: torch.dtype, device: torch.device
+) -> None:
+    # Verification rows: a sampled token and its drafts, causal among themselves, mixed with
+    # plain one-token decodes; contexts shorter than the split count, across pages and splits.
+    spans = [(0, 5), (15, 2), (16, 1), (62, 5), (129, 3), (3, 4)] + ([(2044, 5), (4000, 1)] if ON_GPU else [])
+    q, kc, vc, bt, sl, qsl = _paged_batch(spans, heads, n_kv, dim, 16, dtype, device, seed=dim + 1)
+    scale = dim**-0.5
+    width = max(n for _, n in spans)
+    got = paged_decode_attention(q, kc, vc, bt, sl, qsl, scale, num_splits=num_splits, max_query_len=width)
+    want = ref.paged_decode_attention(q, kc, vc, bt, sl, qsl, scale)
+    assert_close(got, want, dtype, 2)
+    # Each of a sequence's queries attends as a chunked prefill over its cached prefix would.
+    assert_close(ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale), want, dtype, 2)
+
+
 def _to_fp8(cache: torch.Tensor, fp8: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """A cache's pages as FP8 with their per-(slot, KV head) scales, the way store_kv writes them."""
     return ref.quantize_kv_rows(cache, fp8)
