@@ -34,6 +34,7 @@ QUANTIZE_METHODS = (
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "exl2",
 )
 KV_CACHE_DTYPES = ("fp8_e4m3fn", "fp8_e5m2")  # TGI's --kv-cache-dtype values
+MAX_SPECULATE = 16  # more drafts per step than n-gram lookup ever gets accepted
 
 
 class ConfigError(ValueError):
@@ -204,6 +205,14 @@ class WorkerConfig:
         None, "Quantization method (default: the checkpoint's quantization_config, else none)", tgi=True,
         choices=QUANTIZE_METHODS,
     )
+    speculate: int = setting(
+        0, "Speculative decoding: draft up to this many tokens per decode step by n-gram prompt lookup "
+        "and verify them in one forward (greedy output and sampled distributions unchanged); 0 = off", tgi=True,
+    )
+    speculate_max_batch_size: int = setting(
+        32, "Speculation pauses for a step with more running requests than this (decoding is no longer "
+        "bandwidth-bound there, so verifying drafts would cost more than it saves)"
+    )
     cuda_graphs: str = setting("1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs; 0 = off", tgi=True)
     overlap_scheduling: bool = setting(
         True, "Schedule and launch the next step while the device runs the current one (CUDA)"
@@ -253,6 +262,10 @@ class WorkerConfig:
             raise ConfigError(f"--sharded false contradicts --num-shard {self.num_shard}")
         if self.sharded and self.num_shard == 1:
             raise ConfigError("--sharded asks for more than one shard, but --num-shard is 1")
+        if not 0 <= self.speculate <= MAX_SPECULATE:
+            raise ConfigError(f"--speculate must be in 0..{MAX_SPECULATE}, got {self.speculate}")
+        if self.speculate_max_batch_size < 0:
+            raise ConfigError("--speculate-max-batch-size must be >= 0")
         if self.kv_cache_dtype is not None and self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ConfigError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
 

@@ -8,9 +8,10 @@ checks the contract: positions, block coverage and the step budget.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, StepOutput
+from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, StepOutput, VerifiedTokens
 from worker.request import RequestKey
 
 __all__ = ["FakeRunner", "fake_logprob", "next_token", "solo_run"]
@@ -31,11 +32,11 @@ def fake_logprob(position: int) -> float:
     return -0.5 - position
 
 
-def solo_run(prompt: list[int], max_new: int) -> list[int]:
+def solo_run(prompt: list[int], max_new: int, model: Callable[[list[int]], int] = next_token) -> list[int]:
     history = list(prompt)
     out = []
     for _ in range(max_new):
-        token = next_token(history)
+        token = model(history)
         history.append(token)
         out.append(token)
     return out
@@ -48,6 +49,7 @@ class FakeRunner:
     batches: list[ScheduledBatch] = field(default_factory=list)
     computed: dict[RequestKey, list[int]] = field(default_factory=dict)  # tokens whose "K/V" exist
     can_overlap: bool = False  # True: the engine launches step N+1 before it reads step N
+    model: Callable[[list[int]], int] = next_token  # the next token of a history
 
     def launch(self, batch: ScheduledBatch, previous: StepOutput | None) -> StepOutput:
         """As the real runner: placeholders take the previous step's sample for that request."""
@@ -68,12 +70,14 @@ class FakeRunner:
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         assert batch.num_tokens <= self.token_budget, "step budget exceeded"
         assert batch.num_tokens == sum(len(r.token_ids) for r in batch.requests)
-        assert all(len(r.token_ids) == 1 and r.do_sample for r in batch.requests[: batch.num_decode])
+        assert all(len(r.token_ids) == 1 + r.num_draft_tokens and r.do_sample for r in batch.requests[: batch.num_decode])
+        assert not any(r.num_draft_tokens for r in batch.requests[batch.num_decode :]), "drafts outside a decode"
         assert len({r.key for r in batch.requests}) == len(batch.requests), "a request twice in one step"
         for key in batch.released_keys:
             self.computed.pop(key, None)
         self.batches.append(batch)
         sampled = []
+        verified: dict[int, VerifiedTokens] = {}
         prompt_lps: dict[RequestKey, list[float]] = {}
         for req in batch.requests:
             seen = self.computed.get(req.key)
@@ -81,14 +85,23 @@ class FakeRunner:
                 assert req.start_pos == len(seen), (req.key, req.start_pos, len(seen))
             else:  # new or resumed: from the start, or after whole blocks served by the prefix cache
                 assert req.start_pos % self.block_size == 0 and req.start_pos < len(req.all_token_ids)
-            end = req.start_pos + len(req.token_ids)
-            assert len(req.block_table) * self.block_size >= end, "blocks do not cover the step"
-            assert req.all_token_ids[req.start_pos : end] == req.token_ids
+            assert len(req.block_table) * self.block_size >= req.start_pos + len(req.token_ids), "blocks do not cover the step"
+            drafts = req.token_ids[len(req.token_ids) - req.num_draft_tokens :]
+            end = req.start_pos + len(req.token_ids) - len(drafts)
+            assert req.all_token_ids[req.start_pos : end] == req.token_ids[: len(req.token_ids) - len(drafts)]
             self.computed[req.key] = req.all_token_ids[:end]
-            sampled.append(next_token(req.all_token_ids[:end]) if req.do_sample else NOT_SAMPLED)
+            sampled.append(self.model(req.all_token_ids[:end]) if req.do_sample else NOT_SAMPLED)
+            if drafts:  # as the runner: a sample after each draft, kept while the drafts match
+                history = req.all_token_ids[:end]
+                kept: list[int] = []
+                while len(kept) < len(drafts) and (kept or [sampled[-1]])[-1] == drafts[len(kept)]:
+                    history = history + [drafts[len(kept)]]
+                    kept.append(self.model(history))
+                self.computed[req.key] = history
+                verified[len(sampled) - 1] = VerifiedTokens(kept, [0.0] * len(kept), [[] for _ in kept])
             if req.prefill_logprobs:  # as the runner: a score for each next token already known
                 known = len(req.all_token_ids[req.start_pos + 1 : end + 1])
                 prompt_lps[req.key] = [fake_logprob(req.start_pos + k) for k in range(known)]
         n = len(batch.requests)
         return StepOutput(batch.step, [r.key for r in batch.requests], sampled, [0.0] * n, [[] for _ in range(n)],
-                          prompt_lps)
+                          prompt_lps, verified)

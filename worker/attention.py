@@ -30,18 +30,21 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # (B,) int32 device: cached + new tokens per sequence
     query_start_loc: torch.Tensor  # (B + 1,) int32 device
     kv_caches: list[KVLayer]  # per layer: k and v pages (and their scales when FP8)
-    max_query_len: int  # 1 when every sequence decodes
-    # Mixed steps: the first `num_decodes` sequences bring one token each (the batch puts decodes
-    # first) and go to the split-KV decode kernel, which reads each KV head once for its whole
-    # query group; the rest go to the varlen kernel with `prefill_query_start_loc` (rebased to 0).
+    max_query_len: int  # 1 when every sequence decodes without drafts
+    # Mixed steps: the first `num_decodes` sequences bring their last token each, and its drafts
+    # when speculating (the batch puts decodes first), and go to the split-KV decode kernel, which
+    # reads each KV head once for all of a sequence's queries; the rest go to the varlen kernel
+    # with `prefill_query_start_loc` (rebased to 0).
     num_decodes: int = 0
     prefill_query_start_loc: torch.Tensor | None = None
+    decode_query_len: int = 1  # the most tokens of a decode sequence (1 + its drafts)
+    decode_tokens: int = 0  # host: the decode sequences' tokens, the first rows of q
 
 
 class PagedAttentionBackend:
     def prepare_metadata(self, inputs: ModelInputs, kv_caches: list[KVLayer]) -> AttentionMetadata:
         num_seqs, d = inputs.seq_lens.shape[0], inputs.num_decodes
-        mixed = inputs.max_query_len > 1 and 0 < d < num_seqs
+        mixed = inputs.max_query_len > inputs.decode_query_len and 0 < d < num_seqs
         return AttentionMetadata(
             slot_mapping=inputs.slot_mapping,
             block_tables=inputs.block_tables,
@@ -50,7 +53,9 @@ class PagedAttentionBackend:
             kv_caches=kv_caches,
             max_query_len=inputs.max_query_len,
             num_decodes=d if mixed else 0,
-            prefill_query_start_loc=inputs.query_start_loc[d:] - d if mixed else None,
+            prefill_query_start_loc=inputs.query_start_loc[d:] - inputs.decode_tokens if mixed else None,
+            decode_query_len=inputs.decode_query_len,
+            decode_tokens=inputs.decode_tokens,
         )
 
     def forward(
@@ -69,18 +74,20 @@ class PagedAttentionBackend:
         scales = (kv.k_scale, kv.v_scale)  # None, None unless the pages are FP8
         layer = {"window": window, "softcap": softcap}
         # The one place that picks a kernel by the step's shape (a host int: no device sync).
-        if meta.max_query_len == 1:  # every sequence decodes one token
+        if meta.max_query_len <= meta.decode_query_len:  # every sequence decodes (its drafts too)
             return ops.paged_decode_attention(  # type: ignore[no-any-return]
-                q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales, **layer
+                q, kv.k, kv.v, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, *scales, **layer,
+                max_query_len=meta.max_query_len,
             )
         d = meta.num_decodes
         if d and meta.prefill_query_start_loc is not None:
+            t = meta.decode_tokens
             decoded = ops.paged_decode_attention(
-                q[:d], kv.k, kv.v, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale,
-                *scales, **layer,
+                q[:t], kv.k, kv.v, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale,
+                *scales, **layer, max_query_len=meta.decode_query_len,
             )
             prefilled = ops.prefill_attention(
-                q[d:], kv.k, kv.v, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale,
+                q[t:], kv.k, kv.v, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale,
                 *scales, **layer,
             )
             return torch.cat([decoded, prefilled])

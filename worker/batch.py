@@ -9,6 +9,11 @@
 Request state is token counters, not phases: a request's `num_computed_tokens` catches up with
 its `num_tokens` (prompt + generated). Each step schedules `len(token_ids)` of the tokens not yet
 computed; once a request's computed count reaches its total, the step samples its next token.
+
+Speculative decoding (worker/speculative/) adds draft tokens after a decode's last token: the
+step computes and samples every one of those rows, and the request keeps its first sample plus
+one more for each draft the samples accept (`StepOutput.verified`). Drafts never enter a
+request's token list or its computed count until accepted.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from common.sampling_params import SamplingParams
 from worker.request import Request, RequestKey
 
 __all__ = [
-    "PLACEHOLDER", "NOT_SAMPLED", "ScheduledRequest", "ScheduledBatch", "StepOutput",
+    "PLACEHOLDER", "NOT_SAMPLED", "ScheduledRequest", "ScheduledBatch", "VerifiedTokens", "StepOutput",
     "RequestOutput", "EngineStats", "Engine",
 ]
 
@@ -37,7 +42,8 @@ NOT_SAMPLED = -2
 @dataclass(slots=True)
 class ScheduledRequest:
     key: RequestKey
-    token_ids: list[int]  # the tokens computed this step: a prompt chunk, or the last sampled token
+    # The tokens computed this step: a prompt chunk, or the last sampled token (then its drafts).
+    token_ids: list[int]
     start_pos: int  # position of token_ids[0]; equals the request's num_computed_tokens before the step
     block_table: list[int]  # every KV block of the request, covering positions [0, start_pos + len(token_ids))
     do_sample: bool  # True when this step reaches the end of the known tokens: sample the next token
@@ -50,17 +56,30 @@ class ScheduledRequest:
     # The request's llguidance matcher, past every token generated so far (the sampler masks the
     # next token with it); None when unconstrained.
     grammar: Any = None
+    # Speculative decoding: token_ids ends with this many draft tokens to verify (a decode only);
+    # the block table covers them too. Every row samples; 0 = a plain step.
+    num_draft_tokens: int = 0
 
 
 @dataclass(slots=True)
 class ScheduledBatch:
     step: int  # the engine's step counter
     requests: list[ScheduledRequest]  # decodes first, then prefill chunks (the runner may rely on it)
-    num_decode: int  # requests[:num_decode] each compute exactly one token
+    num_decode: int  # requests[:num_decode] each compute their last token (and its drafts, if any)
     num_tokens: int  # sum of len(r.token_ids): never above --max-batch-prefill-tokens
     # Requests whose blocks were freed since the last step (finished, aborted, preempted):
     # the runner drops any per-request state it keeps for them.
     released_keys: list[RequestKey] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class VerifiedTokens:
+    """A verified request's tokens after its first sample: one per accepted draft (the model's
+    sample at the position the draft filled), in order; empty when every draft was rejected."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    top_tokens: list[list[tuple[int, float]]]  # per token: [(token_id, logprob)], [] when top_n is 0
 
 
 @dataclass(slots=True)
@@ -74,6 +93,8 @@ class StepOutput:
     top_tokens: list[list[tuple[int, float]]] = field(default_factory=list)
     # Prompt logprobs per request for the tokens computed this step, when asked for.
     prefill_logprobs: dict[RequestKey, list[float]] = field(default_factory=dict)
+    # By batch index, each request that verified drafts: what followed sampled_token_ids[i].
+    verified: dict[int, VerifiedTokens] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -108,6 +129,12 @@ class EngineStats:
     last_batch_tokens: int = 0  # tokens computed by the last step
     last_batch_size: int = 0  # requests in the last step
     last_batch_num_decode: int = 0  # of those, requests that decoded one token (the rest prefilled)
+    # Speculative decoding, running totals: draft tokens verified and accepted, and per draft
+    # position j the verified steps that drafted a token j and that accepted it.
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
+    drafted_by_position: tuple[int, ...] = ()
+    accepted_by_position: tuple[int, ...] = ()
 
 
 class Engine(Protocol):

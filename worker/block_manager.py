@@ -121,6 +121,19 @@ class BlockManager:
                 self._next_id += 1
             ids.append(entry[1])
 
+    def trim(self, req: Request) -> None:
+        """Give back the blocks past those that the request's known tokens need (speculative
+        decoding: the ones only rejected drafts were written to). Such blocks were never
+        committed, so they hold no cached content and go to the front of the free queue."""
+        keep = -(-req.num_tokens // self.block_size)
+        table = req.block_table
+        while len(table) > keep:
+            block = table.pop()
+            assert self._key_of[block] is None and self.ref_counts[block] == 1, f"block {block} is shared"
+            self.ref_counts[block] = 0
+            self._free[block] = None
+            self._free.move_to_end(block, last=False)
+
     def free(self, req: Request) -> None:
         # Tail blocks first: they are the least likely to be shared, so they are evicted first.
         for block in reversed(req.block_table):

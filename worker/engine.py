@@ -11,12 +11,14 @@ step N+1 and launches it; only then does it wait for N. The host's scheduling, i
 and output handling thus hide behind the device's work instead of leaving it idle between steps.
 A request that N finishes (EOS) has one wasted row in N+1, which is dropped. Steps whose requests
 need the real token history on the host (repetition/frequency/presence penalties, prompt
-logprobs) run one at a time, as does everything when the runner cannot overlap.
+logprobs) run one at a time, as does everything when the runner cannot overlap, and while
+speculative decoding drafts (a draft needs the last token, and a verified step's token count is
+known only once it is read).
 
 Constrained requests (a grammar) wait outside the scheduler while worker/grammar.py compiles
 their matcher on its own threads, so a cold schema never stalls the other requests' steps; the
 engine advances each matcher with every sampled token. Their steps run one at a time too: the
-next token's mask needs the token just sampled.
+next token's mask needs the token just sampled. They do not draft (worker/scheduler.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from common.config import WorkerConfig
 from common.errors import FinishReason
-from worker.batch import NOT_SAMPLED, PLACEHOLDER, EngineStats, RequestOutput, ScheduledBatch, StepOutput
+from worker.batch import NOT_SAMPLED, PLACEHOLDER, EngineStats, RequestOutput, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.block_manager import BlockManager
 from worker.finish import FinishRules
 from worker.request import Request, RequestKey, RequestStatus
@@ -151,6 +153,7 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         sched, batch = self.scheduler, self.last_batch
+        spec = sched.drafter.stats
         return EngineStats(
             num_running=len(sched.running),
             num_waiting=len(sched.waiting),
@@ -163,6 +166,10 @@ class LLMEngine:
             last_batch_tokens=batch.num_tokens if batch is not None else 0,
             last_batch_size=len(batch.requests) if batch is not None else 0,
             last_batch_num_decode=batch.num_decode if batch is not None else 0,
+            draft_tokens=spec.draft_tokens,
+            accepted_draft_tokens=spec.accepted_tokens,
+            drafted_by_position=tuple(spec.drafted_by_position),
+            accepted_by_position=tuple(spec.accepted_by_position),
         )
 
     def step(self) -> list[RequestOutput]:
@@ -199,8 +206,13 @@ class LLMEngine:
         self.last_batch = batch
 
     def _may_run_ahead(self, batch: ScheduledBatch) -> bool:
-        # Penalties, prompt logprobs and grammar masks read the real token history on the host.
-        return not any(r.prefill_logprobs or r.params.has_penalties() or r.grammar is not None for r in batch.requests)
+        # Penalties, prompt logprobs and grammar masks read the real token history on the host;
+        # drafts need the last token known, and a verified step's token count is known only once
+        # it is read.
+        if self.scheduler.drafter.active(len(self.scheduler.running)):
+            return False
+        return not any(r.prefill_logprobs or r.params.has_penalties() or r.grammar is not None or r.num_draft_tokens
+                       for r in batch.requests)
 
     def _admit_compiled(self) -> list[RequestOutput]:
         """Schedule the constrained requests whose matcher is ready; end those whose grammar failed."""
@@ -256,6 +268,9 @@ class LLMEngine:
             req = self._requests.get(sreq.key)
             if req is None:
                 continue  # finished or aborted while this step ran
+            if sreq.num_draft_tokens:  # a verified decode: its computed count follows what it keeps
+                outputs.append(self._update_verified(req, sreq, result, i))
+                continue
             if not advanced:
                 req.num_computed_tokens += len(sreq.token_ids)
             self.blocks.commit(req)
@@ -283,10 +298,41 @@ class LLMEngine:
             if req.num_output_tokens == 1 and req.params.prefill_logprobs:
                 out.prefill_logprobs = list(req.prefill_logprobs)
             outputs.append(out)
-            if reason is not None:
-                self.scheduler.remove(req)
-                del self._requests[req.key]
+            self._end_if(req, reason)
         return outputs
+
+    def _update_verified(self, req: Request, sreq: ScheduledRequest, result: StepOutput, i: int) -> RequestOutput:
+        """A decode that verified drafts: its first sample, then one token per accepted draft, up
+        to the token that ends it. Its KV is valid through the last kept draft, so the computed
+        count grows by the tokens kept; the blocks only rejected drafts used go back."""
+        verified = result.verified.get(i)
+        ids, lps = [result.sampled_token_ids[i]], [result.logprobs[i]]
+        tops = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []
+        if verified is not None:
+            ids += verified.token_ids
+            lps += verified.logprobs
+            tops += verified.top_tokens if tops else []
+        if req.draft_state is not None:
+            self.scheduler.drafter.observe(req.draft_state, sreq.num_draft_tokens, len(ids) - 1, self.scheduler.step)
+        reason = None
+        kept = 0
+        for token in ids:
+            req.all_token_ids.append(token)
+            kept += 1
+            reason = self.finish.after_token(req, token)
+            if reason is not None:
+                break
+        req.num_computed_tokens += kept
+        self.blocks.trim(req)
+        self.blocks.commit(req)
+        out = self._output(req, ids[:kept], lps[:kept], tops[:kept], reason)
+        self._end_if(req, reason)
+        return out
+
+    def _end_if(self, req: Request, reason: FinishReason | None) -> None:
+        if reason is not None:
+            self.scheduler.remove(req)
+            del self._requests[req.key]
 
     @staticmethod
     def _output(

@@ -16,8 +16,9 @@ from worker.logits_layout import LogitsLayout
 
 __all__ = ["ModelInputs", "PackedInputs", "build_inputs", "pack_inputs", "unpack_inputs", "upload", "HEADER_LEN"]
 
-# PackedInputs.header: the 7 part lengths of the buffer, then max_query_len and num_decodes.
-HEADER_LEN = 9
+# PackedInputs.header: the 7 part lengths of the buffer, then max_query_len, num_decodes,
+# decode_query_len and decode_tokens.
+HEADER_LEN = 11
 
 
 @dataclass(slots=True)
@@ -31,7 +32,9 @@ class ModelInputs:
     logits_rows: torch.Tensor  # (N,) int64 device: rows of the hidden state to turn into logits
     layout: LogitsLayout  # host: what each logits row is for, and where the step's results go
     max_query_len: int
-    num_decodes: int = 0  # the first rows that each bring exactly one token (ScheduledBatch.num_decode)
+    num_decodes: int = 0  # the first sequences, each its last token (and drafts): ScheduledBatch.num_decode
+    decode_query_len: int = 1  # the most tokens of any of those (1 + drafts when speculating)
+    decode_tokens: int = 0  # the tokens of all of those: the first rows of input_ids
 
 
 @dataclass(slots=True)
@@ -71,18 +74,23 @@ def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
             # Each row predicts the next prompt token, where one exists within the known tokens.
             targets = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
             layout.add_prompt_scored(req.key, i, starts[i], targets, n, req.do_sample)
+        elif req.num_draft_tokens:
+            layout.add_verified(i, starts[i], req.token_ids[n - req.num_draft_tokens :])
         elif req.do_sample:
             layout.add_sampled(i, starts[i + 1] - 1)
         max_query_len = max(max_query_len, n)
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
     parts = (input_ids, positions, slots, tables, seq_lens, starts, layout.rows)
     flat = torch.tensor([x for part in parts for x in part], dtype=torch.int64)
-    return PackedInputs(flat, (*(len(p) for p in parts), max_query_len, batch.num_decode), layout)
+    decodes = batch.requests[: batch.num_decode]
+    decode_query_len = 1 + max((r.num_draft_tokens for r in decodes), default=0)
+    header = (*(len(p) for p in parts), max_query_len, batch.num_decode, decode_query_len, starts[batch.num_decode])
+    return PackedInputs(flat, header, layout)
 
 
 def unpack_inputs(flat: torch.Tensor, header: tuple[int, ...], layout: LogitsLayout | None) -> ModelInputs:
     """Views of `flat` (on the device) cut as `header` says; `layout` is None on ranks that do not sample."""
-    *lengths, max_query_len, num_decodes = header
+    *lengths, max_query_len, num_decodes, decode_query_len, decode_tokens = header
     ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = flat.split(lengths)
     num_seqs = lens_t.shape[0]
     return ModelInputs(
@@ -96,6 +104,8 @@ def unpack_inputs(flat: torch.Tensor, header: tuple[int, ...], layout: LogitsLay
         layout=layout if layout is not None else LogitsLayout(),
         max_query_len=max_query_len,
         num_decodes=num_decodes,
+        decode_query_len=decode_query_len,
+        decode_tokens=decode_tokens,
     )
 
 

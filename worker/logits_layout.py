@@ -5,6 +5,10 @@ results the step copies back to the host.
 worker/input_builder.py builds the layout while it lays out the step's tokens; the model runner
 packs its results by it (`pack`, on the device) and reads them back by it (`unpack`, on the host),
 so the offsets are written once, here.
+
+A request verifying drafts (speculative decoding) samples every one of its rows: it has one
+sampling row per token it computes, and a span saying where they are and how many drafts they
+check (`add_verified`); its results add the number of drafts accepted.
 """
 
 from __future__ import annotations
@@ -22,28 +26,47 @@ __all__ = ["LogitsLayout", "Results"]
 class Results:
     """A step's results on the host, each a slice of the packed buffer."""
 
-    token_ids: list[float]  # (n,): the sampled id of each sampling request (exact in float64)
+    token_ids: list[float]  # (n,): the sampled id of each sampling row (exact in float64)
     logprobs: list[float]  # (n,)
-    top_ids: list[float]  # (n * top_n,): row-major, top_n per sampling request
+    top_ids: list[float]  # (n * top_n,): row-major, top_n per sampling row
     top_logprobs: list[float]  # (n * top_n,)
     prompt_logprobs: list[float]  # (P,): one per prompt_rows entry
+    num_accepted: list[float]  # (V,): drafts accepted, one per verify_spans entry
 
 
 @dataclass(slots=True)
 class LogitsLayout:
     rows: list[int] = field(default_factory=list)  # hidden-state rows turned into logits, in order (N,)
-    sample_batch_idx: list[int] = field(default_factory=list)  # batch index of each sampling request (n,)
-    sample_rows: list[int] = field(default_factory=list)  # its last token's row in the logits (n,)
+    # Per sampling row (n,): its request's batch index (repeated for a verifying request's rows)
+    # and its row in the logits.
+    sample_batch_idx: list[int] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
     prompt_rows: list[int] = field(default_factory=list)  # logits rows that score a prompt token (P,)
     prompt_targets: list[int] = field(default_factory=list)  # the token each of those rows predicts (P,)
     # Per request asking for prompt logprobs: its slice of prompt_rows.
     prompt_spans: dict[RequestKey, tuple[int, int]] = field(default_factory=dict)
+    # Per verifying request (V,): (batch index, its first sampling row, the drafts it checks).
+    verify_spans: list[tuple[int, int, list[int]]] = field(default_factory=list)
 
     def add_sampled(self, batch_idx: int, row: int) -> None:
         """A request whose only logits row is `row` (of the hidden states), and which samples."""
         self.rows.append(row)
         self.sample_batch_idx.append(batch_idx)
         self.sample_rows.append(len(self.rows) - 1)
+
+    def add_verified(self, batch_idx: int, first_row: int, drafts: list[int]) -> None:
+        """A decode whose rows from `first_row` are its last token and then `drafts`: each samples."""
+        self.verify_spans.append((batch_idx, len(self.sample_rows), drafts))
+        for offset in range(len(drafts) + 1):
+            self.add_sampled(batch_idx, first_row + offset)
+
+    def draft_targets(self) -> list[int]:
+        """Per sampling row (n,): the draft its sample must equal for the next row's sample to be
+        kept; -1 where no draft follows."""
+        targets = [-1] * len(self.sample_rows)
+        for _, first, drafts in self.verify_spans:
+            targets[first : first + len(drafts)] = drafts
+        return targets
 
     def add_prompt_scored(self, key: RequestKey, batch_idx: int, first_row: int, targets: list[int],
                           num_rows: int, do_sample: bool) -> None:
@@ -60,14 +83,15 @@ class LogitsLayout:
 
     def pack(self, top_n: int, token_ids: torch.Tensor | None, logprobs: torch.Tensor | None,
              top_ids: torch.Tensor | None, top_logprobs: torch.Tensor | None,
-             prompt_logprobs: torch.Tensor | None) -> torch.Tensor | None:
+             prompt_logprobs: torch.Tensor | None, num_accepted: torch.Tensor | None = None) -> torch.Tensor | None:
         """Every result in one float64 buffer, in Results' order (one copy back); None when empty.
 
         A part that is None must be empty by the layout; `top_n` is the top alternatives per
         sampling request, as `unpack` will be told.
         """
         parts = []
-        for part, size in zip((token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs), self._sizes(top_n)):
+        results = (token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted)
+        for part, size in zip(results, self._sizes(top_n), strict=True):
             if part is None:
                 assert size == 0, "a result the layout counts on is missing"
                 continue
@@ -82,6 +106,6 @@ class LogitsLayout:
             at += size
         return Results(*sliced)
 
-    def _sizes(self, top_n: int) -> tuple[int, int, int, int, int]:
+    def _sizes(self, top_n: int) -> tuple[int, int, int, int, int, int]:
         n = len(self.sample_batch_idx)
-        return n, n, n * top_n, n * top_n, len(self.prompt_rows)
+        return n, n, n * top_n, n * top_n, len(self.prompt_rows), len(self.verify_spans)

@@ -22,7 +22,7 @@ from common.config import WorkerConfig
 from common.context_length import context_length
 from worker import grammar_mask, ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
-from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
+from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput, VerifiedTokens
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, pack_inputs, unpack_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
@@ -31,6 +31,7 @@ from worker.models import CausalLM, UnsupportedModel, read_config
 from worker.parallel import ShardGroup, add_all_reduces, shard_model
 from worker.quant import read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
+from worker.speculative import verify
 from worker.watermark import Watermark
 from worker.request import RequestKey
 from worker.weights import load_weights
@@ -62,7 +63,7 @@ class PendingStep:
 
     batch: ScheduledBatch
     layout: LogitsLayout  # which requests sampled, and where their results sit in `host`
-    row_of: dict[RequestKey, int]  # request -> its row in `token_ids`
+    row_of: dict[RequestKey, int]  # request -> its (first) sampling row in `token_ids`
     token_ids: torch.Tensor | None  # (n,) int64 on the device: the next step's placeholders read it
     host: torch.Tensor | None  # float64 on the host (pinned on CUDA): every result, packed by `layout`
     ready: torch.cuda.Event | None  # fires when `host` is filled (CUDA only)
@@ -190,7 +191,7 @@ class ModelRunner:
     def launch(self, batch: ScheduledBatch, previous: PendingStep | None) -> PendingStep:
         inputs = self.prepare_inputs(batch, previous)
         # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
-        sampled = [batch.requests[i] for i in inputs.layout.sample_batch_idx]
+        sampled = verify.sampling_rows(batch.requests, inputs.layout)  # one per sampling row
         tensors = None
         if sampled:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
@@ -219,7 +220,9 @@ class ModelRunner:
 
     def _fill_placeholders(self, batch: ScheduledBatch, inputs: ModelInputs, previous: PendingStep | None) -> None:
         # Placeholders only ever stand alone in decode rows, which come first: token i of row i.
+        # (A step scheduled while another runs drafts nothing: worker/engine.py.)
         decodes = batch.requests[: batch.num_decode]
+        assert inputs.decode_query_len == 1, "drafts in a step scheduled ahead"
         if previous is None or previous.token_ids is None:
             raise RuntimeError("a placeholder token without the step that samples it")
         src = [previous.row_of[r.key] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
@@ -242,7 +245,7 @@ class ModelRunner:
         self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None
     ) -> PendingStep:
         layout, reqs = inputs.layout, batch.requests
-        token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = None
+        token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = None
         k = 0
         if tensors is not None:
             rows = upload(torch.tensor(layout.sample_rows), self.device)
@@ -251,6 +254,8 @@ class ModelRunner:
             result = sampler.sample(logits_all[rows], tensors, prev_ids)
             k = tensors.max_top_n
             token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
+            if layout.verify_spans:
+                num_accepted = verify.accepted_counts(token_ids, layout, self.device)
         if layout.prompt_rows:
             index = upload(torch.tensor(layout.prompt_rows + layout.prompt_targets), self.device)
             picked = logits_all[index[: len(layout.prompt_rows)]]  # (P, V)
@@ -258,7 +263,7 @@ class ModelRunner:
             prompt_logprobs = torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1)  # (P,)
         # Everything comes back in one transfer (float64 holds token ids exactly), queued now
         # and waited for in `wait`: the step's one host synchronisation.
-        flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs)
+        flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted)
         host = ready = None
         if flat is not None:
             if self.device.type == "cuda":
@@ -271,7 +276,7 @@ class ModelRunner:
         return PendingStep(
             batch=batch,
             layout=layout,
-            row_of={reqs[i].key: j for j, i in enumerate(layout.sample_batch_idx)},
+            row_of={reqs[i].key: j for j, i in reversed(list(enumerate(layout.sample_batch_idx)))},
             token_ids=token_ids,
             host=host,
             ready=ready,
@@ -287,14 +292,27 @@ class ModelRunner:
         token_ids = [NOT_SAMPLED] * len(reqs)
         logprobs = [0.0] * len(reqs)
         top_tokens: list[list[tuple[int, float]]] = [[] for _ in reqs]
+
+        def top_of(j: int, want: int) -> list[tuple[int, float]]:
+            return [(int(got.top_ids[j * k + m]), got.top_logprobs[j * k + m]) for m in range(want)]
+
         for j, i in enumerate(step.layout.sample_batch_idx):
+            if token_ids[i] != NOT_SAMPLED:
+                continue  # a verifying request's later rows: below
             token_ids[i] = int(got.token_ids[j])
             logprobs[i] = got.logprobs[j]
+            top_tokens[i] = top_of(j, reqs[i].params.top_n_tokens)
+        verified = {}
+        for (i, first, _), accepted in zip(step.layout.verify_spans, got.num_accepted, strict=True):
+            kept = range(first + 1, first + 1 + int(accepted))
             want = reqs[i].params.top_n_tokens
-            top_tokens[i] = [(int(got.top_ids[j * k + m]), got.top_logprobs[j * k + m]) for m in range(want)]
+            verified[i] = VerifiedTokens(
+                [int(got.token_ids[j]) for j in kept], [got.logprobs[j] for j in kept],
+                [top_of(j, want) for j in kept] if want else [],
+            )
         prompt = got.prompt_logprobs
         prefill = {key: prompt[lo:hi] for key, (lo, hi) in step.layout.prompt_spans.items()}
-        return StepOutput(step.batch.step, [r.key for r in reqs], token_ids, logprobs, top_tokens, prefill)
+        return StepOutput(step.batch.step, [r.key for r in reqs], token_ids, logprobs, top_tokens, prefill, verified)
 
 
 @contextlib.contextmanager

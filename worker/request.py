@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from common.protocol import GenerateRequest
 from common.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from worker.speculative.drafter import DraftState
 
 __all__ = ["RequestKey", "RequestStatus", "Request"]
 
@@ -58,6 +61,8 @@ class Request:
     # llguidance matcher of a constrained request (worker/grammar.py), set before it is scheduled
     # and advanced by the engine with each token; None when unconstrained.
     grammar: Any = None
+    # --speculate: its n-gram index and acceptance (worker/speculative/drafter.py); None until it drafts.
+    draft_state: DraftState | None = None
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:

@@ -20,6 +20,12 @@ passed since the last admission. A ratio of 0 (or an empty
 batch) admits at every step, which is the default behaviour of a chunked scheduler; the default
 ratio 0.3 batches arrivals a little so that prefill chunks share steps. Preempted requests are
 never held back: they were admitted once already.
+
+With --speculate, a decode also takes the drafts worker/speculative/drafter.py proposes, each a
+token of the budget and a KV slot (so the step can verify them). Drafts take only blocks that
+are free anyway: they never preempt, and they leave a block of growth for each running request
+after them. Chunked prefill and the prefix cache stay on: drafts are not the request's tokens
+until accepted, so no prefix hash covers them.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.block_manager import BlockManager
 from worker.finish import is_expired
 from worker.request import Request, RequestKey, RequestStatus
+from worker.speculative.drafter import Drafter
 
 __all__ = ["Scheduler"]
 
@@ -49,6 +56,7 @@ class Scheduler:
         self.max_priority_wait = config.max_priority_wait
         self.max_model_len = max_model_len
         self.blocks = block_manager
+        self.drafter = Drafter(config.speculate, config.speculate_max_batch_size)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.step = 0
@@ -94,6 +102,7 @@ class Scheduler:
         decodes: list[ScheduledRequest] = []
         # 1. running requests, oldest first; preempt from the newest end when blocks run out.
         preemptions_before = self.num_preemptions
+        speculating = self.drafter.active(len(self.running))
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
@@ -101,12 +110,12 @@ class Scheduler:
             if num_new == 0:  # its last token is still being sampled and ends it (overlapped steps)
                 i += 1
                 continue
-            if not self._reserve(req, num_new):
+            decode = num_new == 1 and req.num_computed_tokens + 1 == req.num_tokens
+            drafts = self._drafts(req, budget - 1, len(self.running) - i - 1) if decode and speculating else []
+            if not self._reserve(req, num_new + len(drafts)):
                 continue  # `req` itself was preempted; the list shifted under i
-            (decodes if num_new == 1 and req.num_computed_tokens + 1 == req.num_tokens else scheduled).append(
-                self._scheduled(req, num_new)
-            )
-            budget -= num_new
+            (decodes if decode else scheduled).append(self._scheduled(req, num_new, drafts))
+            budget -= num_new + len(drafts)
             i += 1
         # 2. waiting requests, unless this step just preempted: the blocks are short, and
         # re-admitting the victim at once would only thrash.
@@ -188,6 +197,23 @@ class Scheduler:
                 return True
         return False
 
+    def _drafts(self, req: Request, budget: int, num_after: int) -> list[int]:
+        """The drafts a decoding request verifies this step: within the step's budget, its
+        remaining tokens (max_new_tokens and the model's length, the sample that ends each run
+        counted), and the blocks free beyond one of growth for each of the `num_after` running
+        requests scheduled after it."""
+        limit = min(
+            budget,
+            req.params.max_new_tokens - req.num_output_tokens - 1,
+            self.max_model_len - req.num_tokens - 1,
+        )
+        if limit <= 0:
+            return []
+        drafts, req.draft_state = self.drafter.propose(req.all_token_ids, req.draft_state, limit, self.step)
+        if drafts and not self.blocks.can_allocate(self.blocks.blocks_needed(req, 1 + len(drafts)) + num_after):
+            return []
+        return drafts
+
     def _reserve(self, req: Request, num_new: int) -> bool:
         """Make room for `num_new` tokens of a running request; False if it was preempted itself."""
         need = self.blocks.blocks_needed(req, num_new)
@@ -217,11 +243,12 @@ class Scheduler:
         self._released.append(req.key)
 
     @staticmethod
-    def _scheduled(req: Request, num_new: int) -> ScheduledRequest:
+    def _scheduled(req: Request, num_new: int, drafts: list[int] | None = None) -> ScheduledRequest:
         start = req.num_computed_tokens
+        tokens = req.all_token_ids[start : start + num_new]
         return ScheduledRequest(
             key=req.key,
-            token_ids=req.all_token_ids[start : start + num_new],
+            token_ids=tokens + drafts if drafts else tokens,
             start_pos=start,
             block_table=req.block_table,
             do_sample=start + num_new == req.num_tokens,
@@ -231,4 +258,5 @@ class Scheduler:
             grammar=req.grammar,
             seed=req.seed,
             prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
+            num_draft_tokens=len(drafts) if drafts else 0,
         )

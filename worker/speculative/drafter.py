@@ -1,0 +1,85 @@
+"""Which decoding requests draft this step, how many tokens, and what their drafts earned.
+
+The scheduler asks `Drafter.propose` for each decode it schedules, after `active` said the step
+speculates at all; the engine reports each verified request's outcome to `observe`. Plain Python.
+
+Turn-down, the two ways speculation stops paying:
+- per step: past `--speculate-max-batch-size` running requests a decode step is no longer
+  bandwidth-bound, so the extra query tokens cost real compute; the step drafts nothing (and on
+  CUDA it may overlap with the next one again);
+- per request: a request whose drafts are mostly rejected (an acceptance rate below
+  MIN_ACCEPTANCE, a moving mean over its recent verified steps) stops drafting for a pause that
+  doubles each time it happens again (PAUSE_STEPS up to MAX_PAUSE_STEPS), then tries again. A
+  request without an n-gram match drafts nothing and costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worker.speculative.ngram import NgramIndex
+
+__all__ = ["Drafter", "DraftState", "SpeculationStats"]
+
+NGRAM_MIN, NGRAM_MAX = 1, 4  # suffix lengths tried, longest first
+MIN_ACCEPTANCE = 0.2  # below this moving acceptance rate a request pauses drafting
+ACCEPTANCE_WEIGHT = 0.3  # weight of the newest verified step in the moving rate
+PAUSE_STEPS, MAX_PAUSE_STEPS = 8, 256
+
+
+@dataclass(slots=True)
+class DraftState:
+    """One request's drafting state (lives on its Request, as its block table does)."""
+
+    index: NgramIndex
+    acceptance: float = 1.0  # moving mean of accepted / drafted over its verified steps
+    paused_until: int = 0  # scheduler step before which it drafts nothing
+    next_pause: int = PAUSE_STEPS
+
+
+@dataclass(slots=True)
+class SpeculationStats:
+    """Running totals since start (metrics turn them into increments)."""
+
+    draft_tokens: int = 0  # tokens proposed and verified
+    accepted_tokens: int = 0  # of those, accepted
+    # Per draft position j (0-based): verified steps that drafted a token j, and that accepted it.
+    drafted_by_position: list[int] = field(default_factory=list)
+    accepted_by_position: list[int] = field(default_factory=list)
+
+
+class Drafter:
+    def __init__(self, num_speculative: int, max_batch_size: int) -> None:
+        self.num_speculative = num_speculative  # --speculate: most drafts per request and step
+        self.max_batch_size = max_batch_size
+        self.method = "ngram" if num_speculative > 0 else None  # /info's name of the method
+        per_position = num_speculative
+        self.stats = SpeculationStats(drafted_by_position=[0] * per_position, accepted_by_position=[0] * per_position)
+
+    def active(self, num_running: int) -> bool:
+        """Whether a step with `num_running` running requests drafts at all."""
+        return self.num_speculative > 0 and num_running <= self.max_batch_size
+
+    def propose(self, tokens: list[int], state: DraftState | None, limit: int, step: int) -> tuple[list[int], DraftState]:
+        """Up to min(--speculate, limit) draft tokens to follow `tokens`, and the request's state."""
+        if state is None:
+            state = DraftState(NgramIndex(NGRAM_MIN, NGRAM_MAX))
+        if step < state.paused_until:
+            return [], state
+        return state.index.propose(tokens, min(self.num_speculative, limit)), state
+
+    def observe(self, state: DraftState, num_drafted: int, num_accepted: int, step: int) -> None:
+        """A verified step of one request: `num_accepted` of its `num_drafted` drafts were kept."""
+        stats = self.stats
+        stats.draft_tokens += num_drafted
+        stats.accepted_tokens += num_accepted
+        for j in range(num_drafted):
+            stats.drafted_by_position[j] += 1
+        for j in range(num_accepted):
+            stats.accepted_by_position[j] += 1
+        rate = num_accepted / num_drafted
+        state.acceptance += ACCEPTANCE_WEIGHT * (rate - state.acceptance)
+        if state.acceptance < MIN_ACCEPTANCE:
+            state.paused_until = step + state.next_pause
+            state.next_pause = min(2 * state.next_pause, MAX_PAUSE_STEPS)
+            state.acceptance = 2 * MIN_ACCEPTANCE  # after the pause it gets a few chances again

@@ -1,0 +1,52 @@
+"""Verification on the device: what each sampling row of a verifying request is, and how many of
+its drafts the samples accept.
+
+Row t of a request that verifies drafts d_0..d_{k-1} computes the logits that follow its last
+token and d_0..d_{t-1}. It is sampled exactly as a plain decode at that position would be: its
+seeded noise at generation step g + t, min_tokens counted at g + t, and penalties over the
+history with d_0..d_{t-1} appended. Draft d_t is accepted when row t's sample equals it, and the
+run stops at the first that does not: the request keeps the samples of rows 0..m (m drafts
+accepted), so the last kept token is always the model's own, as without speculation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from worker.batch import ScheduledRequest
+from worker.input_builder import upload
+from worker.logits_layout import LogitsLayout
+
+__all__ = ["sampling_rows", "accepted_counts"]
+
+
+def sampling_rows(requests: list[ScheduledRequest], layout: LogitsLayout) -> list[ScheduledRequest]:
+    """Per sampling row, the request as the sampler must see it there (a verifying request's
+    rows as the plain decodes at their positions; every other row is its request)."""
+    rows = [requests[i] for i in layout.sample_batch_idx]
+    for i, first, drafts in layout.verify_spans:
+        req = requests[i]
+        penalised = req.params.has_penalties()  # the only stage that reads the token history
+        for t in range(1, len(drafts) + 1):
+            history = req.all_token_ids + drafts[:t] if penalised else req.all_token_ids
+            rows[first + t] = dataclasses.replace(req, num_generated=req.num_generated + t, all_token_ids=history)
+    return rows
+
+
+def accepted_counts(token_ids: torch.Tensor, layout: LogitsLayout, device: torch.device) -> torch.Tensor:
+    """token_ids (n,) int64: each sampling row's sample -> (V,) int64, the drafts each verifying
+    request accepts: the leading rows of its span whose sample equals the draft after them."""
+    n = token_ids.shape[0]
+    width = max(len(drafts) for _, _, drafts in layout.verify_spans)
+    # One upload: each row's target draft, then the (V, width) sampling rows of each span's drafts
+    # (padding points at row n, which never matches).
+    index = []
+    for _, first, drafts in layout.verify_spans:
+        index += [first + t for t in range(len(drafts))] + [n] * (width - len(drafts))
+    host = torch.tensor(layout.draft_targets() + index, dtype=torch.int64)
+    uploaded = upload(host, device)
+    targets, spans = uploaded[:n], uploaded[n:].view(len(layout.verify_spans), width)  # (n,), (V, width)
+    matches = torch.cat([token_ids == targets, torch.zeros(1, dtype=torch.bool, device=device)])  # (n + 1,)
+    return matches[spans].long().cumprod(dim=1).sum(dim=1)  # (V,)
