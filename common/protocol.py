@@ -49,7 +49,8 @@ __all__ = [
     "decode_gateway_info",
 ]
 
-SCHEMA_VERSION = 5  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope; 5: SamplingParams.grammar
+SCHEMA_VERSION = 6  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope;
+# 5: SamplingParams.grammar; 6: WorkerInfo.speculate and .speculation
 
 
 class ProtocolError(ValueError):
@@ -160,6 +161,8 @@ class WorkerInfo(msgspec.Struct, array_like=True, frozen=True, tag="worker"):
     metrics_port: int = 0  # its own Prometheus listener, 0 = none
     device: str = "cpu"
     quantize: str | None = None  # --quantize method serving the model (TGI's names), None = dense
+    speculate: int = 0  # --speculate: most draft tokens verified per request and step, 0 = off
+    speculation: str | None = None  # how drafts are made ("ngram"), None = off
 
 
 class GatewayInfo(msgspec.Struct, array_like=True, frozen=True, tag="gateway"):

@@ -50,10 +50,14 @@ async def info(request: Request) -> Response:
         "docker_label": None,
         # TGI's launcher argument of that name: the method the live workers serve the model with.
         "quantize": next((w.quantize for w in state.serving), None),
+        # TGI's launcher argument too (None when off, as TGI's /info), and how drafts are made.
+        "speculate": next((w.speculate for w in state.serving if w.speculate), None),
+        "speculation": next((w.speculation for w in state.serving if w.speculation), None),
         "gateway_id": ctx.queue_client.gateway_id,
         "live_workers": len(state.serving),
         "workers": [
-            {"worker_id": w.worker_id, "device": w.device, "quantize": w.quantize, "running": w.running, "waiting": w.waiting,
+            {"worker_id": w.worker_id, "device": w.device, "quantize": w.quantize, "speculate": w.speculate,
+             "speculation": w.speculation, "running": w.running, "waiting": w.waiting,
              "free_kv_tokens": w.free_kv_tokens, "capacity_tokens": w.capacity_tokens, "draining": w.draining}
             for w in state.workers
         ],

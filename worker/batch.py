@@ -129,6 +129,8 @@ class EngineStats:
     last_batch_tokens: int = 0  # tokens computed by the last step
     last_batch_size: int = 0  # requests in the last step
     last_batch_num_decode: int = 0  # of those, requests that decoded one token (the rest prefilled)
+    speculation: str | None = None  # the drafting method ("ngram"), None when not speculating
+    speculate: int = 0  # --speculate: most drafts per request and step
     # Speculative decoding, running totals: draft tokens verified and accepted, and per draft
     # position j the verified steps that drafted a token j and that accepted it.
     draft_tokens: int = 0

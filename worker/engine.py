@@ -166,6 +166,8 @@ class LLMEngine:
             last_batch_tokens=batch.num_tokens if batch is not None else 0,
             last_batch_size=len(batch.requests) if batch is not None else 0,
             last_batch_num_decode=batch.num_decode if batch is not None else 0,
+            speculation=sched.drafter.method,
+            speculate=sched.drafter.num_speculative,
             draft_tokens=spec.draft_tokens,
             accepted_draft_tokens=spec.accepted_tokens,
             drafted_by_position=tuple(spec.drafted_by_position),

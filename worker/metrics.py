@@ -12,7 +12,9 @@ per-batch series are here too, under its names and buckets, so its Grafana panel
 `tgi_batch_forward_duration` (one engine step: its forward, sampling and update), labelled
 `method="prefill"` for a step that computed prompt tokens and `"decode"` otherwise;
 `tgi_batch_next_size` (requests computing prompt tokens in a step) and
-`tgi_batch_current_max_tokens` (KV tokens the running batch holds). Under `genfleet serve` the
+`tgi_batch_current_max_tokens` (KV tokens the running batch holds). With --speculate, the draft
+tokens verified and accepted, in all and per draft position (acceptance at position j is
+accepted{position=j} / drafted{position=j}). Under `genfleet serve` the
 gateway's /metrics carries these too (gateway/worker_metrics.py).
 """
 
@@ -73,6 +75,15 @@ class WorkerMetrics:
                                     registry=r)
         self.prefix_hit = Counter("genfleet_worker_prefix_hit_tokens", "Prompt tokens found in the prefix cache",
                                   registry=r)
+        self.draft_tokens = Counter("genfleet_worker_draft_tokens", "Speculative draft tokens verified", registry=r)
+        self.accepted_draft_tokens = Counter("genfleet_worker_accepted_draft_tokens",
+                                             "Speculative draft tokens accepted", registry=r)
+        self.drafted_at = Counter("genfleet_worker_draft_tokens_by_position",
+                                  "Verified steps that drafted a token at this position (0-based)", ["position"],
+                                  registry=r)
+        self.accepted_at = Counter("genfleet_worker_accepted_draft_tokens_by_position",
+                                   "Verified steps that accepted their draft at this position (0-based)", ["position"],
+                                   registry=r)
         self.tgi_counters = BareCounters()
         self.tgi_counters.declare("tgi_batch_inference_count", "Engine steps, by method")
         self.tgi_counters.declare("tgi_batch_inference_success", "Engine steps that completed, by method")
@@ -116,6 +127,12 @@ class WorkerMetrics:
         self._advance("num_preemptions", stats.num_preemptions, self.preemptions)
         self._advance("prefix_query_tokens", stats.prefix_query_tokens, self.prefix_query)
         self._advance("prefix_hit_tokens", stats.prefix_hit_tokens, self.prefix_hit)
+        if stats.speculate:
+            self._advance("draft_tokens", stats.draft_tokens, self.draft_tokens)
+            self._advance("accepted_draft_tokens", stats.accepted_draft_tokens, self.accepted_draft_tokens)
+            for j, (drafted, accepted) in enumerate(zip(stats.drafted_by_position, stats.accepted_by_position, strict=True)):
+                self._advance(f"drafted@{j}", drafted, self.drafted_at.labels(str(j)))
+                self._advance(f"accepted@{j}", accepted, self.accepted_at.labels(str(j)))
         self._window_tokens += num_tokens
         self._roll_window(self._clock())
 

@@ -353,6 +353,8 @@ class Worker:
             metrics_port=self.config.metrics_port,
             device=self.device,
             quantize=self.quantize,
+            speculate=stats.speculate,
+            speculation=stats.speculation,
         )
         ttl_ms = int(self.config.fleet.heartbeat_ttl * 1000)
         pipe = self.redis.pipeline(transaction=False)

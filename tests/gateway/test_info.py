@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from common.config import DEFAULT_MODEL_ID
+from common.protocol import WorkerInfo, encode
 from tests.gateway.harness import GatewayServer, ScriptedWorker
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,6 +54,7 @@ def test_info_has_tgi_and_fleet_fields(gateway: GatewayServer, worker: ScriptedW
     assert info["max_input_tokens"] == 200 and info["max_total_tokens"] == 512
     assert info["live_workers"] == 1
     assert info["quantize"] is None and info["workers"][0]["quantize"] is None  # a dense worker
+    assert info["speculate"] is None and info["speculation"] is None  # and one that does not speculate
     assert info["workers"][0]["worker_id"] == worker.worker_id
     assert info["workers"][0]["capacity_tokens"] == worker.capacity_tokens
 
@@ -134,3 +136,17 @@ def test_request_duration_under_tgis_name_and_the_guides_name(gateway: GatewaySe
     assert "tgi_request_duration_count 1.0" in text and "tgi_request_duration_seconds_count 1.0" in text
     assert 'tgi_request_duration_seconds_bucket{le="0.00015"}' in text
     assert "_created" not in text  # nobody graphs them
+
+
+def test_info_shows_the_speculation_method_and_n(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    now = time.time()
+    info = WorkerInfo("speculating", worker.model, 0, 0, 1000, 1000, 512, 8, now, now, speculate=4, speculation="ngram")
+    worker.r.set(worker.keys.worker_heartbeat("speculating"), encode(info), ex=30)
+    deadline = time.monotonic() + 10
+    while (got := httpx.get(f"{gateway.url}/info", timeout=5).json())["live_workers"] < 2:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+    assert got["speculate"] == 4 and got["speculation"] == "ngram"
+    row = next(w for w in got["workers"] if w["worker_id"] == "speculating")
+    assert row["speculate"] == 4 and row["speculation"] == "ngram"
+    worker.r.delete(worker.keys.worker_heartbeat("speculating"))

@@ -78,3 +78,21 @@ def test_tokens_per_second_over_a_window_and_falls_to_zero_when_idle() -> None:
     m.observe_idle(EngineStats(0, 0, 10, 10, 0, 0, 0, 10))
     assert m.registry.get_sample_value("genfleet_worker_tokens_per_second") == 0.0
     assert m.registry.get_sample_value("genfleet_worker_batch_current_size") == 0
+
+
+def test_speculation_counters_in_all_and_per_position() -> None:
+    metrics = WorkerMetrics("w-1", "m", "cpu")
+    base = dict(num_running=1, num_waiting=0, num_free_tokens=900, capacity_tokens=1000, num_preemptions=0,
+                prefix_query_tokens=0, prefix_hit_tokens=0, speculation="ngram", speculate=2)
+    metrics.observe_step(EngineStats(steps=1, draft_tokens=2, accepted_draft_tokens=1, drafted_by_position=(1, 1),
+                                     accepted_by_position=(1, 0), **base), 0.01, num_tokens=2)
+    metrics.observe_step(EngineStats(steps=2, draft_tokens=5, accepted_draft_tokens=3, drafted_by_position=(3, 2),
+                                     accepted_by_position=(2, 1), **base), 0.01, num_tokens=3)
+    from prometheus_client import generate_latest
+
+    s = _samples(generate_latest(metrics.registry).decode())
+    assert s["genfleet_worker_draft_tokens_total"] == 5 and s["genfleet_worker_accepted_draft_tokens_total"] == 3
+    assert s["genfleet_worker_draft_tokens_by_position_total{position=0}"] == 3
+    assert s["genfleet_worker_draft_tokens_by_position_total{position=1}"] == 2
+    assert s["genfleet_worker_accepted_draft_tokens_by_position_total{position=0}"] == 2
+    assert s["genfleet_worker_accepted_draft_tokens_by_position_total{position=1}"] == 1

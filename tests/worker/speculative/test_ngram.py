@@ -1,0 +1,53 @@
+"""N-gram prompt lookup: longest suffix first, most recent occurrence, incremental index."""
+
+from __future__ import annotations
+
+import random
+
+from worker.batch import PLACEHOLDER
+from worker.speculative.ngram import NgramIndex
+
+
+def test_the_longest_matching_suffix_wins_over_a_more_recent_shorter_one() -> None:
+    # Suffix (1, 2, 3) occurs at 0 (followed by 9 9); its shorter suffix (2, 3) occurs later (then 7).
+    tokens = [1, 2, 3, 9, 9, 5, 2, 3, 7, 7, 1, 2, 3]
+    assert NgramIndex(1, 4).propose(tokens, 2) == [9, 9]
+    # With trigrams and longer ruled out, the bigram's latest occurrence speaks.
+    assert NgramIndex(1, 2).propose(tokens, 2) == [7, 7]
+
+
+def test_the_most_recent_occurrence_of_the_suffix_is_used() -> None:
+    tokens = [4, 5, 1, 4, 5, 2, 4, 5, 3, 8, 4, 5]
+    assert NgramIndex(2, 2).propose(tokens, 3) == [3, 8, 4]
+
+
+def test_no_match_no_draft_and_the_continuation_may_be_short() -> None:
+    index = NgramIndex(2, 3)
+    assert index.propose([1, 2, 3, 4], 4) == []  # the suffix (3, 4) never occurred before
+    assert NgramIndex(1, 1).propose([6, 7, 6], 5) == [7, 6]  # what follows runs into the end
+    assert NgramIndex(1, 3).propose([6, 7, 6], 0) == []
+    assert NgramIndex(1, 3).propose([6], 3) == []
+
+
+def test_a_placeholder_end_drafts_nothing() -> None:
+    assert NgramIndex(1, 3).propose([1, 2, 1, PLACEHOLDER], 2) == []
+
+
+def test_the_incremental_index_agrees_with_a_fresh_one_and_a_brute_force_search() -> None:
+    rng = random.Random(7)
+    tokens: list[int] = []
+    grown = NgramIndex(1, 4)
+    for _ in range(300):
+        tokens += [rng.randrange(6) for _ in range(rng.randrange(1, 4))]  # several tokens a step, as accepted runs
+        want = _brute_force(tokens, 3, 1, 4)
+        assert grown.propose(tokens, 3) == want
+        assert NgramIndex(1, 4).propose(tokens, 3) == want
+
+
+def _brute_force(tokens: list[int], k: int, min_n: int, max_n: int) -> list[int]:
+    for n in range(min(max_n, len(tokens) - 1), min_n - 1, -1):
+        suffix = tokens[-n:]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == suffix:
+                return tokens[start + n : start + n + k]
+    return []

@@ -1,0 +1,108 @@
+"""--speculate on real models (CPU, float32): greedy output token for token the same as without,
+on a tiny random Llama and on the default model, 16 streams at once with chunked prefill and the
+prefix cache on; seeded sampling (with penalties, truncation and min_tokens) draws the same text;
+each accepted token carries the logprob and top tokens a plain step would have given it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from common.sampling_params import SamplingParams
+from tests.worker.test_engine_model import _engine, _run, _tiny_prompts, tiny  # noqa: F401 (a fixture)
+from worker.batch import RequestOutput
+from worker.engine import LLMEngine
+from worker.request import Request
+
+STREAMS = 16
+
+
+def _shared_prefix_prompts() -> dict[str, list[int]]:
+    # Half the streams share a 24-token prefix (prefix-cache hits); prompts repeat themselves, as
+    # the ones speculation serves do.
+    base = _tiny_prompts(STREAMS)
+    prefix = base["p0"][:8] * 3
+    return {rid: (prefix + ids if i % 2 else ids * 2)[:60] for i, (rid, ids) in enumerate(base.items())}
+
+
+@pytest.fixture(scope="module")
+def tiny_plain(tiny) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    engine = _engine(tiny[0], max_batch_prefill_tokens=32, block_size=8)
+    return _run(engine, _shared_prefix_prompts(), SamplingParams(max_new_tokens=40, ignore_eos=True))
+
+
+@pytest.mark.parametrize("speculate", [1, 2, 3, 4])
+def test_greedy_on_a_tiny_model_is_unchanged(tiny, tiny_plain, speculate: int) -> None:  # type: ignore[no-untyped-def]
+    engine = _engine(tiny[0], max_batch_prefill_tokens=32, block_size=8, speculate=speculate)
+    got = _run(engine, _shared_prefix_prompts(), SamplingParams(max_new_tokens=40, ignore_eos=True))
+    assert got == tiny_plain
+    stats = engine.stats()
+    assert stats.accepted_draft_tokens > 0 and stats.prefix_hit_tokens > 0
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def _outputs(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParams,
+             seeds: dict[str, int]) -> dict[str, list[RequestOutput]]:
+    for rid, ids in prompts.items():
+        engine.add_request(Request(rid, ids, params, seeds[rid], time.time()))
+    outs: dict[str, list[RequestOutput]] = {}
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            outs.setdefault(o.key, []).append(o)  # type: ignore[arg-type]
+    return outs
+
+
+def test_seeded_sampling_logprobs_and_top_tokens_are_unchanged(tiny) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=30, do_sample=True, temperature=0.7, top_k=30, top_p=0.95,
+                            repetition_penalty=1.1, frequency_penalty=0.1, min_tokens=5, top_n_tokens=3)
+    prompts = dict(list(_shared_prefix_prompts().items())[:6])
+    seeds = {rid: 500 + i for i, rid in enumerate(prompts)}
+    plain = _outputs(_engine(tiny[0], max_batch_prefill_tokens=32), prompts, params, seeds)
+    engine = _engine(tiny[0], max_batch_prefill_tokens=32, speculate=3)
+    spec = _outputs(engine, prompts, params, seeds)
+    assert engine.stats().accepted_draft_tokens > 0
+    for rid in prompts:
+        tokens = [t for o in plain[rid] for t in o.new_token_ids]
+        assert [t for o in spec[rid] for t in o.new_token_ids] == tokens, rid
+        want_lp = [lp for o in plain[rid] for lp in o.logprobs]
+        got_lp = [lp for o in spec[rid] for lp in o.logprobs]
+        assert got_lp == pytest.approx(want_lp, abs=1e-4)
+        want_top = [t for o in plain[rid] for t in o.top_tokens]
+        got_top = [t for o in spec[rid] for t in o.top_tokens]
+        assert [[i for i, _ in t] for t in got_top] == [[i for i, _ in t] for t in want_top]
+        assert len(got_top) == len(tokens)
+        assert spec[rid][-1].finish_reason == plain[rid][-1].finish_reason
+
+
+@pytest.fixture(scope="module")
+def grounded(default_model_dir: Path) -> dict[str, list[int]]:
+    """Chat prompts that ask to repeat or edit a given text: where n-gram drafts are accepted."""
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    texts = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.",
+             "Roses are red,\nviolets are blue.", "for i in range(10):\n    print(i)\n"]
+    asks = ["Repeat exactly:\n", "Copy this text:\n", "Rewrite in upper case:\n", "Say again:\n"]
+    prompts = {}
+    for i in range(STREAMS):
+        chat = [{"role": "user", "content": asks[i % 4] + texts[(i // 4) % 4]}]
+        prompts[f"g{i}"] = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def default_plain(default_model_dir: Path, grounded) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    engine = _engine(default_model_dir, max_batch_prefill_tokens=128)
+    return _run(engine, grounded, SamplingParams(max_new_tokens=12))
+
+
+@pytest.mark.parametrize("speculate", [1, 2, 3, 4])
+def test_greedy_on_the_default_model_is_unchanged(default_model_dir: Path, grounded, default_plain,  # type: ignore[no-untyped-def]
+                                                  speculate: int) -> None:
+    engine = _engine(default_model_dir, max_batch_prefill_tokens=128, speculate=speculate)
+    got = _run(engine, grounded, SamplingParams(max_new_tokens=12))
+    assert got == default_plain
+    stats = engine.stats()
+    assert stats.accepted_draft_tokens > 0 and stats.prefix_hit_tokens > 0
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
