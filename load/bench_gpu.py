@@ -15,6 +15,9 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu --watermark           # adds (b) greedy and sampled with the watermark on
     python -m load.bench_gpu --models smollm2 --grammar --tokenizer-dir DIR
                                                    # adds (b) greedy with and without a JSON-schema grammar
+    python -m load.bench_gpu --speculate 4         # adds (a), (b) with n-gram --speculate 4 beside the same
+                                                   # without, and one batch-1 verification step's cost
+                                                   # over a plain decode step
     python -m load.bench_gpu --models 8b --variants quantize=fp8,kv_cache_dtype=fp8_e4m3fn
                                                    # (a), (b), (c) again per variant, beside bf16
     python -m load.bench_gpu --models mixtral --workloads a,b --requests 200
@@ -333,6 +336,16 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         greedy = static_rows("b", "greedy", config)
         grammars, grammar = _guided(args, runner)
         static_rows("b", "greedy + JSON schema (200+ array items)", config, versus=greedy, grammars=grammars, grammar=grammar)
+    if args.speculate:  # n-gram drafts on random-weight greedy text (it repeats itself), vs the same without
+        from load.bench_speculative import verify_step_ratio
+
+        spec = replace(config, speculate=args.speculate)
+        for key in ("a", "b"):
+            if key in dense_tok_s:
+                static_rows(key, f"--speculate {args.speculate} (n-gram)", spec, versus=dense_tok_s[key])
+        plain_ms, verify_ms = verify_step_ratio(runner, args.speculate)
+        notes.append(f"{shape}: batch-1 step verifying {args.speculate} drafts {verify_ms:.2f} ms vs a plain decode "
+                     f"step {plain_ms:.2f} ms, eager ({verify_ms / plain_ms:.2f}x; target <= 1.15x)")
     if "a" in todo and graphs is not None:
         runner.graphs = None  # what the graphs buy: the same workload eagerly
         static_rows("a", "without CUDA graphs", config)
@@ -480,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watermark", action="store_true", help="(b) greedy and sampled, each with and without the watermark")
     parser.add_argument("--grammar", action="store_true",
                         help="(b) greedy with and without a JSON-schema grammar (needs --tokenizer-dir)")
+    parser.add_argument("--speculate", type=int, default=0,
+                        help="(a), (b) with n-gram --speculate N beside the same without, and a verification step's cost")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")

@@ -96,6 +96,20 @@ def test_decode_attention_of_several_queries(
     assert_close(ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale), want, dtype, 2)
 
 
+@pytest.mark.parametrize(("window", "softcap"), [(6, 0.0), (0, 2.5), (3, 1.5)])
+def test_decode_attention_of_several_queries_with_a_window_and_softcap(
+    window: int, softcap: float, device: torch.device
+) -> None:
+    # Each query's window ends at its own position: a sequence's drafts see different keys.
+    spans = [(0, 5), (13, 3), (20, 1), (37, 4)]
+    q, kc, vc, bt, sl, qsl = _paged_batch(spans, 4, 2, 64, 4, torch.float32, device, seed=window + 11)
+    kw = {"window": window, "softcap": softcap}
+    want = ref.paged_decode_attention(q, kc, vc, bt, sl, qsl, 0.125, **kw)
+    assert_close(paged_decode_attention(q, kc, vc, bt, sl, qsl, 0.125, num_splits=2, max_query_len=5, **kw),
+                 want, torch.float32, 2)
+    assert_close(ref.prefill_attention(q, kc, vc, bt, sl, qsl, 0.125, **kw), want, torch.float32, 2)
+
+
 def _to_fp8(cache: torch.Tensor, fp8: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """A cache's pages as FP8 with their per-(slot, KV head) scales, the way store_kv writes them."""
     return ref.quantize_kv_rows(cache, fp8)

@@ -1,0 +1,138 @@
+"""Speculative decoding on the CPU: n-gram `--speculate N` against no speculation, same run.
+
+An input-grounded workload (prompts that ask to repeat, edit or continue a given text or code
+block: where an answer quotes its prompt), one request at a time, greedy, the real default model
+in-process (no HTTP, no Redis). Each prompt runs with speculation off and on, in alternating
+order, so a machine whose load drifts weighs on both alike; both must give the same tokens.
+
+    python -m load.bench_speculative --speculate 4 --max-new-tokens 96 --rounds 2
+
+`verify_step_ratio` is the GPU row load/bench_gpu.py --speculate adds: the time of one batch-1
+step that verifies k drafts over that of a plain decode step, same context (target <= 1.15x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config import DEFAULT_MODEL_ID, WorkerConfig
+from common.model_source import resolve_model
+from common.sampling_params import SamplingParams
+from worker.engine import LLMEngine
+from worker.model_runner import ModelRunner
+from worker.request import Request
+
+_CODE = '''def merge_sorted(a, b):
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i] <= b[j]:
+            out.append(a[i])
+            i += 1
+        else:
+            out.append(b[j])
+            j += 1
+    out.extend(a[i:])
+    out.extend(b[j:])
+    return out
+'''
+_TEXT = ("The committee met on Tuesday to review the budget for the coming year. After a long "
+         "discussion, the members agreed to increase funding for the library and the public parks, "
+         "and to postpone the decision on the new community centre until the spring meeting.")
+ASKS = [
+    f"Repeat the following code exactly, with no comment:\n\n{_CODE}",
+    f"Rename the function merge_sorted to merge_lists in this code and show the whole result:\n\n{_CODE}",
+    f"Copy this paragraph word for word:\n\n{_TEXT}",
+    f"Rewrite this paragraph, replacing 'committee' with 'board':\n\n{_TEXT}",
+    f"Add type hints to this function and show the full code:\n\n{_CODE}",
+    f"Quote the text below, then say in one sentence what it is about.\n\n{_TEXT}",
+]
+
+
+def _engine(model_dir: Path, speculate: int) -> LLMEngine:
+    config = WorkerConfig(device="cpu", dtype="float32", speculate=speculate, max_batch_total_tokens=4096)
+    runner = ModelRunner(config, model_dir)
+    return LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
+                     max_model_len=runner.max_model_len)
+
+
+def _one(engine: LLMEngine, rid: str, prompt: list[int], max_new: int) -> tuple[list[int], float]:
+    engine.add_request(Request(rid, prompt, SamplingParams(max_new_tokens=max_new), 0, time.time()))
+    tokens: list[int] = []
+    started = time.perf_counter()
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens.extend(out.new_token_ids)
+    return tokens, time.perf_counter() - started
+
+
+def verify_step_ratio(runner: Any, k: int, context: int = 512, iters: int = 20) -> tuple[float, float]:
+    """(plain decode step ms, verification step ms) at batch 1 on `runner`'s device, eager."""
+    from worker.batch import ScheduledBatch, ScheduledRequest
+    from worker.request import RequestKey
+
+    blocks = list(range(-(-(context + k + 1) // runner.block_size)))
+
+    def step(drafts: int) -> float:
+        req = ScheduledRequest(RequestKey("verify", 0), [7] * (1 + drafts), context, blocks, True,
+                               SamplingParams(max_new_tokens=drafts + 1), num_draft_tokens=drafts)
+        batch = ScheduledBatch(0, [req], 1, 1 + drafts)
+        runner.execute(batch)  # warm-up
+        started = time.perf_counter()
+        for _ in range(iters):
+            runner.execute(batch)  # waits for its results: one host sync per step
+        return (time.perf_counter() - started) / iters * 1e3
+
+    return step(0), step(k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-id", default=DEFAULT_MODEL_ID)
+    ap.add_argument("--speculate", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the prompts (each pass both ways)")
+    args = ap.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model(args.model_id)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": a}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=False) for a in ASKS]
+    engines = {0: _engine(model_dir, 0), args.speculate: _engine(model_dir, args.speculate)}
+    _one(engines[0], "warm-0", prompts[0], 4)  # first-call costs out of the figures
+    _one(engines[args.speculate], "warm-1", prompts[0], 4)
+    seconds = {k: 0.0 for k in engines}
+    tokens = {k: 0 for k in engines}
+    ratios = []
+    for r in range(args.rounds):
+        for i, prompt in enumerate(prompts):
+            order = list(engines) if (r + i) % 2 == 0 else list(engines)[::-1]
+            got = {}
+            for k in order:
+                got[k] = _one(engines[k], f"r{r}p{i}k{k}", prompt, args.max_new_tokens)
+                seconds[k] += got[k][1]
+                tokens[k] += len(got[k][0])
+            if got[0][0] != got[args.speculate][0]:
+                print(f"prompt {i}: speculation changed the greedy output", file=sys.stderr)
+                return 1
+            ratios.append((len(got[args.speculate][0]) / got[args.speculate][1]) / (len(got[0][0]) / got[0][1]))
+    stats = engines[args.speculate].stats()
+    off, on = tokens[0] / seconds[0], tokens[args.speculate] / seconds[args.speculate]
+    print(f"| speculation | output tok/s | requests | tokens |\n|---|---|---|---|")
+    print(f"| off | {off:.1f} | {len(ratios)} | {tokens[0]} |")
+    print(f"| n-gram, --speculate {args.speculate} | {on:.1f} | {len(ratios)} | {tokens[args.speculate]} |")
+    print(f"\nratio {on / off:.2f}x (median per request {statistics.median(ratios):.2f}x); "
+          f"{stats.accepted_draft_tokens} of {stats.draft_tokens} draft tokens accepted "
+          f"({stats.accepted_draft_tokens / max(1, stats.draft_tokens):.0%}), per position "
+          + ", ".join(f"{a / max(1, d):.0%}" for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
