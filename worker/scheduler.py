@@ -201,7 +201,10 @@ class Scheduler:
         """The drafts a decoding request verifies this step: within the step's budget, its
         remaining tokens (max_new_tokens and the model's length, the sample that ends each run
         counted), and the blocks free beyond one of growth for each of the `num_after` running
-        requests scheduled after it."""
+        requests scheduled after it. A constrained request drafts nothing: its mask follows its own
+        sampled tokens one at a time."""
+        if req.grammar is not None:
+            return []
         limit = min(
             budget,
             req.params.max_new_tokens - req.num_output_tokens - 1,

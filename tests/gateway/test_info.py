@@ -142,6 +142,7 @@ def test_info_shows_the_speculation_method_and_n(gateway: GatewayServer, worker:
     now = time.time()
     info = WorkerInfo("speculating", worker.model, 0, 0, 1000, 1000, 512, 8, now, now, speculate=4, speculation="ngram")
     worker.r.set(worker.keys.worker_heartbeat("speculating"), encode(info), ex=30)
+    worker.r.zadd(worker.keys.worker_registry(worker.model), {"speculating": now})  # as a worker registers
     deadline = time.monotonic() + 10
     while (got := httpx.get(f"{gateway.url}/info", timeout=5).json())["live_workers"] < 2:
         assert time.monotonic() < deadline, got
@@ -150,3 +151,4 @@ def test_info_shows_the_speculation_method_and_n(gateway: GatewayServer, worker:
     row = next(w for w in got["workers"] if w["worker_id"] == "speculating")
     assert row["speculate"] == 4 and row["speculation"] == "ngram"
     worker.r.delete(worker.keys.worker_heartbeat("speculating"))
+    worker.r.zrem(worker.keys.worker_registry(worker.model), "speculating")

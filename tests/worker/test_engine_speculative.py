@@ -126,3 +126,20 @@ def test_a_large_batch_drafts_nothing() -> None:
         if len(batch.requests) > 2:
             assert not any(r.num_draft_tokens for r in batch.requests)
     assert any(r.num_draft_tokens for b in runner.batches for r in b.requests)  # the tail, with few left
+
+
+def test_a_constrained_request_never_drafts() -> None:
+    # Its grammar mask follows its own sampled tokens one at a time (worker/grammar.py).
+    engine, _ = _engine(4)
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8]
+    free = Request("free", prompt, SamplingParams(max_new_tokens=8), 0, time.time())
+    held = Request("held", prompt, SamplingParams(max_new_tokens=8), 0, time.time())
+    held.grammar = "a compiled matcher"  # the scheduler only asks whether there is one
+    for req in (free, held):
+        engine.scheduler.add(req)
+    engine.scheduler.schedule()  # both prompts
+    for req in (free, held):  # as the engine would after the prefill step
+        req.num_computed_tokens = len(prompt)
+        req.all_token_ids.append(5)
+    drafts = {r.key: r.num_draft_tokens for r in engine.scheduler.schedule().requests}
+    assert drafts == {"free": 4, "held": 0}
