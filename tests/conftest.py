@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,13 @@ def _has_cuda() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+if not _has_cuda():
+    # Triton picks its CPU interpreter when it is first imported (tl.sum and the rest of its own
+    # library are decorated then), and collecting a test module can import it (transformers'
+    # modeling code does): so it is chosen here, before any test module is collected.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

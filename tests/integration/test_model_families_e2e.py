@@ -21,11 +21,12 @@ _SHAPE = dict(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden
               num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=1,
               eos_token_id=2, pad_token_id=0)
 # A sliding-window family (a window shorter than prompt + output) and a mixture of experts.
+# Class names, resolved when a checkpoint is made: a modeling module imported at collection
+# imports triton before the kernel tests can choose its CPU interpreter.
 FAMILIES = {
-    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                {"head_dim": 16, "sliding_window": 8, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 5.0}),
-    "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
-                {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
 }
 PROMPT = "The capital of France is"
 MAX_NEW = 12
@@ -33,7 +34,8 @@ MAX_NEW = 12
 
 def _checkpoint(family: str, root: Path, default_model_dir: Path) -> tuple[Path, list[int]]:
     """The family's checkpoint directory and transformers' greedy tokens for PROMPT."""
-    config_cls, model_cls, extra = FAMILIES[family]
+    config_name, model_name, extra = FAMILIES[family]
+    config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
     torch.manual_seed(0)
     model = model_cls(config_cls(**{**_SHAPE, **extra})).eval()
     with torch.no_grad():  # larger weights than the init, so that the tokens vary
