@@ -34,7 +34,7 @@ from gateway.journal import Replay
 if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle, Run
 
-__all__ = ["claim", "attach", "open_replay", "same_request", "parse_last_event_id"]
+__all__ = ["claim", "attach", "open_replay", "same_request", "check_scope", "parse_last_event_id"]
 
 log = logging.getLogger("genfleet.gateway.resume")
 
@@ -57,11 +57,16 @@ def parse_last_event_id(value: str | None, request_id: str | None) -> tuple[str,
     return rid, int(seq)
 
 
+def check_scope(existing: GenerateRequest, scope: str) -> None:
+    """Only the API key that submitted a request may attach to it or cancel it."""
+    if existing.scope != scope:
+        raise GenfleetError("forbidden", f"Request {existing.req_id} belongs to another API key")
+
+
 def same_request(existing: GenerateRequest, run: Run, scope: str) -> bool:
     """Whether `run` asks what `existing` (a claim) asked: the same prompt and parameters, the
     seed aside (each call without one draws its own). Another key's request raises."""
-    if existing.scope != scope:
-        raise GenfleetError("forbidden", f"Request {existing.req_id} belongs to another API key")
+    check_scope(existing, scope)
     unseeded = msgspec.structs.replace
     return existing.input_ids == run.input_ids and unseeded(existing.params, seed=None) == unseeded(run.params, seed=None)
 

@@ -25,6 +25,7 @@ from common.protocol import Cancel, Error
 from gateway.context import ctx_of
 from gateway.journal import Replay
 from gateway.queue_client import QueueClient
+from gateway.resume import check_scope
 
 __all__ = ["cancel"]
 
@@ -45,8 +46,7 @@ async def _cancel(qc: QueueClient, scope: str, req_id: str) -> Response:
     if first is None:
         raise GenfleetError("unknown_request", f"No request {req_id}: it is unknown, or it ended longer ago "
                             "than its journal is kept")
-    if first.scope != scope:
-        raise GenfleetError("forbidden", f"Request {req_id} belongs to another API key")
+    check_scope(first, scope)
     replay = Replay(first)
     replay.fold(await qc.journal(req_id))
     if replay.ended:
