@@ -76,9 +76,10 @@ class ModelRegistry:
         fleet_models = self.default.fleet.state.fleet_models
         model = self._models.get(name)
         if model is not None:
-            if name not in fleet_models and not model.fleet.state.serving:
+            if name not in fleet_models or not model.fleet.state.serving:
                 # Its workers are gone (the default model's requests wait for one instead: a
                 # gateway's own model is expected back; another is known only from its workers).
+                # Both views must see one alive, so a model absent from /v1/models is refused.
                 raise GenfleetError("unavailable", f"No live worker serves model `{name}`")
             return model
         if name not in fleet_models:
