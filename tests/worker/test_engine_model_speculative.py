@@ -106,3 +106,24 @@ def test_greedy_on_the_default_model_is_unchanged(default_model_dir: Path, groun
     stats = engine.stats()
     assert stats.accepted_draft_tokens > 0 and stats.prefix_hit_tokens > 0
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_the_watermark_is_the_same_with_drafts(tiny, do_sample: bool) -> None:  # type: ignore[no-untyped-def]
+    # Each verification row's green list is its own previous token's (the draft before it), so
+    # watermarked greedy and seeded sampled tokens equal a plain step's, and differ from unmarked.
+    prompts = dict(list(_shared_prefix_prompts().items())[:6])
+    seeds = {rid: 900 + i for i, rid in enumerate(prompts)}
+
+    def tokens(watermark: bool, speculate: int) -> dict[str, list[int]]:
+        params = SamplingParams(max_new_tokens=30, ignore_eos=True, watermark=watermark, do_sample=do_sample,
+                                temperature=0.7 if do_sample else 1.0, top_k=3 if do_sample else 0)
+        engine = _engine(tiny[0], max_batch_prefill_tokens=32, block_size=8, speculate=speculate)
+        outs = _outputs(engine, prompts, params, seeds)
+        if speculate:
+            assert engine.stats().accepted_draft_tokens > 0
+        return {rid: [t for o in outs[rid] for t in o.new_token_ids] for rid in prompts}
+
+    marked = tokens(True, 0)
+    assert tokens(True, 3) == marked
+    assert tokens(False, 0) != marked
