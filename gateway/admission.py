@@ -35,7 +35,7 @@ class Admission:
 
     request: Request
     ctx: GatewayContext
-    body: Any  # the parsed JSON
+    body: Any  # the parsed JSON (None for a GET, which has no body)
     body_size: int  # bytes
     started: float  # when it arrived (time.time())
 
@@ -49,6 +49,14 @@ class Admission:
         named = headers.get("idempotency-key") or headers.get("x-request-id")
         return parse_last_event_id(headers.get("last-event-id"), named)
 
+    def resume_after(self, request_id: str) -> int:
+        """The seq a GET of stream `request_id` resumes after (-1: from its start): the browser's
+        `Last-Event-ID` header on a reconnect, else the `last_event_id` query parameter (what a
+        page sets on its first EventSource, which cannot send headers)."""
+        given = self.request.headers.get("last-event-id") or self.request.query_params.get("last_event_id")
+        point = parse_last_event_id(given, request_id)
+        return -1 if point is None else point[1]
+
 
 Handler = Callable[[Admission], Awaitable[Response]]
 
@@ -60,8 +68,9 @@ def admitted(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         _refuse_if_draining(ctx)
         ctx.metrics.counters.inc("tgi_request_count")
         mark_counted(request)
-        raw = await ctx.bodies.read(request)
-        body = parse_json(raw)
+        bodiless = request.method == "GET"  # GET /generate_stream/{request_id}
+        raw = b"" if bodiless else await ctx.bodies.read(request)
+        body = None if bodiless else parse_json(raw)
         _refuse_if_draining(ctx)  # it may have begun while the body arrived
         release = ctx.permits.acquire()
         try:

@@ -31,7 +31,7 @@ from gateway.middleware import ApiKeyMiddleware, RequestIdMiddleware, api_key_sc
 from gateway.queue_client import QueueClient
 from gateway.openapi import openapi_json
 from gateway.routes_cancel import cancel
-from gateway.routes_generate import compat_generate, generate, generate_stream
+from gateway.routes_generate import compat_generate, generate, generate_stream, stream_by_id
 from gateway.routes_info import health, info, metrics, models, tokenize
 from gateway.routes_openai import openai_routes
 from gateway.routes_watermark import watermark_detect
@@ -70,6 +70,7 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         Route("/", compat_generate, methods=["POST"]),
         Route("/generate", generate, methods=["POST"]),
         Route("/generate_stream", generate_stream, methods=["POST"]),
+        Route("/generate_stream/{request_id}", stream_by_id, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/cancel/{request_id}", cancel, methods=["POST"]),
         Route("/watermark/detect", watermark_detect, methods=["POST"]),
@@ -86,7 +87,7 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
     middleware = [Middleware(RequestIdMiddleware)]
     origins = [o.strip() for o in (config.cors_allow_origin or "*").split(",") if o.strip()]
     middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                                 allow_headers=["content-type", "authorization"]))
+                                 allow_headers=["content-type", "authorization", "last-event-id"]))
     if config.api_key:
         middleware.append(Middleware(ApiKeyMiddleware, api_key=config.api_key))
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

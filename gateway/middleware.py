@@ -14,19 +14,28 @@ from common.errors import GenfleetError
 from common.log import bind_request_id
 from gateway.errors import error_response
 
-__all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS", "api_key_scope"]
+__all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS", "api_key_scope", "check_request_id"]
 
 # Routes behind --api-key (TGI protects the generation routes only).
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions",
                               "/tokenize", "/chat_tokenize", "/invocations", "/watermark/detect"})
 
 
-def _needs_key(path: str) -> bool:
-    return path in GENERATION_PATHS or path.startswith("/cancel/")
+def _needs_key(method: str, path: str) -> bool:
+    if method == "GET":
+        return path.startswith("/generate_stream/")  # a request's stream by id (GET / is /health)
+    return method == "POST" and (path in GENERATION_PATHS or path.startswith("/cancel/"))
 
 
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _REQUEST_ID_RULE = "`{}` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+
+
+def check_request_id(value: str, name: str) -> None:
+    """A request id from a client names the request on the wire and in every log line: refuse
+    what cannot (400)."""
+    if not _REQUEST_ID.fullmatch(value):
+        raise GenfleetError("bad_request", _REQUEST_ID_RULE.format(name))
 
 
 def api_key_scope(api_key: str | None) -> str:
@@ -43,7 +52,7 @@ class ApiKeyMiddleware:
         self.expected = f"bearer {api_key}".lower().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and _needs_key(scope["path"]):
+        if scope["type"] == "http" and _needs_key(scope["method"], scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"").lower()
             if not hmac.compare_digest(given, self.expected):
                 await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]})
@@ -65,12 +74,13 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        for name in (b"idempotency-key", b"x-request-id"):
+        for name, shown in ((b"idempotency-key", "Idempotency-Key"), (b"x-request-id", "x-request-id")):
             given = headers.get(name)
-            if given is not None and not _REQUEST_ID.fullmatch(given):
-                # It names the request on the wire and in every log line: refuse what cannot.
-                rule = _REQUEST_ID_RULE.format(name.decode().title() if name[0] == ord("i") else name.decode())
-                await error_response(GenfleetError("bad_request", rule))(scope, receive, send)
+            try:
+                if given is not None:
+                    check_request_id(given.decode("latin-1"), shown)
+            except GenfleetError as exc:
+                await error_response(exc)(scope, receive, send)
                 return
         rid = headers.get(b"idempotency-key") or headers.get(b"x-request-id") or uuid.uuid4().hex.encode()
         request_id = rid.decode()

@@ -177,12 +177,53 @@ def _events(data: dict[str, Any]) -> dict[str, Any]:
         "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
 
 
-def _post(summary: str, body: type, ok: dict[str, Any], tag: str) -> dict[str, Any]:
-    errors = {str(code): {"description": text, **_json(ErrorResponse)} for code, text in (
-        (400, "Body is not JSON"), (413, "Body over --payload-limit"), (422, "Input validation error"),
-        (424, "Generation error"), (429, "Over --max-concurrent-requests"), (503, "No Redis or no worker"))}
-    return {"post": {"tags": [tag], "summary": summary, "requestBody": {"required": True, **_json(body)},
-                     "responses": {"200": ok, **errors}}}
+def _errors(*codes: tuple[int, str]) -> dict[str, Any]:
+    return {str(code): {"description": text, **_json(ErrorResponse)} for code, text in codes}
+
+
+_RESUME_ERRORS = ((403, "The request belongs to another API key"),
+                  (404, "No request of that id (unknown, or its journal expired)"),
+                  (410, "The request was cancelled (its client left, or none came back within the grace period)"))
+_LAST_EVENT_ID = "The `id:` of the last event received (`<request id>:<seq>`): the stream goes on after it"
+_NAMING = [
+    {"name": "x-request-id", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Names the request (1-128 of A-Z a-z 0-9 . _ : -); a retry with the same id and body gets "
+                    "the same answer, generated once"},
+    {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "As x-request-id, and takes precedence over it"},
+]
+_RESUME = [*_NAMING, {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                      "description": f"{_LAST_EVENT_ID}; sent with the same body, to any gateway"}]
+
+
+def _post(summary: str, body: type, ok: dict[str, Any], tag: str,
+          parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A POST route; `parameters`: _NAMING for a generation, _RESUME for one that streams."""
+    errors = _errors((400, "Body is not JSON"), (413, "Body over --payload-limit"), (422, "Input validation error"),
+                     (424, "Generation error"), (429, "Over --max-concurrent-requests"), (503, "No Redis or no worker"),
+                     *(_RESUME_ERRORS if parameters else ()))
+    return {"post": {"tags": [tag], "summary": summary, "parameters": parameters or [],
+                     "requestBody": {"required": True, **_json(body)}, "responses": {"200": ok, **errors}}}
+
+
+def _stream_by_id(sse: dict[str, Any]) -> dict[str, Any]:
+    """GET /generate_stream/{request_id} (gateway/routes_generate.py `stream_by_id`)."""
+    parameters = [
+        {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "The request's id: its response's x-request-id header, or the part of an event id before "
+                        "the last colon"},
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": f"{_LAST_EVENT_ID}; a browser's EventSource sends it by itself when it reconnects"},
+        {"name": "last_event_id", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "The same, for a first connection that cannot send headers (EventSource); the header wins"},
+    ]
+    responses = {"200": sse, "204": {"description": "Nothing after Last-Event-ID: the request has finished"},
+                 **_errors((400, "Bad request id or Last-Event-ID"), *_RESUME_ERRORS,
+                           (503, "No Redis, or the request's model has no worker"))}
+    return {"get": {"tags": ["genfleet"], "parameters": parameters, "responses": responses,
+                    "summary": "Re-open a request's token stream by its id (for EventSource): from its first token, "
+                               "or after Last-Event-ID, then live to its end, through any gateway; the last event "
+                               "carries details"}}
 
 
 def _get(summary: str, ok: dict[str, Any], tag: str) -> dict[str, Any]:
@@ -206,10 +247,13 @@ def openapi_spec() -> Any:
                    {"description": "Generated text, or token events when `stream` is true",
                     "content": {"application/json": {"schema": {"type": "array", "items": _ref(GenerateResponse)}},
                                 "text/event-stream": {"schema": _events(_ref(StreamResponse))}}},
-                   "Text Generation Inference"),
+                   "Text Generation Inference", _RESUME),
         "/generate": _post("Generate tokens", GenerateInput, {"description": "Generated text",
-                                                               **_json(GenerateResponse)}, "Text Generation Inference"),
-        "/generate_stream": _post("Generate a stream of token events", GenerateInput, sse, "Text Generation Inference"),
+                                                               **_json(GenerateResponse)}, "Text Generation Inference",
+                           _NAMING),
+        "/generate_stream": _post("Generate a stream of token events", GenerateInput, sse, "Text Generation Inference",
+                                  _RESUME),
+        "/generate_stream/{request_id}": _stream_by_id(sse),
         "/tokenize": _post("Tokenize inputs", GenerateInput,
                            {"description": "Tokens", **_json({"type": "array", "items": _ref(SimpleToken)})},
                            "Text Generation Inference"),
@@ -219,8 +263,8 @@ def openapi_spec() -> Any:
         "/chat_tokenize": _post("Template and tokenize a chat", ChatRequest,
                                 {"description": "Tokens and templated text", **_json({"type": "object"})},
                                 "Text Generation Inference"),
-        "/v1/chat/completions": _post("OpenAI chat completions", ChatRequest, oai, "OpenAI"),
-        "/v1/completions": _post("OpenAI completions", CompletionRequest, oai, "OpenAI"),
+        "/v1/chat/completions": _post("OpenAI chat completions", ChatRequest, oai, "OpenAI", _RESUME),
+        "/v1/completions": _post("OpenAI completions", CompletionRequest, oai, "OpenAI", _RESUME),
         "/v1/models": _get("Served model", {"description": "Model list", **_json({"type": "object"})}, "OpenAI"),
         "/health": _get("200 when Redis answers and a live worker serves the model, else 503",
                         {"description": "Healthy"}, "Text Generation Inference"),

@@ -33,8 +33,10 @@ from gateway.journal import Replay
 
 if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle, Run
+    from gateway.queue_client import QueueClient
 
-__all__ = ["claim", "attach", "open_replay", "same_request", "check_scope", "parse_last_event_id"]
+__all__ = ["claim", "attach", "open_replay", "claimed", "check_ended", "same_request", "check_scope",
+           "parse_last_event_id"]
 
 log = logging.getLogger("genfleet.gateway.resume")
 
@@ -99,20 +101,32 @@ async def claim(lc: Lifecycle, run: Run, index: int | None) -> GenerateRequest |
         req_id = f"{base}-{uuid.uuid4().hex[:6]}"
 
 
+async def claimed(qc: QueueClient, req_id: str) -> GenerateRequest:
+    """The request that holds id `req_id` (its claim): 404 when none does, 503 without Redis."""
+    try:
+        first = await qc.claimed(req_id)
+    except (RedisError, OSError) as exc:
+        raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
+    if first is None:
+        raise GenfleetError("unknown_request", f"No request {req_id} to resume: it is unknown, or it ended "
+                            "longer ago than its journal is kept")
+    return first
+
+
 async def open_replay(lc: Lifecycle, run: Run, req_id: str, after: int) -> Replay:
     """Request `req_id`'s journal, folded, once checked that `run` may attach to it after seq
     `after`: raises the refusal (404, 403, 422, 410) before any response starts."""
     qc = lc.queue_client
-    first = await qc.claimed(req_id)
-    if first is None:
-        raise GenfleetError("unknown_request", f"No request {req_id} to resume: it is unknown, or it ended "
-                            "longer ago than its journal is kept")
+    first = await claimed(qc, req_id)
     if not same_request(first, run, lc.scope):
         raise ValidationError(f"the request body differs from that of request {req_id}")
     replay = Replay(first)
-    replay.fold(await qc.journal(req_id))
+    try:
+        replay.fold(await qc.journal(req_id))
+    except (RedisError, OSError) as exc:
+        raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
     if replay.gone:
-        _end(replay)
+        check_ended(replay)
     if after >= len(replay.tokens):
         raise GenfleetError("request_gone", f"Request {req_id} cannot resume after seq {after}: its journal holds "
                             f"{len(replay.tokens)} tokens (workers run with --checkpoint-tokens false?)")
@@ -159,7 +173,7 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
                 yield burst
             return
         qc.close(req_id)
-    _end(replay)
+    check_ended(replay)
     if pending:
         lc.metrics.observe_burst(outcome, pending)
         yield pending
@@ -195,7 +209,8 @@ async def _follow(lc: Lifecycle, replay: Replay) -> AsyncIterator[list[Token]]:
         await asyncio.sleep(_FOLLOW_POLL)
 
 
-def _end(replay: Replay) -> None:
+def check_ended(replay: Replay) -> None:
+    """Raise what ended `replay`'s request when it did not finish: cancelled (410) or its error."""
     if replay.gone:
         raise GenfleetError("request_gone", f"Request {replay.req_id} was cancelled: its client left, or none came "
                             "back within the gateway grace period")

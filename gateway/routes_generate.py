@@ -1,4 +1,5 @@
-"""TGI's generation routes: POST /generate, /generate_stream and / (compat); `x-model-id` picks the model."""
+"""TGI's generation routes: POST /generate, /generate_stream and / (compat); `x-model-id` picks the
+model. GET /generate_stream/{request_id} re-opens a stream by its id (a browser's EventSource)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import functools
 
 from starlette.responses import JSONResponse, Response
 
+from common.errors import GenfleetError
+
 from gateway.admission import Admission, admitted
-from gateway.lifecycle import Run
+from gateway.lifecycle import Outcome, Run
+from gateway.middleware import check_request_id
 from gateway.models import MODEL_HEADER, ServedModel
 from gateway.responses import DeferredResponse
+from gateway.resume import check_ended, claimed
 from gateway.schemas import GenerateInput, parse_generate
 from gateway.sse import SSEResponse
 from gateway.tgi_shapes import generate_body, stream_headers, tgi_stream, timing_headers
 from gateway.validation import Validated, off_loop, validate
 
-__all__ = ["generate", "generate_stream", "compat_generate"]
+__all__ = ["generate", "generate_stream", "compat_generate", "stream_by_id"]
 
 
 @admitted
@@ -66,3 +71,31 @@ async def _stream(call: Admission, parsed: GenerateInput) -> Response:
     await model.lifecycle.prepare(run)
     events = tgi_stream(model.lifecycle.run(run), v, run.outcome, call.ctx.metrics)
     return SSEResponse(events, stream_headers(len(v.input_text)))
+
+
+@admitted
+async def stream_by_id(call: Admission) -> Response:
+    """GET /generate_stream/{request_id}: the token events of a request already submitted (by any
+    route, through any gateway), from its first token or after the seq its `Last-Event-ID` names,
+    then live to its end: what a browser's EventSource opens, and re-opens by itself with the
+    `Last-Event-ID` header when the connection breaks. The events are /generate_stream's, the last
+    one with `details` and the generated text without the prompt (the body that said otherwise is
+    not sent again). 204 once there is nothing more to send (EventSource then stops reconnecting);
+    a request cancelled or failed answers its error as the status (EventSource stops too)."""
+    req_id = call.request.path_params["request_id"]
+    check_request_id(req_id, "request_id")
+    after = call.resume_after(req_id)
+    first = await claimed(call.ctx.queue_client, req_id)
+    model = await call.ctx.models.get(first.model)
+    run = Run(first.input_ids, first.params, Outcome(started=call.started), resume=(req_id, after),
+              priority=first.priority)
+    await model.lifecycle.prepare(run)
+    replay = run.replay
+    if replay is None:
+        raise GenfleetError("unavailable", "Request queue unavailable: Redis does not answer")
+    if replay.ended and after + 1 >= len(replay.tokens):
+        check_ended(replay)
+        return Response(status_code=204)
+    v = Validated(first.input_ids, (first.params,), return_full_text=False, details=True,
+                  decoder_input_details=False, input_text="", priority=first.priority)
+    return SSEResponse(tgi_stream(model.lifecycle.run(run), v, run.outcome, call.ctx.metrics), stream_headers(0))

@@ -47,3 +47,15 @@ def test_docs_page_loads_nothing_from_outside(gateway: GatewayServer) -> None:
     assert "SwaggerUIBundle" in kinds["js"].text and "javascript" in kinds["js"].headers["content-type"]
     assert kinds["css"].headers["content-type"].startswith("text/css")
     assert httpx.get(f"{gateway.url}/docs/static/no-such-file.js", timeout=10).status_code == 404
+
+
+def test_the_spec_documents_resuming(gateway: GatewayServer) -> None:
+    spec = httpx.get(f"{gateway.url}/api-doc/openapi.json", timeout=10).json()
+    by_id = spec["paths"]["/generate_stream/{request_id}"]["get"]
+    assert {(p["name"], p["in"]) for p in by_id["parameters"]} == {
+        ("request_id", "path"), ("Last-Event-ID", "header"), ("last_event_id", "query")}
+    assert {"200", "204", "400", "403", "404", "410"} <= set(by_id["responses"])
+    assert "text/event-stream" in by_id["responses"]["200"]["content"]
+    for path in ("/", "/generate_stream", "/v1/chat/completions", "/v1/completions"):
+        names = {p["name"] for p in spec["paths"][path]["post"]["parameters"]}
+        assert names == {"x-request-id", "Idempotency-Key", "Last-Event-ID"}, path

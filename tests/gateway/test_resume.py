@@ -55,3 +55,28 @@ def test_an_idempotency_key_names_the_request_and_each_run_of_a_fan_out(gateway:
     r = httpx.post(f"{gateway.url}/generate", json={"inputs": "z", "parameters": {"max_new_tokens": 1}},
                    headers={"Idempotency-Key": "key-1"}, timeout=10)
     assert r.status_code == 200 and worker.received[-1].req_id.startswith("key-1-")
+
+
+def test_the_get_form_refuses_before_any_stream_starts(gateway: GatewayServer, worker: ScriptedWorker) -> None:
+    sse = {"Accept": "text/event-stream"}
+    r = httpx.get(f"{gateway.url}/generate_stream/nobody", headers=sse, timeout=10)
+    assert r.status_code == 404 and r.json()["error_type"] == "unknown_request", r.text
+    r = httpx.get(f"{gateway.url}/generate_stream/two%20words", headers=sse, timeout=10)
+    assert r.status_code == 400
+    assert r.json() == {"error": "`request_id` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+                        "error_type": "bad_request"}
+    for header in ({"Last-Event-ID": "other:3"}, {"Last-Event-ID": "nobody"}):
+        r = httpx.get(f"{gateway.url}/generate_stream/nobody", headers={**sse, **header}, timeout=10)
+        assert r.status_code == 400 and r.json()["error_type"] == "bad_request", r.text
+    r = httpx.get(f"{gateway.url}/generate_stream/nobody", params={"last_event_id": "other:3"}, timeout=10)
+    assert r.status_code == 400 and "names request other" in r.json()["error"], r.text
+    assert worker.received == []
+
+
+def test_the_get_form_is_behind_the_api_key(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    with make_gateway(api_key="sesame") as gw:
+        r = httpx.get(f"{gw.url}/generate_stream/nobody", timeout=10)
+        assert r.status_code == 401 and r.content == b""
+        r = httpx.get(f"{gw.url}/generate_stream/nobody", headers={"authorization": "Bearer sesame"}, timeout=10)
+        assert r.status_code == 404
+        assert httpx.get(f"{gw.url}/health", timeout=10).status_code == 200  # GET / and /health stay open

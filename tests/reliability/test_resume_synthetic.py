@@ -20,6 +20,7 @@ from tests.integration.fleet import start_gateway, start_worker, wait_healthy
 from tests.reliability.harness import (
     ResumedStream,
     resumed_stream,
+    tgi_events,
     wait_workers_idle,
     wait_workers_running,
     worker_counter,
@@ -241,3 +242,63 @@ def test_an_openai_stream_resumes_through_another_gateway(fleet: Fleet) -> None:
     assert [i for i, _ in first] == [f"{key}:{seq}" for seq in range(100)]
     # The second client gets exactly what the first got after seq 2, and the same [DONE].
     assert resumed == first[3:]
+
+
+async def _event_source(client: httpx.AsyncClient, url: str, last_event_id: str | None,
+                        events: list[tuple[str, dict[str, object]]], headers: dict[str, str]) -> int:
+    """What a browser's EventSource does: GET with Accept: text/event-stream and, when it has one,
+    the Last-Event-ID of the last event it received; every event read is added to `events`."""
+    h = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **headers}
+    if last_event_id is not None:
+        h["Last-Event-ID"] = last_event_id
+    async with client.stream("GET", url, headers=h) as r:
+        if r.status_code == 200:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            async for event_id, event in tgi_events(r):
+                assert event_id is not None, event  # every event has an id for EventSource to send back
+                events.append((event_id, event))
+        return r.status_code
+
+
+def test_an_event_source_reconnects_by_get_after_its_gateway_is_killed(fleet: Fleet) -> None:
+    before = worker_counter(fleet.metrics_ports, ADMITTED)
+    rid = f"es-{uuid.uuid4().hex[:8]}"
+    body = {"inputs": "event source", "parameters": {"max_new_tokens": 150, "details": True}}
+    first: list[tuple[str, dict[str, object]]] = []
+    resumed: list[tuple[str, dict[str, object]]] = []
+
+    async def main() -> tuple[int, int, int]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            try:
+                async with client.stream("POST", f"{fleet.url('a')}/generate_stream", json=body,
+                                         headers={**_auth(), "x-request-id": rid}) as r:
+                    async for event_id, event in tgi_events(r):
+                        first.append((event_id or "", event))
+                        if len(first) == 5:
+                            fleet.procs["a"].kill()  # mid-stream: 150 tokens take 3 s
+            except httpx.HTTPError:
+                pass
+            url = f"{fleet.url('b')}/generate_stream/{rid}"
+            status = await _event_source(client, url, first[-1][0], resumed, _auth())
+            # EventSource reconnects when a stream ends; the id of the last event says it has all.
+            again = await _event_source(client, url, resumed[-1][0], [], _auth())
+            whole: list[tuple[str, dict[str, object]]] = []
+            replayed = await _event_source(client, url, None, whole, _auth())
+            assert [e for e, _ in whole] == [e for e, _ in first + resumed]
+            return status, again, replayed
+
+    try:
+        status, again, replayed = asyncio.run(main())
+    finally:
+        fleet.procs["a"].wait()
+        fleet.gateway("a", "--api-key", KEY)  # back for the tests after this one
+        wait_healthy(fleet.url("a"), list(fleet.procs.values()), timeout=60)
+    assert 5 <= len(first) < 150 and (status, again, replayed) == (200, 204, 200)
+    events = first + resumed
+    assert [e for e, _ in events] == [f"{rid}:{seq}" for seq in range(150)]  # no gap, no repeat
+    last = resumed[-1][1]
+    text = "".join(str(e["token"]["text"]) for _, e in events)  # type: ignore[index]
+    assert last["generated_text"] == text and last["details"]["finish_reason"] == "length"  # type: ignore[index]
+    assert [e["index"] for _, e in events] == list(range(1, 151))
+    wait_workers_idle(fleet.redis_url, fleet.prefix, expect=2, timeout=20)
+    assert worker_counter(fleet.metrics_ports, ADMITTED) - before == 1
