@@ -18,7 +18,7 @@ __all__ = ["LOG2E", "page_slots", "paged_tile", "paged_scales", "scaled_scores",
            "check_kv_scales", "dot_precision", "fp8_dots"]
 
 # Softmax runs in base 2 (exp2 is cheaper): `scaled_scores` folds log2(e) into the scores' scale.
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: Triton kernels may read only such globals
 
 
 @triton.jit
