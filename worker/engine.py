@@ -36,9 +36,11 @@ from worker.block_manager import BlockManager
 from worker.finish import FinishRules
 from worker.request import Request, RequestKey, RequestStatus
 from worker.scheduler import Scheduler
+from worker.speculative.drafter import Drafter
 
 if TYPE_CHECKING:
     from worker.grammar import GrammarCompiler
+    from worker.speculative.heads import Speculator
 
 __all__ = ["LLMEngine", "Runner"]
 
@@ -81,11 +83,16 @@ class LLMEngine:
         max_model_len: int,
         clock: Callable[[], float] = time.time,
         grammars: GrammarCompiler | None = None,
+        speculator: Speculator | None = None,
     ) -> None:
         self.runner = runner
         self.block_size = config.block_size
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
-        self.scheduler = Scheduler(config, self.blocks, max_model_len, clock)
+        # The model's speculator heads draft where it has them (the runner's `speculator`); else n-gram.
+        drafter = None
+        if speculator is not None:
+            drafter = Drafter(speculator.num_heads, config.speculate_max_batch_size, speculator.method)
+        self.scheduler = Scheduler(config, self.blocks, max_model_len, clock, drafter)
         self.finish = FinishRules(eos_token_ids, max_model_len)
         self.max_model_len = max_model_len
         self.max_batch_size = config.max_batch_size
@@ -214,7 +221,7 @@ class LLMEngine:
         if self.scheduler.drafter.active(len(self.scheduler.running)):
             return False
         return not any(r.prefill_logprobs or r.params.has_penalties() or r.grammar is not None or r.num_draft_tokens
-                       for r in batch.requests)
+                       or r.num_proposals for r in batch.requests)
 
     def _admit_compiled(self) -> list[RequestOutput]:
         """Schedule the constrained requests whose matcher is ready; end those whose grammar failed."""
@@ -294,6 +301,7 @@ class LLMEngine:
                 req.all_token_ids.append(token)
             if req.grammar is not None:
                 req.grammar.consume_token(token)  # the mask allowed it: the matcher takes it
+            self._take_proposals(req, result, i)
             reason = after_token(req, token)
             top = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []
             out = self._output(req, [token], [result.logprobs[i]], top, reason)
@@ -325,11 +333,18 @@ class LLMEngine:
             if reason is not None:
                 break
         req.num_computed_tokens += kept
+        self._take_proposals(req, result, i)
         self.blocks.trim(req)
         self.blocks.commit(req)
         out = self._output(req, ids[:kept], lps[:kept], tops[:kept], reason)
         self._end_if(req, reason)
         return out
+
+    def _take_proposals(self, req: Request, result: StepOutput, i: int) -> None:
+        # The heads' drafts follow the last token this step kept (each verified next step).
+        drafts = result.proposals.get(i)
+        if drafts is not None:
+            req.draft_state = self.scheduler.drafter.offer(req.draft_state, len(req.all_token_ids), drafts)
 
     def _end_if(self, req: Request, reason: FinishReason | None) -> None:
         if reason is not None:

@@ -70,6 +70,7 @@ def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
         tables.extend([0] * (width - len(table)))
         seq_lens.append(req.start_pos + n)
         starts.append(starts[-1] + n)
+        first_sample_row = len(layout.sample_rows)
         if req.prefill_logprobs:
             # Each row predicts the next prompt token, where one exists within the known tokens.
             targets = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
@@ -78,6 +79,8 @@ def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
             layout.add_verified(i, starts[i], req.token_ids[n - req.num_draft_tokens :])
         elif req.do_sample:
             layout.add_sampled(i, starts[i + 1] - 1)
+        if req.num_proposals and req.do_sample:
+            layout.add_proposer(i, first_sample_row, req.num_draft_tokens > 0, req.num_proposals)
         max_query_len = max(max_query_len, n)
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
     parts = (input_ids, positions, slots, tables, seq_lens, starts, layout.rows)

@@ -8,7 +8,8 @@ so the offsets are written once, here.
 
 A request verifying drafts (speculative decoding) samples every one of its rows: it has one
 sampling row per token it computes, and a span saying where they are and how many drafts they
-check (`add_verified`); its results add the number of drafts accepted.
+check (`add_verified`); its results add the number of drafts accepted. A request whose
+speculator heads propose the next step's drafts (`add_proposer`) adds those drafts.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Results:
     top_logprobs: list[float]  # (n * top_n,)
     prompt_logprobs: list[float]  # (P,): one per prompt_rows entry
     num_accepted: list[float]  # (V,): drafts accepted, one per verify_spans entry
+    proposals: list[float]  # (R * num_proposed,): row-major, the heads' drafts per proposers entry
 
 
 @dataclass(slots=True)
@@ -47,6 +49,11 @@ class LogitsLayout:
     prompt_spans: dict[RequestKey, tuple[int, int]] = field(default_factory=dict)
     # Per verifying request (V,): (batch index, its first sampling row, the drafts it checks).
     verify_spans: list[tuple[int, int, list[int]]] = field(default_factory=list)
+    # Per request whose heads propose drafts (R,): (batch index, its first sampling row, its
+    # verify_spans index or -1). The heads read the row of its last kept token: the first, plus
+    # the drafts accepted when it verifies.
+    proposers: list[tuple[int, int, int]] = field(default_factory=list)
+    num_proposed: int = 0  # drafts per proposer
 
     def add_sampled(self, batch_idx: int, row: int) -> None:
         """A request whose only logits row is `row` (of the hidden states), and which samples."""
@@ -59,6 +66,12 @@ class LogitsLayout:
         self.verify_spans.append((batch_idx, len(self.sample_rows), drafts))
         for offset in range(len(drafts) + 1):
             self.add_sampled(batch_idx, first_row + offset)
+
+    def add_proposer(self, batch_idx: int, first_sample_row: int, verifies: bool, num_proposed: int) -> None:
+        """The request just added also has the heads propose `num_proposed` drafts."""
+        assert self.num_proposed in (0, num_proposed), "one draft count per step"
+        self.num_proposed = num_proposed
+        self.proposers.append((batch_idx, first_sample_row, len(self.verify_spans) - 1 if verifies else -1))
 
     def draft_targets(self) -> list[int]:
         """Per sampling row (n,): the draft its sample must equal for the next row's sample to be
@@ -83,14 +96,15 @@ class LogitsLayout:
 
     def pack(self, top_n: int, token_ids: torch.Tensor | None, logprobs: torch.Tensor | None,
              top_ids: torch.Tensor | None, top_logprobs: torch.Tensor | None,
-             prompt_logprobs: torch.Tensor | None, num_accepted: torch.Tensor | None = None) -> torch.Tensor | None:
+             prompt_logprobs: torch.Tensor | None, num_accepted: torch.Tensor | None = None,
+             proposals: torch.Tensor | None = None) -> torch.Tensor | None:
         """Every result in one float64 buffer, in Results' order (one copy back); None when empty.
 
         A part that is None must be empty by the layout; `top_n` is the top alternatives per
         sampling request, as `unpack` will be told.
         """
         parts = []
-        results = (token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted)
+        results = (token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted, proposals)
         for part, size in zip(results, self._sizes(top_n), strict=True):
             if part is None:
                 assert size == 0, "a result the layout counts on is missing"
@@ -106,6 +120,7 @@ class LogitsLayout:
             at += size
         return Results(*sliced)
 
-    def _sizes(self, top_n: int) -> tuple[int, int, int, int, int, int]:
+    def _sizes(self, top_n: int) -> tuple[int, ...]:
         n = len(self.sample_batch_idx)
-        return n, n, n * top_n, n * top_n, len(self.prompt_rows), len(self.verify_spans)
+        proposed = len(self.proposers) * self.num_proposed
+        return n, n, n * top_n, n * top_n, len(self.prompt_rows), len(self.verify_spans), proposed

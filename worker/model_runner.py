@@ -32,6 +32,7 @@ from worker.parallel import ShardGroup, add_all_reduces, shard_model
 from worker.quant import read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
 from worker.speculative import verify
+from worker.speculative.heads import Speculator, speculator_for
 from worker.watermark import Watermark
 from worker.request import RequestKey
 from worker.weights import load_weights
@@ -114,6 +115,8 @@ class ModelRunner:
         self.eos_token_ids = cfg.eos_token_ids
         self.max_model_len = context_length(model_dir)
         self.vocab_size = cfg.vocab_size
+        # The model's Medusa or MLP-speculator heads (worker/speculative/heads.py); None: n-gram or off.
+        self.speculator: Speculator | None = speculator_for(config, model_dir, cfg, self.dtype, self.device, shards is not None)
         self.watermark = Watermark(config.fleet.watermark_gamma, config.fleet.watermark_delta)
         self.attention = PagedAttentionBackend()
         self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly
@@ -195,11 +198,12 @@ class ModelRunner:
         tensors = None
         if sampled:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
-        logits_all = self.logits(inputs)
+        hidden = self._forward(inputs)[inputs.logits_rows]  # (N, hidden): the heads read it too
+        logits_all = self._logits_of(hidden)
         assert logits_all is not None  # rank 0 (or unsharded) always has them
         if tensors is not None:  # the host fills grammar masks while the device runs the forward
             tensors.grammar = grammar_mask.prepare([r.grammar for r in sampled], self.vocab_size, self.device)
-        return self._sample(batch, inputs, logits_all, tensors)
+        return self._sample(batch, inputs, logits_all, tensors, hidden)
 
     def prepare_inputs(self, batch: ScheduledBatch, previous: PendingStep | None) -> ModelInputs:
         """The step's device inputs, placeholders filled; a sharded worker's other ranks get them too."""
@@ -214,8 +218,10 @@ class ModelRunner:
 
     def logits(self, inputs: ModelInputs) -> torch.Tensor | None:
         """The forward and the LM head: (N, V) float32, on rank 0 only when sharded (None elsewhere)."""
-        hidden = self._forward(inputs)  # (T, hidden)
-        local = self.model.compute_logits(hidden[inputs.logits_rows])  # (N, V or vocab_per_rank) float32
+        return self._logits_of(self._forward(inputs)[inputs.logits_rows])
+
+    def _logits_of(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        local = self.model.compute_logits(hidden)  # (N, V or vocab_per_rank) float32
         return local if self.shards is None else self.shards.gather_logits(local, self.vocab_size)
 
     def _fill_placeholders(self, batch: ScheduledBatch, inputs: ModelInputs, previous: PendingStep | None) -> None:
@@ -242,10 +248,11 @@ class ModelRunner:
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
 
     def _sample(
-        self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None
+        self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None,
+        hidden: torch.Tensor,
     ) -> PendingStep:
         layout, reqs = inputs.layout, batch.requests
-        token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = None
+        token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = proposals = None
         k = 0
         if tensors is not None:
             rows = upload(torch.tensor(layout.sample_rows), self.device)
@@ -256,6 +263,8 @@ class ModelRunner:
             token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
             if layout.verify_spans:
                 num_accepted = verify.accepted_counts(token_ids, layout, self.device)
+            if layout.proposers:
+                proposals = self._propose(layout, rows, hidden, token_ids, num_accepted)
         if layout.prompt_rows:
             index = upload(torch.tensor(layout.prompt_rows + layout.prompt_targets), self.device)
             picked = logits_all[index[: len(layout.prompt_rows)]]  # (P, V)
@@ -263,7 +272,7 @@ class ModelRunner:
             prompt_logprobs = torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1)  # (P,)
         # Everything comes back in one transfer (float64 holds token ids exactly), queued now
         # and waited for in `wait`: the step's one host synchronisation.
-        flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted)
+        flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted, proposals)
         host = ready = None
         if flat is not None:
             if self.device.type == "cuda":
@@ -282,6 +291,17 @@ class ModelRunner:
             ready=ready,
             top_n=k,
         )
+
+    def _propose(self, layout: LogitsLayout, rows: torch.Tensor, hidden: torch.Tensor, token_ids: torch.Tensor,
+                 num_accepted: torch.Tensor | None) -> torch.Tensor:
+        """(R, K) int64: the heads' drafts after each proposer's last kept token, read from the
+        hidden state of the row that sampled it (rows: each sampling row's logits row)."""
+        assert self.speculator is not None, "proposals asked of a model without speculator heads"
+        index = upload(torch.tensor([p[1] for p in layout.proposers] + [p[2] for p in layout.proposers]), self.device)
+        first, span = index.view(2, -1)  # (R,), (R,)
+        if num_accepted is not None:  # a verifying request's last kept token: after its accepted drafts
+            first = first + torch.where(span >= 0, num_accepted[span.clamp(min=0)], 0)
+        return self.speculator.propose(hidden[rows[first]], token_ids[first], self.model)
 
     def wait(self, step: PendingStep) -> StepOutput:
         if step.ready is not None:
@@ -312,7 +332,11 @@ class ModelRunner:
             )
         prompt = got.prompt_logprobs
         prefill = {key: prompt[lo:hi] for key, (lo, hi) in step.layout.prompt_spans.items()}
-        return StepOutput(step.batch.step, [r.key for r in reqs], token_ids, logprobs, top_tokens, prefill, verified)
+        width = step.layout.num_proposed
+        proposals = {i: [int(t) for t in got.proposals[p * width : (p + 1) * width]]
+                     for p, (i, _, _) in enumerate(step.layout.proposers)}
+        return StepOutput(step.batch.step, [r.key for r in reqs], token_ids, logprobs, top_tokens, prefill, verified,
+                          proposals)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ __all__ = ["Scheduler"]
 class Scheduler:
     def __init__(
         self, config: WorkerConfig, block_manager: BlockManager, max_model_len: int,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, drafter: Drafter | None = None,
     ) -> None:
         self.max_batch_size = config.max_batch_size
         self.token_budget = config.max_batch_prefill_tokens
@@ -56,7 +56,9 @@ class Scheduler:
         self.max_priority_wait = config.max_priority_wait
         self.max_model_len = max_model_len
         self.blocks = block_manager
-        self.drafter = Drafter(config.speculate, config.speculate_max_batch_size)
+        # n-gram drafts by --speculate unless the engine brings the model's speculator heads.
+        self.drafter = drafter or Drafter(config.speculate or 0, config.speculate_max_batch_size)
+        self._speculating = False  # this step drafts (Drafter.active when it was scheduled)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.step = 0
@@ -102,7 +104,7 @@ class Scheduler:
         decodes: list[ScheduledRequest] = []
         # 1. running requests, oldest first; preempt from the newest end when blocks run out.
         preemptions_before = self.num_preemptions
-        speculating = self.drafter.active(len(self.running))
+        speculating = self._speculating = self.drafter.active(len(self.running))
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
@@ -245,16 +247,18 @@ class Scheduler:
         self._insert(req, lambda other: other.priority <= req.priority)
         self._released.append(req.key)
 
-    @staticmethod
-    def _scheduled(req: Request, num_new: int, drafts: list[int] | None = None) -> ScheduledRequest:
+    def _scheduled(self, req: Request, num_new: int, drafts: list[int] | None = None) -> ScheduledRequest:
         start = req.num_computed_tokens
+        do_sample = start + num_new == req.num_tokens
+        propose = (self._speculating and do_sample and req.grammar is None
+                   and self.drafter.wants_proposals(req.draft_state, self.step))
         tokens = req.all_token_ids[start : start + num_new]
         return ScheduledRequest(
             key=req.key,
             token_ids=tokens + drafts if drafts else tokens,
             start_pos=start,
             block_table=req.block_table,
-            do_sample=start + num_new == req.num_tokens,
+            do_sample=do_sample,
             params=req.params,
             all_token_ids=req.all_token_ids,
             num_generated=req.num_output_tokens + req.num_generated_offset,
@@ -262,4 +266,5 @@ class Scheduler:
             seed=req.seed,
             prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
             num_draft_tokens=len(drafts) if drafts else 0,
+            num_proposals=self.drafter.num_speculative if propose else 0,
         )

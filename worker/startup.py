@@ -42,7 +42,8 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
     """Returns (engine, tokenizer, device description, max_total_tokens, quantization method or None).
 
     A quantization setting the worker cannot serve raises worker.quant.QuantizationError, a
-    --num-shard it cannot serve worker.parallel.ShardingError."""
+    --num-shard it cannot serve worker.parallel.ShardingError, speculator heads it cannot serve
+    worker.speculative.heads.SpeculatorError."""
     fleet = config.fleet
     model_dir = resolve_model(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
     tokenizer = load_tokenizer(str(model_dir))
@@ -75,6 +76,7 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
         eos_token_ids=runner.eos_token_ids,
         max_model_len=max_total,
         grammars=_grammar_compiler(model_dir, runner.vocab_size, runner.eos_token_ids),
+        speculator=runner.speculator,
     )
     capacity = runner.num_blocks * runner.block_size
     log.info(

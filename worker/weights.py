@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from common.model_source import MEDUSA_FILE
 from worker.models import CausalLM
 from worker.parallel.plan import ShardPlan
 from worker.quant import QuantizationError, QuantMethod, quantizable_linears, replace_module
@@ -24,7 +25,7 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                  method: QuantMethod | None = None, plan: ShardPlan | None = None) -> None:
     """`plan`: a sharded worker's rank reads only its slices of each tensor (its model is built at that size)."""
     read = plan.read if plan is not None else _read_whole
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = sorted(p for p in model_dir.glob("*.safetensors") if p.name != MEDUSA_FILE)  # heads: speculative/
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {model_dir}")
     params = dict(model.named_parameters())

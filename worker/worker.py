@@ -379,11 +379,12 @@ def run_worker(config: WorkerConfig) -> int:
 
     from worker.parallel import ShardingError
     from worker.quant import QuantizationError
+    from worker.speculative.heads import SpeculatorError
 
     setup_logging(config.fleet.json_output, config.fleet.log_level, "worker")
     try:
         engine, tokenizer, device, max_total, quantize = build_engine(config)
-    except (QuantizationError, ShardingError) as exc:  # a setting error: the message, not a traceback
+    except (QuantizationError, ShardingError, SpeculatorError) as exc:  # a setting error: the message, not a traceback
         log.error("%s", exc)
         print(f"genfleet worker: error: {exc}", file=sys.stderr)
         return 2

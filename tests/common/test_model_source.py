@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.model_source import ModelNotFound, resolve_model
+from common.model_source import MEDUSA_FILE, ModelNotFound, resolve_model, speculator_dir
 
 
 def test_local_directory_is_used_as_is(tmp_path: Path) -> None:
@@ -22,6 +22,44 @@ def test_unreachable_hub_model_names_the_model(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFound, match="someone/not-a-real-model"):
         resolve_model("someone/not-a-real-model", model_cache=str(tmp_path))
+
+
+def _model(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+def test_a_heads_directory_resolves_to_its_base_model_as_in_tgi(tmp_path: Path) -> None:
+    base = _model(tmp_path / "base")
+    medusa, mlp = tmp_path / "medusa", tmp_path / "mlp"
+    for path, config in ((medusa, {"medusa_num_heads": 3, "medusa_num_layers": 1, "base_model_name_or_path": str(base)}),
+                         (mlp, {"model_type": "mlp_speculator", "n_predict": 3, "base_model_name_or_path": "../base"})):
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+    (medusa / MEDUSA_FILE).write_bytes(b"")
+    assert resolve_model(str(medusa)) == base
+    assert resolve_model(str(mlp)).resolve() == base.resolve()  # relative to the heads' directory
+    assert speculator_dir(str(medusa)) == medusa and speculator_dir(str(mlp)) == mlp
+    assert speculator_dir(str(base)) is None
+
+
+def test_medusa_heads_beside_a_models_weights_serve_that_model(tmp_path: Path) -> None:
+    model = _model(tmp_path / "m")
+    config = json.loads((model / "config.json").read_text()) | {"medusa_num_heads": 2, "medusa_num_layers": 1}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / MEDUSA_FILE).write_bytes(b"")
+    assert resolve_model(str(model)) == model and speculator_dir(str(model)) is None
+
+
+def test_heads_without_a_base_model_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mlp_speculator", "n_predict": 2}))
+    with pytest.raises(ModelNotFound, match="base_model_name_or_path"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"medusa_num_heads": 2, "base_model_name_or_path": "."}))
+    with pytest.raises(ModelNotFound, match="heads' own directory"):
+        resolve_model(str(tmp_path))
 
 
 def test_default_model_converts_to_an_hf_directory(default_model_dir: Path) -> None:

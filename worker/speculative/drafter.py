@@ -3,6 +3,13 @@
 The scheduler asks `Drafter.propose` for each decode it schedules, after `active` said the step
 speculates at all; the engine reports each verified request's outcome to `observe`. Plain Python.
 
+Two sources of drafts (`method`): "ngram", prompt lookup over the request's tokens
+(worker/speculative/ngram.py), or speculator heads ("medusa", "mlp_speculator";
+worker/speculative/heads.py), which run on the device in the step that samples a token and
+propose the drafts that follow it. The scheduler asks heads for proposals where `wants_proposals`
+says so; the engine hands them over with `offer`, and the next step verifies them, provided the
+request's token count is still the one they follow.
+
 Turn-down, the two ways speculation stops paying:
 - per step: past `--speculate-max-batch-size` running requests a decode step is no longer
   bandwidth-bound, so the extra query tokens cost real compute; the step drafts nothing (and on
@@ -10,7 +17,8 @@ Turn-down, the two ways speculation stops paying:
 - per request: a request whose drafts are mostly rejected (an acceptance rate below
   MIN_ACCEPTANCE, a moving mean over its recent verified steps) stops drafting for a pause that
   doubles each time it happens again (PAUSE_STEPS up to MAX_PAUSE_STEPS), then tries again. A
-  request without an n-gram match drafts nothing and costs nothing.
+  request without an n-gram match drafts nothing and costs nothing; a paused request's heads
+propose nothing either.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ PAUSE_STEPS, MAX_PAUSE_STEPS = 8, 256
 class DraftState:
     """One request's drafting state (lives on its Request, as its block table does)."""
 
-    index: NgramIndex
+    index: NgramIndex | None  # n-gram lookup; None when heads propose
+    proposed: list[int] = field(default_factory=list)  # the heads' drafts to follow token number `proposed_at`
+    proposed_at: int = -1  # the request's token count when they were proposed
     acceptance: float = 1.0  # moving mean of accepted / drafted over its verified steps
     paused_until: int = 0  # scheduler step before which it drafts nothing
     next_pause: int = PAUSE_STEPS
@@ -49,10 +59,11 @@ class SpeculationStats:
 
 
 class Drafter:
-    def __init__(self, num_speculative: int, max_batch_size: int) -> None:
+    def __init__(self, num_speculative: int, max_batch_size: int, method: str = "ngram") -> None:
         self.num_speculative = num_speculative  # --speculate: most drafts per request and step
         self.max_batch_size = max_batch_size
-        self.method = "ngram" if num_speculative > 0 else None  # /info's name of the method
+        self.method = method if num_speculative > 0 else None  # /info's name of the method
+        self.uses_heads = method != "ngram"
         per_position = num_speculative
         self.stats = SpeculationStats(drafted_by_position=[0] * per_position, accepted_by_position=[0] * per_position)
 
@@ -63,10 +74,27 @@ class Drafter:
     def propose(self, tokens: list[int], state: DraftState | None, limit: int, step: int) -> tuple[list[int], DraftState]:
         """Up to min(--speculate, limit) draft tokens to follow `tokens`, and the request's state."""
         if state is None:
-            state = DraftState(NgramIndex(NGRAM_MIN, NGRAM_MAX))
+            state = self._new_state()
         if step < state.paused_until:
             return [], state
-        return state.index.propose(tokens, min(self.num_speculative, limit)), state
+        k = min(self.num_speculative, limit)
+        if state.index is None:
+            return (state.proposed[:k] if state.proposed_at == len(tokens) else []), state
+        return state.index.propose(tokens, k), state
+
+    def wants_proposals(self, state: DraftState | None, step: int) -> bool:
+        """Whether a request sampling at `step` has the heads propose drafts for step + 1."""
+        return self.uses_heads and (state is None or step + 1 >= state.paused_until)
+
+    def offer(self, state: DraftState | None, num_tokens: int, drafts: list[int]) -> DraftState:
+        """The heads' drafts to follow a request's first `num_tokens` tokens; its state."""
+        if state is None:
+            state = self._new_state()
+        state.proposed, state.proposed_at = drafts, num_tokens
+        return state
+
+    def _new_state(self) -> DraftState:
+        return DraftState(None if self.uses_heads else NgramIndex(NGRAM_MIN, NGRAM_MAX))
 
     def observe(self, state: DraftState, num_drafted: int, num_accepted: int, step: int) -> None:
         """A verified step of one request: `num_accepted` of its `num_drafted` drafts were kept."""
