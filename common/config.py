@@ -243,13 +243,19 @@ class WorkerConfig:
         "reconnect through another gateway (Last-Event-ID), before it is cancelled"
     )
     checkpoint_tokens: bool = setting(
-        True, "Append each step's events of every running request to its journal in Redis (one pipeline per "
-        "step), which stream resumption and retries by request id replay"
+        True, "Append the events of every running request to its journal in Redis (in the publish pipeline), "
+        "which stream resumption and retries by request id replay"
+    )
+    checkpoint_interval: float = setting(
+        1.0, "Seconds between two journal writes of the running requests (one RPUSH per request each time; a "
+        "request that ends or is adopted by another gateway is written at once)"
     )
 
     def __post_init__(self) -> None:
         if self.gateway_grace_period < 0:
             raise ConfigError("--gateway-grace-period must be >= 0")
+        if self.checkpoint_interval < 0:
+            raise ConfigError("--checkpoint-interval must be >= 0")
         if self.max_batch_prefill_tokens < 1 or self.max_batch_size < 1 or self.block_size < 1:
             raise ConfigError("--max-batch-prefill-tokens, --max-batch-size and --block-size must be >= 1")
         if not 0 < self.cuda_memory_fraction <= 1:

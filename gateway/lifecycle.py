@@ -55,7 +55,7 @@ class RequestState:
     inbox: Inbox[Event] = field(default_factory=Inbox)  # events routed here, taken a burst at a time
     attempt: int = 0
     owner: str | None = None
-    relayed_ids: list[int] = field(default_factory=list)  # tokens the client has been sent
+    relayed: list[Token] = field(default_factory=list)  # tokens the client has been sent
     entry_id: bytes | str | None = None  # the current attempt's stream entry
     finish: Finish | None = None  # set when the request ends normally
     done: bool = False  # finished or cancelled: nothing more to stop
@@ -169,7 +169,7 @@ class Lifecycle:
         first = replay.first
         return RequestState(first.req_id, first.model, first.input_ids, first.params, first.deadline, first.priority,
                             inbox, attempt=replay.current.attempt, owner=replay.owner,
-                            relayed_ids=[t.id for t in replay.tokens], subscription=self.queue_client.subscriptions)
+                            relayed=list(replay.tokens), subscription=self.queue_client.subscriptions)
 
     async def follow(self, state: RequestState, outcome: Outcome) -> AsyncIterator[list[Token]]:
         """Relay a queued request's events to its end; cancel it wherever it runs when it does
@@ -262,14 +262,15 @@ class Lifecycle:
         # A continuation carries what the client has already seen and the remaining budget; the
         # first attempt is the one claimed (`_claim`).
         params = state.params
-        if state.relayed_ids:
-            params = msgspec.structs.replace(params, max_new_tokens=max(1, params.max_new_tokens - len(state.relayed_ids)))
+        relayed = state.relayed
+        if relayed:
+            params = msgspec.structs.replace(params, max_new_tokens=max(1, params.max_new_tokens - len(relayed)))
         msg = GenerateRequest(
             req_id=state.req_id, attempt=state.attempt, gateway_id=self.queue_client.gateway_id, model=state.model,
-            input_ids=state.input_ids, params=params, generated_ids=list(state.relayed_ids),
+            input_ids=state.input_ids, params=params, generated_ids=[t.id for t in relayed],
             deadline=state.deadline, priority=state.priority, enqueued_at=time.time(), scope=self.scope,
         )
-        state.entry_id = await self.queue_client.enqueue(msg)
+        state.entry_id = await self.queue_client.enqueue(msg, relayed)
 
     async def _relay(self, state: RequestState) -> AsyncIterator[list[Token]]:
         watch = _Watch()
@@ -298,7 +299,7 @@ class Lifecycle:
         """The burst of new tokens in `events`, and what comes after it: nothing, the finish, an
         error, or the reason for a continuation (the rest then belongs to the replaced attempt)."""
         burst: list[Token] = []
-        relayed = state.relayed_ids
+        relayed = state.relayed
         for event in events:
             if isinstance(event, Error) and event.error_type == CANCELLED:  # from any gateway, any attempt
                 state.finish = Finish(state.req_id, state.attempt, len(relayed), "cancelled", len(state.input_ids),
@@ -312,7 +313,7 @@ class Lifecycle:
                     continue  # already relayed (a duplicate, or a continuation's overlap)
                 if event.seq > expected:
                     return burst, f"events lost before seq {event.seq}"
-                relayed.append(event.id)
+                relayed.append(event)
                 burst.append(event)
             elif isinstance(event, Finish):
                 if event.seq > len(relayed):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -24,6 +25,7 @@ from common.protocol import (
     GenerateRequest,
     JournalEntry,
     ProtocolError,
+    Token,
     decode_events,
     decode_journal_entry,
     decode_request,
@@ -116,10 +118,13 @@ class QueueClient:
         """Give up a claim whose request was never queued (refused before the XADD)."""
         await self._redis.delete(self._keys.claim(req_id))
 
-    async def enqueue(self, msg: GenerateRequest) -> bytes | str:
+    async def enqueue(self, msg: GenerateRequest, relayed: Sequence[Token] = ()) -> bytes | str:
         """XADD one attempt to its priority's stream; the entry id. Raises QueueFull, before
         queueing, when that stream is over the bound (a flood of one level never refuses another).
-        A continuation (attempt > 0) is written to the request's journal first."""
+        A continuation (attempt > 0) is written to the request's journal first, after the tokens
+        its client has been sent (`relayed`): a worker journals a running request only every
+        --checkpoint-interval (worker/checkpoint.py), so one that died may not have written the
+        last of them, and the journal would hold a hole before the continuation's tokens."""
         stream = self._keys.stream_of(msg.model, msg.req_id, msg.priority)
         await self._ensure_group(stream)
         # Workers delete entries when they accept them, so XLEN is the unserved backlog; each of
@@ -131,6 +136,8 @@ class QueueClient:
             entry_id: bytes | str = await self._redis.xadd(stream, {REQUEST_FIELD: payload})
             return entry_id
         pipe = self._redis.pipeline(transaction=False)
+        if relayed:  # a replay drops those it already holds (gateway/journal.py)
+            pipe.rpush(self._keys.journal(msg.req_id), encode(EventBatch(f"gateway:{self.gateway_id}", 0, list(relayed))))
         self._journal_on(pipe, msg.req_id, payload)
         pipe.xadd(stream, {REQUEST_FIELD: payload})
         return (await pipe.execute())[-1]  # type: ignore[no-any-return]

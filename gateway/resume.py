@@ -127,28 +127,37 @@ async def open_replay(lc: Lifecycle, run: Run, req_id: str, after: int) -> Repla
         raise GenfleetError("unavailable", f"Request queue unavailable: {exc}") from exc
     if replay.gone:
         check_ended(replay)
-    if after >= len(replay.tokens):
-        raise GenfleetError("request_gone", f"Request {req_id} cannot resume after seq {after}: its journal holds "
-                            f"{len(replay.tokens)} tokens (workers run with --checkpoint-tokens false?)")
+    if replay.ended and after >= len(replay.tokens):
+        raise GenfleetError("request_gone", f"Request {req_id} cannot resume after seq {after}: it ended after "
+                            f"{len(replay.tokens)} tokens")
     return replay
 
 
 async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIterator[list[Token]]:
-    """Yield the tokens of `replay`'s request after seq `after` (-1: all), then its live ones."""
+    """Yield the tokens of `replay`'s request after seq `after` (-1: all), then its live ones.
+
+    The journal of a running request may lag the client by up to --checkpoint-interval
+    (worker/checkpoint.py): tokens up to `after` that arrive later are the client's already,
+    and join the outcome without being sent again."""
     qc = lc.queue_client
     req_id = replay.req_id
     outcome = run.outcome
-    outcome.tokens = replay.tokens[: after + 1]  # what the client already has
+
+    def fresh(tokens: list[Token]) -> list[Token]:
+        cut = next((i for i, t in enumerate(tokens) if t.seq > after), len(tokens))
+        outcome.tokens += tokens[:cut]  # what the client already has
+        return tokens[cut:]
+
     log.info("request %s resumed after seq %d (%d tokens in its journal, its gateway %s)", req_id, after,
              len(replay.tokens), replay.reply_to)
-    pending = replay.tokens[after + 1:]
+    pending = fresh(replay.tokens)
     counters = lc.metrics.counters
     if replay.ended:
         counters.inc("genfleet_request_attached", how="replayed")
     elif await _follows(lc, replay):
         counters.inc("genfleet_request_attached", how="followed")
         async for added in _follow(lc, replay):
-            pending += added
+            pending += fresh(added)
             if pending:
                 lc.metrics.observe_burst(outcome, pending)
                 yield pending
@@ -159,18 +168,20 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
         req_id, inbox = qc.open(req_id)
         state = lc.state_of(replay, inbox)
         try:
-            pending += await _adopt(lc, replay, inbox)
+            pending += fresh(await _adopt(lc, replay, inbox))
         except BaseException:
             qc.close(req_id)
             raise
         if not replay.ended:
             state.attempt, state.owner = replay.current.attempt, replay.owner
-            state.relayed_ids = [t.id for t in replay.tokens]
+            state.relayed = list(replay.tokens)
             if pending:
                 lc.metrics.observe_burst(outcome, pending)
                 yield pending
-            async for burst in lc.follow(state, outcome):
-                yield burst
+            async for burst in lc.follow(state, outcome):  # it adds every burst to the outcome
+                burst = [t for t in burst if t.seq > after]
+                if burst:
+                    yield burst
             return
         qc.close(req_id)
     check_ended(replay)

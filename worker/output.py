@@ -143,6 +143,8 @@ class OutputProcessor:
                     break
                 items.append(item)
             done = items[-1] is None
+            if done and self._checkpoint is not None:
+                self._checkpoint.urge()  # stopping: every journal written with this last round
             per_gateway: dict[str, list[Event]] = defaultdict(list)
             self._acks.clear()
             step_no = 0
@@ -175,9 +177,15 @@ class OutputProcessor:
                 accepted_at=time.time(),
             )
             out[request.gateway_id].append(Accepted(request.req_id, request.attempt, self._worker_id))
+            if self._checkpoint is not None:
+                # Journaled at once: a gateway resuming it must know its owner, or it would take
+                # it for queued when this worker dies before the next flush.
+                self._checkpoint.urge(request.req_id)
             return 0
         if kind == "forget":
             self._live.pop(item[1], None)
+            if self._checkpoint is not None:
+                self._checkpoint.urge(item[1].req_id)  # what it generated goes to its journal now
             return 0
         if kind == "adopt":
             _, key, gateway_id = item
@@ -185,6 +193,9 @@ class OutputProcessor:
             if live is not None:  # else it has ended: the adopter finds the end in the journal
                 live.request = msgspec.structs.replace(live.request, gateway_id=gateway_id)
                 out[gateway_id].append(Accepted(live.request.req_id, live.request.attempt, self._worker_id))
+                if self._checkpoint is not None:
+                    # The adopter reads the journal once it has this Accepted: whole by then.
+                    self._checkpoint.urge(key.req_id)
             return 0
         if kind == "error":
             _, key, error_type, message = item
@@ -277,16 +288,19 @@ class OutputProcessor:
         return text
 
     def _publish(self, step: int, per_gateway: dict[str, list[Event]]) -> None:
+        checkpoint = self._checkpoint
+        if checkpoint is not None:
+            checkpoint.add(step, per_gateway)  # this round's events only: a failed round's are kept there
         if self._unsent:  # what the last round could not send goes first, in order
             for gateway_id, events in per_gateway.items():
                 self._unsent.setdefault(gateway_id, []).extend(events)
             per_gateway, self._unsent = self._unsent, {}
         acks, self._unsent_acks = self._unsent_acks + self._acks, []
-        if not per_gateway and not acks:
+        if not per_gateway and not acks and not (checkpoint is not None and checkpoint.urgent):
             return
         pipe = self._redis.pipeline(transaction=False)
-        if self._checkpoint is not None and per_gateway:
-            self._checkpoint.add(pipe, step, per_gateway)
+        if checkpoint is not None:
+            checkpoint.write(pipe)
         for stream, entry_id in acks:
             # Deleted once accepted, so the stream's length is the backlog the gateways bound.
             pipe.xack(stream, CONSUMER_GROUP, entry_id)
@@ -297,7 +311,11 @@ class OutputProcessor:
         try:
             pipe.execute()
             self.published_batches += 1
+            if checkpoint is not None:
+                checkpoint.written(True)
         except redis.RedisError:
+            if checkpoint is not None:
+                checkpoint.written(False)
             # Sent again with the next round (gateways drop by seq what they already have), so a
             # lost Finish never leaves a stream waiting on a live owner. Past the cap it is dropped
             # and pub/sub's at-most-once shows: the gateway sees the seq gap and continues.

@@ -95,7 +95,8 @@ class Worker:
         self.started_at = time.time()
         self.step_count = 0
         self.step_log = StepLog(config.stats_interval)
-        checkpoint = Checkpointer(self.keys, self.worker_id, fleet.resume_ttl) if config.checkpoint_tokens else None
+        checkpoint = (Checkpointer(self.keys, self.worker_id, fleet.resume_ttl, config.checkpoint_interval)
+                      if config.checkpoint_tokens else None)
         self.output = OutputProcessor(self.redis, self.keys, self.worker_id, tokenizer, self._stop_from_output,
                                       checkpoint)
         self.intake = Intake(

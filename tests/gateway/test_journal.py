@@ -51,3 +51,17 @@ def test_adopt_cancel_and_gateway_gone() -> None:
     expired = Replay(_req())
     expired.fold([_step(_tok(0), Error("r", 0, GATEWAY_GONE, "Cancelled"))])
     assert expired.gone and expired.ended
+
+
+def test_the_gateways_tokens_fill_what_a_dead_worker_never_journaled() -> None:
+    # The worker journaled seq 0-1 and died; its gateway had relayed 0-3, and journals them ahead
+    # of the continuation (gateway/queue_client.py enqueue). Without them seq 4 on is past a hole.
+    relayed = [_tok(0), _tok(1), _tok(2), _tok(3)]
+    holed = Replay(_req())
+    holed.fold([_step(_tok(0), _tok(1)), _req(1, (100, 101, 102, 103)), _step(_tok(4, 1), worker="w2")])
+    assert [t.seq for t in holed.tokens] == [0, 1]
+    replay = Replay(_req())
+    added = replay.fold([_step(_tok(0), _tok(1)), _step(*relayed, worker="gateway:g1"), _req(1, (100, 101, 102, 103)),
+                         _step(_tok(4, 1), _tok(5, 1), Finish("r", 1, 6, "length", 2), worker="w2")])
+    assert [(t.seq, t.attempt) for t in replay.tokens] == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 1), (5, 1)]
+    assert [t.seq for t in added] == list(range(6)) and replay.finish is not None

@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -152,14 +152,14 @@ class _Queue:
     def close(self, req_id: str) -> None:
         pass
 
-    async def enqueue(self, msg: GenerateRequest) -> bytes:
+    async def enqueue(self, msg: GenerateRequest, relayed: Sequence[Token] = ()) -> bytes:
         self.enqueued.append(msg)
         return b"1-0"
 
     async def publish_cancel(self, model: str, owner: str | None, cancel: Cancel) -> None:
         self.cancelled.append(cancel.req_id)
 
-    async def delete_entry(self, model: str, priority: int, entry_id: bytes) -> None:
+    async def delete_entry(self, model: str, req_id: str, priority: int, entry_id: bytes) -> None:
         pass
 
 

@@ -24,6 +24,7 @@ from tests.reliability.harness import (
     wait_workers_idle,
     wait_workers_running,
     worker_counter,
+    worker_infos,
 )
 
 SYNTHETIC = ("--synthetic-tokens-per-s", "50", "--max-batch-total-tokens", "65536")
@@ -53,13 +54,15 @@ class Fleet:
                 p.wait()
 
 
-def _fleet(redis_url: str, workers: int, grace: str, gateways: dict[str, tuple[str, ...]]) -> Fleet:
+def _fleet(redis_url: str, workers: int, grace: str, gateways: dict[str, tuple[str, ...]],
+           worker_args: tuple[str, ...] = ()) -> Fleet:
     fleet = Fleet(redis_url, f"rs{uuid.uuid4().hex[:6]}")
     for i in range(workers):
         port = free_port()
         fleet.metrics_ports.append(port)
         fleet.procs[f"w{i}"] = start_worker(redis_url, fleet.prefix, f"{fleet.prefix}-w{i}", *SYNTHETIC,
-                                            "--gateway-grace-period", grace, "--metrics-port", str(port))
+                                            "--gateway-grace-period", grace, "--metrics-port", str(port),
+                                            *worker_args)
     for name, args in gateways.items():
         fleet.gateway(name, *args)
     try:
@@ -302,3 +305,53 @@ def test_an_event_source_reconnects_by_get_after_its_gateway_is_killed(fleet: Fl
     assert [e["index"] for _, e in events] == list(range(1, 151))
     wait_workers_idle(fleet.redis_url, fleet.prefix, expect=2, timeout=20)
     assert worker_counter(fleet.metrics_ports, ADMITTED) - before == 1
+
+
+def test_a_worker_and_then_the_gateway_killed_lose_nothing_the_journal_lacked(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Workers that write journals only when urged (a 20 s interval, past the test): kill -9 the
+    worker of some streams (their gateway continues them on the other, journaling the tokens the
+    dead one never wrote), then kill -9 the gateway (its clients resume through the other, which
+    adopts each stream: the owner writes its journal with the Accepted)."""
+    fleet = _fleet(redis_server.url, 2, "20", {"d": (), "e": ()}, ("--checkpoint-interval", "30"))
+    try:
+        streams = [ResumedStream(f"double {i}", f"dbl-{uuid.uuid4().hex[:8]}-{i}") for i in range(6)]
+        ids = [f"{fleet.prefix}-w0", f"{fleet.prefix}-w1"]
+        on_first: list[int] = []
+
+        async def kill_a_worker_then_the_gateway() -> None:
+            await asyncio.wait_for(asyncio.gather(*(s.tokens_seen.wait() for s in streams)), timeout=30)
+            running = {w.worker_id: w.running for w in worker_infos(fleet.redis_url, fleet.prefix)}
+            on_first.append(running.get(ids[0], 0))
+            fleet.procs["w0"].kill()
+            # Its streams are continued on w1 once its heartbeat has been gone a TTL (2 s).
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                running = {w.worker_id: w.running for w in worker_infos(fleet.redis_url, fleet.prefix)}
+                if running.get(ids[1], 0) == 6:
+                    break
+                await asyncio.sleep(0.1)
+            assert running.get(ids[1], 0) == 6, running
+            fleet.procs["d"].kill()
+
+        async def staggered() -> None:
+            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                tasks = []
+                for s in streams:  # a moment apart, so both workers take some
+                    tasks.append(asyncio.ensure_future(resumed_stream(client, [fleet.url("d"), fleet.url("e")], s, 400)))
+                    await asyncio.sleep(0.15)
+                await kill_a_worker_then_the_gateway()
+                await asyncio.wait_for(asyncio.gather(*tasks), timeout=90)
+
+        admitted = worker_counter(fleet.metrics_ports[1:], ADMITTED)
+        asyncio.run(staggered())
+        assert 0 < on_first[0] < 6, f"w0 ran {on_first[0]} of the 6 streams: the kill tests nothing"
+        for s in streams:
+            assert s.error is None and s.reconnects >= 1, (s.request_id, s.error)
+            assert s.seqs == list(range(400)), s.seqs  # no gap, no repeat across both faults
+            assert s.generated_text == s.text  # the journal gave the adopter every token the client had
+        # w1 generated its own streams and the continuations of w0's, each once.
+        assert worker_counter(fleet.metrics_ports[1:], ADMITTED) - admitted == 6
+        print(f"[worker then gateway kill -9] {on_first[0]} of 6 streams continued off the killed worker, "
+              "then all 6 resumed through the other gateway")
+    finally:
+        fleet.stop()

@@ -305,15 +305,25 @@ def test_steps_are_journaled_and_an_adopt_moves_the_stream(running_worker, redis
     first = [e.seq for e in seen["g1"] if isinstance(e, Token)]
     second = [e.seq for e in seen["g3"] if isinstance(e, Token)]
     assert first + second == list(range(len(first) + len(second)))
-    # Every event published is in the journal, one EventBatch per step that had tokens for it.
-    # (The journal is written before the publish of the same round: what was seen is there.
-    # A round of only an Accepted, the first one's or the adopter's, carries no step: 0.)
-    entries = [decode_journal_entry(raw) for raw in client.lrange(keys.journal("a1"), 0, -1)]
+    # Every event published is in the journal, in EventBatches of distinct steps: once the
+    # cancelled request's last events are flushed (a running request's journal is written every
+    # --checkpoint-interval; a dropped one's at once). A round of only an Accepted, the first one's
+    # or the adopter's, carries no step: 0.
+    def journal() -> list[object]:
+        return [decode_journal_entry(raw) for raw in client.lrange(keys.journal("a1"), 0, -1)]
+
+    def journaled_seqs(entries: list[object]) -> list[int]:
+        return [ev.seq for e in entries if isinstance(e, EventBatch) for ev in e.events if isinstance(ev, Token)]
+
+    entries = journal()
+    while len(journaled_seqs(entries)) < len(first) + len(second) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        entries = journal()
     assert entries and all(isinstance(e, EventBatch) and e.worker_id == "w1" for e in entries)
     steps = [e.step for e in entries if isinstance(e, EventBatch) and any(isinstance(ev, Token) for ev in e.events)]
     assert 0 not in steps
     assert len(steps) == len(set(steps))
-    journaled = [ev.seq for e in entries if isinstance(e, EventBatch) for ev in e.events if isinstance(ev, Token)]
+    journaled = journaled_seqs(entries)
     assert journaled[: len(first) + len(second)] == first + second
     assert 0 < client.pttl(keys.journal("a1")) <= 60_000
     pubsub.close()
