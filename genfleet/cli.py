@@ -26,6 +26,7 @@ from common.config import (
 )
 from common.env import EnvSnapshot, env_names
 from common.tgi_env import ignored_tgi_variables
+from genfleet.cpu_threads import prepare_openmp
 from common.watermark import DEFAULT_Z_THRESHOLD
 
 __all__ = ["main", "build_parser", "ROLE_CLASSES", "parse_configs", "check_tgi_env"]
@@ -187,6 +188,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         run_gateway(config)
         return 0
     if role == "worker":
+        prepare_openmp()  # before torch loads its OpenMP runtime
         from worker.worker import run_worker
 
         return run_worker(config)

@@ -25,9 +25,10 @@ from dataclasses import replace
 from common.config import FleetConfig, GatewayConfig, ServeConfig, WorkerConfig, settings_of
 from common.model_source import ModelNotFound, resolve_model
 from common.tgi_env import ignored_tgi_variables
+from genfleet.cpu_threads import openmp_env, worker_threads
 from genfleet.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, die_with_parent, free_port
 
-__all__ = ["serve", "child_argv", "worker_threads", "worker_devices"]
+__all__ = ["serve", "child_argv", "worker_devices"]
 
 log = logging.getLogger("genfleet.serve")
 
@@ -53,8 +54,8 @@ def _spawn(argv: list[str], cpu_threads: int = 0, devices: str | None = None) ->
     env = {k: v for k, v in os.environ.items() if k not in ignored}
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = devices
-    if cpu_threads and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(cpu_threads)  # torch's intra-op threads
+    if cpu_threads:
+        openmp_env(env, cpu_threads)
     return subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True, env=env)
 
 
@@ -72,14 +73,6 @@ def worker_devices(index: int, num_shard: int, visible: str | None) -> str | Non
         raise ValueError(f"{index + 1} workers x --num-shard {num_shard} need {wanted.stop} GPUs; "
                          f"CUDA_VISIBLE_DEVICES names {len(ids)}")
     return ",".join(ids[i] for i in wanted)
-
-
-def worker_threads(num_workers: int) -> int:
-    """CPU threads per worker process (each rank of a sharded worker counts as one): the machine's cores shared out. Each worker's torch would otherwise
-    start one thread per core, and N workers' threads oversubscribe the cores: every parallel op
-    then waits at its barrier for a descheduled thread (a decode step of 3 requests measured
-    2.5x slower with 2 threads than with 1 on a loaded 2-core machine)."""
-    return max(1, (os.cpu_count() or 1) // num_workers)
 
 
 def serve(config: ServeConfig) -> int:

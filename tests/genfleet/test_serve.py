@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from genfleet.cpu_threads import worker_threads
 from genfleet.embedded_redis import free_port
-from genfleet.serve import worker_devices, worker_threads
+from genfleet.serve import worker_devices
 from tests.integration.fleet import wait_healthy
 from tests.test_readme import readme_curl_examples
 
@@ -71,6 +72,8 @@ def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) ->
         worker_env = next(env for env, argv in zip(environs, cmdlines) if b"worker" in argv)
         if "OMP_NUM_THREADS" not in os.environ:
             assert f"OMP_NUM_THREADS={worker_threads(1)}".encode() in worker_env
+        if "OMP_WAIT_POLICY" not in os.environ:  # a busy neighbour must not stall its OpenMP barriers
+            assert b"OMP_WAIT_POLICY=PASSIVE" in worker_env
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -79,9 +82,11 @@ def test_serve_answers_and_sigterm_leaves_no_process(default_model_dir: Path) ->
 
 
 def test_workers_share_the_cores_out(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    # The cores this process may run on (a container's CPU set), not the machine's.
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert [worker_threads(n) for n in (1, 2, 3)] == [2, 1, 1]
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert worker_threads(3) == 5
 
 

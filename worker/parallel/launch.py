@@ -57,7 +57,8 @@ def check_shardable(config: WorkerConfig, model_dir: Path, world_size: int) -> N
 def start_ranks(config: WorkerConfig, world_size: int, device: torch.device) -> ShardGroup:
     """Rank 0's side: spawn ranks 1..N-1, join the process group with them, and watch them."""
     from genfleet.embedded_redis import die_with_parent, free_port
-    from genfleet.serve import child_argv, worker_threads
+    from genfleet.cpu_threads import worker_threads
+    from genfleet.serve import child_argv
 
     init = f"tcp://127.0.0.1:{free_port()}"
     flags = child_argv("worker", config, config.fleet)[4:]
