@@ -1,4 +1,5 @@
-"""One switch between kernel implementations: Triton on CUDA where a kernel exists, torch otherwise.
+"""One switch between kernel implementations: Triton on CUDA where a kernel exists, torch otherwise
+(on the CPU, worker/cpu_ops.py's fused attention and KV store, the references for the rest).
 
 Model code calls `ops.<name>(...)` only. `use_device(device)` is called once by the model runner.
 """
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from kernels import reference
+from worker import cpu_ops
 
 __all__ = [
     "use_device", "linear", "one_row_choices", "gpu_milliseconds", "store_kv", "paged_decode_attention",
@@ -34,9 +36,10 @@ _one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool], tuple[int, int, 
 
 
 def use_device(device: torch.device) -> dict[str, str]:
-    """Pick each op's implementation for `device`; returns {op: "triton" | "torch"}."""
+    """Pick each op's implementation for `device`; returns {op: "triton" | "torch" | "torch (cpu_ops)"}."""
     chosen = {}
     triton_ops: dict[str, Callable[..., Any]] = {}
+    cpu = {name: getattr(cpu_ops, name) for name in cpu_ops.__all__} if device.type == "cpu" else {}
     if device.type == "cuda":
         for name in _NAMES:
             try:  # each launcher loads on first use; a missing one falls back alone
@@ -44,8 +47,8 @@ def use_device(device: torch.device) -> dict[str, str]:
             except Exception as exc:  # a broken Triton install must not stop the worker
                 log.warning("Triton %s unavailable (%s); using the torch reference", name, exc)
     for name in _NAMES:
-        _impl[name] = triton_ops.get(name, getattr(reference, name))
-        chosen[name] = "triton" if name in triton_ops else "torch"
+        _impl[name] = triton_ops.get(name) or cpu.get(name) or getattr(reference, name)
+        chosen[name] = "triton" if name in triton_ops else "torch (cpu_ops)" if name in cpu else "torch"
     global _one_row
     _one_row = None
     if device.type == "cuda":
