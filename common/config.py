@@ -159,6 +159,11 @@ class GatewayConfig:
     disable_grammar_support: bool = setting(
         False, "Refuse `grammar`, `response_format` and `tools` (422 `grammar is not supported`)", tgi=True
     )
+    allow_runtime_lora_updating: bool = setting(
+        False, "Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes and its "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING): the model's workers load or drop a PEFT adapter from a path on their "
+        "host without a restart"
+    )
     merge_worker_metrics: bool = setting(
         False, "Append the metrics of the workers on this host (their --metrics-port) to /metrics, labelled "
         "worker_id: one endpoint for a single box (`serve` turns it on; leave it off where Prometheus scrapes workers)"
@@ -242,6 +247,12 @@ class WorkerConfig:
         30.0, "Seconds a request whose gateway stopped heart-beating keeps running, so that its client can "
         "reconnect through another gateway (Last-Event-ID), before it is cancelled"
     )
+    lora_adapters: str | None = setting(
+        None, "LoRA adapters (PEFT checkpoints) loaded at start, comma-separated: `id=/local/path`, a bare hub id "
+        "`org/name[@revision]` (its id) or a bare local directory (its name the id); a request picks one with "
+        "`adapter_id` (OpenAI routes: `model`)", tgi=True,
+    )
+    max_loras: int = setting(8, "Most LoRA adapters one worker holds at once (a load past it is refused)")
     checkpoint_tokens: bool = setting(
         True, "Append the events of every running request to its journal in Redis (in the publish pipeline), "
         "which stream resumption and retries by request id replay"
@@ -278,6 +289,8 @@ class WorkerConfig:
             raise ConfigError(f"--speculate must be in 0..{MAX_SPECULATE}, got {self.speculate}")
         if self.speculate_max_batch_size < 0:
             raise ConfigError("--speculate-max-batch-size must be >= 0")
+        if self.max_loras < 1:
+            raise ConfigError("--max-loras must be >= 1")
         if self.kv_cache_dtype is not None and self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ConfigError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
 

@@ -35,6 +35,7 @@ ErrorType = Literal[
     "request_timeout",  # 408: the body did not arrive in time
     "header_too_large",  # 431: request headers over the bound
     "internal",  # 500: a bug
+    "adapter",  # 400: the workers refused a LoRA adapter load or unload (its path, its format, its fit)
 ]
 
 # The cancel reason of POST /cancel/{request_id}, and the error_type of the Error event that
@@ -67,6 +68,7 @@ HTTP_STATUS: dict[str, int] = {
     "request_timeout": 408,
     "header_too_large": 431,
     "internal": 500,
+    "adapter": 400,
 }
 
 

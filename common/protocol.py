@@ -4,7 +4,7 @@ Messages and where they travel (key names in common/streams.py):
 
     gateway --XADD stream {p}:req:{model}--------------> worker   GenerateRequest
     worker  --PUBLISH {p}:gw:{gateway_id}--------------> gateway  EventBatch[Accepted|Token|Finish|Error]
-    gateway --PUBLISH {p}:wk:{worker_id} / {p}:ctl:{m}-> worker   Cancel | Adopt
+    gateway --PUBLISH {p}:wk:{worker_id} / {p}:ctl:{m}-> worker   Cancel | Adopt | LoadAdapter | UnloadAdapter
     both    --RPUSH {p}:log:{req_id} EX ttl-----------> all     JournalEntry (the request's journal)
     worker  --SET {p}:worker:{id} EX ttl----------------> all     WorkerInfo (heartbeat)
     gateway --SET {p}:gateway:{id} EX ttl---------------> all     GatewayInfo (heartbeat)
@@ -36,6 +36,8 @@ __all__ = [
     "EventBatch",
     "Cancel",
     "Adopt",
+    "LoadAdapter",
+    "UnloadAdapter",
     "Control",
     "JournalEntry",
     "WorkerInfo",
@@ -49,8 +51,9 @@ __all__ = [
     "decode_gateway_info",
 ]
 
-SCHEMA_VERSION = 6  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope;
-# 5: SamplingParams.grammar; 6: WorkerInfo.speculate and .speculation
+SCHEMA_VERSION = 7  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope;
+# 5: SamplingParams.grammar; 6: WorkerInfo.speculate and .speculation; 7: GenerateRequest.adapter_id,
+# LoadAdapter / UnloadAdapter, WorkerInfo.adapters
 
 
 class ProtocolError(ValueError):
@@ -69,6 +72,7 @@ class GenerateRequest(msgspec.Struct, array_like=True, frozen=True, tag="gen"):
     priority: int = 0  # higher is served first among waiting requests
     enqueued_at: float = 0.0  # unix time of the XADD (queue-time metrics)
     scope: str = ""  # digest of the API key that submitted it ("" = none): who may attach to it
+    adapter_id: str = ""  # the LoRA adapter the tokens come from ("" = the base model)
 
 
 class Accepted(msgspec.Struct, array_like=True, frozen=True, tag="acc"):
@@ -138,7 +142,26 @@ class Adopt(msgspec.Struct, array_like=True, frozen=True, tag="adopt"):
     gateway_id: str
 
 
-Control = Union[Cancel, Adopt]
+class LoadAdapter(msgspec.Struct, array_like=True, frozen=True, tag="lora_load"):
+    """Load the PEFT adapter at `path` (a directory on the worker's host) under `adapter_id`. Each
+    worker answers on `gateway_id`'s channel with an EventBatch under `reply_id`: an Accepted once
+    it holds the adapter, or an Error saying why it cannot."""
+
+    adapter_id: str
+    path: str
+    gateway_id: str
+    reply_id: str
+
+
+class UnloadAdapter(msgspec.Struct, array_like=True, frozen=True, tag="lora_unload"):
+    """Serve no new request of `adapter_id` (running ones finish first); answered as LoadAdapter."""
+
+    adapter_id: str
+    gateway_id: str
+    reply_id: str
+
+
+Control = Union[Cancel, Adopt, LoadAdapter, UnloadAdapter]
 
 # What a request's journal ({p}:log:{req_id}, a list) holds, in order: the gateway's
 # GenerateRequest of every attempt, the owner's EventBatch of every step that had events for it
@@ -163,6 +186,7 @@ class WorkerInfo(msgspec.Struct, array_like=True, frozen=True, tag="worker"):
     quantize: str | None = None  # --quantize method serving the model (TGI's names), None = dense
     speculate: int = 0  # --speculate: most draft tokens verified per request and step, 0 = off
     speculation: str | None = None  # how drafts are made ("ngram"), None = off
+    adapters: list[str] = []  # ids of the LoRA adapters it serves (GenerateRequest.adapter_id)
 
 
 class GatewayInfo(msgspec.Struct, array_like=True, frozen=True, tag="gateway"):

@@ -33,6 +33,7 @@ from gateway.openapi import openapi_json
 from gateway.routes_cancel import cancel
 from gateway.routes_generate import compat_generate, generate, generate_stream, stream_by_id
 from gateway.routes_info import health, info, metrics, models, tokenize
+from gateway.routes_lora import load_lora_adapter, unload_lora_adapter
 from gateway.routes_openai import openai_routes
 from gateway.routes_watermark import watermark_detect
 from gateway.tokenizer import Tokenizer, TokenizerFilesMissing
@@ -80,6 +81,8 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         Route("/info", info, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
         *openai_routes(),
         Route("/api-doc/openapi.json", openapi_json, methods=["GET"]),
         *docs_routes(),

@@ -39,10 +39,18 @@ class FleetState:
     pending: int = 0  # delivered to a worker, not yet acknowledged
     fleet_models: frozenset[str] = frozenset()  # every model a live, serving worker of the fleet serves
     queue_by_priority: dict[int, int] = field(default_factory=dict)  # queue_size per priority level
+    # LoRA adapter id -> the model whose every serving worker holds it (the fleet's, for OpenAI's `model`)
+    fleet_adapters: dict[str, str] = field(default_factory=dict)
 
     @property
     def serving(self) -> tuple[WorkerInfo, ...]:
         return tuple(w for w in self.workers if not w.draining)
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        """The LoRA adapters every serving worker of the model holds. All of them read one stream,
+        so a request of an adapter only some hold could reach one without it: those are not served."""
+        return _held_by_all(self.serving)
 
     @property
     def healthy(self) -> bool:
@@ -112,6 +120,7 @@ class FleetView:
             raw = await self._heartbeats()
             workers = []
             models = set()
+            by_model: dict[str, list[WorkerInfo]] = {}
             for value in raw:
                 if value is None:
                     continue
@@ -121,11 +130,14 @@ class FleetView:
                     continue
                 if not w.draining:
                     models.add(w.model)
+                    by_model.setdefault(w.model, []).append(w)
                 if w.model == self.model:
                     workers.append(w)
             backlog, pending = await self._backlog()
+            # An id two models both serve goes to the first in name order (documented in docs/api.md).
+            adapters = {a: m for m in sorted(by_model, reverse=True) for a in _held_by_all(by_model[m])}
             self.state = FleetState(True, tuple(sorted(workers, key=lambda w: w.worker_id)), sum(backlog.values()),
-                                    time.time(), pending, frozenset(models), backlog)
+                                    time.time(), pending, frozenset(models), backlog, adapters)
             self._timing_out_since = 0.0
         except RedisTimeoutError as exc:
             # A timeout may be this process stalled past the socket timeout (starved of CPU) with
@@ -185,6 +197,12 @@ class FleetView:
 
     def is_alive(self, worker_id: str) -> bool:
         return any(w.worker_id == worker_id for w in self.state.workers)
+
+
+def _held_by_all(workers: tuple[WorkerInfo, ...] | list[WorkerInfo]) -> frozenset[str]:
+    if not workers:
+        return frozenset()
+    return frozenset.intersection(*(frozenset(w.adapters) for w in workers))
 
 
 def _text(name: bytes | str) -> str:

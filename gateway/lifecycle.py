@@ -53,6 +53,7 @@ class RequestState:
     deadline: float
     priority: int
     inbox: Inbox[Event] = field(default_factory=Inbox)  # events routed here, taken a burst at a time
+    adapter_id: str = ""  # the LoRA adapter every attempt is served by ("" = the base model)
     attempt: int = 0
     owner: str | None = None
     relayed: list[Token] = field(default_factory=list)  # tokens the client has been sent
@@ -92,12 +93,14 @@ class Run:
     resume: tuple[str, int] | None = None  # (request id, seq of the last event the client has): Last-Event-ID
     replay: Replay | None = None  # the journal of the request it resumes, once checked (Lifecycle.prepare)
     priority: int = 0  # larger is more urgent (common/streams.py PRIORITY_LEVELS)
+    adapter_id: str = ""  # the LoRA adapter serving it ("" = the base model)
 
     @staticmethod
     def fan_out(input_ids: list[int], run_params: Sequence[SamplingParams], started: float,
-                priority: int = 0) -> list[Run]:
+                priority: int = 0, adapter_id: str = "") -> list[Run]:
         """One run per parameter set (best_of, n: each with its own seed), timed from `started`."""
-        return [Run(input_ids, p, Outcome(started=started), priority=priority) for p in run_params]
+        return [Run(input_ids, p, Outcome(started=started), priority=priority, adapter_id=adapter_id)
+                for p in run_params]
 
 
 @dataclass
@@ -152,7 +155,7 @@ class Lifecycle:
     async def _generate(self, run: Run, msg: GenerateRequest) -> AsyncIterator[list[Token]]:
         req_id, inbox = self.queue_client.open(msg.req_id)
         state = RequestState(req_id, self.model, run.input_ids, run.params, msg.deadline, run.priority, inbox,
-                             subscription=self.queue_client.subscriptions)
+                             run.adapter_id, subscription=self.queue_client.subscriptions)
         self.metrics.observe_start(run.outcome, len(state.input_ids), state.params.max_new_tokens)
         try:
             await self._submit(state)
@@ -168,7 +171,7 @@ class Lifecycle:
         """The relay's record of a request taken over from its journal (gateway/resume.py)."""
         first = replay.first
         return RequestState(first.req_id, first.model, first.input_ids, first.params, first.deadline, first.priority,
-                            inbox, attempt=replay.current.attempt, owner=replay.owner,
+                            inbox, first.adapter_id, attempt=replay.current.attempt, owner=replay.owner,
                             relayed=list(replay.tokens), subscription=self.queue_client.subscriptions)
 
     async def follow(self, state: RequestState, outcome: Outcome) -> AsyncIterator[list[Token]]:
@@ -269,6 +272,7 @@ class Lifecycle:
             req_id=state.req_id, attempt=state.attempt, gateway_id=self.queue_client.gateway_id, model=state.model,
             input_ids=state.input_ids, params=params, generated_ids=[t.id for t in relayed],
             deadline=state.deadline, priority=state.priority, enqueued_at=time.time(), scope=self.scope,
+            adapter_id=state.adapter_id,
         )
         state.entry_id = await self.queue_client.enqueue(msg, relayed)
 

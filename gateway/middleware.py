@@ -14,17 +14,22 @@ from common.errors import GenfleetError
 from common.log import bind_request_id
 from gateway.errors import error_response
 
-__all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS", "api_key_scope", "check_request_id"]
+__all__ = ["ApiKeyMiddleware", "RequestIdMiddleware", "GENERATION_PATHS", "ADMIN_PATHS", "api_key_scope",
+           "check_request_id"]
 
 # Routes behind --api-key (TGI protects the generation routes only).
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions",
                               "/tokenize", "/chat_tokenize", "/invocations", "/watermark/detect"})
 
 
+# Routes that change what the fleet serves (gateway/routes_lora.py): behind --api-key too.
+ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+
+
 def _needs_key(method: str, path: str) -> bool:
     if method == "GET":
         return path.startswith("/generate_stream/")  # a request's stream by id (GET / is /health)
-    return method == "POST" and (path in GENERATION_PATHS or path.startswith("/cancel/"))
+    return method == "POST" and (path in GENERATION_PATHS or path in ADMIN_PATHS or path.startswith("/cancel/"))
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -15,6 +15,12 @@ name always mean the default model. While the fleet serves only the default mode
 name means it too, as TGI's OpenAI routes accept any `model` for the one model they serve; once
 it serves several, a name no live worker serves is refused (404) before anything is queued. TGI's routes (/generate,
 /generate_stream, /, /tokenize, /info, /health) name a model with the `x-model-id` header.
+
+LoRA adapters (the ids the model's workers announce, gateway/fleet.py): TGI's routes name one
+with `parameters.adapter_id`, OpenAI's with `model`, as TGI takes it. An adapter the model's
+workers do not all hold is refused before anything is queued (422 on TGI's routes; on OpenAI's,
+once the fleet serves any adapter, a `model` that is neither a model nor an adapter is a 404,
+where TGI would quietly answer from the base model).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.errors import GenfleetError
+from common.errors import GenfleetError, ValidationError
 from gateway.fleet import FleetView
 from gateway.lifecycle import Lifecycle
 from gateway.tokenizer import Tokenizer
@@ -52,6 +58,13 @@ class ServedModel:
     def limits(self) -> Limits:
         """What a request is validated against: model_limits, lowered to what the live workers serve."""
         return self.fleet.state.limits(self.model_limits)
+
+    def check_adapter(self, adapter_id: str) -> None:
+        """ValidationError unless every serving worker of the model holds LoRA adapter `adapter_id`."""
+        served = self.fleet.state.adapters
+        if adapter_id not in served:
+            listed = ", ".join(f"`{a}`" for a in sorted(served)) or "none"
+            raise ValidationError(f"adapter `{adapter_id}` is not loaded for model `{self.model_id}` (loaded: {listed})")
 
 
 class ModelRegistry:
@@ -92,6 +105,21 @@ class ModelRegistry:
             task = asyncio.ensure_future(self._open(name))
             self._opening[name] = task
         return await asyncio.shield(task)
+
+    async def resolve(self, name: str | None) -> tuple[ServedModel, str]:
+        """OpenAI's `model`: (the model, "") for a model's name, (its model, the id) for a LoRA adapter's."""
+        state = self.default.fleet.state
+        if name is None or name in DEFAULT_ALIASES or name in state.fleet_models or name in self._models:
+            return await self.get(name), ""
+        model_of = state.fleet_adapters
+        if name in model_of:
+            return await self.get(model_of[name]), name
+        if model_of:  # adapters are served: a name that is neither is a mistake, not the base model
+            adapters = ", ".join(f"`{a}`" for a in sorted(model_of))
+            served = ", ".join(f"`{m}`" for m in self.live_names())
+            raise GenfleetError("not_found", f"Model `{name}` is neither a model nor a LoRA adapter of this fleet "
+                                f"(models: {served}; adapters: {adapters})")
+        return await self.get(name), ""
 
     async def _open(self, name: str) -> ServedModel:
         try:

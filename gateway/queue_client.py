@@ -24,8 +24,10 @@ from common.protocol import (
     EventBatch,
     GenerateRequest,
     JournalEntry,
+    LoadAdapter,
     ProtocolError,
     Token,
+    UnloadAdapter,
     decode_events,
     decode_journal_entry,
     decode_request,
@@ -185,6 +187,10 @@ class QueueClient:
             await publish(self._redis, channel, encode(cancel), self._sharded)
         except RedisError as exc:
             log.warning("could not publish cancel for %s: %s", cancel.req_id, exc)
+
+    async def publish_to_workers(self, model: str, message: LoadAdapter | UnloadAdapter) -> None:
+        """To every worker of the model (its control channel)."""
+        await publish(self._redis, self._keys.control_channel(model), encode(message), self._sharded)
 
     async def publish_to_gateway(self, gateway_id: str, events: list[Event]) -> None:
         """Events for requests another gateway relays (POST /cancel/{id} tells it to end one)."""

@@ -70,7 +70,8 @@ def same_request(existing: GenerateRequest, run: Run, scope: str) -> bool:
     seed aside (each call without one draws its own). Another key's request raises."""
     check_scope(existing, scope)
     unseeded = msgspec.structs.replace
-    return existing.input_ids == run.input_ids and unseeded(existing.params, seed=None) == unseeded(run.params, seed=None)
+    return (existing.input_ids == run.input_ids and existing.adapter_id == run.adapter_id
+            and unseeded(existing.params, seed=None) == unseeded(run.params, seed=None))
 
 
 async def claim(lc: Lifecycle, run: Run, index: int | None) -> GenerateRequest | str:
@@ -82,7 +83,7 @@ async def claim(lc: Lifecycle, run: Run, index: int | None) -> GenerateRequest |
     while True:
         msg = GenerateRequest(req_id=req_id, attempt=0, gateway_id=qc.gateway_id, model=lc.model,
                               input_ids=run.input_ids, params=run.params, deadline=deadline, priority=run.priority,
-                              scope=lc.scope)
+                              scope=lc.scope, adapter_id=run.adapter_id)
         try:
             try:
                 existing = await qc.claim(msg)

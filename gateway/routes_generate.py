@@ -44,6 +44,8 @@ async def compat_generate(call: Admission) -> Response:
 
 async def _validated(call: Admission, parsed: GenerateInput, *, stream: bool) -> tuple[ServedModel, Validated]:
     model = await call.ctx.models.get(call.request.headers.get(MODEL_HEADER))
+    if parsed.parameters.adapter_id:
+        model.check_adapter(parsed.parameters.adapter_id)
     check = functools.partial(validate, parsed, call.ctx.config, model.limits, model.tokenizer, stream=stream,
                               capacity_tokens=model.fleet.state.max_capacity_tokens)
     return model, await off_loop(check, call.body_size)
@@ -51,7 +53,7 @@ async def _validated(call: Admission, parsed: GenerateInput, *, stream: bool) ->
 
 async def _generate(call: Admission, parsed: GenerateInput, *, as_list: bool) -> Response:
     model, v = await _validated(call, parsed, stream=False)
-    runs = Run.fan_out(v.input_ids, v.run_params, call.started, v.priority)
+    runs = Run.fan_out(v.input_ids, v.run_params, call.started, v.priority, parsed.parameters.adapter_id or "")
 
     async def produce() -> Response:
         await model.lifecycle.complete(runs)
@@ -66,7 +68,7 @@ async def _stream(call: Admission, parsed: GenerateInput) -> Response:
     # TGI answers stream errors inside a 200 SSE stream; a refusal before the stream starts keeps
     # its status here so that load balancers and clients can back off (documented in docs/api.md).
     model, v = await _validated(call, parsed, stream=True)
-    (run,) = Run.fan_out(v.input_ids, v.run_params, call.started, v.priority)
+    (run,) = Run.fan_out(v.input_ids, v.run_params, call.started, v.priority, parsed.parameters.adapter_id or "")
     run.resume = call.resume_point()
     await model.lifecycle.prepare(run)
     events = tgi_stream(model.lifecycle.run(run), v, run.outcome, call.ctx.metrics)

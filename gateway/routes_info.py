@@ -1,7 +1,8 @@
 """GET /health, /ping, /info, /metrics, /v1/models and POST /tokenize.
 
 /health, /info and /tokenize concern the model the `x-model-id` header names (the default without
-it), as the generation routes do; /metrics and /v1/models cover every model.
+it), as the generation routes do; /metrics and /v1/models cover every model, and /v1/models every
+LoRA adapter the fleet serves (with its model as `parent`, as vLLM lists them).
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ async def info(request: Request) -> Response:
         "live_workers": len(state.serving),
         "workers": [
             {"worker_id": w.worker_id, "device": w.device, "quantize": w.quantize, "speculate": w.speculate,
-             "speculation": w.speculation, "running": w.running, "waiting": w.waiting,
+             "speculation": w.speculation, "adapters": w.adapters, "running": w.running, "waiting": w.waiting,
              "free_kv_tokens": w.free_kv_tokens, "capacity_tokens": w.capacity_tokens, "draining": w.draining}
             for w in state.workers
         ],
         "queue_size": state.queue_size,
+        # The LoRA adapters `parameters.adapter_id` may name (every serving worker holds them).
+        "lora_adapters": sorted(state.adapters),
         "models": ctx.models.live_names(),  # every model of the fleet (x-model-id picks one)
     })
 
@@ -99,8 +102,11 @@ async def metrics(request: Request) -> Response:
 
 async def models(request: Request) -> Response:
     ctx = ctx_of(request)
+    adapters = ctx.fleet.state.fleet_adapters
     return JSONResponse({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": name} for name in ctx.models.live_names()
+    ] + [
+        {"id": a, "object": "model", "created": 0, "owned_by": model, "parent": model} for a, model in sorted(adapters.items())
     ]})
 
 

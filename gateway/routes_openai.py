@@ -32,7 +32,7 @@ def _parse(call: Admission, chat: bool) -> OpenAIRequest:
     return parse_chat(call.body, max_n=limit) if chat else parse_completion(call.body, max_n=limit, max_prompts=limit)
 
 
-def _prepare(call: Admission, chat: bool, req: OpenAIRequest, model: ServedModel) -> OpenAICall:
+def _prepare(call: Admission, chat: bool, req: OpenAIRequest, model: ServedModel, adapter_id: str) -> OpenAICall:
     """Template, tokenize and validate every prompt; one Run per choice (prompt x n)."""
     ctx = call.ctx
     prompts = [render_prompt(model.tokenizer, list(req.messages or ()), req.tools)] if chat else list(req.prompts or ())
@@ -42,7 +42,7 @@ def _prepare(call: Admission, chat: bool, req: OpenAIRequest, model: ServedModel
         # The chat template writes its own special tokens.
         v = validate(GenerateInput(prompt, req.parameters), ctx.config, model.limits, model.tokenizer, stream=False,
                      capacity_tokens=model.fleet.state.max_capacity_tokens, add_special_tokens=not chat, fan_out=req.n)
-        choices += Run.fan_out(v.input_ids, v.run_params[: req.n], call.started, v.priority)
+        choices += Run.fan_out(v.input_ids, v.run_params[: req.n], call.started, v.priority, adapter_id)
         prompt_tokens += len(v.input_ids)
     return OpenAICall(chat, req, choices, prompt_tokens, sum(len(p) for p in prompts),
                       f"{'chatcmpl' if chat else 'cmpl'}-{call.request_id}", req.model or model.model_id, int(call.started))
@@ -50,8 +50,8 @@ def _prepare(call: Admission, chat: bool, req: OpenAIRequest, model: ServedModel
 
 async def _openai(call: Admission, chat: bool) -> Response:
     req = await off_loop(lambda: _parse(call, chat), call.body_size)
-    model = await call.ctx.models.get(req.model)
-    oc = await off_loop(lambda: _prepare(call, chat, req, model), call.body_size)
+    model, adapter_id = await call.ctx.models.resolve(req.model)
+    oc = await off_loop(lambda: _prepare(call, chat, req, model, adapter_id), call.body_size)
     lifecycle = model.lifecycle
     if oc.req.stream:
         resume = call.resume_point()
@@ -86,7 +86,7 @@ async def completions(call: Admission) -> Response:
 async def chat_tokenize(request: Request) -> Response:
     ctx = ctx_of(request)
     req = parse_chat(await read_json(request), max_n=ctx.config.max_client_batch_size)
-    tokenizer = (await ctx.models.get(req.model)).tokenizer
+    tokenizer = (await ctx.models.resolve(req.model))[0].tokenizer
     text = render_prompt(tokenizer, list(req.messages or ()), req.tools)
     tokens = [{"id": i, "text": t, "start": a, "stop": b}
               for i, t, a, b in tokenizer.offsets(text, add_special_tokens=False)]

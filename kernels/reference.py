@@ -31,6 +31,7 @@ __all__ = [
     "silu_and_mul",
     "gelu_tanh_and_mul",
     "fused_moe",
+    "lora_add",
     "pack_int32",
     "unpack_int32",
     "dequantize_int_weight",
@@ -262,6 +263,33 @@ def fused_moe(
         y = (F.silu(gate) * up) @ w2[expert].float().t()  # (n, H)
         out.index_add_(0, tokens, y * topk_weights[tokens, slots].float().unsqueeze(1))
     return out.to(x.dtype)
+
+
+def lora_add(
+    out: torch.Tensor,  # (T, N), updated in place
+    x: torch.Tensor,  # (T, K)
+    lora_a: torch.Tensor,  # (L, R, K)
+    lora_b: torch.Tensor,  # (L, N, R), scaled
+    seg_starts: torch.Tensor,  # (S + 1,) int32
+    seg_slots: torch.Tensor,  # (S,) int32, -1 = base
+    max_seg_len: int,
+) -> None:
+    """out[rows of s] += x[rows] @ A[slot].T @ B[slot].T for each segment s of an adapter slot
+    (kernels/lora.py). One pair of GEMMs per slot of the step, over that slot's rows gathered."""
+    starts, slots = seg_starts.tolist(), seg_slots.tolist()
+    rows_of: dict[int, list[int]] = {}
+    for s, slot in enumerate(slots):
+        if slot >= 0:
+            rows_of.setdefault(slot, []).extend(range(starts[s], starts[s + 1]))
+    for slot, rows in rows_of.items():
+        if rows[-1] - rows[0] + 1 == len(rows):  # one run of rows: a view, no gather
+            x_rows = x[rows[0] : rows[-1] + 1]
+            delta = (x_rows.float() @ lora_a[slot].float().T) @ lora_b[slot].float().T  # (n, N)
+            out[rows[0] : rows[-1] + 1] += delta.to(out.dtype)
+            continue
+        index = torch.tensor(rows, device=x.device)
+        delta = (x[index].float() @ lora_a[slot].float().T) @ lora_b[slot].float().T  # (n, N)
+        out.index_add_(0, index, delta.to(out.dtype))
 
 
 def pack_int32(values: torch.Tensor, bits: int) -> torch.Tensor:  # (..., W * P) -> (..., W) int32

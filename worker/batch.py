@@ -63,6 +63,8 @@ class ScheduledRequest:
     # Speculator heads: after this step's sample, propose this many drafts to follow it (verified
     # next step); 0 = none. Only a sampling row of a step that speculates.
     num_proposals: int = 0
+    # The LoRA adapter whose updates its rows get ("" = the base model): worker/lora/.
+    adapter_id: str = ""
 
 
 @dataclass(slots=True)

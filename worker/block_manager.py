@@ -4,7 +4,9 @@ Prefix caching: a block that is full of computed tokens is cached under the key 
 *its tokens), where the parent id names the exact content of the block before it (ids come from
 a counter and are never reused). The dict compares keys by value on every hit, so equal keys mean
 equal prefixes: a hash collision costs a lookup, never another prompt's KV. A new request reuses
-the cached blocks of its longest cached prefix. Blocks whose ref count drops to zero stay in the cache (and keep their
+the cached blocks of its longest cached prefix. The first block's parent is the request's LoRA
+adapter's root id (0 for the base model), so KV computed under one adapter is never reused for
+another or for the base. Blocks whose ref count drops to zero stay in the cache (and keep their
 hash) at the back of the free queue; allocation takes from the front, evicting the least recently
 freed first. Never imports torch.
 """
@@ -34,6 +36,7 @@ class BlockManager:
         self._key_of: list[_Key | None] = [None] * num_blocks  # the content a free block still holds
         self._cached: dict[_Key, tuple[int, int]] = {}  # key -> (block holding it, content id)
         self._next_id = 1
+        self._adapter_roots: dict[str, int] = {}  # adapter id -> the content id its prefixes chain from
         # Free blocks, least recently freed first. Values unused: an ordered set.
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self.prefix_query_tokens = 0
@@ -67,7 +70,7 @@ class BlockManager:
         if not (self.enable_prefix_caching and reuse):
             return 0
         tokens, size = req.all_token_ids, self.block_size
-        parent = 0
+        parent = self._root(req.adapter_id)
         for i in range((len(tokens) - 1) // size):
             entry = self._cached.get((parent, *tokens[i * size : (i + 1) * size]))
             if entry is None:
@@ -108,7 +111,7 @@ class BlockManager:
         tokens = req.all_token_ids
         while len(ids) < full:
             i = len(ids)
-            key = (ids[-1] if ids else 0, *tokens[i * size : (i + 1) * size])
+            key = (ids[-1] if ids else self._root(req.adapter_id), *tokens[i * size : (i + 1) * size])
             block = req.block_table[i]
             if self._key_of[block] is not None:  # holds other cached content: never overwrite it
                 entry = self._cached.get(key)
@@ -148,6 +151,19 @@ class BlockManager:
         req.block_table = []
         req.num_computed_tokens = 0
         req.block_content_ids = []
+
+    def forget_adapter(self, adapter_id: str) -> None:
+        """An adapter unloaded: prefixes cached under it are never hit again (a reload under the same
+        id may bring other weights); their blocks age out of the free queue as usual."""
+        self._adapter_roots.pop(adapter_id, None)
+
+    def _root(self, adapter_id: str) -> int:
+        if not adapter_id:
+            return 0
+        root = self._adapter_roots.get(adapter_id)
+        if root is None:
+            root = self._adapter_roots[adapter_id] = self._new_id()
+        return root
 
     def _new_id(self) -> int:
         self._next_id += 1

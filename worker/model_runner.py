@@ -27,6 +27,8 @@ from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, pack_inputs, unpack_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
 from worker.logits_layout import LogitsLayout
+from worker.lora.layer import LoraBatch, lora_scope
+from worker.lora.table import AdapterTable
 from worker.models import CausalLM, UnsupportedModel, read_config
 from worker.parallel import ShardGroup, add_all_reduces, shard_model
 from worker.quant import read_checkpoint_quantization, select_method
@@ -119,6 +121,9 @@ class ModelRunner:
         self.speculator: Speculator | None = speculator_for(config, model_dir, cfg, self.dtype, self.device, shards is not None)
         self.watermark = Watermark(config.fleet.watermark_gamma, config.fleet.watermark_delta)
         self.attention = PagedAttentionBackend()
+        # LoRA adapters (worker/lora/): none until one is loaded; a sharded model takes none.
+        self.adapters = None if shards is not None else AdapterTable(
+            self.model, self.dtype, self.device, config.max_loras, config.fleet.model_cache)
         self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly
         # On CUDA the host can prepare the next step while the device runs this one.
         self.can_overlap = self.device.type == "cuda"
@@ -198,7 +203,8 @@ class ModelRunner:
         tensors = None
         if sampled:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
-        hidden = self._forward(inputs)[inputs.logits_rows]  # (N, hidden): the heads read it too
+        lora = self.adapters.batch(batch) if self.adapters is not None else None
+        hidden = self._forward(inputs, lora)[inputs.logits_rows]  # (N, hidden): the heads read it too
         logits_all = self._logits_of(hidden)
         assert logits_all is not None  # rank 0 (or unsharded) always has them
         if tensors is not None:  # the host fills grammar masks while the device runs the forward
@@ -216,9 +222,9 @@ class ModelRunner:
             self._fill_placeholders(batch, inputs, previous)
         return inputs
 
-    def logits(self, inputs: ModelInputs) -> torch.Tensor | None:
+    def logits(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor | None:
         """The forward and the LM head: (N, V) float32, on rank 0 only when sharded (None elsewhere)."""
-        return self._logits_of(self._forward(inputs)[inputs.logits_rows])
+        return self._logits_of(self._forward(inputs, lora)[inputs.logits_rows])
 
     def _logits_of(self, hidden: torch.Tensor) -> torch.Tensor | None:
         local = self.model.compute_logits(hidden)  # (N, V or vocab_per_rank) float32
@@ -238,13 +244,14 @@ class ModelRunner:
         if self.shards is not None:
             self.shards.share_placeholders(head)
 
-    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
+    def _forward(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor:
         meta = self.attention.prepare_metadata(inputs, self.kv.layers)
-        if self.graphs is not None and inputs.max_query_len == 1:
+        # NOTE: the decode graphs were captured without adapters: a step with adapter rows runs eagerly.
+        if self.graphs is not None and inputs.max_query_len == 1 and lora is None:
             replayed = self.graphs.try_replay(inputs, meta)
             if replayed is not None:
                 return replayed  # type: ignore[no-any-return]
-        with forward_context(meta, self.attention):
+        with forward_context(meta, self.attention), lora_scope(lora):
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
 
     def _sample(

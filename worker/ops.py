@@ -19,12 +19,13 @@ from worker import cpu_ops
 __all__ = [
     "use_device", "linear", "one_row_choices", "gpu_milliseconds", "store_kv", "paged_decode_attention",
     "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "gelu_tanh_and_mul", "fused_moe",
+    "lora_add",
 ]
 
 log = logging.getLogger("genfleet.worker.ops")
 
 _NAMES = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
-          "gelu_tanh_and_mul", "fused_moe")
+          "gelu_tanh_and_mul", "fused_moe", "lora_add")
 # Launchers that live in another kernel's module (a variant of its kernel).
 _MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
@@ -159,6 +160,10 @@ def gelu_tanh_and_mul(*args: Any, **kwargs: Any) -> Any:
 
 def fused_moe(*args: Any, **kwargs: Any) -> Any:
     return _impl["fused_moe"](*args, **kwargs)
+
+
+def lora_add(*args: Any, **kwargs: Any) -> Any:
+    return _impl["lora_add"](*args, **kwargs)
 
 
 def _launcher(name: str) -> Callable[..., Any]:

@@ -267,4 +267,5 @@ class Scheduler:
             prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
             num_draft_tokens=len(drafts) if drafts else 0,
             num_proposals=self.drafter.num_speculative if propose else 0,
+            adapter_id=req.adapter_id,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,9 +13,12 @@ from common.config import WorkerConfig
 from common.context_length import context_length, max_total_tokens
 from common.model_source import resolve_model
 from worker.batch import Engine
+from worker.lora.control import AdapterControl
+from worker.lora.peft import AdapterSpec, parse_adapter_specs
 
 if TYPE_CHECKING:
     from worker.grammar import GrammarCompiler
+    from worker.lora.table import AdapterTable
 
 __all__ = ["build_engine", "load_tokenizer"]
 
@@ -38,13 +42,15 @@ def _grammar_compiler(model_dir: Path, vocab_size: int, eos_token_ids: frozenset
     return GrammarCompiler(path, vocab_size, eos_token_ids)
 
 
-def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | None]:
-    """Returns (engine, tokenizer, device description, max_total_tokens, quantization method or None).
+def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | None, AdapterControl]:
+    """Returns (engine, tokenizer, device description, max_total_tokens, quantization method or None,
+    its LoRA adapters with --lora-adapters loaded).
 
     A quantization setting the worker cannot serve raises worker.quant.QuantizationError, a
     --num-shard it cannot serve worker.parallel.ShardingError, speculator heads it cannot serve
-    worker.speculative.heads.SpeculatorError."""
+    worker.speculative.heads.SpeculatorError, an adapter worker.lora.AdapterError."""
     fleet = config.fleet
+    specs = parse_adapter_specs(config.lora_adapters)  # a malformed flag fails before the model loads
     model_dir = resolve_model(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
     tokenizer = load_tokenizer(str(model_dir))
     if config.synthetic_tokens_per_s > 0:
@@ -52,7 +58,7 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
 
         synthetic = SyntheticEngine(config, vocab_size=len(tokenizer))
         max_total = max_total_tokens(context_length(model_dir), fleet.max_total_tokens)
-        return synthetic, tokenizer, "synthetic", max_total, None
+        return synthetic, tokenizer, "synthetic", max_total, None, _adapters(None, specs, lambda _: None)
 
     from worker.engine import LLMEngine
     from worker.model_runner import ModelRunner, resolve_device
@@ -86,4 +92,12 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
         capacity, runner.num_blocks, runner.block_size,
     )
     where = f"{runner.device}" if shards is None else f"{device.type} x{world_size} ({shards.backend})"
-    return engine, tokenizer, where, max_total, runner.quantize
+    adapters = _adapters(runner.adapters, specs, engine.blocks.forget_adapter)
+    return engine, tokenizer, where, max_total, runner.quantize, adapters
+
+
+def _adapters(table: AdapterTable | None, specs: list[AdapterSpec], forget_prefixes: Callable[[str], None]) -> AdapterControl:
+    control = AdapterControl(table, forget_prefixes=forget_prefixes)
+    for spec in specs:
+        control.preload(spec)
+    return control

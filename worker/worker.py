@@ -29,13 +29,16 @@ from common.config import WorkerConfig
 from common.errors import GATEWAY_GONE
 import msgspec
 
-from common.protocol import Adopt, Cancel, Control, GenerateRequest, WorkerInfo, encode
-from common.redis_clients import sync_client
+from common.protocol import (
+    Adopt, Cancel, Control, Event, EventBatch, GenerateRequest, LoadAdapter, UnloadAdapter, WorkerInfo, encode,
+)
+from common.redis_clients import is_cluster, publish, sync_client
 from common.streams import CONSUMER_GROUP, Keys
 from worker.batch import Engine, RequestOutput
 from worker.checkpoint import Checkpointer
 from worker.finish import is_expired
 from worker.intake import Intake
+from worker.lora.control import AdapterControl
 from worker.output import OutputProcessor
 from worker.reclaim import GatewayWatch, Reclaimer
 from worker.request import Request, RequestKey
@@ -61,7 +64,8 @@ class _Snapshot:
 
 class Worker:
     def __init__(self, config: WorkerConfig, engine: Engine, tokenizer: Any, *, device: str = "cpu",
-                 max_total_tokens: int = 0, metrics: WorkerMetrics | None = None, quantize: str | None = None) -> None:
+                 max_total_tokens: int = 0, metrics: WorkerMetrics | None = None, quantize: str | None = None,
+                 adapters: AdapterControl | None = None) -> None:
         self.config = config
         fleet = config.fleet
         self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -72,6 +76,8 @@ class Worker:
         self.device = device
         self.quantize = quantize  # the quantization method serving the model, None = dense
         self.max_total_tokens = max_total_tokens
+        self.adapters = adapters or AdapterControl(None)  # LoRA: what it serves, loads at run time
+        self.adapters.worker_id = self.worker_id
         self.redis = sync_client(
             fleet.effective_redis_url, fleet.redis_cluster, socket_timeout=5.0, socket_connect_timeout=5.0,
             health_check_interval=10,
@@ -214,9 +220,14 @@ class Worker:
                 self.output.error(req.key, "timeout", "Request deadline exceeded before a worker took it")
                 continue
             self.output.accepted(req.key, wire, seed if wire.params.do_sample else None, entry_id)
+            refused = self.adapters.admit(req.key, wire.adapter_id) if wire.adapter_id else None
+            if refused is not None:  # the gateway saw it announced: unloaded since
+                self.output.error(req.key, "validation", refused)
+                continue
             try:
                 self.engine.add_request(req)
             except ValueError as exc:  # cannot fit this worker: tell the client, don't crash
+                self.adapters.release(req.key)
                 self.output.error(req.key, "validation", f"Input validation error: {exc}")
                 continue
             self._keys_by_req.setdefault(wire.req_id, set()).add(req.key)
@@ -236,6 +247,11 @@ class Worker:
                 return
             if isinstance(cancel, Adopt):
                 self._adopt(cancel)
+                continue
+            if isinstance(cancel, (LoadAdapter, UnloadAdapter)):
+                answer = self.adapters.handle(cancel)
+                self._heartbeat_now()  # gateways route by the announced adapters: before the answer
+                self._reply(cancel.gateway_id, answer)
                 continue
             for key in list(self._keys_by_req.get(cancel.req_id, ())):
                 if cancel.attempt < 0 or key.attempt == cancel.attempt:
@@ -272,6 +288,7 @@ class Worker:
                 self._forget(out.key)
 
     def _forget(self, key: RequestKey) -> None:
+        self.adapters.release(key)
         with self._admit_lock:
             self._gateway_of.pop(key, None)
         keys = self._keys_by_req.get(key.req_id)
@@ -279,6 +296,11 @@ class Worker:
             keys.discard(key)
             if not keys:
                 del self._keys_by_req[key.req_id]
+
+    def _reply(self, gateway_id: str, event: Event) -> None:
+        batch = EventBatch(self.worker_id, self.step_count, [event])
+        self._safe(lambda: publish(self.redis, self.keys.gateway_channel(gateway_id), encode(batch),
+                                   is_cluster(self.redis)))
 
     def _refresh_snapshot(self) -> None:
         with self._admit_lock:
@@ -356,6 +378,7 @@ class Worker:
             quantize=self.quantize,
             speculate=stats.speculate,
             speculation=stats.speculation,
+            adapters=list(self.adapters.ids),
         )
         ttl_ms = int(self.config.fleet.heartbeat_ttl * 1000)
         pipe = self.redis.pipeline(transaction=False)
@@ -379,17 +402,19 @@ def run_worker(config: WorkerConfig) -> int:
     from worker.metrics import WorkerMetrics, start_metrics_server
 
     from worker.parallel import ShardingError
+    from worker.lora.peft import AdapterError
     from worker.quant import QuantizationError
     from worker.speculative.heads import SpeculatorError
 
     setup_logging(config.fleet.json_output, config.fleet.log_level, "worker")
     try:
-        engine, tokenizer, device, max_total, quantize = build_engine(config)
-    except (QuantizationError, ShardingError, SpeculatorError) as exc:  # a setting error: the message, not a traceback
+        engine, tokenizer, device, max_total, quantize, adapters = build_engine(config)
+    except (QuantizationError, ShardingError, SpeculatorError, AdapterError) as exc:  # a setting error: the message, not a traceback
         log.error("%s", exc)
         print(f"genfleet worker: error: {exc}", file=sys.stderr)
         return 2
-    worker = Worker(config, engine, tokenizer, device=device, max_total_tokens=max_total, quantize=quantize)
+    worker = Worker(config, engine, tokenizer, device=device, max_total_tokens=max_total, quantize=quantize,
+                    adapters=adapters)
     worker.metrics = WorkerMetrics(worker.worker_id, worker.model, device)
     server = start_metrics_server(config.metrics_port, worker.metrics) if config.metrics_port else None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
