@@ -18,6 +18,9 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu --speculate 4         # adds (a), (b) with n-gram --speculate 4 beside the same
                                                    # without, and one batch-1 verification step's cost
                                                    # over a plain decode step
+    python -m load.bench_gpu --lora 4 --lora-rank 16
+                                                   # adds (b) with its 64 rows spread over 4 random LoRA
+                                                   # adapters, and (b) on the base with them loaded
     python -m load.bench_gpu --models 8b --variants quantize=fp8,kv_cache_dtype=fp8_e4m3fn
                                                    # (a), (b), (c) again per variant, beside bf16
     python -m load.bench_gpu --models mixtral --workloads a,b --requests 200
@@ -197,7 +200,8 @@ def roofline_flood(floor: Floor, num: int, prompt: int, new: int, capacity_token
 
 
 def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, grammars: Any = None,
-               **knobs: Any) -> dict[str, float]:
+               adapters: tuple[str, ...] = (), **knobs: Any) -> dict[str, float]:
+    """`adapters`: request i is served by adapters[i % len] (LoRA ids loaded in the runner); () = the base."""
     import torch
 
     from common.sampling_params import SamplingParams
@@ -210,7 +214,9 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, gra
     torch.cuda.synchronize()
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
-        engine.add_request(Request(RequestKey(f"r{i}", 0), prompt, params, seed=i, arrival_time=time.time()))
+        adapter = adapters[i % len(adapters)] if adapters else ""
+        engine.add_request(Request(RequestKey(f"r{i}", 0), prompt, params, seed=i, arrival_time=time.time(),
+                                   adapter_id=adapter))
     first: dict[RequestKey, float] = {}
     last: dict[RequestKey, float] = {}
     produced = computed = 0
@@ -346,6 +352,18 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         plain_ms, verify_ms = verify_step_ratio(runner, args.speculate)
         notes.append(f"{shape}: batch-1 step verifying {args.speculate} drafts {verify_ms:.2f} ms vs a plain decode "
                      f"step {plain_ms:.2f} ms, eager ({verify_ms / plain_ms:.2f}x; target <= 1.15x)")
+    if "b" in todo and args.lora:  # LoRA rows of N adapters in one batch, vs the base alone
+        from load.bench_lora import write_adapters
+        from worker.lora.peft import AdapterSpec
+
+        made = write_adapters(root / f"{shape}-lora", cfg, args.lora, args.lora_rank)
+        for adapter_id, directory in made:
+            runner.adapters.load(AdapterSpec(adapter_id, str(directory)))
+        label = f"64 x over {args.lora} LoRA adapters (r={args.lora_rank}, every linear; steps eager)"
+        static_rows("b", label, config, versus=dense_tok_s.get("b"), adapters=tuple(a for a, _ in made))
+        static_rows("b", f"base rows, {args.lora} adapters loaded", config, versus=dense_tok_s.get("b"))
+        for adapter_id, _ in made:
+            runner.adapters.unload(adapter_id)
     if "a" in todo and graphs is not None:
         runner.graphs = None  # what the graphs buy: the same workload eagerly
         static_rows("a", "without CUDA graphs", config)
@@ -493,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watermark", action="store_true", help="(b) greedy and sampled, each with and without the watermark")
     parser.add_argument("--grammar", action="store_true",
                         help="(b) greedy with and without a JSON-schema grammar (needs --tokenizer-dir)")
+    parser.add_argument("--lora", type=int, default=0, help="(b) over this many random LoRA adapters, and on the "
+                        "base with them loaded, beside (b) without")
+    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the --lora adapters")
     parser.add_argument("--speculate", type=int, default=0,
                         help="(a), (b) with n-gram --speculate N beside the same without, and a verification step's cost")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,

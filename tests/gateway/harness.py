@@ -9,6 +9,8 @@ What it generates is fixed by the prompt text, which lets a test pick its worker
   "STOP"   -> the finish reason is stop_sequence after 2 tokens
   "GONE"   -> attempt 0 gets Error(gateway_gone), as from a worker that took the gateway for dead
 otherwise it emits `max_new_tokens` tokens (ids 1000+seq, text " w<seq>"), finish "length".
+It announces `adapters` as its LoRA adapters and answers LoadAdapter (of a path that is a
+directory) and UnloadAdapter (of an adapter it holds) as a worker does; it refuses the others.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -26,8 +29,8 @@ import uvicorn
 from common.config import FleetConfig, GatewayConfig
 from common.errors import GATEWAY_GONE
 from common.protocol import (
-    Accepted, Cancel, Error, EventBatch, Finish, GenerateRequest, Token, TopToken, WorkerInfo,
-    decode_control, decode_request, encode,
+    Accepted, Cancel, Error, EventBatch, Finish, GenerateRequest, LoadAdapter, Token, TopToken, UnloadAdapter,
+    WorkerInfo, decode_control, decode_request, encode,
 )
 from common.streams import CONSUMER_GROUP, REQUEST_FIELD, Keys
 from gateway.app import build_app
@@ -47,6 +50,7 @@ class ScriptedWorker:
     capacity_tokens: int = 4096
     max_total_tokens: int = 4096  # what its heartbeat says it serves (the gateway validates against it)
     metrics_port: int = 0  # its own /metrics listener, as its heartbeat names it
+    adapters: list[str] = field(default_factory=list)  # the LoRA adapters its heartbeat announces
     received: list[GenerateRequest] = field(default_factory=list)
     cancels: list[Cancel] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -80,7 +84,8 @@ class ScriptedWorker:
     def heartbeat(self, draining: bool = False) -> None:
         now = time.time()
         info = WorkerInfo(self.worker_id, self.model, 0, 0, self.capacity_tokens, self.capacity_tokens,
-                          self.max_total_tokens, 8, now, now, draining, metrics_port=self.metrics_port)
+                          self.max_total_tokens, 8, now, now, draining, metrics_port=self.metrics_port,
+                          adapters=list(self.adapters))
         self.r.set(self.keys.worker_heartbeat(self.worker_id), encode(info), ex=3)
         self.r.zadd(self.keys.worker_registry(self.model), {self.worker_id: now})
         self.r.zadd(self.keys.model_registry(), {self.model: now})
@@ -94,9 +99,28 @@ class ScriptedWorker:
         pubsub.subscribe(self.keys.worker_channel(self.worker_id), self.keys.control_channel(self.model))
         while not self._stop.is_set():
             msg = pubsub.get_message(timeout=0.1)
-            if msg is not None:
-                self.cancels.append(decode_control(msg["data"]))
+            if msg is None:
+                continue
+            control = decode_control(msg["data"])
+            if isinstance(control, (LoadAdapter, UnloadAdapter)):
+                self._adapter_control(control)
+            else:
+                self.cancels.append(control)
         pubsub.close()
+
+    def _adapter_control(self, msg: LoadAdapter | UnloadAdapter) -> None:
+        if isinstance(msg, LoadAdapter):
+            done = Path(msg.path).is_dir() and msg.adapter_id not in self.adapters
+            if done:
+                self.adapters.append(msg.adapter_id)
+        else:
+            done = msg.adapter_id in self.adapters
+            if done:
+                self.adapters.remove(msg.adapter_id)
+        self.heartbeat()  # as a worker: announced before it answers
+        answer = Accepted(msg.reply_id, 0, self.worker_id) if done else Error(
+            msg.reply_id, 0, "adapter", f"worker {self.worker_id}: cannot {type(msg).__name__} {msg.adapter_id}")
+        self.r.publish(self.keys.gateway_channel(msg.gateway_id), encode(EventBatch(self.worker_id, 0, [answer])))
 
     def _serve(self) -> None:
         stream = self.keys.request_stream(self.model)
