@@ -55,6 +55,11 @@ class Keys:
         # find the heartbeats from it on any shard, without KEYS or SCAN.
         return f"{self.prefix}:workers:{{{model}}}"
 
+    def runtime_adapters(self, model: str) -> str:
+        # A hash of the LoRA adapters loaded at run time for `model` (id -> path), written by the
+        # gateway that loaded them: a worker that starts later loads them too.
+        return f"{self.prefix}:lora:{{{model}}}"
+
     def gateway_channel(self, gateway_id: str) -> str:
         return f"{self.prefix}:gw:{gateway_id}"
 

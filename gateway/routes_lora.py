@@ -11,7 +11,9 @@ worker of the model hears, and waits for each serving worker's answer on its own
 inbox under a reply id, like a request's). Every worker of a model reads one request stream, so
 an adapter is served only once all of them hold it (gateway/fleet.py): when some refuse, those
 that loaded it drop it again and the answer is a 400 with their reasons. Success is vLLM's plain
-text, sent once this gateway's fleet view lists the adapter (its next request is accepted).
+text, sent once this gateway's fleet view lists the adapter (its next request is accepted). The
+model's runtime adapters are kept in Redis (id -> path), so a worker that starts later loads them
+as well and the adapter stays served as the model's workers come and go.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -46,6 +49,7 @@ async def load_lora_adapter(request: Request) -> Response:
         if any(isinstance(e, Accepted) for e in answers):  # held by some only: a request could miss it
             await _ask(ctx, model, lambda reply: UnloadAdapter(name, gateway_id, reply))
         raise GenfleetError("adapter", f"LoRA adapter '{name}' was not loaded: {'; '.join(sorted(set(refusals)))}")
+    await _record(model, name, path)
     await _until(model, lambda: name in model.fleet.state.adapters)
     return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
@@ -60,6 +64,7 @@ async def unload_lora_adapter(request: Request) -> Response:
     refusals = [e.message for e in answers if isinstance(e, Error)]
     if refusals and not any(isinstance(e, Accepted) for e in answers):
         raise GenfleetError("adapter", f"LoRA adapter '{name}' was not unloaded: {'; '.join(sorted(set(refusals)))}")
+    await _record(model, name, None)
     await _until(model, lambda: name not in model.fleet.state.adapters)
     return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
@@ -107,6 +112,18 @@ async def _ask(ctx: GatewayContext, model: ServedModel, message: Callable[[str],
     finally:
         qc.close(reply_id)
     return answers
+
+
+async def _record(model: ServedModel, name: str, path: str | None) -> None:
+    """The model's runtime adapters in Redis (common/streams.py), which workers that start later load."""
+    key = model.fleet.keys.runtime_adapters(model.model_id)
+    try:
+        if path is None:
+            await model.fleet.client.hdel(key, name)
+        else:
+            await model.fleet.client.hset(key, name, path)
+    except RedisError as exc:
+        raise GenfleetError("unavailable", f"the workers answered, but Redis did not record it: {exc}") from exc
 
 
 async def _until(model: ServedModel, done: Callable[[], bool]) -> None:

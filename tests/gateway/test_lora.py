@@ -100,6 +100,8 @@ def test_runtime_load_and_unload_ask_every_worker(make_gateway, worker: Scripted
             r = httpx.post(f"{gw.url}/v1/load_lora_adapter", json=load, timeout=30)
             assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'new' added successfully.")
             assert worker.adapters == second.adapters == ["new"]
+            recorded = worker.r.hgetall(worker.keys.runtime_adapters(DEFAULT_MODEL_ID))
+            assert recorded == {b"new": str(tmp_path).encode()}  # what a worker started later loads
             # The very next request of it is served: the gateway waited until its view showed it.
             body = {"inputs": "hi", "parameters": {"max_new_tokens": 2, "adapter_id": "new"}}
             assert httpx.post(f"{gw.url}/generate", json=body, timeout=10).status_code == 200
@@ -119,6 +121,7 @@ def test_runtime_load_and_unload_ask_every_worker(make_gateway, worker: Scripted
 
             r = httpx.post(f"{gw.url}/v1/unload_lora_adapter", json={"lora_name": "new"}, timeout=30)
             assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'new' removed successfully.")
+            assert worker.r.hgetall(worker.keys.runtime_adapters(DEFAULT_MODEL_ID)) == {}
             assert httpx.post(f"{gw.url}/generate", json=body, timeout=10).status_code == 422
             r = httpx.post(f"{gw.url}/v1/unload_lora_adapter", json={"lora_name": "new"}, timeout=30)
             assert r.status_code == 404 and "cannot be found" in r.json()["error"]

@@ -45,6 +45,18 @@ class AdapterControl:
         self.table.load(spec)
         self._announce()
 
+    def load_recorded(self, recorded: dict[str, str]) -> None:
+        """At start, after --lora-adapters: the model's adapters loaded at run time (id -> path, as
+        the gateway recorded them in Redis), so that this worker serves what the others do."""
+        for adapter_id, path in sorted(recorded.items()):
+            if self.table is None or adapter_id in self.ids:
+                continue
+            try:
+                self.table.load(AdapterSpec(check_adapter_id(adapter_id), path))
+            except AdapterError as exc:  # the others serve it: this worker cannot, and says why
+                log.error("LoRA adapter %s, loaded at run time by the fleet, cannot be loaded here: %s", adapter_id, exc)
+        self._announce()
+
     def admit(self, key: RequestKey, adapter_id: str) -> str | None:
         """None when the worker serves `adapter_id` (the request is then counted as its user), else why not."""
         if adapter_id not in self.ids:

@@ -145,6 +145,16 @@ def test_loads_unloads_and_the_limit(tiny, tmp_path: Path) -> None:  # type: ign
     assert isinstance(gone, Error) and "cannot be found" in gone.message
 
 
+def test_a_worker_started_later_loads_the_fleets_runtime_adapters(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, base = tiny
+    make_adapter(base, tmp_path / "late", 5)
+    _, runner = _engine(path)
+    control = AdapterControl(runner.adapters, "w2")
+    # What the gateway recorded in Redis: one loadable, one this host cannot read (logged, not served).
+    control.load_recorded({"late": str(tmp_path / "late"), "elsewhere": str(tmp_path / "missing")})
+    assert control.ids == ("late",)
+
+
 def test_lora_adapters_flag(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     specs = parse_adapter_specs(f" org/adapter@v2, named={tmp_path}/x ,{tmp_path / 'mine'}")
