@@ -226,13 +226,37 @@ def _stream_by_id(sse: dict[str, Any]) -> dict[str, Any]:
                                "carries details"}}
 
 
+@dataclass
+class LoadLoraAdapterRequest:
+    lora_name: str  # the adapter id requests will name (adapter_id, or OpenAI's model)
+    lora_path: str  # a PEFT adapter directory on the workers' hosts (or a hub id in their cache)
+    model: str | None = None  # the base model (default: x-model-id, else --model-id)
+
+
+@dataclass
+class UnloadLoraAdapterRequest:
+    lora_name: str
+    model: str | None = None
+
+
+def _lora_admin(summary: str, body: type) -> dict[str, Any]:
+    """POST /v1/load_lora_adapter and /v1/unload_lora_adapter (gateway/routes_lora.py)."""
+    ok = {"description": "vLLM's `Success: ...` text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    errors = _errors((400, "A worker refused it (path, format, fit), or the body is not JSON"),
+                     (404, "Runtime updating is off (--allow-runtime-lora-updating), or no such adapter to unload"),
+                     (413, "Body over --payload-limit"), (422, "Input validation error"),
+                     (503, "No Redis, no worker, or a worker did not answer"))
+    return {"post": {"tags": ["genfleet"], "summary": summary, "requestBody": {"required": True, **_json(body)},
+                     "responses": {"200": ok, **errors}}}
+
+
 def _get(summary: str, ok: dict[str, Any], tag: str) -> dict[str, Any]:
     return {"get": {"tags": [tag], "summary": summary, "responses": {"200": ok}}}
 
 
 def openapi_spec() -> Any:
     types = [GenerateInput, GenerateResponse, StreamResponse, ErrorResponse, SimpleToken, ChatRequest,
-             CompletionRequest, WatermarkDetectInput, WatermarkScore]
+             CompletionRequest, WatermarkDetectInput, WatermarkScore, LoadLoraAdapterRequest, UnloadLoraAdapterRequest]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     # GenerateParameters holds the parsed grammar (gateway/grammar.py's GrammarSpec); clients send TGI's GrammarType.
     components.pop("GrammarSpec", None)
@@ -266,6 +290,10 @@ def openapi_spec() -> Any:
         "/v1/chat/completions": _post("OpenAI chat completions", ChatRequest, oai, "OpenAI", _RESUME),
         "/v1/completions": _post("OpenAI completions", CompletionRequest, oai, "OpenAI", _RESUME),
         "/v1/models": _get("Served model", {"description": "Model list", **_json({"type": "object"})}, "OpenAI"),
+        "/v1/load_lora_adapter": _lora_admin("Load a LoRA adapter on every worker of the model, without a restart "
+                                             "(vLLM's route; needs --allow-runtime-lora-updating)", LoadLoraAdapterRequest),
+        "/v1/unload_lora_adapter": _lora_admin("Stop serving a LoRA adapter (its running requests finish)",
+                                               UnloadLoraAdapterRequest),
         "/health": _get("200 when Redis answers and a live worker serves the model, else 503",
                         {"description": "Healthy"}, "Text Generation Inference"),
         "/ping": _get("Same as /health", {"description": "Healthy"}, "Text Generation Inference"),
