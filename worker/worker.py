@@ -123,7 +123,7 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> int:
-        self._load_recorded_adapters()
+        self.adapters.load_recorded(self.redis, self.keys.runtime_adapters(self.model))
         self.output.start()
         self.intake.start()
         self._heartbeat.start()
@@ -297,14 +297,6 @@ class Worker:
             keys.discard(key)
             if not keys:
                 del self._keys_by_req[key.req_id]
-
-    def _load_recorded_adapters(self) -> None:
-        try:
-            recorded = self.redis.hgetall(self.keys.runtime_adapters(self.model))
-        except redis.RedisError as exc:
-            log.warning("cannot read the fleet's runtime LoRA adapters: %s", exc)
-            return
-        self.adapters.load_recorded({k.decode(): v.decode() for k, v in recorded.items()})
 
     def _reply(self, gateway_id: str, event: Event) -> None:
         batch = EventBatch(self.worker_id, self.step_count, [event])

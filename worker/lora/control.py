@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import redis
+
 from common.protocol import Accepted, Error, Event, LoadAdapter, UnloadAdapter
 from worker.lora.peft import AdapterError, AdapterSpec, check_adapter_id
 from worker.request import RequestKey
@@ -45,9 +47,14 @@ class AdapterControl:
         self.table.load(spec)
         self._announce()
 
-    def load_recorded(self, recorded: dict[str, str]) -> None:
-        """At start, after --lora-adapters: the model's adapters loaded at run time (id -> path, as
-        the gateway recorded them in Redis), so that this worker serves what the others do."""
+    def load_recorded(self, client: redis.Redis, key: str) -> None:
+        """At start, after --lora-adapters: the model's adapters loaded at run time (the hash `key`,
+        id -> path, as the gateway recorded them), so that this worker serves what the others do."""
+        try:
+            recorded = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+        except redis.RedisError as exc:
+            log.warning("cannot read the fleet's runtime LoRA adapters: %s", exc)
+            return
         for adapter_id, path in sorted(recorded.items()):
             if self.table is None or adapter_id in self.ids:
                 continue

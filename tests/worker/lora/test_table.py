@@ -14,6 +14,7 @@ import transformers
 from common.config import WorkerConfig
 from common.protocol import Accepted, Error, LoadAdapter, UnloadAdapter
 from common.sampling_params import SamplingParams
+from common.streams import Keys
 from tests.worker.lora.adapters import make_adapter
 from tests.worker.test_model_runner import _tiny_llama
 from worker.engine import LLMEngine
@@ -145,13 +146,20 @@ def test_loads_unloads_and_the_limit(tiny, tmp_path: Path) -> None:  # type: ign
     assert isinstance(gone, Error) and "cannot be found" in gone.message
 
 
-def test_a_worker_started_later_loads_the_fleets_runtime_adapters(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_started_later_loads_the_fleets_runtime_adapters(tiny, tmp_path: Path, redis_url: str,  # type: ignore[no-untyped-def]
+                                                                   key_prefix: str) -> None:
+    import redis
+
     path, base = tiny
     make_adapter(base, tmp_path / "late", 5)
     _, runner = _engine(path)
     control = AdapterControl(runner.adapters, "w2")
     # What the gateway recorded in Redis: one loadable, one this host cannot read (logged, not served).
-    control.load_recorded({"late": str(tmp_path / "late"), "elsewhere": str(tmp_path / "missing")})
+    client = redis.Redis.from_url(redis_url)
+    key = Keys(key_prefix).runtime_adapters("m")
+    client.hset(key, mapping={"late": str(tmp_path / "late"), "elsewhere": str(tmp_path / "missing")})
+    control.load_recorded(client, key)
+    client.close()
     assert control.ids == ("late",)
 
 
