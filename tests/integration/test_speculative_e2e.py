@@ -1,6 +1,7 @@
 """--speculate through the whole fleet: real Redis, gateway and worker processes, the default
 model. Streams relay the several tokens a verification step accepts, token for token what
-transformers' greedy generate gives; /info names the method and N."""
+transformers' greedy generate gives; /info names the method and N. Medusa heads given as TGI
+takes them (--model-id naming the heads' directory) serve the same tokens."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.fleet import FleetProcesses
+from tests.worker.speculative.head_files import write_medusa
 from tests.integration.test_e2e import MAX_NEW, PROMPTS, _stream, reference_tokens  # noqa: F401 (a fixture)
 
 
@@ -31,3 +33,24 @@ def test_streams_are_greedy_token_for_token(fleet: FleetProcesses, reference_tok
         _, ids, last = _stream(fleet.base_url, prompt)
         assert ids == reference_tokens[prompt], prompt
         assert last["details"]["generated_tokens"] == MAX_NEW
+
+
+def test_medusa_heads_given_as_the_model_id_as_in_tgi(redis_server, default_model_dir: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                      reference_tokens: dict[str, list[int]]) -> None:
+    # TGI's way: --model-id names the heads' directory, whose base_model_name_or_path is the model;
+    # the gateway reads the model's tokenizer through it, the worker loads both.
+    heads = write_medusa(tmp_path / "medusa", 576, 49152, heads=3, own_projection=False, base=str(default_model_dir))
+    named = ("--model-id", str(heads))
+    processes = FleetProcesses(redis_server.url, "e2e-medusa").start(
+        num_workers=1, worker_args=(*named, "--max-batch-total-tokens", "8192"),
+        gateway_args=(*named, "--max-input-tokens", "512", "--max-total-tokens", "1024"),
+    )
+    try:
+        info = httpx.get(f"{processes.base_url}/info", timeout=10).json()
+        assert info["speculate"] == 3 and info["speculation"] == "medusa"
+        prompt = PROMPTS[0]
+        _, ids, last = _stream(processes.base_url, prompt)
+        assert ids == reference_tokens[prompt]
+        assert last["details"]["generated_tokens"] == MAX_NEW
+    finally:
+        processes.stop()
