@@ -1,12 +1,14 @@
 """Speculator heads on real models (CPU, float32): Medusa heads (their own projections, or the LM
 head shared) and IBM's MLP speculator (tied or not), written by the test. Greedy output is token
 for token the same as without speculation, 16 streams at once with chunked prefill and the prefix
-cache on; seeded sampling draws the same text; drafts and accepted drafts are counted. Random heads
+cache on; seeded sampling draws the same text, and 2,000 draws follow the model's distribution
+(chi-square); drafts and accepted drafts are counted. Random heads
 are rarely right; "successor" heads (tests/worker/speculative/head_files.py) are, often enough to
 show acceptance."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from safetensors import safe_open
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
+from tests.worker.speculative.test_verify import _chi_square_p
 from tests.worker.speculative.head_files import successors, write_medusa, write_mlp_speculator
 from tests.worker.test_engine_model import _run, tiny  # noqa: F401 (a fixture)
 from tests.worker.test_engine_model_speculative import (  # noqa: F401 (fixtures)
@@ -23,6 +26,7 @@ from tests.worker.test_engine_model_speculative import (  # noqa: F401 (fixtures
 )
 from worker.engine import LLMEngine
 from worker.model_runner import ModelRunner
+from worker.request import Request
 
 GREEDY = SamplingParams(max_new_tokens=40, ignore_eos=True)
 
@@ -111,3 +115,46 @@ def test_greedy_with_heads_on_the_default_model_is_unchanged(default_model_dir: 
     stats = engine.stats()
     assert stats.speculation == kind and stats.draft_tokens > 0
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def _merged(counts: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Bins expected fewer than 5 times are pooled, so the chi-square approximation holds.
+    small = probs * counts.sum() < 5
+    if not small.any():
+        return counts, probs
+    return (torch.cat([counts[~small], counts[small].sum(0, keepdim=True)]),
+            torch.cat([probs[~small], probs[small].sum(0, keepdim=True)]))
+
+
+def _draws(engine: LLMEngine, prompt: list[int], params: SamplingParams, seeds: range) -> list[list[int]]:
+    # Every request at once: a few large steps rather than one step per arrival.
+    for s in seeds:
+        engine.add_request(Request(f"d{s}", prompt, params, s, time.time()))
+    out: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            out.setdefault(o.key, []).extend(o.new_token_ids)  # type: ignore[arg-type]
+    return [out[f"d{s}"] for s in seeds]
+
+
+def test_sampled_tokens_with_heads_follow_the_models_distribution(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # As tests/worker/speculative/test_verify.py, on the real engine: 2,000 seeded draws at
+    # temperature 1 of one prompt, heads drafting the likeliest second token after the first.
+    path, reference = tiny
+    prompt, draws = [5, 17, 33, 2, 61, 8], 2000
+    with torch.no_grad():
+        p0 = torch.softmax(reference(torch.tensor([prompt])).logits[0, -1].double(), -1)  # (V,)
+        p1 = torch.softmax(reference(torch.tensor([prompt + [x] for x in range(97)])).logits[:, -1].double(), -1)  # (V, V)
+    heads = write_mlp_speculator(tmp_path / "mlp", 64, 97, n_predict=2, inner=128, follow=p1.argmax(1).tolist())
+    params = SamplingParams(max_new_tokens=3, do_sample=True, temperature=1.0, ignore_eos=True)
+    # Large steps, every one of them drafting.
+    big = {"max_batch_total_tokens": 16384, "max_batch_prefill_tokens": 2048, "speculate_max_batch_size": 256}
+    engine = _engine(path, heads, **big)
+    spec = _draws(engine, prompt, params, range(draws))
+    stats = engine.stats()
+    assert stats.draft_tokens >= draws and 0 < stats.accepted_draft_tokens < stats.draft_tokens
+    assert spec[:200] == _draws(_engine(path, None, **big), prompt, params, range(200))  # seeded: as without heads
+    first = torch.tensor([ids[0] for ids in spec])
+    second = torch.tensor([ids[1] for ids in spec])
+    assert _chi_square_p(*_merged(torch.bincount(first, minlength=97).double(), p0)) > 0.01
+    assert _chi_square_p(*_merged(torch.bincount(second, minlength=97).double(), p0 @ p1)) > 0.01
