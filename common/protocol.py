@@ -51,9 +51,9 @@ __all__ = [
     "decode_gateway_info",
 ]
 
-SCHEMA_VERSION = 7  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope;
+SCHEMA_VERSION = 8  # 2: SamplingParams.min_tokens; 3: SamplingParams.watermark; 4: Adopt, journal, scope;
 # 5: SamplingParams.grammar; 6: WorkerInfo.speculate and .speculation; 7: GenerateRequest.adapter_id,
-# LoadAdapter / UnloadAdapter, WorkerInfo.adapters
+# LoadAdapter / UnloadAdapter, WorkerInfo.adapters; 8: Accepted.gateway_id
 
 
 class ProtocolError(ValueError):
@@ -79,6 +79,10 @@ class Accepted(msgspec.Struct, array_like=True, frozen=True, tag="acc"):
     req_id: str
     attempt: int
     worker_id: str  # owner from now on: Cancel goes to this worker's channel
+    # The gateway the owner publishes the request's events to from now on. An Adopt moves them:
+    # the adopter gets an Accepted naming itself, the gateway they went to before one naming the
+    # adopter (so, of two gateways adopting one request at once, the loser knows it lost).
+    gateway_id: str = ""
 
 
 class TopToken(msgspec.Struct, array_like=True, frozen=True):

@@ -87,6 +87,7 @@ class Replay:
             return  # a stale attempt's Accepted, Finish or Error
         if isinstance(event, Accepted):
             self.owner = event.worker_id
+            self.reply_to = event.gateway_id or self.reply_to
         elif isinstance(event, Finish):
             if event.seq <= len(self.tokens):
                 self.finish = event

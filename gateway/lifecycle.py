@@ -42,6 +42,7 @@ log = logging.getLogger("genfleet.gateway.lifecycle")
 _POLL = 0.25  # seconds between liveness checks while waiting for events
 _FINISHED = "finished"
 _CANCELLED = "cancelled by id"
+_MOVED = "adopted by another gateway"
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RequestState:
     entry_id: bytes | str | None = None  # the current attempt's stream entry
     finish: Finish | None = None  # set when the request ends normally
     done: bool = False  # finished or cancelled: nothing more to stop
+    moved_to: str | None = None  # the gateway that adopted it from this one: it follows the journal now
     subscription: int = 0  # the queue client's pub/sub subscription its events are known through
 
 
@@ -166,6 +168,12 @@ class Lifecycle:
         async with contextlib.aclosing(self.follow(state, run.outcome)) as bursts:
             async for burst in bursts:
                 yield burst
+        if state.moved_to is not None:  # it was taken for dead: follow the request where it went
+            after = len(run.outcome.tokens) - 1
+            async with contextlib.aclosing(attach(self, run, await open_replay(self, run, msg.req_id, after),
+                                                  after)) as bursts:
+                async for burst in bursts:
+                    yield burst
 
     def state_of(self, replay: Replay, inbox: Inbox[Event]) -> RequestState:
         """The relay's record of a request taken over from its journal (gateway/resume.py)."""
@@ -175,15 +183,17 @@ class Lifecycle:
                             relayed=list(replay.tokens), subscription=self.queue_client.subscriptions)
 
     async def follow(self, state: RequestState, outcome: Outcome) -> AsyncIterator[list[Token]]:
-        """Relay a queued request's events to its end; cancel it wherever it runs when it does
-        not get there (the client left, an error)."""
+        """Relay a queued request's events to its end, or until another gateway adopts it
+        (`state.moved_to`); cancel it wherever it runs when it does not get there (the client
+        left, an error)."""
         try:
             async for burst in self._relay(state):
                 self.metrics.observe_burst(outcome, burst)
                 yield burst
             state.done = True
-            outcome.finish = state.finish
-            self.metrics.observe_finish(outcome)
+            if state.moved_to is None:
+                outcome.finish = state.finish
+                self.metrics.observe_finish(outcome)
         finally:
             self.queue_client.close(state.req_id)
             if not state.done:
@@ -292,7 +302,7 @@ class Lifecycle:
                 continue
             if isinstance(then, GenfleetError):
                 raise then
-            if then == _FINISHED:
+            if then in (_FINISHED, _MOVED):
                 return
             if then == _CANCELLED:  # POST /cancel/{id}: stop it everywhere, end the stream normally
                 await self._cancel(state, CANCELLED)
@@ -330,6 +340,9 @@ class Lifecycle:
                     return burst, f"worker {state.owner} took this gateway for dead"
                 return burst, GenfleetError(event.error_type, event.message)
             elif isinstance(event, Accepted):
+                if event.gateway_id not in ("", self.queue_client.gateway_id):
+                    state.moved_to = event.gateway_id
+                    return burst, _MOVED
                 state.owner = event.worker_id
         return burst, None
 

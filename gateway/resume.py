@@ -32,7 +32,7 @@ from gateway.inbox import Inbox
 from gateway.journal import Replay
 
 if TYPE_CHECKING:
-    from gateway.lifecycle import Lifecycle, Run
+    from gateway.lifecycle import Lifecycle, Outcome, Run
     from gateway.queue_client import QueueClient
 
 __all__ = ["claim", "attach", "open_replay", "claimed", "check_ended", "same_request", "check_scope",
@@ -135,61 +135,90 @@ async def open_replay(lc: Lifecycle, run: Run, req_id: str, after: int) -> Repla
 
 
 async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIterator[list[Token]]:
-    """Yield the tokens of `replay`'s request after seq `after` (-1: all), then its live ones.
-
-    The journal of a running request may lag the client by up to --checkpoint-interval
-    (worker/checkpoint.py): tokens up to `after` that arrive later are the client's already,
-    and join the outcome without being sent again."""
+    """Yield the tokens of `replay`'s request after seq `after` (-1: all), then its live ones:
+    replayed, followed through its journal while the gateway it publishes to lives, else adopted
+    (and followed again if another gateway adopts it meanwhile)."""
     qc = lc.queue_client
-    req_id = replay.req_id
     outcome = run.outcome
-
-    def fresh(tokens: list[Token]) -> list[Token]:
-        cut = next((i for i, t in enumerate(tokens) if t.seq > after), len(tokens))
-        outcome.tokens += tokens[:cut]  # what the client already has
-        return tokens[cut:]
-
-    log.info("request %s resumed after seq %d (%d tokens in its journal, its gateway %s)", req_id, after,
+    catchup = _Catchup(outcome, after)
+    log.info("request %s resumed after seq %d (%d tokens in its journal, its gateway %s)", replay.req_id, after,
              len(replay.tokens), replay.reply_to)
-    pending = fresh(replay.tokens)
+    pending = catchup.fresh(replay.tokens)
     counters = lc.metrics.counters
     if replay.ended:
         counters.inc("genfleet_request_attached", how="replayed")
-    elif await _follows(lc, replay):
-        counters.inc("genfleet_request_attached", how="followed")
-        async for added in _follow(lc, replay):
-            pending += fresh(added)
-            if pending:
-                lc.metrics.observe_burst(outcome, pending)
-                yield pending
-                pending = []
-    if not replay.ended:
+    while not replay.ended:
+        if await _follows(lc, replay):
+            counters.inc("genfleet_request_attached", how="followed")
+            async for added in _follow(lc, replay):
+                pending += catchup.fresh(added)
+                if pending:
+                    lc.metrics.observe_burst(outcome, pending)
+                    yield pending
+                    pending = []
+            continue  # it ended, or its gateway went away: adopt it
         # Adopt it: from here on it is this gateway's request, cancelled when this client leaves.
         counters.inc("genfleet_request_attached", how="adopted")
-        req_id, inbox = qc.open(req_id)
+        req_id, inbox = qc.open(replay.req_id)
         state = lc.state_of(replay, inbox)
         try:
-            pending += fresh(await _adopt(lc, replay, inbox))
+            pending += catchup.fresh(await _adopt(lc, replay, inbox))
         except BaseException:
             qc.close(req_id)
             raise
-        if not replay.ended:
-            state.attempt, state.owner = replay.current.attempt, replay.owner
-            state.relayed = list(replay.tokens)
-            if pending:
-                lc.metrics.observe_burst(outcome, pending)
-                yield pending
-            async for burst in lc.follow(state, outcome):  # it adds every burst to the outcome
-                burst = [t for t in burst if t.seq > after]
-                if burst:
-                    yield burst
+        if replay.ended:
+            qc.close(req_id)
+            break
+        state.attempt, state.owner = replay.current.attempt, replay.owner
+        state.relayed = list(replay.tokens)
+        if pending:
+            lc.metrics.observe_burst(outcome, pending)
+            yield pending
+            pending = []
+        async for burst in lc.follow(state, outcome):  # it adds every burst to the outcome
+            burst = [t for t in burst if t.seq > catchup.after]
+            if burst:
+                yield burst
+        if state.moved_to is None:
             return
-        qc.close(req_id)
+        # Another gateway adopted it at the same time, and the owner took its Adopt last.
+        log.info("request %s: gateway %s adopted it too; following it there", replay.req_id, state.moved_to)
+        catchup.relayed()
+        replay.reply_to = state.moved_to
+        replay.fold(await qc.journal(replay.req_id, replay.read))
     check_ended(replay)
     if pending:
         lc.metrics.observe_burst(outcome, pending)
         yield pending
     outcome.finish = replay.finish
+
+
+class _Catchup:
+    """Which of a journal's tokens go to the client: none it has (seq <= `after`), none twice.
+    The journal of a running request may lag the client by up to --checkpoint-interval
+    (worker/checkpoint.py): the tokens it already has join its outcome without being sent."""
+
+    def __init__(self, outcome: Outcome, after: int) -> None:
+        self.outcome = outcome
+        self.after = after
+        self.next = len(outcome.tokens)  # the next seq the outcome (with what is pending) lacks
+
+    def fresh(self, tokens: list[Token]) -> list[Token]:
+        out = []
+        for t in tokens:
+            if t.seq != self.next:
+                continue  # known already
+            self.next += 1
+            if t.seq <= self.after:
+                self.outcome.tokens.append(t)
+            else:
+                out.append(t)
+        return out
+
+    def relayed(self) -> None:
+        """The relay has sent (and added to the outcome) every token up to its end."""
+        self.next = len(self.outcome.tokens)
+        self.after = max(self.after, self.next - 1)
 
 
 async def _follows(lc: Lifecycle, replay: Replay) -> bool:

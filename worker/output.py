@@ -132,14 +132,21 @@ class OutputProcessor:
 
     # -- the output thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        held: _Item | None = None
         while True:
-            item = self._queue.get()
+            item = held if held is not None else self._queue.get()
+            held = None
             items = [item]
-            # Coalesce whatever else is already queued into the same publish round.
+            # Coalesce whatever else is already queued into the same publish round, up to the next
+            # adopt: a round then holds each request's events for one gateway at most, so that
+            # its journal (worker/checkpoint.py, which groups a round by gateway) keeps their order.
             while item is not None:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
+                    break
+                if item is not None and item[0] == "adopt":
+                    held = item
                     break
                 items.append(item)
             done = items[-1] is None
@@ -176,7 +183,8 @@ class OutputProcessor:
                 next_seq=len(request.generated_ids),
                 accepted_at=time.time(),
             )
-            out[request.gateway_id].append(Accepted(request.req_id, request.attempt, self._worker_id))
+            out[request.gateway_id].append(Accepted(request.req_id, request.attempt, self._worker_id,
+                                                    request.gateway_id))
             if self._checkpoint is not None:
                 # Journaled at once: a gateway resuming it must know its owner, or it would take
                 # it for queued when this worker dies before the next flush.
@@ -191,8 +199,11 @@ class OutputProcessor:
             _, key, gateway_id = item
             live = self._live.get(key)
             if live is not None:  # else it has ended: the adopter finds the end in the journal
-                live.request = msgspec.structs.replace(live.request, gateway_id=gateway_id)
-                out[gateway_id].append(Accepted(live.request.req_id, live.request.attempt, self._worker_id))
+                before, live.request = live.request.gateway_id, msgspec.structs.replace(live.request, gateway_id=gateway_id)
+                moved = Accepted(live.request.req_id, live.request.attempt, self._worker_id, gateway_id)
+                out[gateway_id].append(moved)
+                if before != gateway_id:  # gone, or another adopter that lost the race: it follows the journal
+                    out[before].append(moved)
                 if self._checkpoint is not None:
                     # The adopter reads the journal once it has this Accepted: whole by then.
                     self._checkpoint.urge(key.req_id)

@@ -65,3 +65,12 @@ def test_the_gateways_tokens_fill_what_a_dead_worker_never_journaled() -> None:
                          _step(_tok(4, 1), _tok(5, 1), Finish("r", 1, 6, "length", 2), worker="w2")])
     assert [(t.seq, t.attempt) for t in replay.tokens] == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 1), (5, 1)]
     assert [t.seq for t in added] == list(range(6)) and replay.finish is not None
+
+
+def test_the_owners_accepted_says_which_gateway_it_publishes_to() -> None:
+    # Two gateways adopt at once; the owner takes g3's Adopt last: its Accepted events say so,
+    # whatever order the Adopts reached the journal in.
+    replay = Replay(_req())
+    replay.fold([_step(Accepted("r", 0, "w1", "g1"), _tok(0)), Adopt("r", "g3"), Adopt("r", "g2"),
+                 _step(Accepted("r", 0, "w1", "g2"), Accepted("r", 0, "w1", "g3"), _tok(1))])
+    assert replay.reply_to == "g3" and replay.owner == "w1" and [t.seq for t in replay.tokens] == [0, 1]
