@@ -90,7 +90,7 @@ async def stream_by_id(call: Admission) -> Response:
     first = await claimed(call.ctx.queue_client, req_id)
     model = await call.ctx.models.get(first.model)
     run = Run(first.input_ids, first.params, Outcome(started=call.started), resume=(req_id, after),
-              priority=first.priority)
+              priority=first.priority, adapter_id=first.adapter_id)
     await model.lifecycle.prepare(run)
     replay = run.replay
     if replay is None:
