@@ -186,7 +186,10 @@ class WorkerConfig:
     worker_id: str | None = setting(None, "Stable id of this worker (default: host-pid-random)")
     device: str = setting("auto", "Where the model runs", choices=("auto", "cpu", "cuda"))
     dtype: str = setting(
-        "auto", "Weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)", tgi=True,
+        "auto",
+        "Weights and activations dtype (auto: bfloat16 on CUDA and on CPUs with native bfloat16, AVX512-BF16 or AMX; "
+        "else float32)",
+        tgi=True,
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     max_batch_prefill_tokens: int = setting(4096, "Tokens computed per engine step (prefill budget)", tgi=True)

@@ -30,10 +30,14 @@ def _spawn(role: str, args: list[str], name: str) -> subprocess.Popen[bytes]:
 
 
 def start_worker(redis_url: str, prefix: str, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    # float32 unless a test names its dtype: the suite's greedy parity is against transformers'
+    # float32 (a CPU with native bfloat16 serves bfloat16 by default; tests/genfleet/test_serve.py
+    # runs that default end to end).
+    dtype = () if "--dtype" in extra else ("--dtype", "float32")
     return _spawn(
         "worker",
         ["--redis-url", redis_url, "--key-prefix", prefix, "--worker-id", name, "--device", "cpu",
-         "--heartbeat-interval", "0.5", "--heartbeat-ttl", "2", *extra],
+         "--heartbeat-interval", "0.5", "--heartbeat-ttl", "2", *dtype, *extra],
         name,
     )
 
