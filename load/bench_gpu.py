@@ -18,6 +18,7 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu --speculate 4         # adds (a), (b) with n-gram --speculate 4 beside the same
                                                    # without, and one batch-1 verification step's cost
                                                    # over a plain decode step
+    python -m load.bench_gpu --speculate 4 --speculator medusa   # and with random Medusa heads (overhead only)
     python -m load.bench_gpu --lora 4 --lora-rank 16
                                                    # adds (b) with its 64 rows spread over 4 random LoRA
                                                    # adapters, and (b) on the base with them loaded
@@ -200,8 +201,9 @@ def roofline_flood(floor: Floor, num: int, prompt: int, new: int, capacity_token
 
 
 def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, grammars: Any = None,
-               adapters: tuple[str, ...] = (), **knobs: Any) -> dict[str, float]:
-    """`adapters`: request i is served by adapters[i % len] (LoRA ids loaded in the runner); () = the base."""
+               adapters: tuple[str, ...] = (), speculator: Any = None, **knobs: Any) -> dict[str, float]:
+    """`adapters`: request i is served by adapters[i % len] (LoRA ids loaded in the runner); () = the base.
+    `speculator`: heads that draft (worker/speculative/heads.py) instead of n-gram lookup."""
     import torch
 
     from common.sampling_params import SamplingParams
@@ -209,7 +211,7 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, gra
     from worker.request import Request, RequestKey
 
     engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
-                       max_model_len=runner.max_model_len, grammars=grammars)
+                       max_model_len=runner.max_model_len, grammars=grammars, speculator=speculator)
     params = SamplingParams(max_new_tokens=new, ignore_eos=True, **knobs)
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -349,6 +351,17 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         for key in ("a", "b"):
             if key in dense_tok_s:
                 static_rows(key, f"--speculate {args.speculate} (n-gram)", spec, versus=dense_tok_s[key])
+        if args.speculator:  # untrained heads: what drafting with them costs, not what trained ones gain
+            from load.speculator_heads import write_random_heads
+            from worker.speculative.heads import load_speculator
+
+            heads_dir = write_random_heads(root / f"{shape}-{args.speculator}", args.speculator, cfg["hidden_size"],
+                                           vocab, args.speculate, dtype=torch.bfloat16)
+            heads = load_speculator(heads_dir, runner.model_config, args.speculate, runner.dtype, runner.device)
+            for key in ("a", "b"):
+                if key in dense_tok_s:
+                    static_rows(key, f"--speculate {args.speculate} (random {args.speculator} heads)", spec,
+                                versus=dense_tok_s[key], speculator=heads)
         plain_ms, verify_ms = verify_step_ratio(runner, args.speculate)
         notes.append(f"{shape}: batch-1 step verifying {args.speculate} drafts {verify_ms:.2f} ms vs a plain decode "
                      f"step {plain_ms:.2f} ms, eager ({verify_ms / plain_ms:.2f}x; target <= 1.15x)")
@@ -516,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-rank", type=int, default=16, help="rank of the --lora adapters")
     parser.add_argument("--speculate", type=int, default=0,
                         help="(a), (b) with n-gram --speculate N beside the same without, and a verification step's cost")
+    parser.add_argument("--speculator", choices=("medusa", "mlp_speculator"), default=None,
+                        help="with --speculate N: (a), (b) with random heads of this kind drafting, beside the same without")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")

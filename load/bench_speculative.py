@@ -6,6 +6,11 @@ in-process (no HTTP, no Redis). Each prompt runs with speculation off and on, in
 order, so a machine whose load drifts weighs on both alike; both must give the same tokens.
 
     python -m load.bench_speculative --speculate 4 --max-new-tokens 96 --rounds 2
+    python -m load.bench_speculative --speculate 4 --speculator medusa   # random heads instead of n-gram
+
+With --speculator (medusa or mlp_speculator), random heads of the model's shape draft instead of
+n-gram lookup. Untrained heads are almost never right, so that row measures what the heads and
+verification cost (overhead), not what trained heads gain.
 
 `verify_step_ratio` is the GPU row load/bench_gpu.py --speculate adds: the time of one batch-1
 step that verifies k drafts over that of a plain decode step, same context (target <= 1.15x).
@@ -54,11 +59,12 @@ ASKS = [
 ]
 
 
-def _engine(model_dir: Path, speculate: int) -> LLMEngine:
-    config = WorkerConfig(device="cpu", dtype="float32", speculate=speculate, max_batch_total_tokens=4096)
+def _engine(model_dir: Path, speculate: int, heads: Path | None = None) -> LLMEngine:
+    config = WorkerConfig(device="cpu", dtype="float32", speculate=speculate, max_batch_total_tokens=4096,
+                          speculative_model=str(heads) if heads is not None else None)
     runner = ModelRunner(config, model_dir)
     return LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
-                     max_model_len=runner.max_model_len)
+                     max_model_len=runner.max_model_len, speculator=runner.speculator)
 
 
 def _one(engine: LLMEngine, rid: str, prompt: list[int], max_new: int) -> tuple[list[int], float]:
@@ -97,14 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speculate", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=2, help="passes over the prompts (each pass both ways)")
+    ap.add_argument("--speculator", choices=("medusa", "mlp_speculator"), default=None,
+                    help="random heads of this kind draft instead of n-gram (measures their overhead)")
     args = ap.parse_args(argv)
+    import json
+    import tempfile
+
     from transformers import AutoTokenizer
 
+    from load.speculator_heads import write_random_heads
+
     model_dir = resolve_model(args.model_id)
+    heads = None
+    if args.speculator:
+        shape = json.loads((model_dir / "config.json").read_text())
+        heads = write_random_heads(Path(tempfile.mkdtemp(prefix="genfleet-heads-")), args.speculator,
+                                   shape["hidden_size"], shape["vocab_size"], args.speculate)
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompts = [tok.apply_chat_template([{"role": "user", "content": a}], add_generation_prompt=True, tokenize=True,
                                        return_dict=False) for a in ASKS]
-    engines = {0: _engine(model_dir, 0), args.speculate: _engine(model_dir, args.speculate)}
+    engines = {0: _engine(model_dir, 0), args.speculate: _engine(model_dir, args.speculate, heads)}
     _one(engines[0], "warm-0", prompts[0], 4)  # first-call costs out of the figures
     _one(engines[args.speculate], "warm-1", prompts[0], 4)
     seconds = {k: 0.0 for k in engines}
@@ -126,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     off, on = tokens[0] / seconds[0], tokens[args.speculate] / seconds[args.speculate]
     print(f"| speculation | output tok/s | requests | tokens |\n|---|---|---|---|")
     print(f"| off | {off:.1f} | {len(ratios)} | {tokens[0]} |")
-    print(f"| n-gram, --speculate {args.speculate} | {on:.1f} | {len(ratios)} | {tokens[args.speculate]} |")
+    method = f"random {args.speculator} heads" if args.speculator else "n-gram"
+    print(f"| {method}, --speculate {args.speculate} | {on:.1f} | {len(ratios)} | {tokens[args.speculate]} |")
     print(f"\nratio {on / off:.2f}x (median per request {statistics.median(ratios):.2f}x); "
           f"{stats.accepted_draft_tokens} of {stats.draft_tokens} draft tokens accepted "
           f"({stats.accepted_draft_tokens / max(1, stats.draft_tokens):.0%}), per position "

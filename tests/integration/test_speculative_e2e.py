@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.fleet import FleetProcesses
-from tests.worker.speculative.head_files import write_medusa
+from load.speculator_heads import write_medusa
 from tests.integration.test_e2e import MAX_NEW, PROMPTS, _stream, reference_tokens  # noqa: F401 (a fixture)
 
 

@@ -3,7 +3,7 @@ head shared) and IBM's MLP speculator (tied or not), written by the test. Greedy
 for token the same as without speculation, 16 streams at once with chunked prefill and the prefix
 cache on; seeded sampling draws the same text, and 2,000 draws follow the model's distribution
 (chi-square); drafts and accepted drafts are counted. Random heads
-are rarely right; "successor" heads (tests/worker/speculative/head_files.py) are, often enough to
+are rarely right; "successor" heads (load/speculator_heads.py) are, often enough to
 show acceptance."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from safetensors import safe_open
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from tests.worker.speculative.test_verify import _chi_square_p
-from tests.worker.speculative.head_files import successors, write_medusa, write_mlp_speculator
+from load.speculator_heads import successors, write_medusa, write_mlp_speculator
 from tests.worker.test_engine_model import _run, tiny  # noqa: F401 (a fixture)
 from tests.worker.test_engine_model_speculative import (  # noqa: F401 (fixtures)
     _outputs, _shared_prefix_prompts, default_plain, grounded, tiny_plain,

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from common.config import WorkerConfig
 from common.model_source import MEDUSA_FILE
-from tests.worker.speculative.head_files import write_medusa, write_mlp_speculator
+from load.speculator_heads import write_medusa, write_mlp_speculator
 from worker.models import ModelConfig
 from worker.speculative.heads import SpeculatorError, find_speculator, load_speculator
 
@@ -181,3 +181,32 @@ def _plain(path: Path) -> Path:
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     return path
+
+
+def test_a_worker_with_unservable_heads_exits_with_the_reason(tmp_path: Path, default_model_dir: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from common.config import FleetConfig
+    from tests.worker.test_model_runner import _tiny_llama
+    from worker.worker import run_worker
+
+    model, _ = _tiny_llama(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the worker loads a tokenizer first
+        shutil.copy(default_model_dir / name, model / name)
+    heads = write_mlp_speculator(tmp_path / "mlp", 64, 97, n_predict=2, inner=8)
+    _edit(heads / "model.safetensors", lambda t: t.pop("speculator.proj.1.weight"))
+    config = WorkerConfig(fleet=FleetConfig(model_id=str(model)), device="cpu", speculative_model=str(heads))
+    assert run_worker(config) == 2  # before it ever reaches Redis
+    assert "'proj.1.weight' is missing" in capsys.readouterr().err
+
+
+def test_heads_are_refused_on_a_sharded_worker(tmp_path: Path) -> None:
+    from worker.speculative.heads import speculator_for
+
+    heads = write_medusa(tmp_path / "m", H, V, heads=2, own_projection=False)
+    config = WorkerConfig(speculative_model=str(heads))
+    with pytest.raises(SpeculatorError, match="not served with --num-shard > 1"):
+        speculator_for(config, tmp_path, TARGET, torch.float32, CPU, sharded=True)
+    assert speculator_for(WorkerConfig(speculative_model=str(heads), speculate=0), tmp_path, TARGET, torch.float32,
+                          CPU, sharded=True) is None

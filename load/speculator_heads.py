@@ -1,4 +1,5 @@
-"""Speculator head checkpoints written by the tests, in TGI's layouts, for a given target model.
+"""Speculator head checkpoints in TGI's layouts for a given target model, written by the tests and
+by the benchmarks (load/bench_speculative.py --speculator, load/bench_gpu.py --speculator).
 
 - random heads: what an untrained checkpoint looks like (acceptance near zero);
 - "successor" heads: built from a table `follow` (token -> the token the target greedily wrote
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["write_medusa", "write_mlp_speculator", "successors"]
+__all__ = ["write_medusa", "write_mlp_speculator", "write_random_heads", "successors"]
 
 
 def successors(outputs: dict[str, list[int]], vocab: int) -> list[int]:
@@ -33,7 +34,7 @@ def successors(outputs: dict[str, list[int]], vocab: int) -> list[int]:
 
 def write_medusa(directory: Path, hidden: int, vocab: int, *, heads: int, layers: int = 1, own_projection: bool,
                  output_rows: torch.Tensor | None = None, follow: list[int] | None = None,
-                 base: str | None = None, seed: int = 0) -> Path:
+                 base: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """Medusa heads; `output_rows` (V, H) with `follow`: successor heads, else random ones."""
     directory.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -54,7 +55,7 @@ def write_medusa(directory: Path, hidden: int, vocab: int, *, heads: int, layers
                 tensors[f"{i}.{layers}.weight"] = proj
             else:
                 tensors[f"{i}.{layers}.weight"] = torch.randn(vocab, hidden, generator=gen) * 0.05
-    save_file(tensors, str(directory / "medusa_lm_head.safetensors"))
+    save_file({k: v.to(dtype) for k, v in tensors.items()}, str(directory / "medusa_lm_head.safetensors"))
     config: dict[str, object] = {"medusa_num_heads": heads, "medusa_num_layers": layers}
     if base is not None:
         config["base_model_name_or_path"] = base
@@ -64,7 +65,7 @@ def write_medusa(directory: Path, hidden: int, vocab: int, *, heads: int, layers
 
 def write_mlp_speculator(directory: Path, hidden: int, vocab: int, *, n_predict: int, inner: int,
                          tie_weights: bool = False, scale_input: bool = False, follow: list[int] | None = None,
-                         base: str | None = None, seed: int = 0) -> Path:
+                         base: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """IBM's MLP speculator; with `follow` (needs inner >= vocab) successor heads, else random ones."""
     directory.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -87,7 +88,7 @@ def write_mlp_speculator(directory: Path, hidden: int, vocab: int, *, n_predict:
     for i in range(min(n_predict, 2) if tie_weights else n_predict):
         scale = 0.0 if follow is not None else 0.1
         tensors[f"proj.{i}.weight"] = torch.randn(inner, hidden if i == 0 else inner, generator=gen) * scale
-    save_file({f"speculator.{k}": v for k, v in tensors.items()}, str(directory / "model.safetensors"))
+    save_file({f"speculator.{k}": v.to(dtype) for k, v in tensors.items()}, str(directory / "model.safetensors"))
     config: dict[str, object] = {
         "architectures": ["MLPSpeculatorPreTrainedModel"], "model_type": "mlp_speculator", "n_predict": n_predict,
         "emb_dim": hidden, "inner_dim": inner, "vocab_size": vocab, "tie_weights": tie_weights,
@@ -97,3 +98,16 @@ def write_mlp_speculator(directory: Path, hidden: int, vocab: int, *, n_predict:
         config["base_model_name_or_path"] = base
     (directory / "config.json").write_text(json.dumps(config))
     return directory
+
+
+def write_random_heads(directory: Path, kind: str, hidden: int, vocab: int, heads: int,
+                       dtype: torch.dtype = torch.float32) -> Path:
+    """Untrained heads of a target's shape, for benchmarks: Medusa sharing the LM head (one
+    residual block per head, as TGI's Medusa-2 checkpoints), or an MLP speculator with tied weights
+    and inner_dim = hidden (IBM's accelerators' layout)."""
+    if kind == "medusa":
+        return write_medusa(directory, hidden, vocab, heads=heads, own_projection=False, dtype=dtype)
+    if kind == "mlp_speculator":
+        return write_mlp_speculator(directory, hidden, vocab, n_predict=max(2, heads), inner=hidden, tie_weights=True,
+                                    scale_input=True, dtype=dtype)
+    raise ValueError(f"speculator kind {kind!r}: medusa or mlp_speculator")
