@@ -299,8 +299,12 @@ class LLMEngine:
                 req.all_token_ids[-1] = token
             else:
                 req.all_token_ids.append(token)
-            if req.grammar is not None:
-                req.grammar.consume_token(token)  # the mask allowed it: the matcher takes it
+            if req.grammar is not None and not req.grammar.consume_token(token):
+                # The mask allowed it, but the lexer went past its limits (worker/grammar.py).
+                self._end_if(req, "eos_token")
+                error = req.grammar.get_error().splitlines()[0]
+                outputs.append(self._output(req, [], [], [], None, error=f"Input validation error: grammar is not valid: {error}"))
+                continue
             self._take_proposals(req, result, i)
             reason = after_token(req, token)
             top = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []

@@ -7,6 +7,11 @@ pristine matcher cached under the grammar's hash: a fleet sees the same schema m
 feeds it the tokens earlier attempts generated, so a continuation on another worker resumes in
 the state the lost worker had reached. The engine advances the matcher with each sampled token;
 worker/grammar_mask.py turns its state into the step's token mask.
+
+The lexer's work is bounded (`PARSER_LIMITS`), and the first mask of a fresh grammar, where its
+lexer states are built, is computed on the pool thread too: a pathological grammar (a regex such
+as `a{1000000000}`) fails its own request in milliseconds there instead of stalling every
+request's step for seconds on the engine thread.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ import llguidance
 __all__ = ["GrammarCompiler", "GrammarError"]
 
 log = logging.getLogger("genfleet.worker.grammar")
+
+# llguidance's defaults allow a 1,000,000-unit lexer build (2.5 s for `a{1000000000}` on a loaded
+# 2-core machine); a tenth of that still compiles and masks a 60-property schema with `$defs`
+# (load/grammar_bench.py) and bounds the worst grammar to ~0.1 s.
+PARSER_LIMITS = llguidance.LLParserLimits(initial_lexer_fuel=100_000, step_lexer_fuel=50_000, max_lexer_states=20_000)
 
 
 class GrammarError(ValueError):
@@ -55,9 +65,11 @@ class GrammarCompiler:
                 self._cache.move_to_end(key)
         if pristine is None:
             started = time.perf_counter()
-            pristine = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+            pristine = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=PARSER_LIMITS)
+            if not pristine.is_error():
+                pristine.compute_bitmask()  # builds the first lexer states here, off the engine thread
             if pristine.is_error():
-                raise GrammarError(f"grammar is not valid: {pristine.get_error()}")
+                raise GrammarError(f"grammar is not valid: {pristine.get_error().splitlines()[0]}")
             log.debug("grammar compiled in %.2f ms", (time.perf_counter() - started) * 1e3)
             with self._lock:
                 self._cache[key] = pristine
