@@ -60,7 +60,10 @@ class ServedModel:
         return self.fleet.state.limits(self.model_limits)
 
     def check_adapter(self, adapter_id: str) -> None:
-        """ValidationError unless every serving worker of the model holds LoRA adapter `adapter_id`."""
+        """ValidationError unless every serving worker of the model holds LoRA adapter `adapter_id`.
+        With no serving worker at all it waits like any request (the worker that takes it checks)."""
+        if not self.fleet.state.serving:
+            return
         served = self.fleet.state.adapters
         if adapter_id not in served:
             listed = ", ".join(f"`{a}`" for a in sorted(served)) or "none"

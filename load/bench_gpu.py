@@ -213,7 +213,8 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, gra
     engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                        max_model_len=runner.max_model_len, grammars=grammars, speculator=speculator)
     params = SamplingParams(max_new_tokens=new, ignore_eos=True, **knobs)
-    torch.cuda.synchronize()
+    if runner.device.type == "cuda":  # load/bench_lora.py runs it on the CPU too
+        torch.cuda.synchronize()
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
         adapter = adapters[i % len(adapters)] if adapters else ""
