@@ -94,7 +94,7 @@ class ModelRunner:
                 f"{cfg.architecture}: quantized experts are not supported (quantization {self.quant.name}); "
                 "serve the unquantized checkpoint"
             )
-        plan = shards.plan(cfg, cls.has_experts) if shards is not None else None
+        plan = shards.plan(cfg) if shards is not None else None
         # Built in its serving dtype: a float32 build first would need twice the weights' memory
         # (Mixtral-8x7B: 187 GB, more than one card holds).
         with torch.device(self.device), _default_dtype(self.dtype):

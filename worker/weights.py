@@ -48,7 +48,8 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                     continue
                 slot = model.expert_slot(hf_name)
                 if slot is not None:
-                    experts.load(slot, f.get_tensor(hf_name), hf_name)
+                    tensor = plan.read_expert(f, hf_name, slot) if plan is not None else f.get_tensor(hf_name)
+                    experts.load(slot, tensor, hf_name)
                     continue
                 name, shard = model.hf_to_param(hf_name)
                 if name == "lm_head.weight" and model.lm_head is None:

@@ -72,3 +72,41 @@ def test_a_killed_rank_ends_its_worker_within_seconds(fleet: tuple[str, subproce
     assert not _alive(rank0), "rank 0 still runs 5 s after its rank 1 was killed"
     print(f"[num-shard kill -9] the worker exited {time.monotonic() - killed:.2f}s after its rank 1")
     assert proc.wait(30) == 1  # serve stops the fleet when a worker exits, and says it failed
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> tuple[Path, list[int]]:
+    from tests.integration.test_model_families_e2e import _checkpoint
+
+    return _checkpoint("mixtral", tmp_path_factory.mktemp("sharded_moe"), default_model_dir)
+
+
+def test_a_tiny_mixtral_through_a_two_rank_fleet_gives_transformers_greedy_tokens(
+    mixtral: tuple[Path, list[int]]
+) -> None:
+    # Experts split inside each expert over the two ranks, the router on both, one all-reduce after
+    # each MoE block (worker/parallel/plan.py).
+    from tests.integration.test_model_families_e2e import MAX_NEW, PROMPT
+
+    path, expected = mixtral
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genfleet", "serve", "--port", str(port), "--hostname", "127.0.0.1", "--device", "cpu",
+         "--num-shard", "2", "--model-id", str(path), "--dtype", "float32", "--max-batch-total-tokens", "2048",
+         "--key-prefix", "sharded-moe", "--graceful-termination-timeout", "5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, [proc], timeout=180)
+        body = {"inputs": PROMPT, "parameters": {"max_new_tokens": MAX_NEW, "details": True}}
+        reply = httpx.post(f"{base}/generate", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        tokens = [t["id"] for t in reply.json()["details"]["tokens"]]
+        assert tokens == expected[: len(tokens)] and tokens
+        if reply.json()["details"]["finish_reason"] == "length":
+            assert tokens == expected
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -34,10 +34,10 @@ class ShardingError(ValueError):
     """A --num-shard setting this host or model cannot serve."""
 
 
-def plan_rank(cfg: ModelConfig, rank: int, world_size: int, has_experts: bool) -> ShardPlan:
+def plan_rank(cfg: ModelConfig, rank: int, world_size: int) -> ShardPlan:
     """Rank `rank`'s ShardPlan, or a ShardingError naming --num-shard and what does not shard."""
     try:
-        return ShardPlan.build(cfg, rank, world_size, has_experts=has_experts)
+        return ShardPlan.build(cfg, rank, world_size)
     except ValueError as exc:
         raise ShardingError(f"--num-shard {world_size}: {exc}") from exc
 
@@ -63,8 +63,8 @@ class ShardGroup:
             device_id=device if device.type == "cuda" else None,
         )
 
-    def plan(self, cfg: ModelConfig, has_experts: bool) -> ShardPlan:
-        return plan_rank(cfg, self.rank, self.world_size, has_experts)
+    def plan(self, cfg: ModelConfig) -> ShardPlan:
+        return plan_rank(cfg, self.rank, self.world_size)
 
     # -- collectives (every rank calls each, in the same order) ---------------------------------
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:

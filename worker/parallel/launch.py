@@ -49,7 +49,7 @@ def check_shardable(config: WorkerConfig, model_dir: Path, world_size: int) -> N
     from worker.quant import read_checkpoint_quantization, select_method
 
     cls, cfg = read_config(model_dir)
-    plan_rank(cfg, 0, world_size, cls.has_experts)
+    plan_rank(cfg, 0, world_size)
     checkpoint = read_checkpoint_quantization(model_dir)
     refuse_unshardable(select_method(config.quantize, checkpoint, random_weights=config.random_weights), world_size)
 

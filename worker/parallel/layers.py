@@ -5,7 +5,9 @@
 - `o_proj` and `down_proj` (row-parallel: each rank multiplies its slice of the input) are wrapped
   in `RowParallel`, which all-reduces their partial outputs: one all-reduce per attention and per
   MLP. It wraps whatever module is in that place, a quantized linear as well as nn.Linear, and the
-  all-reduce runs inside the decode CUDA graphs like the rest of the forward.
+  all-reduce runs inside the decode CUDA graphs like the rest of the forward. A mixture-of-experts
+  MLP is wrapped whole: its experts' (and shared expert's) down projections are row-parallel
+  slices, all scaled by replicated routing weights, so one all-reduce after the block sums them.
 Column-parallel linears need nothing: they are built narrower (ShardPlan.local_config) and load
 their slices.
 """
@@ -17,6 +19,7 @@ from torch import nn
 
 from worker.models import CausalLM
 from worker.models.layers import linear
+from worker.models.moe import SparseMoE
 from worker.quant import QuantizationError, QuantMethod
 from worker.parallel.group import ShardGroup
 from worker.parallel.plan import ShardPlan
@@ -44,7 +47,7 @@ class VocabParallelEmbedding(nn.Module):
 class RowParallel(nn.Module):
     def __init__(self, inner: nn.Module, group: ShardGroup) -> None:
         super().__init__()
-        self.inner = inner  # this rank's columns of the linear (its bias on rank 0 only)
+        self.inner = inner  # this rank's columns of the linear (its bias on rank 0 only), or a MoE block
         self.group = group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,3 +85,5 @@ def add_all_reduces(model: CausalLM, group: ShardGroup) -> None:
             owner = layer.get_submodule(parent)
             if hasattr(owner, name):
                 setattr(owner, name, RowParallel(getattr(owner, name), group))
+        if isinstance(layer.mlp, SparseMoE):
+            layer.mlp = RowParallel(layer.mlp, group)

@@ -7,6 +7,11 @@
   only (zeros elsewhere), so the sum counts it once.
 - Vocab-parallel: the embedding's and the LM head's rows, `vocab_per_rank` each (the last rank's
   padded with zero rows); the logits are gathered to rank 0 and cut back to the vocabulary.
+- Mixture of experts, tensor-parallel inside each expert (as TGI and vLLM): every rank holds every
+  expert, with its gate/up rows and down columns of that expert's FFN (`moe_ffn`), and of the
+  shared expert's (`shared_ffn`, Qwen2-MoE); the router and the shared expert's gate are
+  replicated, so every rank routes each token alike, and one all-reduce after the whole MoE block
+  (worker/parallel/layers.py) adds the ranks' partial sums of routed and shared experts together.
 - Query heads go out in contiguous, near-equal ranges (9 heads on 2 ranks: 5 and 4), and so do
   the FFN's columns: no count has to divide N.
 - KV heads: each rank keeps the KV heads its query heads read. The attention kernels map local
@@ -20,11 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from worker.models.config import ModelConfig, UnsupportedModel
+
+if TYPE_CHECKING:
+    from worker.models.causal_lm import ExpertSlot
 
 __all__ = ["ShardPlan", "split_range"]
 
@@ -63,12 +71,18 @@ class ShardPlan:
     intermediate_size: int  # the model's FFN width
     vocab_size: int  # the model's vocabulary
     vocab_per_rank: int  # rows of the embedding / LM head on every rank (the last one padded)
+    moe_ffn: tuple[int, int] = (0, 0)  # [start, end) of this rank's columns of each expert's FFN
+    shared_ffn: tuple[int, int] = (0, 0)  # [start, end) of this rank's columns of the shared expert's
+    shared_intermediate_size: int = 0  # the shared expert's FFN width
 
     @classmethod
-    def build(cls, cfg: ModelConfig, rank: int, world_size: int, *, has_experts: bool = False) -> ShardPlan:
+    def build(cls, cfg: ModelConfig, rank: int, world_size: int) -> ShardPlan:
         name = cfg.architecture or "the model"
-        if has_experts:
-            raise UnsupportedModel(f"{name}: mixture-of-experts models cannot be sharded yet (serve them unsharded)")
+        moe = cfg.moe
+        if moe is not None:
+            for what, width in (("expert", moe.intermediate_size), ("shared expert", moe.shared_intermediate_size)):
+                if 0 < width < world_size:
+                    raise UnsupportedModel(f"{name}'s {what} FFN width {width} cannot shard over {world_size}")
         if cfg.qk_norm == "all":
             # OLMo 2 normalises q and k over the whole projection: every rank would need all heads.
             raise UnsupportedModel(f"{name}: q/k norms over the whole projection cannot be sharded yet")
@@ -91,6 +105,9 @@ class ShardPlan:
             intermediate_size=cfg.intermediate_size,
             vocab_size=cfg.vocab_size,
             vocab_per_rank=-(-cfg.vocab_size // world_size),
+            moe_ffn=split_range(moe.intermediate_size, world_size, rank) if moe is not None else (0, 0),
+            shared_ffn=split_range(moe.shared_intermediate_size, world_size, rank) if moe is not None else (0, 0),
+            shared_intermediate_size=moe.shared_intermediate_size if moe is not None else 0,
         )
 
     @property
@@ -99,13 +116,25 @@ class ShardPlan:
 
     def local_config(self, cfg: ModelConfig) -> ModelConfig:
         """The architecture of this rank's part: the model classes build it as they build a whole model."""
+        moe = cfg.moe
+        if moe is not None:
+            moe = dataclasses.replace(moe, intermediate_size=self.moe_ffn[1] - self.moe_ffn[0],
+                                      shared_intermediate_size=self.shared_ffn[1] - self.shared_ffn[0])
         return dataclasses.replace(
             cfg,
             num_heads=self.q_heads[1] - self.q_heads[0],
             num_kv_heads=len(self.kv_heads),
             intermediate_size=self.ffn[1] - self.ffn[0],
             vocab_size=self.vocab_per_rank,
+            moe=moe,
         )
+
+    def _ffn_of(self, name: str) -> tuple[tuple[int, int], int]:
+        # (this rank's columns, the full width) of a dense MLP, or of the shared expert beside a MoE
+        # layer's experts.
+        if ".shared_expert." in name:
+            return self.shared_ffn, self.shared_intermediate_size
+        return self.ffn, self.intermediate_size
 
     # -- checkpoint slices ---------------------------------------------------------------------
     def rows(self, name: str, shard: int | None) -> list[tuple[int, int]] | None:
@@ -125,9 +154,10 @@ class ShardPlan:
         if module == "c_fc":
             return [self.ffn]
         if module == "gate_up_proj":
+            ffn, width = self._ffn_of(name)
             if shard is not None:
-                return [self.ffn]
-            return [self.ffn, (self.ffn[0] + self.intermediate_size, self.ffn[1] + self.intermediate_size)]
+                return [ffn]
+            return [ffn, (ffn[0] + width, ffn[1] + width)]
         if module in ("embed_tokens", "lm_head") and kind == "weight":
             return [(self.vocab_start, min(self.vocab_size, self.vocab_start + self.vocab_per_rank))]
         return None
@@ -140,8 +170,17 @@ class ShardPlan:
         if module == "o_proj":
             return self.q_heads[0] * self.head_dim, self.q_heads[1] * self.head_dim
         if module in ("down_proj", "c_proj"):
-            return self.ffn
+            return self._ffn_of(name)[0]
         return None
+
+    def read_expert(self, f: Any, hf_name: str, slot: ExpertSlot) -> torch.Tensor:
+        """This rank's part of one expert's projection: its FFN rows of gate or up (w13), its
+        FFN columns of down (w2)."""
+        sliced = f.get_slice(hf_name)
+        start, end = self.moe_ffn
+        if slot[0].endswith(".w2"):
+            return sliced[:, start:end]  # type: ignore[no-any-return]
+        return sliced[start:end]  # type: ignore[no-any-return]
 
     def read(self, f: Any, hf_name: str, name: str, shard: int | None) -> torch.Tensor:
         """This rank's part of checkpoint tensor `hf_name` (our `name`), read from the safetensors

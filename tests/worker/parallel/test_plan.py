@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from common.config import ConfigError, WorkerConfig
 from genfleet.cli import parse_configs
 from tests.worker.parallel.test_sharded_logits import UNSHARDABLE
 from tests.worker.test_models import _COMMON, FAMILIES
-from worker.models.config import ModelConfig
+from worker.models.config import ModelConfig, MoEConfig
 from worker.parallel import ShardingError, ShardPlan
 from worker.parallel.launch import check_shardable, world_size_of
 from worker.parallel.plan import split_range
@@ -60,6 +61,33 @@ def test_the_vocabulary_pads_the_last_rank() -> None:
     assert (local.vocab_size, local.num_heads, local.num_kv_heads, local.intermediate_size) == (106, 2, 1, 48)
 
 
+def test_experts_split_their_ffn_and_keep_the_router_whole() -> None:
+    # Tensor parallel inside each expert: gate/up rows and down columns of every expert's FFN (and
+    # the shared expert's), the router and the shared expert's gate read whole on every rank.
+    moe = MoEConfig(num_experts=4, top_k=2, intermediate_size=33, normalize_top_k=False, shared_intermediate_size=47)
+    cfg = dataclasses.replace(_cfg(4, 2), moe=moe)
+    plans = [ShardPlan.build(cfg, r, 2) for r in range(2)]
+    assert [p.moe_ffn for p in plans] == [(0, 17), (17, 33)]
+    assert [p.shared_ffn for p in plans] == [(0, 24), (24, 47)]
+    local = plans[1].local_config(cfg).moe
+    assert local is not None and (local.intermediate_size, local.shared_intermediate_size) == (16, 23)
+    assert (local.num_experts, local.top_k) == (4, 2)
+    shared = "layers.0.mlp.shared_expert"
+    assert plans[1].rows(f"{shared}.gate_up_proj.weight", 1) == [(24, 47)]
+    assert plans[1].columns(f"{shared}.down_proj.weight") == (24, 47)
+    assert plans[1].rows("layers.0.mlp.gate_up_proj.weight", 0) == [(48, 96)]  # a dense layer beside them
+    for name in ("layers.0.mlp.gate.weight", "layers.0.mlp.shared_expert_gate.weight"):
+        assert plans[1].rows(name, None) is None and plans[1].columns(name) is None
+
+
+@pytest.mark.parametrize(("width", "shared", "named"), [(1, 0, "expert FFN width 1"), (8, 1, "shared expert FFN width 1")])
+def test_an_expert_narrower_than_the_ranks_is_refused(width: int, shared: int, named: str) -> None:
+    moe = MoEConfig(num_experts=4, top_k=2, intermediate_size=width, normalize_top_k=True,
+                    shared_intermediate_size=shared)
+    with pytest.raises(ValueError, match=f"{named} cannot shard over 2"):
+        ShardPlan.build(dataclasses.replace(_cfg(4, 2), moe=moe), 0, 2)
+
+
 def test_more_ranks_than_heads_is_refused_with_the_counts() -> None:
     with pytest.raises(ValueError, match="4 attention heads: it cannot shard over 8"):
         ShardPlan.build(_cfg(4, 2), 0, 8)
@@ -86,7 +114,7 @@ def test_world_size_on_cpu() -> None:
 
 
 @pytest.mark.parametrize("family", sorted(UNSHARDABLE))
-def test_experts_and_whole_projection_qk_norms_are_refused_by_name(tmp_path: Path, family: str) -> None:
+def test_whole_projection_qk_norms_are_refused_by_name(tmp_path: Path, family: str) -> None:
     config_cls, _, extra = FAMILIES[family]
     config_cls(**{**_COMMON, **extra}).save_pretrained(tmp_path)
     with pytest.raises(ShardingError, match="--num-shard 2: .*cannot be sharded yet"):

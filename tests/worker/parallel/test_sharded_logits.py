@@ -21,9 +21,12 @@ HEAD_SHAPES = {
     "heads9_kv3": ("llama", {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 72,
                             "intermediate_size": 97}),
     "qwen2_kv1": ("qwen2", {"num_attention_heads": 4, "num_key_value_heads": 1}),
+    # Expert FFN widths that do not divide 2 (49 and 48 columns a rank), a shared expert's too.
+    "mixtral_ffn97": ("mixtral", {"intermediate_size": 97}),
+    "qwen2_moe_odd": ("qwen2_moe", {"moe_intermediate_size": 33, "shared_expert_intermediate_size": 47}),
 }
-# Refused when sharded (tests/worker/parallel/test_plan.py): experts, and OLMo 2's q/k norms over all heads.
-UNSHARDABLE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmo2"}
+# Refused when sharded (tests/worker/parallel/test_plan.py): OLMo 2's q/k norms over all heads.
+UNSHARDABLE = {"olmo2"}
 FAMILY_MODELS = sorted(set(FAMILIES) - UNSHARDABLE)
 MODELS = FAMILY_MODELS + sorted(HEAD_SHAPES)
 
