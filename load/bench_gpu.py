@@ -30,6 +30,9 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
                                                    # kernel against a per-expert loop of torch matmuls
     python -m load.bench_gpu --models 8b --num-shard 1,2,4 --workloads none
                                                    # (a), (b) per rank count, all-reduce share (load/bench_shards.py)
+    python -m load.bench_gpu --models mixtral --num-shard 2,4 --workloads none
+                                                   # the same for Mixtral's experts, split inside each
+                                                   # expert (one all-reduce per MoE block)
 """
 
 from __future__ import annotations
