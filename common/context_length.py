@@ -21,7 +21,9 @@ _NO_LIMIT = 10**18
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 # The families whose sliding window the worker applies in attention (worker/models: their
 # layers' `window`), so it does not cap their context; for the others it does.
-WINDOWED_MODEL_TYPES = frozenset({"gemma2", "gemma3_text", "starcoder2"})
+WINDOWED_MODEL_TYPES = frozenset(
+    {"gemma2", "gemma3_text", "starcoder2", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"}
+)
 
 
 def context_length(model_dir: Path) -> int:

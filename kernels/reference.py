@@ -109,18 +109,20 @@ def prefill_attention(
         q_lo, q_hi = starts[i], starts[i + 1]
         if q_hi == q_lo:
             continue
+        q_len = q_hi - q_lo
         num_blocks = -(-seq_len // block_size)
-        blocks = block_tables[i, :num_blocks].long()
-        k = _pages(k_cache, k_scale, blocks).reshape(-1, n_kv, k_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
-        v = _pages(v_cache, v_scale, blocks).reshape(-1, n_kv, v_cache.shape[-1])[:seq_len]  # (S, n_kv, D)
+        # Keys from the first page the first query's window reaches: pages before it are never read.
+        lo = _first_page(seq_len - q_len, window, block_size) * block_size
+        blocks = block_tables[i, lo // block_size : num_blocks].long()
+        k = _pages(k_cache, k_scale, blocks).reshape(-1, n_kv, k_cache.shape[-1])[: seq_len - lo]  # (S, n_kv, D)
+        v = _pages(v_cache, v_scale, blocks).reshape(-1, n_kv, v_cache.shape[-1])[: seq_len - lo]  # (S, n_kv, D)
         qi = q[q_lo:q_hi].float().transpose(0, 1)  # (H, q_len, D)
         k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
         v = v.repeat_interleave(group, dim=1).transpose(0, 1)  # (H, S, D)
-        q_len = q_hi - q_lo
         scores = _capped(torch.matmul(qi, k.transpose(1, 2)) * scale, softcap)  # (H, q_len, S)
         # Query j sits at position seq_len - q_len + j and sees keys up to that position.
         q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device).unsqueeze(1)  # (q_len, 1)
-        k_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)  # (1, S)
+        k_pos = torch.arange(lo, seq_len, device=q.device).unsqueeze(0)  # (1, S)
         scores.masked_fill_(_hidden(k_pos, q_pos, window), float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[q_lo:q_hi] = torch.matmul(probs, v).transpose(0, 1).to(q.dtype)  # (q_len, H, D)
@@ -164,9 +166,17 @@ def paged_decode_attention(
         b, max_len, width = len(chosen), lens[chosen[-1]], max(q_lens[i] for i in chosen)
         num_blocks = -(-max_len // block_size)
         index = torch.tensor(chosen, device=q.device)
-        tables = block_tables[index, :num_blocks].long()  # (b, nb)
-        k = _pages(k_cache, k_scale, tables).reshape(b, -1, n_kv, dim)[:, :max_len]  # (b, S, n_kv, D)
-        v = _pages(v_cache, v_scale, tables).reshape(b, -1, n_kv, dim)[:, :max_len]  # (b, S, n_kv, D)
+        # Pages from the first any row's window reaches; a row whose window starts later reads its
+        # own first page in place of the ones before it (masked): no page before a window is read.
+        firsts = torch.tensor([_first_page(lens[i] - q_lens[i], window, block_size) for i in chosen], device=q.device)
+        first = int(firsts.min())
+        tables = block_tables[index, first:num_blocks].long()  # (b, nb)
+        own = (firsts - first).unsqueeze(1)  # (b, 1)
+        cols = torch.arange(tables.shape[1], device=q.device).unsqueeze(0)  # (1, nb)
+        tables = torch.where(cols < own, tables.gather(1, own), tables)
+        key_lo = first * block_size
+        k = _pages(k_cache, k_scale, tables).reshape(b, -1, n_kv, dim)[:, : max_len - key_lo]  # (b, S, n_kv, D)
+        v = _pages(v_cache, v_scale, tables).reshape(b, -1, n_kv, dim)[:, : max_len - key_lo]  # (b, S, n_kv, D)
         # Query j of a sequence is row starts[i] + j; rows past its q_len are padding (row 0, dropped).
         j = torch.arange(width, device=q.device).unsqueeze(0)  # (1, W)
         q_len = torch.tensor([q_lens[i] for i in chosen], device=q.device).unsqueeze(1)  # (b, 1)
@@ -177,7 +187,7 @@ def paged_decode_attention(
         scores = _capped(torch.matmul(qg, k.permute(0, 2, 3, 1)) * scale, softcap)  # (b, n_kv, W * g, S)
         seq = torch.tensor([lens[i] for i in chosen], device=q.device).unsqueeze(1)  # (b, 1)
         q_pos = (seq - q_len + j).unsqueeze(2)  # (b, W, 1): the last key each query sees (padding: past all)
-        k_pos = torch.arange(max_len, device=q.device).view(1, 1, -1)  # (1, 1, S)
+        k_pos = torch.arange(key_lo, max_len, device=q.device).view(1, 1, -1)  # (1, 1, S)
         hidden = _hidden(k_pos, q_pos, window).repeat_interleave(group, dim=1)  # (b, W * g, S)
         scores.masked_fill_(hidden[:, None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
@@ -189,6 +199,11 @@ def paged_decode_attention(
 
 def _capped(scores: torch.Tensor, softcap: float) -> torch.Tensor:
     return scores if softcap <= 0 else softcap * torch.tanh(scores / softcap)
+
+
+def _first_page(first_query: int, window: int, block_size: int) -> int:
+    # The page of the first key that query position `first_query` sees (0 without a window).
+    return max(0, first_query - window + 1) // block_size if window > 0 else 0
 
 
 def _hidden(k_pos: torch.Tensor, q_pos: torch.Tensor, window: int) -> torch.Tensor:

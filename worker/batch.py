@@ -46,7 +46,9 @@ class ScheduledRequest:
     # The tokens computed this step: a prompt chunk, or the last sampled token (then its drafts).
     token_ids: list[int]
     start_pos: int  # position of token_ids[0]; equals the request's num_computed_tokens before the step
-    block_table: list[int]  # every KV block of the request, covering positions [0, start_pos + len(token_ids))
+    # Every KV block of the request, covering positions [0, start_pos + len(token_ids)); under a
+    # sliding window the entries before it may be stale ids (given back, never read).
+    block_table: list[int]
     do_sample: bool  # True when this step reaches the end of the known tokens: sample the next token
     params: SamplingParams  # the request's sampling parameters (constant over its life)
     # Prompt + generated tokens so far (the request's own list, not a copy): penalties read it.

@@ -9,6 +9,14 @@ adapter's root id (0 for the base model), so KV computed under one adapter is ne
 another or for the base. Blocks whose ref count drops to zero stay in the cache (and keep their
 hash) at the back of the free queue; allocation takes from the front, evicting the least recently
 freed first. Never imports torch.
+
+Sliding windows: when every layer of the model attends over at most `window` keys, a request's
+blocks that lie wholly before the window of its next query hold no key any layer reads again;
+`release_behind_window` gives them back, so a long generation holds about window + one step of
+KV, not its whole length. The request's block table keeps its length (positions still index it),
+and its first `num_released_blocks` entries are stale ids the attention kernels never read. With
+prefix caching, only committed blocks go: they stay cached (their content is exact), and an
+uncommitted block given back would break the chain of content ids that later blocks hash under.
 """
 
 from __future__ import annotations
@@ -28,10 +36,13 @@ class NoFreeBlocks(RuntimeError):
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, window: int = 0
+    ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.window = window  # > 0: every layer reads only its last `window` keys (ModelConfig.kv_window)
         self.ref_counts = [0] * num_blocks
         self._key_of: list[_Key | None] = [None] * num_blocks  # the content a free block still holds
         self._cached: dict[_Key, tuple[int, int]] = {}  # key -> (block holding it, content id)
@@ -53,6 +64,14 @@ class BlockManager:
     def blocks_needed(self, req: Request, num_new_tokens: int) -> int:
         total = req.num_computed_tokens + num_new_tokens
         return max(0, -(-total // self.block_size) - len(req.block_table))
+
+    def tokens_held(self, num_tokens: int, chunk: int) -> int:
+        """The most KV tokens a request of `num_tokens` holds at once when a step computes at most
+        `chunk` of them: all of them, or under a window the window and about two steps (a block
+        is given back once committed, which overlapped steps do one step late)."""
+        if not self.window:
+            return num_tokens
+        return min(num_tokens, self.window + 2 * (chunk + self.block_size))
 
     def can_allocate(self, num_blocks: int) -> bool:
         return num_blocks <= len(self._free)
@@ -124,6 +143,18 @@ class BlockManager:
                 self._next_id += 1
             ids.append(entry[1])
 
+    def release_behind_window(self, req: Request) -> None:
+        """Give back the blocks that no query from the request's next position on reads: those
+        wholly before position - window + 1 (committed ones only, with prefix caching)."""
+        if not self.window:
+            return
+        end = max(0, req.num_computed_tokens - self.window + 1) // self.block_size
+        if self.enable_prefix_caching:
+            end = min(end, len(req.block_content_ids))
+        for i in range(req.num_released_blocks, end):
+            self._unref(req.block_table[i])
+        req.num_released_blocks = max(req.num_released_blocks, end)
+
     def trim(self, req: Request) -> None:
         """Give back the blocks past those that the request's known tokens need (speculative
         decoding: the ones only rejected drafts were written to). Such blocks were never
@@ -139,16 +170,10 @@ class BlockManager:
 
     def free(self, req: Request) -> None:
         # Tail blocks first: they are the least likely to be shared, so they are evicted first.
-        for block in reversed(req.block_table):
-            self.ref_counts[block] -= 1
-            assert self.ref_counts[block] >= 0, f"block {block} freed twice"
-            if self.ref_counts[block] == 0:
-                if self._key_of[block] is None:
-                    self._free[block] = None
-                    self._free.move_to_end(block, last=False)  # not cached: reuse first
-                else:
-                    self._free[block] = None
+        for block in reversed(req.block_table[req.num_released_blocks :]):
+            self._unref(block)
         req.block_table = []
+        req.num_released_blocks = 0
         req.num_computed_tokens = 0
         req.block_content_ids = []
 
@@ -164,6 +189,14 @@ class BlockManager:
         if root is None:
             root = self._adapter_roots[adapter_id] = self._new_id()
         return root
+
+    def _unref(self, block: int) -> None:
+        self.ref_counts[block] -= 1
+        assert self.ref_counts[block] >= 0, f"block {block} freed twice"
+        if self.ref_counts[block] == 0:
+            self._free[block] = None
+            if self._key_of[block] is None:
+                self._free.move_to_end(block, last=False)  # not cached: reuse first
 
     def _new_id(self) -> int:
         self._next_id += 1

@@ -84,10 +84,12 @@ class LLMEngine:
         clock: Callable[[], float] = time.time,
         grammars: GrammarCompiler | None = None,
         speculator: Speculator | None = None,
+        kv_window: int = 0,
     ) -> None:
         self.runner = runner
         self.block_size = config.block_size
-        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
+        # kv_window: ModelConfig.kv_window (every layer slides): blocks behind it are given back.
+        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching, kv_window)
         # The model's speculator heads draft where it has them (the runner's `speculator`); else n-gram.
         drafter = None
         if speculator is not None:
@@ -117,8 +119,9 @@ class LLMEngine:
                 f"`inputs` tokens + `max_new_tokens` must be <= {self.max_model_len}. "
                 f"Given: {req.num_prompt_tokens} `inputs` tokens and {req.params.max_new_tokens} `max_new_tokens`"
             )
-        if need > self.capacity_tokens:
-            raise ValueError(f"the request needs {need} KV tokens; this worker holds {self.capacity_tokens}")
+        held = self.blocks.tokens_held(need, self.scheduler.token_budget)  # under a window: less than need
+        if held > self.capacity_tokens:
+            raise ValueError(f"the request needs {held} KV tokens; this worker holds {self.capacity_tokens}")
         if req.key in self._requests:
             raise ValueError(f"request {req.key} is already running")
         if req.params.grammar is not None and self.grammars is None:

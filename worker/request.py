@@ -53,6 +53,8 @@ class Request:
     all_token_ids: list[int] = field(default_factory=list)  # prompt + generated, grows each step
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     block_table: list[int] = field(default_factory=list)
+    # Under a sliding window: the first entries of block_table given back (worker/block_manager.py).
+    num_released_blocks: int = 0
     # The prefix cache's content id of each full, committed block (worker/block_manager.py).
     block_content_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache (first admission)

@@ -12,6 +12,9 @@ Each step spends at most --max-batch-prefill-tokens tokens of compute:
 Preemption takes the lowest priority first, the newest request within it; a preempted request
 waits at the head of its priority level.
 
+Under a sliding window on every layer, each scheduled request first gives back the blocks its
+next queries no longer read (BlockManager.release_behind_window), before it asks for new ones.
+
 TGI's knobs, now that prefill is chunked and mixed with decodes in one forward pass: TGI ignores
 --waiting-served-ratio and --max-waiting-tokens once chunking is on. Here they keep a meaning:
 admission into a non-empty running batch waits until waiting >= ratio x running requests, until
@@ -113,6 +116,7 @@ class Scheduler:
                 i += 1
                 continue
             decode = num_new == 1 and req.num_computed_tokens + 1 == req.num_tokens
+            self.blocks.release_behind_window(req)
             drafts = self._drafts(req, budget - 1, len(self.running) - i - 1) if decode and speculating else []
             if not self._reserve(req, num_new + len(drafts)):
                 continue  # `req` itself was preempted; the list shifted under i
@@ -146,6 +150,7 @@ class Scheduler:
             # Prompt logprobs need every prompt position computed: no prefix reuse for them.
             reuse = not req.params.prefill_logprobs
             hit = self.blocks.match_prefix(req, reuse)
+            self.blocks.release_behind_window(req)  # a long cached prefix keeps only its window
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
             need = self.blocks.blocks_needed(req, num_new)
             if not self.blocks.can_allocate(need):

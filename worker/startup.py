@@ -83,6 +83,7 @@ def build_engine(config: WorkerConfig) -> tuple[Engine, Any, str, int, str | Non
         max_model_len=max_total,
         grammars=_grammar_compiler(model_dir, runner.vocab_size, runner.eos_token_ids),
         speculator=runner.speculator,
+        kv_window=runner.model.cfg.kv_window,
     )
     capacity = runner.num_blocks * runner.block_size
     log.info(

@@ -22,13 +22,16 @@ def _dir(tmp_path: Path, config: dict[str, Any], tokenizer_config: dict[str, Any
     ({"max_position_embeddings": 8192}, {"model_max_length": 1e30}, 8192),  # 1e30 = "no limit"
     ({"max_position_embeddings": 131072}, {"model_max_length": 2048}, 2048),
     ({"n_positions": 1024}, None, 1024),  # GPT-2's name
-    ({"max_position_embeddings": 32768, "sliding_window": 4096}, None, 4096),  # Mistral v0.1
+    ({"max_position_embeddings": 32768, "sliding_window": 4096}, None, 4096),  # a family not known to apply it
     ({"max_position_embeddings": 32768, "sliding_window": 4096, "use_sliding_window": False}, None, 32768),  # Qwen2
     ({"max_position_embeddings": 32768, "sliding_window": None}, None, 32768),
     # Families whose window the worker applies in attention: it caps nothing.
     ({"model_type": "gemma2", "max_position_embeddings": 8192, "sliding_window": 4096}, None, 8192),
     ({"model_type": "gemma3_text", "max_position_embeddings": 32768, "sliding_window": 512}, None, 32768),
     ({"model_type": "starcoder2", "max_position_embeddings": 16384, "sliding_window": 4096}, None, 16384),
+    ({"model_type": "mistral", "max_position_embeddings": 32768, "sliding_window": 4096}, None, 32768),
+    ({"model_type": "qwen2", "max_position_embeddings": 32768, "sliding_window": 4096, "use_sliding_window": True},
+     None, 32768),
     # A multimodal checkpoint's language model names its own length and window.
     ({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text", "max_position_embeddings": 131072,
                                               "sliding_window": 1024}}, None, 131072),

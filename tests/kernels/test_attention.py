@@ -181,3 +181,33 @@ def test_decode_reads_no_page_before_the_window(device: torch.device) -> None:
         assert_close(got, want, torch.float32)
     got = prefill_attention(q, kc, vc, bt, sl, qsl, dim**-0.5, window=window)
     assert_close(got, want, torch.float32)
+
+
+def test_stale_table_entries_before_the_window_are_never_read(device: torch.device) -> None:
+    # The block manager gives back the pages behind a window and leaves their ids in the table:
+    # here they name a page of NaN. Kernels and references alike must answer as with the real pages.
+    heads, n_kv, dim, page, window = 4, 2, 64, 4, 7
+    spans = [(40, 1), (70, 1), (30, 6), (13, 3)]  # decodes, a prefill chunk, decode rows with drafts
+    q, kc, vc, bt, sl, qsl = _paged_batch(spans, heads, n_kv, dim, page, torch.float32, device, seed=17)
+    scale = dim**-0.5
+    want_prefill = ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale, window=window)
+    width = max(n for _, n in spans)
+    stale = bt.clone()
+    poisoned = kc.shape[0] - 1  # _paged_batch leaves spare blocks: one of them holds NaN
+    kc[poisoned], vc[poisoned] = float("nan"), float("nan")
+    for i, (cached, _) in enumerate(spans):
+        stale[i, : max(0, cached - window + 1) // page] = poisoned
+    assert (stale == poisoned).sum() > 0
+    assert_close(ref.prefill_attention(q, kc, vc, stale, sl, qsl, scale, window=window), want_prefill, torch.float32)
+    assert_close(prefill_attention(q, kc, vc, stale, sl, qsl, scale, window=window), want_prefill, torch.float32, 2)
+    decodes = [0, 1, 3]  # the rows a decode step would carry (one token, or one and its drafts)
+    rows = torch.cat([torch.arange(int(qsl[i]), int(qsl[i + 1])) for i in decodes]).to(device)
+    lens = torch.tensor([n for _, n in (spans[i] for i in decodes)], dtype=torch.int32)
+    starts = torch.cat([torch.zeros(1, dtype=torch.int32), lens.cumsum(0).to(torch.int32)]).to(device)
+    index = torch.tensor(decodes, device=device)
+    args = (q[rows], kc, vc, stale[index], sl[index], starts, scale)
+    want = want_prefill[rows]
+    assert_close(ref.paged_decode_attention(*args, window=window), want, torch.float32)
+    for splits in (1, 4):
+        got = paged_decode_attention(*args, window=window, num_splits=splits, max_query_len=width)
+        assert_close(got, want, torch.float32, 2)

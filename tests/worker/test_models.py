@@ -150,11 +150,43 @@ def test_a_config_with_neither_names_its_model_type(tmp_path: Path) -> None:
         read_config(tmp_path)
 
 
-def test_mistral_sliding_window_caps_the_sequence_length(tmp_path: Path) -> None:
-    config = transformers.MistralConfig(**{**_COMMON, "sliding_window": 64})
-    transformers.MistralForCausalLM(config).save_pretrained(tmp_path)
-    runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=128), tmp_path)
-    assert runner.max_model_len == 64
+# Windows of 8 as transformers reads them per family: every layer (Mistral, Mixtral, Qwen3-MoE),
+# from max_window_layers on (Qwen2, Qwen3), even layers below it (Qwen2-MoE); the KV window is
+# the one every layer shares, else 0.
+WINDOWED = {
+    "mistral": ({"sliding_window": 8}, (8, 8), 8),
+    "mixtral": ({"sliding_window": 8}, (8, 8), 8),
+    "qwen2": ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}, (0, 8), 0),
+    "qwen3": ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}, (8, 8), 8),
+    "qwen2_moe": ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2}, (8, 0), 0),
+    "qwen3_moe": ({"use_sliding_window": True, "sliding_window": 8}, (8, 8), 8),
+}
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+def test_sliding_windows_are_applied_as_transformers_reads_them(tmp_path: Path, family: str) -> None:
+    # A 40-token prompt in chunks of 7, then 8 decode steps: the window is applied in attention
+    # (the context is not capped) and matches transformers layer by layer.
+    overrides, windows, kv_window = WINDOWED[family]
+    path, reference = _save(tmp_path, family, overrides)
+    runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=512, block_size=4), path)
+    assert runner.model.cfg.layer_windows == windows and runner.model.cfg.kv_window == kv_window
+    assert runner.max_model_len == _COMMON["max_position_embeddings"]
+    blocks = list(range(runner.num_blocks))
+    tokens = [int(t) for t in torch.randint(1, 200, (40,), generator=torch.Generator().manual_seed(2))]
+    ours = [_our_logits(runner, tokens[i : i + 7], i, blocks) for i in range(0, len(tokens), 7)]
+    for _ in range(8):
+        tokens.append(int(ours[-1][-1].argmax()))
+        ours.append(_our_logits(runner, tokens[-1:], len(tokens) - 1, blocks))
+    with torch.no_grad():
+        theirs = reference(torch.tensor([tokens])).logits[0].float()
+    torch.testing.assert_close(torch.cat(ours), theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_a_window_the_config_turns_off_is_no_window(tmp_path: Path) -> None:
+    path, _ = _save(tmp_path, "qwen2", {"use_sliding_window": False, "sliding_window": 8, "max_window_layers": 0})
+    _, cfg = read_config(path)
+    assert cfg.layer_windows == () and cfg.kv_window == 0
 
 
 def test_partial_rotary_is_refused_not_served_wrong(tmp_path: Path) -> None:

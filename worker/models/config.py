@@ -82,11 +82,20 @@ class ModelConfig:
     embedding_scale: float = 1.0  # embeddings times this, rounded to the model's dtype (Gemma, Granite)
     residual_scale: float = 1.0  # each block's output times this before the residual add (Granite)
     logits_scale: float = 1.0  # logits times this (Granite: 1 / logits_scaling)
-    # Sliding window per layer (0: full attention); empty: every layer full.
+    # Sliding window per layer (0: full attention); empty: every layer full (worker/models/windows.py).
     layer_windows: tuple[int, ...] = ()
     # Rope (theta, scaling) of the sliding-window layers where it differs from the global one (Gemma 3).
     local_rope: tuple[float, dict[str, Any] | None] | None = None
     moe: MoEConfig | None = None
+
+    @property
+    def kv_window(self) -> int:
+        """The window past which a request's KV pages can be given back: the widest window when
+        every layer slides, else 0. All layers share one block table, so a single full-attention
+        layer (Gemma 2 and 3) reads every page and none may go."""
+        if not self.layer_windows or not all(self.layer_windows):
+            return 0
+        return max(self.layer_windows)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], **family: Any) -> ModelConfig:

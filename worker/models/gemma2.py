@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from worker.models.causal_lm import CausalLM
-from worker.models.config import ModelConfig, UnsupportedModel
+from worker.models.config import ModelConfig
 from worker.models.gemma import gemma_common
 from worker.models.layers import DecoderLayer, make_norm
+from worker.models.windows import typed_windows
 
-__all__ = ["Gemma2ForCausalLM", "SandwichDecoderLayer", "layer_windows"]
+__all__ = ["Gemma2ForCausalLM", "SandwichDecoderLayer"]
 
 
 class SandwichDecoderLayer(DecoderLayer):
@@ -33,20 +34,6 @@ class SandwichDecoderLayer(DecoderLayer):
         return self.post_feedforward_layernorm(self.mlp(hidden)), residual
 
 
-def layer_windows(raw: dict[str, Any], every_nth_global: int) -> tuple[int, ...]:
-    """The window of each layer: config.json's `layer_types` where it names them, else every
-    `every_nth_global`-th layer global and the rest sliding (Gemma 2: 2, Gemma 3: 6)."""
-    window = int(raw.get("sliding_window") or 0)
-    layers = int(raw["num_hidden_layers"])
-    types = raw.get("layer_types") or [
-        "full_attention" if (i + 1) % every_nth_global == 0 else "sliding_attention" for i in range(layers)
-    ]
-    unknown = set(types) - {"full_attention", "sliding_attention"}
-    if unknown or len(types) != layers:
-        raise UnsupportedModel(f"{raw.get('architectures')}: layer types {sorted(unknown) or types} are not supported")
-    return tuple(window if t == "sliding_attention" else 0 for t in types)
-
-
 class Gemma2ForCausalLM(CausalLM):
     layer_cls = SandwichDecoderLayer
 
@@ -57,5 +44,5 @@ class Gemma2ForCausalLM(CausalLM):
             "attn_scale": float(raw.get("query_pre_attn_scalar") or raw["head_dim"]) ** -0.5,
             "attn_softcap": float(raw.get("attn_logit_softcapping") or 0.0),
             "final_softcap": float(raw.get("final_logit_softcapping") or 0.0),
-            "layer_windows": layer_windows(raw, 2),
+            "layer_windows": typed_windows(raw, lambda i: (i + 1) % 2 != 0),  # every second layer global
         }

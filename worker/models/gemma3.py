@@ -8,7 +8,8 @@ from typing import Any
 from worker.models.causal_lm import CausalLM
 from worker.models.config import UnsupportedModel, rope_of
 from worker.models.gemma import gemma_common
-from worker.models.gemma2 import SandwichDecoderLayer, layer_windows
+from worker.models.gemma2 import SandwichDecoderLayer
+from worker.models.windows import typed_windows
 
 __all__ = ["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"]
 
@@ -31,6 +32,7 @@ class Gemma3ForCausalLM(CausalLM):
         else:  # rope_theta / rope_scaling for global layers, rope_local_base_freq for the others
             global_rope = rope_of(raw, rope)
             local_rope = (float(raw.get("rope_local_base_freq", 10000.0)), None)
+        every_nth_global = int(raw.get("sliding_window_pattern") or 6)
         return {
             **gemma_common(raw),
             "qk_norm": "head",
@@ -40,7 +42,7 @@ class Gemma3ForCausalLM(CausalLM):
             "attn_scale": float(raw.get("query_pre_attn_scalar") or raw["head_dim"]) ** -0.5,
             "attn_softcap": float(raw.get("attn_logit_softcapping") or 0.0),
             "final_softcap": float(raw.get("final_logit_softcapping") or 0.0),
-            "layer_windows": layer_windows(raw, int(raw.get("sliding_window_pattern") or 6)),
+            "layer_windows": typed_windows(raw, lambda i: (i + 1) % every_nth_global != 0),
         }
 
 

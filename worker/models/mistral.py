@@ -1,10 +1,12 @@
-"""MistralForCausalLM: Llama's layout (its sliding window caps the context: common/context_length.py)."""
+"""MistralForCausalLM: Llama's layout, every layer under `sliding_window` where the config sets one
+(as transformers, which reads no `use_sliding_window` or `layer_types` for Mistral)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from worker.models.llama import LlamaForCausalLM
+from worker.models.windows import uniform_windows
 
 __all__ = ["MistralForCausalLM"]
 
@@ -12,4 +14,4 @@ __all__ = ["MistralForCausalLM"]
 class MistralForCausalLM(LlamaForCausalLM):
     @staticmethod
     def family(raw: dict[str, Any]) -> dict[str, Any]:
-        return {"qkv_bias": False, "o_bias": False}
+        return {"qkv_bias": False, "o_bias": False, "layer_windows": uniform_windows(raw)}

@@ -12,6 +12,7 @@ from torch import nn
 from worker.models.causal_lm import CausalLM
 from worker.models.config import ModelConfig, UnsupportedModel
 from worker.models.layers import linear
+from worker.models.windows import uniform_windows
 
 __all__ = ["Starcoder2ForCausalLM"]
 
@@ -33,14 +34,13 @@ class Starcoder2ForCausalLM(CausalLM):
         if act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
             raise UnsupportedModel(f"Starcoder2ForCausalLM: activation {act!r} is not supported")
         bias = bool(raw.get("use_bias", True))
-        window = int(raw.get("sliding_window") or 0)
         return {
             "qkv_bias": bias,
             "o_bias": bias,
             "layer_norm": True,
             "rms_norm_eps": float(raw.get("norm_epsilon", 1e-5)),
             "tie_word_embeddings": bool(raw.get("tie_word_embeddings", True)),
-            "layer_windows": (window,) * int(raw["num_hidden_layers"]) if window else (),
+            "layer_windows": uniform_windows(raw),
             "hidden_act": "gelu_tanh",
         }
 
