@@ -20,13 +20,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.ji
 _SHAPE = dict(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=1,
               eos_token_id=2, pad_token_id=0)
-# A sliding-window family (a window shorter than prompt + output) and a mixture of experts.
+# Sliding-window families (a window shorter than prompt + output; Mistral's on every layer, so its
+# worker gives back the pages behind it as the request runs) and a mixture of experts.
 # Class names, resolved when a checkpoint is made: a modeling module imported at collection
 # imports triton before the kernel tests can choose its CPU interpreter.
 FAMILIES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                {"head_dim": 16, "sliding_window": 8, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 5.0}),
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}),
 }
 PROMPT = "The capital of France is"
 MAX_NEW = 12
@@ -61,7 +63,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Pat
 def fleet(redis_server, checkpoints: dict[str, tuple[Path, list[int]]]) -> Iterator[FleetProcesses]:  # type: ignore[no-untyped-def]
     # One gateway, one worker per family (the first family is the gateway's default model).
     first, *others = sorted(checkpoints)
-    worker = ("--max-batch-total-tokens", "2048", "--dtype", "float32")
+    # Pages of 4 tokens: the prompt and its output span several, so Mistral's first ones go back.
+    worker = ("--max-batch-total-tokens", "2048", "--dtype", "float32", "--block-size", "4")
     processes = FleetProcesses(redis_server.url, "families").start(
         worker_args=("--model-id", str(checkpoints[first][0]), *worker),
         gateway_args=("--model-id", str(checkpoints[first][0])),
