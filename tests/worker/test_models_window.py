@@ -68,8 +68,9 @@ def test_the_window_is_every_layers_and_no_longer_caps_the_context(mistral) -> N
 
 def test_logits_far_past_the_window_match_transformers_with_pages_given_back(mistral, attention_kernels: str) -> None:  # type: ignore[no-untyped-def]
     # 10 blocks of 4 (40 KV tokens) for a 30-token prompt prefilled in chunks of 10, then decode
-    # steps to 3x the pool. Each step gives back the pages behind
-    # the window and poisons every free page with NaN: a read outside the window would show.
+    # steps to 3x the pool. Each step gives back the pages behind the window and poisons every
+    # free page with NaN (a read of one would show); a newly allocated page starts as finite
+    # garbage, as a reused one does (the CPU path reads, masked, a last page's unwritten slots).
     path, reference = mistral
     runner = ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=40, block_size=BLOCK), path)
     blocks = BlockManager(runner.num_blocks, BLOCK, enable_prefix_caching=False, window=runner.model.cfg.kv_window)
@@ -81,9 +82,12 @@ def test_logits_far_past_the_window_match_transformers_with_pages_given_back(mis
         start = req.num_computed_tokens
         chunk = req.all_token_ids[start : start + 10]
         blocks.release_behind_window(req)
+        held = len(req.block_table)
         blocks.allocate(req, len(chunk))
+        fresh = req.block_table[held:]
         free = [b for b in range(runner.num_blocks) if blocks.ref_counts[b] == 0]
         for layer in runner.kv.layers:
+            layer.k[fresh], layer.v[fresh] = 1e3, 1e3
             layer.k[free], layer.v[free] = float("nan"), float("nan")
         logits = _our_logits(runner, chunk, start, req.block_table)
         ours.append(logits)
