@@ -21,7 +21,7 @@ from genfleet.embedded_redis import free_port
 from tests.integration.fleet import FleetProcesses, start_gateway, start_worker, wait_healthy
 from tests.reliability.harness import ResumedStream, resumed_stream, wait_workers_idle, worker_counter
 
-STREAMS = 6
+STREAMS = int(os.environ.get("GENFLEET_RESUME_STREAMS", 6))  # the issue names 50
 MAX_NEW = 24
 ADMITTED = "genfleet_worker_admitted_requests_total"
 
