@@ -15,6 +15,7 @@ import triton.testing
 
 from kernels import reference as ref
 from kernels.fused_moe import fused_moe
+from kernels.lora import lora_add
 from kernels.paged_decode_attention import paged_decode_attention
 from kernels.prefill_attention import prefill_attention
 from kernels.rms_norm import rms_norm
@@ -150,6 +151,23 @@ def bench_store_kv(tokens: int, nkv: int, d: int, impl: str) -> float:
     return _us(lambda: fn(k, k, cache, v_cache, slots))
 
 
+@_report("lora-add-8b-qkv", ["tokens", "adapters"], [(64, 4), (64, 1), (1024, 4), (4096, 4)], {"rank": 16})
+def bench_lora_add(tokens: int, adapters: int, rank: int, impl: str) -> float:
+    # Llama-3.1-8B's fused qkv (4096 -> 6144, three parts: the stacked rank is 3r); rows spread
+    # over `adapters` slots in runs of tokens / (4 * adapters) (decode-like runs at 64 tokens).
+    k_in, n_out, parts = 4096, 6144, 3
+    x = torch.randn(tokens, k_in, dtype=torch.bfloat16, device="cuda")
+    a = torch.randn(adapters, parts * rank, k_in, dtype=torch.bfloat16, device="cuda") * 0.01
+    b = torch.randn(adapters, n_out, parts * rank, dtype=torch.bfloat16, device="cuda") * 0.01
+    out = torch.zeros(tokens, n_out, dtype=torch.bfloat16, device="cuda")
+    runs = 4 * adapters
+    starts = torch.linspace(0, tokens, runs + 1, device="cuda").round().to(torch.int32)
+    slots = (torch.arange(runs, device="cuda") % adapters).to(torch.int32)
+    longest = int((starts[1:] - starts[:-1]).max())
+    fn = lora_add if impl == "triton" else ref.lora_add
+    return _us(lambda: fn(out, x, a, b, starts, slots, longest))
+
+
 # (name, K, N) of the one-row linears of the benchmark shapes.
 GEMV_SHAPES = [
     ("8b qkv", 4096, 6144), ("8b o", 4096, 4096), ("8b gate_up", 4096, 28672), ("8b down", 14336, 4096),
@@ -204,7 +222,8 @@ def moe_report(hidden: int, inter: int, experts: int, top_k: int, token_counts: 
 
 
 def main() -> int:
-    for bench in (bench_decode_attention, bench_prefill_attention, bench_rms_norm, bench_silu, bench_rotary, bench_store_kv):
+    for bench in (bench_decode_attention, bench_prefill_attention, bench_rms_norm, bench_silu, bench_rotary, bench_store_kv,
+                  bench_lora_add):
         bench.run(print_data=True)
     return 0
 

@@ -28,7 +28,7 @@ def _segments(lengths: list[int], slots: list[int], device: torch.device) -> tup
     ([1, 1, 1, 1, 1], [0, -1, 2, 0, 1], 64, 96, 8),  # decode rows of three adapters and the base
     ([19, 1, 33], [1, -1, 1], 48, 40, 24),  # prefill chunks longer than a row block; odd widths
     ([5], [-1], 32, 32, 16),  # the base alone: out unchanged
-])
+] + ([([1] * 40 + [300, 7], [i % 3 for i in range(40)] + [2, -1], 4096, 6144, 48)] if ON_GPU else []))
 def test_lora_add_matches_the_reference(lengths: list[int], slots: list[int], k_in: int, n_out: int, rank: int,
                                         dtype: torch.dtype, device: torch.device) -> None:
     gen = torch.Generator().manual_seed(sum(lengths) + rank)
