@@ -20,7 +20,7 @@ import torch
 
 from common.config import WorkerConfig
 from common.context_length import context_length
-from worker import grammar_mask, ops, sampler
+from worker import cpu_linear, grammar_mask, ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput, VerifiedTokens
 from worker.cpu_features import native_bf16
@@ -113,6 +113,8 @@ class ModelRunner:
         if shards is not None:
             add_all_reduces(model, shards)
         self.model = model.eval().requires_grad_(False)
+        if self.device.type == "cpu":  # the weights are final from here on
+            cpu_linear.pack_weights(self.model, self.dtype)
         self.quantize = self.quant.name if self.quant is not None else None
         self._freed_bytes = log_weights(self.model, self.quant, self.dtype)
         self.eos_token_ids = cfg.eos_token_ids

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from kernels import reference
-from worker import cpu_ops
+from worker import cpu_linear, cpu_ops
 
 __all__ = [
     "use_device", "linear", "one_row_choices", "gpu_milliseconds", "store_kv", "paged_decode_attention",
@@ -70,7 +70,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     so where launching costs the host more than the kernel costs the device (Triton's launcher
     is heavier than torch's), that cost counts too.
     """
-    if _one_row is None or x.shape[0] != 1 or not x.is_cuda:
+    if not x.is_cuda:  # bfloat16 weights packed at load: worker/cpu_linear.py
+        return cpu_linear.linear(x, weight, bias)
+    if _one_row is None or x.shape[0] != 1:
         return torch.nn.functional.linear(x, weight, bias)
     key = (weight.shape[0], weight.shape[1], weight.dtype, bias is not None, graphed)
     if key not in _one_row_choice:
