@@ -143,15 +143,19 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
     catchup = _Catchup(outcome, after)
     log.info("request %s resumed after seq %d (%d tokens in its journal, its gateway %s)", replay.req_id, after,
              len(replay.tokens), replay.reply_to)
-    pending = catchup.fresh(replay.tokens)
+    pending = catchup.fresh(replay)
     counters = lc.metrics.counters
     if replay.ended:
         counters.inc("genfleet_request_attached", how="replayed")
     while not replay.ended:
+        if pending:  # what the journal held when it was read last
+            lc.metrics.observe_burst(outcome, pending)
+            yield pending
+            pending = []
         if await _follows(lc, replay):
             counters.inc("genfleet_request_attached", how="followed")
-            async for added in _follow(lc, replay):
-                pending += catchup.fresh(added)
+            async for _ in _follow(lc, replay):
+                pending = catchup.fresh(replay)
                 if pending:
                     lc.metrics.observe_burst(outcome, pending)
                     yield pending
@@ -162,7 +166,8 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
         req_id, inbox = qc.open(replay.req_id)
         state = lc.state_of(replay, inbox)
         try:
-            pending += catchup.fresh(await _adopt(lc, replay, inbox))
+            await _adopt(lc, replay, inbox)
+            pending = catchup.fresh(replay)
         except BaseException:
             qc.close(req_id)
             raise
@@ -186,6 +191,7 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
         catchup.relayed()
         replay.reply_to = state.moved_to
         replay.fold(await qc.journal(replay.req_id, replay.read))
+        pending = catchup.fresh(replay)  # what the owner journaled with that Accepted
     check_ended(replay)
     if pending:
         lc.metrics.observe_burst(outcome, pending)
@@ -196,18 +202,22 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
 class _Catchup:
     """Which of a journal's tokens go to the client: none it has (seq <= `after`), none twice.
     The journal of a running request may lag the client by up to --checkpoint-interval
-    (worker/checkpoint.py): the tokens it already has join its outcome without being sent."""
+    (worker/checkpoint.py): the tokens it already has join its outcome without being sent.
+
+    It reads the folded journal's tokens, not what each fold added: every read of the journal
+    (while following it, while waiting for an owner's Accepted, after losing an adoption) then
+    reaches the client, whichever code path made it."""
 
     def __init__(self, outcome: Outcome, after: int) -> None:
         self.outcome = outcome
         self.after = after
         self.next = len(outcome.tokens)  # the next seq the outcome (with what is pending) lacks
 
-    def fresh(self, tokens: list[Token]) -> list[Token]:
+    def fresh(self, replay: Replay) -> list[Token]:
+        """The tokens of `replay` from seq `next` on that the client lacks (replay.tokens[i]
+        has seq i)."""
         out = []
-        for t in tokens:
-            if t.seq != self.next:
-                continue  # known already
+        for t in replay.tokens[self.next:]:
             self.next += 1
             if t.seq <= self.after:
                 self.outcome.tokens.append(t)
@@ -229,18 +239,17 @@ async def _follows(lc: Lifecycle, replay: Replay) -> bool:
     return await qc.gateway_alive(replay.reply_to)
 
 
-async def _follow(lc: Lifecycle, replay: Replay) -> AsyncIterator[list[Token]]:
-    """What each read of the growing journal added, until the request ends or its gateway goes
-    away (then the caller adopts it)."""
+async def _follow(lc: Lifecycle, replay: Replay) -> AsyncIterator[None]:
+    """Read the growing journal into `replay`, yielding after each read that added tokens, until
+    the request ends or its gateway goes away (then the caller adopts it)."""
     qc = lc.queue_client
     checked = time.monotonic()
     first = replay.first
     while not replay.ended:
         if first.deadline and time.time() > first.deadline:
             raise GenfleetError("timeout", "Request deadline exceeded")
-        added = replay.fold(await qc.journal(replay.req_id, replay.read))
-        if added:
-            yield added
+        if replay.fold(await qc.journal(replay.req_id, replay.read)):
+            yield None
             continue
         now = time.monotonic()
         if now - checked >= _GATEWAY_CHECK:
@@ -259,8 +268,9 @@ def check_ended(replay: Replay) -> None:
         raise GenfleetError(replay.error.error_type, replay.error.message)
 
 
-async def _adopt(lc: Lifecycle, replay: Replay, inbox: Inbox[Event]) -> list[Token]:
-    """Make the owner publish to this gateway; the tokens it logged before it did."""
+async def _adopt(lc: Lifecycle, replay: Replay, inbox: Inbox[Event]) -> None:
+    """Make the owner publish to this gateway; `replay` then holds every token it journaled
+    before it did (the Accepted it sends here comes with that journal write)."""
     qc = lc.queue_client
     adopt = Adopt(replay.req_id, qc.gateway_id)
     await qc.append_journal(replay.req_id, adopt)
@@ -276,11 +286,14 @@ async def _adopt(lc: Lifecycle, replay: Replay, inbox: Inbox[Event]) -> list[Tok
         replay.fold(await qc.journal(replay.req_id, replay.read))
         if replay.ended:
             break
+    else:
+        # The relay goes on without it: a seq gap, once the owner answers, makes it a continuation.
+        log.warning("request %s: owner %s did not answer %d Adopts in %.0f s", replay.req_id, replay.owner,
+                    _ADOPT_TRIES, _ADOPT_TRIES * _ADOPT_WAIT)
     # Everything the owner published before its Accepted here is in the journal by now.
-    added = replay.fold(await qc.journal(replay.req_id, replay.read))
+    replay.fold(await qc.journal(replay.req_id, replay.read))
     for event in early + inbox.drain():
         inbox.put_nowait(event)  # the relay takes them in order, dropping what the journal gave
-    return added
 
 
 def _acked(events: list[Event], replay: Replay) -> bool:
