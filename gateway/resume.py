@@ -192,10 +192,10 @@ async def attach(lc: Lifecycle, run: Run, replay: Replay, after: int) -> AsyncIt
         replay.reply_to = state.moved_to
         replay.fold(await qc.journal(replay.req_id, replay.read))
         pending = catchup.fresh(replay)  # what the owner journaled with that Accepted
-    check_ended(replay)
-    if pending:
+    if pending:  # the tokens before an error reach the client first, as from the relay
         lc.metrics.observe_burst(outcome, pending)
         yield pending
+    check_ended(replay)
     outcome.finish = replay.finish
 
 

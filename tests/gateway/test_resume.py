@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from common.errors import GenfleetError
-from common.protocol import Accepted, Adopt, Event, EventBatch, Finish, GatewayInfo, Token, encode
+from common.protocol import Accepted, Adopt, Error, Event, EventBatch, Finish, GatewayInfo, Token, encode
 from gateway.resume import parse_last_event_id
 from tests.gateway.harness import GatewayServer, ScriptedWorker
 
@@ -144,9 +144,9 @@ def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def _resume(gw: GatewayServer, owner: _Owner, after: int, script: Callable[[], None]) -> tuple[list[int], str]:
+def _resume(gw: GatewayServer, owner: _Owner, after: int, script: Callable[[], None]) -> tuple[list[int], dict[str, object]]:
     """Resume `owner`'s request through `gw` after seq `after` while `script` plays the owner:
-    the seqs the client received, and the generated_text of its last event."""
+    the seqs the client received, and its last event."""
     headers = {"x-request-id": owner.req_id, "Last-Event-ID": f"{owner.req_id}:{after}"}
     seqs: list[int] = []
     last: dict[str, object] = {}
@@ -160,8 +160,7 @@ def _resume(gw: GatewayServer, owner: _Owner, after: int, script: Callable[[], N
                 elif line.startswith("data:"):
                     last = json.loads(line[5:])
         played.result(timeout=15)
-    assert "error" not in last, last
-    return seqs, str(last["generated_text"])
+    return seqs, last
 
 
 @pytest.fixture
@@ -189,8 +188,8 @@ def test_an_adopter_sends_what_the_journal_gained_while_it_waited_for_the_owner(
         owner.round({mine: [owner.accepted(mine)]})
         owner.finish(mine, 5)
 
-    seqs, text = _resume(gateway, owner, 3, play)
-    assert seqs == [4, 5, 6, 7] and text == _TEXT
+    seqs, last = _resume(gateway, owner, 3, play)
+    assert seqs == [4, 5, 6, 7] and last["generated_text"] == _TEXT, last
 
 
 def test_an_adopter_that_lost_the_request_to_another_sends_what_the_journal_holds_past_its_relay(
@@ -211,7 +210,21 @@ def test_an_adopter_that_lost_the_request_to_another_sends_what_the_journal_hold
         owner.finish(other, 6)
 
     try:
-        seqs, text = _resume(gateway, owner, 2, play)
+        seqs, last = _resume(gateway, owner, 2, play)
     finally:
         owner.r.delete(owner.keys.gateway_heartbeat(other))
-    assert seqs == [3, 4, 5, 6, 7] and text == _TEXT
+    assert seqs == [3, 4, 5, 6, 7] and last["generated_text"] == _TEXT, last
+
+
+def test_an_adopter_sends_the_tokens_before_the_error_that_ended_the_request(gateway: GatewayServer,
+                                                                             owner: _Owner) -> None:
+    # The request fails on its worker while the adopter waits for the owner's Accepted: the
+    # journal read that finds the error also holds the two tokens before it.
+    def play() -> None:
+        _wait(lambda: owner.adopts() >= 1)
+        error = Error(owner.req_id, 0, "generation", "Request failed during generation: boom")
+        owner.round({_GONE: [_token(owner.req_id, 3), _token(owner.req_id, 4), error]})
+
+    seqs, last = _resume(gateway, owner, 2, play)
+    assert seqs == [3, 4], seqs
+    assert last == {"error": "Request failed during generation: boom", "error_type": "generation"}, last
