@@ -304,7 +304,7 @@ class LLMEngine:
                 req.all_token_ids.append(token)
             if req.grammar is not None and not req.grammar.consume_token(token):
                 # The mask allowed it, but the lexer went past its limits (worker/grammar.py).
-                self._end_if(req, "eos_token")
+                self._remove(req)
                 error = req.grammar.get_error().splitlines()[0]
                 outputs.append(self._output(req, [], [], [], None, error=f"Input validation error: grammar is not valid: {error}"))
                 continue
@@ -355,8 +355,11 @@ class LLMEngine:
 
     def _end_if(self, req: Request, reason: FinishReason | None) -> None:
         if reason is not None:
-            self.scheduler.remove(req)
-            del self._requests[req.key]
+            self._remove(req)
+
+    def _remove(self, req: Request) -> None:
+        self.scheduler.remove(req)
+        del self._requests[req.key]
 
     @staticmethod
     def _output(
