@@ -226,6 +226,19 @@ def _stream_by_id(sse: dict[str, Any]) -> dict[str, Any]:
                                "carries details"}}
 
 
+def _cancel_by_id() -> dict[str, Any]:
+    """POST /cancel/{request_id} (gateway/routes_cancel.py)."""
+    parameters = [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"},
+                   "description": "The request's id (its response's x-request-id header)"}]
+    ok = {"description": "`cancelled` true; or false with the `finish_reason` of a request that had ended", **_json({
+        "type": "object", "required": ["request_id", "cancelled"], "properties": {
+            "request_id": {"type": "string"}, "cancelled": {"type": "boolean"}, "finish_reason": {"type": "string"}}})}
+    responses = {"200": ok, **_errors(*_RESUME_ERRORS[:2], (503, "No Redis"))}
+    return {"post": {"tags": ["genfleet"], "parameters": parameters, "responses": responses,
+                     "summary": "End a request from any gateway: its stream ends with finish reason `cancelled` "
+                                "(the tokens so far stand) and its worker frees its KV at the next step"}}
+
+
 @dataclass
 class LoadLoraAdapterRequest:
     lora_name: str  # the adapter id requests will name (adapter_id, or OpenAI's model)
@@ -278,6 +291,7 @@ def openapi_spec() -> Any:
         "/generate_stream": _post("Generate a stream of token events", GenerateInput, sse, "Text Generation Inference",
                                   _RESUME),
         "/generate_stream/{request_id}": _stream_by_id(sse),
+        "/cancel/{request_id}": _cancel_by_id(),
         "/tokenize": _post("Tokenize inputs", GenerateInput,
                            {"description": "Tokens", **_json({"type": "array", "items": _ref(SimpleToken)})},
                            "Text Generation Inference"),

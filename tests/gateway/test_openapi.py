@@ -18,7 +18,7 @@ def test_openapi_spec_is_valid_and_complete(gateway: GatewayServer) -> None:
     validator.validate(spec)
     routes = {"/", "/generate", "/generate_stream", "/tokenize", "/chat_tokenize", "/v1/chat/completions",
               "/v1/completions", "/v1/models", "/health", "/ping", "/info", "/metrics", "/v1/load_lora_adapter",
-              "/v1/unload_lora_adapter"}
+              "/v1/unload_lora_adapter", "/generate_stream/{request_id}", "/cancel/{request_id}", "/watermark/detect"}
     assert routes <= set(spec["paths"])
     params = spec["components"]["schemas"]["GenerateParameters"]["properties"]
     for name in ("best_of", "temperature", "repetition_penalty", "frequency_penalty", "top_k", "top_p",
