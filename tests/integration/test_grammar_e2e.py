@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 
 from tests.integration.fleet import FleetProcesses
-from tests.reliability.harness import StreamResult, run_streams, worker_infos
+from tests.reliability.harness import StreamResult, busiest_worker, run_streams, worker_infos
 
 SHORT = {"type": "string", "maxLength": 12}
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -231,14 +231,7 @@ def test_kill_9_mid_guided_streams_keeps_every_output_valid(fleet: FleetProcesse
                               daemon=True)
     client.start()
     procs = {f"{fleet.prefix}-w{i}": p for i, p in enumerate(fleet.workers)}
-    deadline = time.monotonic() + 120
-    victim = None
-    while victim is None and time.monotonic() < deadline:
-        busy = [w for w in worker_infos(fleet.redis_url, fleet.prefix) if w.worker_id in procs and w.running >= 3]
-        if busy:
-            victim = procs[max(busy, key=lambda w: w.running).worker_id]
-        time.sleep(0.1)
-    assert victim is not None, "no worker took the guided streams"
+    victim = busiest_worker(fleet.redis_url, fleet.prefix, procs, timeout=120)
     time.sleep(1.0)  # let it stream some tokens first
     victim.kill()
     assert victim.wait(5) == -signal.SIGKILL

@@ -18,7 +18,7 @@ from common.protocol import WorkerInfo, decode_worker_info
 from common.redis_clients import sync_client
 from common.streams import Keys
 
-__all__ = ["StreamResult", "run_streams", "service_back_at", "stream_once", "worker_infos", "wait_workers_idle", "wait_workers_running", "summarize"]
+__all__ = ["StreamResult", "run_streams", "service_back_at", "stream_once", "worker_infos", "wait_workers_idle", "wait_workers_running", "busiest_worker", "summarize"]
 
 
 @dataclass
@@ -125,6 +125,17 @@ def wait_workers_idle(redis_url: str, prefix: str, expect: int, timeout: float =
             return infos
         time.sleep(0.2)
     raise AssertionError(f"workers not idle after {timeout}s: {infos}")
+
+
+def busiest_worker(redis_url: str, prefix: str, procs: dict[str, Any], timeout: float, at_least: int = 3) -> Any:
+    """Until one of `procs` (worker id -> its process) runs `at_least` requests: the one running most."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [w for w in worker_infos(redis_url, prefix) if w.worker_id in procs and w.running >= at_least]
+        if busy:
+            return procs[max(busy, key=lambda w: w.running).worker_id]
+        time.sleep(0.1)
+    raise AssertionError(f"no worker ran {at_least} requests within {timeout}s")
 
 
 def wait_workers_running(redis_url: str, prefix: str, at_least: int, timeout: float = 20.0,

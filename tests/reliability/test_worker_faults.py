@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.fleet import FleetProcesses
-from tests.reliability.harness import StreamResult, run_streams, summarize, wait_workers_idle, worker_infos
+from tests.reliability.harness import StreamResult, busiest_worker, run_streams, summarize, wait_workers_idle, worker_infos
 
 NUM_STREAMS = 50
 MAX_NEW = 16
@@ -56,14 +56,7 @@ def _under_load(fleet: FleetProcesses, fault: Callable[[subprocess.Popen[bytes]]
     client = threading.Thread(target=lambda: out.extend(run_streams(fleet.base_url, PROMPTS, MAX_NEW)), daemon=True)
     client.start()
     procs = {f"{fleet.prefix}-w{i}": p for i, p in enumerate(fleet.workers) if p.poll() is None}
-    deadline = time.monotonic() + 60
-    victim = None
-    while victim is None and time.monotonic() < deadline:
-        busy = [w for w in worker_infos(fleet.redis_url, fleet.prefix) if w.worker_id in procs and w.running >= 3]
-        if busy:
-            victim = procs[max(busy, key=lambda w: w.running).worker_id]
-        time.sleep(0.1)
-    assert victim is not None, "no worker took work"
+    victim = busiest_worker(fleet.redis_url, fleet.prefix, procs, timeout=60)
     time.sleep(0.3)  # let it stream a few tokens first
     fault(victim)
     client.join(180)
