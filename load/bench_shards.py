@@ -10,6 +10,7 @@ N = 1 is the unsharded runner (no process group at all), the row the others comp
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from dataclasses import replace
@@ -59,11 +60,14 @@ def shard_rows(shape: str, model_dir: Path, config: Any, counts: list[int], run_
     rng = random.Random(0)
     rows = []
     base: dict[str, float] = {}
-    for n in counts:
+    # A count of 1 runs twice: as today's worker (no group) and as a one-rank group, the whole
+    # sharded path (NCCL all-reduces in the graphs, the logits gather) at world size 1.
+    runs = [(n, grouped) for n in counts for grouped in ((False, True) if n == 1 else (True,))]
+    for n, grouped in runs:
         # The ranks read these settings from their command line: the model directory and random weights too.
         run_config = replace(config, fleet=replace(config.fleet, model_id=str(model_dir)), random_weights=True,
-                             num_shard=n if n > 1 else None)
-        group = start_ranks(run_config, n, torch.device("cuda")) if n > 1 else None
+                             num_shard=n if grouped else None)
+        group = start_ranks(run_config, n, torch.device("cuda")) if grouped else None
         try:
             runner = ModelRunner(run_config, model_dir, load=False, shards=group)
             size = runner.vocab_size
@@ -74,12 +78,16 @@ def shard_rows(shape: str, model_dir: Path, config: Any, counts: list[int], run_
             run_engine(runner, run_config, prompts(2), 8)  # warm-up
             a = run_engine(runner, run_config, prompts(1), 256)["tok_s"]
             b = run_engine(runner, run_config, prompts(64), 256)["tok_s"]
-            us, share = _collective_share(runner, run_config, prompts(64), 32) if n > 1 else (0.0, 0.0)
+            us, share = _collective_share(runner, run_config, prompts(64), 32) if grouped else (0.0, 0.0)
         finally:
+            runner = None  # its KV pool and weights go before the next count's runner is built
+            gc.collect()
+            torch.cuda.empty_cache()
             if group is not None:
                 group.close()
         base.setdefault("a", a)
         base.setdefault("b", b)
-        rows.append(f"| {shape} | {n} | {a:,.1f} ({a / base['a']:.2f}x) | {b:,.1f} ({b / base['b']:.2f}x) | "
+        ranks = f"{n} (NCCL group)" if n == 1 and grouped else str(n)
+        rows.append(f"| {shape} | {ranks} | {a:,.1f} ({a / base['a']:.2f}x) | {b:,.1f} ({b / base['b']:.2f}x) | "
                     f"{us:.0f} | {100 * share:.1f}% |")
     return rows
