@@ -266,11 +266,13 @@ def hf_generate(model_dir: Path, batch: int, prompt: int, new: int) -> float:
     return batch * new / elapsed
 
 
-def _engine_config(args: argparse.Namespace) -> Any:
-    from common.config import WorkerConfig
+def _engine_config(args: argparse.Namespace, model_dir: Path) -> Any:
+    from common.config import FleetConfig, WorkerConfig
 
-    return WorkerConfig(device="cuda", dtype="bfloat16", max_batch_prefill_tokens=args.prefill_tokens,
-                        max_batch_size=args.max_batch_size, prefix_caching=False, cuda_graphs=args.cuda_graphs)
+    # The model is `model_dir`, as a worker's --model-id would say (its speculator heads are looked up there).
+    return WorkerConfig(fleet=FleetConfig(model_id=str(model_dir)), device="cuda", dtype="bfloat16",
+                        max_batch_prefill_tokens=args.prefill_tokens, max_batch_size=args.max_batch_size,
+                        prefix_caching=False, cuda_graphs=args.cuda_graphs)
 
 
 def _guided(args: argparse.Namespace, runner: Any) -> tuple[Any, str]:
@@ -301,7 +303,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     if not args.no_baseline and not cfg.get("num_local_experts"):  # transformers' MoE loop: hours at this size
         base_a = hf_generate(model_dir, 1, 128, 256)
         base_b = hf_generate(model_dir, 64, 128, 256)
-    config = _engine_config(args)
+    config = _engine_config(args, model_dir)
     started = time.perf_counter()
     runner = ModelRunner(config, model_dir, load=False)
     graphs = runner.graphs
@@ -568,8 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.models.split(","):
                 shape = _ALIASES.get(name, name)
-                config = _engine_config(args)
-                shard_table += shard_rows(shape, write_model_dir(Path(tmp), shape), config,
+                model_dir = write_model_dir(Path(tmp), shape)
+                shard_table += shard_rows(shape, model_dir, _engine_config(args, model_dir),
                                           [int(n) for n in args.num_shard.split(",")], run_engine)
         print("\n".join(["", *shard_table]))
     print("\n| model | workload | out tok/s | roofline tok/s | % of roofline | transformers tok/s | x transformers | detail |")

@@ -27,7 +27,7 @@ log = logging.getLogger("genfleet.worker.ops")
 _NAMES = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
           "gelu_tanh_and_mul", "fused_moe", "lora_add")
 # Launchers that live in another kernel's module (a variant of its kernel).
-_MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul"}
+_MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul", "lora_add": "lora"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
 # One-row linears (batch-1 decode) on CUDA: kernels/linear_one_row.py where it measured faster than torch
 # for that weight shape (see `linear`); None = torch everywhere.
