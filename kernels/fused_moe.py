@@ -8,6 +8,12 @@ The sorting runs on the device with shapes fixed by (tokens, top_k, experts) alo
 so the whole layer replays inside a CUDA graph. The first GEMM reads token rows (p // top_k) of x
 and writes each pair's gate|up row; the second reads the activated pair rows, scales each by its
 routing weight and writes float32 rows that a sum over the top_k slots turns into the output.
+
+Quantized experts (kernels/reference.py `QuantizedExperts`) are the same kernel under the
+constexpr WEIGHTS: FP8 tiles are converted to the activations' dtype in registers and each
+output column's scale multiplies the accumulator once at the end; integer tiles are unpacked as
+kernels/int_weight.py does, and a K tile (never straddling two groups) adds
+s * (x . q - z * sum(x)) for its group's zero points and scales, as int_weight_gemm does.
 """
 
 from __future__ import annotations
@@ -16,19 +22,26 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.int_weight import tile_fits, unpack_rows
 from kernels.paged_kv import dot_precision
+from kernels.reference import QuantizedExperts
 from kernels.silu_and_mul import silu_and_mul
 
 __all__ = ["fused_moe", "align_by_expert"]
 
+# WEIGHTS: how a program reads its expert's weights.
+DENSE = tl.constexpr(0)  # (E, N, K) in the activations' dtype
+FP8 = tl.constexpr(1)  # (E, N, K) e4m3, a float32 scale per (expert, output)
+INT = tl.constexpr(2)  # (E, K / P, N) packed integers, zero points and scales per (expert, group, output)
+
 
 @triton.jit
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, c_ptr, pairs_ptr, block_expert_ptr, routing_ptr,
-    num_pairs, num_experts, n_out, k_in,
-    stride_am, stride_we, stride_wn, stride_cm,
-    ROWS_PER_A: tl.constexpr, SCALE_BY_ROUTING: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    a_ptr, w_ptr, s_ptr, z_ptr, c_ptr, pairs_ptr, block_expert_ptr, routing_ptr,
+    num_pairs, num_experts, n_out, k_in, group_size,
+    stride_am, stride_we, stride_wn, stride_se, stride_cm,
+    ROWS_PER_A: tl.constexpr, SCALE_BY_ROUTING: tl.constexpr, WEIGHTS: tl.constexpr, BITS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block).to(tl.int64)
@@ -45,9 +58,20 @@ def _moe_gemm_kernel(
         k_mask = k < k_in
         a = tl.load(a_ptr + a_rows[:, None] * stride_am + k[None, :], mask=valid[:, None] & k_mask[None, :],
                     other=0.0)  # (M, K)
-        w = tl.load(w_ptr + expert * stride_we + n[None, :] * stride_wn + k[:, None],
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)  # (K, N): rows of W are outputs
-        acc += tl.dot(a, w, input_precision=DOT_PRECISION)
+        if WEIGHTS == INT:
+            q = unpack_rows(w_ptr + expert * stride_we, k, n, k_in, n_out, BITS)  # (K, N) integer-valued floats
+            group = expert * stride_se + (k0 // group_size) * n_out + n  # (N,)
+            s = tl.load(s_ptr + group, mask=n_mask, other=0.0).to(tl.float32)  # (N,)
+            z = tl.load(z_ptr + group, mask=n_mask, other=0.0).to(tl.float32)  # (N,)
+            d = tl.dot(a, q.to(a.dtype), input_precision=DOT_PRECISION)  # (M, N); q is exact in 16-bit floats
+            a_sum = tl.sum(a.to(tl.float32), 1)  # (M,)
+            acc += (d - a_sum[:, None] * z[None, :]) * s[None, :]
+        else:
+            w = tl.load(w_ptr + expert * stride_we + n[None, :] * stride_wn + k[:, None],
+                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)  # (K, N): rows of W are outputs
+            acc += tl.dot(a, w.to(a.dtype), input_precision=DOT_PRECISION)
+    if WEIGHTS == FP8:
+        acc = acc * tl.load(s_ptr + expert * stride_se + n, mask=n_mask, other=0.0)[None, :]
     if SCALE_BY_ROUTING:
         acc = acc * tl.load(routing_ptr + pairs, mask=valid, other=0.0)[:, None]
     c_rows = pairs.to(tl.int64)
@@ -83,17 +107,18 @@ def align_by_expert(
 
 def fused_moe(
     x: torch.Tensor,  # (T, H)
-    w13: torch.Tensor,  # (E, 2I, H): each expert's gate rows, then its up rows
-    w2: torch.Tensor,  # (E, H, I)
+    w13: torch.Tensor | QuantizedExperts,  # (E, 2I, H): each expert's gate rows, then its up rows
+    w2: torch.Tensor | QuantizedExperts,  # (E, H, I)
     topk_weights: torch.Tensor,  # (T, top_k) float32: routing weights
     topk_ids: torch.Tensor,  # (T, top_k) int: routed experts
 ) -> torch.Tensor:  # (T, H) in x's dtype
     num_tokens, hidden = x.shape
-    num_experts, two_inter, _ = w13.shape
+    num_experts, two_inter, _ = _check(w13, x.dtype)
     top_k = topk_ids.shape[1]
-    assert x.stride(1) == 1 and w13.is_contiguous() and w2.is_contiguous(), "row-major inputs"
-    assert w13.shape[2] == hidden and w2.shape == (num_experts, hidden, two_inter // 2), (w13.shape, w2.shape)
-    assert topk_weights.shape == topk_ids.shape == (num_tokens, top_k) and x.dtype == w13.dtype == w2.dtype
+    assert x.stride(1) == 1, "row-major activations"
+    assert _dims(w13)[2] == hidden and _check(w2, x.dtype) == (num_experts, hidden, two_inter // 2), \
+        (_dims(w13), _dims(w2))
+    assert topk_weights.shape == topk_ids.shape == (num_tokens, top_k)
     num_pairs = num_tokens * top_k
     if num_pairs == 0:
         return torch.zeros_like(x)
@@ -108,16 +133,45 @@ def fused_moe(
     return down.view(num_tokens, top_k, hidden).sum(1).to(x.dtype)  # (T, H)
 
 
-def _gemm(a: torch.Tensor, w: torch.Tensor, c: torch.Tensor, sorted_pairs: torch.Tensor, block_expert: torch.Tensor,
-          routing: torch.Tensor, num_pairs: int, rows_per_a: int, scale_by_routing: bool, block_m: int) -> None:
-    num_experts, n_out, k_in = w.shape
+def _dims(w: torch.Tensor | QuantizedExperts) -> tuple[int, int, int]:  # (E, N, K)
+    return w.dims() if isinstance(w, QuantizedExperts) else (w.shape[0], w.shape[1], w.shape[2])
+
+
+def _check(w: torch.Tensor | QuantizedExperts, dtype: torch.dtype) -> tuple[int, int, int]:
+    if isinstance(w, QuantizedExperts):
+        assert w.weight.is_contiguous() and w.scale.is_contiguous(), "contiguous expert stacks"
+        e, n, k = w.dims()
+        if w.is_fp8:
+            assert w.scale.shape == (e, n) and w.scale.dtype == torch.float32, tuple(w.scale.shape)
+        else:
+            assert w.weight.dtype == torch.int32 and w.bits in (4, 8) and w.zeros is not None
+            assert w.scale.shape == w.zeros.shape == (e, -(-k // w.group_size), n), (tuple(w.scale.shape), e, k, n)
+    else:
+        assert w.is_contiguous() and w.dtype == dtype, (w.dtype, dtype)
+    return _dims(w)
+
+
+def _gemm(a: torch.Tensor, w: torch.Tensor | QuantizedExperts, c: torch.Tensor, sorted_pairs: torch.Tensor,
+          block_expert: torch.Tensor, routing: torch.Tensor, num_pairs: int, rows_per_a: int, scale_by_routing: bool,
+          block_m: int) -> None:
+    num_experts, n_out, k_in = _dims(w)
     block_n = min(64, triton.next_power_of_2(n_out))
     block_k = min(64, max(16, triton.next_power_of_2(k_in)))
+    if isinstance(w, torch.Tensor):
+        weights, scale, zeros, kind, group_size, bits = w, w, w, DENSE, k_in, 16  # the dense kernel reads no scales
+    elif w.is_fp8:
+        weights, scale, zeros, kind, group_size, bits = w.weight, w.scale, w.scale, FP8, k_in, 8
+    else:
+        assert w.zeros is not None
+        weights, scale, zeros, kind, group_size, bits = w.weight, w.scale, w.zeros, INT, w.group_size, w.bits
+        if group_size < k_in:  # a tile inside one group
+            block_k = min(block_k, group_size)
+        assert block_k >= 16 and tile_fits(block_k, group_size, k_in), f"groups of {group_size} over {k_in} channels"
     grid = (block_expert.shape[0], triton.cdiv(n_out, block_n))
     _moe_gemm_kernel[grid](
-        a, w, c, sorted_pairs, block_expert, routing,
-        num_pairs, num_experts, n_out, k_in,
-        a.stride(0), w.stride(0), w.stride(1), c.stride(0),
-        ROWS_PER_A=rows_per_a, SCALE_BY_ROUTING=scale_by_routing, DOT_PRECISION=dot_precision(a.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=2,
+        a, weights, scale, zeros, c, sorted_pairs, block_expert, routing,
+        num_pairs, num_experts, n_out, k_in, group_size,
+        a.stride(0), weights.stride(0), weights.stride(1), scale.stride(0), c.stride(0),
+        ROWS_PER_A=rows_per_a, SCALE_BY_ROUTING=scale_by_routing, WEIGHTS=kind.value, BITS=bits,
+        DOT_PRECISION=dot_precision(a.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=2,
     )

@@ -13,9 +13,15 @@ Layouts shared with the Triton kernels:
   dtype, the zeros holding integers; W[n, k] = (q[k, n] - zeros[k // G, n]) * scales[k // G, n].
   An act-order checkpoint's channels are stored sorted by group; `perm` (K,) says which input
   column each stored channel reads.
+- Quantized experts (`QuantizedExperts`, one stacked projection of every expert, read by the
+  fused MoE kernel): FP8 `weight` (E, N, K) float8_e4m3fn with `scale` (E, N) float32, expert e's
+  W[n, k] = weight[e, n, k] * scale[e, n]; or integers, each expert in the integer weight-only
+  layout above: `weight` (E, K / P, N) int32, `scale` and `zeros` (E, NG, N), no act order.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,8 @@ __all__ = [
     "silu_and_mul",
     "gelu_tanh_and_mul",
     "fused_moe",
+    "QuantizedExperts",
+    "dequantize_expert",
     "lora_add",
     "pack_int32",
     "unpack_int32",
@@ -262,10 +270,37 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:  # (T, 2I) -> (T, I)
     return (F.gelu(gate.float(), approximate="tanh") * up.float()).to(x.dtype)
 
 
+class QuantizedExperts(NamedTuple):
+    """Every expert's weight of one stacked projection (w13 or w2), quantized; layouts in the header."""
+
+    weight: torch.Tensor  # fp8: (E, N, K) float8_e4m3fn; integers: (E, K / P, N) int32
+    scale: torch.Tensor  # fp8: (E, N) float32; integers: (E, NG, N)
+    zeros: torch.Tensor | None  # integers: (E, NG, N) in scale's dtype; None for fp8
+    group_size: int  # integers: input channels per group; 0 for fp8
+    bits: int  # 8 for fp8; 4 or 8 for integers
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.weight.dtype == torch.float8_e4m3fn
+
+    def dims(self) -> tuple[int, int, int]:  # (E, N, K), as a dense stack's shape
+        e, rows, cols = self.weight.shape
+        return (e, rows, cols) if self.is_fp8 else (e, cols, rows * (32 // self.bits))
+
+
+def dequantize_expert(w: torch.Tensor | QuantizedExperts, expert: int) -> torch.Tensor:  # (N, K) float32
+    if isinstance(w, torch.Tensor):
+        return w[expert].float()
+    if w.is_fp8:
+        return w.weight[expert].float() * w.scale[expert].float().unsqueeze(1)
+    assert w.zeros is not None
+    return dequantize_int_weight(w.weight[expert], w.scale[expert], w.zeros[expert], w.group_size, w.bits)
+
+
 def fused_moe(
     x: torch.Tensor,  # (T, H)
-    w13: torch.Tensor,  # (E, 2I, H): each expert's gate rows, then its up rows
-    w2: torch.Tensor,  # (E, H, I)
+    w13: torch.Tensor | QuantizedExperts,  # (E, 2I, H): each expert's gate rows, then its up rows
+    w2: torch.Tensor | QuantizedExperts,  # (E, H, I)
     topk_weights: torch.Tensor,  # (T, top_k) float32: routing weights
     topk_ids: torch.Tensor,  # (T, top_k) int: routed experts
 ) -> torch.Tensor:  # (T, H) in x's dtype
@@ -273,9 +308,9 @@ def fused_moe(
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (T, H)
     for expert in topk_ids.unique().tolist():
         tokens, slots = torch.nonzero(topk_ids == expert, as_tuple=True)  # (n,), (n,)
-        gate_up = x[tokens].float() @ w13[expert].float().t()  # (n, 2I)
+        gate_up = x[tokens].float() @ dequantize_expert(w13, expert).t()  # (n, 2I)
         gate, up = gate_up.chunk(2, dim=-1)
-        y = (F.silu(gate) * up) @ w2[expert].float().t()  # (n, H)
+        y = (F.silu(gate) * up) @ dequantize_expert(w2, expert).t()  # (n, H)
         out.index_add_(0, tokens, y * topk_weights[tokens, slots].float().unsqueeze(1))
     return out.to(x.dtype)
 

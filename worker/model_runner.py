@@ -32,7 +32,7 @@ from worker.lora.layer import LoraBatch, lora_scope
 from worker.lora.table import AdapterTable
 from worker.models import CausalLM, UnsupportedModel, read_config
 from worker.parallel import ShardGroup, add_all_reduces, shard_model
-from worker.quant import read_checkpoint_quantization, select_method
+from worker.quant import METHODS, read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
 from worker.speculative import verify
 from worker.speculative.heads import Speculator, speculator_for
@@ -89,10 +89,11 @@ class ModelRunner:
         self.model_config = cfg
         # The quantization method: --quantize, else the checkpoint's own (None: dense).
         self.quant = select_method(config.quantize, read_checkpoint_quantization(model_dir), random_weights=not load)
-        if self.quant is not None and cls.has_experts:
+        if self.quant is not None and cls.has_experts and not self.quant.quantizes_experts:
+            covered = ", ".join(sorted(name for name, m in METHODS.items() if m.quantizes_experts))
             raise UnsupportedModel(
-                f"{cfg.architecture}: quantized experts are not supported (quantization {self.quant.name}); "
-                "serve the unquantized checkpoint"
+                f"{cfg.architecture}: quantization {self.quant.name} does not cover its experts; experts load "
+                f"quantized with {covered}; serve the unquantized checkpoint or one of those"
             )
         plan = shards.plan(cfg) if shards is not None else None
         # Built in its serving dtype: a float32 build first would need twice the weights' memory

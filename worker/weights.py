@@ -2,7 +2,10 @@
 
 With a quantization method, each decoder linear's checkpoint tensors (its `tensor_names`) are
 gathered per source module in shard order and handed to the method, whose module replaces the
-dense linear once the rest of the model is on its device and dtype.
+dense linear once the rest of the model is on its device and dtype. A mixture-of-experts
+model's experts go the same way, per stacked projection (w13, w2): a checkpoint format's
+per-expert tensors are gathered and handed to the method whole; an on-the-fly method quantizes
+each stack once it is loaded, freeing the dense one before the next.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from common.model_source import MEDUSA_FILE
 from worker.models import CausalLM
 from worker.parallel.plan import ShardPlan
 from worker.quant import QuantizationError, QuantMethod, quantizable_linears, replace_module
+from worker.quant.experts import QuantExperts, quantize_experts
 
 __all__ = ["load_weights"]
 
@@ -36,6 +40,9 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         "gate_up_proj": [(0, cfg.intermediate_size), (cfg.intermediate_size, cfg.intermediate_size)],
     }
     experts = _Experts(params)
+    # Quantized experts: stacked parameter -> expert -> shard -> its tensors by suffix.
+    expert_parts: dict[str, dict[int, dict[int, dict[str, torch.Tensor]]]] = {}
+    loads_quantized_experts = method is not None and method.quantizes_experts and not method.on_the_fly
     linears = quantizable_linears(model) if method is not None else {}
     # module path -> {shard: its quantized tensors by suffix}, and how many shards it fuses
     gathered: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
@@ -48,6 +55,13 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                     continue
                 slot = model.expert_slot(hf_name)
                 if slot is not None:
+                    suffix = hf_name.rpartition(".")[2]
+                    if loads_quantized_experts and suffix in method.tensor_names:  # type: ignore[union-attr]
+                        by_shard = expert_parts.setdefault(slot[0], {}).setdefault(slot[1], {})
+                        by_shard.setdefault(slot[2], {})[suffix] = f.get_tensor(hf_name)
+                        continue
+                    if suffix != "weight":
+                        raise KeyError(f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}'s dense experts")
                     tensor = plan.read_expert(f, hf_name, slot) if plan is not None else f.get_tensor(hf_name)
                     experts.load(slot, tensor, hf_name)
                     continue
@@ -66,12 +80,17 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                 _copy_shard(param, name, shard, read(f, hf_name, name, shard), shard_offsets)
                 loaded.add(name)
     loaded |= {f"{module}.weight" for module in gathered}  # replaced below
-    loaded |= experts.complete()
+    loaded |= experts.complete() | set(expert_parts)
     missing = set(params) - loaded
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+    params.clear()  # a dense stack replaced below is freed as soon as it is
     model.to(device=device, dtype=dtype)
     model.cos_sin_cache.data = model.cos_sin_cache.float()  # rotary tables stay float32
+    if method is not None and method.on_the_fly and method.quantizes_experts:
+        quantize_experts(model, method, dtype)
+    for name, by_expert in expert_parts.items():
+        replace_module(model, name, _quantized_experts(model, name, by_expert, method, dtype, device))  # type: ignore[arg-type]
     for module, by_shard in gathered.items():
         if sorted(by_shard) != list(range(num_shards[module])):
             raise QuantizationError(f"checkpoint lacks a shard of {module} ({num_shards[module]} expected)")
@@ -87,6 +106,24 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                 f"the model expects {dense.in_features}x{dense.out_features}"
             )
         replace_module(model, module, built)
+
+
+def _quantized_experts(model: CausalLM, name: str, by_expert: dict[int, dict[int, dict[str, torch.Tensor]]],
+                       method: QuantMethod, dtype: torch.dtype, device: torch.device) -> QuantExperts:
+    dense = model.get_parameter(name)  # (E, N, K)
+    num_experts, shards = dense.shape[0], 2 if name.endswith(".w13") else 1
+    for e in range(num_experts):
+        if sorted(by_expert.get(e, {})) != list(range(shards)):
+            raise QuantizationError(f"checkpoint lacks a projection of expert {e} of {name.rsplit('.', 1)[0]}")
+    pieces = [[by_expert[e][i] for i in range(shards)] for e in range(num_experts)]
+    try:
+        built = method.experts_from_checkpoint(pieces, dtype, device)
+    except (KeyError, ValueError) as exc:
+        raise QuantizationError(f"{name}: {exc!s}") from exc
+    got = (built.num_experts, built.out_features, built.in_features)
+    if got != tuple(dense.shape):
+        raise QuantizationError(f"{name}: the checkpoint's quantized experts are {got}, the model expects {tuple(dense.shape)}")
+    return built
 
 
 def _copy_shard(param: torch.nn.Parameter, name: str, shard: int | None, tensor: torch.Tensor,

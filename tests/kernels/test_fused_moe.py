@@ -40,6 +40,49 @@ def test_fused_moe_matches_the_per_expert_loop(
     assert_close(got, want, dtype, 4)
 
 
+def _fp8_experts(w: torch.Tensor) -> ref.QuantizedExperts:  # (E, N, K) -> e4m3 with a scale per (expert, row)
+    weight, scale = ref.quantize_fp8_rows(w.reshape(-1, w.shape[2]))  # (E * N, K), (E * N, 1)
+    return ref.QuantizedExperts(weight.view(w.shape), scale.view(w.shape[:2]), None, 0, 8)
+
+
+def _int_experts(experts: int, n: int, k: int, group: int, bits: int, gen: torch.Generator,
+                 scale_dtype: torch.dtype) -> ref.QuantizedExperts:
+    groups = -(-k // group)
+    q = torch.randint(0, 1 << bits, (experts, n, k), generator=gen)  # (E, N, K)
+    zeros = torch.randint(0, 1 << bits, (experts, groups, n), generator=gen).to(scale_dtype)  # (E, NG, N)
+    scales = (torch.rand(experts, groups, n, generator=gen) * 4 / ((1 << bits) * k**0.5)).to(scale_dtype)
+    packed = ref.pack_int32(q, bits).transpose(1, 2).contiguous()  # (E, K / P, N)
+    return ref.QuantizedExperts(packed, scales, zeros, group, bits)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("tokens", "experts", "top_k", "hidden", "inter"), [(1, 4, 2, 64, 32), (21, 6, 3, 48, 80)])
+def test_fused_moe_over_fp8_experts(tokens: int, experts: int, top_k: int, hidden: int, inter: int,
+                                    dtype: torch.dtype, device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, hidden, generator=gen).to(device, dtype)
+    w13 = _fp8_experts((torch.randn(experts, 2 * inter, hidden, generator=gen) / hidden**0.5).to(device))
+    w2 = _fp8_experts((torch.randn(experts, hidden, inter, generator=gen) / inter**0.5).to(device))
+    weights, ids = (t.to(device) for t in _routing(tokens, experts, top_k, gen))
+    assert_close(fused_moe(x, w13, w2, weights, ids), ref.fused_moe(x, w13, w2, weights, ids), dtype, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("tokens", "experts", "top_k", "hidden", "inter", "group", "bits"),
+                         [(1, 4, 2, 64, 32, 32, 4), (19, 6, 2, 128, 64, 64, 4), (7, 4, 3, 64, 48, 16, 8),
+                          (5, 3, 2, 64, 40, 64, 4)])  # the last: one group per row of w2 (I = 40 < 64)
+def test_fused_moe_over_integer_experts(tokens: int, experts: int, top_k: int, hidden: int, inter: int, group: int,
+                                        bits: int, dtype: torch.dtype, device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, hidden, generator=gen).to(device, dtype)
+    scale_dtype = torch.float32 if dtype == torch.float32 else torch.float16
+    w13 = _int_experts(experts, 2 * inter, hidden, group, bits, gen, scale_dtype)
+    w2 = _int_experts(experts, hidden, inter, min(group, inter), bits, gen, scale_dtype)
+    w13, w2 = (ref.QuantizedExperts(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in w)) for w in (w13, w2))
+    weights, ids = (t.to(device) for t in _routing(tokens, experts, top_k, gen))
+    assert_close(fused_moe(x, w13, w2, weights, ids), ref.fused_moe(x, w13, w2, weights, ids), dtype, 4)
+
+
 def test_align_by_expert_pads_each_experts_run() -> None:
     ids = torch.tensor([[2, 0], [2, 1], [0, 2]])  # pairs 0..5 -> experts 2, 0, 2, 1, 0, 2
     pairs, block_expert = align_by_expert(ids, 4, 4)

@@ -219,12 +219,6 @@ def test_a_window_applied_in_attention_does_not_cap_the_context(tmp_path: Path, 
     assert any(layer.self_attn.window == 8 for layer in runner.model.layers)
 
 
-def test_quantized_experts_are_refused_by_name(tmp_path: Path) -> None:
-    path, _ = _save(tmp_path, "mixtral")
-    with pytest.raises(UnsupportedModel, match="MixtralForCausalLM: quantized experts are not supported"):
-        ModelRunner(WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=128, quantize="fp8"), path)
-
-
 def test_gemma3_reads_an_older_configs_rope_and_window_pattern(tmp_path: Path) -> None:
     # Checkpoints written before transformers v5: rope_theta + rope_scaling for the global layers,
     # rope_local_base_freq for the sliding ones, and a pattern instead of layer_types.

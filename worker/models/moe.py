@@ -3,23 +3,34 @@ kernel runs them (kernels/fused_moe.py; the per-expert loop of kernels/reference
 an optional shared expert, gated by a sigmoid, adds to every token (Qwen2-MoE).
 
 Experts are stacked parameters, `w13` (E, 2I, H) with each expert's gate rows then its up rows,
-and `w2` (E, H, I); `expert_slot` says where a checkpoint's per-expert tensor goes. Routing is
+and `w2` (E, H, I); `expert_slot` says where a checkpoint's per-expert tensor goes. Under a
+method that quantizes experts, each stack is a worker/quant/experts.py `QuantExperts` instead.
+The routers stay dense under every method, as the quantized checkpoints keep them. Routing is
 tensor ops with fixed shapes (softmax, top-k): no host sync, so a decode step replays in a graph.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
+from kernels.reference import QuantizedExperts
 from worker import ops
-from typing import Any
-
 from worker.models.causal_lm import CausalLM, ExpertSlot
 from worker.models.config import ModelConfig, MoEConfig, UnsupportedModel
 from worker.models.layers import GatedMLP, linear
 
-__all__ = ["SparseMoE", "MoECausalLM", "route", "expert_slot", "moe_config"]
+if TYPE_CHECKING:
+    from worker.quant.experts import QuantExperts
+
+__all__ = ["SparseMoE", "MoECausalLM", "Router", "route", "expert_slot", "moe_config"]
+
+
+class Router(nn.Linear):
+    """A routing linear (experts' logits, a shared expert's gate): never quantized, as its own
+    type so that worker/quant `quantizable_linears` (plain nn.Linear only) passes it by."""
 
 
 def route(router_logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,33 +47,38 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.moe = moe
         hidden, inter, experts = cfg.hidden_size, moe.intermediate_size, moe.num_experts
-        self.gate = nn.Linear(hidden, experts, bias=False)  # the router
+        self.gate = Router(hidden, experts, bias=False)
         # Initialised as nn.Linear's weights are: random-weight runs (benchmarks) read them as they are.
-        self.w13 = nn.Parameter(torch.empty(experts, 2 * inter, hidden).uniform_(-(hidden**-0.5), hidden**-0.5))
-        self.w2 = nn.Parameter(torch.empty(experts, hidden, inter).uniform_(-(inter**-0.5), inter**-0.5))
+        self.w13: nn.Parameter | QuantExperts = nn.Parameter(torch.empty(experts, 2 * inter, hidden).uniform_(-(hidden**-0.5), hidden**-0.5))
+        self.w2: nn.Parameter | QuantExperts = nn.Parameter(torch.empty(experts, hidden, inter).uniform_(-(inter**-0.5), inter**-0.5))
         self.shared_expert = GatedMLP(hidden, moe.shared_intermediate_size) if moe.shared_intermediate_size else None
-        self.shared_expert_gate = nn.Linear(hidden, 1, bias=False) if moe.shared_intermediate_size else None
+        self.shared_expert_gate = Router(hidden, 1, bias=False) if moe.shared_intermediate_size else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = route(linear(x, self.gate), self.moe.top_k, self.moe.normalize_top_k)  # (T, k) each
-        out = ops.fused_moe(x, self.w13, self.w2, weights, ids)  # (T, hidden)
+        out = ops.fused_moe(x, _stack(self.w13), _stack(self.w2), weights, ids)  # (T, hidden)
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             out = out + torch.sigmoid(linear(x, self.shared_expert_gate)) * self.shared_expert(x)
         return out  # type: ignore[no-any-return]
 
 
+def _stack(w: nn.Parameter | QuantExperts) -> torch.Tensor | QuantizedExperts:  # what ops.fused_moe takes
+    return w if isinstance(w, nn.Parameter) else w.weights()
+
+
 def expert_slot(name: str, experts_part: str, names: dict[str, int]) -> ExpertSlot | None:
-    """A checkpoint name `...{experts_part}.{e}.{proj}.weight` -> where it goes in SparseMoE.
+    """A checkpoint name `...{experts_part}.{e}.{proj}.{tensor}` -> where it goes in SparseMoE.
 
     `name` is already mapped to our module path (its MLP is `mlp`); `names` gives each projection
-    its shard of w13 (0 gate, 1 up) or -1 for w2 (the down projection).
+    its shard of w13 (0 gate, 1 up) or -1 for w2 (the down projection). `tensor` is `weight`, or
+    a quantized format's (`qweight`, `scales`, ...).
     """
     head, sep, tail = name.partition(f".{experts_part}.")
     if not sep:
         return None
     expert, _, rest = tail.partition(".")
-    proj = rest.removesuffix(".weight")
-    if proj not in names or not rest.endswith(".weight"):
+    proj, _, tensor = rest.partition(".")
+    if proj not in names or not tensor:
         return None
     shard = names[proj]
     return (f"{head}.w2", int(expert), 0, 1) if shard < 0 else (f"{head}.w13", int(expert), shard, 2)

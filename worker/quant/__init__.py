@@ -17,6 +17,10 @@ Internal layouts, each with its kernels and a torch reference in kernels/:
   and compressed-tensors float-quantized (fp8.py), eetq and bitsandbytes (int8.py).
 - 4-bit codebooks (bnb4.py: `Lut4Linear`, NF4 / FP4 indices with an absmax per 64 weights):
   bitsandbytes-nf4 and bitsandbytes-fp4.
+- stacked experts (experts.py: `QuantExperts`, one SparseMoE projection of every expert, FP8 or
+  integer, run by the fused MoE kernel): fp8 on the fly, awq and gptq checkpoints. A method
+  covers experts with `quantizes_experts` and `experts_from_dense` (on the fly) or
+  `experts_from_checkpoint`; a MoE model under any other method is refused at start.
 
 Adding a method (say `eetq`):
 1. worker/quant/eetq.py: a `QuantMethod` subclass under `@register`, with `name` (TGI's
@@ -61,8 +65,11 @@ def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 def replace_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put `module` at `path`, in place of a module or of a parameter (an expert stack)."""
     parent, _, child = path.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
+    owner = model.get_submodule(parent)
+    delattr(owner, child)  # a parameter of that name would refuse a module
+    setattr(owner, child, module)
 
 
 def weight_bytes(model: nn.Module) -> tuple[int, int]:

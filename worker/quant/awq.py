@@ -15,6 +15,7 @@ from torch import nn
 
 from kernels.reference import unpack_int32
 from worker.quant.checkpoint_config import group_size_of
+from worker.quant.experts import QuantExperts, int_experts
 from worker.quant.int_weight import IntWeightLinear, IntWeights
 from worker.quant.registry import QuantizationError, QuantMethod, register
 
@@ -28,6 +29,7 @@ _UNPACK = torch.argsort(torch.tensor(AWQ_PACK_ORDER))  # column m of a word sits
 class AWQ(QuantMethod):
     name: ClassVar[str] = "awq"
     tensor_names: ClassVar[tuple[str, ...]] = ("qweight", "qzeros", "scales")
+    quantizes_experts: ClassVar[bool] = True
 
     def __init__(self, checkpoint: dict[str, Any] | None) -> None:
         super().__init__(checkpoint)
@@ -43,6 +45,10 @@ class AWQ(QuantMethod):
     def build(self, shards: list[dict[str, torch.Tensor]], bias: torch.Tensor | None,
               dtype: torch.dtype, device: torch.device) -> nn.Module:
         return IntWeightLinear(IntWeights.fuse([self._unpack(s) for s in shards]), bias, dtype, device)
+
+    def experts_from_checkpoint(self, experts: list[list[dict[str, torch.Tensor]]],
+                                dtype: torch.dtype, device: torch.device) -> QuantExperts:
+        return int_experts([IntWeights.fuse([self._unpack(s) for s in shards]) for shards in experts], dtype, device)
 
     def _unpack(self, t: dict[str, torch.Tensor]) -> IntWeights:
         k = t["qweight"].shape[0]

@@ -1,5 +1,8 @@
 """FP8 (e4m3) weights: `--quantize fp8` on the fly, and compressed-tensors `float-quantized` checkpoints.
 
+A mixture-of-experts model's experts are quantized on the fly too, per expert and output channel
+(worker/quant/experts.py); their activations stay unquantized.
+
 On the fly (TGI's `Fp8Linear.from_unquant` with its per-row path): each output channel n of the
 dense weight gets s[n] = amax(|W[n]|) / 448 and is stored as W[n] / s[n] in e4m3; activations are
 quantized per token at run time (worker/quant/w8.py), so no calibration is needed. The
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from kernels.reference import quantize_fp8_rows
+from worker.quant.experts import QuantExperts, fp8_experts
 from worker.quant.registry import QuantizationError, QuantMethod, register
 from worker.quant.w8 import W8Linear
 
@@ -30,6 +34,7 @@ class Fp8(QuantMethod):
     name: ClassVar[str] = "fp8"
     tensor_names: ClassVar[tuple[str, ...]] = ("weight",)
     on_the_fly: ClassVar[bool] = True
+    quantizes_experts: ClassVar[bool] = True
 
     @classmethod
     def claims(cls, checkpoint: dict[str, Any]) -> bool:
@@ -45,8 +50,13 @@ class Fp8(QuantMethod):
         weight, scale = quantize_fp8_rows(dense)  # (N, K) e4m3, (N, 1)
         return W8Linear(weight, scale, bias, dtype, device)
 
+    def experts_from_dense(self, dense: torch.Tensor, dtype: torch.dtype) -> QuantExperts:
+        if dense.element_size() == 1:
+            raise QuantizationError("--quantize fp8 quantizes 16/32-bit experts; this checkpoint's are already 8-bit")
+        return fp8_experts(dense, dtype)
+
     def describe(self) -> str:
-        return "fp8 (e4m3 weights with per-channel scales, activations per token)"
+        return "fp8 (e4m3 weights with per-channel scales, activations per token; experts' activations unquantized)"
 
     def random(self, out_features: int, in_features: int, dtype: torch.dtype, device: torch.device) -> nn.Module:
         dense = torch.randn(out_features, in_features, device=device) / in_features**0.5

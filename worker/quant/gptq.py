@@ -17,6 +17,7 @@ from torch import nn
 
 from kernels.reference import unpack_int32
 from worker.quant.checkpoint_config import group_size_of
+from worker.quant.experts import QuantExperts, int_experts
 from worker.quant.int_weight import IntWeightLinear, IntWeights
 from worker.quant.registry import QuantizationError, QuantMethod, register
 
@@ -31,6 +32,7 @@ def is_marlin_checkpoint(checkpoint: dict[str, Any]) -> bool:
 class GPTQ(QuantMethod):
     name: ClassVar[str] = "gptq"
     tensor_names: ClassVar[tuple[str, ...]] = ("qweight", "qzeros", "scales", "g_idx")
+    quantizes_experts: ClassVar[bool] = True
 
     def __init__(self, checkpoint: dict[str, Any] | None) -> None:
         super().__init__(checkpoint)
@@ -63,6 +65,12 @@ class GPTQ(QuantMethod):
         if self._awq is not None:
             return self._awq.build(shards, bias, dtype, device)
         return IntWeightLinear(IntWeights.fuse([self._unpack(s) for s in shards]), bias, dtype, device)
+
+    def experts_from_checkpoint(self, experts: list[list[dict[str, torch.Tensor]]],
+                                dtype: torch.dtype, device: torch.device) -> QuantExperts:
+        if self._awq is not None:
+            return self._awq.experts_from_checkpoint(experts, dtype, device)
+        return int_experts([IntWeights.fuse([self._unpack(s) for s in shards]) for shards in experts], dtype, device)
 
     def _unpack(self, t: dict[str, torch.Tensor]) -> IntWeights:
         scales = t["scales"]  # (NG, N)

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from worker.quant.experts import QuantExperts
+
 __all__ = ["QuantMethod", "QuantizationError", "METHODS", "register", "select_method"]
 
 
@@ -32,6 +34,9 @@ class QuantMethod(ABC):
     tensor_names: ClassVar[tuple[str, ...]]
     # False: the method needs a checkpoint quantized in its format (awq, gptq, ...).
     on_the_fly: ClassVar[bool] = False
+    # Whether a mixture-of-experts model's experts load under it (worker/quant/experts.py); a
+    # method without it is refused at start for such a model.
+    quantizes_experts: ClassVar[bool] = False
 
     def __init__(self, checkpoint: dict[str, Any] | None) -> None:
         # The checkpoint's quantization_config (None: an unquantized checkpoint).
@@ -59,6 +64,16 @@ class QuantMethod(ABC):
         Returns:
             a module mapping (T, in_features) -> (T, sum of the shards' out_features) in `dtype`.
         """
+
+    def experts_from_dense(self, dense: torch.Tensor, dtype: torch.dtype) -> QuantExperts:
+        """An on-the-fly method: one SparseMoE stack (E, N, K), on its device, -> a QuantExperts."""
+        raise QuantizationError(f"--quantize {self.name} does not quantize experts")
+
+    def experts_from_checkpoint(self, experts: list[list[dict[str, torch.Tensor]]],
+                                dtype: torch.dtype, device: torch.device) -> QuantExperts:
+        """A checkpoint format: per expert, per shard (gate, up for w13; down for w2), its tensors
+        by `tensor_names` on the CPU -> a QuantExperts of (E, sum of the shards' outputs, in)."""
+        raise QuantizationError(f"--quantize {self.name} does not load quantized experts")
 
     def describe(self) -> str:
         """One line for the log: the method and its parameters."""

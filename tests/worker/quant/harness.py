@@ -24,7 +24,11 @@ from common.sampling_params import SamplingParams
 from tests.worker.quant.rtn import Quantized
 from tests.worker.test_engine_model import _argmax_continuation, _engine, _run
 
-LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)\.weight$")
+# Every decoder linear a method quantizes: attention, dense MLPs, a shared expert's and each
+# expert's projections (Qwen MoE's mlp.experts.E.*_proj, Mixtral's block_sparse_moe.experts.E.w1/w2/w3);
+# the routers (mlp.gate, shared_expert_gate) stay dense.
+LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(shared_expert\.|experts\.\d+\.)?"
+                    r"(gate|up|down|gate_up)_proj|block_sparse_moe\.experts\.\d+\.w[123])\.weight$")
 
 Packer = Callable[[Quantized], dict[str, torch.Tensor]]
 
@@ -70,6 +74,18 @@ def reference_model(source: Path, dequantized: dict[str, torch.Tensor]) -> trans
     """transformers' float32 model of `source` holding the dequantized linears."""
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     params = dict(model.named_parameters())
+    if not set(dequantized) <= set(params):
+        # Per-expert checkpoint names that transformers holds stacked: load a dequantized copy instead.
+        state: dict[str, torch.Tensor] = {}
+        for path in sorted(source.glob("*.safetensors")):
+            state.update(load_file(path))
+        copy = source.parent / f"{source.name}-dequantized"
+        copy.mkdir(exist_ok=True)
+        for f in source.iterdir():
+            if f.is_file() and f.suffix != ".safetensors":
+                shutil.copy(f, copy / f.name)
+        save_file({**state, **dequantized}, copy / "model.safetensors")  # float32: exactly the served values
+        return transformers.AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32).eval()
     with torch.no_grad():
         for name, weight in dequantized.items():
             params[name].copy_(weight)
@@ -93,6 +109,8 @@ def tiny_model(root: Path, family: str = "llama", **overrides: Any) -> Path:
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+        "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM),
+        "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM),
     }[family]
     settings = dict(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
