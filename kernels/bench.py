@@ -200,10 +200,13 @@ def gemv_report() -> list[str]:
 def moe_report(hidden: int, inter: int, experts: int, top_k: int, token_counts: tuple[int, ...]) -> list[str]:
     """One MoE layer's experts, bf16: the fused kernel against the reference's loop of torch
     matmuls per expert, eagerly (the loop reads which experts were chosen on the host), and the
-    fused kernel's bytes-read floor share at the card's copy rate where `copy_bytes_per_s` is known."""
+    fused kernel's bytes-read floor share at the card's copy rate where `copy_bytes_per_s` is known.
+    Then the same layer's experts in FP8 (a scale per expert and row) and int4 (groups of 128),
+    graph-replayed, each checked against the reference first."""
     bf = dict(dtype=torch.bfloat16, device="cuda")
     w13 = torch.randn(experts, 2 * inter, hidden, **bf) / hidden**0.5  # (E, 2I, H)
     w2 = torch.randn(experts, hidden, inter, **bf) / inter**0.5  # (E, H, I)
+    quantized = {"fp8": (_fp8_stack(w13), _fp8_stack(w2)), "int4": (_int4_stack(w13), _int4_stack(w2))}
     lines = []
     for tokens in token_counts:
         x = torch.randn(tokens, hidden, **bf)
@@ -214,11 +217,35 @@ def moe_report(hidden: int, inter: int, experts: int, top_k: int, token_counts: 
         fused_graphed = _graph_us(lambda: fused_moe(x, w13, w2, weights, ids))
         loop = _us(lambda: ref.fused_moe(x, w13, w2, weights, ids))
         gb = touched * 3 * hidden * inter * 2 / 1e9
+        cells = []
+        for name, (q13, q2) in quantized.items():
+            torch.testing.assert_close(fused_moe(x, q13, q2, weights, ids).float(),
+                                       ref.fused_moe(x, q13, q2, weights, ids).float(), atol=5e-2, rtol=5e-2)
+            us = _graph_us(lambda: fused_moe(x, q13, q2, weights, ids))
+            read = touched * sum(_expert_bytes(w) for w in (q13, q2)) / 1e9
+            cells.append(f"{name} {us:.0f} µs ({fused_graphed / us:.2f}x bf16, {read / (us * 1e-6):.0f} GB/s)")
         lines.append(f"MoE layer {experts}x(H {hidden}, FFN {inter}) top-{top_k}, {tokens} tokens ({touched} experts "
                      f"touched, {gb:.2f} GB of their weights): fused {fused:.0f} µs eager / {fused_graphed:.0f} µs "
                      f"graph-replayed, per-expert torch loop {loop:.0f} µs ({loop / fused:.1f}x); "
-                     f"{gb / (fused_graphed * 1e-6):.0f} GB/s of expert weights read")
+                     f"{gb / (fused_graphed * 1e-6):.0f} GB/s of expert weights read; graph-replayed " + ", ".join(cells))
     return lines
+
+
+def _fp8_stack(w: torch.Tensor) -> ref.QuantizedExperts:  # (E, N, K) -> e4m3, a scale per (expert, row)
+    weight, scale = ref.quantize_fp8_rows(w.reshape(-1, w.shape[2]))
+    return ref.QuantizedExperts(weight.view(w.shape), scale.view(w.shape[:2]), None, 0, 8)
+
+
+def _int4_stack(w: torch.Tensor, group: int = 128) -> ref.QuantizedExperts:  # random int4 of w's shape
+    e, n, k = w.shape
+    q = torch.randint(-(2**31), 2**31, (e, k // 8, n), device=w.device).to(torch.int32)  # (E, K / 8, N) random words
+    scales = torch.full((e, k // group, n), 2.0 / (16 * k**0.5), dtype=torch.bfloat16, device=w.device)
+    return ref.QuantizedExperts(q, scales, torch.full_like(scales, 8.0), group, 4)
+
+
+def _expert_bytes(w: ref.QuantizedExperts) -> int:  # one expert's
+    tensors = [w.weight, w.scale] + ([w.zeros] if w.zeros is not None else [])
+    return sum(t[0].numel() * t.element_size() for t in tensors)
 
 
 def main() -> int:

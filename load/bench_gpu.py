@@ -28,6 +28,10 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
                                                    # Mixtral-8x7B's shape (93 GB): (a), (b) against the
                                                    # bytes of the experts a step reads, and the fused MoE
                                                    # kernel against a per-expert loop of torch matmuls
+                                                   # (and its FP8 and int4 variants, one layer)
+    python -m load.bench_gpu --models mixtral --no-baseline --workloads a,b --variants quantize=fp8
+                                                   # and (a), (b) with FP8 experts and linears, against
+                                                   # the FP8 bytes a step reads
     python -m load.bench_gpu --models 8b --num-shard 1,2,4 --workloads none
                                                    # (a), (b) per rank count, all-reduce share (load/bench_shards.py)
     python -m load.bench_gpu --models mixtral --num-shard 2,4 --workloads none
@@ -451,16 +455,21 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, d
     from worker.kv_cache import bytes_per_block
     from worker.model_runner import ModelRunner
     from worker.quant import int_kernels
+    from worker.quant.experts import QuantExperts
     from worker.quant.w8 import w8_choices
 
     label = config.quantize or f"{config.kv_cache_dtype} KV"
     runner = ModelRunner(config, model_dir, load=False)
     quantized = [m for m in runner.model.modules() if hasattr(m, "packed_bytes")]
-    dense_linear_bytes = 2 * sum(m.in_features * m.out_features for m in quantized)
+    # Expert stacks count per expert read (Floor.expert_bytes: one expert over all layers); the rest every step.
+    stacks = [m for m in quantized if isinstance(m, QuantExperts)]
+    linears = [m for m in quantized if not isinstance(m, QuantExperts)]
+    dense_linear_bytes = 2 * sum(m.in_features * m.out_features for m in linears)
     cfg = SHAPES[shape]
     kv_token = bytes_per_block(cfg["num_hidden_layers"], 1, cfg["num_key_value_heads"], cfg["head_dim"], runner.kv_dtype)
+    expert_bytes = sum(m.packed_bytes() for m in stacks) // stacks[0].num_experts if stacks else dense_floor.expert_bytes
     floor = replace(dense_floor, weight_bytes=dense_floor.weight_bytes - dense_linear_bytes
-                    + sum(m.packed_bytes() for m in quantized), kv_bytes_per_token=kv_token)
+                    + sum(m.packed_bytes() for m in linears), kv_bytes_per_token=kv_token, expert_bytes=expert_bytes)
     rng = random.Random(1)
     vocab = cfg["vocab_size"]
 
@@ -485,11 +494,13 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, d
                         f"{versus}{r['seconds']:.1f}s, {r['preemptions']} preemptions, TTFT p50 {r['ttft_p50']:.2f}s"))
     notes = [f"{shape} {label}: {floor.weight_bytes / 1e9:.2f} GB weights read per decode step "
              f"(bf16: {dense_floor.weight_bytes / 1e9:.2f} GB), {kv_token} KV bytes per token "
-             f"(bf16: {dense_floor.kv_bytes_per_token}); KV pool {capacity} tokens"]
+             f"(bf16: {dense_floor.kv_bytes_per_token}); KV pool {capacity} tokens"
+             + (f"; one expert over all layers {floor.expert_bytes / 1e9:.2f} GB (bf16: {dense_floor.expert_bytes / 1e9:.2f})"
+                if stacks else "")]
     if config.quantize:
         picked = {**int_kernels.choices(), **w8_choices()}
         notes.append(f"{shape} {label} kernel choices: " + "; ".join(f"{k}: {v}" for k, v in picked.items()))
-    del runner, quantized
+    del runner, quantized, stacks, linears
     gc.collect()
     torch.cuda.empty_cache()
     return rows, notes

@@ -94,3 +94,19 @@ def test_a_method_that_does_not_cover_experts_is_refused_by_name(tmp_path: Path)
     with pytest.raises(UnsupportedModel, match="MixtralForCausalLM: quantization bitsandbytes-nf4 does not cover its "
                                                "experts; experts load quantized with awq, fp8, gptq"):
         _engine(_tiny_moe(tmp_path, "mixtral"), quantize="bitsandbytes-nf4")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["fp8", "awq"])
+def test_quantized_experts_on_cuda_under_graphs_and_chunked_prefill(tmp_path: Path, kind: str) -> None:
+    # The fused MoE kernel's FP8 and integer variants, float32 activations so that the tokens can
+    # equal transformers' float32 ones; decode steps replay CUDA graphs.
+    dense = _tiny_moe(tmp_path, "mixtral")
+    if kind == "fp8":
+        ckpt, worker = on_the_fly(dense, fp8_per_channel), {"quantize": "fp8"}
+    else:
+        ckpt, worker = write_checkpoint(dense, tmp_path, lambda w: quantize(w, 4, 64, sym=False), pack_awq,
+                                        awq_config(64)), {}
+    assert_served_greedy_equals_transformers(ckpt, random_prompts(4, 97), new=24, device="cuda", dtype="float32",
+                                             max_batch_prefill_tokens=16, **worker)
