@@ -17,6 +17,14 @@ KV, not its whole length. The request's block table keeps its length (positions 
 and its first `num_released_blocks` entries are stale ids the attention kernels never read. With
 prefix caching, only committed blocks go: they stay cached (their content is exact), and an
 uncommitted block given back would break the chain of content ids that later blocks hash under.
+
+A prefix hit under a window needs only the blocks the next query reads: those inside the window
+of the first uncomputed position. The earlier ones may be gone (given back, then evicted), so
+the content ids of evicted blocks are remembered, exactly as keys, for as many blocks as the
+pool holds (`_ghosts`, oldest dropped first): the chain is followed across them, and a hit of n
+blocks takes the held ones inside n's window, the entries before standing in the request's
+table as released ones. Content computed again into a fresh block gets its remembered id back,
+so the cached blocks chained after it are found again.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ class BlockManager:
         self.ref_counts = [0] * num_blocks
         self._key_of: list[_Key | None] = [None] * num_blocks  # the content a free block still holds
         self._cached: dict[_Key, tuple[int, int]] = {}  # key -> (block holding it, content id)
+        # Under a window: key -> content id of content no block holds any more, oldest first.
+        self._ghosts: OrderedDict[_Key, int] = OrderedDict()
+        self._max_ghosts = num_blocks if window else 0
         self._next_id = 1
         self._adapter_roots: dict[str, int] = {}  # adapter id -> the content id its prefixes chain from
         # Free blocks, least recently freed first. Values unused: an ordered set.
@@ -77,7 +88,8 @@ class BlockManager:
         return num_blocks <= len(self._free)
 
     def match_prefix(self, req: Request, reuse: bool = True) -> int:
-        """On admission: take the cached blocks of the longest cached prefix of the request's tokens.
+        """On admission: take the cached blocks of the longest cached prefix of the request's tokens
+        (under a window, those of its blocks that the next query reads).
 
         Returns the number of tokens served from the cache. At least one token is always left to
         compute, since the forward pass that samples the next token needs one. The hit counters
@@ -90,17 +102,36 @@ class BlockManager:
             return 0
         tokens, size = req.all_token_ids, self.block_size
         parent = self._root(req.adapter_id)
+        held: list[int | None] = []  # per block of the known chain: the block holding it, None if evicted
         for i in range((len(tokens) - 1) // size):
-            entry = self._cached.get((parent, *tokens[i * size : (i + 1) * size]))
-            if entry is None:
+            key = (parent, *tokens[i * size : (i + 1) * size])
+            entry = self._cached.get(key)
+            parent = entry[1] if entry is not None else self._ghosts.get(key, 0)
+            if not parent:
                 break
-            block, parent = entry
+            held.append(entry[0] if entry is not None else None)
+            ids.append(parent)
+        n = len(held)
+        while n and None in held[self._first_read(n) : n]:  # the next query would read a block that is gone
+            n = max(i for i in range(self._first_read(n), n) if held[i] is None)
+        del ids[n:]
+        first = self._first_read(n)
+        req.block_table = [0] * first  # released entries: never read
+        req.num_released_blocks = first
+        for block in held[first:n]:
+            assert block is not None
             self._take(block)
             req.block_table.append(block)
-            ids.append(parent)
-        hit = len(req.block_table) * self.block_size
+        hit = n * self.block_size
         req.num_computed_tokens = hit
         return hit
+
+    def _first_read(self, num_blocks: int) -> int:
+        """The first block that a query at position num_blocks * block_size reads (as in
+        `release_behind_window`)."""
+        if not self.window:
+            return 0
+        return max(0, num_blocks * self.block_size - self.window + 1) // self.block_size
 
     def record_lookup(self, num_query_tokens: int, num_hit_tokens: int) -> None:
         if self.enable_prefix_caching:
@@ -115,7 +146,7 @@ class BlockManager:
             block, _ = self._free.popitem(last=False)
             old = self._key_of[block]
             if old is not None:  # evict: this block's cached content is being overwritten
-                del self._cached[old]
+                self._remember(old, self._cached.pop(old)[1])
                 self._key_of[block] = None
             self.ref_counts[block] = 1
             req.block_table.append(block)
@@ -134,13 +165,17 @@ class BlockManager:
             block = req.block_table[i]
             if self._key_of[block] is not None:  # holds other cached content: never overwrite it
                 entry = self._cached.get(key)
-                ids.append(entry[1] if entry is not None else self._new_id())
+                content_id = entry[1] if entry is not None else self._ghosts.pop(key, 0) or self._new_id()
+                if entry is None:
+                    self._remember(key, content_id)
+                ids.append(content_id)
                 continue
             # One lookup registers the block, or finds the same content cached in another block.
-            entry = self._cached.setdefault(key, (block, self._next_id))
+            entry = self._cached.setdefault(key, (block, self._ghosts.get(key, self._next_id)))
             if entry[0] == block:
                 self._key_of[block] = key
-                self._next_id += 1
+                if self._ghosts.pop(key, None) is None:
+                    self._next_id += 1
             ids.append(entry[1])
 
     def release_behind_window(self, req: Request) -> None:
@@ -197,6 +232,15 @@ class BlockManager:
             self._free[block] = None
             if self._key_of[block] is None:
                 self._free.move_to_end(block, last=False)  # not cached: reuse first
+
+    def _remember(self, key: _Key, content_id: int) -> None:
+        """Content that no block holds keeps its id (under a window), for the newest _max_ghosts keys."""
+        if not self._max_ghosts:
+            return
+        self._ghosts[key] = content_id
+        self._ghosts.move_to_end(key)
+        if len(self._ghosts) > self._max_ghosts:
+            self._ghosts.popitem(last=False)
 
     def _new_id(self) -> int:
         self._next_id += 1

@@ -89,6 +89,70 @@ def test_with_prefix_caching_only_committed_blocks_go_and_they_stay_cached() -> 
     check_block_invariants(bm)
 
 
+def _evicted_prefix(num_blocks: int, filler_blocks: int) -> tuple[BlockManager, Request, list[int]]:
+    """A 40-token prompt computed, committed and freed (its first 8 blocks given back behind the
+    window first), then a filler request that takes `filler_blocks` from the free queue: the
+    never-used blocks, then the prompt's blocks in the order they went back (block 0 first)."""
+    bm = BlockManager(num_blocks=num_blocks, block_size=BLOCK, window=WINDOW)
+    prompt = list(range(1, 41))
+    a = _req("a", prompt)
+    _step(bm, a, 40)
+    bm.release_behind_window(a)
+    assert a.num_released_blocks == 8
+    table = list(a.block_table)
+    bm.free(a)
+    filler = _req("filler", [500 + i for i in range(filler_blocks * BLOCK)])
+    bm.allocate(filler, filler_blocks * BLOCK)
+    return bm, filler, table
+
+
+def test_a_hit_needs_only_the_blocks_inside_the_next_querys_window() -> None:
+    bm, _, table = _evicted_prefix(16, 9)  # the prompt's blocks 0..2 evicted
+    assert all(bm._key_of[b] is None or bm._key_of[b][1] >= 500 for b in table[:3])
+    b = _req("b", list(range(1, 41)) + [99])
+    assert bm.match_prefix(b) == 40  # the next query (40) reads keys 33..40: blocks 8 and 9
+    assert b.num_released_blocks == 8 and _held(b) == table[8:10] and len(b.block_table) == 10
+    assert len(b.block_content_ids) == 10
+    check_block_invariants(bm)
+    bm.allocate(b, 1)
+    b.num_computed_tokens += 1
+    bm.commit(b)  # chains on from the ids of blocks it does not hold
+    assert len(b.block_content_ids) == 10
+    bm.free(b)
+    check_block_invariants(bm)
+
+
+def test_a_hit_stops_before_a_gone_block_inside_its_window() -> None:
+    bm, _, table = _evicted_prefix(16, 15)  # blocks 0..8 evicted: every window of the prompt meets one
+    assert bm.match_prefix(_req("b", list(range(1, 41)) + [99])) == 0
+    bm2, _, _ = _evicted_prefix(16, 9)
+    assert bm2.match_prefix(_req("c", list(range(1, 14)))) == 0  # 3 blocks' chain, all 3 gone
+
+
+def test_content_computed_again_gets_its_id_back_and_the_blocks_after_it_hit() -> None:
+    bm, filler, table = _evicted_prefix(24, 17)  # 14 never used, then blocks 0..2 evicted
+    bm.free(filler)
+    b = _req("b", list(range(1, 13)) + [99])  # blocks 0..2 of the prompt: all gone, computed again
+    assert bm.match_prefix(b) == 0
+    _step(bm, b, 13)
+    c = _req("c", list(range(1, 18)))  # the next query (16) reads blocks 2 and 3: b's block 2, a's block 3
+    assert bm.match_prefix(c) == 16
+    assert c.num_released_blocks == 2 and _held(c) == [b.block_table[2], table[3]]
+    check_block_invariants(bm)
+
+
+def test_without_a_window_a_hit_holds_every_block_from_the_first() -> None:
+    bm = BlockManager(num_blocks=16, block_size=BLOCK)
+    a = _req("a", list(range(1, 41)))
+    _step(bm, a, 40)
+    table = list(a.block_table)
+    bm.free(a)
+    bm.allocate(_req("filler", list(range(500, 528))), 28)  # 6 never used, then a's block 9 (freed tail first)
+    b = _req("b", list(range(1, 41)) + [99])
+    assert bm.match_prefix(b) == 36 and b.block_table == table[:9] and b.num_released_blocks == 0
+    assert not bm._ghosts
+
+
 def test_a_request_holds_its_window_and_about_two_steps_not_its_length() -> None:
     bm = BlockManager(num_blocks=8, block_size=BLOCK, enable_prefix_caching=False, window=WINDOW)
     req = _req("a", [7] * 10)

@@ -13,6 +13,7 @@ import transformers
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
+from tests.worker.test_engine_model import _argmax_continuation
 from tests.worker.test_models import _COMMON, _our_logits
 from worker import ops
 from worker.block_manager import BlockManager
@@ -57,6 +58,14 @@ def attention_kernels(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _prompt(n: int, seed: int) -> list[int]:
     return [int(t) for t in torch.randint(1, 200, (n,), generator=torch.Generator().manual_seed(seed))]
+
+
+def _engine(path: Path, kv_tokens: int) -> LLMEngine:
+    config = WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=kv_tokens, block_size=BLOCK,
+                          max_batch_prefill_tokens=8, waiting_served_ratio=0.0)
+    runner = ModelRunner(config, path)
+    return LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=frozenset(),
+                     max_model_len=runner.max_model_len, kv_window=runner.model.cfg.kv_window)
 
 
 def test_the_window_is_every_layers_and_no_longer_caps_the_context(mistral) -> None:  # type: ignore[no-untyped-def]
@@ -104,11 +113,7 @@ def test_engine_greedy_over_a_pool_smaller_than_the_sequence_equals_transformers
     # Requests of 20 + 60 tokens, one after another, through the engine over 48 KV tokens (prefix
     # caching on: a prompt served twice meets whatever of its blocks are still cached).
     path, reference = mistral
-    config = WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=48, block_size=BLOCK,
-                          max_batch_prefill_tokens=8, waiting_served_ratio=0.0)
-    runner = ModelRunner(config, path)
-    engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=frozenset(),
-                       max_model_len=runner.max_model_len, kv_window=runner.model.cfg.kv_window)
+    engine = _engine(path, 48)
     prompts = {"a": _prompt(20, seed=6), "b": _prompt(20, seed=6), "c": _prompt(21, seed=7)}
     out: dict[str, list[int]] = {}
     for rid, prompt in prompts.items():
@@ -124,3 +129,28 @@ def test_engine_greedy_over_a_pool_smaller_than_the_sequence_equals_transformers
             want = reference.generate(torch.tensor([prompt]), max_new_tokens=60, do_sample=False,
                                       attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):]
         assert out[rid] == want.tolist(), rid
+
+
+def test_a_shared_prefix_whose_first_blocks_were_evicted_hits_inside_the_window(mistral) -> None:  # type: ignore[no-untyped-def]
+    # A 40-token prefix crossing the window twice, served to "a", then a filler that evicts the
+    # prefix's first blocks (given back behind the window, so first in line): "b" shares the
+    # prefix, finds its first blocks gone, and still hits the blocks its next query reads.
+    path, reference = mistral
+    engine = _engine(path, 64)
+    prefix = _prompt(40, seed=8)
+    prompts = {"a": prefix + [5, 6, 7, 8], "filler": _prompt(24, seed=9), "b": prefix + [9, 10, 11]}
+    out: dict[str, list[int]] = {}
+    for rid, prompt in prompts.items():
+        if rid == "b":
+            assert (0, *prefix[:BLOCK]) not in engine.blocks._cached, "the prefix's first block was not evicted"
+        engine.add_request(Request(rid, prompt, SamplingParams(max_new_tokens=8), 0, time.time()))
+        admitted = list(engine.scheduler.waiting)
+        for _ in range(200):
+            if not engine.has_unfinished_requests():
+                break
+            for o in engine.step():
+                out.setdefault(o.key, []).extend(o.new_token_ids)
+    assert admitted[0].num_cached_tokens == 40  # "b": the window of position 40 was cached
+    assert not engine.has_unfinished_requests() and engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    for rid, prompt in prompts.items():
+        assert out[rid] == _argmax_continuation(reference, prompt, 8), rid  # the engine ignores EOS here
