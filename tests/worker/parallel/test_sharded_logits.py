@@ -65,10 +65,12 @@ def test_overlapped_greedy_through_the_engine_matches_unsharded(probed: Path, mo
     assert all(len(tokens) == 12 for tokens in got["sharded_greedy"])
 
 
-def test_fp8_on_load_quantizes_each_ranks_slice_no_worse_than_the_whole(tmp_path: Path) -> None:
-    # Row-parallel slices get scales of their own (per output row of each rank's columns), so the
-    # sharded fp8 model is not the unsharded one bit for bit; it must be as close to the dense model.
-    got = torch.load(_probe(tmp_path / "out", [_save(tmp_path, "llama")[0]], "--quantize", "fp8") / "llama.pt")
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_fp8_on_load_quantizes_each_ranks_slice_no_worse_than_the_whole(tmp_path: Path, family: str) -> None:
+    # Row-parallel slices get scales of their own (per output row of each rank's columns; each
+    # expert's down projection too), so the sharded fp8 model is not the unsharded one bit for
+    # bit; it must be as close to the dense model.
+    got = torch.load(_probe(tmp_path / "out", [_save(tmp_path, family)[0]], "--quantize", "fp8") / f"{family}.pt")
     for step, (ours, theirs, dense) in enumerate(zip(got["sharded"], got["reference"], got["dense"], strict=True)):
         ours_err, theirs_err = (ours - dense).abs().max(), (theirs - dense).abs().max()
         assert 0 < ours_err <= 1.5 * theirs_err, (step, float(ours_err), float(theirs_err))
