@@ -98,8 +98,11 @@ class ModelRunner:
         plan = shards.plan(cfg) if shards is not None else None
         # Built in its serving dtype: a float32 build first would need twice the weights' memory
         # (Mixtral-8x7B: 187 GB, more than one card holds).
+        # A checkpoint's quantized experts are built only as shapes: they replace the dense stacks.
+        experts_kw = {"quantized_experts": True} if self.quant is not None and cls.has_experts \
+            and not self.quant.on_the_fly and load else {}
         with torch.device(self.device), _default_dtype(self.dtype):
-            model: CausalLM = cls(cfg if plan is None else plan.local_config(cfg))
+            model: CausalLM = cls(cfg if plan is None else plan.local_config(cfg), **experts_kw)
         if shards is not None and plan is not None:
             shard_model(model, plan, shards, self.quant)
         if load:

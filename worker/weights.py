@@ -62,6 +62,9 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
                         continue
                     if suffix != "weight":
                         raise KeyError(f"checkpoint tensor {hf_name!r} has no place in {type(model).__name__}'s dense experts")
+                    if loads_quantized_experts:
+                        raise QuantizationError(f"{hf_name}: a dense expert in a checkpoint quantized with "
+                                                f"{method.name}; experts dense and quantized at once do not load")  # type: ignore[union-attr]
                     tensor = plan.read_expert(f, hf_name, slot) if plan is not None else f.get_tensor(hf_name)
                     experts.load(slot, tensor, hf_name)
                     continue
@@ -85,12 +88,16 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
     params.clear()  # a dense stack replaced below is freed as soon as it is
+    # The stacks quantized experts replace: shapes only (the meta device), which `to` cannot move.
+    stacks = {name: _detach(model, name) for name in expert_parts}
     model.to(device=device, dtype=dtype)
     model.cos_sin_cache.data = model.cos_sin_cache.float()  # rotary tables stay float32
     if method is not None and method.on_the_fly and method.quantizes_experts:
         quantize_experts(model, method, dtype)
     for name, by_expert in expert_parts.items():
-        replace_module(model, name, _quantized_experts(model, name, by_expert, method, dtype, device))  # type: ignore[arg-type]
+        parent, _, child = name.rpartition(".")
+        built = _quantized_experts(name, stacks[name], by_expert, method, dtype, device)  # type: ignore[arg-type]
+        setattr(model.get_submodule(parent), child, built)
     for module, by_shard in gathered.items():
         if sorted(by_shard) != list(range(num_shards[module])):
             raise QuantizationError(f"checkpoint lacks a shard of {module} ({num_shards[module]} expected)")
@@ -108,10 +115,16 @@ def load_weights(model: CausalLM, model_dir: Path, dtype: torch.dtype, device: t
         replace_module(model, module, built)
 
 
-def _quantized_experts(model: CausalLM, name: str, by_expert: dict[int, dict[int, dict[str, torch.Tensor]]],
+def _detach(model: CausalLM, name: str) -> tuple[int, ...]:  # a parameter taken out of the model: its shape
+    parent, _, child = name.rpartition(".")
+    shape = tuple(model.get_parameter(name).shape)
+    delattr(model.get_submodule(parent), child)
+    return shape
+
+
+def _quantized_experts(name: str, shape: tuple[int, ...], by_expert: dict[int, dict[int, dict[str, torch.Tensor]]],
                        method: QuantMethod, dtype: torch.dtype, device: torch.device) -> QuantExperts:
-    dense = model.get_parameter(name)  # (E, N, K)
-    num_experts, shards = dense.shape[0], 2 if name.endswith(".w13") else 1
+    num_experts, shards = shape[0], 2 if name.endswith(".w13") else 1  # shape (E, N, K)
     for e in range(num_experts):
         if sorted(by_expert.get(e, {})) != list(range(shards)):
             raise QuantizationError(f"checkpoint lacks a projection of expert {e} of {name.rsplit('.', 1)[0]}")
@@ -121,8 +134,8 @@ def _quantized_experts(model: CausalLM, name: str, by_expert: dict[int, dict[int
     except (KeyError, ValueError) as exc:
         raise QuantizationError(f"{name}: {exc!s}") from exc
     got = (built.num_experts, built.out_features, built.in_features)
-    if got != tuple(dense.shape):
-        raise QuantizationError(f"{name}: the checkpoint's quantized experts are {got}, the model expects {tuple(dense.shape)}")
+    if got != shape:
+        raise QuantizationError(f"{name}: the checkpoint's quantized experts are {got}, the model expects {shape}")
     return built
 
 

@@ -43,14 +43,18 @@ def route(router_logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[tor
 
 
 class SparseMoE(nn.Module):
-    def __init__(self, cfg: ModelConfig, moe: MoEConfig) -> None:
+    def __init__(self, cfg: ModelConfig, moe: MoEConfig, stacks_device: torch.device | None = None) -> None:
+        """`stacks_device`: meta when the experts come quantized from the checkpoint (their dense
+        stacks are then shapes only, and loading never holds the dense size)."""
         super().__init__()
         self.moe = moe
         hidden, inter, experts = cfg.hidden_size, moe.intermediate_size, moe.num_experts
         self.gate = Router(hidden, experts, bias=False)
         # Initialised as nn.Linear's weights are: random-weight runs (benchmarks) read them as they are.
-        self.w13: nn.Parameter | QuantExperts = nn.Parameter(torch.empty(experts, 2 * inter, hidden).uniform_(-(hidden**-0.5), hidden**-0.5))
-        self.w2: nn.Parameter | QuantExperts = nn.Parameter(torch.empty(experts, hidden, inter).uniform_(-(inter**-0.5), inter**-0.5))
+        w13 = torch.empty(experts, 2 * inter, hidden, device=stacks_device).uniform_(-(hidden**-0.5), hidden**-0.5)
+        w2 = torch.empty(experts, hidden, inter, device=stacks_device).uniform_(-(inter**-0.5), inter**-0.5)
+        self.w13: nn.Parameter | QuantExperts = nn.Parameter(w13)  # (E, 2I, H)
+        self.w2: nn.Parameter | QuantExperts = nn.Parameter(w2)  # (E, H, I)
         self.shared_expert = GatedMLP(hidden, moe.shared_intermediate_size) if moe.shared_intermediate_size else None
         self.shared_expert_gate = Router(hidden, 1, bias=False) if moe.shared_intermediate_size else None
 
@@ -91,12 +95,17 @@ class MoECausalLM(CausalLM):
     hf_mlp = "mlp"  # the checkpoint's name of a layer's MLP (Mixtral: block_sparse_moe)
     expert_names: dict[str, int] = {"gate_proj": 0, "up_proj": 1, "down_proj": -1}
 
+    def __init__(self, cfg: ModelConfig, *, quantized_experts: bool = False) -> None:
+        # quantized_experts: the checkpoint's experts load quantized (worker/weights.py puts them in).
+        self.stacks_device = torch.device("meta") if quantized_experts else None
+        super().__init__(cfg)
+
     def build_mlp(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
         moe = cfg.moe
         assert moe is not None, "a mixture-of-experts family has a MoEConfig"
         if moe.sparse_layers and not moe.sparse_layers[layer_idx]:
             return GatedMLP(cfg.hidden_size, cfg.intermediate_size)
-        return SparseMoE(cfg, moe)
+        return SparseMoE(cfg, moe, self.stacks_device)
 
     def hf_to_param(self, hf_name: str) -> tuple[str, int | None]:
         return super().hf_to_param(hf_name.replace(f".{self.hf_mlp}.", ".mlp."))
