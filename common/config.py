@@ -207,6 +207,10 @@ class WorkerConfig:
         "in the same memory (default: the model's dtype)", tgi=True, choices=KV_CACHE_DTYPES,
     )
     block_size: int = setting(16, "Tokens per KV block")
+    cpu_kernels: bool = setting(
+        True, "CPU: the decode layer's fused C++ ops (norms, rotary, KV store, paged attention), built with the "
+        "system's g++ on first use (a minute or two) and cached on disk; off, or without a compiler: torch's ops"
+    )
     prefix_caching: bool = setting(True, "Reuse KV blocks of shared prompt prefixes", tgi=True)
     cuda_memory_fraction: float = setting(1.0, "Share of free GPU memory the worker may use", tgi=True)
     quantize: str | None = setting(

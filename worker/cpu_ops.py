@@ -1,4 +1,8 @@
-"""The CPU's attention and KV store: torch's fused attention over gathered pages, one call per batch.
+"""The CPU's attention, KV store and the decode layer's small ops: fused C++ where it is built, torch otherwise.
+
+worker/cpu_native.cpp (built once per machine by worker/cpu_native.py, on unless --cpu-kernels
+is off) does the norms, rotary, SiLU-and-mul, the KV store and decode attention in one call each,
+the attention reading keys and values straight from the pages. Without it, the torch path below:
 
 kernels/reference.py is the oracle, written for clarity: it widens every gathered page to float32,
 repeats each KV head over its query heads and materializes the scores, so a decode step's cost
@@ -10,6 +14,10 @@ a sliding window. Prefill is the same call, one sequence at a time.
 
 FP8 pages (per-slot scales) and soft-capped scores are not something the fused kernel does: those
 layers go to the reference. Same signatures as the reference's launchers (worker/ops.py swaps them).
+
+NOTE(garbage slots): a sequence's last page holds slots it has not written yet (and a padded
+sequence's extra pages belong to others); the mask gives them weight 0, but 0 * NaN is NaN, so the
+torch path zeroes them in its gathered copy, and the C++ path never reads past a sequence's length.
 """
 
 from __future__ import annotations
@@ -18,11 +26,52 @@ import torch
 import torch.nn.functional as F
 
 from kernels import reference
+from worker import cpu_native
 
-__all__ = ["store_kv", "paged_decode_attention", "prefill_attention"]
+__all__ = ["use_native", "store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding",
+           "silu_and_mul"]
 
 # Decode sequences gathered together, padded to the longest: the cap bounds the padded K/V copy.
 _GATHER_TOKENS = 1 << 16
+_native: dict[str, bool] = {"on": False}  # set once per worker by use_native
+
+
+def use_native(enabled: bool) -> bool:
+    """Use the C++ ops where they build (worker/ops.py calls this at start); returns whether they are on."""
+    _native["on"] = enabled and cpu_native.load()
+    return _native["on"]
+
+
+def rms_norm(
+    x: torch.Tensor,  # (T, hidden)
+    weight: torch.Tensor,  # (hidden,)
+    eps: float,
+    residual: torch.Tensor | None = None,  # (T, hidden)
+    offset: float = 0.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    if not _native["on"] or x.dim() != 2:
+        return reference.rms_norm(x, weight, eps, residual, offset)
+    out, summed = cpu_native.ops().add_rms_norm(x, residual, weight, eps, offset)  # (T, hidden) each
+    return (out, summed) if residual is not None else out
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # (T,) int64
+    q: torch.Tensor,  # (T, H, D)
+    k: torch.Tensor,  # (T, n_kv, D)
+    cos_sin_cache: torch.Tensor,  # (max_position, D) float32
+    is_neox: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if (not _native["on"] or q.dtype != k.dtype or cos_sin_cache.dtype != torch.float32
+            or cos_sin_cache.shape[-1] != q.shape[-1] or q.stride(-1) != 1 or k.stride(-1) != 1):
+        return reference.rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+    return cpu_native.ops().rotary_embedding(positions, q, k, cos_sin_cache, is_neox)  # type: ignore[no-any-return]
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # (T, 2I) -> (T, I)
+    if not _native["on"] or x.dim() != 2:
+        return reference.silu_and_mul(x)
+    return cpu_native.ops().silu_and_mul(x)  # type: ignore[no-any-return]
 
 
 def store_kv(
@@ -36,6 +85,9 @@ def store_kv(
 ) -> None:
     if k_scale is not None or v_scale is not None:
         reference.store_kv(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+        return
+    if _native["on"] and k.dtype == k_cache.dtype and v.dtype == v_cache.dtype and k.stride(-1) == v.stride(-1) == 1:
+        cpu_native.ops().store_kv(k, v, k_cache, v_cache, slot_mapping)
         return
     if bool((slot_mapping < 0).any()):  # a host read: free on the CPU
         keep = slot_mapping >= 0
@@ -62,6 +114,10 @@ def paged_decode_attention(
         return reference.paged_decode_attention(
             q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, k_scale, v_scale, window, softcap,
             max_query_len,
+        )
+    if _native["on"] and k_cache.dtype == v_cache.dtype == q.dtype and q.stride(-1) == 1:
+        return cpu_native.ops().paged_decode_attention(  # type: ignore[no-any-return]
+            q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, window
         )
     out = torch.empty_like(q)
     starts, lens = query_start_loc.tolist(), seq_lens.tolist()
@@ -128,8 +184,14 @@ def _attend(
     ids = block_tables[torch.tensor(chosen).unsqueeze(1), page_idx].reshape(-1).long()  # (b * pages,)
     keys = pages * block_size
     # (b, n_kv, S, D) views of one gather each: pages in the cache's own dtype.
-    k = k_cache.view(num_blocks, -1).index_select(0, ids).view(b, keys, n_kv, dim).transpose(1, 2)
-    v = v_cache.view(num_blocks, -1).index_select(0, ids).view(b, keys, n_kv, dim).transpose(1, 2)
+    k_rows = k_cache.view(num_blocks, -1).index_select(0, ids).view(b, keys, n_kv, dim)
+    v_rows = v_cache.view(num_blocks, -1).index_select(0, ids).view(b, keys, n_kv, dim)
+    k_pos = (first * block_size + torch.arange(keys)).unsqueeze(1)  # (b, 1, S)
+    unwritten = k_pos.squeeze(1) >= seq  # (b, S): slots past each sequence (NOTE(garbage slots))
+    if bool(unwritten.any()):  # a host read: free on the CPU
+        k_rows.masked_fill_(unwritten[:, :, None, None], 0)
+        v_rows.masked_fill_(unwritten[:, :, None, None], 0)
+    k, v = k_rows.transpose(1, 2), v_rows.transpose(1, 2)  # (b, n_kv, S, D)
     # Query j of sequence i is row starts[i] + j; rows past its q_len are padding (row 0, dropped).
     j = torch.arange(width).unsqueeze(0)  # (1, W)
     real = j < q_len  # (b, W)
@@ -139,7 +201,6 @@ def _attend(
     mask = None
     if b > 1 or width > 1 or window > 0 or keys > lens[chosen[0]]:
         q_pos = (seq - q_len + j).unsqueeze(2)  # (b, W, 1): a padding row's is past its sequence
-        k_pos = (first * block_size + torch.arange(keys)).unsqueeze(1)  # (b, 1, S)
         seen = k_pos <= q_pos  # (b, W, S): keys after the query, and padding past the sequence, hidden
         if window > 0:
             seen &= k_pos > q_pos - window

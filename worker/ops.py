@@ -26,6 +26,8 @@ log = logging.getLogger("genfleet.worker.ops")
 
 _NAMES = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
           "gelu_tanh_and_mul", "fused_moe", "lora_add")
+# The ops worker/cpu_ops.py runs in C++ when its library is built (prefill attention stays torch's).
+_NATIVE = ("store_kv", "paged_decode_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
 # Launchers that live in another kernel's module (a variant of its kernel).
 _MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul", "lora_add": "lora"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
@@ -36,11 +38,13 @@ _ONE_ROW_CONFIGS = ((4, 512, 4, 3), (8, 1024, 8, 3))  # (block_n, block_k, warps
 _one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool], tuple[int, int, int, int] | None] = {}
 
 
-def use_device(device: torch.device) -> dict[str, str]:
-    """Pick each op's implementation for `device`; returns {op: "triton" | "torch" | "torch (cpu_ops)"}."""
+def use_device(device: torch.device, cpu_kernels: bool = False) -> dict[str, str]:
+    """Pick each op's implementation for `device`; returns {op: "triton" | "torch" | "torch (cpu_ops)" |
+    "c++ (cpu_ops)"}. `cpu_kernels`: on the CPU, worker/cpu_native.cpp's fused ops where they build."""
     chosen = {}
     triton_ops: dict[str, Callable[..., Any]] = {}
     cpu = {name: getattr(cpu_ops, name) for name in cpu_ops.__all__} if device.type == "cpu" else {}
+    native = cpu_ops.use_native(cpu_kernels and device.type == "cpu")
     if device.type == "cuda":
         for name in _NAMES:
             try:  # each launcher loads on first use; a missing one falls back alone
@@ -49,7 +53,8 @@ def use_device(device: torch.device) -> dict[str, str]:
                 log.warning("Triton %s unavailable (%s); using the torch reference", name, exc)
     for name in _NAMES:
         _impl[name] = triton_ops.get(name) or cpu.get(name) or getattr(reference, name)
-        chosen[name] = "triton" if name in triton_ops else "torch (cpu_ops)" if name in cpu else "torch"
+        in_cpu = "c++ (cpu_ops)" if native and name in _NATIVE else "torch (cpu_ops)"
+        chosen[name] = "triton" if name in triton_ops else in_cpu if name in cpu else "torch"
     global _one_row
     _one_row = None
     if device.type == "cuda":

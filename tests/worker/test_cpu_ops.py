@@ -1,6 +1,9 @@
-"""The CPU's fused attention and KV store (worker/cpu_ops.py) against the torch references."""
+"""The CPU's attention, KV store and small ops (worker/cpu_ops.py), on its torch path and its C++ one
+(worker/cpu_native.cpp), against the torch references."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -8,12 +11,22 @@ import torch
 from kernels import reference as ref
 from tests.kernels.conftest import assert_close
 from tests.kernels.test_attention import _paged_batch
-from worker import cpu_ops, ops
+from worker import cpu_native, cpu_ops, ops
 
 CPU = torch.device("cpu")
 DTYPES = [torch.float32, torch.bfloat16]
 # (query heads, kv heads, head dim): GQA ratios 1, 3 (SmolLM2's) and 4.
-HEADS = [(2, 2, 64), (9, 3, 64), (8, 2, 128)]
+HEADS = [(2, 2, 64), (9, 3, 64), (8, 2, 128), (4, 2, 40)]  # 40: the C++ path's any-dim loops
+
+
+@pytest.fixture(params=["torch", "c++"], autouse=True)
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    # Every test here runs on both paths; the C++ one is built on first use (cached on disk after).
+    if request.param == "c++" and not cpu_native.load():
+        pytest.skip("the C++ ops do not build here (no compiler?)")
+    was = cpu_ops.use_native(request.param == "c++")
+    yield request.param
+    cpu_ops.use_native(was)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -80,6 +93,49 @@ def test_store_kv_skips_negative_slots(dtype: torch.dtype) -> None:
     assert caches[1].view(-1, 3, 64)[63].equal(v[0])
 
 
+def test_unwritten_slots_of_a_last_page_are_never_read() -> None:
+    # Slots past each sequence's length (its last page's tail, and the pages a shorter sequence
+    # is padded with) hold NaN: masked to weight 0, they must still not turn the output to NaN.
+    q, kc, vc, bt, sl, qsl = _paged_batch([(21, 1), (3, 1), (40, 3), (0, 6)], 9, 3, 64, 16, torch.bfloat16, CPU, seed=5)
+    want_decode = ref.paged_decode_attention(q, kc, vc, bt, sl, qsl, 0.125)
+    want_prefill = ref.prefill_attention(q, kc, vc, bt, sl, qsl, 0.125)
+    written = torch.zeros(kc.shape[0] * kc.shape[1], dtype=torch.bool)
+    for i, n in enumerate(sl.tolist()):
+        pos = torch.arange(n)
+        written[bt[i, pos // 16].long() * 16 + pos % 16] = True
+    for cache in (kc, vc):
+        cache.view(-1, 3, 64)[~written] = float("nan")
+    assert_close(cpu_ops.paged_decode_attention(q, kc, vc, bt, sl, qsl, 0.125, max_query_len=6), want_decode,
+                 torch.bfloat16, 2)
+    assert_close(cpu_ops.prefill_attention(q, kc, vc, bt, sl, qsl, 0.125), want_prefill, torch.bfloat16, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norm_rotary_and_activation(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x, res = torch.randn(5, 576, generator=gen).to(dtype), torch.randn(5, 576, generator=gen).to(dtype)
+    weight = torch.randn(576, generator=gen).to(dtype)
+    for residual, offset in ((None, 0.0), (res, 0.0), (res, 1.0)):
+        got, want = cpu_ops.rms_norm(x, weight, 1e-5, residual, offset), ref.rms_norm(x, weight, 1e-5, residual, offset)
+        for g, w in zip(*((t,) if isinstance(t, torch.Tensor) else t for t in (got, want)), strict=True):
+            assert_close(g, w, dtype)
+    gate_up = torch.randn(3, 2 * 96, generator=gen).to(dtype)
+    assert_close(cpu_ops.silu_and_mul(gate_up), ref.silu_and_mul(gate_up), dtype)
+    # q and k as the attention layer has them: strided views of one fused projection.
+    qkv = torch.randn(4, (6 + 2 * 2) * 64, generator=gen).to(dtype)
+    q, k = qkv[:, : 6 * 64].view(4, 6, 64), qkv[:, 6 * 64 : 8 * 64].view(4, 2, 64)
+    table, positions = torch.randn(50, 64, generator=gen), torch.tensor([0, 7, 16, 49])
+    for neox in (True, False):
+        for g, w in zip(cpu_ops.rotary_embedding(positions, q, k, table, neox),
+                        ref.rotary_embedding(positions, q, k, table, neox), strict=True):
+            assert_close(g, w, dtype)
+
+
 def test_the_cpu_picks_them() -> None:
+    ours = set(cpu_ops.__all__) - {"use_native"}
     chosen = ops.use_device(CPU)
-    assert {name for name, impl in chosen.items() if impl == "torch (cpu_ops)"} == set(cpu_ops.__all__)
+    assert {name for name, impl in chosen.items() if impl == "torch (cpu_ops)"} == ours
+    if cpu_native.load():
+        chosen = ops.use_device(CPU, cpu_kernels=True)
+        assert {name for name, impl in chosen.items() if impl == "c++ (cpu_ops)"} == ours - {"prefill_attention"}
+    ops.use_device(CPU)
