@@ -309,12 +309,15 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         base_b = hf_generate(model_dir, 64, 128, 256)
     config = _engine_config(args, model_dir)
     started = time.perf_counter()
-    runner = ModelRunner(config, model_dir, load=False)
+    # With --speculate the runner captures its verification graphs too; the rows without it
+    # keep `config` (no drafting), so they are the plain engine's.
+    runner = ModelRunner(replace(config, speculate=args.speculate) if args.speculate else config, model_dir, load=False)
     graphs = runner.graphs
     notes.append(
         f"{shape}: runner ready in {time.perf_counter() - started:.1f}s; KV pool {runner.num_blocks * runner.block_size} "
         f"tokens; kernels {runner.kernels}; "
-        + (f"{len(graphs.sizes)} decode graphs captured in {graphs.capture_seconds:.1f}s, "
+        + (f"{len(graphs.sizes)} decode and {len(graphs.verify_sizes)} verification graphs captured in "
+           f"{graphs.capture_seconds:.1f}s ({graphs.verify_capture_seconds:.1f}s verification), "
            f"{graphs.capture_bytes / 2**20:.0f} MiB" if graphs is not None else "CUDA graphs off")
     )
     rng = random.Random(0)
@@ -372,9 +375,9 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
                 if key in dense_tok_s:
                     static_rows(key, f"--speculate {args.speculate} (random {args.speculator} heads)", spec,
                                 versus=dense_tok_s[key], speculator=heads)
-        plain_ms, verify_ms = verify_step_ratio(runner, args.speculate)
+        plain_ms, verify_ms, path = verify_step_ratio(runner, args.speculate)
         notes.append(f"{shape}: batch-1 step verifying {args.speculate} drafts {verify_ms:.2f} ms vs a plain decode "
-                     f"step {plain_ms:.2f} ms, eager ({verify_ms / plain_ms:.2f}x; target <= 1.15x)")
+                     f"step {plain_ms:.2f} ms, {path} ({verify_ms / plain_ms:.2f}x; target <= 1.15x)")
     if "b" in todo and args.lora:  # LoRA rows of N adapters in one batch, vs the base alone
         from load.bench_lora import write_adapters
         from worker.lora.peft import AdapterSpec
@@ -392,8 +395,8 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         static_rows("a", "without CUDA graphs", config)
         runner.graphs = graphs
         for size in (1, 64):
-            if size in graphs.graphs:
-                us = _time_cuda(graphs.graphs[size][0].replay, 20) * 1e6
+            if (size, 1) in graphs.graphs:
+                us = _time_cuda(graphs.graphs[size, 1][0].replay, 20) * 1e6
                 notes.append(f"{shape}: decode forward alone (graph replay, batch {size}, no LM head or sampling): {us:.0f} µs")
     c: dict[str, float] = {}
     c_roofline = roofline_flood(floor, args.requests, 1024, 128, runner.num_blocks * runner.block_size)

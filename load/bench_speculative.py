@@ -14,7 +14,9 @@ n-gram lookup. Untrained heads are almost never right, so that row measures what
 verification cost (overhead), not what trained heads gain.
 
 `verify_step_ratio` is the GPU row load/bench_gpu.py --speculate adds: the time of one batch-1
-step that verifies k drafts over that of a plain decode step, same context (target <= 1.15x).
+step that verifies k drafts over that of a plain decode step, same context (target <= 1.15x),
+each through the runner's own path (its verification CUDA graph on a GPU). The last line says how
+each engine's steps ran: replayed decode or verification graphs, or eagerly.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def _one(engine: LLMEngine, rid: str, prompt: list[int], max_new: int) -> tuple[
     return tokens, time.perf_counter() - started
 
 
-def verify_step_ratio(runner: Any, k: int, context: int = 512, iters: int = 20) -> tuple[float, float]:
-    """(plain decode step ms, verification step ms) at batch 1 on `runner`'s device, eager."""
+def verify_step_ratio(runner: Any, k: int, context: int = 512, iters: int = 20) -> tuple[float, float, str]:
+    """(plain decode step ms, verification step ms, how the verification ran) at batch 1 on
+    `runner`'s device: each step through `runner.execute`, so through whatever the engine's steps
+    take (a CUDA graph where the runner captured one of that shape, else eager)."""
     from worker.batch import ScheduledBatch, ScheduledRequest
     from worker.request import RequestKey
 
@@ -96,7 +100,24 @@ def verify_step_ratio(runner: Any, k: int, context: int = 512, iters: int = 20) 
             runner.execute(batch)  # waits for its results: one host sync per step
         return (time.perf_counter() - started) / iters * 1e3
 
-    return step(0), step(k)
+    plain = step(0)
+    graphs = runner.graphs
+    before = graphs.replays.get(k + 1, 0) if graphs is not None else 0
+    verify = step(k)
+    replayed = graphs is not None and graphs.replays.get(k + 1, 0) - before == iters + 1
+    return plain, verify, "CUDA graph" if replayed else "eager"
+
+
+def graph_steps(engine: LLMEngine) -> str:
+    """How the engine's steps ran: replayed decode and verification graphs, the rest (prompts,
+    steps of no graph's shape) eager."""
+    runner = engine.runner
+    assert isinstance(runner, ModelRunner)
+    graphs, steps = runner.graphs, engine.stats().steps
+    if graphs is None:
+        return f"{steps} steps, all eager (no CUDA graphs)"
+    decode, verify = graphs.replays.get(1, 0), sum(n for q, n in graphs.replays.items() if q > 1)
+    return f"{steps} steps: {decode} replayed decode graphs, {verify} verification graphs, {steps - decode - verify} eager"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({stats.accepted_draft_tokens / max(1, stats.draft_tokens):.0%}), per position "
           + ", ".join(f"{a / max(1, d):.0%}" for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)))
     print(f"greedy outputs changed by speculation: {changed} of {len(ratios)}")
+    print(f"without speculation: {graph_steps(engines[0])}; with: {graph_steps(engines[args.speculate])}")
     return 1 if changed else 0
 
 

@@ -136,7 +136,7 @@ class ModelRunner:
         self.can_overlap = self.device.type == "cuda"
         self.kv = self._allocate_kv()
         self.num_blocks = self.kv.num_blocks
-        # Decode CUDA graphs per batch bucket (worker/cuda_graphs.py); None on CPU or when off.
+        # CUDA graphs per batch bucket, decode and verification (worker/cuda_graphs.py); None on CPU or when off.
         self.graphs = capture_decode_graphs(self)
 
     # -- KV sizing -----------------------------------------------------------------------------
@@ -252,12 +252,13 @@ class ModelRunner:
             self.shards.share_placeholders(head)
 
     def _forward(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor:
-        meta = self.attention.prepare_metadata(inputs, self.kv.layers)
-        # NOTE: the decode graphs were captured without adapters: a step with adapter rows runs eagerly.
-        if self.graphs is not None and inputs.max_query_len == 1 and lora is None:
-            replayed = self.graphs.try_replay(inputs, meta)
+        # NOTE: the graphs were captured without adapters: a step with adapter rows runs eagerly.
+        # Decode and verification steps of a graph's shape replay it (worker/cuda_graphs.py).
+        if self.graphs is not None and lora is None:
+            replayed = self.graphs.try_replay(inputs)
             if replayed is not None:
                 return replayed  # type: ignore[no-any-return]
+        meta = self.attention.prepare_metadata(inputs, self.kv.layers)
         with forward_context(meta, self.attention), lora_scope(lora):
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
 
