@@ -72,7 +72,8 @@ class Drafter:
         return self.num_speculative > 0 and num_running <= self.max_batch_size
 
     def propose(self, tokens: list[int], state: DraftState | None, limit: int, step: int) -> tuple[list[int], DraftState]:
-        """Up to min(--speculate, limit) draft tokens to follow `tokens`, and the request's state."""
+        """min(--speculate, limit) draft tokens to follow `tokens`, or none (no n-gram match, no
+        proposal of the heads for this token count, paused); and the request's state."""
         if state is None:
             state = self._new_state()
         if step < state.paused_until:

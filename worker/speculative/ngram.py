@@ -6,6 +6,12 @@ match predicts better (vLLM's prompt lookup takes the longest; recency favours t
 text being repeated or edited now). An index per n-gram length maps each n-gram that has a
 successor to its latest start, updated with each new token, so a proposal costs a few dict
 lookups however long the request is. Plain Python, no torch.
+
+A match always yields k tokens. When what follows it runs into the end of the tokens (the match
+is recent: the text is repeating with a short period), the lookup goes on over its own drafts, as
+if they had been appended: the continuation repeats with that period. So every request with a
+match verifies the same number of drafts, the shape of the step's verification CUDA graph
+(worker/cuda_graphs.py); a draft's source does not matter to verification, which stays lossless.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ class NgramIndex:
         self._indexed = 0  # n-grams ending before token `_indexed` are in the index
 
     def propose(self, tokens: list[int], k: int) -> list[int]:
-        """Up to `k` tokens predicted to follow `tokens` (fewer, or none, without a long match)."""
+        """`k` tokens predicted to follow `tokens`, or none without a match."""
         if k <= 0 or not tokens or tokens[-1] < 0:  # a PLACEHOLDER end: the last token is not known yet
             return []
         self._update(tokens)
@@ -34,7 +40,10 @@ class NgramIndex:
         for n in range(min(self.max_n, size - 1), self.min_n - 1, -1):
             start = self._starts[n].get(tuple(tokens[size - n :]))
             if start is not None:
-                return tokens[start + n : start + n + k]
+                drafts = tokens[start + n : start + n + k]  # at least one: an indexed n-gram has a successor
+                period = len(drafts)
+                drafts += [drafts[i % period] for i in range(period, k)]  # the lookup over its own drafts
+                return drafts
         return []
 
     def _update(self, tokens: list[int]) -> None:

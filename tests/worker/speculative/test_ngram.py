@@ -1,4 +1,5 @@
-"""N-gram prompt lookup: longest suffix first, most recent occurrence, incremental index."""
+"""N-gram prompt lookup: longest suffix first, most recent occurrence, always k drafts after a
+match, incremental index."""
 
 from __future__ import annotations
 
@@ -21,12 +22,31 @@ def test_the_most_recent_occurrence_of_the_suffix_is_used() -> None:
     assert NgramIndex(2, 2).propose(tokens, 3) == [3, 8, 4]
 
 
-def test_no_match_no_draft_and_the_continuation_may_be_short() -> None:
+def test_no_match_no_draft_and_a_match_always_gives_k() -> None:
     index = NgramIndex(2, 3)
     assert index.propose([1, 2, 3, 4], 4) == []  # the suffix (3, 4) never occurred before
-    assert NgramIndex(1, 1).propose([6, 7, 6], 5) == [7, 6]  # what follows runs into the end
+    # What follows the match runs into the end: the lookup goes on over its own drafts.
+    assert NgramIndex(1, 1).propose([6, 7, 6], 5) == [7, 6, 7, 6, 7]
+    assert NgramIndex(1, 4).propose([5, 1, 2, 3, 1, 2], 4) == [3, 1, 2, 3]  # (1, 2) at 1, then period 3
     assert NgramIndex(1, 3).propose([6, 7, 6], 0) == []
     assert NgramIndex(1, 3).propose([6], 3) == []
+
+
+def test_drafts_past_the_end_are_the_lookup_over_the_drafts_appended() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        tokens = [rng.randrange(4) for _ in range(rng.randrange(2, 12))]
+        k = rng.randrange(1, 7)
+        drafts = NgramIndex(1, 4).propose(tokens, k)
+        if not drafts:
+            continue
+        assert len(drafts) == k
+        # The continuation starts where the matched suffix's occurrence ended: draft i is token
+        # `after + i` of the tokens with the drafts appended.
+        after = next(s + n for n in range(min(4, len(tokens) - 1), 0, -1)
+                     for s in range(len(tokens) - n - 1, -1, -1) if tokens[s : s + n] == tokens[-n:])
+        extended = tokens + drafts
+        assert drafts == [extended[after + i] for i in range(k)]
 
 
 def test_a_placeholder_end_drafts_nothing() -> None:
@@ -49,5 +69,8 @@ def _brute_force(tokens: list[int], k: int, min_n: int, max_n: int) -> list[int]
         suffix = tokens[-n:]
         for start in range(len(tokens) - n - 1, -1, -1):
             if tokens[start : start + n] == suffix:
-                return tokens[start + n : start + n + k]
+                drafts = tokens[start + n : start + n + k]
+                while len(drafts) < k:  # past the end: over the drafts appended
+                    drafts.append((tokens + drafts)[start + n + len(drafts)])
+                return drafts
     return []
