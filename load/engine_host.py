@@ -21,6 +21,7 @@ from worker.request import Request, RequestKey
 
 class _InstantRunner:
     can_overlap = False
+    uniform_drafts = False
 
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         reqs = batch.requests

@@ -49,6 +49,7 @@ class FakeRunner:
     batches: list[ScheduledBatch] = field(default_factory=list)
     computed: dict[RequestKey, list[int]] = field(default_factory=dict)  # tokens whose "K/V" exist
     can_overlap: bool = False  # True: the engine launches step N+1 before it reads step N
+    uniform_drafts: bool = False  # True: as a runner with verification CUDA graphs (drafts evened out)
     model: Callable[[list[int]], int] = next_token  # the next token of a history
 
     def launch(self, batch: ScheduledBatch, previous: StepOutput | None) -> StepOutput:

@@ -62,6 +62,9 @@ class ScheduledRequest:
     # Speculative decoding: token_ids ends with this many draft tokens to verify (a decode only);
     # the block table covers them too. Every row samples; 0 = a plain step.
     num_draft_tokens: int = 0
+    # Those drafts are fillers, not the drafter's: they only give the step one verification
+    # graph's shape (worker/scheduler.py `_even_out`); the drafter's acceptance never counts them.
+    filler_drafts: bool = False
     # Speculator heads: after this step's sample, propose this many drafts to follow it (verified
     # next step); 0 = none. Only a sampling row of a step that speculates.
     num_proposals: int = 0

@@ -52,6 +52,9 @@ class Runner(Protocol):
     """worker/model_runner.py's ModelRunner; tests/fakes.py's FakeRunner."""
 
     can_overlap: bool  # False: the engine calls `execute` only, one step at a time
+    # True: steps whose decodes all verify as many drafts run faster (verification CUDA graphs),
+    # so the scheduler evens out a verifying step's drafts.
+    uniform_drafts: bool
 
     def execute(self, batch: ScheduledBatch) -> StepOutput: ...
 
@@ -94,7 +97,7 @@ class LLMEngine:
         drafter = None
         if speculator is not None:
             drafter = Drafter(speculator.num_heads, config.speculate_max_batch_size, speculator.method)
-        self.scheduler = Scheduler(config, self.blocks, max_model_len, clock, drafter)
+        self.scheduler = Scheduler(config, self.blocks, max_model_len, clock, drafter, runner.uniform_drafts)
         self.finish = FinishRules(eos_token_ids, max_model_len)
         self.max_model_len = max_model_len
         self.max_batch_size = config.max_batch_size
@@ -329,7 +332,7 @@ class LLMEngine:
             ids += verified.token_ids
             lps += verified.logprobs
             tops += verified.top_tokens if tops else []
-        if req.draft_state is not None:
+        if req.draft_state is not None and not sreq.filler_drafts:
             self.scheduler.drafter.observe(req.draft_state, sreq.num_draft_tokens, len(ids) - 1, self.scheduler.step)
         reason = None
         kept = 0

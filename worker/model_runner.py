@@ -138,6 +138,8 @@ class ModelRunner:
         self.num_blocks = self.kv.num_blocks
         # CUDA graphs per batch bucket, decode and verification (worker/cuda_graphs.py); None on CPU or when off.
         self.graphs = capture_decode_graphs(self)
+        # With verification graphs, a step replays one only when its decodes verify as many drafts.
+        self.uniform_drafts = self.graphs is not None and bool(self.graphs.verify_sizes)
 
     # -- KV sizing -----------------------------------------------------------------------------
     def _allocate_kv(self) -> KVCache:

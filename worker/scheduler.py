@@ -28,11 +28,14 @@ With --speculate, a decode also takes the drafts worker/speculative/drafter.py p
 token of the budget and a KV slot (so the step can verify them). Drafts take only blocks that
 are free anyway: they never preempt, and they leave a block of growth for each running request
 after them. Chunked prefill and the prefix cache stay on: drafts are not the request's tokens
-until accepted, so no prefix hash covers them.
+until accepted, so no prefix hash covers them. On a runner with verification CUDA graphs
+(`uniform_drafts`), a step that verifies drafts gives its other decodes filler drafts so that
+every decode verifies as many (`_even_out` says why).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,7 +53,7 @@ __all__ = ["Scheduler"]
 class Scheduler:
     def __init__(
         self, config: WorkerConfig, block_manager: BlockManager, max_model_len: int,
-        clock: Callable[[], float] = time.time, drafter: Drafter | None = None,
+        clock: Callable[[], float] = time.time, drafter: Drafter | None = None, uniform_drafts: bool = False,
     ) -> None:
         self.max_batch_size = config.max_batch_size
         self.token_budget = config.max_batch_prefill_tokens
@@ -62,6 +65,7 @@ class Scheduler:
         # n-gram drafts by --speculate unless the engine brings the model's speculator heads.
         self.drafter = drafter or Drafter(config.speculate or 0, config.speculate_max_batch_size)
         self._speculating = False  # this step drafts (Drafter.active when it was scheduled)
+        self.uniform_drafts = uniform_drafts  # even out a verifying step's drafts (the runner's graphs)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.step = 0
@@ -123,6 +127,8 @@ class Scheduler:
             (decodes if decode else scheduled).append(self._scheduled(req, num_new, drafts))
             budget -= num_new + len(drafts)
             i += 1
+        if speculating and self.uniform_drafts:
+            budget = self._even_out(decodes, budget)
         # 2. waiting requests, unless this step just preempted: the blocks are short, and
         # re-admitting the victim at once would only thrash.
         admitted = 0
@@ -222,6 +228,36 @@ class Scheduler:
         if drafts and not self.blocks.can_allocate(self.blocks.blocks_needed(req, 1 + len(drafts)) + num_after):
             return []
         return drafts
+
+    def _even_out(self, decodes: list[ScheduledRequest], budget: int) -> int:
+        """In a step that verifies drafts, give each decode without any as many filler drafts as
+        the others verify, where its budget, the model's length and free blocks allow; returns the
+        budget left.
+
+        Why fill rather than run such a mixed step eagerly: only a step whose decodes all bring
+        the same number of tokens replays a verification CUDA graph (worker/cuda_graphs.py), and
+        below --speculate-max-batch-size (where drafting stops) a decode step reads every weight
+        once whatever its row count, so k more rows per decode cost a few percent on a graph,
+        while an eager forward of the same step costs several replays' worth in kernel launches.
+        A filler is the request's last token repeated: verification is lossless whatever a draft
+        is, and a filler that happens to be right is kept like any draft. The drafter does not
+        count fillers, so a request it paused stays paused. A constrained request gets none (its
+        mask follows its own tokens one at a time): a step with one beside drafts runs eagerly."""
+        width = max((r.num_draft_tokens for r in decodes), default=0)
+        if width == 0:
+            return budget
+        running = {r.key: r for r in self.running}
+        for j, sreq in enumerate(decodes):
+            req = running[sreq.key]
+            if sreq.num_draft_tokens or req.grammar is not None or min(budget, self.max_model_len - req.num_tokens - 1) < width:
+                continue
+            if not self.blocks.can_allocate(self.blocks.blocks_needed(req, 1 + width)):
+                continue
+            self.blocks.allocate(req, 1 + width)
+            decodes[j] = dataclasses.replace(sreq, token_ids=sreq.token_ids * (1 + width), num_draft_tokens=width,
+                                             filler_drafts=True)
+            budget -= width
+        return budget
 
     def _reserve(self, req: Request, num_new: int) -> bool:
         """Make room for `num_new` tokens of a running request; False if it was preempted itself."""

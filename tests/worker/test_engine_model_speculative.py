@@ -1,7 +1,8 @@
 """--speculate on real models (CPU, float32): greedy output token for token the same as without,
 on a tiny random Llama and on the default model, 16 streams at once with chunked prefill and the
 prefix cache on; seeded sampling (with penalties, truncation and min_tokens) draws the same text;
-each accepted token carries the logprob and top tokens a plain step would have given it."""
+each accepted token carries the logprob and top tokens a plain step would have given it; filler
+drafts (a verifying step's evened-out decodes, as on verification CUDA graphs) change nothing."""
 
 from __future__ import annotations
 
@@ -44,6 +45,25 @@ def test_greedy_on_a_tiny_model_is_unchanged(tiny, tiny_plain, speculate: int) -
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
+def test_filler_drafts_leave_greedy_unchanged(tiny, tiny_plain) -> None:  # type: ignore[no-untyped-def]
+    # As on a GPU with verification graphs: in a step that verifies drafts, the decodes without
+    # any verify fillers (their last token repeated), rejected or accepted as the model decides.
+    engine = _engine(tiny[0], max_batch_prefill_tokens=128, block_size=8, speculate=4)
+    engine.scheduler.uniform_drafts = True
+    batches = []
+    schedule = engine.scheduler.schedule
+
+    def recorded():  # type: ignore[no-untyped-def]
+        batches.append(schedule())
+        return batches[-1]
+
+    engine.scheduler.schedule = recorded  # type: ignore[method-assign]
+    got = _run(engine, _shared_prefix_prompts(), SamplingParams(max_new_tokens=40, ignore_eos=True))
+    assert got == tiny_plain
+    assert any(r.filler_drafts for b in batches for r in b.requests)
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
 def _outputs(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParams,
              seeds: dict[str, int]) -> dict[str, list[RequestOutput]]:
     for rid, ids in prompts.items():
@@ -55,13 +75,15 @@ def _outputs(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingP
     return outs
 
 
-def test_seeded_sampling_logprobs_and_top_tokens_are_unchanged(tiny) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fillers", [False, True], ids=["drafts", "drafts-and-fillers"])
+def test_seeded_sampling_logprobs_and_top_tokens_are_unchanged(tiny, fillers: bool) -> None:  # type: ignore[no-untyped-def]
     params = SamplingParams(max_new_tokens=30, do_sample=True, temperature=0.7, top_k=30, top_p=0.95,
                             repetition_penalty=1.1, frequency_penalty=0.1, min_tokens=5, top_n_tokens=3)
     prompts = dict(list(_shared_prefix_prompts().items())[:6])
     seeds = {rid: 500 + i for i, rid in enumerate(prompts)}
     plain = _outputs(_engine(tiny[0], max_batch_prefill_tokens=32), prompts, params, seeds)
     engine = _engine(tiny[0], max_batch_prefill_tokens=32, speculate=3)
+    engine.scheduler.uniform_drafts = fillers  # fillers: as on a runner with verification graphs
     spec = _outputs(engine, prompts, params, seeds)
     assert engine.stats().accepted_draft_tokens > 0
     for rid in prompts:

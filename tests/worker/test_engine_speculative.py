@@ -24,10 +24,11 @@ def periodic(history: list[int]) -> int:
 
 
 def _engine(speculate: int, *, num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_batch: int = 8,
-            overlap: bool = False, max_spec_batch: int = 32, eos: int = 0) -> tuple[LLMEngine, FakeRunner]:
+            overlap: bool = False, max_spec_batch: int = 32, eos: int = 0,
+            uniform: bool = False) -> tuple[LLMEngine, FakeRunner]:
     config = WorkerConfig(block_size=block_size, max_batch_prefill_tokens=budget, max_batch_size=max_batch,
                           waiting_served_ratio=0.0, speculate=speculate, speculate_max_batch_size=max_spec_batch)
-    runner = FakeRunner(block_size, budget, can_overlap=overlap, model=periodic)
+    runner = FakeRunner(block_size, budget, can_overlap=overlap, model=periodic, uniform_drafts=uniform)
     engine = LLMEngine(config, runner, num_blocks=num_blocks, eos_token_ids=frozenset({eos}), max_model_len=4096)
     return engine, runner
 
@@ -144,3 +145,50 @@ def test_a_constrained_request_never_drafts() -> None:
         req.all_token_ids.append(5)
     drafts = {r.key: r.num_draft_tokens for r in engine.scheduler.schedule().requests}
     assert drafts == {"free": 4, "held": 0}
+
+
+def _verifying(runner: FakeRunner) -> list[list[tuple[int, bool]]]:
+    """Per step that verifies drafts: each decode's (drafts, whether they are fillers)."""
+    steps = [[(r.num_draft_tokens, r.filler_drafts) for r in b.requests[: b.num_decode]] for b in runner.batches]
+    return [s for s in steps if any(n for n, _ in s)]
+
+
+def test_a_verifying_step_gives_every_decode_as_many_drafts_on_a_graph_runner() -> None:
+    # Prompts of which some have no n-gram match at first: their decodes get fillers (the last
+    # token repeated), which the target accepts or rejects as any draft; the text is the plain run's.
+    prompts = {**PROMPTS, "x": [11, 12, 13, 14], "y": [21, 22, 23]}
+    engine, runner = _engine(4, uniform=True, max_batch=8, num_blocks=128, budget=64)
+    outs = _run(engine, prompts, 30)
+    for rid, prompt in prompts.items():
+        assert _tokens(outs[rid]) == solo_run(prompt, 30, periodic), rid
+    steps = _verifying(runner)
+    assert steps and all({n for n, _ in s} == {4} for s in steps)  # one shape: k drafts everywhere
+    assert any(filler for s in steps for _, filler in s)
+    # Fillers are not the drafter's: its counters hold only the drafts it proposed.
+    proposed = sum(n for s in steps for n, filler in s if not filler)
+    assert engine.stats().draft_tokens == proposed
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    # Without verification graphs the same step leaves those decodes plain.
+    engine, runner = _engine(4, uniform=False, max_batch=8, num_blocks=128, budget=64)
+    _run(engine, prompts, 30)
+    assert not any(filler for s in _verifying(runner) for _, filler in s)
+    assert any(0 in {n for n, _ in s} for s in _verifying(runner))
+
+
+def test_a_paused_request_gets_fillers_and_stays_paused() -> None:
+    engine, runner = _engine(4, uniform=True)
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8]
+    _, paused = engine.scheduler.drafter.propose(prompt, None, 4, 0)
+    paused.paused_until = 10_000  # turned down (low acceptance) for longer than the run
+    off = Request("off", prompt, SamplingParams(max_new_tokens=12, ignore_eos=True), 0, time.time())
+    off.draft_state = paused
+    engine.add_request(off)
+    outs = _run(engine, {"on": prompt}, 12)
+    for rid in ("on", "off"):
+        assert _tokens(outs[rid]) == solo_run(prompt, 12, periodic), rid
+    decodes = {r.key: r for b in runner.batches for r in b.requests[: b.num_decode] if r.num_draft_tokens}
+    steps = _verifying(runner)
+    assert steps and all(len(s) == 2 and {n for n, _ in s} == {4} for s in steps)
+    assert decodes["off"].filler_drafts and not decodes["on"].filler_drafts
+    assert paused.paused_until == 10_000  # fillers are never observed
+    assert engine.stats().draft_tokens == 4 * len(steps)  # the drafts of "on" alone
