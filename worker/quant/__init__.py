@@ -18,7 +18,8 @@ Internal layouts, each with its kernels and a torch reference in kernels/:
 - 4-bit codebooks (bnb4.py: `Lut4Linear`, NF4 / FP4 indices with an absmax per 64 weights):
   bitsandbytes-nf4 and bitsandbytes-fp4.
 - stacked experts (experts.py: `QuantExperts`, one SparseMoE projection of every expert, FP8 or
-  integer, run by the fused MoE kernel): fp8 on the fly, awq and gptq checkpoints. A method
+  integer, run by the fused MoE kernel): fp8 on the fly, awq, gptq, marlin and
+  compressed-tensors checkpoints. A method
   covers experts with `quantizes_experts` and `experts_from_dense` (on the fly) or
   `experts_from_checkpoint`; a MoE model under any other method is refused at start.
 

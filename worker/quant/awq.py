@@ -48,7 +48,7 @@ class AWQ(QuantMethod):
 
     def experts_from_checkpoint(self, experts: list[list[dict[str, torch.Tensor]]],
                                 dtype: torch.dtype, device: torch.device) -> QuantExperts:
-        return int_experts([IntWeights.fuse([self._unpack(s) for s in shards]) for shards in experts], dtype, device)
+        return int_experts(experts, self._unpack, dtype, device)
 
     def _unpack(self, t: dict[str, torch.Tensor]) -> IntWeights:
         k = t["qweight"].shape[0]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kernels.reference import unpack_int32
+from worker.quant.experts import QuantExperts, fp8_experts_from_checkpoint, int_experts
 from worker.quant.fp8 import fp8_from_checkpoint
 from worker.quant.int_weight import IntWeightLinear, IntWeights
 from worker.quant.registry import QuantizationError, QuantMethod, register
@@ -32,6 +33,7 @@ class CompressedTensors(QuantMethod):
     tensor_names: ClassVar[tuple[str, ...]] = (
         "weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape",
     )
+    quantizes_experts: ClassVar[bool] = True
 
     def __init__(self, checkpoint: dict[str, Any] | None) -> None:
         super().__init__(checkpoint)
@@ -69,6 +71,12 @@ class CompressedTensors(QuantMethod):
         if self.fp8:
             return fp8_from_checkpoint(shards, bias, dtype, device)
         return IntWeightLinear(IntWeights.fuse([self._unpack(s) for s in shards]), bias, dtype, device)
+
+    def experts_from_checkpoint(self, experts: list[list[dict[str, torch.Tensor]]],
+                                dtype: torch.dtype, device: torch.device) -> QuantExperts:
+        if self.fp8:
+            return fp8_experts_from_checkpoint(experts, dtype, device)
+        return int_experts(experts, self._unpack, dtype, device)
 
     def _unpack(self, t: dict[str, torch.Tensor]) -> IntWeights:
         n, k = (int(v) for v in t["weight_shape"].tolist())

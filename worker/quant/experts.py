@@ -4,19 +4,22 @@ A SparseMoE holds `w13` (E, 2I, H) and `w2` (E, H, I) as dense parameters; under
 quantizes experts the loader puts a `QuantExperts` in their place (worker/weights.py). Two
 layouts, both read by the fused MoE kernel under a constexpr (kernels/reference.py
 `QuantizedExperts`):
-- FP8 (`--quantize fp8` on the fly): e4m3 weights with a float32 scale per expert and output
-  channel, amax / 448 as the dense linears' (worker/quant/fp8.py). Activations stay in their
+- FP8: e4m3 weights with a float32 scale per expert and output channel: `--quantize fp8` on
+  the fly (amax / 448, as the dense linears', worker/quant/fp8.py) and compressed-tensors
+  float-quantized checkpoints (a per-tensor scale repeated per row). Activations stay in their
   dtype (W8A16): the kernel converts each weight tile in registers, so no per-token activation
   quantization runs per expert.
-- Integers (AWQ and GPTQ checkpoints): each expert is the integer weight-only layout of
-  worker/quant/int_weight.py, stacked; act order (a g_idx that is not the identity) is refused,
-  since each expert would need its own gather of the activations.
+- Integers (AWQ, GPTQ, Marlin and compressed-tensors pack-quantized checkpoints): each expert is
+  the integer weight-only layout of worker/quant/int_weight.py, unpacked by its format's
+  per-linear unpacker, stacked; act order (a g_idx that is not the identity) is refused, since
+  each expert would need its own gather of the activations.
 On the CPU the stack is dequantized once at load and the reference loop runs on it, as the
 quantized linears do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,11 +28,12 @@ from torch import nn
 from kernels.reference import QuantizedExperts, dequantize_expert, pack_int32, quantize_fp8_rows
 from worker.models.moe import SparseMoE
 from worker.quant.int_weight import IntWeights
+from worker.quant.w8 import fp8_rows
 
 if TYPE_CHECKING:
     from worker.quant.registry import QuantMethod
 
-__all__ = ["QuantExperts", "fp8_experts", "int_experts", "quantize_experts"]
+__all__ = ["QuantExperts", "fp8_experts", "fp8_experts_from_checkpoint", "int_experts", "quantize_experts"]
 
 
 class QuantExperts(nn.Module):
@@ -66,8 +70,21 @@ def fp8_experts(dense: torch.Tensor, dtype: torch.dtype) -> QuantExperts:  # den
     return QuantExperts(stored, dtype, dense.device)
 
 
-def int_experts(experts: list[IntWeights], dtype: torch.dtype, device: torch.device) -> QuantExperts:
-    """Each expert's integers (N, K), its shards already fused, into one stack on `device`."""
+def fp8_experts_from_checkpoint(experts: list[list[dict[str, torch.Tensor]]], dtype: torch.dtype,
+                                device: torch.device) -> QuantExperts:
+    """Per expert, per shard, a float-quantized linear's tensors (worker/quant/w8.py `fp8_rows`),
+    stacked with a scale per expert and row."""
+    rows = [fp8_rows(shards) for shards in experts]  # per expert: (N, K) e4m3, (N,)
+    stored = QuantizedExperts(torch.stack([w for w, _ in rows]).to(device), torch.stack([s for _, s in rows]).to(device),
+                              None, 0, 8)
+    return QuantExperts(stored, dtype, device)
+
+
+def int_experts(experts: list[list[dict[str, torch.Tensor]]], unpack: Callable[[dict[str, torch.Tensor]], IntWeights],
+                dtype: torch.dtype, device: torch.device) -> QuantExperts:
+    """Per expert, per shard, a format's tensors -> its integers (`unpack`, the format's per-linear
+    unpacker), the shards fused, every expert in one stack on `device`."""
+    experts = [IntWeights.fuse([unpack(s) for s in shards]) for shards in experts]
     first = experts[0]
     for w in experts:
         if w.g_idx is not None:

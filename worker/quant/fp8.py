@@ -24,7 +24,7 @@ from torch import nn
 from kernels.reference import quantize_fp8_rows
 from worker.quant.experts import QuantExperts, fp8_experts
 from worker.quant.registry import QuantizationError, QuantMethod, register
-from worker.quant.w8 import W8Linear
+from worker.quant.w8 import W8Linear, fp8_rows
 
 __all__ = ["Fp8", "fp8_from_checkpoint"]
 
@@ -66,14 +66,4 @@ class Fp8(QuantMethod):
 def fp8_from_checkpoint(shards: list[dict[str, torch.Tensor]], bias: torch.Tensor | None,
                         dtype: torch.dtype, device: torch.device) -> W8Linear:
     """A float-quantized linear: per shard `weight` e4m3 (N_i, K) and `weight_scale` (1,) or (N_i, 1)."""
-    weights, scales = [], []
-    for s in shards:
-        w = s["weight"]
-        if w.dtype != torch.float8_e4m3fn:
-            raise ValueError(f"float-quantized weight is {w.dtype}; float8_e4m3fn loads")
-        scale = s["weight_scale"].float().reshape(-1)
-        if scale.numel() not in (1, w.shape[0]):
-            raise ValueError(f"weight_scale of {scale.numel()} values for {w.shape[0]} rows: per tensor or per channel loads")
-        weights.append(w)
-        scales.append(scale.expand(w.shape[0]))
-    return W8Linear(torch.cat(weights), torch.cat(scales), bias, dtype, device)
+    return W8Linear(*fp8_rows(shards), bias, dtype, device)

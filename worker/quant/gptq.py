@@ -70,7 +70,7 @@ class GPTQ(QuantMethod):
                                 dtype: torch.dtype, device: torch.device) -> QuantExperts:
         if self._awq is not None:
             return self._awq.experts_from_checkpoint(experts, dtype, device)
-        return int_experts([IntWeights.fuse([self._unpack(s) for s in shards]) for shards in experts], dtype, device)
+        return int_experts(experts, self._unpack, dtype, device)
 
     def _unpack(self, t: dict[str, torch.Tensor]) -> IntWeights:
         scales = t["scales"]  # (NG, N)

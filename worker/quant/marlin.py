@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kernels.reference import unpack_int32
+from worker.quant.experts import QuantExperts, int_experts
 from worker.quant.gptq import is_marlin_checkpoint
 from worker.quant.int_weight import IntWeightLinear, IntWeights
 from worker.quant.registry import QuantizationError, QuantMethod, register
@@ -41,6 +42,7 @@ def marlin_permutations() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 class Marlin(QuantMethod):
     name: ClassVar[str] = "marlin"
     tensor_names: ClassVar[tuple[str, ...]] = ("B", "s")
+    quantizes_experts: ClassVar[bool] = True
 
     def __init__(self, checkpoint: dict[str, Any] | None) -> None:
         super().__init__(checkpoint)
@@ -63,6 +65,10 @@ class Marlin(QuantMethod):
     def build(self, shards: list[dict[str, torch.Tensor]], bias: torch.Tensor | None,
               dtype: torch.dtype, device: torch.device) -> nn.Module:
         return IntWeightLinear(IntWeights.fuse([self._unpack(s) for s in shards]), bias, dtype, device)
+
+    def experts_from_checkpoint(self, experts: list[list[dict[str, torch.Tensor]]],
+                                dtype: torch.dtype, device: torch.device) -> QuantExperts:
+        return int_experts(experts, self._unpack, dtype, device)
 
     def _unpack(self, t: dict[str, torch.Tensor]) -> IntWeights:
         packed, s = t["B"], t["s"]

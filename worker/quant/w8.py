@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["W8Linear", "w8_choices"]
+__all__ = ["W8Linear", "w8_choices", "fp8_rows"]
 
 log = logging.getLogger("genfleet.worker.quant")
 
@@ -105,6 +105,22 @@ class W8Linear(nn.Module):
 def w8_choices() -> dict[str, str]:
     """What each one-byte linear picked so far: "kind KxN batch<=B" -> path."""
     return {f"{k[0]} {k[2]}x{k[1]} batch<={k[3]}": v for k, v in _CHOICE.items()}
+
+
+def fp8_rows(shards: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float-quantized checkpoint's linear, per shard `weight` e4m3 (N_i, K) and `weight_scale`
+    (1,) or (N_i, 1): the shards' rows stacked, (N, K) e4m3, and a scale per row, (N,) float32."""
+    weights, scales = [], []
+    for s in shards:
+        w = s["weight"]
+        if w.dtype != torch.float8_e4m3fn:
+            raise ValueError(f"float-quantized weight is {w.dtype}; float8_e4m3fn loads")
+        scale = s["weight_scale"].float().reshape(-1)
+        if scale.numel() not in (1, w.shape[0]):
+            raise ValueError(f"weight_scale of {scale.numel()} values for {w.shape[0]} rows: per tensor or per channel loads")
+        weights.append(w)
+        scales.append(scale.expand(w.shape[0]))
+    return torch.cat(weights), torch.cat(scales)
 
 
 def _bucket(m: int) -> int:

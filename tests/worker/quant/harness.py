@@ -21,7 +21,6 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from common.sampling_params import SamplingParams
-from tests.worker.quant.rtn import Quantized
 from tests.worker.test_engine_model import _argmax_continuation, _engine, _run
 
 # Every decoder linear a method quantizes: attention, dense MLPs, a shared expert's and each
@@ -30,7 +29,7 @@ from tests.worker.test_engine_model import _argmax_continuation, _engine, _run
 LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.(q|k|v|o|qkv)_proj|mlp\.(shared_expert\.|experts\.\d+\.)?"
                     r"(gate|up|down|gate_up)_proj|block_sparse_moe\.experts\.\d+\.w[123])\.weight$")
 
-Packer = Callable[[Quantized], dict[str, torch.Tensor]]
+Packer = Callable[[Any], dict[str, torch.Tensor]]  # a quantizer's output (rtn.Quantized, or anything with dequantized())
 
 
 @dataclass
@@ -40,7 +39,7 @@ class Checkpoint:
     dequantized: dict[str, torch.Tensor]  # the dense linears' weights as the checkpoint holds them, float32
 
 
-def write_checkpoint(src: Path, root: Path, quantize: Callable[[torch.Tensor], Quantized], pack: Packer,
+def write_checkpoint(src: Path, root: Path, quantize: Callable[[torch.Tensor], Any], pack: Packer,
                      quantization_config: dict[str, Any], *, config_file: str = "config.json") -> Checkpoint:
     state: dict[str, torch.Tensor] = {}
     for path in sorted(src.glob("*.safetensors")):

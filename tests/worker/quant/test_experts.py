@@ -6,6 +6,7 @@ exactly the dequantized weights."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,11 @@ from tests.worker.quant.harness import (
     tiny_model,
     write_checkpoint,
 )
-from tests.worker.quant.rtn import quantize
+from tests.worker.quant.rtn import Quantized, pack_words, quantize
 from tests.worker.quant.test_awq import awq_config, pack_awq
 from tests.worker.quant.test_fp8 import fp8_per_channel
 from tests.worker.quant.test_gptq import gptq_config, pack_gptq
+from tests.worker.quant.test_marlin import pack_marlin
 from tests.worker.test_engine_model import _engine
 from worker.models import UnsupportedModel
 from worker.models.moe import SparseMoE
@@ -82,6 +84,57 @@ def test_gptq_experts(tmp_path: Path, family: str, bits: int, group_size: int, s
     assert_served_greedy_equals_transformers(ckpt, random_prompts(2, 97), new=12)
 
 
+def test_marlin_experts(tmp_path: Path) -> None:
+    # Marlin's shape limits (in_features % 128, out_features % 256) for every linear and expert.
+    dense = tiny_model(tmp_path, "mixtral", hidden_size=256, intermediate_size=256, num_attention_heads=2,
+                       num_key_value_heads=2, head_dim=128, **MOE["mixtral"])
+    config = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": False,
+              "checkpoint_format": "marlin"}
+    ckpt = write_checkpoint(dense, tmp_path, lambda w: quantize(w, 4, 128, sym=True), pack_marlin, config)
+    assert_served_greedy_equals_transformers(ckpt, random_prompts(2, 97), new=8)
+
+
+def _pack_ct(qz: Quantized) -> dict[str, torch.Tensor]:
+    # compressed-tensors pack-quantized, from its definition (worker/quant/compressed_tensors.py's
+    # header): unsigned values packed along the inputs, zero points along the outputs.
+    n, k = qz.q.shape
+    return {"weight_packed": pack_words(qz.q, qz.bits), "weight_scale": qz.scales,
+            "weight_zero_point": pack_words(qz.zeros.t(), qz.bits).t(), "weight_shape": torch.tensor([n, k])}
+
+
+@dataclass
+class _Fp8Rows:
+    weight: torch.Tensor  # (N, K) e4m3
+    scale: torch.Tensor  # (N, 1) float32
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scale
+
+
+def _fp8_rows(w: torch.Tensor) -> _Fp8Rows:
+    scale = w.abs().amax(1, keepdim=True) / 448.0
+    return _Fp8Rows((w / scale).to(torch.float8_e4m3fn), scale)
+
+
+def test_compressed_tensors_experts(tmp_path: Path) -> None:
+    dense = _tiny_moe(tmp_path, "qwen2_moe")
+    weights = {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32, "symmetric": False}
+    config = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "format": "pack-quantized"}}}
+    ckpt = write_checkpoint(dense, tmp_path, lambda w: quantize(w, 4, 32, sym=False), _pack_ct, config)
+    assert_served_greedy_equals_transformers(ckpt, random_prompts(2, 97), new=8)
+
+
+def test_compressed_tensors_fp8_experts(tmp_path: Path) -> None:
+    dense = _tiny_moe(tmp_path, "mixtral")
+    weights = {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True}
+    config = {"quant_method": "compressed-tensors", "format": "float-quantized",
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "format": "float-quantized"}}}
+    ckpt = write_checkpoint(dense, tmp_path, _fp8_rows, lambda q: {"weight": q.weight, "weight_scale": q.scale}, config)
+    assert_served_greedy_equals_transformers(ckpt, random_prompts(2, 97), new=8)
+    assert all(s.is_fp8 for s in _experts(_engine(ckpt.path)))
+
+
 def test_act_order_experts_are_refused_by_name(tmp_path: Path) -> None:
     ckpt = write_checkpoint(_tiny_moe(tmp_path, "mixtral"), tmp_path,
                             lambda w: quantize(w, 4, 32, sym=True, act_order=True, min_zero=1),
@@ -92,7 +145,7 @@ def test_act_order_experts_are_refused_by_name(tmp_path: Path) -> None:
 
 def test_a_method_that_does_not_cover_experts_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModel, match="MixtralForCausalLM: quantization bitsandbytes-nf4 does not cover its "
-                                               "experts; experts load quantized with awq, fp8, gptq"):
+                                               "experts; experts load quantized with awq, compressed-tensors, fp8, gptq, marlin"):
         _engine(_tiny_moe(tmp_path, "mixtral"), quantize="bitsandbytes-nf4")
 
 
