@@ -231,7 +231,10 @@ class WorkerConfig:
         32, "Speculation pauses for a step with more running requests than this (decoding is no longer "
         "bandwidth-bound there, so verifying drafts would cost more than it saves)"
     )
-    cuda_graphs: str = setting("1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs; 0 = off", tgi=True)
+    cuda_graphs: str = setting(
+        "1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs (with --speculate, verification "
+        "steps too, for the sizes up to --speculate-max-batch-size); 0 = off", tgi=True,
+    )
     overlap_scheduling: bool = setting(
         True, "Schedule and launch the next step while the device runs the current one (CUDA)"
     )
