@@ -211,17 +211,21 @@ class Scheduler:
         return False
 
     def _drafts(self, req: Request, budget: int, num_after: int) -> list[int]:
-        """The drafts a decoding request verifies this step: within the step's budget, the
-        model's length (the sample that ends each run counted), and the blocks free beyond one of
-        growth for each of the `num_after` running requests scheduled after it. A constrained
-        request drafts nothing: its mask follows its own sampled tokens one at a time.
+        """The drafts a decoding request verifies this step: within the step's budget, its
+        remaining tokens (max_new_tokens and the model's length, the sample that ends each run
+        counted), and the blocks free beyond one of growth for each of the `num_after` running
+        requests scheduled after it. A constrained request drafts nothing: its mask follows its own
+        sampled tokens one at a time.
 
-        max_new_tokens does not cut them: near its end a request still verifies all its drafts
-        (the engine keeps only the tokens up to the limit), so the step keeps the shape of the
-        verification CUDA graph (worker/cuda_graphs.py) instead of running eagerly."""
+        With `uniform_drafts` max_new_tokens does not cut them: near its end a request still
+        verifies all its drafts (the engine keeps only the tokens up to the limit), so the step
+        keeps the shape of the verification CUDA graph (worker/cuda_graphs.py) instead of running
+        eagerly. Elsewhere a draft past the limit would be work for nothing."""
         if req.grammar is not None:
             return []
         limit = min(budget, self.max_model_len - req.num_tokens - 1)
+        if not self.uniform_drafts:
+            limit = min(limit, req.params.max_new_tokens - req.num_output_tokens - 1)
         if limit <= 0:
             return []
         drafts, req.draft_state = self.drafter.propose(req.all_token_ids, req.draft_state, limit, self.step)

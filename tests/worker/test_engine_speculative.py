@@ -74,16 +74,22 @@ def test_output_is_the_plain_runs_with_fewer_steps(speculate: int, overlap: bool
 
 
 @pytest.mark.parametrize("max_new", range(1, 10))
-def test_max_new_tokens_is_exact(max_new: int) -> None:
-    engine, runner = _engine(4)
+@pytest.mark.parametrize("uniform", [False, True], ids=["eager", "graph-runner"])
+def test_max_new_tokens_is_exact(max_new: int, uniform: bool) -> None:
+    engine, runner = _engine(4, uniform=uniform)
     outs = _run(engine, {"a": [5, 6, 7, 8, 5, 6, 7, 8]}, max_new)
     assert _tokens(outs["a"]) == solo_run([5, 6, 7, 8, 5, 6, 7, 8], max_new, periodic)
     assert outs["a"][-1].finish_reason == "length"
-    # Every verifying step verifies all 4 drafts (one graph's shape), past max_new_tokens too:
-    # the tokens after the limit are dropped, and their blocks come back.
-    drafted = [r.num_draft_tokens for batch in runner.batches for r in batch.requests if r.num_draft_tokens]
-    assert set(drafted) <= {4} and (drafted or max_new == 1)
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    verifying = [r for batch in runner.batches for r in batch.requests if r.num_draft_tokens]
+    assert verifying or max_new <= (1 if uniform else 2)  # the last token left: nothing to draft past it
+    if uniform:
+        # Every verifying step verifies all 4 drafts (one graph's shape), past max_new_tokens
+        # too: the tokens after the limit are dropped, and their blocks come back.
+        assert {r.num_draft_tokens for r in verifying} <= {4}
+    else:
+        # No step drafts past the limit: a verified run ends on the model's own last token.
+        assert all(r.start_pos + 1 - 8 + r.num_draft_tokens <= max_new for r in verifying)
 
 
 def test_an_eos_inside_an_accepted_run_ends_the_request_there() -> None:
