@@ -29,9 +29,9 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
                                                    # bytes of the experts a step reads, and the fused MoE
                                                    # kernel against a per-expert loop of torch matmuls
                                                    # (and its FP8 and int4 variants, one layer)
-    python -m load.bench_gpu --models mixtral --no-baseline --workloads a,b --variants quantize=fp8
-                                                   # and (a), (b) with FP8 experts and linears, against
-                                                   # the FP8 bytes a step reads
+    python -m load.bench_gpu --models mixtral --no-baseline --workloads a,b --variants quantize=fp8,quantize=awq
+                                                   # and (a), (b) with FP8 / random int4 experts and
+                                                   # linears, against the bytes a step reads
     python -m load.bench_gpu --models 8b --num-shard 1,2,4 --workloads none
                                                    # (a), (b) per rank count, all-reduce share (load/bench_shards.py)
     python -m load.bench_gpu --models mixtral --num-shard 2,4 --workloads none

@@ -56,7 +56,8 @@ def _int_experts(experts: int, n: int, k: int, group: int, bits: int, gen: torch
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("tokens", "experts", "top_k", "hidden", "inter"), [(1, 4, 2, 64, 32), (21, 6, 3, 48, 80)])
+@pytest.mark.parametrize(("tokens", "experts", "top_k", "hidden", "inter"), [(1, 4, 2, 64, 32), (21, 6, 3, 48, 80)]
+                         + ([(300, 8, 2, 4096, 1792)] if ON_GPU else []))
 def test_fused_moe_over_fp8_experts(tokens: int, experts: int, top_k: int, hidden: int, inter: int,
                                     dtype: torch.dtype, device: torch.device) -> None:
     gen = torch.Generator().manual_seed(tokens)
@@ -70,7 +71,8 @@ def test_fused_moe_over_fp8_experts(tokens: int, experts: int, top_k: int, hidde
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("tokens", "experts", "top_k", "hidden", "inter", "group", "bits"),
                          [(1, 4, 2, 64, 32, 32, 4), (19, 6, 2, 128, 64, 64, 4), (7, 4, 3, 64, 48, 16, 8),
-                          (5, 3, 2, 64, 40, 64, 4)])  # the last: one group per row of w2 (I = 40 < 64)
+                          (5, 3, 2, 64, 40, 64, 4)]  # one group per row of w2 (I = 40 < 64)
+                         + ([(300, 8, 2, 4096, 1792, 128, 4)] if ON_GPU else []))
 def test_fused_moe_over_integer_experts(tokens: int, experts: int, top_k: int, hidden: int, inter: int, group: int,
                                         bits: int, dtype: torch.dtype, device: torch.device) -> None:
     gen = torch.Generator().manual_seed(tokens)

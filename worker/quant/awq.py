@@ -15,7 +15,7 @@ from torch import nn
 
 from kernels.reference import unpack_int32
 from worker.quant.checkpoint_config import group_size_of
-from worker.quant.experts import QuantExperts, int_experts
+from worker.quant.experts import QuantExperts, int_experts, stack_int_experts
 from worker.quant.int_weight import IntWeightLinear, IntWeights
 from worker.quant.registry import QuantizationError, QuantMethod, register
 
@@ -49,6 +49,12 @@ class AWQ(QuantMethod):
     def experts_from_checkpoint(self, experts: list[list[dict[str, torch.Tensor]]],
                                 dtype: torch.dtype, device: torch.device) -> QuantExperts:
         return int_experts(experts, self._unpack, dtype, device)
+
+    def random_experts(self, num_experts: int, out_features: int, in_features: int,
+                       dtype: torch.dtype, device: torch.device) -> QuantExperts:
+        group = group_size_of(self.group_size, in_features)
+        return stack_int_experts([IntWeights.random(out_features, in_features, group, 4, device)
+                                  for _ in range(num_experts)], dtype, device)
 
     def _unpack(self, t: dict[str, torch.Tensor]) -> IntWeights:
         k = t["qweight"].shape[0]

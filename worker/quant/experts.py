@@ -33,7 +33,8 @@ from worker.quant.w8 import fp8_rows
 if TYPE_CHECKING:
     from worker.quant.registry import QuantMethod
 
-__all__ = ["QuantExperts", "fp8_experts", "fp8_experts_from_checkpoint", "int_experts", "quantize_experts"]
+__all__ = ["QuantExperts", "fp8_experts", "fp8_experts_from_checkpoint", "int_experts", "stack_int_experts",
+           "quantize_experts"]
 
 
 class QuantExperts(nn.Module):
@@ -84,7 +85,10 @@ def int_experts(experts: list[list[dict[str, torch.Tensor]]], unpack: Callable[[
                 dtype: torch.dtype, device: torch.device) -> QuantExperts:
     """Per expert, per shard, a format's tensors -> its integers (`unpack`, the format's per-linear
     unpacker), the shards fused, every expert in one stack on `device`."""
-    experts = [IntWeights.fuse([unpack(s) for s in shards]) for shards in experts]
+    return stack_int_experts([IntWeights.fuse([unpack(s) for s in shards]) for shards in experts], dtype, device)
+
+
+def stack_int_experts(experts: list[IntWeights], dtype: torch.dtype, device: torch.device) -> QuantExperts:
     first = experts[0]
     for w in experts:
         if w.g_idx is not None:
@@ -99,11 +103,16 @@ def int_experts(experts: list[list[dict[str, torch.Tensor]]], unpack: Callable[[
     return QuantExperts(QuantizedExperts(weight.contiguous(), scale, zeros, first.group_size, first.bits), dtype, device)
 
 
-def quantize_experts(model: nn.Module, method: QuantMethod, dtype: torch.dtype) -> None:
-    """Every SparseMoE's dense stacks, on their device, into the on-the-fly method's QuantExperts."""
+def quantize_experts(model: nn.Module, method: QuantMethod, dtype: torch.dtype, *, random: bool = False) -> None:
+    """Every SparseMoE's dense stacks, on their device, into the method's QuantExperts: quantized
+    on the fly, or (`random`, benchmarks) random ones of the method's layout in their place."""
     for moe in [m for m in model.modules() if isinstance(m, SparseMoE)]:
         for name in ("w13", "w2"):
             dense = getattr(moe, name)
             delattr(moe, name)  # a parameter of that name would refuse a module
-            setattr(moe, name, method.experts_from_dense(dense.data, dtype))
+            if random and not method.on_the_fly:
+                built = method.random_experts(*dense.shape, dtype, dense.device)
+            else:
+                built = method.experts_from_dense(dense.data, dtype)
+            setattr(moe, name, built)
             del dense  # freed before the next stack is quantized

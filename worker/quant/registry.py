@@ -75,6 +75,11 @@ class QuantMethod(ABC):
         by `tensor_names` on the CPU -> a QuantExperts of (E, sum of the shards' outputs, in)."""
         raise QuantizationError(f"--quantize {self.name} does not load quantized experts")
 
+    def random_experts(self, num_experts: int, out_features: int, in_features: int,
+                       dtype: torch.dtype, device: torch.device) -> QuantExperts:
+        """A checkpoint format: a stack of random experts in its layout (benchmarks without a checkpoint)."""
+        raise QuantizationError(f"--quantize {self.name} has no random-weights mode for experts")
+
     def describe(self) -> str:
         """One line for the log: the method and its parameters."""
         return self.name

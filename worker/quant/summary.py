@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from worker.models.moe import SparseMoE
-from worker.quant import QuantizationError, QuantMethod, quantizable_linears, replace_module, weight_bytes
+from worker.quant import QuantMethod, quantizable_linears, replace_module, weight_bytes
 from worker.quant.experts import QuantExperts, quantize_experts
 
 __all__ = ["log_weights", "randomize"]
@@ -38,6 +38,4 @@ def randomize(model: nn.Module, method: QuantMethod, dtype: torch.dtype, device:
     for path, dense in quantizable_linears(model).items():
         replace_module(model, path, method.random(dense.out_features, dense.in_features, dtype, device))
     if any(isinstance(m, SparseMoE) for m in model.modules()):
-        if not method.on_the_fly:
-            raise QuantizationError(f"--quantize {method.name} has no random-weights mode for experts")
-        quantize_experts(model, method, dtype)  # the random dense experts, quantized as a checkpoint's would be
+        quantize_experts(model, method, dtype, random=True)
