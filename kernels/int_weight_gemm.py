@@ -6,63 +6,156 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.int_weight import INTERPRETED, check_layout, unpack_rows
+from kernels.int_weight import INTERPRETED, check_layout, plane, planes_bf16, tile_groups
+from kernels.split_k import counters, finish_tile, workspace
 
-__all__ = ["int_weight_gemm"]
+__all__ = ["int_weight_gemm", "weight_tile"]
+
+
+@triton.jit
+def _dequantized(words, i: tl.constexpr, s, zs, BITS: tl.constexpr, FOLD: tl.constexpr):
+    v = plane(words, i, BITS)
+    if not FOLD:  # scales and zeros per word: (q - z) * s = q * s - z * s
+        v = v * s - zs
+    return v
+
+
+@triton.jit
+def weight_tile(words, s, zs, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BITS: tl.constexpr,
+                FOLD: tl.constexpr):
+    # (BN, BW) words -> (BN, BW * P) floats in channel order: the values of each word side by side
+    # (joined, so no value is gathered or loaded twice). FOLD: the integers q; else (q - z) * s.
+    if BITS == 4:
+        t = tl.join(
+            tl.join(tl.join(_dequantized(words, 0, s, zs, BITS, FOLD), _dequantized(words, 4, s, zs, BITS, FOLD)),
+                    tl.join(_dequantized(words, 2, s, zs, BITS, FOLD), _dequantized(words, 6, s, zs, BITS, FOLD))),
+            tl.join(tl.join(_dequantized(words, 1, s, zs, BITS, FOLD), _dequantized(words, 5, s, zs, BITS, FOLD)),
+                    tl.join(_dequantized(words, 3, s, zs, BITS, FOLD), _dequantized(words, 7, s, zs, BITS, FOLD))),
+        )  # (BN, BW, 2, 2, 2): value 4a + 2b + c of each word at [a, b, c]
+    else:
+        t = tl.join(tl.join(_dequantized(words, 0, s, zs, BITS, FOLD), _dequantized(words, 2, s, zs, BITS, FOLD)),
+                    tl.join(_dequantized(words, 1, s, zs, BITS, FOLD), _dequantized(words, 3, s, zs, BITS, FOLD)))
+    return tl.reshape(t, (BLOCK_N, BLOCK_W * (32 // BITS)))
+
+
+@triton.jit
+def _weight_tile_bf16(words, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+    # weight_tile's FOLD tile for 4 bits, unpacked by PTX: bfloat16 128 + q.
+    p0, p1, p2, p3, p4, p5, p6, p7 = planes_bf16(words)
+    t = tl.join(tl.join(tl.join(p0, p4), tl.join(p2, p6)), tl.join(tl.join(p1, p5), tl.join(p3, p7)))
+    return tl.reshape(t, (BLOCK_N, BLOCK_W * 8))
 
 
 @triton.jit
 def _gemm_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, G, stride_xm, stride_om,
-    BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, kw, NG, stride_xm, G: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, FOLD: tl.constexpr, IEEE: tl.constexpr,
+    PTX: tl.constexpr,
 ):
+    # FOLD: the tile lies in one group, so the dot runs on the integers and the zero point and
+    # scale apply to its (BN, BM) result; else the tile spans groups and is dequantized per word.
+    # PTX (4 bits, FOLD, bf16 x): the integers come as bf16 128 + q, so the zero point is z + 128.
+    # kw: words per row, an argument so that its divisibility aligns the rows for the compiler;
+    # EVEN_N / EVEN_K: no partial weight tile along N / K, so the weight loads need no masks.
+    PER: tl.constexpr = 32 // BITS
+    BLOCK_K: tl.constexpr = BLOCK_W * PER
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
-    m_mask, n_mask = m < M, n < N
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
-        k = k0 + tl.arange(0, BLOCK_K)  # (BK,)
-        q = unpack_rows(qw_ptr, k, n, K, N, BITS)  # (BK, BN)
-        x = tl.load(x_ptr + m[:, None].to(tl.int64) * stride_xm + k[None, :],
-                    mask=m_mask[:, None] & (k < K)[None, :], other=0.0)  # (BM, BK)
-        g = k0 // G
-        s = tl.load(s_ptr + g * N + n, mask=n_mask, other=0.0).to(tl.float32)  # (BN,)
-        z = tl.load(z_ptr + g * N + n, mask=n_mask, other=0.0).to(tl.float32)  # (BN,)
-        if IEEE:
-            d = tl.dot(x.to(tl.float32), q, input_precision="ieee")  # (BM, BN)
-        else:
-            d = tl.dot(x, q.to(x.dtype))  # (BM, BN); q's integers are exact in 16-bit floats
-        xsum = tl.sum(x.to(tl.float32), 1)  # (BM,)
-        acc += (d - xsum[:, None] * z[None, :]) * s[None, :]
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
-        acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
-    ptrs = out_ptr + m[:, None].to(tl.int64) * stride_om + n[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+    n_mask, m_mask = n < N, m < M
+    n64 = n.to(tl.int64)
+    if SWAP:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     else:
-        tl.atomic_add(ptrs, acc, mask=mask)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for w0 in range(pid_k * BLOCK_W, kw, BLOCK_W * SPLIT_K):
+        w = w0 + tl.arange(0, BLOCK_W)  # (BW,)
+        if EVEN_N and EVEN_K:
+            words = tl.load(qw_ptr + n64[:, None] * kw + w[None, :])
+        else:
+            words = tl.load(qw_ptr + n64[:, None] * kw + w[None, :], mask=n_mask[:, None] & (w < kw)[None, :], other=0)
+        k = w0 * PER + tl.arange(0, BLOCK_K)  # (BK,)
+        x = tl.load(x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :],
+                    mask=m_mask[:, None] & (k < K)[None, :], other=0.0)  # (BM, BK)
+        if FOLD:
+            at = n64 * NG + (w0 * PER) // G  # (BN,)
+            if EVEN_N:
+                s = tl.load(s_ptr + at).to(tl.float32)
+                z = tl.load(z_ptr + at).to(tl.float32)
+            else:
+                s = tl.load(s_ptr + at, mask=n_mask, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + at, mask=n_mask, other=0.0).to(tl.float32)
+            if PTX:
+                q = _weight_tile_bf16(words, BLOCK_N, BLOCK_W)  # (BN, BK) bf16 128 + q
+                z += 128.0
+            else:
+                q = weight_tile(words, s, z, BLOCK_N, BLOCK_W, BITS, True)  # (BN, BK) integers
+        else:
+            at = n64[:, None] * NG + ((w * PER) // G)[None, :]  # (BN, BW)
+            g_mask = n_mask[:, None] & (w < kw)[None, :]
+            s = tl.load(s_ptr + at, mask=g_mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + at, mask=g_mask, other=0.0).to(tl.float32)
+            q = weight_tile(words, s, z * s, BLOCK_N, BLOCK_W, BITS, False)  # (BN, BK) weights
+        if IEEE:
+            if SWAP:
+                d = tl.dot(q, tl.trans(x.to(tl.float32)), input_precision="ieee")  # (BN, BM)
+            else:
+                d = tl.dot(x.to(tl.float32), tl.trans(q), input_precision="ieee")  # (BM, BN)
+        else:
+            qd = q.to(x.dtype)  # integers are exact in 16-bit floats; weights round as a bf16 linear's
+            if SWAP:
+                d = tl.dot(qd, tl.trans(x))
+            else:
+                d = tl.dot(x, tl.trans(qd))
+        if FOLD:
+            xsum = tl.sum(x.to(tl.float32), 1)  # (BM,)
+            if SWAP:
+                acc += (d - z[:, None] * xsum[None, :]) * s[:, None]
+            else:
+                acc += (d - xsum[:, None] * z[None, :]) * s[None, :]
+        else:
+            acc += d
+    if HAS_BIAS:
+        bias = tl.where(pid_k == 0, tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32), 0.0)
+        if SWAP:
+            acc += bias[:, None]
+        else:
+            acc += bias[None, :]
+    if SWAP:
+        idx = m[None, :] * N + n[:, None]  # (BN, BM)
+        mask = n_mask[:, None] & m_mask[None, :]
+    else:
+        idx = m[:, None] * N + n[None, :]  # (BM, BN)
+        mask = m_mask[:, None] & n_mask[None, :]
+    tile = pid_m * tl.num_programs(0) + pid_n
+    finish_tile(acc, out_ptr + idx, mask, idx, ws_ptr, cnt_ptr, tile, pid_k, M * N, SPLIT_K)
 
 
 def int_weight_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                     group_size: int, bits: int, bias: torch.Tensor | None = None,
                     block_m: int = 16, block_n: int = 64, block_k: int = 64, split_k: int = 1,
-                    num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
-    """x (M, K) -> (M, N) in x's dtype."""
-    n, k = check_layout(x, qweight, scales, zeros, group_size, bits, block_k)
+                    swap: bool = False, ptx: bool = False, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """x (M, K) -> (M, N) in x's dtype. swap: the weight tile is the dot's left operand; ptx: 4-bit
+    tiles inside one group are unpacked by inline PTX (bf16 x, on a GPU; else the plain unpack)."""
+    n, k = check_layout(x, qweight, scales, zeros, group_size, bits)
+    fit = tile_groups(block_k, group_size, k, bits)
+    assert fit is not None, f"a {block_k}-channel tile cuts groups of {group_size}"
     m = x.shape[0]
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device) if split_k == 1 else \
-        torch.zeros(m, n, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split_k)
     _gemm_kernel[grid](
-        x, qweight, scales, zeros, bias if bias is not None else scales, out, m, n, k, min(group_size, k),
-        x.stride(0), out.stride(0),
-        BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
+        x, qweight, scales, zeros, bias if bias is not None else scales, out,
+        workspace(split_k, m * n, x.device), counters(x.device, grid[0] * grid[1]),
+        m, n, k, qweight.shape[1], scales.shape[1], x.stride(0), G=min(group_size, k),
+        EVEN_N=n % block_n == 0, EVEN_K=qweight.shape[1] % (block_k * bits // 32) == 0, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_k * bits // 32, SPLIT_K=split_k,
+        HAS_BIAS=bias is not None, SWAP=swap, FOLD=fit[0] == 1,
+        PTX=ptx and bits == 4 and fit[0] == 1 and x.dtype == torch.bfloat16 and not INTERPRETED,
         # NOTE(q4): Triton's CPU interpreter multiplies bf16 dot operands as raw bits: float32 there.
-        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32 or INTERPRETED, num_warps=num_warps,
-        num_stages=num_stages,
+        IEEE=x.dtype == torch.float32 or INTERPRETED, num_warps=num_warps, num_stages=num_stages,
     )
-    return out if split_k == 1 else out.to(x.dtype)
+    return out

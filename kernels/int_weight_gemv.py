@@ -6,74 +6,94 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.int_weight import check_layout, tile_fits, value
+from kernels.int_weight import check_layout, tile_groups, value
+from kernels.split_k import counters, finish_tile, workspace
 
 __all__ = ["int_weight_gemv"]
 
 
-@triton.jit
-def _gemv_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, N, K, G,
-    BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ROW_GROUPS: tl.constexpr,
+def _gemv(
+    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, N, kw, NG, magic,
+    G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WORDS: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    # ROW_GROUPS: the tile spans several groups, so scales and zeros are read per row of words
-    # (each row's run along the outputs is contiguous; the rows of one group hit the same lines).
+    # A tile is (BLOCK_N rows, GROUPS groups, WORDS words of each): one scale and zero point per
+    # (row, group), applied once per word after its values met x. kw: words per row (an argument,
+    # so that its divisibility makes the row starts 16-byte aligned to the compiler). EVEN_N /
+    # EVEN_K: no partial tile along N / K, so no masks.
     PER: tl.constexpr = 32 // BITS
     HALF: tl.constexpr = PER // 2
+    TILE_W: tl.constexpr = GROUPS * WORDS
+    pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
     n_mask = n < N
-    num_rows = K // PER
-    acc = tl.zeros([BLOCK_W, BLOCK_N], tl.float32)
-    for r0 in range(pid_k * BLOCK_W, num_rows, BLOCK_W * SPLIT_K):
-        r = r0 + tl.arange(0, BLOCK_W)  # (BW,) word rows
-        r_mask = r < num_rows
-        words = tl.load(qw_ptr + r.to(tl.int64)[:, None] * N + n[None, :], mask=r_mask[:, None] & n_mask[None, :],
-                        other=0)  # (BW, BN)
-        if ROW_GROUPS:
-            at = ((r * PER) // G).to(tl.int64)[:, None] * N + n[None, :]  # (BW, BN)
-            s = tl.load(s_ptr + at, mask=r_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + at, mask=r_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+    n64 = n.to(tl.int64)
+    rows = qw_ptr + n64[:, None, None] * kw  # (BN, 1, 1)
+    gi = tl.arange(0, GROUPS)  # (NGT,)
+    offs = gi[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # (NGT, WPG) word offsets in a tile
+    acc = tl.zeros([BLOCK_N, GROUPS, WORDS], tl.float32)
+    for w0 in range(pid_k * TILE_W, kw, TILE_W * SPLIT_K):
+        w = w0 + offs  # (NGT, WPG)
+        w_mask = w < kw
+        grp = (w0 * PER) // G + gi  # (NGT,)
+        at = n64[:, None] * NG + grp[None, :]  # (BN, NGT)
+        if EVEN_N and EVEN_K:
+            words = tl.load(rows + w[None, :, :])
+            s = tl.load(s_ptr + at).to(tl.float32)
+            z = tl.load(z_ptr + at).to(tl.float32)
         else:
-            g = (r0 * PER) // G  # the tile's one group
-            s = tl.load(s_ptr + g * N + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]  # (1, BN)
-            z = tl.load(z_ptr + g * N + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]  # (1, BN)
-        hi = words >> 16
-        part = tl.zeros([BLOCK_W, BLOCK_N], tl.float32)
-        xsum = tl.zeros([BLOCK_W], tl.float32)
+            words = tl.load(rows + w[None, :, :], mask=n_mask[:, None, None] & w_mask[None, :, :], other=0)
+            g_mask = n_mask[:, None] & (grp < NG)[None, :]
+            s = tl.load(s_ptr + at, mask=g_mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + at, mask=g_mask, other=0.0).to(tl.float32)
+        hi = words.to(tl.uint32, bitcast=True) >> 16  # logical: no sign to extend
+        part = tl.zeros([BLOCK_N, GROUPS, WORDS], tl.float32)
+        xsum = tl.zeros([GROUPS, WORDS], tl.float32)
         for i in tl.static_range(PER):
-            xi = tl.load(x_ptr + r * PER + i, mask=r_mask, other=0.0).to(tl.float32)  # (BW,)
+            if EVEN_K:
+                xi = tl.load(x_ptr + w * PER + i).to(tl.float32)  # (NGT, WPG)
+            else:
+                xi = tl.load(x_ptr + w * PER + i, mask=w_mask, other=0.0).to(tl.float32)
             xsum += xi
             if i < HALF:
-                v = value(words, i, BITS)
+                v = value(words, i, BITS, magic)
             else:
-                v = value(hi, i - HALF, BITS)
-            part += v * (xi * (1.0 / (1 << (BITS * (i % HALF)))))[:, None]
-        acc += part * s - xsum[:, None] * (z * s)
-    y = tl.sum(acc, 0)  # (BN,)
+                v = value(hi, i - HALF, BITS, magic)
+            part += v * (xi * (1.0 / (1 << (BITS * (i % HALF)))))[None, :, :]
+        acc += (part - z[:, :, None] * xsum[None, :, :]) * s[:, :, None]
+    y = tl.sum(tl.sum(acc, 2), 1)  # (BN,)
     if HAS_BIAS:
         bias = tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
         y += tl.where(pid_k == 0, bias, 0.0)
-    if SPLIT_K == 1:
-        tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
-    else:
-        tl.atomic_add(out_ptr + n, y, mask=n_mask)
+    finish_tile(y, out_ptr + n, n_mask, n, ws_ptr, cnt_ptr, pid_n, pid_k, N, SPLIT_K)
+
+
+# Two builds of one kernel. With kw's divisibility known the words load 16 bytes at a time, but x's
+# values (8 channels apart) then arrive in another register layout and are exchanged through shared
+# memory (barriers) every tile; without it every load is 4 bytes wide and shares one layout.
+_gemv_kernel = triton.jit(do_not_specialize=["magic"])(_gemv)
+_gemv_kernel_narrow = triton.jit(do_not_specialize=["kw", "magic"])(_gemv)
 
 
 def int_weight_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                    group_size: int, bits: int, bias: torch.Tensor | None = None, block_n: int = 64,
-                    block_w: int = 16, split_k: int = 1, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
-    """x (1, K) -> (1, N) in x's dtype."""
+                    group_size: int, bits: int, bias: torch.Tensor | None = None, block_n: int = 8,
+                    block_w: int = 64, split_k: int = 1, num_warps: int = 4, num_stages: int = 3,
+                    wide: bool = True) -> torch.Tensor:
+    """x (1, K) -> (1, N) in x's dtype; a tile of block_w words per row either lies in one group
+    or holds whole groups. wide: 16-byte weight loads (see the two builds above)."""
     assert x.shape[0] == 1, f"one row expected, got {tuple(x.shape)}"
-    row_groups = not tile_fits(block_w * 32 // bits, group_size, x.shape[1])
-    n, k = check_layout(x, qweight, scales, zeros, group_size, bits, 32 // bits if row_groups else block_w * 32 // bits)
-    out = torch.empty(1, n, dtype=x.dtype, device=x.device) if split_k == 1 else \
-        torch.zeros(1, n, dtype=torch.float32, device=x.device)
+    n, k = check_layout(x, qweight, scales, zeros, group_size, bits)
+    fit = tile_groups(block_w * 32 // bits, group_size, k, bits)
+    assert fit is not None, f"a {block_w}-word tile cuts groups of {group_size}"
+    out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(n, block_n), split_k)
-    _gemv_kernel[grid](
-        x, qweight, scales, zeros, bias if bias is not None else scales, out, n, k, min(group_size, k),
-        BITS=bits, BLOCK_N=block_n, BLOCK_W=block_w, SPLIT_K=split_k, HAS_BIAS=bias is not None,
-        ROW_GROUPS=row_groups, num_warps=num_warps, num_stages=num_stages,
+    kw = qweight.shape[1]
+    (_gemv_kernel if wide else _gemv_kernel_narrow)[grid](
+        x, qweight, scales, zeros, bias if bias is not None else scales, out,
+        workspace(split_k, n, x.device), counters(x.device, grid[0]), n, kw, scales.shape[1], 0x4B000000,
+        G=min(group_size, k), BITS=bits, BLOCK_N=block_n, GROUPS=fit[0], WORDS=fit[1], SPLIT_K=split_k,
+        HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0, EVEN_K=kw % block_w == 0,
+        num_warps=num_warps, num_stages=num_stages,
     )
-    return out if split_k == 1 else out.to(x.dtype)
+    return out

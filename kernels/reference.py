@@ -7,16 +7,17 @@ Layouts shared with the Triton kernels:
 - Varlen batches: the new tokens of all sequences concatenated, (T, ...); sequence i owns rows
   query_start_loc[i]:query_start_loc[i+1], which are its last positions among seq_lens[i].
 - Integer weight-only linears (W4A16 / W8A16; every 4-bit checkpoint format is repacked into it):
-  `qweight` int32 (K / P, N) with P = 32 // bits: word (r, n) packs input channels r*P .. r*P + P-1
-  of output n, channel r*P + i at bits [i*bits, (i+1)*bits), unsigned, so a row of words is
-  contiguous along the outputs; `scales` and `zeros` (NG, N), NG = ceil(K / G), in the scales'
-  dtype, the zeros holding integers; W[n, k] = (q[k, n] - zeros[k // G, n]) * scales[k // G, n].
+  `qweight` int32 (N, K / P) with P = 32 // bits, one row of words per output, contiguous along
+  the inputs: word (n, w) packs input channels w*P .. w*P + P-1, channel w*P + i at bits
+  [i*bits, (i+1)*bits), unsigned; `scales` and `zeros` (N, NG), NG = ceil(K / G), in the scales'
+  dtype, the zeros holding integers; W[n, k] = (q[n, k] - zeros[n, k // G]) * scales[n, k // G].
   An act-order checkpoint's channels are stored sorted by group; `perm` (K,) says which input
   column each stored channel reads.
 - Quantized experts (`QuantizedExperts`, one stacked projection of every expert, read by the
   fused MoE kernel): FP8 `weight` (E, N, K) float8_e4m3fn with `scale` (E, N) float32, expert e's
-  W[n, k] = weight[e, n, k] * scale[e, n]; or integers, each expert in the integer weight-only
-  layout above: `weight` (E, K / P, N) int32, `scale` and `zeros` (E, NG, N), no act order.
+  W[n, k] = weight[e, n, k] * scale[e, n]; or integers, each expert the transpose of the integer
+  weight-only layout above (words and groups along the rows, as the fused MoE kernel reads them):
+  `weight` (E, K / P, N) int32, `scale` and `zeros` (E, NG, N), no act order.
 """
 
 from __future__ import annotations
@@ -294,7 +295,7 @@ def dequantize_expert(w: torch.Tensor | QuantizedExperts, expert: int) -> torch.
     if w.is_fp8:
         return w.weight[expert].float() * w.scale[expert].float().unsqueeze(1)
     assert w.zeros is not None
-    return dequantize_int_weight(w.weight[expert], w.scale[expert], w.zeros[expert], w.group_size, w.bits)
+    return dequantize_int_weight(w.weight[expert].t(), w.scale[expert].t(), w.zeros[expert].t(), w.group_size, w.bits)
 
 
 def fused_moe(
@@ -359,22 +360,22 @@ def unpack_int32(packed: torch.Tensor, bits: int) -> torch.Tensor:  # (..., W) i
 
 
 def dequantize_int_weight(
-    qweight: torch.Tensor,  # (K / P, N) int32
-    scales: torch.Tensor,  # (NG, N)
-    zeros: torch.Tensor,  # (NG, N), integer values
+    qweight: torch.Tensor,  # (N, K / P) int32
+    scales: torch.Tensor,  # (N, NG)
+    zeros: torch.Tensor,  # (N, NG), integer values
     group_size: int,
     bits: int,
 ) -> torch.Tensor:  # (N, K) float32, channels in stored order
-    q = unpack_int32(qweight.t(), bits)  # (N, K)
+    q = unpack_int32(qweight, bits)  # (N, K)
     group = torch.arange(q.shape[1], device=q.device) // group_size  # (K,)
-    return (q.float() - zeros.float().t()[:, group]) * scales.float().t()[:, group]
+    return (q.float() - zeros.float()[:, group]) * scales.float()[:, group]
 
 
 def int_weight_linear(
     x: torch.Tensor,  # (T, K)
-    qweight: torch.Tensor,  # (K / P, N) int32
-    scales: torch.Tensor,  # (NG, N)
-    zeros: torch.Tensor,  # (NG, N)
+    qweight: torch.Tensor,  # (N, K / P) int32
+    scales: torch.Tensor,  # (N, NG)
+    zeros: torch.Tensor,  # (N, NG)
     group_size: int,
     bits: int,
     perm: torch.Tensor | None = None,  # (K,) int64: stored channel i reads x[:, perm[i]]

@@ -1,10 +1,15 @@
 """Integer weight-only kernels on the Llama-3.1-8B linear shapes, beside bf16 cuBLAS, on one GPU.
 
-For each shape and row count: every candidate kernel of worker/quant/int_kernels.py, graph-replayed
-GPU µs (CUDA-graph medians by triton.testing), the bf16 `F.linear` of the same shape, and the
-bytes each reads per call over the card's measured copy bandwidth.
+For each shape and row count: every candidate kernel of worker/quant/int_kernels.py (with --sweep,
+the wider config set below), checked against the float32 torch reference on random integers,
+zero points and scales (relative error of the whole output), then timed as CUDA-graph replays
+(`triton.testing.do_bench_cudagraph`, median) over enough copies of the weight that they cannot
+sit in L2 (as a decoder's layers do not); bf16 `F.linear` is timed the same way. "% of bandwidth"
+is the bytes a call must read (packed weight, scales, zeros, x, the output) over the card's
+measured copy rate.
 
-    python -m load.bench_int_weight                 # group 128, rows 1, 16, 64, 256
+    python -m load.bench_int_weight                   # group 128, rows 1, 16, 64: the shortlist
+    python -m load.bench_int_weight --sweep --log $OUT/int4.log   # the wide sweep, every line logged
     python -m load.bench_int_weight --group-size 64 --rows 1,64
 """
 
@@ -12,19 +17,48 @@ from __future__ import annotations
 
 import argparse
 import sys
+from types import SimpleNamespace
 
 SHAPES = (("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096))
+# --sweep: (block_n, block_w, split_k, warps, stages, wide) and (block_m, block_n, block_k, split_k, swap, ptx, warps,
+# stages).
+SWEEP_GEMV = ((8, 128, 1, 4, 3, True), (16, 128, 1, 8, 3, True)) + tuple(
+    (bn, bw, sk, warps, 3, False) for bn, bw, warps in ((8, 128, 4), (16, 128, 4), (8, 256, 8), (16, 64, 2), (32, 64, 4))
+    for sk in (1, 2))
+SWEEP_GEMM = (
+    (16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), (16, 64, 128, 8, True, True, 4, 4),
+    (16, 64, 128, 4, True, True, 4, 5), (16, 128, 128, 2, True, True, 4, 4), (16, 128, 128, 4, True, True, 4, 4),
+    (16, 128, 128, 4, True, True, 4, 5), (16, 256, 128, 2, True, True, 8, 3), (16, 256, 128, 4, True, True, 8, 3),
+    (16, 64, 64, 4, True, True, 4, 6), (16, 64, 64, 8, True, True, 4, 6),
+    (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3), (64, 64, 128, 8, True, True, 4, 3),
+    (64, 64, 128, 4, True, True, 4, 4), (64, 32, 128, 4, False, True, 4, 4), (64, 32, 128, 8, False, True, 4, 4),
+    (64, 64, 128, 4, False, True, 4, 4), (64, 64, 128, 8, False, True, 4, 4), (32, 64, 128, 4, True, True, 4, 4))
+L2_SAFE_BYTES = 256 << 20  # the weight copies a timed call cycles through: several times the L2
+
+
+def per_call_us(fn, copies: list) -> float:  # type: ignore[no-untyped-def, type-arg]
+    """GPU µs of one fn(copy), from CUDA-graph replays of fn over every copy in turn (median)."""
+    import triton.testing
+
+    def all_copies() -> None:
+        for c in copies:
+            fn(c)
+
+    all_copies()
+    return float(triton.testing.do_bench_cudagraph(all_copies, rep=5, return_mode="median")) * 1e3 / len(copies)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--rows", default="1,16,64,256")
+    parser.add_argument("--rows", default="1,16,64")
+    parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
+    parser.add_argument("--sweep", action="store_true", help="time the wide config set, not the shortlist")
+    parser.add_argument("--log", help="write every candidate's line here too")
     args = parser.parse_args(argv)
     import torch
-    import triton.testing
-
+    import torch.nn.functional as F
     from kernels import reference
     from load.bench_gpu import measure_card
     from worker.quant import int_kernels
@@ -32,41 +66,62 @@ def main(argv: list[str] | None = None) -> int:
 
     card = measure_card()
     bandwidth = card.copy_bytes_per_s  # as load/bench_gpu.py's roofline: the copy rate stands for the read rate
-    print(f"card {card.name}: copy {bandwidth / 1e12:.2f} TB/s")
+    print(f"card {card.name}: copy {bandwidth / 1e12:.2f} TB/s, int{args.bits} group {args.group_size}")
+    log = open(args.log, "w") if args.log else None  # noqa: SIM115 - closed at the end
     device = torch.device("cuda")
+    gen = torch.Generator(device).manual_seed(0)
+    gemv, gemm = (SWEEP_GEMV, SWEEP_GEMM) if args.sweep else (int_kernels.GEMV, int_kernels.GEMM)
 
-    def us(fn):  # type: ignore[no-untyped-def]
-        fn()
-        return float(triton.testing.do_bench_cudagraph(fn, rep=50)) * 1e3
-
+    table = []
     for name, k, n in SHAPES:
-        layer = IntWeightLinear(IntWeights.random(n, k, args.group_size, args.bits, device), None, torch.bfloat16, device)
+        if name not in args.shapes.split(","):
+            continue
+        weights = IntWeights.random(n, k, args.group_size, args.bits, device)
+        weights.zeros = torch.randint(0, 1 << args.bits, weights.zeros.shape, device=device, generator=gen,
+                                      dtype=torch.int32)
+        weights.scales = (weights.scales.float() * (0.5 + torch.rand(weights.scales.shape, device=device,
+                                                                     generator=gen))).half()
+        layer = IntWeightLinear(weights, None, torch.bfloat16, device)
+        packed = [SimpleNamespace(qweight=layer.qweight.clone(), scales=layer.scales.clone(), zeros=layer.zeros.clone(),
+                                  bias=None, group_size=layer.group_size, bits=layer.bits)
+                  for _ in range(max(2, -(-L2_SAFE_BYTES // layer.packed_bytes())))]
         dense = reference.dequantize_int_weight(layer.qweight, layer.scales, layer.zeros, args.group_size, args.bits)
-        dense = dense.to(torch.bfloat16)
+        dense_copies = [dense.to(torch.bfloat16) for _ in range(max(2, -(-L2_SAFE_BYTES // (2 * n * k))))]
         for rows in (int(r) for r in args.rows.split(",")):
-            x = torch.randn(rows, k, dtype=torch.bfloat16, device=device)
-            want = torch.nn.functional.linear(x, dense)
-            bf16_us = us(lambda: torch.nn.functional.linear(x, dense))  # noqa: B023
+            x = torch.randn(rows, k, dtype=torch.bfloat16, device=device, generator=gen)
+            want = F.linear(x.float(), dense)
+            bf16_us = per_call_us(lambda w: F.linear(x, w), dense_copies)  # noqa: B023
             read = layer.packed_bytes() + x.numel() * 2 + rows * n * 2
-            bucket = int_kernels.bucket_of(rows)
-            cells = []
-            best = (float("inf"), "")
-            for label, impl in int_kernels.candidates(layer, bucket):
+            results = []
+            for label, impl in int_kernels.candidates(layer, int_kernels.bucket_of(rows), gemv, gemm):
                 try:
-                    got = impl(x, layer)
-                    err = float((got.float() - want.float()).abs().max() / (want.float().abs().max() + 1e-6))
-                    t = us(lambda: impl(x, layer))  # noqa: B023
+                    got = impl(x, packed[0]).float()
+                    err = float((got - want).norm() / want.norm())
+                    if not err < 1e-2:  # NaN fails too
+                        results.append((float("inf"), label, f"WRONG: relative error {err:.2e}"))
+                        continue
+                    t = per_call_us(lambda lay: impl(x, lay), packed)  # noqa: B023
                 except Exception as exc:  # noqa: BLE001 - report and go on
-                    cells.append(f"{label}: failed {type(exc).__name__}: {str(exc)[:80]}")
+                    results.append((float("inf"), label, f"failed {type(exc).__name__}: {str(exc)[:120]}"))
                     continue
-                cells.append(f"{label}: {t:.1f} µs (err {err:.1e})")
-                best = min(best, (t, label))
-            print(f"{name} {k}->{n} rows {rows}: bf16 {bf16_us:.1f} µs ({2 * n * k / bf16_us / 1e6 / bandwidth * 1e12:.0%} "
-                  f"of read bandwidth); int{args.bits} best {best[0]:.1f} µs = {bf16_us / best[0]:.2f}x bf16, "
-                  f"{read / best[0] / 1e6 / bandwidth * 1e12:.0%} of read bandwidth ({best[1]})")
-            for cell in cells:
-                print("    ", cell)
+                results.append((t, label, f"{t:.2f} µs, {read / t / 1e6 / bandwidth * 1e12:.0%} of bandwidth, "
+                                          f"{bf16_us / t:.2f}x bf16, err {err:.1e}"))
+            results.sort(key=lambda r: r[0])
+            head = f"{name} {k}->{n} rows {rows}: bf16 {bf16_us:.2f} µs ({2 * n * k / bf16_us / 1e6 / bandwidth * 1e12:.0%})"
+            lines = [head] + [f"    {label}: {text}" for _, label, text in results]
+            print("\n".join(lines[:4] + [line for line in lines[4:] if "WRONG" in line or "failed" in line]))
+            if log:
+                log.write("\n".join(lines) + "\n")
+                log.flush()
+            best = results[0] if results else (float("inf"), "none", "")
+            table.append((name, k, n, rows, bf16_us, best[0], read / best[0] / 1e6 / bandwidth * 1e12, best[1]))
             sys.stdout.flush()
+    print(f"\n| shape (K -> N) | rows | bf16 µs | int{args.bits} µs | x bf16 | % of bandwidth | picked |")
+    print("|---|---|---|---|---|---|---|")
+    for name, k, n, rows, bf16_us, t, frac, label in table:
+        print(f"| {name} {k} -> {n} | {rows} | {bf16_us:.1f} | {t:.1f} | {bf16_us / t:.2f}x | {frac:.0%} | {label} |")
+    if log:
+        log.close()
     return 0
 
 

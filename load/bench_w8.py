@@ -6,6 +6,8 @@ calls, and the weight bytes read per µs against the card's copy bandwidth. Atte
 decode and varlen kernels over bf16 and FP8 pages at the (b) shape and a long context.
 
     python -m load.bench_w8
+    python -m load.bench_w8 --fp8 --rows 1,16,64   # FP8 only: the path picked, every one-row GEMV
+                                                  # config, weights cycled through copies beyond L2
 """
 
 from __future__ import annotations
@@ -51,6 +53,41 @@ def linears(bandwidth: float) -> None:
     print("choices: " + "; ".join(f"{k}: {v}" for k, v in w8_choices().items()))
 
 
+def fp8_linears(bandwidth: float, batches: list[int]) -> None:
+    """FP8 weights beside bf16, each timed over enough weight copies to stay out of L2 (a decoder's
+    layers do not fit there either): the path W8Linear picks, and at one row every GEMV config."""
+    from kernels.w8_gemv import GEMV_CONFIGS, w8_gemv
+    from load.bench_int_weight import L2_SAFE_BYTES as safe
+    from load.bench_int_weight import per_call_us
+    table = []
+    for name, (k, n) in SHAPES.items():
+        dense = torch.randn(n, k, device="cuda") / k**0.5
+        w_bf16 = [dense.to(torch.bfloat16) for _ in range(max(2, -(-safe // (2 * n * k))))]
+        weight, scale = quantize_fp8_rows(dense)
+        fp8 = [W8Linear(weight.clone(), scale, None, torch.bfloat16, torch.device("cuda"))
+               for _ in range(max(2, -(-safe // (n * k))))]
+        del dense
+        for m in batches:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            want = torch.nn.functional.linear(x.float(), weight.float() * scale)
+            got = fp8[0](x).float()  # picks the path for this bucket
+            err = float((got - want).norm() / want.norm())
+            base = per_call_us(lambda w: torch.nn.functional.linear(x, w), w_bf16)  # noqa: B023
+            t8 = per_call_us(lambda lin: lin(x), fp8)  # noqa: B023
+            read = n * k + 4 * n + 2 * m * (k + n)
+            picked = w8_choices()[f"fp8 {k}x{n} batch<={1 << max(0, m - 1).bit_length()}"]
+            table.append((name, k, n, m, base, t8, read / (t8 / 1e6) / bandwidth, picked, err))
+            if m == 1:
+                for config in GEMV_CONFIGS:
+                    t = per_call_us(lambda lin: w8_gemv(x, lin.weight, lin.scale, None, config), fp8)  # noqa: B023
+                    print(f"{name} {k}x{n} 1 row gemv {config}: {t:.2f} µs, {read / (t / 1e6) / bandwidth:.0%} "
+                          f"of bandwidth, {base / t:.2f}x bf16", flush=True)
+    print("\n| shape (K -> N) | rows | bf16 µs | fp8 µs | x bf16 | % of bandwidth | picked | rel. error |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, k, n, m, base, t8, frac, picked, err in table:
+        print(f"| {name} {k} -> {n} | {m} | {base:.1f} | {t8:.1f} | {base / t8:.2f}x | {frac:.0%} | {picked} | {err:.1e} |")
+
+
 def attention() -> None:
     heads, n_kv, dim, block = 32, 8, 128, 16
     print("\n| attention (32/8 heads, D 128) | bf16 µs | fp8 e4m3 µs | fp8 / bf16 |")
@@ -85,9 +122,18 @@ def quantize_kv(cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_kv_rows(cache, torch.float8_e4m3fn)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fp8", action="store_true", help="FP8 linears only (no int8, no attention)")
+    parser.add_argument("--rows", default="1,16,64", help="with --fp8: the batch sizes")
+    args = parser.parse_args(argv)
     bandwidth = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}; copy {bandwidth / 1e12:.2f} TB/s (read + write)\n")
+    if args.fp8:
+        fp8_linears(bandwidth, [int(r) for r in args.rows.split(",")])
+        return 0
     linears(bandwidth)
     attention()
     return 0

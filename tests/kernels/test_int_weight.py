@@ -1,4 +1,5 @@
-"""Integer weight-only kernels against kernels/reference.py: 4 and 8 bits, groups, tails, bias, split K."""
+"""Integer weight-only kernels against kernels/reference.py: 4 and 8 bits, groups 32/64/128 and per
+channel, K not a multiple of the tile, N tails, bias, split K (summed in the same launch), swap."""
 
 from __future__ import annotations
 
@@ -19,46 +20,68 @@ def _layout(n: int, k: int, group: int, bits: int, device: torch.device, seed: i
     g = torch.Generator().manual_seed(seed)
     groups = -(-k // group)
     q = torch.randint(0, 2**bits, (n, k), generator=g)
-    qweight = reference.pack_int32(q, bits).t().contiguous().to(device)  # (K / P, N)
-    scales = (torch.rand(groups, n, generator=g) * 0.02 + 0.001).half().to(device)
-    zeros = torch.randint(0, 2**bits, (groups, n), generator=g).half().to(device)
+    qweight = reference.pack_int32(q, bits).to(device)  # (N, K / P)
+    scales = (torch.rand(n, groups, generator=g) * 0.02 + 0.001).half().to(device)
+    zeros = torch.randint(0, 2**bits, (n, groups), generator=g).half().to(device)
     return qweight, scales, zeros
 
 
-SHAPES = [(8, 64, 32, 4), (40, 128, 64, 4), (24, 256, 256, 4), (16, 128, 64, 8), (33, 192, 192, 8)]
+# (N, K, group, bits): K = 192 leaves a partial last group of 128 and a partial 128-channel tile;
+# N = 40 / 33 leave partial output tiles; group = K is one group per row (per channel).
+SHAPES = [(8, 64, 32, 4), (40, 192, 128, 4), (24, 256, 64, 4), (16, 96, 96, 4), (16, 128, 64, 8), (33, 192, 192, 8)]
 if ON_GPU:
     SHAPES += [(6144, 4096, 128, 4), (4096, 14336, 64, 4)]
 
 
+def _case(n: int, k: int, group: int, bits: int, dtype: torch.dtype, device: torch.device):  # type: ignore[no-untyped-def]
+    """The packed layout and a bias for (N, K, group, bits)."""
+    return _layout(n, k, group, bits, device), torch.randn(n).to(device, dtype)
+
+
+def _want(x: torch.Tensor, layout, group: int, bits: int, bias: torch.Tensor):  # type: ignore[no-untyped-def]
+    want = reference.int_weight_linear(x.float(), *layout, group, bits, None, bias.float())
+    return want, float(want.abs().max()) + 1.0
+
+
 @pytest.mark.parametrize(("n", "k", "group", "bits"), SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gemv_gemm_dequant_match_the_reference(n: int, k: int, group: int, bits: int, dtype: torch.dtype,
-                                               device: torch.device) -> None:
-    qweight, scales, zeros = _layout(n, k, group, bits, device)
-    bias = torch.randn(n).to(device, dtype)
-    gen = torch.Generator().manual_seed(1)
+def test_gemv_matches_the_reference(n: int, k: int, group: int, bits: int, dtype: torch.dtype,
+                                    device: torch.device) -> None:
+    layout, bias = _case(n, k, group, bits, dtype, device)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    want, scale = _want(x, layout, group, bits, bias)
     per = 32 // bits
-    block_k = min(group, 64)  # a tile never straddles groups
-    dense = reference.dequantize_int_weight(qweight, scales, zeros, group, bits)  # (N, K)
-    got = int_weight_dequant(qweight, scales, zeros, group, bits, dtype, block_n=16, block_k=block_k)
-    assert_close(got.t(), dense, dtype)
-    for rows in (1, 3, 17):
+    # A tile inside one group (8 words), and one holding whole groups (when the group allows).
+    for block_w in {8, max(8, 2 * min(group, 64) // per)}:
+        for split_k in (1, 3):
+            got = int_weight_gemv(x, *layout, group, bits, bias, block_n=16, block_w=block_w, split_k=split_k)
+            assert got.dtype == dtype and got.shape == (1, n)
+            assert_close(got / scale, want / scale, dtype, 4)
+
+
+@pytest.mark.parametrize(("n", "k", "group", "bits"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemm_and_dequant_match_the_reference(n: int, k: int, group: int, bits: int, dtype: torch.dtype,
+                                              device: torch.device) -> None:
+    layout, bias = _case(n, k, group, bits, dtype, device)
+    gen = torch.Generator().manual_seed(1)
+    dense = reference.dequantize_int_weight(*layout, group, bits)  # (N, K)
+    assert_close(int_weight_dequant(*layout, group, bits, dtype, block_n=16, block_w=8), dense, dtype)
+    for rows in (1, 17):
         x = torch.randn(rows, k, generator=gen).to(device, dtype)
-        want = reference.int_weight_linear(x.float(), qweight, scales, zeros, group, bits, None, bias.float())
-        scale = float(want.abs().max()) + 1.0
-        for split_k in (1, 2):
-            got = int_weight_gemm(x, qweight, scales, zeros, group, bits, bias, block_m=16, block_n=16,
-                                  block_k=block_k, split_k=split_k)
+        want, scale = _want(x, layout, group, bits, bias)
+        # 32 channels: inside a group (the zero point and scale fold into the product); 64 / 128
+        # with group 32: the tile holds whole groups and is dequantized per word.
+        for block_k, split_k, swap in ((32, 1, False), (32, 2, True), (128 if group == 32 else 64, 2, False)):
+            got = int_weight_gemm(x, *layout, group, bits, bias, block_m=16, block_n=16, block_k=block_k,
+                                  split_k=split_k, swap=swap)
             assert got.dtype == dtype and got.shape == (rows, n)
             assert_close(got / scale, want / scale, dtype, 4)
-            if rows == 1:  # a tile inside one group, and one across groups
-                for block_w in (block_k // per, 2 * k // per if k // per <= 32 else 32):
-                    got = int_weight_gemv(x, qweight, scales, zeros, group, bits, bias, block_n=16,
-                                          block_w=block_w, split_k=split_k)
-                    assert_close(got / scale, want / scale, dtype, 4)
 
 
-def test_a_gemm_tile_across_groups_is_refused(device: torch.device) -> None:
-    qweight, scales, zeros = _layout(8, 128, 32, 4, device)
-    with pytest.raises(AssertionError, match="straddles"):
-        int_weight_gemm(torch.zeros(1, 128, device=device), qweight, scales, zeros, 32, 4, block_k=64)
+def test_a_tile_that_cuts_groups_is_refused(device: torch.device) -> None:
+    layout = _layout(8, 192, 96, 4, device)
+    with pytest.raises(AssertionError, match="cuts groups"):
+        int_weight_gemm(torch.zeros(1, 192, device=device), *layout, 96, 4, block_k=64)
+    with pytest.raises(AssertionError, match="cuts groups"):
+        int_weight_gemv(torch.zeros(1, 192, device=device), *layout, 96, 4, block_w=8)

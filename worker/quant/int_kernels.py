@@ -1,7 +1,7 @@
 """The CUDA forward of IntWeightLinear: per weight shape and batch bucket, the fastest kernel.
 
 Candidates (kernels/int_weight_*.py): the GEMV configs for one row, the tensor-core GEMM configs
-(with split K for few rows), and dequantize + cuBLAS. Each (shape, group, bits, bucket) is timed
+(with split K for few rows, summed in the same launch), and dequantize + cuBLAS from 64 rows. Each (shape, group, bits, bucket) is timed
 once on first use, outside CUDA graph capture, by graph replay (decode runs inside graphs, so
 device time is what counts); the capture warm-up of every decode bucket makes those choices
 before any graph is recorded. The dequantize + cuBLAS threshold is therefore measured per shape.
@@ -27,15 +27,15 @@ log = logging.getLogger("genfleet.worker.quant")
 
 Impl = Callable[[torch.Tensor, "IntWeightLinear"], torch.Tensor]
 _BUCKETS = (1, 16, 32, 64, 128, 256, 1024)  # rows; a batch runs the choice of the smallest bucket >= it
-# Measured on an H200 (docs/perf.md): one-row time falls with split K (the K loop is latency
-# bound), so the candidates spread K over more programs and carry more bytes per iteration.
-_GEMV = ((32, 16, 2, 4, 3), (32, 16, 4, 4, 3), (64, 16, 4, 4, 3), (32, 16, 8, 4, 3), (64, 16, 8, 4, 3),
-         (32, 32, 4, 4, 3), (64, 32, 2, 4, 3), (64, 32, 4, 4, 3), (32, 64, 2, 4, 3), (64, 64, 2, 8, 3),
-         (128, 32, 2, 8, 3), (64, 64, 1, 8, 3), (16, 16, 2, 2, 3), (32, 16, 1, 4, 3))  # (block_n, block_w, split_k, warps, stages)
-_GEMM = ((16, 64, 64, 1, 4, 3), (16, 128, 64, 1, 4, 3), (16, 64, 128, 1, 4, 3), (16, 64, 64, 2, 4, 3),
-         (16, 128, 128, 2, 4, 3), (32, 64, 64, 1, 4, 3), (32, 128, 64, 1, 4, 3), (64, 64, 64, 1, 4, 3),
-         (64, 128, 64, 1, 4, 3), (64, 128, 128, 1, 8, 3), (64, 256, 64, 1, 8, 3),
-         (128, 128, 64, 1, 8, 3))  # (block_m, block_n, block_k, split_k, warps, stages)
+# What the first-use timing tries: the configs that won a shape of the Llama-3.1-8B linears on an
+# H200 (docs/perf.md, `load/bench_int_weight.py --sweep` times a wider set), plus split-free tiles
+# for the buckets above 64 rows.
+GEMV = ((16, 128, 1, 4, 3, False), (8, 128, 1, 4, 3, False), (16, 64, 1, 2, 3, False), (16, 128, 2, 4, 3, False),
+        (32, 64, 2, 4, 3, False), (8, 128, 1, 4, 3, True))  # (block_n, block_w, split_k, warps, stages, wide)
+GEMM = ((16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 5),
+        (16, 64, 128, 8, True, True, 4, 4), (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3),
+        (64, 64, 128, 4, True, True, 4, 4), (64, 64, 128, 4, False, True, 4, 4), (64, 128, 128, 1, False, True, 8, 3),
+        (128, 128, 64, 1, False, True, 8, 3))  # (block_m, block_n, block_k, split_k, swap, ptx, warps, stages)
 _choice: dict[tuple[int, int, int, int, int], tuple[str, Impl]] = {}
 
 
@@ -85,36 +85,39 @@ def _fastest(layer: IntWeightLinear, bucket: int, dtype: torch.dtype) -> tuple[s
     return best[1], best[2]
 
 
-def candidates(layer: IntWeightLinear, bucket: int) -> list[tuple[str, Impl]]:
+def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool, ...], ...] = GEMV,
+               gemm: tuple[tuple[int | bool, ...], ...] = GEMM) -> list[tuple[str, Impl]]:
     """The kernels (and configs) worth timing for `bucket` rows of this layer's shape."""
-    from kernels.int_weight import tile_fits
+    from kernels.int_weight import tile_groups
     from kernels.int_weight_dequant import int_weight_dequant
     from kernels.int_weight_gemm import int_weight_gemm
     from kernels.int_weight_gemv import int_weight_gemv
 
     per = 32 // layer.bits
-    fits = lambda block_k: tile_fits(block_k, layer.group_size, layer.in_features)  # noqa: E731
+    k = layer.in_features
+    fits = lambda block_k: tile_groups(block_k, layer.group_size, k, layer.bits) is not None  # noqa: E731
     found: list[tuple[str, Impl]] = []
     if bucket == 1:
-        for bn, bw, sk, warps, stages in _GEMV:
-            if bw * per * sk <= 2 * layer.in_features:  # every split has work
-                found.append((f"gemv n{bn} w{bw} splitk{sk} warps{warps} stages{stages}",
-                              lambda x, lay, c=(bn, bw, sk, warps, stages): int_weight_gemv(
+        for bn, bw, sk, warps, stages, wide in gemv:
+            if fits(bw * per) and bw * per * sk <= 2 * k:  # every split has work
+                found.append((f"gemv n{bn} w{bw} splitk{sk} warps{warps} stages{stages}{'' if wide else ' narrow'}",
+                              lambda x, lay, c=(bn, bw, sk, warps, stages, wide): int_weight_gemv(
                                   x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
-                                  block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4])))
-    for bm, bn, bk, sk, warps, stages in _GEMM:
-        if fits(bk) and bm <= max(16, bucket) and not (sk > 1 and bucket > 64):
-            found.append((f"gemm m{bm} n{bn} k{bk} splitk{sk} warps{warps} stages{stages}",
-                          lambda x, lay, c=(bm, bn, bk, sk, warps, stages): int_weight_gemm(
+                                  block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4],
+                                  wide=c[5])))
+    for bm, bn, bk, sk, swap, ptx, warps, stages in gemm:
+        small_enough = bm <= max(16, bucket) and not (sk > 1 and bucket > 64)
+        if fits(bk) and small_enough and bk * sk <= 2 * k and not (swap and bm > 64):
+            found.append((f"gemm m{bm} n{bn} k{bk} splitk{sk}{' swap' if swap else ''}{' ptx' if ptx else ''} "
+                          f"warps{warps} stages{stages}",
+                          lambda x, lay, c=(bm, bn, bk, sk, swap, ptx, warps, stages): int_weight_gemm(
                               x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
-                              block_m=c[0], block_n=c[1], block_k=c[2], split_k=c[3], num_warps=c[4], num_stages=c[5])))
+                              block_m=c[0], block_n=c[1], block_k=c[2], split_k=c[3], swap=c[4], ptx=c[5],
+                              num_warps=c[6], num_stages=c[7])))
     if bucket >= 64:
-        dequant_k = next(bk for bk in (64, 32, 16) if fits(bk))
-
-        def dense(x: torch.Tensor, lay: IntWeightLinear, bk: int = dequant_k) -> torch.Tensor:
-            weight_t = int_weight_dequant(lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, x.dtype, block_k=bk)
-            out = x @ weight_t  # (T, N)
-            return out if lay.bias is None else out + lay.bias
+        def dense(x: torch.Tensor, lay: IntWeightLinear) -> torch.Tensor:
+            weight = int_weight_dequant(lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, x.dtype)
+            return torch.nn.functional.linear(x, weight, lay.bias)
 
         found.append(("dequantize + cuBLAS", dense))
     return found or [("torch reference", _reference)]

@@ -92,12 +92,17 @@ class IntWeightLinear(nn.Module):
             if not torch.equal(weights.g_idx[perm], torch.arange(k) // self.group_size):
                 raise ValueError(f"g_idx does not split the {k} input channels into groups of {self.group_size}")
             q = q[:, perm]
-        self.register_buffer("qweight", pack_int32(q, self.bits).t().contiguous().to(device))  # (K / P, N) int32
-        self.register_buffer("scales", weights.scales.t().contiguous().to(device))  # (NG, N)
-        zeros = weights.zeros.t().contiguous().to(device=device, dtype=weights.scales.dtype)
-        self.register_buffer("zeros", zeros)  # (NG, N)
+        # Each output's words contiguous along K: a program streams long runs of one row.
+        self.register_buffer("qweight", pack_int32(q, self.bits).contiguous().to(device))  # (N, K / P) int32
+        self.register_buffer("scales", weights.scales.contiguous().to(device))  # (N, NG)
+        zeros = weights.zeros.contiguous().to(device=device, dtype=weights.scales.dtype)
+        self.register_buffer("zeros", zeros)  # (N, NG)
         self.register_buffer("perm", None if perm is None else perm.to(device))  # (K,) int64
         self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
+        if device.type == "cuda":
+            from kernels.split_k import counters
+
+            counters(device, 0)  # the split-K counters exist before any graph capture
         # CPU: the weight dequantized once, in input-column order (so no gather), in `dtype`.
         self.dense: torch.Tensor | None = None
         if device.type != "cuda":
