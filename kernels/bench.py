@@ -215,6 +215,7 @@ def moe_report(hidden: int, inter: int, experts: int, top_k: int, token_counts: 
         touched = int(ids.unique().numel())
         fused = _us(lambda: fused_moe(x, w13, w2, weights, ids))
         fused_graphed = _graph_us(lambda: fused_moe(x, w13, w2, weights, ids))
+        unsplit = _graph_us(lambda: fused_moe(x, w13, w2, weights, ids, down_split_k=1))  # DOWN_SPLIT_K's worth
         loop = _us(lambda: ref.fused_moe(x, w13, w2, weights, ids))
         gb = touched * 3 * hidden * inter * 2 / 1e9
         cells = []
@@ -226,7 +227,7 @@ def moe_report(hidden: int, inter: int, experts: int, top_k: int, token_counts: 
             cells.append(f"{name} {us:.0f} µs ({fused_graphed / us:.2f}x bf16, {read / (us * 1e-6):.0f} GB/s)")
         lines.append(f"MoE layer {experts}x(H {hidden}, FFN {inter}) top-{top_k}, {tokens} tokens ({touched} experts "
                      f"touched, {gb:.2f} GB of their weights): fused {fused:.0f} µs eager / {fused_graphed:.0f} µs "
-                     f"graph-replayed, per-expert torch loop {loop:.0f} µs ({loop / fused:.1f}x); "
+                     f"graph-replayed ({unsplit:.0f} µs with the down GEMM's K unsplit), per-expert torch loop {loop:.0f} µs ({loop / fused:.1f}x); "
                      f"{gb / (fused_graphed * 1e-6):.0f} GB/s of expert weights read; graph-replayed " + ", ".join(cells))
     return lines
 

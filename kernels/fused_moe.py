@@ -7,7 +7,8 @@ block) reads its expert from `block_expert` and its pairs from `sorted_pairs` (p
 The sorting runs on the device with shapes fixed by (tokens, top_k, experts) alone: no host sync,
 so the whole layer replays inside a CUDA graph. The first GEMM reads token rows (p // top_k) of x
 and writes each pair's gate|up row; the second reads the activated pair rows, scales each by its
-routing weight and writes float32 rows that a sum over the top_k slots turns into the output.
+routing weight and writes float32 rows that a sum over the top_k slots turns into the output
+(at decode sizes its K is split over programs that add into those rows: DOWN_SPLIT_K).
 
 Quantized experts (kernels/reference.py `QuantizedExperts`) are the same kernel under the
 constexpr WEIGHTS: FP8 tiles are converted to the activations' dtype in registers and each
@@ -34,6 +35,12 @@ DENSE = tl.constexpr(0)  # (E, N, K) in the activations' dtype
 FP8 = tl.constexpr(1)  # (E, N, K) e4m3, a float32 scale per (expert, output)
 INT = tl.constexpr(2)  # (E, K / P, N) packed integers, zero points and scales per (expert, group, output)
 
+# A decode step of a few tokens runs the down GEMM on few programs (the experts touched times
+# H / BLOCK_N: 128 for Mixtral at one token, on a card of 132 SMs), each looping over the whole
+# FFN: its K is split over DOWN_SPLIT_K programs that add into the float32 output.
+DOWN_SPLIT_K = 4
+DOWN_SPLIT_PAIRS = 16  # (token, expert) pairs up to which the down GEMM splits K
+
 
 @triton.jit
 def _moe_gemm_kernel(
@@ -42,6 +49,7 @@ def _moe_gemm_kernel(
     stride_am, stride_we, stride_wn, stride_se, stride_cm,
     ROWS_PER_A: tl.constexpr, SCALE_BY_ROUTING: tl.constexpr, WEIGHTS: tl.constexpr, BITS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block).to(tl.int64)
@@ -53,7 +61,7 @@ def _moe_gemm_kernel(
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # (N,)
     n_mask = n < n_out
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, k_in, BLOCK_K):
+    for k0 in range(tl.program_id(2) * BLOCK_K, k_in, BLOCK_K * SPLIT_K):
         k = k0 + tl.arange(0, BLOCK_K)  # (K,)
         k_mask = k < k_in
         a = tl.load(a_ptr + a_rows[:, None] * stride_am + k[None, :], mask=valid[:, None] & k_mask[None, :],
@@ -74,9 +82,11 @@ def _moe_gemm_kernel(
         acc = acc * tl.load(s_ptr + expert * stride_se + n, mask=n_mask, other=0.0)[None, :]
     if SCALE_BY_ROUTING:
         acc = acc * tl.load(routing_ptr + pairs, mask=valid, other=0.0)[:, None]
-    c_rows = pairs.to(tl.int64)
-    tl.store(c_ptr + c_rows[:, None] * stride_cm + n[None, :], acc.to(c_ptr.dtype.element_ty),
-             mask=valid[:, None] & n_mask[None, :])
+    c_ptrs = c_ptr + pairs.to(tl.int64)[:, None] * stride_cm + n[None, :]
+    if SPLIT_K == 1:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & n_mask[None, :])
+    else:  # float32 output, zeroed: each K split adds its part (the scales above are linear)
+        tl.atomic_add(c_ptrs, acc, mask=valid[:, None] & n_mask[None, :])
 
 
 def align_by_expert(
@@ -111,6 +121,7 @@ def fused_moe(
     w2: torch.Tensor | QuantizedExperts,  # (E, H, I)
     topk_weights: torch.Tensor,  # (T, top_k) float32: routing weights
     topk_ids: torch.Tensor,  # (T, top_k) int: routed experts
+    down_split_k: int | None = None,  # K splits of the down GEMM; None: DOWN_SPLIT_K at decode sizes
 ) -> torch.Tensor:  # (T, H) in x's dtype
     num_tokens, hidden = x.shape
     num_experts, two_inter, _ = _check(w13, x.dtype)
@@ -128,8 +139,11 @@ def fused_moe(
     gate_up = torch.empty(num_pairs, two_inter, dtype=x.dtype, device=x.device)  # (P, 2I)
     _gemm(x, w13, gate_up, sorted_pairs, block_expert, routing, num_pairs, top_k, False, block_m)
     act = silu_and_mul(gate_up)  # (P, I)
-    down = torch.empty(num_pairs, hidden, dtype=torch.float32, device=x.device)  # (P, H)
-    _gemm(act, w2, down, sorted_pairs, block_expert, routing, num_pairs, 1, True, block_m)
+    if down_split_k is None:
+        down_split_k = DOWN_SPLIT_K if num_pairs <= DOWN_SPLIT_PAIRS and two_inter // 2 >= 4096 else 1
+    alloc = torch.empty if down_split_k == 1 else torch.zeros
+    down = alloc(num_pairs, hidden, dtype=torch.float32, device=x.device)  # (P, H)
+    _gemm(act, w2, down, sorted_pairs, block_expert, routing, num_pairs, 1, True, block_m, down_split_k)
     return down.view(num_tokens, top_k, hidden).sum(1).to(x.dtype)  # (T, H)
 
 
@@ -153,7 +167,7 @@ def _check(w: torch.Tensor | QuantizedExperts, dtype: torch.dtype) -> tuple[int,
 
 def _gemm(a: torch.Tensor, w: torch.Tensor | QuantizedExperts, c: torch.Tensor, sorted_pairs: torch.Tensor,
           block_expert: torch.Tensor, routing: torch.Tensor, num_pairs: int, rows_per_a: int, scale_by_routing: bool,
-          block_m: int) -> None:
+          block_m: int, split_k: int = 1) -> None:
     num_experts, n_out, k_in = _dims(w)
     block_n = min(64, triton.next_power_of_2(n_out))
     block_k = min(64, max(16, triton.next_power_of_2(k_in)))
@@ -167,11 +181,12 @@ def _gemm(a: torch.Tensor, w: torch.Tensor | QuantizedExperts, c: torch.Tensor, 
         if group_size < k_in:  # a tile inside one group
             block_k = min(block_k, group_size)
         assert block_k >= 16 and tile_fits(block_k, group_size, k_in), f"groups of {group_size} over {k_in} channels"
-    grid = (block_expert.shape[0], triton.cdiv(n_out, block_n))
+    grid = (block_expert.shape[0], triton.cdiv(n_out, block_n), split_k)
     _moe_gemm_kernel[grid](
         a, weights, scale, zeros, c, sorted_pairs, block_expert, routing,
         num_pairs, num_experts, n_out, k_in, group_size,
         a.stride(0), weights.stride(0), weights.stride(1), scale.stride(0), c.stride(0),
         ROWS_PER_A=rows_per_a, SCALE_BY_ROUTING=scale_by_routing, WEIGHTS=kind.value, BITS=bits,
-        DOT_PRECISION=dot_precision(a.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=2,
+        DOT_PRECISION=dot_precision(a.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
+        num_warps=4, num_stages=2,
     )
