@@ -220,12 +220,13 @@ class WorkerConfig:
     speculate: int | None = setting(
         None, "Speculative decoding: draft up to this many tokens per decode step and verify them in one forward "
         "(greedy output and sampled distributions unchanged): with the model's Medusa or MLP-speculator heads when "
-        "it has them (default: as many as it has), else by n-gram prompt lookup (default: off); 0 = off", tgi=True,
+        "it has them (default: as many as it has), an EAGLE-3 draft model (default: 3), else by n-gram prompt lookup "
+        "(default: off); 0 = off", tgi=True,
     )
     speculative_model: str | None = setting(
-        None, "Speculator heads for --model-id: a directory (or Hub id) of Medusa heads (medusa_lm_head.safetensors) "
-        "or of an MLP speculator (model_type mlp_speculator); TGI's way, --model-id naming the heads' directory, "
-        "works too",
+        None, "Speculator for --model-id: a directory (or Hub id) of Medusa heads (medusa_lm_head.safetensors), of an "
+        "MLP speculator (model_type mlp_speculator) or of an EAGLE-3 draft model (LlamaForCausalLMEagle3); TGI's way, "
+        "--model-id naming the heads' directory, works too",
     )
     speculate_max_batch_size: int = setting(
         32, "Speculation pauses for a step with more running requests than this (decoding is no longer "

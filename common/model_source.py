@@ -79,12 +79,21 @@ def speculator_dir(model_id: str, *, model_cache: str | None = None, revision: s
 
 def speculator_kind(config: dict[str, Any]) -> str | None:
     """TGI's rules: "medusa" when config.json has `medusa_num_heads`, "mlp_speculator" for IBM's
-    MLPSpeculatorPreTrainedModel; None for any other config."""
+    MLPSpeculatorPreTrainedModel; beyond TGI, "eagle3" for an EAGLE-3 draft (its published
+    `LlamaForCausalLMEagle3`, or the speculators library's eagle3 layout); None for any other config."""
+    architectures = config.get("architectures") or []
     if "medusa_num_heads" in config:
         return "medusa"
-    if config.get("model_type") == "mlp_speculator" or "MLPSpeculatorPreTrainedModel" in (config.get("architectures") or []):
+    if config.get("model_type") == "mlp_speculator" or "MLPSpeculatorPreTrainedModel" in architectures:
         return "mlp_speculator"
+    speculators = config.get("speculators_config")
+    if (any(a in _EAGLE3_ARCHITECTURES for a in architectures) or config.get("speculators_model_type") == "eagle3"
+            or (isinstance(speculators, dict) and speculators.get("algorithm") == "eagle3")):
+        return "eagle3"
     return None
+
+
+_EAGLE3_ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM", "Eagle3Speculator")
 
 
 def _speculator_base(directory: Path) -> str | None:

@@ -19,6 +19,9 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
                                                    # without, and one batch-1 verification step's cost
                                                    # over a plain decode step
     python -m load.bench_gpu --speculate 4 --speculator medusa   # and with random Medusa heads (overhead only)
+    python -m load.bench_gpu --models 8b --speculate 4 --speculator eagle3
+                                                   # and with a random EAGLE-3 draft of the 8B shape (its
+                                                   # own runner: the draft's KV beside the model's)
     python -m load.bench_gpu --lora 4 --lora-rank 16
                                                    # adds (b) with its 64 rows spread over 4 random LoRA
                                                    # adapters, and (b) on the base with them loaded
@@ -364,7 +367,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         for key in ("a", "b"):
             if key in dense_tok_s:
                 static_rows(key, f"--speculate {args.speculate} (n-gram)", spec, versus=dense_tok_s[key])
-        if args.speculator:  # untrained heads: what drafting with them costs, not what trained ones gain
+        if args.speculator in ("medusa", "mlp_speculator"):  # untrained heads: their cost, not what trained ones gain
             from load.speculator_heads import write_random_heads
             from worker.speculative.heads import load_speculator
 
@@ -432,6 +435,24 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     del runner, graphs
     gc.collect()
     torch.cuda.empty_cache()
+    if args.speculate and args.speculator == "eagle3":  # a runner of its own: the draft's KV is sized with the model's
+        from load.speculator_heads import write_eagle3
+
+        draft = write_eagle3(root / f"{shape}-eagle3", cfg["hidden_size"], vocab, heads=cfg["num_attention_heads"],
+                             kv_heads=cfg["num_key_value_heads"], intermediate=cfg["intermediate_size"],
+                             draft_vocab=min(32000, vocab), dtype=torch.bfloat16)
+        spec = replace(config, speculate=args.speculate, speculative_model=str(draft))
+        runner = ModelRunner(spec, model_dir, load=False)
+        notes.append(f"{shape}: EAGLE-3 runner KV pool {runner.num_blocks * runner.block_size} tokens (model and draft); "
+                     f"the draft (fused layers {runner.model.aux_layers}) runs eagerly")
+        run_engine(runner, spec, prompts(2, 128), 8, speculator=runner.speculator)  # warm-up
+        for key in ("a", "b"):
+            if key in dense_tok_s:
+                static_rows(key, f"--speculate {args.speculate} (random EAGLE-3 draft, chained)", spec,
+                            versus=dense_tok_s[key], speculator=runner.speculator)
+        del runner
+        gc.collect()
+        torch.cuda.empty_cache()
     # --quantize M is short for --variants quantize=M.
     variants = [f"quantize={m}" for m in filter(None, args.quantize.split(","))]
     variants += list(filter(None, args.variants.split(",")))
@@ -549,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-rank", type=int, default=16, help="rank of the --lora adapters")
     parser.add_argument("--speculate", type=int, default=0,
                         help="(a), (b) with n-gram --speculate N beside the same without, and a verification step's cost")
-    parser.add_argument("--speculator", choices=("medusa", "mlp_speculator"), default=None,
-                        help="with --speculate N: (a), (b) with random heads of this kind drafting, beside the same without")
+    parser.add_argument("--speculator", choices=("medusa", "mlp_speculator", "eagle3"), default=None,
+                        help="with --speculate N: (a), (b) with random heads (or a random EAGLE-3 draft) of this kind "
+                             "drafting, beside the same without")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="tokenizer files for (d), the fleet path (the gateway tokenizes text); off without")
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")

@@ -9,7 +9,7 @@ order, so a machine whose load drifts weighs on both alike; both must give the s
     python -m load.bench_speculative --speculate 4 --speculator medusa   # random heads instead of n-gram
     python -m load.bench_speculative --speculate 4 --device cuda          # on a GPU (float32 unless --dtype)
 
-With --speculator (medusa or mlp_speculator), random heads of the model's shape draft instead of
+With --speculator (medusa, mlp_speculator or eagle3), random heads of the model's shape draft instead of
 n-gram lookup. Untrained heads are almost never right, so that row measures what the heads and
 verification cost (overhead), not what trained heads gain.
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="passes over the prompts (each pass both ways)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on cuda: CUDA graphs, overlapped scheduling)")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--speculator", choices=("medusa", "mlp_speculator"), default=None,
+    ap.add_argument("--speculator", choices=("medusa", "mlp_speculator", "eagle3"), default=None,
                     help="random heads of this kind draft instead of n-gram (measures their overhead)")
     args = ap.parse_args(argv)
     import json

@@ -81,6 +81,9 @@ class ScheduledBatch:
     # Requests whose blocks were freed since the last step (finished, aborted, preempted):
     # the runner drops any per-request state it keeps for them.
     released_keys: list[RequestKey] = field(default_factory=list)
+    # The step speculates (the drafter was active when it was scheduled): a draft model with a
+    # KV of its own (EAGLE-3) extends it over every token of the step, and proposes.
+    speculating: bool = False
 
 
 @dataclass(slots=True)
@@ -143,7 +146,7 @@ class EngineStats:
     last_batch_tokens: int = 0  # tokens computed by the last step
     last_batch_size: int = 0  # requests in the last step
     last_batch_num_decode: int = 0  # of those, requests that decoded one token (the rest prefilled)
-    speculation: str | None = None  # the drafting method ("ngram", "medusa", "mlp_speculator"), None when off
+    speculation: str | None = None  # the drafting method ("ngram", "medusa", "mlp_speculator", "eagle3"), None when off
     speculate: int = 0  # --speculate: most drafts per request and step
     # Speculative decoding, running totals: draft tokens verified and accepted, and per draft
     # position j the verified steps that drafted a token j and that accepted it.

@@ -40,7 +40,7 @@ from worker.speculative.drafter import Drafter
 
 if TYPE_CHECKING:
     from worker.grammar import GrammarCompiler
-    from worker.speculative.heads import Speculator
+    from worker.speculative.heads import DraftSource
 
 __all__ = ["LLMEngine", "Runner"]
 
@@ -86,7 +86,7 @@ class LLMEngine:
         max_model_len: int,
         clock: Callable[[], float] = time.time,
         grammars: GrammarCompiler | None = None,
-        speculator: Speculator | None = None,
+        speculator: DraftSource | None = None,
         kv_window: int = 0,
     ) -> None:
         self.runner = runner

@@ -35,7 +35,9 @@ from worker.parallel import ShardGroup, add_all_reduces, shard_model
 from worker.quant import METHODS, read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
 from worker.speculative import verify
-from worker.speculative.heads import Speculator, speculator_for
+from worker.speculative.eagle3 import Eagle3Draft
+from worker.speculative.eagle3_plan import plan_draft
+from worker.speculative.heads import DraftSource, Speculator, speculator_for
 from worker.watermark import Watermark
 from worker.request import RequestKey
 from worker.weights import load_weights
@@ -124,8 +126,14 @@ class ModelRunner:
         self.eos_token_ids = cfg.eos_token_ids
         self.max_model_len = context_length(model_dir)
         self.vocab_size = cfg.vocab_size
-        # The model's Medusa or MLP-speculator heads (worker/speculative/heads.py); None: n-gram or off.
-        self.speculator: Speculator | None = speculator_for(config, model_dir, cfg, self.dtype, self.device, shards is not None)
+        # What drafts (worker/speculative/heads.py): the model's Medusa or MLP-speculator heads, or an
+        # EAGLE-3 draft model with a KV of its own; None: n-gram or off.
+        self.speculator: DraftSource | None = speculator_for(config, model_dir, cfg, self.dtype, self.device,
+                                                             shards is not None)
+        self.draft_model = self.speculator if isinstance(self.speculator, Eagle3Draft) else None
+        self.heads: Speculator | None = None if self.draft_model is not None else self.speculator  # type: ignore[assignment]
+        if self.draft_model is not None:  # the forward returns the layers' inputs it fuses, too
+            self.draft_model.bind(self.model)
         self.watermark = Watermark(config.fleet.watermark_gamma, config.fleet.watermark_delta)
         self.attention = PagedAttentionBackend()
         # LoRA adapters (worker/lora/): none until one is loaded; a sharded model takes none.
@@ -145,6 +153,8 @@ class ModelRunner:
     def _allocate_kv(self) -> KVCache:
         cfg = self.model.cfg  # this rank's KV heads when sharded
         per_block = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype)
+        if self.draft_model is not None:  # its one layer over the same block ids
+            per_block += self.draft_model.kv_bytes_per_block(self.block_size, self.kv_dtype)
         if self.config.max_batch_total_tokens is not None:
             num_blocks = -(-self.config.max_batch_total_tokens // self.block_size)
         elif self.device.type == "cuda":
@@ -157,6 +167,9 @@ class ModelRunner:
         kv = KVCache.allocate(
             cfg.num_layers, num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype, self.device
         )
+        if self.draft_model is not None:
+            proposers = min(self.config.max_batch_size, self.config.speculate_max_batch_size)
+            self.draft_model.allocate_kv(num_blocks, self.block_size, proposers, self.kv_dtype, self.device)
         log.info(
             "KV pool: %d blocks x %d tokens = %d tokens, %.2f GiB, allocated in %.2fs",
             num_blocks, self.block_size, kv.capacity_tokens, num_blocks * per_block / 2**30, time.monotonic() - started,
@@ -213,12 +226,13 @@ class ModelRunner:
         if sampled:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
         lora = self.adapters.batch(batch) if self.adapters is not None else None
-        hidden = self._forward(inputs, lora)[inputs.logits_rows]  # (N, hidden): the heads read it too
+        hidden, aux = self._split(self._forward(inputs, lora))
+        hidden = hidden[inputs.logits_rows]  # (N, hidden): the heads read it too
         logits_all = self._logits_of(hidden)
         assert logits_all is not None  # rank 0 (or unsharded) always has them
         if tensors is not None:  # the host fills grammar masks while the device runs the forward
             tensors.grammar = grammar_mask.prepare([r.grammar for r in sampled], self.vocab_size, self.device)
-        return self._sample(batch, inputs, logits_all, tensors, hidden)
+        return self._sample(batch, inputs, logits_all, tensors, hidden, aux)
 
     def prepare_inputs(self, batch: ScheduledBatch, previous: PendingStep | None) -> ModelInputs:
         """The step's device inputs, placeholders filled; a sharded worker's other ranks get them too."""
@@ -233,7 +247,15 @@ class ModelRunner:
 
     def logits(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor | None:
         """The forward and the LM head: (N, V) float32, on rank 0 only when sharded (None elsewhere)."""
-        return self._logits_of(self._forward(inputs, lora)[inputs.logits_rows])
+        return self._logits_of(self._split(self._forward(inputs, lora))[0][inputs.logits_rows])
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The forward's output as (T, hidden) and, for an EAGLE-3 draft, (T, 3 * hidden) the
+        residual streams it fuses (CausalLM.aux_layers); None without one."""
+        if self.draft_model is None:
+            return out, None
+        width = self.model.cfg.hidden_size
+        return out[:, :width], out[:, width:]
 
     def _logits_of(self, hidden: torch.Tensor) -> torch.Tensor | None:
         local = self.model.compute_logits(hidden)  # (N, V or vocab_per_rank) float32
@@ -266,7 +288,7 @@ class ModelRunner:
 
     def _sample(
         self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None,
-        hidden: torch.Tensor,
+        hidden: torch.Tensor, aux: torch.Tensor | None,
     ) -> PendingStep:
         layout, reqs = inputs.layout, batch.requests
         token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = proposals = None
@@ -280,8 +302,12 @@ class ModelRunner:
             token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
             if layout.verify_spans:
                 num_accepted = verify.accepted_counts(token_ids, layout, self.device)
-            if layout.proposers:
+            if layout.proposers and self.heads is not None:
                 proposals = self._propose(layout, rows, hidden, token_ids, num_accepted)
+        if self.draft_model is not None and batch.speculating and aux is not None:
+            # Its KV follows every token the target computed in a speculating step, proposer or not.
+            plan = plan_draft(batch, layout, self.block_size, self.draft_model.num_heads, self.draft_model.scratch_base)
+            proposals = self.draft_model.draft(plan, inputs, aux, token_ids, num_accepted, self.attention)
         if layout.prompt_rows:
             index = upload(torch.tensor(layout.prompt_rows + layout.prompt_targets), self.device)
             picked = logits_all[index[: len(layout.prompt_rows)]]  # (P, V)
@@ -313,12 +339,12 @@ class ModelRunner:
                  num_accepted: torch.Tensor | None) -> torch.Tensor:
         """(R, K) int64: the heads' drafts after each proposer's last kept token, read from the
         hidden state of the row that sampled it (rows: each sampling row's logits row)."""
-        assert self.speculator is not None, "proposals asked of a model without speculator heads"
+        assert self.heads is not None, "proposals asked of a model without speculator heads"
         index = upload(torch.tensor([p[1] for p in layout.proposers] + [p[2] for p in layout.proposers]), self.device)
         first, span = index.view(2, -1)  # (R,), (R,)
         if num_accepted is not None:  # a verifying request's last kept token: after its accepted drafts
             first = first + torch.where(span >= 0, num_accepted[span.clamp(min=0)], 0)
-        return self.speculator.propose(hidden[rows[first]], token_ids[first], self.model)
+        return self.heads.propose(hidden[rows[first]], token_ids[first], self.model)
 
     def wait(self, step: PendingStep) -> StepOutput:
         if step.ready is not None:

@@ -145,6 +145,7 @@ class Scheduler:
             num_decode=len(decodes),
             num_tokens=sum(len(r.token_ids) for r in requests),
             released_keys=released,
+            speculating=speculating,
         )
 
     def _admit(self, budget: int, scheduled: list[ScheduledRequest], holds_blocks: bool) -> int:

@@ -52,6 +52,10 @@ class CausalLM(nn.Module):
         cache = torch.stack([build_cos_sin_cache(cfg.head_dim, max_pos, theta, scaling) for theta, scaling in ropes])
         # (R, max_pos, D) float32: the global table, then the sliding-window layers' own where they differ.
         self.register_buffer("cos_sin_cache", cache, persistent=False)
+        # Layers whose input (the residual stream before them) the forward also returns, after the
+        # final hidden state, in this order: an EAGLE-3 draft fuses them (worker/speculative/eagle3.py).
+        # Empty: the forward returns the final hidden state alone.
+        self.aux_layers: tuple[int, ...] = ()
 
     def build_mlp(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
         return GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
@@ -61,9 +65,14 @@ class CausalLM(nn.Module):
         if self.cfg.embedding_scale != 1.0:  # rounded to the activations' dtype first, as Gemma does
             hidden = hidden * torch.tensor(self.cfg.embedding_scale, dtype=hidden.dtype)
         residual = None
-        for layer in self.layers:
+        streams: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            if i in self.aux_layers:  # the residual stream entering layer i
+                streams[i] = hidden if residual is None else hidden + residual
             hidden, residual = layer(positions, hidden, residual, self.cos_sin_cache)
         hidden, _ = self.norm(hidden, residual)
+        if streams:
+            return torch.cat([hidden, *(streams[i] for i in self.aux_layers)], dim=-1)  # (T, hidden * (1 + aux))
         return hidden  # (T, hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -2,15 +2,17 @@
 
 TGI picks the method from the checkpoint: Medusa heads when a config.json has
 `medusa_num_heads`, IBM's MLP speculator when it is `MLPSpeculatorPreTrainedModel`
-(`model_type: mlp_speculator`), n-gram prompt lookup otherwise. The heads are found, in order:
-- `--speculative-model DIR` (or a Hub id): a directory of either kind;
+(`model_type: mlp_speculator`), n-gram prompt lookup otherwise; beyond TGI, an EAGLE-3 draft
+model (`LlamaForCausalLMEagle3`, eagle3.py). The heads are found, in order:
+- `--speculative-model DIR` (or a Hub id): a directory of any of these kinds;
 - `--model-id DIR` naming the heads' directory, whose `base_model_name_or_path` is the model
   (TGI's way; common/model_source.py resolves the model from it);
 - `medusa_lm_head.safetensors` beside the model's own weights.
 
 `--speculate N` takes the first N heads (default: all of them); more than the heads hold is an
-error, as in TGI. Each kind registers a loader in `_LOADERS` (medusa.py, mlp_speculator.py).
-Heads run on the device once per step, on the hidden state of each request's last kept token
+error, as in TGI (an EAGLE-3 draft chains any N, default eagle3_load.DEFAULT_DRAFTS). Each kind
+registers a loader in `_LOADERS` (medusa.py, mlp_speculator.py, eagle3_load.py). Heads run on the
+device once per step, on the hidden state of each request's last kept token
 (worker/model_runner.py); their drafts are verified the next step like any other.
 """
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from worker.models import CausalLM, ModelConfig
 
 __all__ = [
-    "Speculator", "SpeculatorError", "HeadTensors", "find_speculator", "load_speculator", "register", "speculator_for",
+    "DraftSource", "Speculator", "SpeculatorError", "HeadTensors", "find_speculator", "load_speculator", "register", "speculator_for",
 ]
 
 log = logging.getLogger("genfleet.worker.speculation")
@@ -42,12 +44,17 @@ class SpeculatorError(ValueError):
     """Speculator heads that cannot be served: the message says which file and why."""
 
 
-class Speculator(Protocol):
-    """Heads that propose drafts from the target model's last hidden state (a seam: medusa.py,
-    mlp_speculator.py)."""
+class DraftSource(Protocol):
+    """What drafts for the model: the engine's Drafter reads these two; the runner runs it."""
 
-    method: str  # /info's `speculation`: "medusa" or "mlp_speculator"
+    method: str  # /info's `speculation`: "medusa", "mlp_speculator" or "eagle3"
     num_heads: int  # drafts proposed per request and step: the resolved --speculate
+
+
+class Speculator(DraftSource, Protocol):
+    """Heads that propose drafts from the target model's last hidden state (a seam: medusa.py,
+    mlp_speculator.py). An EAGLE-3 draft model (eagle3.py) drafts from more than that: the
+    runner drives it itself."""
 
     def propose(self, hidden: torch.Tensor, token_ids: torch.Tensor, model: CausalLM) -> torch.Tensor:
         """Greedy drafts to follow each row's sampled token.
@@ -62,20 +69,22 @@ class Speculator(Protocol):
         ...
 
 
+_Count = Callable[[dict[str, Any], Path], int]
+_Load = Callable[[Path, dict[str, Any], "ModelConfig", int, torch.dtype, torch.device], DraftSource]
+
+
 @dataclass(frozen=True, slots=True)
 class _Loader:
-    # The heads a checkpoint holds: (its config.json, its directory) -> count.
-    num_heads: Callable[[dict[str, Any], Path], int]
-    # (directory, config.json, target config, heads to load, dtype, device) -> the heads.
-    load: Callable[[Path, dict[str, Any], ModelConfig, int, torch.dtype, torch.device], Speculator]
+    num_heads: _Count  # the most drafts a checkpoint proposes: (its config.json, its directory) -> count
+    load: _Load  # (directory, config.json, target config, drafts, dtype, device) -> the heads
+    default_heads: _Count | None = None  # the drafts without --speculate (None: num_heads, all of them)
 
 
 _LOADERS: dict[str, _Loader] = {}
 
 
-def register(kind: str, num_heads: Callable[[dict[str, Any], Path], int],
-             load: Callable[[Path, dict[str, Any], ModelConfig, int, torch.dtype, torch.device], Speculator]) -> None:
-    _LOADERS[kind] = _Loader(num_heads, load)
+def register(kind: str, num_heads: _Count, load: _Load, default_heads: _Count | None = None) -> None:
+    _LOADERS[kind] = _Loader(num_heads, load, default_heads)
 
 
 def find_speculator(config: WorkerConfig, model_dir: Path) -> Path | None:
@@ -87,8 +96,9 @@ def find_speculator(config: WorkerConfig, model_dir: Path) -> Path | None:
             if speculator_kind(read_json_object(found / "config.json")) is None and not (found / MEDUSA_FILE).is_file():
                 raise SpeculatorError(
                     f"--speculative-model {config.speculative_model}: {found} holds neither Medusa heads "
-                    f"({MEDUSA_FILE}, `medusa_num_heads` in config.json) nor an MLP speculator "
-                    f"(config.json `model_type: mlp_speculator`)"
+                    f"({MEDUSA_FILE}, `medusa_num_heads` in config.json), an MLP speculator "
+                    f"(config.json `model_type: mlp_speculator`) nor an EAGLE-3 draft "
+                    f"(config.json `architectures: [\"LlamaForCausalLMEagle3\"]`)"
                 )
             return found
         named = speculator_dir(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
@@ -110,16 +120,17 @@ def resolve_heads(name: str, model_cache: str | None) -> Path:
 
 
 def load_speculator(directory: Path, target: ModelConfig, speculate: int | None, dtype: torch.dtype,
-                    device: torch.device) -> Speculator | None:
+                    device: torch.device) -> DraftSource | None:
     """The heads in `directory` for the target model, `speculate` of them (None: all); None for 0."""
-    import worker.speculative.medusa  # noqa: F401  (each kind registers its loader)
+    import worker.speculative.eagle3_load  # noqa: F401  (each kind registers its loader)
+    import worker.speculative.medusa  # noqa: F401
     import worker.speculative.mlp_speculator  # noqa: F401
 
     raw = read_json_object(directory / "config.json")
     kind = speculator_kind(raw) or "medusa"  # heads beside a model's weights: Medusa's file
     loader = _LOADERS[kind]
     available = loader.num_heads(raw, directory)
-    wanted = available if speculate is None else speculate
+    wanted = (loader.default_heads or loader.num_heads)(raw, directory) if speculate is None else speculate
     if wanted > available:
         raise SpeculatorError(
             f"Speculate is set to `{wanted}` but the {kind} model in {directory} only has `{available}` heads, "
@@ -166,7 +177,7 @@ class HeadTensors:
 
 
 def speculator_for(config: WorkerConfig, model_dir: Path, target: ModelConfig, dtype: torch.dtype,
-                   device: torch.device, sharded: bool) -> Speculator | None:
+                   device: torch.device, sharded: bool) -> DraftSource | None:
     """The heads that serve `model_dir` under `config`, loaded; None for n-gram or no speculation."""
     if config.speculate == 0:
         return None

@@ -1,0 +1,62 @@
+"""An EAGLE-3 draft model (--speculative-model) on real models (CPU, float32), its checkpoint
+written by the test in the published layout: greedy output token for token the same as without
+speculation, 16 streams at once with chunked prefill and the prefix cache on, on a tiny random
+Llama (a random draft over a reduced vocabulary, and a "successor" draft whose drafts are often
+right) and on the default model; seeded sampling draws the same text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.sampling_params import SamplingParams
+from load.speculator_heads import successors, write_eagle3
+from tests.worker.test_engine_model import _run, tiny  # noqa: F401 (a fixture)
+from tests.worker.test_engine_model_heads import GREEDY, _engine
+from tests.worker.test_engine_model_speculative import (  # noqa: F401 (fixtures)
+    _outputs, _shared_prefix_prompts, default_plain, grounded, tiny_plain,
+)
+
+
+@pytest.mark.parametrize("kind", ["random", "successor"])
+def test_greedy_with_an_eagle3_draft_on_a_tiny_model_is_unchanged(tiny, tiny_plain, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    follow = successors(tiny_plain, 97) if kind == "successor" else None
+    draft = write_eagle3(tmp_path / kind, 64, 97, draft_vocab=None if follow else 48, aux_layers=[0, 1, 1], follow=follow)
+    engine = _engine(tiny[0], draft, speculate=4)
+    assert _run(engine, _shared_prefix_prompts(), GREEDY) == tiny_plain
+    stats = engine.stats()
+    assert stats.speculation == "eagle3" and stats.speculate == 4
+    assert stats.draft_tokens > 0 and stats.prefix_hit_tokens > 0
+    if follow is not None:
+        assert stats.accepted_draft_tokens > 0.3 * stats.draft_tokens, stats
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_seeded_sampling_with_an_eagle3_draft_draws_the_same_text(tiny, tiny_plain, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=30, do_sample=True, temperature=0.7, top_k=30, top_p=0.95,
+                            repetition_penalty=1.1, min_tokens=5, top_n_tokens=2)
+    prompts = dict(list(_shared_prefix_prompts().items())[:6])
+    seeds = {rid: 800 + i for i, rid in enumerate(prompts)}
+    draft = write_eagle3(tmp_path / "e", 64, 97, aux_layers=[0, 1, 1], follow=successors(tiny_plain, 97))
+    plain = _outputs(_engine(tiny[0], None), prompts, params, seeds)
+    engine = _engine(tiny[0], draft, speculate=3)
+    spec = _outputs(engine, prompts, params, seeds)
+    assert engine.stats().draft_tokens > 0  # greedy successors: sampled text rarely takes them
+    for rid in prompts:
+        assert [t for o in spec[rid] for t in o.new_token_ids] == [t for o in plain[rid] for t in o.new_token_ids]
+        got_lp = [lp for o in spec[rid] for lp in o.logprobs]
+        assert got_lp == pytest.approx([lp for o in plain[rid] for lp in o.logprobs], abs=1e-4)
+
+
+def test_greedy_with_an_eagle3_draft_on_the_default_model_is_unchanged(default_model_dir: Path, grounded,  # type: ignore[no-untyped-def]
+                                                                       default_plain, tmp_path: Path) -> None:
+    # SmolLM2's 30 layers: the draft fuses vLLM's default three (2, 15, 27); a 1,024-token draft vocabulary.
+    draft = write_eagle3(tmp_path / "e", 576, 49152, heads=9, kv_heads=3, intermediate=256, draft_vocab=1024)
+    engine = _engine(default_model_dir, draft, max_batch_prefill_tokens=128, block_size=16, speculate=4)
+    assert engine.runner.model.aux_layers == (2, 15, 27)  # type: ignore[attr-defined]
+    some = {rid: ids for i, (rid, ids) in enumerate(grounded.items()) if i % 4 == 0}  # 4 of the 16 streams
+    assert _run(engine, some, SamplingParams(max_new_tokens=12)) == {rid: default_plain[rid] for rid in some}
+    stats = engine.stats()
+    assert stats.speculation == "eagle3" and stats.draft_tokens > 0
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
