@@ -2,7 +2,7 @@
 head shared) and IBM's MLP speculator (tied or not), written by the test. Greedy output is token
 for token the same as without speculation, 16 streams at once with chunked prefill and the prefix
 cache on; seeded sampling draws the same text, and 2,000 draws follow the model's distribution
-(chi-square); drafts and accepted drafts are counted. Random heads
+(chi-square, with an EAGLE-3 draft too); drafts and accepted drafts are counted. Random heads
 are rarely right; "successor" heads (load/speculator_heads.py) are, often enough to
 show acceptance."""
 
@@ -19,7 +19,7 @@ from safetensors import safe_open
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from tests.worker.speculative.test_verify import _chi_square_p
-from load.speculator_heads import successors, write_medusa, write_mlp_speculator
+from load.speculator_heads import successors, write_eagle3, write_medusa, write_mlp_speculator
 from tests.worker.test_engine_model import _run, tiny  # noqa: F401 (a fixture)
 from tests.worker.test_engine_model_speculative import (  # noqa: F401 (fixtures)
     _outputs, _shared_prefix_prompts, default_plain, grounded, tiny_plain,
@@ -137,19 +137,25 @@ def _draws(engine: LLMEngine, prompt: list[int], params: SamplingParams, seeds: 
     return [out[f"d{s}"] for s in seeds]
 
 
-def test_sampled_tokens_with_heads_follow_the_models_distribution(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("kind", ["mlp_speculator", "eagle3"])
+def test_sampled_tokens_with_heads_follow_the_models_distribution(tiny, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
     # As tests/worker/speculative/test_verify.py, on the real engine: 2,000 seeded draws at
-    # temperature 1 of one prompt, heads drafting the likeliest second token after the first.
+    # temperature 1 of one prompt, heads (or an EAGLE-3 draft) drafting the likeliest second
+    # token after the first.
     path, reference = tiny
     prompt, draws = [5, 17, 33, 2, 61, 8], 2000
     with torch.no_grad():
         p0 = torch.softmax(reference(torch.tensor([prompt])).logits[0, -1].double(), -1)  # (V,)
         p1 = torch.softmax(reference(torch.tensor([prompt + [x] for x in range(97)])).logits[:, -1].double(), -1)  # (V, V)
-    heads = write_mlp_speculator(tmp_path / "mlp", 64, 97, n_predict=2, inner=128, follow=p1.argmax(1).tolist())
+    follow = p1.argmax(1).tolist()
+    if kind == "eagle3":
+        heads = write_eagle3(tmp_path / kind, 64, 97, aux_layers=[0, 1, 1], follow=follow)
+    else:
+        heads = write_mlp_speculator(tmp_path / kind, 64, 97, n_predict=2, inner=128, follow=follow)
     params = SamplingParams(max_new_tokens=3, do_sample=True, temperature=1.0, ignore_eos=True)
     # Large steps, every one of them drafting.
     big = {"max_batch_total_tokens": 16384, "max_batch_prefill_tokens": 2048, "speculate_max_batch_size": 256}
-    engine = _engine(path, heads, **big)
+    engine = _engine(path, heads, **big, speculate=2)
     spec = _draws(engine, prompt, params, range(draws))
     stats = engine.stats()
     assert stats.draft_tokens >= draws and 0 < stats.accepted_draft_tokens < stats.draft_tokens
