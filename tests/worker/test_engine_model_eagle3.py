@@ -2,7 +2,8 @@
 written by the test in the published layout: greedy output token for token the same as without
 speculation, 16 streams at once with chunked prefill and the prefix cache on, on a tiny random
 Llama (a random draft over a reduced vocabulary, and a "successor" draft whose drafts are often
-right) and on the default model; seeded sampling draws the same text."""
+right) and on the default model; seeded sampling draws the same text; on a GPU, the same under
+the decode and verification CUDA graphs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from load.speculator_heads import successors, write_eagle3
 from tests.worker.test_engine_model import _run, tiny  # noqa: F401 (a fixture)
@@ -60,3 +62,43 @@ def test_greedy_with_an_eagle3_draft_on_the_default_model_is_unchanged(default_m
     stats = engine.stats()
     assert stats.speculation == "eagle3" and stats.draft_tokens > 0
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+@pytest.mark.gpu
+def test_an_eagle3_draft_on_cuda_graphs_gives_the_plain_greedy_text(tmp_path: Path) -> None:
+    # SmolLM2's shape, random weights, float32 (a verification row and the plain decode row at its
+    # position pick the same argmax): the decode and verification graphs return the fused layers'
+    # streams beside the hidden state, and the draft runs eagerly after them.
+    import torch
+
+    from load.bench_gpu import write_model_dir
+    from worker.engine import LLMEngine
+    from worker.model_runner import ModelRunner
+    from worker.request import Request
+
+    model_dir = write_model_dir(tmp_path, "smollm2-135m")
+    draft = write_eagle3(tmp_path / "e", 576, 49152, heads=9, kv_heads=3, intermediate=1536, draft_vocab=4096)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(100, 40000, (n,), generator=gen).tolist() for n in (5, 9, 14, 40)]
+
+    def greedy(**knobs: object) -> tuple[list[list[int]], ModelRunner]:
+        torch.manual_seed(0)  # the same random weights in both runners
+        config = WorkerConfig(device="cuda", dtype="float32", max_batch_total_tokens=8192, cuda_graphs="1,2,4,8",
+                              **knobs)  # type: ignore[arg-type]
+        runner = ModelRunner(config, model_dir, load=False)
+        engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
+                           max_model_len=runner.max_model_len, speculator=runner.speculator)
+        for i, p in enumerate(prompts):
+            engine.add_request(Request(f"r{i}", p, SamplingParams(max_new_tokens=24, ignore_eos=True), i, 0.0))
+        tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                tokens[str(out.key)] += out.new_token_ids
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+        return [tokens[f"r{i}"] for i in range(len(prompts))], runner
+
+    plain, _ = greedy()
+    got, runner = greedy(speculative_model=str(draft), speculate=4)
+    assert got == plain
+    assert runner.draft_model is not None and runner.graphs is not None
+    assert runner.graphs.replays.get(5, 0) > 0  # verification steps of 4 drafts replayed their graph
