@@ -22,17 +22,15 @@ needed to draft: read for its shape only), embed_tokens.weight (absent: the targ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from common.config import MAX_SPECULATE
 from worker.models.config import ModelConfig
+from worker.models.llama import LlamaForCausalLM
 from worker.speculative.eagle3 import Eagle3Draft
 from worker.speculative.heads import HeadTensors, SpeculatorError, register
-
-if TYPE_CHECKING:
-    from worker.models import ModelConfig as TargetConfig
 
 __all__ = ["DEFAULT_DRAFTS"]
 
@@ -48,7 +46,7 @@ def _default_drafts(raw: dict[str, Any], directory: Path) -> int:
     return DEFAULT_DRAFTS
 
 
-def _load(directory: Path, raw: dict[str, Any], target: TargetConfig, k: int, dtype: torch.dtype,
+def _load(directory: Path, raw: dict[str, Any], target: ModelConfig, k: int, dtype: torch.dtype,
           device: torch.device) -> Eagle3Draft:
     def fail(why: str) -> SpeculatorError:
         return SpeculatorError(f"EAGLE-3 draft in {directory}: {why}")
@@ -56,7 +54,7 @@ def _load(directory: Path, raw: dict[str, Any], target: TargetConfig, k: int, dt
     layer_config = raw.get("transformer_layer_config")  # the speculators' layout nests the Llama part
     llama = {**raw, **layer_config} if isinstance(layer_config, dict) else raw
     try:
-        cfg = ModelConfig.from_dict(llama)
+        cfg = ModelConfig.from_dict(llama, **LlamaForCausalLM.family(llama))  # attention_bias: q, k, v and o biases
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"config.json is not a Llama layer's config ({type(exc).__name__}: {exc})") from None
     if cfg.num_layers != 1:
@@ -101,6 +99,8 @@ def _load(directory: Path, raw: dict[str, Any], target: TargetConfig, k: int, dt
     if cfg.qkv_bias:
         weights["self_attn.qkv_proj.bias"] = torch.cat(
             [take(f"{_LAYER}self_attn.{p}_proj.bias", size) for p, size in (("q", q), ("k", kv), ("v", kv))])
+    if cfg.o_bias:
+        weights["self_attn.o_proj.bias"] = take(f"{_LAYER}self_attn.o_proj.bias", hidden)
     for name, value in weights.items():
         module, _, leaf = name.rpartition(".")
         setattr(draft.get_submodule(module), leaf, torch.nn.Parameter(value, requires_grad=False))
@@ -161,4 +161,4 @@ def _draft_to_target(tensors: HeadTensors, draft_vocab: int, vocab: int, fail: A
     return target
 
 
-register("eagle3", _num_drafts, _load, _default_drafts)  # type: ignore[arg-type]
+register("eagle3", _num_drafts, _load, _default_drafts)

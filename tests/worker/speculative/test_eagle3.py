@@ -62,6 +62,14 @@ def test_the_published_layout_loads(tmp_path: Path) -> None:
         {("model." + k.replace("midlayer.", "layers.0.") if k.startswith("midlayer.") else k): ts.pop(k) for k in list(ts)}))
     again = _load(d, speculate=5)
     assert again.num_heads == 5 and torch.equal(again.fc.weight, draft.fc.weight)
+    _config(d, attention_bias=True)  # Llama's flag: q, k, v and o biases, each read
+    with pytest.raises(SpeculatorError, match="'midlayer.self_attn.q_proj.bias' is missing"):
+        _load(d)
+    biases = {f"layers.0.self_attn.{p}_proj.bias": torch.randn(n) for p, n in (("q", 64), ("k", 32), ("v", 32), ("o", 64))}
+    _edit(d / "model.safetensors", lambda ts: ts.update(biases))
+    biased = _load(d)
+    assert torch.equal(biased.self_attn.o_proj.bias, biases["layers.0.self_attn.o_proj.bias"])
+    assert biased.self_attn.qkv_proj.bias.shape == (128,)
 
 
 @pytest.mark.parametrize("problem, change, message", [
