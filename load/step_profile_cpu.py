@@ -23,7 +23,8 @@ from typing import Any
 
 _BUCKETS = (
     ("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn", "onednn")),
-    ("attention", ("scaled_dot_product", "index_select", "index_copy", "index_put", "aten::index", "softmax")),
+    ("attention", ("scaled_dot_product", "index_select", "index_copy", "index_put", "aten::index", "softmax",
+                   "paged_decode_attention", "store_kv")),  # the last two: worker/cpu_native.cpp's
 )
 _PHASES = ("inputs", "layers", "LM head", "sampling", "results")
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -30,12 +31,34 @@ inline void store_row(const float* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// bfloat16 rows through their bits, so the loops vectorize (c10's conversions carry a NaN branch):
+// widening is a shift; narrowing rounds to nearest even, as c10 does for every non-NaN value.
+inline void load_row(const c10::BFloat16* src, float* dst, int64_t n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t wide = static_cast<uint32_t>(bits[i]) << 16;
+    std::memcpy(dst + i, &wide, sizeof wide);
+  }
+}
+
+inline void store_row(const float* src, c10::BFloat16* dst, int64_t n) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t wide;
+    std::memcpy(&wide, src + i, sizeof wide);
+    wide += 0x7FFFu + ((wide >> 16) & 1u);
+    bits[i] = static_cast<uint16_t>(wide >> 16);
+  }
+}
+
 // e^x to ~2 ulp, branch-free so a loop of them vectorizes (std::exp's libm call does not):
 // 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for precision), e^r from
 // the classic degree-7 polynomial (Cephes' expf). Below -87.3 (e^x under float's normal range,
-// and the -inf of a hidden key): 0.
+// and the -inf of a hidden key): 0; above 88.3, e^88.3 (float's range ends at e^88.7).
 inline float exp_approx(float x) {
-  const float clamped = std::max(x, -87.3f);
+  const float clamped = std::min(std::max(x, -87.3f), 88.3f);
   const float n = std::nearbyint(clamped * 1.44269504088896341f);
   const float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -72,23 +95,22 @@ void rms_norm_rows(const at::Tensor& x, const at::Tensor* residual, const at::Te
   T* op = out.data_ptr<T>();
   T* sp = summed ? summed->data_ptr<T>() : nullptr;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(n), w(n);
+    std::vector<float> row(n), res(n), w(n);
     load_row(wp, w.data(), n);
     for (int64_t i = 0; i < n; ++i) w[i] += static_cast<float>(offset);
     for (int64_t r = begin; r < end; ++r) {
       load_row(xp + r * n, row.data(), n);
-      if (rp) {
-        const T* res = rp + r * n;
-        T* sum = sp + r * n;
-        for (int64_t i = 0; i < n; ++i) {
-          sum[i] = static_cast<T>(row[i] + static_cast<float>(res[i]));
-          row[i] = static_cast<float>(sum[i]);
-        }
+      if (rp) {  // the sum rounded to T, then normed from the rounded value: as the reference
+        load_row(rp + r * n, res.data(), n);
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) res[i] += row[i];
+        store_row(res.data(), sp + r * n, n);
+        load_row(sp + r * n, row.data(), n);
       }
       const float inv = 1.f / std::sqrt(dot(row.data(), row.data(), n) / static_cast<float>(n) + static_cast<float>(eps));
-      T* o = op + r * n;
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(row[i] * inv * w[i]);
+      for (int64_t i = 0; i < n; ++i) row[i] = row[i] * inv * w[i];
+      store_row(row.data(), op + r * n, n);
     }
   });
 }
@@ -129,7 +151,8 @@ void silu_mul_rows(const at::Tensor& x, at::Tensor& out) {
     for (int64_t r = begin; r < end; ++r) {
       load_row(xp + r * 2 * n, gate.data(), n);
       load_row(xp + r * 2 * n + n, up.data(), n);
-      for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.f + exp_approx(-gate[i])) * up[i];
       store_row(gate.data(), op + r * n, n);
     }
   });
