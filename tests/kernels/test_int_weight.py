@@ -85,3 +85,35 @@ def test_a_tile_that_cuts_groups_is_refused(device: torch.device) -> None:
         int_weight_gemm(torch.zeros(1, 192, device=device), *layout, 96, 4, block_k=64)
     with pytest.raises(AssertionError, match="cuts groups"):
         int_weight_gemv(torch.zeros(1, 192, device=device), *layout, 96, 4, block_w=8)
+
+
+@pytest.mark.gpu
+def test_split_k_configs_of_the_shortlist_stay_right_over_repeated_launches() -> None:
+    # The partials of a split tile meet in one launch (kernels/split_k.py): every launch must give
+    # the same right answer, eagerly and replayed from a CUDA graph, on the 8B down_proj shape.
+    from worker.quant.int_kernels import GEMM, GEMV
+
+    device = torch.device("cuda")
+    n, k, group, bits = 4096, 14336, 128, 4
+    layout = _layout(n, k, group, bits, device)
+    gen = torch.Generator().manual_seed(3)
+    for rows in (1, 16, 64):
+        x = torch.randn(rows, k, generator=gen).to(device, torch.bfloat16)
+        want = reference.int_weight_linear(x.float(), *layout, group, bits)
+        launches = [lambda c=c: int_weight_gemm(x, *layout, group, bits, block_m=c[0], block_n=c[1], block_k=c[2],
+                                                 split_k=c[3], swap=c[4], ptx=c[5], num_warps=c[6], num_stages=c[7])
+                    for c in GEMM if c[3] > 1 and c[0] <= max(16, rows)]
+        if rows == 1:
+            launches += [lambda c=c: int_weight_gemv(x, *layout, group, bits, block_n=c[0], block_w=c[1], split_k=c[2],
+                                                     num_warps=c[3], num_stages=c[4], wide=c[5])
+                         for c in GEMV if c[2] > 1]
+        for launch in launches:
+            outs = [launch() for _ in range(20)]
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                replayed = launch()
+            for _ in range(10):
+                graph.replay()
+                outs.append(replayed.clone())
+            for got in outs:
+                assert float((got.float() - want).norm() / want.norm()) < 1e-2
