@@ -71,10 +71,13 @@ def test_gemm_and_dequant_match_the_reference(n: int, k: int, group: int, bits: 
         x = torch.randn(rows, k, generator=gen).to(device, dtype)
         want, scale = _want(x, layout, group, bits, bias)
         # 32 channels: inside a group (the zero point and scale fold into the product); 64 / 128
-        # with group 32: the tile holds whole groups and is dequantized per word.
-        for block_k, split_k, swap in ((32, 1, False), (32, 2, True), (128 if group == 32 else 64, 2, False)):
-            got = int_weight_gemm(x, *layout, group, bits, bias, block_m=16, block_n=16, block_k=block_k,
-                                  split_k=split_k, swap=swap)
+        # with group 32: the tile holds whole groups and is dequantized per word. ptx: the PTX
+        # unpack where it applies (4 bits, bf16, on a GPU; with 64 outputs a tile, so every thread
+        # holds the two words an instance takes), else the same plain unpack.
+        for block_k, split_k, swap, ptx in ((32, 1, False, False), (32, 2, True, True),
+                                            (128 if group == 32 else 64, 2, False, True)):
+            got = int_weight_gemm(x, *layout, group, bits, bias, block_m=16, block_n=64 if ptx else 16,
+                                  block_k=block_k, split_k=split_k, swap=swap, ptx=ptx)
             assert got.dtype == dtype and got.shape == (rows, n)
             assert_close(got / scale, want / scale, dtype, 4)
 
