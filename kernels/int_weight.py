@@ -1,8 +1,7 @@
 """Integer weight-only linears (W4A16 / W8A16) on the layout of kernels/reference.py's header.
 
 The layout: `qweight` (N, K / P) int32, each output's words contiguous along K, so a program
-streams long runs of one row (16-byte loads, many bytes in flight); scales and zeros (N, NG)
-follow the same rows. What the three launchers share (each lives in the module of its name);
+streams long contiguous runs of one row; scales and zeros (N, NG) follow the same rows. What the three launchers share (each lives in the module of its name);
 worker/quant/int_kernels.py picks among them per shape and batch:
 - `int_weight_gemv`: one row, on CUDA cores. Each program owns BLOCK_N outputs and streams
   (BLOCK_N, BLOCK_W) tiles of words; nothing is unpacked to a tile: each value meets its x in a
@@ -19,8 +18,12 @@ Unpacking without int-to-float conversions (a quarter-rate instruction): a value
 and OR-ed into the mantissa of 2**23 is the float 2**23 + q * 2**s exactly while q's bits stay
 below bit 23. The GEMV takes a word's low and high 16 bits apart, so each value costs one AND-OR,
 one subtract and one multiply-add by x * 2**-s; the GEMM shifts each value down first, so the
-float is q itself. Zero points and scales are applied once per group of a tile's row where the
-tile lies in one group: sum_k (q_k - z) s x_k = s (sum_k q_k x_k - z sum_k x_k).
+float is q itself (or, through inline PTX for 4 bits, bf16 128 + q straight from an AND-OR).
+Zero points and scales are applied once per group of a tile's row where the tile lies in one
+group: sum_k (q_k - z) s x_k = s (sum_k q_k x_k - z sum_k x_k).
+
+`unpack_rows` and `tile_fits` read the transposed layout that quantized MoE experts keep
+(kernels/fused_moe.py).
 """
 
 from __future__ import annotations
