@@ -2,9 +2,10 @@
 
 Candidates (kernels/int_weight_*.py): the GEMV configs for one row, the tensor-core GEMM configs
 (with split K for few rows, summed in the same launch), and dequantize + cuBLAS from 64 rows.
-Each (shape, group, bits, bucket) is timed once on first use, outside CUDA graph capture, by graph replay (decode runs inside graphs, so
-device time is what counts); the capture warm-up of every decode bucket makes those choices
-before any graph is recorded. The dequantize + cuBLAS threshold is therefore measured per shape.
+Each (shape, group, bits, bucket) is timed once on first use, outside CUDA graph capture, by graph
+replay (decode runs inside graphs, so device time is what counts); the capture warm-up of every
+decode bucket makes those choices before any graph is recorded. The dequantize + cuBLAS threshold is
+therefore measured per shape.
 """
 
 from __future__ import annotations
