@@ -16,7 +16,10 @@ def _gemv(
     x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, N, kw, NG, magic,
     G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WORDS: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    PLANES: tl.constexpr,
 ):
+    # PLANES: x_ptr is x_planes' float32 (P + 1, kw) instead of x, read through pointers of the
+    # words' own shape, so that x shares the words' register layout with 16-byte loads too.
     # A tile is (BLOCK_N rows, GROUPS groups, WORDS words of each): one scale and zero point per
     # (row, group), applied once per word after its values met x. kw: words per row (an argument,
     # so that its divisibility makes the row starts 16-byte aligned to the compiler). EVEN_N /
@@ -32,6 +35,7 @@ def _gemv(
     rows = qw_ptr + n64[:, None, None] * kw  # (BN, 1, 1)
     gi = tl.arange(0, GROUPS)  # (NGT,)
     offs = gi[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # (NGT, WPG) word offsets in a tile
+    zero = (n64 * 0)[:, None, None]  # (BN, 1, 1): gives x's pointers the words' shape
     acc = tl.zeros([BLOCK_N, GROUPS, WORDS], tl.float32)
     for w0 in range(pid_k * TILE_W, kw, TILE_W * SPLIT_K):
         w = w0 + offs  # (NGT, WPG)
@@ -51,17 +55,28 @@ def _gemv(
         part = tl.zeros([BLOCK_N, GROUPS, WORDS], tl.float32)
         xsum = tl.zeros([GROUPS, WORDS], tl.float32)
         for i in tl.static_range(PER):
-            if EVEN_K:
-                xi = tl.load(x_ptr + w * PER + i).to(tl.float32)  # (NGT, WPG)
-            else:
-                xi = tl.load(x_ptr + w * PER + i, mask=w_mask, other=0.0).to(tl.float32)
-            xsum += xi
             if i < HALF:
                 v = value(words, i, BITS, magic)
             else:
                 v = value(hi, i - HALF, BITS, magic)
-            part += v * (xi * (1.0 / (1 << (BITS * (i % HALF)))))[None, :, :]
-        acc += (part - z[:, :, None] * xsum[None, :, :]) * s[:, :, None]
+            if PLANES:
+                if EVEN_K:
+                    xs = tl.load(x_ptr + i * kw + w[None, :, :] + zero)  # (BN, NGT, WPG), already scaled
+                else:
+                    xs = tl.load(x_ptr + i * kw + w[None, :, :] + zero, mask=w_mask[None, :, :], other=0.0)
+                part += v * xs
+            else:
+                if EVEN_K:
+                    xi = tl.load(x_ptr + w * PER + i).to(tl.float32)  # (NGT, WPG)
+                else:
+                    xi = tl.load(x_ptr + w * PER + i, mask=w_mask, other=0.0).to(tl.float32)
+                xsum += xi
+                part += v * (xi * (1.0 / (1 << (BITS * (i % HALF)))))[None, :, :]
+        if PLANES:
+            xsum3 = tl.load(x_ptr + PER * kw + w[None, :, :] + zero, mask=w_mask[None, :, :], other=0.0)
+        else:
+            xsum3 = xsum[None, :, :]
+        acc += (part - z[:, :, None] * xsum3) * s[:, :, None]
     y = tl.sum(tl.sum(acc, 2), 1)  # (BN,)
     if HAS_BIAS:
         bias = tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
@@ -69,9 +84,27 @@ def _gemv(
     finish_tile(y, out_ptr + n, n_mask, n, ws_ptr, cnt_ptr, pid_n, pid_k, N, SPLIT_K)
 
 
+@triton.jit
+def _x_planes_kernel(x_ptr, xp_ptr, kw, BITS: tl.constexpr, BLOCK_W: tl.constexpr):
+    # xp[i, w] = x[w * P + i] * 2**-(BITS * (i % (P / 2))) (the scale `value` needs), xp[P, w] = the
+    # word's sum of x.
+    PER: tl.constexpr = 32 // BITS
+    HALF: tl.constexpr = PER // 2
+    w = tl.program_id(0) * BLOCK_W + tl.arange(0, BLOCK_W)
+    w_mask = w < kw
+    xsum = tl.zeros([BLOCK_W], tl.float32)
+    for i in tl.static_range(PER):
+        xi = tl.load(x_ptr + w * PER + i, mask=w_mask, other=0.0).to(tl.float32)
+        xsum += xi
+        tl.store(xp_ptr + i * kw + w, xi * (1.0 / (1 << (BITS * (i % HALF)))), mask=w_mask)
+    tl.store(xp_ptr + PER * kw + w, xsum, mask=w_mask)
+
+
 # Two builds of one kernel. With kw's divisibility known the words load 16 bytes at a time, but x's
 # values (8 channels apart) then arrive in another register layout and are exchanged through shared
-# memory (barriers) every tile; without it every load is 4 bytes wide and shares one layout.
+# memory (barriers) every tile; without it every load is 4 bytes wide and shares one layout. With
+# planes (PLANES) the wide build reads x from a float32 copy laid out like the words (one small
+# launch before), so nothing is exchanged and the loads stay wide.
 _gemv_kernel = triton.jit(do_not_specialize=["magic"])(_gemv)
 _gemv_kernel_narrow = triton.jit(do_not_specialize=["kw", "magic"])(_gemv)
 
@@ -79,9 +112,10 @@ _gemv_kernel_narrow = triton.jit(do_not_specialize=["kw", "magic"])(_gemv)
 def int_weight_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                     group_size: int, bits: int, bias: torch.Tensor | None = None, block_n: int = 8,
                     block_w: int = 64, split_k: int = 1, num_warps: int = 4, num_stages: int = 3,
-                    wide: bool = True) -> torch.Tensor:
+                    wide: bool = True, planes: bool = False) -> torch.Tensor:
     """x (1, K) -> (1, N) in x's dtype; a tile of block_w words per row either lies in one group
-    or holds whole groups. wide: 16-byte weight loads (see the two builds above)."""
+    or holds whole groups. wide: 16-byte weight loads (see the two builds above); planes: x goes
+through x_planes first (wide loads)."""
     assert x.shape[0] == 1, f"one row expected, got {tuple(x.shape)}"
     n, k = check_layout(x, qweight, scales, zeros, group_size, bits)
     fit = tile_groups(block_w * 32 // bits, group_size, k, bits)
@@ -89,11 +123,15 @@ def int_weight_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(n, block_n), split_k)
     kw = qweight.shape[1]
-    (_gemv_kernel if wide else _gemv_kernel_narrow)[grid](
-        x, qweight, scales, zeros, bias if bias is not None else scales, out,
+    xs = x
+    if planes:
+        xs = torch.empty(32 // bits + 1, kw, dtype=torch.float32, device=x.device)
+        _x_planes_kernel[(triton.cdiv(kw, 256),)](x, xs, kw, BITS=bits, BLOCK_W=256)
+    (_gemv_kernel if wide or planes else _gemv_kernel_narrow)[grid](
+        xs, qweight, scales, zeros, bias if bias is not None else scales, out,
         workspace(split_k, n, x.device), counters(x.device, grid[0]), n, kw, scales.shape[1], 0x4B000000,
         G=min(group_size, k), BITS=bits, BLOCK_N=block_n, GROUPS=fit[0], WORDS=fit[1], SPLIT_K=split_k,
-        HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0, EVEN_K=kw % block_w == 0,
+        HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0, EVEN_K=kw % block_w == 0, PLANES=planes,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

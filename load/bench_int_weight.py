@@ -20,11 +20,12 @@ import sys
 from types import SimpleNamespace
 
 SHAPES = (("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096))
-# --sweep: (block_n, block_w, split_k, warps, stages, wide) and (block_m, block_n, block_k, split_k, swap, ptx, warps,
+# --sweep: (block_n, block_w, split_k, warps, stages, loads) and (block_m, block_n, block_k, split_k, swap, ptx, warps,
 # stages).
 SWEEP_GEMV = ((8, 128, 1, 4, 3, True), (16, 128, 1, 8, 3, True)) + tuple(
-    (bn, bw, sk, warps, 3, False) for bn, bw, warps in ((8, 128, 4), (16, 128, 4), (8, 256, 8), (16, 64, 2), (32, 64, 4))
-    for sk in (1, 2))
+    (bn, bw, sk, warps, 3, loads) for bn, bw, warps in ((8, 128, 4), (16, 128, 4), (8, 256, 8), (16, 64, 2), (32, 64, 4),
+                                                        (32, 128, 8))
+    for sk in (1, 2) for loads in (False, "planes"))
 SWEEP_GEMM = (
     (16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), (16, 64, 128, 8, True, True, 4, 4),
     (16, 64, 128, 4, True, True, 4, 5), (16, 128, 128, 2, True, True, 4, 4), (16, 128, 128, 4, True, True, 4, 4),

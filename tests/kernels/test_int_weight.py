@@ -53,8 +53,9 @@ def test_gemv_matches_the_reference(n: int, k: int, group: int, bits: int, dtype
     per = 32 // bits
     # A tile inside one group (8 words), and one holding whole groups (when the group allows).
     for block_w in {8, max(8, 2 * min(group, 64) // per)}:
-        for split_k in (1, 3):
-            got = int_weight_gemv(x, *layout, group, bits, bias, block_n=16, block_w=block_w, split_k=split_k)
+        for split_k, planes in ((1, False), (3, False), (3, True)):  # planes: x through x_planes first
+            got = int_weight_gemv(x, *layout, group, bits, bias, block_n=16, block_w=block_w, split_k=split_k,
+                                  planes=planes)
             assert got.dtype == dtype and got.shape == (1, n)
             assert_close(got / scale, want / scale, dtype, 4)
 
@@ -108,7 +109,8 @@ def test_split_k_configs_of_the_shortlist_stay_right_over_repeated_launches() ->
                     for c in GEMM if c[3] > 1 and c[0] <= max(16, rows)]
         if rows == 1:
             launches += [lambda c=c: int_weight_gemv(x, *layout, group, bits, block_n=c[0], block_w=c[1], split_k=c[2],
-                                                     num_warps=c[3], num_stages=c[4], wide=c[5])
+                                                     num_warps=c[3], num_stages=c[4], wide=c[5] is True,
+                                                     planes=c[5] == "planes")
                          for c in GEMV if c[2] > 1]
         for launch in launches:
             outs = [launch() for _ in range(20)]

@@ -32,7 +32,11 @@ _BUCKETS = (1, 16, 32, 64, 128, 256, 1024)  # rows; a batch runs the choice of t
 # H200 (docs/perf.md, `load/bench_int_weight.py --sweep` times a wider set), plus split-free tiles
 # for the buckets above 64 rows.
 GEMV = ((16, 128, 1, 4, 3, False), (8, 128, 1, 4, 3, False), (16, 64, 1, 2, 3, False), (16, 128, 2, 4, 3, False),
-        (32, 64, 2, 4, 3, False), (8, 128, 1, 4, 3, True))  # (block_n, block_w, split_k, warps, stages, wide)
+        (32, 64, 2, 4, 3, False), (8, 128, 1, 4, 3, True), (16, 128, 1, 4, 3, "planes"), (8, 128, 1, 4, 3, "planes"),
+        (32, 128, 1, 8, 3, "planes"), (16, 128, 2, 4, 3, "planes"))
+# (block_n, block_w, split_k, warps, stages, loads): loads True = 16-byte ("wide"), False = 4-byte ("narrow"),
+# "planes" = wide with x through x_planes first (kernels/int_weight_gemv.py); the planes builds are
+# not measured on a GPU yet (docs/perf.md), the first-use timing decides.
 GEMM = ((16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 5),
         (16, 64, 128, 8, True, True, 4, 4), (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3),
         (64, 64, 128, 4, True, True, 4, 4), (64, 64, 128, 4, False, True, 4, 4), (64, 128, 128, 1, False, True, 8, 3),
@@ -86,7 +90,7 @@ def _fastest(layer: IntWeightLinear, bucket: int, dtype: torch.dtype) -> tuple[s
     return best[1], best[2]
 
 
-def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool, ...], ...] = GEMV,
+def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool | str, ...], ...] = GEMV,
                gemm: tuple[tuple[int | bool, ...], ...] = GEMM) -> list[tuple[str, Impl]]:
     """The kernels (and configs) worth timing for `bucket` rows of this layer's shape."""
     from kernels.int_weight import tile_groups
@@ -101,11 +105,12 @@ def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool
     if bucket == 1:
         for bn, bw, sk, warps, stages, wide in gemv:
             if fits(bw * per) and bw * per * sk <= 2 * k:  # every split has work
-                found.append((f"gemv n{bn} w{bw} splitk{sk} warps{warps} stages{stages}{'' if wide else ' narrow'}",
+                kind = {True: "", False: " narrow", "planes": " planes"}[wide]
+                found.append((f"gemv n{bn} w{bw} splitk{sk} warps{warps} stages{stages}{kind}",
                               lambda x, lay, c=(bn, bw, sk, warps, stages, wide): int_weight_gemv(
                                   x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
                                   block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4],
-                                  wide=c[5])))
+                                  wide=c[5] is True, planes=c[5] == "planes")))
     for bm, bn, bk, sk, swap, ptx, warps, stages in gemm:
         small_enough = bm <= max(16, bucket) and not (sk > 1 and bucket > 64)
         if fits(bk) and small_enough and bk * sk <= 2 * k and not (swap and bm > 64):
