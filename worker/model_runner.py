@@ -134,6 +134,8 @@ class ModelRunner:
         self.heads: Speculator | None = None if self.draft_model is not None else self.speculator  # type: ignore[assignment]
         if self.draft_model is not None:  # the forward returns the layers' inputs it fuses, too
             self.draft_model.bind(self.model)
+            if self.device.type == "cpu":
+                cpu_linear.pack_weights(self.draft_model, self.dtype)
         self.watermark = Watermark(config.fleet.watermark_gamma, config.fleet.watermark_delta)
         self.attention = PagedAttentionBackend()
         # LoRA adapters (worker/lora/): none until one is loaded; a sharded model takes none.
