@@ -15,17 +15,37 @@ from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from load.speculator_heads import successors, write_eagle3
 from tests.worker.test_engine_model import _run, tiny  # noqa: F401 (a fixture)
-from tests.worker.test_engine_model_heads import GREEDY, _engine
+from tests.worker.test_engine_model_heads import GREEDY
 from tests.worker.test_engine_model_speculative import (  # noqa: F401 (fixtures)
     _outputs, _shared_prefix_prompts, default_plain, grounded, tiny_plain,
 )
+from worker.engine import LLMEngine
+from worker.model_runner import ModelRunner
+
+
+def _engine(model_dir: Path, draft: Path | None, overlap: bool = False, **overrides: object) -> LLMEngine:
+    settings: dict[str, object] = {"device": "cpu", "dtype": "float32", "max_batch_total_tokens": 2048,
+                                   "max_batch_prefill_tokens": 32, "block_size": 8, "waiting_served_ratio": 0.0,
+                                   "speculative_model": str(draft) if draft is not None else None}
+    config = WorkerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
+    runner = ModelRunner(config, model_dir)
+    runner.can_overlap = overlap  # on CPU the launch runs at once; the placeholder path is the same
+    return LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
+                     max_model_len=runner.max_model_len, speculator=runner.speculator)
 
 
 @pytest.mark.parametrize("kind", ["random", "successor"])
 def test_greedy_with_an_eagle3_draft_on_a_tiny_model_is_unchanged(tiny, tiny_plain, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
     follow = successors(tiny_plain, 97) if kind == "successor" else None
     draft = write_eagle3(tmp_path / kind, 64, 97, draft_vocab=None if follow else 48, aux_layers=[0, 1, 1], follow=follow)
-    engine = _engine(tiny[0], draft, speculate=4)
+    if follow is None:
+        # Past 6 running requests the step turns speculation down and, as on CUDA, launches the
+        # next step before reading this one (placeholders, no draft); below it the draft extends
+        # and proposes again.
+        engine = _engine(tiny[0], draft, speculate=4, speculate_max_batch_size=6, overlap=True)
+        assert engine.overlap
+    else:
+        engine = _engine(tiny[0], draft, speculate=4)
     assert _run(engine, _shared_prefix_prompts(), GREEDY) == tiny_plain
     stats = engine.stats()
     assert stats.speculation == "eagle3" and stats.speculate == 4
@@ -72,8 +92,6 @@ def test_an_eagle3_draft_on_cuda_graphs_gives_the_plain_greedy_text(tmp_path: Pa
     import torch
 
     from load.bench_gpu import write_model_dir
-    from worker.engine import LLMEngine
-    from worker.model_runner import ModelRunner
     from worker.request import Request
 
     model_dir = write_model_dir(tmp_path, "smollm2-135m")
