@@ -13,8 +13,9 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
     python -m load.bench_gpu --models smollm2 --requests 200 --no-baseline
     python -m load.bench_gpu --tokenizer-dir DIR   # adds (d), the fleet path
     python -m load.bench_gpu --watermark           # adds (b) greedy and sampled with the watermark on
-    python -m load.bench_gpu --models smollm2 --grammar --tokenizer-dir DIR
-                                                   # adds (b) greedy with and without a JSON-schema grammar
+    python -m load.bench_gpu --models 8b --no-baseline --workloads b --grammar --tokenizer-dir DIR
+                                                   # adds (b) greedy with and without a JSON-schema grammar,
+                                                   # and guided one step at a time (no overlap)
     python -m load.bench_gpu --speculate 4         # adds (a), (b) with n-gram --speculate 4 beside the same
                                                    # without, and one batch-1 verification step's cost
                                                    # over a plain decode step
@@ -57,7 +58,7 @@ from typing import Any
 
 from load.bench_shards import shard_rows
 
-__all__ = ["SHAPES", "write_model_dir", "main"]
+__all__ = ["SHAPES", "guided_schema", "write_model_dir", "main"]
 
 # HF config.json bodies of the two benchmark shapes (weights are random; nothing is downloaded).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -282,18 +283,22 @@ def _engine_config(args: argparse.Namespace, model_dir: Path) -> Any:
                         prefix_caching=False, cuda_graphs=args.cuda_graphs)
 
 
+def guided_schema() -> dict[str, Any]:
+    """The JSON schema of the guided rows: no row finishes it in 256 tokens."""
+    item = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999},
+                                             "tag": {"enum": ["a", "b", "c"]}}, "required": ["id", "tag"]}
+    return {"type": "object", "properties": {"rows": {"type": "array", "minItems": 200, "items": item}}, "required": ["rows"]}
+
+
 def _guided(args: argparse.Namespace, runner: Any) -> tuple[Any, str]:
-    """A grammar compiler on --tokenizer-dir's vocabulary and a schema no row finishes in 256 tokens."""
+    """A grammar compiler on --tokenizer-dir's vocabulary and guided_schema's grammar."""
     from gateway.grammar import GrammarSpec, compile_grammar
     from worker.grammar import GrammarCompiler
 
     if args.tokenizer_dir is None:
         raise SystemExit("--grammar needs --tokenizer-dir (a tokenizer.json no larger than the model's vocabulary)")
-    item = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999},
-                                             "tag": {"enum": ["a", "b", "c"]}}, "required": ["id", "tag"]}
-    schema = {"type": "object", "properties": {"rows": {"type": "array", "minItems": 200, "items": item}}, "required": ["rows"]}
     compiler = GrammarCompiler(args.tokenizer_dir / "tokenizer.json", runner.vocab_size, runner.eos_token_ids)
-    return compiler, compile_grammar(GrammarSpec.json_schema(schema))
+    return compiler, compile_grammar(GrammarSpec.json_schema(guided_schema()))
 
 
 def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
@@ -359,7 +364,11 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     if "b" in todo and args.grammar:  # guided decoding beside the same unconstrained, in one run
         greedy = static_rows("b", "greedy", config)
         grammars, grammar = _guided(args, runner)
+        grammars.matcher(grammar, [])  # compiled once here: neither guided row times the cold compile
         static_rows("b", "greedy + JSON schema (200+ array items)", config, versus=greedy, grammars=grammars, grammar=grammar)
+        # The same guided steps one at a time, as before the masks' two-half launch (worker/engine.py).
+        static_rows("b", "greedy + JSON schema, one step at a time", one_step, versus=greedy, grammars=grammars,
+                    grammar=grammar)
     if args.speculate:  # n-gram drafts on random-weight greedy text (it repeats itself), vs the same without
         from load.bench_speculative import verify_step_ratio
 
@@ -564,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers generate")
     parser.add_argument("--watermark", action="store_true", help="(b) greedy and sampled, each with and without the watermark")
     parser.add_argument("--grammar", action="store_true",
-                        help="(b) greedy with and without a JSON-schema grammar (needs --tokenizer-dir)")
+                        help="(b) greedy with and without a JSON-schema grammar, and guided one step at a time "
+                        "(needs --tokenizer-dir)")
     parser.add_argument("--lora", type=int, default=0, help="(b) over this many random LoRA adapters, and on the "
                         "base with them loaded, beside (b) without")
     parser.add_argument("--lora-rank", type=int, default=16, help="rank of the --lora adapters")

@@ -28,8 +28,11 @@ class _InstantRunner:
         sampled = [7 if r.do_sample else NOT_SAMPLED for r in reqs]
         return StepOutput(batch.step, [r.key for r in reqs], sampled, [0.0] * len(reqs), [[] for _ in reqs], {})
 
-    def launch(self, batch: ScheduledBatch, previous: object) -> StepOutput:
+    def launch(self, batch: ScheduledBatch, previous: object, *, defer_sample: bool = False) -> StepOutput:
         return self.execute(batch)
+
+    def sample(self, handle: StepOutput, ended: frozenset[RequestKey]) -> None:
+        pass  # never deferred: it samples at launch
 
     def wait(self, handle: StepOutput) -> StepOutput:
         return handle

@@ -2,8 +2,11 @@
 
 The "model" is a pure function of the token history: the next token is a hash of the tokens
 before it, so a request's greedy continuation is fixed by its prompt alone, and whatever the
-batching, chunking or preemption, the engine must reproduce its solo run exactly. The fake also
-checks the contract: positions, block coverage and the step budget.
+batching, chunking or preemption, the engine must reproduce its solo run exactly. A constrained
+row (a grammar) samples the model's choice among the tokens its matcher allows when the step
+samples, as the real sampler's mask does: a mask filled from a stale matcher changes the text.
+The fake also checks the contract: positions, block coverage, the step budget, and that a step
+is sampled before it is waited for or followed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, StepOutput, VerifiedTokens
 from worker.request import RequestKey
 
-__all__ = ["FakeRunner", "fake_logprob", "next_token", "solo_run"]
+__all__ = ["FakeRunner", "FakeStep", "fake_logprob", "next_token", "solo_run"]
 
 VOCAB = 1000
 EOS = 0
@@ -43,6 +46,16 @@ def solo_run(prompt: list[int], max_new: int, model: Callable[[list[int]], int] 
 
 
 @dataclass
+class FakeStep:
+    """A launched step: its output, the constrained rows' tokens chosen once it samples."""
+
+    output: StepOutput
+    histories: list[list[int]]  # per request: the tokens its sample follows
+    batch: ScheduledBatch
+    sampled: bool = False
+
+
+@dataclass
 class FakeRunner:
     block_size: int
     token_budget: int
@@ -51,24 +64,50 @@ class FakeRunner:
     can_overlap: bool = False  # True: the engine launches step N+1 before it reads step N
     uniform_drafts: bool = False  # True: as a runner with verification CUDA graphs (drafts evened out)
     model: Callable[[list[int]], int] = next_token  # the next token of a history
+    # ("launch" | "sample" | "wait", step) in the order the engine called them.
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    unmasked: list[RequestKey] = field(default_factory=list)  # rows `sample` was told had ended, in order
 
-    def launch(self, batch: ScheduledBatch, previous: StepOutput | None) -> StepOutput:
+    def launch(self, batch: ScheduledBatch, previous: FakeStep | None, *, defer_sample: bool = False) -> FakeStep:
         """As the real runner: placeholders take the previous step's sample for that request."""
+        assert previous is None or previous.sampled, "a step launched after one not sampled yet"
         for req in batch.requests:
             for k, token in enumerate(req.token_ids):
                 if token == PLACEHOLDER:
                     assert previous is not None, "a placeholder without the step that samples it"
                     assert k == 0 and len(req.token_ids) == 1, "a placeholder outside a decode row"
-                    value = previous.sampled_token_ids[previous.keys.index(req.key)]
+                    value = previous.output.sampled_token_ids[previous.output.keys.index(req.key)]
                     assert value >= 0
                     req.token_ids = [value]
                     req.all_token_ids = req.all_token_ids[: req.start_pos] + [value]  # a resolved copy
-        return self.execute(batch)
+        self.calls.append(("launch", batch.step))
+        step = FakeStep(self.forward(batch), [r.all_token_ids[: r.start_pos + len(r.token_ids)] for r in batch.requests],
+                        batch)
+        if not defer_sample:
+            self.sample(step, frozenset())
+        return step
 
-    def wait(self, handle: StepOutput) -> StepOutput:
-        return handle
+    def sample(self, step: FakeStep, ended: frozenset[RequestKey]) -> None:
+        assert not step.sampled, "a step sampled twice"
+        self.calls.append(("sample", step.batch.step))
+        self.unmasked += [r.key for r in step.batch.requests if r.key in ended]
+        for i, req in enumerate(step.batch.requests):
+            if req.grammar is not None and req.do_sample and req.key not in ended:
+                allowed = _allowed(req.grammar.compute_bitmask())
+                assert allowed, "a live matcher allows nothing"
+                step.output.sampled_token_ids[i] = allowed[self.model(step.histories[i]) % len(allowed)]
+        step.sampled = True
+
+    def wait(self, handle: FakeStep) -> StepOutput:
+        assert handle.sampled, "a step waited for before it was sampled"
+        self.calls.append(("wait", handle.batch.step))
+        return handle.output
 
     def execute(self, batch: ScheduledBatch) -> StepOutput:
+        return self.wait(self.launch(batch, None))
+
+    def forward(self, batch: ScheduledBatch) -> StepOutput:
+        """The step's computation, every row sampled unconstrained (what a subclass checks)."""
         assert batch.num_tokens <= self.token_budget, "step budget exceeded"
         assert batch.num_tokens == sum(len(r.token_ids) for r in batch.requests)
         assert all(len(r.token_ids) == 1 + r.num_draft_tokens and r.do_sample for r in batch.requests[: batch.num_decode])
@@ -106,3 +145,8 @@ class FakeRunner:
         n = len(batch.requests)
         return StepOutput(batch.step, [r.key for r in batch.requests], sampled, [0.0] * n, [[] for _ in range(n)],
                           prompt_lps, verified)
+
+
+def _allowed(bitmask: bytes) -> list[int]:
+    """The token ids an llguidance bitmask allows (bit t of little-endian word w: token 32w + t)."""
+    return [8 * i + b for i, byte in enumerate(bitmask) if byte for b in range(8) if byte >> b & 1]

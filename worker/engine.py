@@ -17,8 +17,14 @@ known only once it is read).
 
 Constrained requests (a grammar) wait outside the scheduler while worker/grammar.py compiles
 their matcher on its own threads, so a cold schema never stalls the other requests' steps; the
-engine advances each matcher with every sampled token. Their steps run one at a time too: the
-next token's mask needs the token just sampled. They do not draft (worker/scheduler.py).
+engine advances each matcher with every sampled token. Their steps overlap too, in two halves:
+the next token's mask needs the token just sampled, but the forward that scores it does not. So
+step N+1 is launched up to its logits (`launch(..., defer_sample=True)`) before N is read; the
+engine then reads N, advances the matchers with N's tokens, and only then queues N+1's sampling
+(`sample(handle, ended)`), which fills N+1's masks on the mask threads (worker/grammar_mask.py)
+while the device still runs N+1's forward. A request that N ended (EOS, the grammar's end, an
+error) gets no mask in N+1, and its row's sample is dropped like any other. Constrained requests
+do not draft (worker/scheduler.py).
 """
 
 from __future__ import annotations
@@ -58,7 +64,13 @@ class Runner(Protocol):
 
     def execute(self, batch: ScheduledBatch) -> StepOutput: ...
 
-    def launch(self, batch: ScheduledBatch, previous: Any) -> Any: ...
+    def launch(self, batch: ScheduledBatch, previous: Any, *, defer_sample: bool = False) -> Any:
+        """Queue `batch` (after `previous`, whose samples fill its placeholders); with `defer_sample`
+        only up to its logits: `sample` queues the rest."""
+
+    def sample(self, handle: Any, ended: frozenset[RequestKey]) -> None:
+        """Queue a deferred launch's sampling, its grammar masks filled from the matchers as they are
+        now; the rows of `ended` requests get none (their samples are dropped)."""
 
     def wait(self, handle: Any) -> StepOutput: ...
 
@@ -207,26 +219,34 @@ class LLMEngine:
                 self._note_batch(batch)
                 return outputs
             current = _InFlight(batch, runner.launch(batch, None))
+        following, masked = None, False
         if self._may_run_ahead(current.batch):
             current.placeholders = self._advance(current.batch)
             current.advanced = True
-            following = self.scheduler.schedule()
-            if following.requests:
-                self._inflight = _InFlight(following, runner.launch(following, current.handle))
+            batch = self.scheduler.schedule()
+            if batch.requests:
+                masked = any(r.grammar is not None and r.do_sample for r in batch.requests)
+                # A step with grammar masks is launched up to its logits; it samples once N is read.
+                following = _InFlight(batch, runner.launch(batch, current.handle, defer_sample=masked))
+                self._inflight = following
         self._note_batch(current.batch)
-        return outputs + self._update(current.batch, runner.wait(current.handle), current)
+        outputs += self._update(current.batch, runner.wait(current.handle), current)
+        if following is not None and masked:  # N's tokens are in the matchers now: N+1's masks
+            ended = frozenset(r.key for r in following.batch.requests if r.key not in self._requests)
+            runner.sample(following.handle, ended)
+        return outputs
 
     # -- internals -------------------------------------------------------------------------------
     def _note_batch(self, batch: ScheduledBatch) -> None:
         self.last_batch = batch
 
     def _may_run_ahead(self, batch: ScheduledBatch) -> bool:
-        # Penalties, prompt logprobs and grammar masks read the real token history on the host;
-        # drafts need the last token known, and a verified step's token count is known only once
-        # it is read.
+        # Penalties and prompt logprobs read the real token history on the host; drafts need the
+        # last token known, and a verified step's token count is known only once it is read.
+        # (Grammar masks wait for the token too, but only the sampling does: `defer_sample`.)
         if self.scheduler.drafter.active(len(self.scheduler.running)):
             return False
-        return not any(r.prefill_logprobs or r.params.has_penalties() or r.grammar is not None or r.num_draft_tokens
+        return not any(r.prefill_logprobs or r.params.has_penalties() or r.num_draft_tokens
                        or r.num_proposals for r in batch.requests)
 
     def _admit_compiled(self) -> list[RequestOutput]:

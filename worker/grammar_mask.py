@@ -1,9 +1,11 @@
 """The sampler's grammar stage: each constrained row's allowed tokens as a bitmask, applied on device.
 
 `prepare` fills one int32 bitmask row per constrained request on the host (llguidance, ~tens of
-µs a row, spread over llguidance's own threads from `_PARALLEL_ROWS` rows up; the model runner
-calls it after the forward is queued, so on CUDA it runs while the device computes) and uploads it with the row indices; `apply` sets every disallowed logit of those
-rows to -inf. Unconstrained rows are not touched, and a step with no constrained row pays nothing.
+µs a row, spread over llguidance's own threads from `_PARALLEL_ROWS` rows up), in pinned memory on
+CUDA, and queues its copy to the device with the row indices: no host sync. The model runner calls
+it once the step's forward is queued (worker/model_runner.py `sample`), so on CUDA it runs while
+the device computes. `apply` sets every disallowed logit of those rows to -inf. Unconstrained rows
+are not touched, and a step with no constrained row pays nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def prepare(matchers: list[llguidance.LLMatcher | None], vocab_size: int, device
     if not rows:
         return None
     words = -(-vocab_size // _BITS)
-    host = torch.empty((len(rows), words), dtype=torch.int32)  # (G, W)
+    host = torch.empty((len(rows), words), dtype=torch.int32, pin_memory=device.type == "cuda")  # (G, W)
     constrained = [(matchers[j], k) for k, j in enumerate(rows)]
     if len(rows) >= _PARALLEL_ROWS:
         _executor().unsafe_compute_mask_ptr(constrained, host.data_ptr(), words * 4, len(rows))  # type: ignore[arg-type]

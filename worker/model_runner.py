@@ -5,6 +5,11 @@ inputs, forward, sampling, and the copy of its results into pinned host memory â
 once; `wait` blocks on that copy alone. So the engine can launch step N+1 before it reads step N:
 N+1's PLACEHOLDER tokens are filled from N's sampled ids on the device, and N's results are read
 without waiting for N+1 (its copy was queued ahead of N+1 and signals its own event).
+
+A step with grammar masks can be launched in two halves: `launch(..., defer_sample=True)` queues
+the inputs, the forward and the logits; `sample(step, ended)` later fills the masks from the
+matchers as they are then (after the engine has read N's tokens and advanced them) and queues
+the sampling and the copy back. The device runs N+1's forward while the host does that.
 """
 
 from __future__ import annotations
@@ -64,16 +69,30 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 @dataclass(slots=True)
+class _Forward:
+    """A launched step's forward results, held until its sampling is queued."""
+
+    inputs: ModelInputs
+    sampled: list[ScheduledRequest]  # one per sampling row (verify.sampling_rows)
+    tensors: sampler.SamplingTensors | None  # None: no row samples; its grammar stage is filled at sampling
+    logits: torch.Tensor  # (N, V) float32 on the device, one row per logits row
+    hidden: torch.Tensor  # (N, hidden) on the device: the speculator heads read it
+    aux: torch.Tensor | None  # (T, 3 * hidden) on the device: an EAGLE-3 draft's input (ModelRunner._split)
+
+
+@dataclass(slots=True)
 class PendingStep:
     """A step queued on the device; `wait` turns it into a StepOutput."""
 
     batch: ScheduledBatch
     layout: LogitsLayout  # which requests sampled, and where their results sit in `host`
     row_of: dict[RequestKey, int]  # request -> its (first) sampling row in `token_ids`
-    token_ids: torch.Tensor | None  # (n,) int64 on the device: the next step's placeholders read it
-    host: torch.Tensor | None  # float64 on the host (pinned on CUDA): every result, packed by `layout`
-    ready: torch.cuda.Event | None  # fires when `host` is filled (CUDA only)
-    top_n: int  # top alternatives per sampled row in `host`
+    # Until `sample` queues its sampling: what that needs (a launch with defer_sample); None after.
+    unsampled: _Forward | None = None
+    token_ids: torch.Tensor | None = None  # (n,) int64 on the device: the next step's placeholders read it
+    host: torch.Tensor | None = None  # float64 on the host (pinned on CUDA): every result, packed by `layout`
+    ready: torch.cuda.Event | None = None  # fires when `host` is filled (CUDA only)
+    top_n: int = 0  # top alternatives per sampled row in `host`
 
 
 class ModelRunner:
@@ -220,7 +239,8 @@ class ModelRunner:
         return self.wait(self.launch(batch, None))
 
     @torch.inference_mode()
-    def launch(self, batch: ScheduledBatch, previous: PendingStep | None) -> PendingStep:
+    def launch(self, batch: ScheduledBatch, previous: PendingStep | None, *, defer_sample: bool = False) -> PendingStep:
+        """Queue the step; with `defer_sample` only up to its logits (then `sample` queues the rest)."""
         inputs = self.prepare_inputs(batch, previous)
         # Sampling inputs are uploaded before the forward is queued, so no copy waits for it.
         sampled = verify.sampling_rows(batch.requests, inputs.layout)  # one per sampling row
@@ -232,9 +252,28 @@ class ModelRunner:
         hidden = hidden[inputs.logits_rows]  # (N, hidden): the heads read it too
         logits_all = self._logits_of(hidden)
         assert logits_all is not None  # rank 0 (or unsharded) always has them
-        if tensors is not None:  # the host fills grammar masks while the device runs the forward
-            tensors.grammar = grammar_mask.prepare([r.grammar for r in sampled], self.vocab_size, self.device)
-        return self._sample(batch, inputs, logits_all, tensors, hidden, aux)
+        reqs, layout = batch.requests, inputs.layout
+        step = PendingStep(
+            batch=batch,
+            layout=layout,
+            row_of={reqs[i].key: j for j, i in reversed(list(enumerate(layout.sample_batch_idx)))},
+            unsampled=_Forward(inputs, sampled, tensors, logits_all, hidden, aux),
+        )
+        if not defer_sample:
+            self.sample(step)
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: PendingStep, ended: frozenset[RequestKey] = frozenset()) -> None:
+        """Queue the sampling of a launched step. Its grammar masks are filled now, from each
+        matcher's present state (on the host, while the device still runs the forward); the rows of
+        `ended` requests (finished since the launch: their samples are dropped) get no mask."""
+        held, step.unsampled = step.unsampled, None
+        assert held is not None, "a step sampled twice"
+        if held.tensors is not None:
+            matchers = [None if r.key in ended else r.grammar for r in held.sampled]
+            held.tensors.grammar = grammar_mask.prepare(matchers, self.vocab_size, self.device)
+        self._sample(step, held)
 
     def prepare_inputs(self, batch: ScheduledBatch, previous: PendingStep | None) -> ModelInputs:
         """The step's device inputs, placeholders filled; a sharded worker's other ranks get them too."""
@@ -270,6 +309,7 @@ class ModelRunner:
         assert inputs.decode_query_len == 1, "drafts in a step scheduled ahead"
         if previous is None or previous.token_ids is None:
             raise RuntimeError("a placeholder token without the step that samples it")
+        assert previous.unsampled is None, "a step launched after one whose sampling is not queued yet"
         src = [previous.row_of[r.key] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
         src_t = upload(torch.tensor(src, dtype=torch.int64), self.device)
         head = inputs.input_ids[: len(src)]
@@ -288,11 +328,9 @@ class ModelRunner:
         with forward_context(meta, self.attention), lora_scope(lora):
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
 
-    def _sample(
-        self, batch: ScheduledBatch, inputs: ModelInputs, logits_all: torch.Tensor, tensors: sampler.SamplingTensors | None,
-        hidden: torch.Tensor, aux: torch.Tensor | None,
-    ) -> PendingStep:
-        layout, reqs = inputs.layout, batch.requests
+    def _sample(self, step: PendingStep, held: _Forward) -> None:
+        inputs, logits_all, tensors, hidden, aux = held.inputs, held.logits, held.tensors, held.hidden, held.aux
+        layout, batch = inputs.layout, step.batch
         token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = proposals = None
         k = 0
         if tensors is not None:
@@ -327,15 +365,7 @@ class ModelRunner:
                 ready.record()
             else:
                 host = flat
-        return PendingStep(
-            batch=batch,
-            layout=layout,
-            row_of={reqs[i].key: j for j, i in reversed(list(enumerate(layout.sample_batch_idx)))},
-            token_ids=token_ids,
-            host=host,
-            ready=ready,
-            top_n=k,
-        )
+        step.token_ids, step.host, step.ready, step.top_n = token_ids, host, ready, k
 
     def _propose(self, layout: LogitsLayout, rows: torch.Tensor, hidden: torch.Tensor, token_ids: torch.Tensor,
                  num_accepted: torch.Tensor | None) -> torch.Tensor:
@@ -349,6 +379,7 @@ class ModelRunner:
         return self.heads.propose(hidden[rows[first]], token_ids[first], self.model)
 
     def wait(self, step: PendingStep) -> StepOutput:
+        assert step.unsampled is None, "a step waited for before its sampling was queued"
         if step.ready is not None:
             step.ready.synchronize()
         got = step.layout.unpack(step.host.tolist() if step.host is not None else [], step.top_n)

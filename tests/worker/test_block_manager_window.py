@@ -176,7 +176,7 @@ class PagedFakeRunner(FakeRunner):
     pages: dict[int, int] = field(default_factory=dict)  # slot -> the token whose K/V it holds
     most_blocks: int = 0  # the most blocks any request's window-relevant part spanned
 
-    def execute(self, batch: ScheduledBatch) -> StepOutput:
+    def forward(self, batch: ScheduledBatch) -> StepOutput:
         for req in batch.requests:
             table, size = req.block_table, self.block_size
             history = [*req.all_token_ids[: req.start_pos], *req.token_ids]
@@ -189,7 +189,7 @@ class PagedFakeRunner(FakeRunner):
                     assert self.pages[slot] == history[key], (req.key, query, key)
             lo = max(0, req.start_pos - self.window + 1) // size
             self.most_blocks = max(self.most_blocks, -(-(req.start_pos + len(req.token_ids)) // size) - lo)
-        return super().execute(batch)
+        return super().forward(batch)
 
 
 def _engine(num_blocks: int, prefix: bool, overlap: bool, budget: int = 16) -> tuple[LLMEngine, PagedFakeRunner]:

@@ -1,7 +1,8 @@
 """CUDA graphs: which steps may replay one (a pure rule, tested on CPU); decode replay gives the
 eager path's greedy tokens (8B and SmolLM2 shapes); verification graphs give the eager path's
 logits and hidden rows, and speculation on graphs the plain greedy text; steps launched ahead
-(overlapped scheduling) give the tokens of steps run one at a time."""
+(overlapped scheduling) give the tokens of steps run one at a time, guided steps (sampled once
+the step before is read) included."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import torch
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
-from load.bench_gpu import write_model_dir
+from gateway.grammar import GrammarSpec, compile_grammar
+from load.bench_gpu import guided_schema, write_model_dir
 from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.engine import LLMEngine
+from worker.grammar import GrammarCompiler
 from worker.request import Request
 from worker.input_builder import build_inputs
 from worker.cuda_graphs import graph_query_len, verify_buckets
@@ -51,14 +54,15 @@ def test_verification_buckets_stop_at_the_first_one_past_the_speculating_batch()
 
 
 def _greedy(runner: ModelRunner, prompts: list[list[int]], new: int, params: SamplingParams | None = None,
-            overlap: bool = True, speculate: int | None = None) -> list[list[int]]:
+            overlap: bool = True, speculate: int | None = None, grammars: GrammarCompiler | None = None,
+            per_request: list[SamplingParams] | None = None) -> list[list[int]]:
     config = replace(runner.config, overlap_scheduling=overlap, speculate=speculate)
     engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
-                       max_model_len=runner.max_model_len)
+                       max_model_len=runner.max_model_len, grammars=grammars)
     assert engine.overlap == overlap
     params = params or SamplingParams(max_new_tokens=new, ignore_eos=True)
     for i, p in enumerate(prompts):
-        engine.add_request(Request(f"r{i}", p, params, seed=i, arrival_time=0.0))
+        engine.add_request(Request(f"r{i}", p, per_request[i] if per_request else params, seed=i, arrival_time=0.0))
     tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -178,3 +182,20 @@ def test_speculation_on_graphs_gives_the_plain_greedy_text(tmp_path: Path) -> No
     before = graphs.replays.get(5, 0)
     assert _greedy(runner, prompts, 24, speculate=4) == plain
     assert graphs.replays.get(5, 0) > before
+
+
+@pytest.mark.gpu
+def test_overlapped_guided_steps_give_the_tokens_of_one_step_at_a_time(tmp_path: Path, default_model_dir: Path) -> None:
+    runner = _runner(tmp_path, "smollm2-135m", "1,2,4,8")
+    compiler = GrammarCompiler(default_model_dir / "tokenizer.json", runner.vocab_size, runner.eos_token_ids)
+    grammars = [compile_grammar(GrammarSpec.json_schema(guided_schema())),
+                compile_grammar(GrammarSpec("regex", "[0-9]{3}-[a-z]{4}")), None,
+                compile_grammar(GrammarSpec("regex", "(yes|no)"))]
+    params = [SamplingParams(max_new_tokens=24, grammar=g) for g in grammars]
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(100, 40000, (n,), generator=gen).tolist() for n in (3, 30, 9, 64)]
+    overlapped = _greedy(runner, prompts, 24, overlap=True, grammars=compiler, per_request=params)
+    assert overlapped == _greedy(runner, prompts, 24, overlap=False, grammars=compiler, per_request=params)
+    for tokens, grammar in zip(overlapped, grammars, strict=True):
+        if grammar is not None:
+            assert compiler.matcher(grammar, []).consume_tokens(tokens), tokens

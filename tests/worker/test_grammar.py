@@ -1,6 +1,7 @@
 """Grammar-constrained decoding in the worker: the compiler's cache and replay, the sampler's mask
 stage, and the engine on the real default model (valid JSON, a continuation resumes the matcher,
-a compiling grammar never holds up other requests)."""
+a compiling grammar never holds up other requests). Constrained steps under overlapped
+scheduling: tests/worker/test_engine_grammar.py."""
 
 from __future__ import annotations
 
@@ -162,9 +163,9 @@ def test_engine_output_is_valid_json_and_a_continuation_resumes_the_matcher(
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
-def _fake_engine(compiler: GrammarCompiler | None, overlap: bool = False) -> LLMEngine:
+def _fake_engine(compiler: GrammarCompiler | None) -> LLMEngine:
     config = WorkerConfig(block_size=4, max_batch_prefill_tokens=32, waiting_served_ratio=0.0)
-    return LLMEngine(config, FakeRunner(4, 32, can_overlap=overlap), num_blocks=32,
+    return LLMEngine(config, FakeRunner(4, 32), num_blocks=32,
                      eos_token_ids=frozenset({0}), max_model_len=4096, grammars=compiler)
 
 
@@ -187,20 +188,9 @@ def test_a_compiling_grammar_does_not_hold_up_other_requests(compiler: GrammarCo
         for b in blockers:
             b.result(timeout=10)
     deadline = time.monotonic() + 10
-    # Once compiled it runs (the fake's tokens leave the grammar at once: it ends with that error).
+    # Once compiled it runs (the fake samples among the tokens its matcher allows).
     while not any(o.key == RequestKey("constrained", 0) for o in engine.step()):
         assert time.monotonic() < deadline, "the compiled request was never scheduled"
-
-
-def test_constrained_steps_do_not_run_ahead(compiler: GrammarCompiler) -> None:
-    engine = _fake_engine(compiler, overlap=True)
-    grammar = compile_grammar(GrammarSpec("regex", "[a-z]+"))
-    engine.add_request(Request(RequestKey("c", 0), [1, 2, 3], SamplingParams(max_new_tokens=4, grammar=grammar), 0, time.time()))
-    deadline = time.monotonic() + 10
-    while engine.has_unfinished_requests():
-        assert time.monotonic() < deadline
-        engine.step()
-        assert engine._inflight is None  # never a step launched before the last token was read
 
 
 def test_a_grammar_the_vocabulary_cannot_serve_ends_with_a_validation_error(compiler: GrammarCompiler) -> None:
