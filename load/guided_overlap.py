@@ -39,6 +39,7 @@ class SimulatedDevice:
     """A Runner (worker/engine.py) whose device work is a clock; its host work is the real runner's."""
 
     can_overlap = True
+    uniform_drafts = False
 
     def __init__(self, block_size: int, vocab_size: int, script: list[int], forward_s: float, sample_s: float) -> None:
         self.block_size = block_size
