@@ -126,13 +126,6 @@ class BlockManager:
         req.num_computed_tokens = hit
         return hit
 
-    def _first_read(self, num_blocks: int) -> int:
-        """The first block that a query at position num_blocks * block_size reads (as in
-        `release_behind_window`)."""
-        if not self.window:
-            return 0
-        return max(0, num_blocks * self.block_size - self.window + 1) // self.block_size
-
     def record_lookup(self, num_query_tokens: int, num_hit_tokens: int) -> None:
         if self.enable_prefix_caching:
             self.prefix_query_tokens += num_query_tokens
@@ -232,6 +225,13 @@ class BlockManager:
             self._free[block] = None
             if self._key_of[block] is None:
                 self._free.move_to_end(block, last=False)  # not cached: reuse first
+
+    def _first_read(self, num_blocks: int) -> int:
+        """The first block that a query at position num_blocks * block_size reads (as in
+        `release_behind_window`)."""
+        if not self.window:
+            return 0
+        return max(0, num_blocks * self.block_size - self.window + 1) // self.block_size
 
     def _remember(self, key: _Key, content_id: int) -> None:
         """Content that no block holds keeps its id (under a window), for the newest _max_ghosts keys."""

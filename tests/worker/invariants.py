@@ -14,3 +14,6 @@ def check_block_invariants(bm: BlockManager) -> None:
         assert (refs == 0) == (block in bm._free), f"block {block}: refs={refs}"
     for key, (block, _) in bm._cached.items():
         assert bm._key_of[block] == key
+    # Remembered ids of evicted content: bounded by the pool, never for content a block still holds.
+    assert len(bm._ghosts) <= bm._max_ghosts
+    assert not bm._ghosts.keys() & bm._cached.keys()

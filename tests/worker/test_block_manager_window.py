@@ -141,6 +141,16 @@ def test_content_computed_again_gets_its_id_back_and_the_blocks_after_it_hit() -
     check_block_invariants(bm)
 
 
+def test_remembered_ids_stay_bounded_by_the_pool() -> None:
+    bm = BlockManager(num_blocks=8, block_size=BLOCK, window=WINDOW)
+    for i in range(30):  # 30 distinct prompts through 8 blocks: most content is evicted
+        req = _req(f"r{i}", [1000 * i + j for j in range(1, 17)])
+        _step(bm, req, 16)
+        bm.free(req)
+        check_block_invariants(bm)
+    assert len(bm._ghosts) == 8
+
+
 def test_without_a_window_a_hit_holds_every_block_from_the_first() -> None:
     bm = BlockManager(num_blocks=16, block_size=BLOCK)
     a = _req("a", list(range(1, 41)))
