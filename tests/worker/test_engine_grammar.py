@@ -178,7 +178,7 @@ def test_the_default_model_writes_the_same_text_overlapped_as_one_step_at_a_time
     config = WorkerConfig(device="cpu", dtype="float32", max_batch_total_tokens=4096, max_batch_prefill_tokens=256,
                           waiting_served_ratio=0.0)
     runner = ModelRunner(config, default_model_dir)
-    names = ("anyof", "nested", "phone", "answer")
+    names = ("anyof", "phone", "nested")  # two end by EOS within 20 tokens, one is cut
     deferred = 0
     launch = runner.launch
 
@@ -194,7 +194,7 @@ def test_the_default_model_writes_the_same_text_overlapped_as_one_step_at_a_time
         engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                            max_model_len=runner.max_model_len, grammars=compiler)
         assert engine.overlap == overlap
-        results.append(_drive(engine, _requests(prompts, 24, names)))
+        results.append(_drive(engine, _requests(prompts, 20, names)))
     assert results[0] == results[1]
     assert deferred > 10  # the overlapped run sampled its constrained steps in a second half
     tokens, reasons = results[1]
