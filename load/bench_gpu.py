@@ -233,13 +233,17 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, gra
                                    adapter_id=adapter))
     first: dict[RequestKey, float] = {}
     last: dict[RequestKey, float] = {}
-    produced = computed = 0
+    produced = computed = errors = 0
+    slowest = 0.0  # the longest engine step, seconds
+    step_started = started
     while engine.has_unfinished_requests():
         outs = engine.step()
         computed += engine.last_batch.num_tokens if engine.last_batch is not None else 0
         now = time.perf_counter()
+        slowest, step_started = max(slowest, now - step_started), now
         for out in outs:
             produced += len(out.new_token_ids)
+            errors += out.error is not None
             first.setdefault(out.key, now)
             last[out.key] = now
     elapsed = time.perf_counter() - started
@@ -248,7 +252,8 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, gra
     return {
         "seconds": elapsed, "tok_s": produced / elapsed, "steps": engine.stats().steps,
         "computed_tokens": computed, "preemptions": engine.stats().num_preemptions,
-        "ttft_p50": ttft[len(ttft) // 2], "tpot_p50": tpot[len(tpot) // 2],
+        "ttft_p50": ttft[len(ttft) // 2], "tpot_p50": tpot[len(tpot) // 2], "ttft_max": ttft[-1],
+        "produced": produced, "errors": errors, "slowest_step": slowest,
     }
 
 
@@ -297,7 +302,12 @@ def _guided(args: argparse.Namespace, runner: Any) -> tuple[Any, str]:
 
     if args.tokenizer_dir is None:
         raise SystemExit("--grammar needs --tokenizer-dir (a tokenizer.json no larger than the model's vocabulary)")
-    compiler = GrammarCompiler(args.tokenizer_dir / "tokenizer.json", runner.vocab_size, runner.eos_token_ids)
+    from transformers import AutoTokenizer
+
+    # The tokenizer's own end token: the random model's (128001) lies past a smaller tokenizer's vocabulary.
+    eos = AutoTokenizer.from_pretrained(args.tokenizer_dir).eos_token_id
+    compiler = GrammarCompiler(args.tokenizer_dir / "tokenizer.json", runner.vocab_size,
+                               frozenset([eos] if eos is not None else []))
     return compiler, compile_grammar(GrammarSpec.json_schema(guided_schema()))
 
 
@@ -347,6 +357,9 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         r = run_engine(runner, run_config, prompts(batch, 128), 256, **knobs)
         ttft = f"TTFT p50 {r['ttft_p50'] * 1e3:.1f} ms, " if with_ttft else ""
         than = f"; {100 * r['tok_s'] / versus:.1f}% of the same without" if versus else ""
+        if knobs.get("grammars") is not None:  # what a guided run lost, if not its steps: late starts, early ends
+            than += (f"; TTFT max {r['ttft_max'] * 1e3:.0f} ms, slowest step {r['slowest_step'] * 1e3:.0f} ms, "
+                     f"{r['produced']} tokens, {r['errors']} ended by an error")
         rows.append(Row(shape, f"({key}) {label}", r["tok_s"], roofline_static(floor, batch, 128, 256), base,
                         f"{ttft}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms{than}"))
         return float(r["tok_s"])
