@@ -28,6 +28,16 @@ if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The CPU workers' C++ ops (worker/cpu_native.py) are built once per machine and cached: built
+    # here, before any test, a worker that a test starts loads them in under a second instead of
+    # spending the first build's minute or two inside that test's time limits.
+    if importlib.util.find_spec("torch") is not None and not _has_cuda():
+        from worker import cpu_native
+
+        cpu_native.load()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _has_cuda():
         return
