@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from common.config import WorkerConfig
 from common.context_length import context_length
 from worker import cpu_linear, grammar_mask, ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
-from worker.batch import NOT_SAMPLED, PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput, VerifiedTokens
+from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cpu_features import native_bf16
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, pack_inputs, unpack_inputs, upload
@@ -37,6 +36,7 @@ from worker.lora.layer import LoraBatch, lora_scope
 from worker.lora.table import AdapterTable
 from worker.models import CausalLM, UnsupportedModel, read_config
 from worker.parallel import ShardGroup, add_all_reduces, shard_model
+from worker.pending_step import PendingStep, Unsampled, read_results
 from worker.quant import METHODS, read_checkpoint_quantization, select_method
 from worker.quant.summary import log_weights, randomize
 from worker.speculative import verify
@@ -47,7 +47,7 @@ from worker.watermark import Watermark
 from worker.request import RequestKey
 from worker.weights import load_weights
 
-__all__ = ["ModelRunner", "PendingStep", "resolve_device", "resolve_dtype"]
+__all__ = ["ModelRunner", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger("genfleet.worker.runner")
 
@@ -66,33 +66,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" or native_bf16() else torch.float32
     return _DTYPES[name]
-
-
-@dataclass(slots=True)
-class _Forward:
-    """A launched step's forward results, held until its sampling is queued."""
-
-    inputs: ModelInputs
-    sampled: list[ScheduledRequest]  # one per sampling row (verify.sampling_rows)
-    tensors: sampler.SamplingTensors | None  # None: no row samples; its grammar stage is filled at sampling
-    logits: torch.Tensor  # (N, V) float32 on the device, one row per logits row
-    hidden: torch.Tensor  # (N, hidden) on the device: the speculator heads read it
-    aux: torch.Tensor | None  # (T, 3 * hidden) on the device: an EAGLE-3 draft's input (ModelRunner._split)
-
-
-@dataclass(slots=True)
-class PendingStep:
-    """A step queued on the device; `wait` turns it into a StepOutput."""
-
-    batch: ScheduledBatch
-    layout: LogitsLayout  # which requests sampled, and where their results sit in `host`
-    row_of: dict[RequestKey, int]  # request -> its (first) sampling row in `token_ids`
-    # Until `sample` queues its sampling: what that needs (a launch with defer_sample); None after.
-    unsampled: _Forward | None = None
-    token_ids: torch.Tensor | None = None  # (n,) int64 on the device: the next step's placeholders read it
-    host: torch.Tensor | None = None  # float64 on the host (pinned on CUDA): every result, packed by `layout`
-    ready: torch.cuda.Event | None = None  # fires when `host` is filled (CUDA only)
-    top_n: int = 0  # top alternatives per sampled row in `host`
 
 
 class ModelRunner:
@@ -257,7 +230,7 @@ class ModelRunner:
             batch=batch,
             layout=layout,
             row_of={reqs[i].key: j for j, i in reversed(list(enumerate(layout.sample_batch_idx)))},
-            unsampled=_Forward(inputs, sampled, tensors, logits_all, hidden, aux),
+            unsampled=Unsampled(inputs, sampled, tensors, logits_all, hidden, aux),
         )
         if not defer_sample:
             self.sample(step)
@@ -328,7 +301,7 @@ class ModelRunner:
         with forward_context(meta, self.attention), lora_scope(lora):
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
 
-    def _sample(self, step: PendingStep, held: _Forward) -> None:
+    def _sample(self, step: PendingStep, held: Unsampled) -> None:
         inputs, logits_all, tensors, hidden, aux = held.inputs, held.logits, held.tensors, held.hidden, held.aux
         layout, batch = inputs.layout, step.batch
         token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = proposals = None
@@ -382,37 +355,7 @@ class ModelRunner:
         assert step.unsampled is None, "a step waited for before its sampling was queued"
         if step.ready is not None:
             step.ready.synchronize()
-        got = step.layout.unpack(step.host.tolist() if step.host is not None else [], step.top_n)
-        reqs = step.batch.requests
-        k = step.top_n
-        token_ids = [NOT_SAMPLED] * len(reqs)
-        logprobs = [0.0] * len(reqs)
-        top_tokens: list[list[tuple[int, float]]] = [[] for _ in reqs]
-
-        def top_of(j: int, want: int) -> list[tuple[int, float]]:
-            return [(int(got.top_ids[j * k + m]), got.top_logprobs[j * k + m]) for m in range(want)]
-
-        for j, i in enumerate(step.layout.sample_batch_idx):
-            if token_ids[i] != NOT_SAMPLED:
-                continue  # a verifying request's later rows: below
-            token_ids[i] = int(got.token_ids[j])
-            logprobs[i] = got.logprobs[j]
-            top_tokens[i] = top_of(j, reqs[i].params.top_n_tokens)
-        verified = {}
-        for (i, first, _), accepted in zip(step.layout.verify_spans, got.num_accepted, strict=True):
-            kept = range(first + 1, first + 1 + int(accepted))
-            want = reqs[i].params.top_n_tokens
-            verified[i] = VerifiedTokens(
-                [int(got.token_ids[j]) for j in kept], [got.logprobs[j] for j in kept],
-                [top_of(j, want) for j in kept] if want else [],
-            )
-        prompt = got.prompt_logprobs
-        prefill = {key: prompt[lo:hi] for key, (lo, hi) in step.layout.prompt_spans.items()}
-        width = step.layout.num_proposed
-        proposals = {i: [int(t) for t in got.proposals[p * width : (p + 1) * width]]
-                     for p, (i, _, _) in enumerate(step.layout.proposers)}
-        return StepOutput(step.batch.step, [r.key for r in reqs], token_ids, logprobs, top_tokens, prefill, verified,
-                          proposals)
+        return read_results(step)
 
 
 @contextlib.contextmanager
