@@ -101,9 +101,14 @@ def find_speculator(config: WorkerConfig, model_dir: Path) -> Path | None:
                     f"(config.json `architectures: [\"LlamaForCausalLMEagle3\"]`)"
                 )
             return found
-        named = speculator_dir(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
     except ModelNotFound as exc:
         raise SpeculatorError(str(exc)) from None
+    try:
+        named = speculator_dir(fleet.model_id, model_cache=fleet.model_cache, revision=fleet.revision)
+    except ModelNotFound:
+        # A worker has resolved its --model-id into `model_dir` already; one that cannot be found
+        # here (a runner built apart from a worker, on another model directory) names no heads.
+        named = None
     if named is not None:
         return named
     return model_dir if (model_dir / MEDUSA_FILE).is_file() else None

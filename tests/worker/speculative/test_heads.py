@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
-from common.config import WorkerConfig
+from common.config import FleetConfig, WorkerConfig
 from common.model_source import MEDUSA_FILE
 from load.speculator_heads import write_medusa, write_mlp_speculator
 from worker.models import ModelConfig
@@ -175,6 +176,18 @@ def test_heads_are_found_by_flag_by_model_id_or_beside_the_weights(tmp_path: Pat
         find_speculator(_config(model, _plain(tmp_path / "plain")), model)
     with pytest.raises(SpeculatorError, match="not a directory"):
         find_speculator(_config(model, tmp_path / "nowhere"), model)
+
+
+def test_a_model_id_that_cannot_be_found_names_no_heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A runner built on a model directory with another --model-id (benches, tests on a card
+    # without the default model cached) looks for heads beside the weights only.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _plain(tmp_path / "model")
+    config = WorkerConfig(fleet=FleetConfig(model_id="genfleet-tests/absent-model", model_cache=str(tmp_path)),
+                          speculate=4)
+    assert find_speculator(config, model) is None
+    with pytest.raises(SpeculatorError):  # a named --speculative-model must exist
+        find_speculator(replace(config, speculative_model=str(tmp_path / "absent-heads")), model)
 
 
 def _plain(path: Path) -> Path:
