@@ -151,8 +151,10 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def _from_hub(model_id: str, model_cache: str | None, revision: str | None, weights: bool) -> Path:
     if "/" not in model_id and not model_id.count("-"):
         raise ModelNotFound(f"model {model_id!r} is neither a local directory nor a Hub id")
+    if model_id.startswith(("/", ".", "~")):  # a path, and no directory is there
+        raise ModelNotFound(f"model {model_id!r}: no such directory")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     patterns = ["*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"] + (["*.safetensors"] if weights else [])
@@ -171,6 +173,8 @@ def _from_hub(model_id: str, model_cache: str | None, revision: str | None, weig
         ) from exc
     except HfHubHTTPError as exc:
         raise ModelNotFound(f"model {model_id!r} could not be fetched from the Hub: {exc}") from exc
+    except HFValidationError as exc:  # e.g. a relative path to nowhere: not a Hub id either
+        raise ModelNotFound(f"model {model_id!r} is neither a local directory nor a Hub id: {exc}") from exc
     except OSError as exc:
         raise ModelNotFound(f"model {model_id!r} could not be fetched: {exc}") from exc
     return Path(path)

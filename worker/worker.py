@@ -402,6 +402,7 @@ def run_worker(config: WorkerConfig) -> int:
     from common.log import setup_logging
     from worker.metrics import WorkerMetrics, start_metrics_server
 
+    from common.model_source import ModelNotFound
     from worker.parallel import ShardingError
     from worker.lora.peft import AdapterError
     from worker.quant import QuantizationError
@@ -410,7 +411,7 @@ def run_worker(config: WorkerConfig) -> int:
     setup_logging(config.fleet.json_output, config.fleet.log_level, "worker")
     try:
         engine, tokenizer, device, max_total, quantize, adapters = build_engine(config)
-    except (QuantizationError, ShardingError, SpeculatorError, AdapterError) as exc:  # a setting error: the message, not a traceback
+    except (ModelNotFound, QuantizationError, ShardingError, SpeculatorError, AdapterError) as exc:  # a setting error: the message, not a traceback
         log.error("%s", exc)
         print(f"genfleet worker: error: {exc}", file=sys.stderr)
         return 2

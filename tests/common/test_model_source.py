@@ -24,6 +24,16 @@ def test_unreachable_hub_model_names_the_model(tmp_path: Path, monkeypatch: pyte
         resolve_model("someone/not-a-real-model", model_cache=str(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["{tmp}/absent", "./absent/model", "absent/deeper/model"])
+def test_a_path_to_nowhere_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # Neither a directory nor a Hub id: a clear ModelNotFound, never huggingface_hub's own error.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    model_id = name.format(tmp=tmp_path)
+    with pytest.raises(ModelNotFound, match="neither a local directory nor a Hub id|no such directory"):
+        resolve_model(model_id, model_cache=str(tmp_path))
+
+
 def _model(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))

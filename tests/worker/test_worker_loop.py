@@ -348,3 +348,11 @@ def test_checkpointing_off_writes_no_journal(redis_url: str, key_prefix: str, to
     thread.join(10)
     pubsub.close()
     client.close()
+
+
+def test_a_model_id_naming_no_directory_exits_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.worker import run_worker
+
+    config = WorkerConfig(fleet=FleetConfig(model_id=str(tmp_path / "absent")), device="cpu")
+    assert run_worker(config) == 2  # before it ever reaches Redis: no traceback
+    assert "no such directory" in capsys.readouterr().err
