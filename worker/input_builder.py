@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from worker.batch import ScheduledBatch
@@ -50,45 +51,60 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
 
 
 def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
+    # Per request, Python touches only its lists once (extend is a C loop); per token, the
+    # positions and slots are numpy over the whole step (a mixed step of (c) carries ~2k tokens).
     input_ids: list[int] = []
-    positions: list[int] = []
-    slots: list[int] = []
-    seq_lens: list[int] = []
-    starts = [0]
-    layout = LogitsLayout()
-    width = max(1, max((len(r.block_table) for r in batch.requests), default=1))
     tables: list[int] = []
+    start_pos: list[int] = []
+    num_new: list[int] = []
+    table_lens: list[int] = []
+    layout = LogitsLayout()
+    end = 0  # tokens laid out so far: the next request's first row
     max_query_len = 0
     for i, req in enumerate(batch.requests):
         n = len(req.token_ids)
         input_ids.extend(req.token_ids)
-        pos = range(req.start_pos, req.start_pos + n)
-        positions.extend(pos)
-        table = req.block_table
-        slots.extend(table[p // block_size] * block_size + p % block_size for p in pos)
-        tables.extend(table)
-        tables.extend([0] * (width - len(table)))
-        seq_lens.append(req.start_pos + n)
-        starts.append(starts[-1] + n)
+        tables.extend(req.block_table)
+        table_lens.append(len(req.block_table))
+        start_pos.append(req.start_pos)
+        num_new.append(n)
         first_sample_row = len(layout.sample_rows)
         if req.prefill_logprobs:
             # Each row predicts the next prompt token, where one exists within the known tokens.
             targets = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
-            layout.add_prompt_scored(req.key, i, starts[i], targets, n, req.do_sample)
+            layout.add_prompt_scored(req.key, i, end, targets, n, req.do_sample)
         elif req.num_draft_tokens:
-            layout.add_verified(i, starts[i], req.token_ids[n - req.num_draft_tokens :])
+            layout.add_verified(i, end, req.token_ids[n - req.num_draft_tokens :])
         elif req.do_sample:
-            layout.add_sampled(i, starts[i + 1] - 1)
+            layout.add_sampled(i, end + n - 1)
         if req.num_proposals and req.do_sample:
             layout.add_proposer(i, first_sample_row, req.num_draft_tokens > 0, req.num_proposals)
+        end += n
         max_query_len = max(max_query_len, n)
+    b, t = len(num_new), end
+    width = max(1, max(table_lens, default=1))
+    sizes = (t, t, t, b * width, b, b + 1, len(layout.rows))
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
-    parts = (input_ids, positions, slots, tables, seq_lens, starts, layout.rows)
-    flat = torch.tensor([x for part in parts for x in part], dtype=torch.int64)
+    flat = np.empty(sum(sizes), dtype=np.int64)
+    ids_v, pos_v, slots_v, tables_v, lens_v, starts_v, rows_v = np.split(flat, np.cumsum(sizes)[:-1])
+    ids_v[:] = np.fromiter(input_ids, np.int64, t)
+    starts_v[0] = 0
+    np.cumsum(np.fromiter(num_new, np.int64, b), out=starts_v[1:])
+    first = np.fromiter(start_pos, np.int64, b)
+    np.add(first, starts_v[1:] - starts_v[:-1], out=lens_v)
+    # Token k of request i sits at position first[i] + (k - starts[i]).
+    row_of = np.repeat(np.arange(b, dtype=np.int64), starts_v[1:] - starts_v[:-1])  # (T,)
+    np.add(np.arange(t, dtype=np.int64), (first - starts_v[:-1])[row_of], out=pos_v)
+    table_2d = tables_v.reshape(b, width)
+    table_2d[:] = 0
+    # Row-major order of a boolean mask is each request's table in turn.
+    table_2d[np.arange(width) < np.fromiter(table_lens, np.int64, b)[:, None]] = np.fromiter(tables, np.int64, len(tables))
+    np.add(table_2d[row_of, pos_v // block_size] * block_size, pos_v % block_size, out=slots_v)
+    rows_v[:] = layout.rows
     decodes = batch.requests[: batch.num_decode]
     decode_query_len = 1 + max((r.num_draft_tokens for r in decodes), default=0)
-    header = (*(len(p) for p in parts), max_query_len, batch.num_decode, decode_query_len, starts[batch.num_decode])
-    return PackedInputs(flat, header, layout)
+    header = (*sizes, max_query_len, batch.num_decode, decode_query_len, int(starts_v[batch.num_decode]))
+    return PackedInputs(torch.from_numpy(flat), header, layout)
 
 
 def unpack_inputs(flat: torch.Tensor, header: tuple[int, ...], layout: LogitsLayout | None) -> ModelInputs:
