@@ -22,12 +22,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from load.sse_client import Target, stream_sse
 
-__all__ = ["one_token_words", "flood", "serve_argv", "main"]
+__all__ = ["one_token_words", "flood", "serve_argv", "serving", "main"]
 
 
 def one_token_words(tokenizer: Any, limit: int = 4000) -> list[str]:
@@ -71,6 +73,28 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float) -> N
             pass
         time.sleep(0.5)
     raise RuntimeError(f"genfleet serve was not healthy within {timeout:.0f}s")
+
+
+@contextmanager
+def serving(model_dir: Path, requests: int, worker_flags: list[str], log_path: Path | None = None,
+            ready_timeout: float = 600.0) -> Iterator[Target]:
+    """`genfleet serve` on `model_dir` (random weights) on a free loopback port, healthy, until the block ends."""
+    port = _free_port()
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(serve_argv(model_dir, port, requests, worker_flags), stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc, ready_timeout)
+        yield Target("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_path:
+            log.close()  # type: ignore[union-attr]
 
 
 async def _one(target: Target, prompt: str, new: int, t0: float) -> tuple[float, list[float]]:
@@ -119,29 +143,13 @@ def flood(model_dir: Path, requests: int, prompt_tokens: int, new: int, worker_f
     words = one_token_words(AutoTokenizer.from_pretrained(str(model_dir)))
     rng = random.Random(1)
     prompts = ["".join(rng.choice(words) for _ in range(prompt_tokens)) for _ in range(requests)]
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(serve_argv(model_dir, port, requests, worker_flags), stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        _wait_healthy(base, proc, ready_timeout)
-        target = Target("127.0.0.1", port)
+    with serving(model_dir, requests, worker_flags, log_path, ready_timeout) as target:
         asyncio.run(_flood(target, prompts[:4], 8))  # warm-up: prefill kernels, connections
         result = asyncio.run(_flood(target, prompts, new))
         short = ["".join(rng.choice(words) for _ in range(single_prompt_tokens)) for _ in range(singles)]
         ttfts = asyncio.run(_one_at_a_time(target, short, 8))
         result["single_ttft_p50"] = ttfts[len(ttfts) // 2]
         return result
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log_path:
-            log.close()  # type: ignore[union-attr]
 
 
 def main(argv: list[str] | None = None) -> int:

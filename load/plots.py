@@ -1,4 +1,4 @@
-"""PNG plots of load runs: latency CDFs, output throughput over time, TTFT against load.
+"""PNG plots of load runs: latency CDFs, output throughput over time, latencies against load.
 
 Reads the JSON payloads that load/run_load.py writes, so old runs can be re-plotted:
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_all", "plot_latency_cdfs", "plot_throughput", "plot_ttft_vs_load"]
+__all__ = ["plot_all", "plot_latency_cdfs", "plot_throughput", "plot_ttft_vs_load", "plot_latency_vs_load"]
 
 
 def _pyplot() -> Any:
@@ -100,8 +101,28 @@ def plot_ttft_vs_load(payloads: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+def _finite_loads(payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    # An all-at-once run (rate inf) has no place on a load axis.
+    return [p["summary"] for p in payloads if math.isfinite(float(p["summary"]["load"]))]
+
+
+def plot_latency_vs_load(payloads: Sequence[dict[str, Any]], path: Path) -> Path:
+    """TTFT, TPOT and ITL percentiles against the load each run offered (requests/s or users)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    summaries = sorted(_finite_loads(payloads), key=lambda s: float(s["load"]))
+    xs = [float(s["load"]) for s in summaries]
+    open_loop = summaries[0].get("mode") == "open"
+    for ax, key, name in zip(axes, ("ttft_ms", "tpot_ms", "itl_ms"), ("TTFT", "TPOT", "ITL")):
+        for pct, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^:")):
+            ax.plot(xs, [s[key][pct] for s in summaries], style, label=f"{name} {pct}")
+        ax.set_yscale("log")
+        _style(ax, f"{name} against load", "offered requests/s (Poisson)" if open_loop else "concurrent users", "ms")
+    return _save(plt, fig, path)
+
+
 def plot_all(payloads: Sequence[dict[str, Any]], out: Path, prefix: str = "") -> list[Path]:
-    """Every plot the payloads allow: TTFT vs load needs at least two runs."""
+    """Every plot the payloads allow: the plots against load need at least two runs."""
     out.mkdir(parents=True, exist_ok=True)
     written = [
         plot_latency_cdfs(payloads, out / f"{prefix}latency_cdf.png"),
@@ -109,6 +130,8 @@ def plot_all(payloads: Sequence[dict[str, Any]], out: Path, prefix: str = "") ->
     ]
     if len(payloads) >= 2:
         written.append(plot_ttft_vs_load(payloads, out / f"{prefix}ttft_vs_load.png"))
+    if len(_finite_loads(payloads)) >= 2:
+        written.append(plot_latency_vs_load(payloads, out / f"{prefix}latency_vs_load.png"))
     return written
 
 

@@ -89,7 +89,7 @@ def test_only_loopback_targets_unless_allowed() -> None:
 
 
 def test_cli_sweep_writes_json_table_and_plots(port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--url", f"http://127.0.0.1:{port}", "--mode", "open", "--rate", "40,inf", "--num-requests", "8",
+    code = main(["--url", f"http://127.0.0.1:{port}", "--mode", "open", "--rate", "40,80,inf", "--num-requests", "8",
                  "--max-new-tokens", "4", "--out", str(tmp_path), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -97,7 +97,7 @@ def test_cli_sweep_writes_json_table_and_plots(port: int, tmp_path: Path, capsys
     payload = json.loads((tmp_path / "rate-40.json").read_text())
     assert payload["summary"]["total_output_tokens"] == 32 and len(payload["requests"]) == 8
     assert payload["meta"]["mode"] == "open" and payload["meta"]["command"].startswith("python -m load.run_load")
-    for name in ("latency_cdf.png", "throughput.png", "ttft_vs_load.png"):
+    for name in ("latency_cdf.png", "throughput.png", "ttft_vs_load.png", "latency_vs_load.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "summary.md").read_text().startswith("| run |")
 
