@@ -8,6 +8,7 @@ order, so a machine whose load drifts weighs on both alike; both must give the s
     python -m load.bench_speculative --speculate 4 --max-new-tokens 96 --rounds 2
     python -m load.bench_speculative --speculate 4 --speculator medusa   # random heads instead of n-gram
     python -m load.bench_speculative --speculate 4 --device cuda          # on a GPU (float32 unless --dtype)
+    python -m load.bench_speculative --speculate 4 --uniform-drafts       # CPU, scheduled as on a GPU's graphs
 
 With --speculator (medusa, mlp_speculator or eagle3), random heads of the model's shape draft instead of
 n-gram lookup. Untrained heads are almost never right, so that row measures what the heads and
@@ -16,7 +17,11 @@ verification cost (overhead), not what trained heads gain.
 `verify_step_ratio` is the GPU row load/bench_gpu.py --speculate adds: the time of one batch-1
 step that verifies k drafts over that of a plain decode step, same context (target <= 1.15x),
 each through the runner's own path (its verification CUDA graph on a GPU). The last line says how
-each engine's steps ran: replayed decode or verification graphs, or eagerly.
+each engine's steps ran: replayed decode or verification graphs, or eagerly. `tokens per step` is
+the speculating engine's output tokens over its steps (the prompt's step included): greedy is
+exact, so it is the same on any device for the same scheduling, and `--uniform-drafts` schedules a
+CPU run as a runner with verification CUDA graphs does (worker/scheduler.py: filler drafts, drafts
+past max_new_tokens, no per-request pause), giving on the CPU the drafts and acceptance of the GPU run.
 """
 
 from __future__ import annotations
@@ -71,14 +76,22 @@ def _engine(model_dir: Path, speculate: int, heads: Path | None = None, device: 
                      max_model_len=runner.max_model_len, speculator=runner.speculator)
 
 
-def _one(engine: LLMEngine, rid: str, prompt: list[int], max_new: int) -> tuple[list[int], float]:
+def _schedule_as_on_graphs(engine: LLMEngine) -> None:
+    # What ModelRunner sets up where it captured verification graphs (worker/scheduler.py).
+    engine.scheduler.uniform_drafts = True
+    engine.scheduler.drafter.pauses = False
+
+
+def _one(engine: LLMEngine, rid: str, prompt: list[int], max_new: int) -> tuple[list[int], float, int]:
+    """(the tokens, seconds, steps) of one request run alone."""
     engine.add_request(Request(rid, prompt, SamplingParams(max_new_tokens=max_new), 0, time.time()))
     tokens: list[int] = []
+    steps = engine.scheduler.step
     started = time.perf_counter()
     while engine.has_unfinished_requests():
         for out in engine.step():
             tokens.extend(out.new_token_ids)
-    return tokens, time.perf_counter() - started
+    return tokens, time.perf_counter() - started, engine.scheduler.step - steps
 
 
 def verify_step_ratio(runner: Any, k: int, context: int = 512, iters: int = 20) -> tuple[float, float, str]:
@@ -130,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--speculator", choices=("medusa", "mlp_speculator", "eagle3"), default=None,
                     help="random heads of this kind draft instead of n-gram (measures their overhead)")
+    ap.add_argument("--uniform-drafts", action="store_true",
+                    help="schedule as a runner with verification CUDA graphs does (the CPU's view of a GPU run)")
     args = ap.parse_args(argv)
     import json
     import tempfile
@@ -149,10 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                                        return_dict=False) for a in ASKS]
     engines = {0: _engine(model_dir, 0, device=args.device, dtype=args.dtype),
                args.speculate: _engine(model_dir, args.speculate, heads, args.device, args.dtype)}
+    if args.uniform_drafts:
+        _schedule_as_on_graphs(engines[args.speculate])
     _one(engines[0], "warm-0", prompts[0], 4)  # first-call costs out of the figures
     _one(engines[args.speculate], "warm-1", prompts[0], 4)
     seconds = {k: 0.0 for k in engines}
     tokens = {k: 0 for k in engines}
+    steps = {k: 0 for k in engines}
     ratios = []
     changed = 0
     for r in range(args.rounds):
@@ -163,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 got[k] = _one(engines[k], f"r{r}p{i}k{k}", prompt, args.max_new_tokens)
                 seconds[k] += got[k][1]
                 tokens[k] += len(got[k][0])
+                steps[k] += got[k][2]
             if got[0][0] != got[args.speculate][0]:  # reported, and the exit status says so, after the figures
                 changed += 1
                 first = next((j for j, (a, b) in enumerate(zip(got[0][0], got[args.speculate][0])) if a != b),
@@ -171,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             ratios.append((len(got[args.speculate][0]) / got[args.speculate][1]) / (len(got[0][0]) / got[0][1]))
     stats = engines[args.speculate].stats()
     off, on = tokens[0] / seconds[0], tokens[args.speculate] / seconds[args.speculate]
-    print(f"| speculation | output tok/s | requests | tokens |\n|---|---|---|---|")
-    print(f"| off | {off:.1f} | {len(ratios)} | {tokens[0]} |")
+    print(f"| speculation | output tok/s | requests | tokens | steps | tokens per step |\n|---|---|---|---|---|---|")
+    print(f"| off | {off:.1f} | {len(ratios)} | {tokens[0]} | {steps[0]} | {tokens[0] / steps[0]:.2f} |")
     method = f"random {args.speculator} heads" if args.speculator else "n-gram"
-    print(f"| {method}, --speculate {args.speculate} | {on:.1f} | {len(ratios)} | {tokens[args.speculate]} |")
+    method += ", scheduled as on verification graphs" if args.uniform_drafts else ""
+    k = args.speculate
+    print(f"| {method}, --speculate {k} | {on:.1f} | {len(ratios)} | {tokens[k]} | {steps[k]} | {tokens[k] / steps[k]:.2f} |")
     print(f"\nratio {on / off:.2f}x (median per request {statistics.median(ratios):.2f}x); "
           f"{stats.accepted_draft_tokens} of {stats.draft_tokens} draft tokens accepted "
           f"({stats.accepted_draft_tokens / max(1, stats.draft_tokens):.0%}), per position "

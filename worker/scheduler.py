@@ -62,8 +62,10 @@ class Scheduler:
         self.max_priority_wait = config.max_priority_wait
         self.max_model_len = max_model_len
         self.blocks = block_manager
-        # n-gram drafts by --speculate unless the engine brings the model's speculator heads.
-        self.drafter = drafter or Drafter(config.speculate or 0, config.speculate_max_batch_size)
+        # n-gram drafts by --speculate unless the engine brings the model's speculator heads; on a
+        # runner with verification graphs a verification costs about a decode: n-gram never pauses.
+        self.drafter = drafter or Drafter(config.speculate or 0, config.speculate_max_batch_size,
+                                          pauses=not uniform_drafts)
         self._speculating = False  # this step drafts (Drafter.active when it was scheduled)
         self.uniform_drafts = uniform_drafts  # even out a verifying step's drafts (the runner's graphs)
         self.waiting: deque[Request] = deque()

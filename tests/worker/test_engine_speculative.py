@@ -198,3 +198,9 @@ def test_a_paused_request_gets_fillers_and_stays_paused() -> None:
     assert decodes["off"].filler_drafts and not decodes["on"].filler_drafts
     assert paused.paused_until == 10_000  # fillers are never observed
     assert engine.stats().draft_tokens == 4 * len(steps)  # the drafts of "on" alone
+
+
+def test_ngram_drafts_pause_on_low_acceptance_only_without_verification_graphs() -> None:
+    # With graphs a verification costs about a decode: a pause would save nothing.
+    assert _engine(4)[0].scheduler.drafter.pauses
+    assert not _engine(4, uniform=True)[0].scheduler.drafter.pauses

@@ -18,7 +18,11 @@ Turn-down, the two ways speculation stops paying:
   MIN_ACCEPTANCE, a moving mean over its recent verified steps) stops drafting for a pause that
   doubles each time it happens again (PAUSE_STEPS up to MAX_PAUSE_STEPS), then tries again. A
   request without an n-gram match drafts nothing and costs nothing; a paused request's heads
-propose nothing either.
+  propose nothing either. Not for n-gram drafts on a runner with verification CUDA graphs
+  (`pauses` False): there a verification step costs about a plain decode step (1.05x on an H200)
+  and a step that verifies anything gives every other decode fillers anyway, so a pause saves
+  next to nothing and gives up the drafts that would have been accepted (the input-grounded
+  prompts of load/bench_speculative.py: 2.28 tokens per step without pauses, 2.01 with).
 """
 
 from __future__ import annotations
@@ -59,9 +63,10 @@ class SpeculationStats:
 
 
 class Drafter:
-    def __init__(self, num_speculative: int, max_batch_size: int, method: str = "ngram") -> None:
+    def __init__(self, num_speculative: int, max_batch_size: int, method: str = "ngram", pauses: bool = True) -> None:
         self.num_speculative = num_speculative  # --speculate: most drafts per request and step
         self.max_batch_size = max_batch_size
+        self.pauses = pauses  # a request whose drafts keep failing pauses (the turn-down per request)
         self.method = method if num_speculative > 0 else None  # /info's name of the method
         self.uses_heads = method != "ngram"
         per_position = num_speculative
@@ -108,7 +113,7 @@ class Drafter:
             stats.accepted_by_position[j] += 1
         rate = num_accepted / num_drafted
         state.acceptance += ACCEPTANCE_WEIGHT * (rate - state.acceptance)
-        if state.acceptance < MIN_ACCEPTANCE:
+        if self.pauses and state.acceptance < MIN_ACCEPTANCE:
             state.paused_until = step + state.next_pause
             state.next_pause = min(2 * state.next_pause, MAX_PAUSE_STEPS)
             state.acceptance = 2 * MIN_ACCEPTANCE  # after the pause it gets a few chances again
