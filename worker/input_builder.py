@@ -8,11 +8,12 @@ that buffer and header to its other ranks (worker/parallel/control.py), which un
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate, chain
 
 import numpy as np
 import torch
 
-from worker.batch import ScheduledBatch
+from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.logits_layout import LogitsLayout
 
 __all__ = ["ModelInputs", "PackedInputs", "build_inputs", "pack_inputs", "unpack_inputs", "upload", "HEADER_LEN"]
@@ -51,46 +52,24 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
 
 
 def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
-    # Per request, Python touches only its lists once (extend is a C loop); per token, the
-    # positions and slots are numpy over the whole step (a mixed step of (c) carries ~2k tokens).
-    input_ids: list[int] = []
-    tables: list[int] = []
-    start_pos: list[int] = []
-    num_new: list[int] = []
-    table_lens: list[int] = []
-    layout = LogitsLayout()
-    end = 0  # tokens laid out so far: the next request's first row
-    max_query_len = 0
-    for i, req in enumerate(batch.requests):
-        n = len(req.token_ids)
-        input_ids.extend(req.token_ids)
-        tables.extend(req.block_table)
-        table_lens.append(len(req.block_table))
-        start_pos.append(req.start_pos)
-        num_new.append(n)
-        first_sample_row = len(layout.sample_rows)
-        if req.prefill_logprobs:
-            # Each row predicts the next prompt token, where one exists within the known tokens.
-            targets = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
-            layout.add_prompt_scored(req.key, i, end, targets, n, req.do_sample)
-        elif req.num_draft_tokens:
-            layout.add_verified(i, end, req.token_ids[n - req.num_draft_tokens :])
-        elif req.do_sample:
-            layout.add_sampled(i, end + n - 1)
-        if req.num_proposals and req.do_sample:
-            layout.add_proposer(i, first_sample_row, req.num_draft_tokens > 0, req.num_proposals)
-        end += n
-        max_query_len = max(max_query_len, n)
-    b, t = len(num_new), end
+    # Python touches each request's lists once, in comprehensions and C loops (chain, fromiter);
+    # per token, the positions and slots are numpy over the whole step (a mixed step of (c)
+    # carries ~2k tokens and 256 block tables).
+    reqs = batch.requests
+    num_new = [len(r.token_ids) for r in reqs]
+    table_lens = [len(r.block_table) for r in reqs]
+    layout = _layout(reqs, num_new)
+    max_query_len = max(num_new, default=0)
+    b, t = len(reqs), sum(num_new)
     width = max(1, max(table_lens, default=1))
     sizes = (t, t, t, b * width, b, b + 1, len(layout.rows))
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
     flat = np.empty(sum(sizes), dtype=np.int64)
     ids_v, pos_v, slots_v, tables_v, lens_v, starts_v, rows_v = np.split(flat, np.cumsum(sizes)[:-1])
-    ids_v[:] = np.fromiter(input_ids, np.int64, t)
+    ids_v[:] = np.fromiter(chain.from_iterable(r.token_ids for r in reqs), np.int64, t)
     starts_v[0] = 0
     np.cumsum(np.fromiter(num_new, np.int64, b), out=starts_v[1:])
-    first = np.fromiter(start_pos, np.int64, b)
+    first = np.fromiter((r.start_pos for r in reqs), np.int64, b)
     np.add(first, starts_v[1:] - starts_v[:-1], out=lens_v)
     # Token k of request i sits at position first[i] + (k - starts[i]).
     row_of = np.repeat(np.arange(b, dtype=np.int64), starts_v[1:] - starts_v[:-1])  # (T,)
@@ -98,10 +77,11 @@ def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
     table_2d = tables_v.reshape(b, width)
     table_2d[:] = 0
     # Row-major order of a boolean mask is each request's table in turn.
-    table_2d[np.arange(width) < np.fromiter(table_lens, np.int64, b)[:, None]] = np.fromiter(tables, np.int64, len(tables))
+    table_2d[np.arange(width) < np.fromiter(table_lens, np.int64, b)[:, None]] = np.fromiter(
+        chain.from_iterable(r.block_table for r in reqs), np.int64, sum(table_lens))
     np.add(table_2d[row_of, pos_v // block_size] * block_size, pos_v % block_size, out=slots_v)
     rows_v[:] = layout.rows
-    decodes = batch.requests[: batch.num_decode]
+    decodes = reqs[: batch.num_decode]
     decode_query_len = 1 + max((r.num_draft_tokens for r in decodes), default=0)
     header = (*sizes, max_query_len, batch.num_decode, decode_query_len, int(starts_v[batch.num_decode]))
     return PackedInputs(torch.from_numpy(flat), header, layout)
@@ -135,3 +115,30 @@ def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     # A pageable copy would wait for all queued GPU work; the caching host allocator keeps the
     # pinned block alive until the copy has run.
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def _layout(reqs: list[ScheduledRequest], num_new: list[int]) -> LogitsLayout:
+    """Which rows become logits: one per sampling request (its last row) in a plain step; prompt
+    logprobs, drafts and proposals lay theirs out request by request."""
+    layout = LogitsLayout()
+    if not any(r.prefill_logprobs or r.num_draft_tokens or r.num_proposals for r in reqs):
+        ends = list(accumulate(num_new))
+        layout.sample_batch_idx = [i for i, r in enumerate(reqs) if r.do_sample]
+        layout.rows = [ends[i] - 1 for i in layout.sample_batch_idx]
+        layout.sample_rows = list(range(len(layout.rows)))
+        return layout
+    first = 0  # the request's first row
+    for i, (req, n) in enumerate(zip(reqs, num_new)):
+        first_sample_row = len(layout.sample_rows)
+        if req.prefill_logprobs:
+            # Each row predicts the next prompt token, where one exists within the known tokens.
+            targets = req.all_token_ids[req.start_pos + 1 : req.start_pos + 1 + n]
+            layout.add_prompt_scored(req.key, i, first, targets, n, req.do_sample)
+        elif req.num_draft_tokens:
+            layout.add_verified(i, first, req.token_ids[n - req.num_draft_tokens :])
+        elif req.do_sample:
+            layout.add_sampled(i, first + n - 1)
+        if req.num_proposals and req.do_sample:
+            layout.add_proposer(i, first_sample_row, req.num_draft_tokens > 0, req.num_proposals)
+        first += n
+    return layout
