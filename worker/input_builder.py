@@ -16,11 +16,14 @@ import torch
 from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.logits_layout import LogitsLayout
 
-__all__ = ["ModelInputs", "PackedInputs", "build_inputs", "pack_inputs", "unpack_inputs", "upload", "HEADER_LEN"]
+__all__ = ["ModelInputs", "PackedInputs", "build_inputs", "pack_inputs", "unpack_inputs", "upload", "host_tensor",
+           "HEADER_LEN"]
 
 # PackedInputs.header: the 7 part lengths of the buffer, then max_query_len, num_decodes,
 # decode_query_len and decode_tokens.
 HEADER_LEN = 11
+
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.float32: np.float32}
 
 
 @dataclass(slots=True)
@@ -106,6 +109,12 @@ def unpack_inputs(flat: torch.Tensor, header: tuple[int, ...], layout: LogitsLay
         decode_query_len=decode_query_len,
         decode_tokens=decode_tokens,
     )
+
+
+def host_tensor(values: list[int] | list[float], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """`torch.tensor(values, dtype=dtype)` on the host, through numpy: 3-4x faster for a list of Python
+    numbers (17 vs 5 µs for 256 of them), which every step builds several of."""
+    return torch.from_numpy(np.array(values, dtype=_NUMPY_DTYPES[dtype]))
 
 
 def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -29,7 +29,7 @@ from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.cpu_features import native_bf16
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
-from worker.input_builder import ModelInputs, build_inputs, pack_inputs, unpack_inputs, upload
+from worker.input_builder import ModelInputs, build_inputs, host_tensor, pack_inputs, unpack_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
 from worker.logits_layout import LogitsLayout
 from worker.lora.layer import LoraBatch, lora_scope
@@ -284,7 +284,7 @@ class ModelRunner:
             raise RuntimeError("a placeholder token without the step that samples it")
         assert previous.unsampled is None, "a step launched after one whose sampling is not queued yet"
         src = [previous.row_of[r.key] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
-        src_t = upload(torch.tensor(src, dtype=torch.int64), self.device)
+        src_t = upload(host_tensor(src), self.device)
         head = inputs.input_ids[: len(src)]
         head.copy_(torch.where(src_t >= 0, previous.token_ids[src_t.clamp(min=0)], head))
         if self.shards is not None:
@@ -307,7 +307,7 @@ class ModelRunner:
         token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = proposals = None
         k = 0
         if tensors is not None:
-            rows = upload(torch.tensor(layout.sample_rows), self.device)
+            rows = upload(host_tensor(layout.sample_rows), self.device)
             # The token each logits row was computed from: the previous token (watermark stage).
             prev_ids = inputs.input_ids[inputs.logits_rows[rows]] if tensors.watermark is not None else None
             result = sampler.sample(logits_all[rows], tensors, prev_ids)
@@ -322,7 +322,7 @@ class ModelRunner:
             plan = plan_draft(batch, layout, self.block_size, self.draft_model.num_heads, self.draft_model.scratch_base)
             proposals = self.draft_model.draft(plan, inputs, aux, token_ids, num_accepted, self.attention)
         if layout.prompt_rows:
-            index = upload(torch.tensor(layout.prompt_rows + layout.prompt_targets), self.device)
+            index = upload(host_tensor(layout.prompt_rows + layout.prompt_targets), self.device)
             picked = logits_all[index[: len(layout.prompt_rows)]]  # (P, V)
             targets = index[len(layout.prompt_rows) :].unsqueeze(1)  # (P, 1)
             prompt_logprobs = torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1)  # (P,)
@@ -345,7 +345,7 @@ class ModelRunner:
         """(R, K) int64: the heads' drafts after each proposer's last kept token, read from the
         hidden state of the row that sampled it (rows: each sampling row's logits row)."""
         assert self.heads is not None, "proposals asked of a model without speculator heads"
-        index = upload(torch.tensor([p[1] for p in layout.proposers] + [p[2] for p in layout.proposers]), self.device)
+        index = upload(host_tensor([p[1] for p in layout.proposers] + [p[2] for p in layout.proposers]), self.device)
         first, span = index.view(2, -1)  # (R,), (R,)
         if num_accepted is not None:  # a verifying request's last kept token: after its accepted drafts
             first = first + torch.where(span >= 0, num_accepted[span.clamp(min=0)], 0)

@@ -18,7 +18,7 @@ import torch
 from common.splitmix import as_int64
 from worker import grammar_mask, hash_ops
 from worker.batch import ScheduledRequest
-from worker.input_builder import upload
+from worker.input_builder import host_tensor, upload
 from worker.watermark import Watermark
 
 __all__ = ["SamplingTensors", "SampleResult", "prepare", "sample"]
@@ -79,12 +79,12 @@ def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.dev
     for r in requests if any_penalty else ():
         ints += r.all_token_ids
         ints += [-1] * (longest - len(r.all_token_ids))
-    f = upload(torch.tensor(floats, dtype=torch.float32), device).view(6, b, 1)  # (6, B, 1)
-    i = upload(torch.tensor(ints, dtype=torch.int64), device)
+    f = upload(host_tensor(floats, torch.float32), device).view(6, b, 1)  # (6, B, 1)
+    i = upload(host_tensor(ints), device)
     hold = [r.num_generated < r.params.min_tokens and r.grammar is None for r in requests]
     eos_ids = hold_eos = None
     if eos_token_ids and any(hold):  # a third upload only in steps that need it
-        held = upload(torch.tensor(sorted(eos_token_ids) + hold, dtype=torch.int64), device)
+        held = upload(host_tensor(sorted(eos_token_ids) + hold), device)
         eos_ids, hold_eos = held[: len(eos_token_ids)], held[len(eos_token_ids) :].bool().view(b, 1)
     sampling = [p for p in ps if p.do_sample]
     return SamplingTensors(
