@@ -26,7 +26,7 @@ from kernels.paged_kv import (
     window_or_all,
 )
 
-__all__ = ["paged_decode_attention"]
+__all__ = ["paged_decode_attention", "default_launch"]
 
 _MAX_SPLITS = 32
 
@@ -143,6 +143,9 @@ def paged_decode_attention(
     window: int = 0,  # > 0: each query sees its last `window` keys only
     softcap: float = 0.0,  # > 0: scores become softcap * tanh(score / softcap)
     max_query_len: int = 1,  # host int: the most new tokens of any sequence (no device sync to find it)
+    block_n: int | None = None,  # keys per tile; None: default_launch's (as the warps and stages)
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:  # (T, H, D)
     fp8 = check_paged_inputs(q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, query_start_loc)
     assert max_query_len >= 1, max_query_len
@@ -153,8 +156,11 @@ def paged_decode_attention(
     out = torch.empty_like(q)  # (T, H, D)
     if num_seqs == 0:
         return out
-    if num_splits is None:
-        num_splits = _default_splits(num_seqs * n_kv, q.device)
+    launch = default_launch(num_seqs * n_kv, q.device)
+    num_splits = launch["num_splits"] if num_splits is None else num_splits
+    block_n = launch["block_n"] if block_n is None else block_n
+    num_warps = launch["num_warps"] if num_warps is None else num_warps
+    num_stages = launch["num_stages"] if num_stages is None else num_stages
     assert num_splits & (num_splits - 1) == 0, "num_splits must be a power of two"
     # Partial results per query token: (T, H, S, D) and (T, H, S).
     part_out = torch.empty(num_tokens, num_heads, num_splits, dim, dtype=torch.float32, device=q.device)
@@ -170,8 +176,8 @@ def paged_decode_attention(
         block_tables.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
-        BLOCK_G=max(16, triton.next_power_of_2(max_query_len * group)), BLOCK_N=64, NUM_SPLITS=num_splits,
-        KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), SOFTCAP=softcap > 0, num_warps=4, num_stages=2,
+        BLOCK_G=max(16, triton.next_power_of_2(max_query_len * group)), BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), SOFTCAP=softcap > 0, num_warps=num_warps, num_stages=num_stages,
     )
     _decode_reduce_kernel[(num_tokens, num_heads)](
         part_out, part_lse, out,
@@ -185,8 +191,13 @@ def paged_decode_attention(
 _sm_count: dict[int, int] = {}
 
 
+def default_launch(num_programs: int, device: torch.device) -> dict[str, int]:
+    """The launch settings for `num_programs` (sequence, KV head) pairs: enough slices of each
+    context for about two waves over the SMs (a large batch needs none), 64-key tiles."""
+    return {"num_splits": _default_splits(num_programs, device), "block_n": 64, "num_warps": 4, "num_stages": 2}
+
+
 def _default_splits(num_programs: int, device: torch.device) -> int:
-    # Enough slices for about two waves over the SMs; a large batch needs none.
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index not in _sm_count:

@@ -77,6 +77,18 @@ def test_decode_attention(heads: int, n_kv: int, dim: int, num_splits: int | Non
     assert_close(ref.prefill_attention(q, kc, vc, bt, sl, qsl, scale), want, dtype, 2)
 
 
+@pytest.mark.parametrize(("block_n", "num_warps", "num_stages"), [(16, 2, 1), (32, 8, 3), (128, 4, 2)])
+def test_decode_attention_under_other_launch_settings(
+    block_n: int, num_warps: int, num_stages: int, device: torch.device
+) -> None:
+    # Key tiles narrower and wider than a page and the default, as a tuned launch may pick.
+    lens = [1, 17, 130, 200]
+    q, kc, vc, bt, sl, qsl = _paged_batch([(n - 1, 1) for n in lens], 8, 2, 64, 16, torch.float32, device, seed=7)
+    got = paged_decode_attention(q, kc, vc, bt, sl, qsl, 0.125, num_splits=2, block_n=block_n,
+                                 num_warps=num_warps, num_stages=num_stages)
+    assert_close(got, ref.paged_decode_attention(q, kc, vc, bt, sl, qsl, 0.125), torch.float32, 2)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "n_kv", "dim"), HEADS)
 @pytest.mark.parametrize("num_splits", [1, 4, None])
