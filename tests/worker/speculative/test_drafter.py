@@ -52,3 +52,13 @@ def test_counters_per_position() -> None:
     stats = drafter.stats
     assert (stats.draft_tokens, stats.accepted_tokens) == (5, 2)
     assert stats.drafted_by_position == [2, 2, 1] and stats.accepted_by_position == [1, 1, 0]
+
+
+def test_a_drafter_that_does_not_pause_keeps_drafting_whatever_its_acceptance() -> None:
+    # n-gram on a runner with verification graphs: a verification costs about a decode there.
+    drafter = Drafter(num_speculative=4, max_batch_size=8, pauses=False)
+    _, state = drafter.propose(REPEATING, None, 4, step=1)
+    for step in range(1, 40):
+        drafter.observe(state, 4, 0, step)
+        assert drafter.propose(REPEATING, state, 4, step + 1)[0] == [1, 2, 3, 4]
+    assert state.paused_until == 0
