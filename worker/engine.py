@@ -277,12 +277,13 @@ class LLMEngine:
         A request whose sample will end it by length gets none: it has nothing left to schedule.
         """
         held = []
+        requests, reaches_length = self._requests, self.finish.reaches_length
         for sreq in batch.requests:
-            req = self._requests.get(sreq.key)
+            req = requests.get(sreq.key)
             if req is None or req.status is not RequestStatus.RUNNING:
                 continue
             req.num_computed_tokens += len(sreq.token_ids)
-            if not sreq.do_sample or self.finish.reaches_length(req, extra=1):
+            if not sreq.do_sample or reaches_length(req, extra=1):
                 continue
             req.all_token_ids.append(PLACEHOLDER)
             held.append(req.key)
@@ -298,9 +299,12 @@ class LLMEngine:
     def _update(self, batch: ScheduledBatch, result: StepOutput, step: _InFlight | None = None) -> list[RequestOutput]:
         outputs = []
         advanced = step is not None and step.advanced
-        after_token = self.finish.after_token
+        placeholders = step.placeholders if step is not None and step.advanced else frozenset()
+        # Runs for every request of every step: what the loop reads is looked up once here.
+        after_token, requests, sampled = self.finish.after_token, self._requests, result.sampled_token_ids
+        commit = self.blocks.commit if self.blocks.enable_prefix_caching else None
         for i, sreq in enumerate(batch.requests):
-            req = self._requests.get(sreq.key)
+            req = requests.get(sreq.key)
             if req is None:
                 continue  # finished or aborted while this step ran
             if sreq.num_draft_tokens:  # a verified decode: its computed count follows what it keeps
@@ -308,7 +312,8 @@ class LLMEngine:
                 continue
             if not advanced:
                 req.num_computed_tokens += len(sreq.token_ids)
-            self.blocks.commit(req)
+            if commit is not None:
+                commit(req)
             prefill_lp = result.prefill_logprobs.get(req.key) if result.prefill_logprobs else None
             if prefill_lp is not None:
                 # prefill_lp[k] scores token start_pos + k + 1. Keep prompt tokens only, each once:
@@ -317,10 +322,10 @@ class LLMEngine:
                 skip = have - sreq.start_pos
                 assert skip >= 0, "prompt logprobs skipped a position"
                 req.prefill_logprobs.extend(prefill_lp[skip : skip + max(0, req.num_prompt_tokens - 1 - have)])
-            token = result.sampled_token_ids[i]
+            token = sampled[i]
             if token == NOT_SAMPLED:
                 continue
-            if advanced and req.key in step.placeholders:  # type: ignore[union-attr]
+            if req.key in placeholders:
                 assert req.all_token_ids[-1] == PLACEHOLDER, "a placeholder was not the newest token"
                 req.all_token_ids[-1] = token
             else:
@@ -331,14 +336,16 @@ class LLMEngine:
                 error = req.grammar.get_error().splitlines()[0]
                 outputs.append(self._output(req, [], [], [], None, error=f"Input validation error: grammar is not valid: {error}"))
                 continue
-            self._take_proposals(req, result, i)
+            if result.proposals:
+                self._take_proposals(req, result, i)
             reason = after_token(req, token)
             top = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []
             out = self._output(req, [token], [result.logprobs[i]], top, reason)
-            if req.num_output_tokens == 1 and req.params.prefill_logprobs:
+            if req.params.prefill_logprobs and req.num_output_tokens == 1:
                 out.prefill_logprobs = list(req.prefill_logprobs)
             outputs.append(out)
-            self._end_if(req, reason)
+            if reason is not None:
+                self._remove(req)
         return outputs
 
     def _update_verified(self, req: Request, sreq: ScheduledRequest, result: StepOutput, i: int) -> RequestOutput:

@@ -114,15 +114,19 @@ class Scheduler:
         # 1. running requests, oldest first; preempt from the newest end when blocks run out.
         preemptions_before = self.num_preemptions
         speculating = self._speculating = self.drafter.active(len(self.running))
+        windowed = bool(self.blocks.window)
         i = 0
+        # Runs for every running request every step: counters are read once, properties spelled out.
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            left = len(req.all_token_ids) - req.num_computed_tokens
+            num_new = min(left, budget)
             if num_new == 0:  # its last token is still being sampled and ends it (overlapped steps)
                 i += 1
                 continue
-            decode = num_new == 1 and req.num_computed_tokens + 1 == req.num_tokens
-            self.blocks.release_behind_window(req)
+            decode = left == 1
+            if windowed:
+                self.blocks.release_behind_window(req)
             drafts = self._drafts(req, budget - 1, len(self.running) - i - 1) if decode and speculating else []
             if not self._reserve(req, num_new + len(drafts)):
                 continue  # `req` itself was preempted; the list shifted under i
@@ -269,6 +273,8 @@ class Scheduler:
     def _reserve(self, req: Request, num_new: int) -> bool:
         """Make room for `num_new` tokens of a running request; False if it was preempted itself."""
         need = self.blocks.blocks_needed(req, num_new)
+        if need == 0:  # most decodes: the last block has room
+            return True
         while not self.blocks.can_allocate(need):
             victim = self._victim(req)
             self._preempt(victim)
@@ -296,7 +302,7 @@ class Scheduler:
 
     def _scheduled(self, req: Request, num_new: int, drafts: list[int] | None = None) -> ScheduledRequest:
         start = req.num_computed_tokens
-        do_sample = start + num_new == req.num_tokens
+        do_sample = start + num_new == len(req.all_token_ids)
         propose = (self._speculating and do_sample and req.grammar is None
                    and self.drafter.wants_proposals(req.draft_state, self.step))
         tokens = req.all_token_ids[start : start + num_new]
@@ -308,7 +314,7 @@ class Scheduler:
             do_sample=do_sample,
             params=req.params,
             all_token_ids=req.all_token_ids,
-            num_generated=req.num_output_tokens + req.num_generated_offset,
+            num_generated=len(req.all_token_ids) - len(req.prompt_ids) + req.num_generated_offset,
             grammar=req.grammar,
             seed=req.seed,
             prefill_logprobs=req.params.prefill_logprobs and start < req.num_prompt_tokens,
