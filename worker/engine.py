@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import ALL_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -255,7 +255,9 @@ class LLMEngine:
             return []
         sched = self.scheduler
         if not sched.running and not sched.waiting and self._inflight is None:
-            wait([f for _, f in self._compiling], timeout=_COMPILE_POLL_S, return_when=FIRST_COMPLETED)
+            # Nothing else to run: wait (a while) for all of them, so that requests which arrived
+            # together start in one step rather than in waves of whichever compiled first.
+            wait([f for _, f in self._compiling], timeout=_COMPILE_POLL_S, return_when=ALL_COMPLETED)
         outputs, pending = [], []
         for req, future in self._compiling:
             if self._requests.get(req.key) is not req:

@@ -3,8 +3,9 @@
 A request's SamplingParams.grammar is llguidance grammar text (gateway/grammar.py built and
 checked it). `GrammarCompiler.start(grammar, replay)` returns a Future of the request's own
 matcher: on a pool thread it compiles the grammar against the model's vocabulary (or copies the
-pristine matcher cached under the grammar's hash: a fleet sees the same schema many times), then
-feeds it the tokens earlier attempts generated, so a continuation on another worker resumes in
+pristine matcher cached under the grammar's hash: a fleet sees the same schema many times; with
+nothing to replay that copy is made at once, and the Future is done), then feeds it the tokens
+earlier attempts generated, so a continuation on another worker resumes in
 the state the lost worker had reached. The engine advances the matcher with each sampled token;
 worker/grammar_mask.py turns its state into the step's token mask.
 
@@ -54,15 +55,30 @@ class GrammarCompiler:
         self._lock = threading.Lock()
 
     def start(self, grammar: str, replay: list[int]) -> Future[llguidance.LLMatcher]:
-        """A matcher for `grammar` that has consumed `replay` (the tokens already generated)."""
+        """A matcher for `grammar` that has consumed `replay` (the tokens already generated).
+
+        A cached grammar with nothing to replay is copied here, on the caller's thread (a few µs),
+        and its Future is already done: requests that arrive together start in the same step, not
+        in waves as the pool threads finish their copies (a wave's first step then carries the
+        others' prompts beside its decodes)."""
+        if not replay:
+            pristine = self._cached(_key(grammar))
+            if pristine is not None:
+                done: Future[llguidance.LLMatcher] = Future()
+                done.set_result(pristine.deep_copy())
+                return done
         return self._pool.submit(self.matcher, grammar, replay)
 
-    def matcher(self, grammar: str, replay: list[int]) -> llguidance.LLMatcher:
-        key = hashlib.blake2b(grammar.encode(), digest_size=16).digest()
+    def _cached(self, key: bytes) -> llguidance.LLMatcher | None:
         with self._lock:
             pristine = self._cache.get(key)
             if pristine is not None:
                 self._cache.move_to_end(key)
+        return pristine
+
+    def matcher(self, grammar: str, replay: list[int]) -> llguidance.LLMatcher:
+        key = _key(grammar)
+        pristine = self._cached(key)
         if pristine is None:
             started = time.perf_counter()
             pristine = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=PARSER_LIMITS)
@@ -82,3 +98,7 @@ class GrammarCompiler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _key(grammar: str) -> bytes:
+    return hashlib.blake2b(grammar.encode(), digest_size=16).digest()

@@ -107,6 +107,22 @@ def test_constrained_steps_launch_ahead_and_sample_once_the_last_tokens_are_read
     assert all(one[("launch", b.step)] > one[("wait", b.step - 1)] for b in one_runner.batches[1:])
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-step", "overlapped"])
+def test_requests_of_a_cached_grammar_that_arrive_together_start_in_one_step(
+        compiler: GrammarCompiler, overlap: bool) -> None:
+    # Their matchers are copied as they arrive: no wave of the first few compiled, then a step
+    # carrying the rest's prompts beside those decodes.
+    compiler.matcher(GRAMMARS["nested"], [])
+    engine, runner = _fake_engine(compiler, overlap=overlap)
+    for i in range(6):
+        params = SamplingParams(max_new_tokens=4, grammar=GRAMMARS["nested"])
+        engine.add_request(Request(RequestKey(f"r{i}", 0), [5, 6, 7 + i], params, 0, time.time()))
+    engine.step()
+    assert len(runner.batches[0].requests) == 6 and runner.batches[0].num_decode == 0
+    tokens, _ = _drive(engine, [])
+    assert all(len(t) == 3 for t in tokens.values()) and len(tokens) == 6  # the first came with the step above
+
+
 def test_a_request_its_grammar_ends_gets_no_mask_in_the_step_already_launched(compiler: GrammarCompiler) -> None:
     grammar = compile_grammar(GrammarSpec("regex", "(yes|no)"))
     engine, runner = _fake_engine(compiler, overlap=True)
