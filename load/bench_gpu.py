@@ -57,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from load.bench_shards import shard_rows
+from load.mixed_step_probe import mixed_step_probe
+from load.step_timeline import KernelCompiles, Timeline, TimedRunner
 
 __all__ = ["SHAPES", "guided_schema", "write_model_dir", "main"]
 
@@ -221,39 +223,33 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, gra
     from worker.engine import LLMEngine
     from worker.request import Request, RequestKey
 
-    engine = LLMEngine(config, runner, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
+    timed = TimedRunner(runner)
+    engine = LLMEngine(config, timed, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                        max_model_len=runner.max_model_len, grammars=grammars, speculator=speculator)
     params = SamplingParams(max_new_tokens=new, ignore_eos=True, **knobs)
     if runner.device.type == "cuda":  # load/bench_lora.py runs it on the CPU too
         torch.cuda.synchronize()
-    started = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        adapter = adapters[i % len(adapters)] if adapters else ""
-        engine.add_request(Request(RequestKey(f"r{i}", 0), prompt, params, seed=i, arrival_time=time.time(),
-                                   adapter_id=adapter))
-    first: dict[RequestKey, float] = {}
-    last: dict[RequestKey, float] = {}
-    produced = computed = errors = 0
-    slowest = 0.0  # the longest engine step, seconds
-    step_started = started
-    while engine.has_unfinished_requests():
-        outs = engine.step()
-        computed += engine.last_batch.num_tokens if engine.last_batch is not None else 0
-        now = time.perf_counter()
-        slowest, step_started = max(slowest, now - step_started), now
-        for out in outs:
-            produced += len(out.new_token_ids)
-            errors += out.error is not None
-            first.setdefault(out.key, now)
-            last[out.key] = now
-    elapsed = time.perf_counter() - started
-    ttft = sorted(t - started for t in first.values())
-    tpot = sorted((last[r] - first[r]) / max(1, new - 1) for r in first)
+    computed = 0
+    with KernelCompiles() as kernels:
+        timeline = Timeline(timed, kernels)
+        for i, prompt in enumerate(prompts):
+            adapter = adapters[i % len(adapters)] if adapters else ""
+            engine.add_request(Request(RequestKey(f"r{i}", 0), prompt, params, seed=i, arrival_time=time.time(),
+                                       adapter_id=adapter))
+        while engine.has_unfinished_requests():
+            outs = engine.step()
+            computed += engine.last_batch.num_tokens if engine.last_batch is not None else 0
+            timeline.step(engine.last_batch, outs)
+    elapsed = time.perf_counter() - timeline.started
+    produced = sum(timeline.tokens.values())
+    ttft = sorted(timeline.first.values())
+    tpot = sorted((timeline.last[r] - timeline.first[r]) / max(1, timeline.tokens[r] - 1) for r in timeline.first)
     return {
         "seconds": elapsed, "tok_s": produced / elapsed, "steps": engine.stats().steps,
         "computed_tokens": computed, "preemptions": engine.stats().num_preemptions,
         "ttft_p50": ttft[len(ttft) // 2], "tpot_p50": tpot[len(tpot) // 2], "ttft_max": ttft[-1],
-        "produced": produced, "errors": errors, "slowest_step": slowest,
+        "produced": produced, "errors": len(timeline.errors),
+        "slowest_step": max(s.wall_ms for s in timeline.steps) / 1e3, "timeline": timeline,
     }
 
 
@@ -352,14 +348,19 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     dense_tok_s: dict[str, float] = {}  # bf16 (a), (b), (c): what each variant's rows compare with
 
     def static_rows(key: str, label: str, run_config: Any, with_ttft: bool = False, versus: float | None = None,
-                    **knobs: Any) -> float:
+                    detail: bool = False, **knobs: Any) -> float:
+        """`detail`: what the run's time went to besides its median step (load/step_timeline.py), printed
+        in the row and, with --timeline-dir, every step and request dumped as JSON."""
         batch, base = static[key]
         r = run_engine(runner, run_config, prompts(batch, 128), 256, **knobs)
         ttft = f"TTFT p50 {r['ttft_p50'] * 1e3:.1f} ms, " if with_ttft else ""
         than = f"; {100 * r['tok_s'] / versus:.1f}% of the same without" if versus else ""
-        if knobs.get("grammars") is not None:  # what a guided run lost, if not its steps: late starts, early ends
-            than += (f"; TTFT max {r['ttft_max'] * 1e3:.0f} ms, slowest step {r['slowest_step'] * 1e3:.0f} ms, "
-                     f"{r['produced']} tokens, {r['errors']} ended by an error")
+        if detail:
+            than += f"; {r['seconds']:.2f} s; " + r["timeline"].summary()
+            if args.timeline_dir is not None:
+                args.timeline_dir.mkdir(parents=True, exist_ok=True)
+                name = "".join(c if c.isalnum() else "-" for c in f"{shape} {key} {label}").strip("-")
+                r["timeline"].dump(args.timeline_dir / f"{name}.json", row=f"({key}) {label}", tok_s=r["tok_s"])
         rows.append(Row(shape, f"({key}) {label}", r["tok_s"], roofline_static(floor, batch, 128, 256), base,
                         f"{ttft}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms{than}"))
         return float(r["tok_s"])
@@ -375,13 +376,19 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         sampled = static_rows("b", "sampled (temperature 1)", config, do_sample=True)
         static_rows("b", "sampled + watermark", config, versus=sampled, do_sample=True, watermark=True)
     if "b" in todo and args.grammar:  # guided decoding beside the same unconstrained, in one run
-        greedy = static_rows("b", "greedy", config)
+        greedy = static_rows("b", "greedy", config, detail=True)
+        notes.extend(f"{shape}: {line}" for line in mixed_step_probe(runner, config, vocab))
         grammars, grammar = _guided(args, runner)
         grammars.matcher(grammar, [])  # compiled once here: neither guided row times the cold compile
-        static_rows("b", "greedy + JSON schema (200+ array items)", config, versus=greedy, grammars=grammars, grammar=grammar)
+        # The guided path's first use in the process (mask threads, its kernels, pinned buffers), as
+        # the warm-up above does for the rest; printed, so a one-time cost shows here.
+        warm = run_engine(runner, config, prompts(64, 128), 8, grammars=grammars, grammar=grammar)
+        notes.append(f"{shape}: guided warm-up (64 x 8 tokens): {warm['seconds']:.2f} s; {warm['timeline'].summary()}")
+        static_rows("b", "greedy + JSON schema (200+ array items)", config, versus=greedy, detail=True,
+                    grammars=grammars, grammar=grammar)
         # The same guided steps one at a time, as before the masks' two-half launch (worker/engine.py).
-        static_rows("b", "greedy + JSON schema, one step at a time", one_step, versus=greedy, grammars=grammars,
-                    grammar=grammar)
+        static_rows("b", "greedy + JSON schema, one step at a time", one_step, versus=greedy, detail=True,
+                    grammars=grammars, grammar=grammar)
     if args.speculate:  # n-gram drafts on random-weight greedy text (it repeats itself), vs the same without
         from load.bench_speculative import verify_step_ratio
 
@@ -588,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grammar", action="store_true",
                         help="(b) greedy with and without a JSON-schema grammar, and guided one step at a time "
                         "(needs --tokenizer-dir)")
+    parser.add_argument("--timeline-dir", type=Path, default=None,
+                        help="with --grammar: each of its rows' steps and requests as JSON in this directory")
     parser.add_argument("--lora", type=int, default=0, help="(b) over this many random LoRA adapters, and on the "
                         "base with them loaded, beside (b) without")
     parser.add_argument("--lora-rank", type=int, default=16, help="rank of the --lora adapters")

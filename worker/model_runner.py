@@ -134,6 +134,7 @@ class ModelRunner:
         self.adapters = None if shards is not None else AdapterTable(
             self.model, self.dtype, self.device, config.max_loras, config.fleet.model_cache)
         self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly
+        self.mask_seconds = 0.0  # host seconds spent filling grammar masks (load/step_timeline.py reads it)
         # On CUDA the host can prepare the next step while the device runs this one.
         self.can_overlap = self.device.type == "cuda"
         self.kv = self._allocate_kv()
@@ -245,7 +246,9 @@ class ModelRunner:
         assert held is not None, "a step sampled twice"
         if held.tensors is not None:
             matchers = [None if r.key in ended else r.grammar for r in held.sampled]
+            started = time.perf_counter()
             held.tensors.grammar = grammar_mask.prepare(matchers, self.vocab_size, self.device)
+            self.mask_seconds += time.perf_counter() - started
         self._sample(step, held)
 
     def prepare_inputs(self, batch: ScheduledBatch, previous: PendingStep | None) -> ModelInputs:
