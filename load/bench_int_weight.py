@@ -34,6 +34,12 @@ SWEEP_GEMM = (
     (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3), (64, 64, 128, 8, True, True, 4, 3),
     (64, 64, 128, 4, True, True, 4, 4), (64, 32, 128, 4, False, True, 4, 4), (64, 32, 128, 8, False, True, 4, 4),
     (64, 64, 128, 4, False, True, 4, 4), (64, 64, 128, 8, False, True, 4, 4), (32, 64, 128, 4, True, True, 4, 4))
+# --f16x2 sweep: (block_n, block_w, split_k, warps, stages, fold) of kernels/int_weight_gemv_f16x2.py.
+SWEEP_F16X2 = tuple((bn, bw, sk, warps, 3, True) for bn, bw, sk, warps in (
+    (8, 128, 1, 4), (16, 64, 1, 2), (16, 128, 1, 4), (16, 256, 1, 4), (16, 256, 1, 8), (32, 64, 1, 4), (32, 128, 1, 4),
+    (32, 128, 1, 8), (32, 256, 1, 8), (64, 128, 1, 8), (8, 256, 2, 4), (16, 128, 2, 4), (32, 128, 2, 4),
+    (16, 256, 2, 8), (16, 128, 4, 4))) + ((16, 128, 1, 4, 3, False), (32, 128, 1, 4, 3, False), (16, 128, 2, 4, 3, False),
+                                         (32, 128, 1, 4, 2, True), (32, 128, 1, 4, 4, True))
 L2_SAFE_BYTES = 256 << 20  # the weight copies a timed call cycles through: several times the L2
 
 
@@ -56,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="1,16,64")
     parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     parser.add_argument("--sweep", action="store_true", help="time the wide config set, not the shortlist")
+    parser.add_argument("--f16x2", choices=("shortlist", "sweep", "none"), default="shortlist",
+                        help="which packed-pair GEMV configs to time beside the others (one row)")
     parser.add_argument("--log", help="write every candidate's line here too")
     args = parser.parse_args(argv)
     import torch
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     gen = torch.Generator(device).manual_seed(0)
     gemv, gemm = (SWEEP_GEMV, SWEEP_GEMM) if args.sweep else (int_kernels.GEMV, int_kernels.GEMM)
+    f16x2 = {"shortlist": int_kernels.F16X2, "sweep": SWEEP_F16X2, "none": ()}[args.f16x2]
 
     table = []
     for name, k, n in SHAPES:
@@ -94,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             bf16_us = per_call_us(lambda w: F.linear(x, w), dense_copies)  # noqa: B023
             read = layer.packed_bytes() + x.numel() * 2 + rows * n * 2
             results = []
-            for label, impl in int_kernels.candidates(layer, int_kernels.bucket_of(rows), gemv, gemm):
+            if rows == 1 and f16x2 and k % 16 == 0:  # the x_pairs launch that every f16x2 call makes, alone
+                from kernels.int_weight_gemv_f16x2 import x_pairs
+                prep_us = per_call_us(lambda _: x_pairs(x, True), packed[:4])  # noqa: B023
+                print(f"{name}: x_pairs alone {prep_us:.2f} µs")
+            for label, impl in int_kernels.candidates(layer, int_kernels.bucket_of(rows), gemv, gemm, f16x2):
                 try:
                     got = impl(x, packed[0]).float()
                     err = float((got - want).norm() / want.norm())
@@ -115,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
                 log.write("\n".join(lines) + "\n")
                 log.flush()
             best = results[0] if results else (float("inf"), "none", "")
-            table.append((name, k, n, rows, bf16_us, best[0], read / best[0] / 1e6 / bandwidth * 1e12, best[1]))
+            other = next((r[0] for r in results if "f16x2" not in r[1]), float("inf"))  # the fastest older kernel
+            table.append((name, k, n, rows, bf16_us, best[0], read / best[0] / 1e6 / bandwidth * 1e12, best[1], other))
             sys.stdout.flush()
-    print(f"\n| shape (K -> N) | rows | bf16 µs | int{args.bits} µs | x bf16 | % of bandwidth | picked |")
-    print("|---|---|---|---|---|---|---|")
-    for name, k, n, rows, bf16_us, t, frac, label in table:
-        print(f"| {name} {k} -> {n} | {rows} | {bf16_us:.1f} | {t:.1f} | {bf16_us / t:.2f}x | {frac:.0%} | {label} |")
+    print(f"\n| shape (K -> N) | rows | bf16 µs | int{args.bits} µs | x bf16 | % of bandwidth | picked | best non-f16x2 µs |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, k, n, rows, bf16_us, t, frac, label, other in table:
+        print(f"| {name} {k} -> {n} | {rows} | {bf16_us:.1f} | {t:.1f} | {bf16_us / t:.2f}x | {frac:.0%} | {label} | "
+              f"{other:.1f} |")
     if log:
         log.close()
     return 0

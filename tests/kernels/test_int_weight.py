@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 from kernels.int_weight_dequant import int_weight_dequant  # noqa: E402
 from kernels.int_weight_gemm import int_weight_gemm  # noqa: E402
 from kernels.int_weight_gemv import int_weight_gemv  # noqa: E402
+from kernels.int_weight_gemv_f16x2 import int_weight_gemv_f16x2  # noqa: E402
 
 
 def _layout(n: int, k: int, group: int, bits: int, device: torch.device, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -60,6 +61,26 @@ def test_gemv_matches_the_reference(n: int, k: int, group: int, bits: int, dtype
             assert_close(got / scale, want / scale, dtype, 4)
 
 
+@pytest.mark.parametrize(("n", "k", "group", "bits"), [s for s in SHAPES if s[3] == 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_packed_pair_gemv_matches_the_reference(n: int, k: int, group: int, bits: int, dtype: torch.dtype,
+                                                device: torch.device) -> None:
+    # x spans the range a layer sees: a chunk of zeros, one of tiny values, one far above the
+    # products float16 could hold unscaled (each chunk gets its own power of two).
+    layout, bias = _case(n, k, group, bits, dtype, device)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(2)) + 0.3
+    x[0, :16] = 0.0
+    x[0, 16:32] *= 1e-4
+    x[0, 32:48] *= 3000.0
+    x = x.to(device, dtype)
+    want, scale = _want(x, layout, group, bits, bias)
+    for block_w, split_k, fold in ((8, 1, True), (8, 3, False), (2 * min(group, 64) // 8, 3, True)):
+        got = int_weight_gemv_f16x2(x, *layout, group, bits, bias, block_n=16, block_w=block_w, split_k=split_k,
+                                    fold=fold)
+        assert got.dtype == dtype and got.shape == (1, n)
+        assert_close(got / scale, want / scale, dtype, 4)
+
+
 @pytest.mark.parametrize(("n", "k", "group", "bits"), SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gemm_and_dequant_match_the_reference(n: int, k: int, group: int, bits: int, dtype: torch.dtype,
@@ -95,7 +116,7 @@ def test_a_tile_that_cuts_groups_is_refused(device: torch.device) -> None:
 def test_split_k_configs_of_the_shortlist_stay_right_over_repeated_launches() -> None:
     # The partials of a split tile meet in one launch (kernels/split_k.py): every launch must give
     # the same right answer, eagerly and replayed from a CUDA graph, on the 8B down_proj shape.
-    from worker.quant.int_kernels import GEMM, GEMV
+    from worker.quant.int_kernels import F16X2, GEMM, GEMV
 
     device = torch.device("cuda")
     n, k, group, bits = 4096, 14336, 128, 4
@@ -112,6 +133,9 @@ def test_split_k_configs_of_the_shortlist_stay_right_over_repeated_launches() ->
                                                      num_warps=c[3], num_stages=c[4], wide=c[5] is True,
                                                      planes=c[5] == "planes")
                          for c in GEMV if c[2] > 1]
+            launches += [lambda c=c: int_weight_gemv_f16x2(x, *layout, group, bits, block_n=c[0], block_w=c[1],
+                                                           split_k=c[2], num_warps=c[3], num_stages=c[4], fold=c[5])
+                         for c in F16X2 if c[2] > 1]
         for launch in launches:
             outs = [launch() for _ in range(20)]
             graph = torch.cuda.CUDAGraph()
