@@ -31,7 +31,9 @@ __all__ = ["paged_decode_attention", "default_launch"]
 _MAX_SPLITS = 32
 
 
-@triton.jit
+# NOTE: stride_bt is each step's block-table width; specialized (a multiple of 16, or not), a
+# width of the other kind would compile the kernel anew mid-serving (~0.3-1 s, every request waits).
+@triton.jit(do_not_specialize=["stride_bt"])
 def _decode_partial_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, seq_lens_ptr, qsl_ptr,
     part_out_ptr, part_lse_ptr,

@@ -21,7 +21,9 @@ from kernels.paged_kv import (
 __all__ = ["prefill_attention"]
 
 
-@triton.jit
+# NOTE: stride_bt is each step's block-table width; specialized (a multiple of 16, or not), a
+# width of the other kind would compile the kernel anew mid-serving (~0.3-1 s, every request waits).
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, out_ptr,
     scale, softcap, window, group,

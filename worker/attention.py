@@ -37,6 +37,11 @@ class AttentionMetadata:
     # with `prefill_query_start_loc` (rebased to 0).
     num_decodes: int = 0
     prefill_query_start_loc: torch.Tensor | None = None
+    # The prompts' rows of block_tables and seq_lens, as tensors of their own: a view from row d
+    # starts mid-allocation, and a pointer off 16 bytes is a new Triton specialization of the
+    # prefill kernel (compiled at the first such step, while every request waits).
+    prefill_block_tables: torch.Tensor | None = None
+    prefill_seq_lens: torch.Tensor | None = None
     decode_query_len: int = 1  # the most tokens of a decode sequence (1 + its drafts)
     decode_tokens: int = 0  # host: the decode sequences' tokens, the first rows of q
 
@@ -54,6 +59,8 @@ class PagedAttentionBackend:
             max_query_len=inputs.max_query_len,
             num_decodes=d if mixed else 0,
             prefill_query_start_loc=inputs.query_start_loc[d:] - inputs.decode_tokens if mixed else None,
+            prefill_block_tables=inputs.block_tables[d:].clone() if mixed else None,
+            prefill_seq_lens=inputs.seq_lens[d:].clone() if mixed else None,
             decode_query_len=inputs.decode_query_len,
             decode_tokens=inputs.decode_tokens,
         )
@@ -80,14 +87,15 @@ class PagedAttentionBackend:
                 max_query_len=meta.max_query_len,
             )
         d = meta.num_decodes
-        if d and meta.prefill_query_start_loc is not None:
+        if d and meta.prefill_query_start_loc is not None and meta.prefill_block_tables is not None \
+                and meta.prefill_seq_lens is not None:
             t = meta.decode_tokens
             decoded = ops.paged_decode_attention(
                 q[:t], kv.k, kv.v, meta.block_tables[:d], meta.seq_lens[:d], meta.query_start_loc[: d + 1], scale,
                 *scales, **layer, max_query_len=meta.decode_query_len,
             )
             prefilled = ops.prefill_attention(
-                q[t:], kv.k, kv.v, meta.block_tables[d:], meta.seq_lens[d:], meta.prefill_query_start_loc, scale,
+                q[t:], kv.k, kv.v, meta.prefill_block_tables, meta.prefill_seq_lens, meta.prefill_query_start_loc, scale,
                 *scales, **layer,
             )
             return torch.cat([decoded, prefilled])

@@ -17,11 +17,12 @@ from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.logits_layout import LogitsLayout
 
 __all__ = ["ModelInputs", "PackedInputs", "build_inputs", "pack_inputs", "unpack_inputs", "upload", "host_tensor",
-           "HEADER_LEN"]
+           "HEADER_LEN", "flat_length"]
 
 # PackedInputs.header: the 7 part lengths of the buffer, then max_query_len, num_decodes,
 # decode_query_len and decode_tokens.
 HEADER_LEN = 11
+_PARTS = 7  # the leading header entries that are part lengths of the buffer
 
 _NUMPY_DTYPES = {torch.int64: np.int64, torch.float32: np.float32}
 
@@ -44,7 +45,7 @@ class ModelInputs:
 
 @dataclass(slots=True)
 class PackedInputs:
-    flat: torch.Tensor  # (sum of the part lengths,) int64 host: ids, positions, slots, tables, lens, starts, rows
+    flat: torch.Tensor  # (flat_length(header),) int64 host: ids, positions, slots, tables, lens, starts, rows
     header: tuple[int, ...]  # HEADER_LEN ints: how `unpack_inputs` cuts `flat`
     layout: LogitsLayout  # host, rank 0 only: what each logits row is for
 
@@ -67,8 +68,9 @@ def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
     width = max(1, max(table_lens, default=1))
     sizes = (t, t, t, b * width, b, b + 1, len(layout.rows))
     # Everything travels in one int64 buffer: one pinned host tensor, one copy, then views.
-    flat = np.empty(sum(sizes), dtype=np.int64)
-    ids_v, pos_v, slots_v, tables_v, lens_v, starts_v, rows_v = np.split(flat, np.cumsum(sizes)[:-1])
+    bounds = _part_bounds(sizes)
+    flat = np.empty(bounds[-1][1], dtype=np.int64)  # flat_length(header)
+    ids_v, pos_v, slots_v, tables_v, lens_v, starts_v, rows_v = (flat[lo:hi] for lo, hi in bounds)
     ids_v[:] = np.fromiter(chain.from_iterable(r.token_ids for r in reqs), np.int64, t)
     starts_v[0] = 0
     np.cumsum(np.fromiter(num_new, np.int64, b), out=starts_v[1:])
@@ -93,7 +95,7 @@ def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
 def unpack_inputs(flat: torch.Tensor, header: tuple[int, ...], layout: LogitsLayout | None) -> ModelInputs:
     """Views of `flat` (on the device) cut as `header` says; `layout` is None on ranks that do not sample."""
     *lengths, max_query_len, num_decodes, decode_query_len, decode_tokens = header
-    ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = flat.split(lengths)
+    ids_t, pos_t, slots_t, tables_t, lens_t, starts_t, rows_t = (flat[lo:hi] for lo, hi in _part_bounds(lengths))
     num_seqs = lens_t.shape[0]
     return ModelInputs(
         input_ids=ids_t,
@@ -124,6 +126,24 @@ def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     # A pageable copy would wait for all queued GPU work; the caching host allocator keeps the
     # pinned block alive until the copy has run.
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def _part_bounds(sizes: tuple[int, ...] | list[int]) -> list[tuple[int, int]]:
+    """Where each part of the flat buffer lies: every part starts at an even index, 16 bytes into
+    the allocation, whatever the lengths before it. (A Triton kernel is specialized on whether
+    each pointer is 16-byte aligned: with the positions after an odd token count, the rotary
+    kernel would compile anew at the first step of an odd count, while every request waits.)"""
+    bounds, at = [], 0
+    for n in sizes:
+        at += at & 1 if n else 0
+        bounds.append((at, at + n))
+        at += n
+    return bounds
+
+
+def flat_length(header: tuple[int, ...] | list[int]) -> int:
+    """How many int64s the flat buffer of `header` holds, its parts' padding included."""
+    return _part_bounds(header[:_PARTS])[-1][1]
 
 
 def _layout(reqs: list[ScheduledRequest], num_new: list[int]) -> LogitsLayout:

@@ -41,6 +41,12 @@ def test_mixed_step_split_equals_one_call(heads: int, kv_heads: int) -> None:
     meta = backend.prepare_metadata(inputs, cache)
     assert meta.num_decodes == 2 and meta.prefill_query_start_loc is not None
     assert meta.prefill_query_start_loc.tolist() == [0, 5, 8]
+    # The prompts' rows are tensors of their own (views from row 2 would start 8 bytes off the
+    # 16-byte alignment Triton specializes on), holding the same rows.
+    assert meta.prefill_block_tables is not None and meta.prefill_seq_lens is not None
+    assert meta.prefill_block_tables.storage_offset() == 0 == meta.prefill_seq_lens.storage_offset()
+    assert meta.prefill_block_tables.tolist() == inputs.block_tables[2:].tolist()
+    assert meta.prefill_seq_lens.tolist() == inputs.seq_lens[2:].tolist()
     tokens = inputs.input_ids.shape[0]
     q = torch.randn(tokens, heads, dim, device=device)
     k = torch.randn(tokens, kv_heads, dim, device=device)

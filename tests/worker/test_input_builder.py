@@ -6,7 +6,7 @@ import torch
 
 from common.sampling_params import SamplingParams
 from worker.batch import ScheduledBatch, ScheduledRequest
-from worker.input_builder import build_inputs, pack_inputs
+from worker.input_builder import build_inputs, flat_length, pack_inputs
 from worker.request import RequestKey
 
 
@@ -55,3 +55,16 @@ def test_pack_inputs_matches_the_per_token_layout() -> None:
 def test_pack_inputs_of_an_empty_batch() -> None:
     packed = pack_inputs(ScheduledBatch(0, [], 0, 0), 16)
     assert packed.flat.tolist() == [0] and packed.header[:7] == (0, 0, 0, 0, 0, 1, 0)
+
+
+def test_every_int64_part_starts_16_bytes_into_the_buffer_whatever_the_token_count() -> None:
+    # Triton specializes a kernel on each pointer's 16-byte alignment: an odd token count must not
+    # leave the positions (the rotary kernel's input) off it.
+    rng = random.Random(1)
+    for _ in range(30):
+        batch = _random_batch(rng, 4)
+        packed = pack_inputs(batch, 4)
+        x = build_inputs(batch, 4, torch.device("cpu"))
+        assert packed.flat.shape[0] == flat_length(packed.header)
+        for part in (x.input_ids, x.positions, x.slot_mapping, x.logits_rows):
+            assert part.storage_offset() % 2 == 0 or part.numel() == 0, (part.storage_offset(), batch.num_tokens)

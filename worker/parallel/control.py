@@ -4,7 +4,8 @@ A pipe (the rank's stdin), not a collective: a rank waiting for the next step ma
 as the worker is idle (no timeout to outlive), and the pipe's end tells it at once that rank 0
 is gone. One message per step, little-endian int64 throughout:
 
-    op, placeholders, header[HEADER_LEN], then sum(header[:7]) int64s (PackedInputs.flat)
+    op, placeholders, header[HEADER_LEN], then flat_length(header) int64s (PackedInputs.flat: the
+    header's 7 part lengths, each part from an even index)
 
 `op` is STEP or STOP (rank 0 is closing: the rank exits 0). `placeholders` is 1 when the step's
 first decode tokens are still on rank 0's device (overlapped scheduling): the ranks then take
@@ -19,20 +20,19 @@ from typing import BinaryIO
 
 import torch
 
-from worker.input_builder import HEADER_LEN
+from worker.input_builder import HEADER_LEN, flat_length
 
 __all__ = ["STEP", "STOP", "StepMessage", "write_step", "write_stop", "read_message"]
 
 STEP = 1
 STOP = 2
 _HEAD = struct.Struct(f"<{2 + HEADER_LEN}q")
-_PARTS = 7  # the leading header entries that are part lengths of `flat`
 
 
 @dataclass(slots=True)
 class StepMessage:
     header: tuple[int, ...]  # PackedInputs.header
-    flat: torch.Tensor  # (sum of the part lengths,) int64 host
+    flat: torch.Tensor  # (flat_length(header),) int64 host
     placeholders: bool  # the first decode tokens come from rank 0's device
 
 
@@ -56,7 +56,7 @@ def read_message(src: BinaryIO) -> StepMessage | None:
         return None
     if op != STEP:
         raise ValueError(f"unknown shard control op {op}")
-    count = sum(header[:_PARTS])
+    count = flat_length(header)
     body = _read_exactly(src, 8 * count)
     if body is None:
         return None
