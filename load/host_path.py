@@ -17,7 +17,7 @@ Not measured: what only a GPU does (kernel launches of the eager forward, pinned
 events, graph replays). Figures are process CPU time, so other jobs on the machine count less
 than in wall time; compare runs made in one invocation.
 
-    python -m load.host_path --batch 64,256 --requests 512 --output
+    python -m load.host_path --batch 64,256 --requests 512 --output --phases
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from worker.watermark import Watermark
 _VOCAB = 256  # logits columns the sampler runs over (the forward is not run: its cost is the device's)
 _HIDDEN = 8
 _PROMPT, _NEW = 1024, 128
+_PHASES_ACTIVE: _Phases | None = None  # --phases
 
 
 class HostRunner(ModelRunner):
@@ -109,6 +110,44 @@ class _OutputSide:
         self.encode_s += time.process_time() - middle
 
 
+# The phases --phases times apart: (module, attribute) patched with a timing wrapper, and its name.
+_PHASES = (
+    ("worker.scheduler:Scheduler", "schedule", "schedule"),
+    ("worker.engine:LLMEngine", "_advance", "advance"),
+    ("worker.model_runner", "pack_inputs", "pack inputs"),
+    ("worker.model_runner:ModelRunner", "_fill_placeholders", "placeholders"),
+    ("worker.sampler", "prepare", "sampler.prepare"),
+    ("worker.model_runner:ModelRunner", "_sample", "sample"),
+    ("worker.model_runner", "read_results", "read results"),
+    ("worker.engine:LLMEngine", "_update", "update"),
+)
+
+
+class _Phases:
+    """CPU seconds spent in each of _PHASES while active (the wrappers stay; they only add)."""
+
+    def __init__(self) -> None:
+        import importlib
+
+        self.seconds: dict[str, float] = {}
+        for where, attr, name in _PHASES:
+            module, _, cls = where.partition(":")
+            owner: Any = importlib.import_module(module)
+            owner = getattr(owner, cls) if cls else owner
+            setattr(owner, attr, self._timed(getattr(owner, attr), name))
+
+    def _timed(self, fn: Any, name: str) -> Any:
+        seconds = self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.process_time() - started
+        return timed
+
+
 def run(batch: int, requests: int, output: _OutputSide | None) -> dict[str, float]:
     config = WorkerConfig(max_batch_size=batch, max_batch_prefill_tokens=8192, prefix_caching=False)
     runner = HostRunner(config)
@@ -140,6 +179,10 @@ def run(batch: int, requests: int, output: _OutputSide | None) -> dict[str, floa
     result = {"steps": steps, "tokens": tokens, "engine_us_step": engine_s / steps * 1e6,
               "engine_us_token": engine_s / tokens * 1e6,
               "full_us_step": full_s / max(1, full_steps) * 1e6, "full_steps": full_steps}
+    for name, seconds in (_PHASES_ACTIVE.seconds.items() if _PHASES_ACTIVE is not None else ()):
+        result[f"phase {name}"] = seconds / steps * 1e6
+    if _PHASES_ACTIVE is not None:
+        _PHASES_ACTIVE.seconds.clear()
     if output is not None:
         result["handle_us_token"] = output.handle_s / tokens * 1e6
         result["encode_us_token"] = output.encode_s / tokens * 1e6
@@ -154,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", action="store_true", help="also time the output side (needs the tokenizer)")
     parser.add_argument("--tokenizer-dir", type=Path,
                         default=Path.home() / ".cache/genfleet/converted/HuggingFaceTB--SmolLM2-135M-Instruct")
+    parser.add_argument("--phases", action="store_true", help="also µs per step in each phase of _PHASES")
     parser.add_argument("--profile", action="store_true", help="a cProfile of one run per batch, top 25 by own time")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    global _PHASES_ACTIVE
+    if args.phases:
+        _PHASES_ACTIVE = _Phases()
     text_ids: list[int] = []
     tokenizer = None
     if args.output:
@@ -181,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             line += (f"; output side {med('handle_us_token'):.2f} µs/token handling + "
                      f"{med('encode_us_token'):.2f} µs/token encoding")
         print(line, flush=True)
+        if args.phases:
+            names = [name for _, _, name in _PHASES]
+            print("  µs/step: " + ", ".join(f"{n} {med('phase ' + n):.0f}" for n in names
+                                            if "phase " + n in runs[0]), flush=True)
         if args.profile:
             import cProfile
             import io
