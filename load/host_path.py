@@ -34,6 +34,7 @@ import torch
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from worker.attention import PagedAttentionBackend
+from worker.block_tables import BlockTables
 from worker.engine import LLMEngine
 from worker.model_runner import ModelRunner
 from worker.request import Request, RequestKey
@@ -60,6 +61,7 @@ class HostRunner(ModelRunner):
         self.adapters = None
         self.graphs = None
         self.attention = PagedAttentionBackend()
+        self.block_tables = BlockTables()
         self.draft_model = None
         self.heads = None
         self.speculator = None

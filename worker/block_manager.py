@@ -189,8 +189,10 @@ class BlockManager:
         committed, so they hold no cached content and go to the front of the free queue."""
         keep = -(-req.num_tokens // self.block_size)
         table = req.block_table
-        while len(table) > keep:
-            block = table.pop()
+        if len(table) <= keep:
+            return
+        req.block_table = table[:keep]  # a new list: tables change in place only by appends (Request)
+        for block in reversed(table[keep:]):
             assert self._key_of[block] is None and self.ref_counts[block] == 1, f"block {block} is shared"
             self.ref_counts[block] = 0
             self._free[block] = None

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.block_tables import BlockTables
 from worker.logits_layout import LogitsLayout
 
 __all__ = ["ModelInputs", "PackedInputs", "build_inputs", "pack_inputs", "unpack_inputs", "upload", "host_tensor",
@@ -55,10 +56,12 @@ def build_inputs(batch: ScheduledBatch, block_size: int, device: torch.device) -
     return unpack_inputs(upload(packed.flat, device), packed.header, packed.layout)
 
 
-def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
-    # Python touches each request's lists once, in comprehensions and C loops (chain, fromiter);
-    # per token, the positions and slots are numpy over the whole step (a mixed step of (c)
-    # carries ~2k tokens and 256 block tables).
+def pack_inputs(batch: ScheduledBatch, block_size: int, tables: BlockTables | None = None) -> PackedInputs:
+    """`tables`: the runner's block tables kept across steps (None: built from the lists alone)."""
+    # Python touches each request's token list once, in comprehensions and C loops (chain,
+    # fromiter), and its block table only where it grew (BlockTables); per token, the positions
+    # and slots are numpy over the whole step (a mixed step of (c) carries ~2k tokens and 256
+    # block tables).
     reqs = batch.requests
     num_new = [len(r.token_ids) for r in reqs]
     table_lens = [len(r.block_table) for r in reqs]
@@ -80,10 +83,10 @@ def pack_inputs(batch: ScheduledBatch, block_size: int) -> PackedInputs:
     row_of = np.repeat(np.arange(b, dtype=np.int64), starts_v[1:] - starts_v[:-1])  # (T,)
     np.add(np.arange(t, dtype=np.int64), (first - starts_v[:-1])[row_of], out=pos_v)
     table_2d = tables_v.reshape(b, width)
-    table_2d[:] = 0
-    # Row-major order of a boolean mask is each request's table in turn.
-    table_2d[np.arange(width) < np.fromiter(table_lens, np.int64, b)[:, None]] = np.fromiter(
-        chain.from_iterable(r.block_table for r in reqs), np.int64, sum(table_lens))
+    if tables is None:
+        tables = BlockTables(max(1, b), width)
+    tables.release(batch.released_keys)
+    tables.gather(reqs, width, table_2d)
     np.add(table_2d[row_of, pos_v // block_size] * block_size, pos_v % block_size, out=slots_v)
     rows_v[:] = layout.rows
     decodes = reqs[: batch.num_decode]

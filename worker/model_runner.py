@@ -27,6 +27,7 @@ from common.context_length import context_length
 from worker import cpu_linear, grammar_mask, ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
+from worker.block_tables import BlockTables
 from worker.cpu_features import native_bf16
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, host_tensor, pack_inputs, unpack_inputs, upload
@@ -130,6 +131,7 @@ class ModelRunner:
                 cpu_linear.pack_weights(self.draft_model, self.dtype)
         self.watermark = Watermark(config.fleet.watermark_gamma, config.fleet.watermark_delta)
         self.attention = PagedAttentionBackend()
+        self.block_tables = BlockTables()  # the host copy of the served requests' tables, kept across steps
         # LoRA adapters (worker/lora/): none until one is loaded; a sharded model takes none.
         self.adapters = None if shards is not None else AdapterTable(
             self.model, self.dtype, self.device, config.max_loras, config.fleet.model_cache)
@@ -253,7 +255,7 @@ class ModelRunner:
 
     def prepare_inputs(self, batch: ScheduledBatch, previous: PendingStep | None) -> ModelInputs:
         """The step's device inputs, placeholders filled; a sharded worker's other ranks get them too."""
-        packed = pack_inputs(batch, self.block_size)
+        packed = pack_inputs(batch, self.block_size, self.block_tables)
         placeholders = any(r.token_ids[0] == PLACEHOLDER for r in batch.requests[: batch.num_decode])
         if self.shards is not None:
             self.shards.send_step(packed.header, packed.flat, placeholders)

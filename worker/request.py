@@ -52,6 +52,8 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(default_factory=list)  # prompt + generated, grows each step
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    # Changed in place only by appends; anything else (a trim, a free) puts a new list here, so a
+    # copy kept across steps (worker/block_tables.py) needs only the entries past what it holds.
     block_table: list[int] = field(default_factory=list)
     # Under a sliding window: the first entries of block_table given back (worker/block_manager.py).
     num_released_blocks: int = 0
