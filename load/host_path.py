@@ -62,6 +62,7 @@ class HostRunner(ModelRunner):
         self.graphs = None
         self.attention = PagedAttentionBackend()
         self.block_tables = BlockTables()
+        self.mask_seconds = 0.0
         self.draft_model = None
         self.heads = None
         self.speculator = None
