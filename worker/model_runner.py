@@ -312,15 +312,23 @@ class ModelRunner:
         token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = proposals = None
         k = 0
         if tensors is not None:
-            rows = upload(host_tensor(layout.sample_rows), self.device)
+            # Sample rows are increasing: as many as the logits rows means each of them in order (a
+            # plain step), which needs no gather (an upload and a launch). None stands for that.
+            rows: torch.Tensor | None = None
+            if len(layout.sample_rows) != logits_all.shape[0]:
+                rows = upload(host_tensor(layout.sample_rows), self.device)
+            elif layout.proposers:  # the heads read the hidden state by it
+                rows = torch.arange(logits_all.shape[0], device=self.device)
             # The token each logits row was computed from: the previous token (watermark stage).
-            prev_ids = inputs.input_ids[inputs.logits_rows[rows]] if tensors.watermark is not None else None
-            result = sampler.sample(logits_all[rows], tensors, prev_ids)
+            prev_ids = None
+            if tensors.watermark is not None:
+                prev_ids = inputs.input_ids[inputs.logits_rows if rows is None else inputs.logits_rows[rows]]
+            result = sampler.sample(logits_all if rows is None else logits_all[rows], tensors, prev_ids)
             k = tensors.max_top_n
             token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
             if layout.verify_spans:
                 num_accepted = verify.accepted_counts(token_ids, layout, self.device)
-            if layout.proposers and self.heads is not None:
+            if layout.proposers and self.heads is not None and rows is not None:
                 proposals = self._propose(layout, rows, hidden, token_ids, num_accepted)
         if self.draft_model is not None and batch.speculating and aux is not None:
             # Its KV follows every token the target computed in a speculating step, proposer or not.

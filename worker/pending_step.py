@@ -59,12 +59,17 @@ def read_results(step: PendingStep) -> StepOutput:
     def top_of(j: int, want: int) -> list[tuple[int, float]]:
         return [(int(got.top_ids[j * k + m]), got.top_logprobs[j * k + m]) for m in range(want)]
 
-    for j, i in enumerate(step.layout.sample_batch_idx):
-        if token_ids[i] != NOT_SAMPLED:
-            continue  # a verifying request's later rows: below
-        token_ids[i] = int(got.token_ids[j])
-        logprobs[i] = got.logprobs[j]
-        top_tokens[i] = top_of(j, reqs[i].params.top_n_tokens)
+    if not k and not step.layout.verify_spans:  # one row per sampling request, no alternatives
+        for i, token, logprob in zip(step.layout.sample_batch_idx, got.token_ids, got.logprobs):
+            token_ids[i] = int(token)
+            logprobs[i] = logprob
+    else:
+        for j, i in enumerate(step.layout.sample_batch_idx):
+            if token_ids[i] != NOT_SAMPLED:
+                continue  # a verifying request's later rows: below
+            token_ids[i] = int(got.token_ids[j])
+            logprobs[i] = got.logprobs[j]
+            top_tokens[i] = top_of(j, reqs[i].params.top_n_tokens)
     verified = {}
     for (i, first, _), accepted in zip(step.layout.verify_spans, got.num_accepted, strict=True):
         kept = range(first + 1, first + 1 + int(accepted))
