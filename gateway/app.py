@@ -4,7 +4,6 @@ that owns Redis and the served models (tokenizer, fleet view and request lifecyc
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from starlette.routing import Route
 
 from common.config import GatewayConfig
 from common.context_length import context_length, max_total_tokens
+from common.gc_settings import settle_gc
 from common.model_source import ModelNotFound, resolve_model
 from common.redis_clients import async_client
 from common.streams import Keys
@@ -53,11 +53,7 @@ def build_app(config: GatewayConfig, gateway_id: str | None = None) -> Starlette
         app.state.ctx = ctx
         await ctx.queue_client.start()
         await ctx.fleet.start()
-        # What is loaded by now (the tokenizer, the modules) lives as long as the
-        # process. Frozen, the cyclic collector stops walking it on every full collection, which
-        # the events of hundreds of streams (tens of thousands of objects a second) trigger often.
-        gc.freeze()
-        gc.set_threshold(20_000, 10, 10)  # young collections 30x rarer than the default 700
+        settle_gc()  # the tokenizer and the modules are loaded: the events of many streams follow
         log.info("gateway %s serving %s (max input %d, max total %d)", gid, ctx.model_id,
                  ctx.limits.max_input_tokens, ctx.limits.max_total_tokens)
         try:

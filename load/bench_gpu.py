@@ -219,10 +219,12 @@ def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, gra
     `speculator`: heads that draft (worker/speculative/heads.py) instead of n-gram lookup."""
     import torch
 
+    from common.gc_settings import settle_gc
     from common.sampling_params import SamplingParams
     from worker.engine import LLMEngine
     from worker.request import Request, RequestKey
 
+    settle_gc()  # as a worker process does once its model is loaded (its host work is what (c) measures)
     timed = TimedRunner(runner)
     engine = LLMEngine(config, timed, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
                        max_model_len=runner.max_model_len, grammars=grammars, speculator=speculator)

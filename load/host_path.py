@@ -200,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", action="store_true", help="also time the output side (needs the tokenizer)")
     parser.add_argument("--tokenizer-dir", type=Path,
                         default=Path.home() / ".cache/genfleet/converted/HuggingFaceTB--SmolLM2-135M-Instruct")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep Python's collector settings (else common/gc_settings.py's, as a worker's)")
     parser.add_argument("--phases", action="store_true", help="also µs per step in each phase of _PHASES")
     parser.add_argument("--profile", action="store_true", help="a cProfile of one run per batch, top 25 by own time")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if not args.default_gc:
+        from common.gc_settings import settle_gc
+
+        settle_gc()
     global _PHASES_ACTIVE
     if args.phases:
         _PHASES_ACTIVE = _Phases()

@@ -7,7 +7,6 @@ reports each match through `on_stop`, so the worker loop aborts the request in t
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
@@ -21,6 +20,7 @@ import msgspec
 import redis
 
 from common.errors import FinishReason
+from common.gc_settings import settle_gc
 from common.log import bind_request_id
 from common.protocol import (
     Accepted,
@@ -99,11 +99,7 @@ class OutputProcessor:
 
     # -- called from the engine thread -------------------------------------------------------
     def start(self) -> None:
-        # Called once the model and tokenizer are loaded: all of that lives as long as the process.
-        # Frozen, the cyclic collector stops walking it on every full collection, which the events
-        # built here (a few objects per token) would otherwise trigger many times a second.
-        gc.freeze()
-        gc.set_threshold(20_000, 10, 10)  # young collections 30x rarer than the default 700
+        settle_gc()  # called once the model and tokenizer are loaded
         self._thread.start()
 
     def accepted(self, key: RequestKey, request: GenerateRequest, seed: int | None, entry_id: bytes | None) -> None:
