@@ -21,7 +21,9 @@ each engine's steps ran: replayed decode or verification graphs, or eagerly. `to
 the speculating engine's output tokens over its steps (the prompt's step included): greedy is
 exact, so it is the same on any device for the same scheduling, and `--uniform-drafts` schedules a
 CPU run as a runner with verification CUDA graphs does (worker/scheduler.py: filler drafts, drafts
-past max_new_tokens, no per-request pause), giving on the CPU the drafts and acceptance of the GPU run.
+past max_new_tokens, no per-request pause) and overlapped as on CUDA (worker/engine.py: a step
+scheduled on an assumption that fails costs a stale step), giving on the CPU the steps, drafts and
+acceptance of the GPU run; `stale rows` counts those steps' wasted rows.
 """
 
 from __future__ import annotations
@@ -77,9 +79,11 @@ def _engine(model_dir: Path, speculate: int, heads: Path | None = None, device: 
 
 
 def _schedule_as_on_graphs(engine: LLMEngine) -> None:
-    # What ModelRunner sets up where it captured verification graphs (worker/scheduler.py).
+    # What ModelRunner sets up where it captured verification graphs (worker/scheduler.py), and
+    # overlapped steps as on CUDA (on the CPU each launch runs at once: the same steps, serially).
     engine.scheduler.uniform_drafts = True
     engine.scheduler.drafter.pauses = False
+    engine.overlap = True
 
 
 def _one(engine: LLMEngine, rid: str, prompt: list[int], max_new: int) -> tuple[list[int], float, int]:
@@ -200,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{stats.accepted_draft_tokens} of {stats.draft_tokens} draft tokens accepted "
           f"({stats.accepted_draft_tokens / max(1, stats.draft_tokens):.0%}), per position "
           + ", ".join(f"{a / max(1, d):.0%}" for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)))
-    print(f"greedy outputs changed by speculation: {changed} of {len(ratios)}")
+    print(f"greedy outputs changed by speculation: {changed} of {len(ratios)}; "
+          f"stale rows (overlapped steps on a failed assumption): {engines[k].num_stale_rows}")
     print(f"without speculation: {graph_steps(engines[0])}; with: {graph_steps(engines[args.speculate])}")
     return 1 if changed else 0
 

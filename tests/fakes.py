@@ -6,7 +6,9 @@ batching, chunking or preemption, the engine must reproduce its solo run exactly
 row (a grammar) samples the model's choice among the tokens its matcher allows when the step
 samples, as the real sampler's mask does: a mask filled from a stale matcher changes the text.
 The fake also checks the contract: positions, block coverage, the step budget, and that a step
-is sampled before it is waited for or followed.
+is sampled before it is waited for or followed. A row scheduled on an assumption that proved wrong
+(overlapped speculation: worker/engine.py) samples a token outside the vocabulary, which must never
+reach an output, and, as on the device, leaves only the "K/V" before its first position computed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = ["FakeRunner", "FakeStep", "fake_logprob", "next_token", "solo_run"]
 
 VOCAB = 1000
 EOS = 0
+STALE = VOCAB + 7  # what a stale row samples
 
 
 def next_token(history: list[int]) -> int:
@@ -67,21 +70,29 @@ class FakeRunner:
     # ("launch" | "sample" | "wait", step) in the order the engine called them.
     calls: list[tuple[str, int]] = field(default_factory=list)
     unmasked: list[RequestKey] = field(default_factory=list)  # rows `sample` was told had ended, in order
+    stale_rows: int = 0  # rows scheduled on a wrong assumption (overlapped speculation)
 
     def launch(self, batch: ScheduledBatch, previous: FakeStep | None, *, defer_sample: bool = False) -> FakeStep:
-        """As the real runner: placeholders take the previous step's sample for that request."""
+        """As the real runner: a placeholder takes the previous step's sample for that request, in
+        its sampling row `placeholder_row` (after that many drafts, assumed accepted)."""
         assert previous is None or previous.sampled, "a step launched after one not sampled yet"
-        for req in batch.requests:
+        ahead = set()
+        for i, req in enumerate(batch.requests):
             for k, token in enumerate(req.token_ids):
                 if token == PLACEHOLDER:
                     assert previous is not None, "a placeholder without the step that samples it"
-                    assert k == 0 and len(req.token_ids) == 1, "a placeholder outside a decode row"
-                    value = previous.output.sampled_token_ids[previous.output.keys.index(req.key)]
+                    assert k == 0 and i < batch.num_decode, "a placeholder outside the start of a decode row"
+                    row = previous.output.keys.index(req.key)
+                    value = previous.output.sampled_token_ids[row]
+                    if req.placeholder_row:  # past the drafts it verified: what sampled there, if any did
+                        kept = previous.output.verified[row].token_ids
+                        value = kept[req.placeholder_row - 1] if len(kept) >= req.placeholder_row else STALE
                     assert value >= 0
-                    req.token_ids = [value]
+                    req.token_ids = [value, *req.token_ids[1:]]
+                    ahead.add(req.key)
                     req.all_token_ids = req.all_token_ids[: req.start_pos] + [value]  # a resolved copy
         self.calls.append(("launch", batch.step))
-        step = FakeStep(self.forward(batch), [r.all_token_ids[: r.start_pos + len(r.token_ids)] for r in batch.requests],
+        step = FakeStep(self.forward(batch, ahead), [r.all_token_ids[: r.start_pos + len(r.token_ids)] for r in batch.requests],
                         batch)
         if not defer_sample:
             self.sample(step, frozenset())
@@ -106,8 +117,9 @@ class FakeRunner:
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         return self.wait(self.launch(batch, None))
 
-    def forward(self, batch: ScheduledBatch) -> StepOutput:
-        """The step's computation, every row sampled unconstrained (what a subclass checks)."""
+    def forward(self, batch: ScheduledBatch, ahead: set[RequestKey] | frozenset[RequestKey] = frozenset()) -> StepOutput:
+        """The step's computation, every row sampled unconstrained (what a subclass checks);
+        `ahead`: the rows whose first token was a placeholder."""
         assert batch.num_tokens <= self.token_budget, "step budget exceeded"
         assert batch.num_tokens == sum(len(r.token_ids) for r in batch.requests)
         assert all(len(r.token_ids) == 1 + r.num_draft_tokens and r.do_sample for r in batch.requests[: batch.num_decode])
@@ -121,6 +133,12 @@ class FakeRunner:
         prompt_lps: dict[RequestKey, list[float]] = {}
         for req in batch.requests:
             seen = self.computed.get(req.key)
+            if seen and req.start_pos != len(seen) and req.key in ahead:  # scheduled on a wrong assumption
+                self.computed[req.key] = seen[: req.start_pos]  # it overwrites the "K/V" from there on
+                self.stale_rows += 1
+                sampled.append(STALE)
+                verified[len(sampled) - 1] = VerifiedTokens([STALE], [0.0], [[]])
+                continue
             if seen:  # a request continues exactly where its cache ends
                 assert req.start_pos == len(seen), (req.key, req.start_pos, len(seen))
             else:  # new or resumed: from the start, or after whole blocks served by the prefix cache

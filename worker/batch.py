@@ -70,6 +70,9 @@ class ScheduledRequest:
     num_proposals: int = 0
     # The LoRA adapter whose updates its rows get ("" = the base model): worker/lora/.
     adapter_id: str = ""
+    # A PLACEHOLDER first token (overlapped steps) is the previous step's sample in this request's
+    # sampling row `placeholder_row`: after that many of its drafts, which the engine assumed accepted.
+    placeholder_row: int = 0
 
 
 @dataclass(slots=True)

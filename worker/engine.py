@@ -11,9 +11,19 @@ step N+1 and launches it; only then does it wait for N. The host's scheduling, i
 and output handling thus hide behind the device's work instead of leaving it idle between steps.
 A request that N finishes (EOS) has one wasted row in N+1, which is dropped. Steps whose requests
 need the real token history on the host (repetition/frequency/presence penalties, prompt
-logprobs) run one at a time, as does everything when the runner cannot overlap, and while
-speculative decoding drafts (a draft needs the last token, and a verified step's token count is
-known only once it is read).
+logprobs) run one at a time, as does everything when the runner cannot overlap.
+
+Speculative decoding overlaps too (n-gram drafts; speculator heads and constrained requests run
+one step at a time). How many tokens a verifying step keeps is known only once it is read, so
+the engine assumes it: all of a request's drafts accepted (none for filler drafts, or when its
+latest verified step rejected one), those drafts appended and a PLACEHOLDER for the sample after
+them, and schedules N+1 from there; the n-gram lookup drafts N+1 after its guess of that sample
+(worker/speculative/ngram.py). When N is read, each assumption is undone and the verified tokens
+decide: a row of N+1 scheduled on a wrong one is stale, and its outputs are dropped (its KV
+writes land on positions the request recomputes before it reads them; where it accepted more
+than assumed, the request's computed count goes back to what N+1 left intact, before any prefix
+hash is published over it). A right assumption costs nothing; a wrong one costs a step, as the
+serial path would have.
 
 Constrained requests (a grammar) wait outside the scheduler while worker/grammar.py compiles
 their matcher on its own threads, so a cold schema never stalls the other requests' steps; the
@@ -32,7 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ALL_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from common.config import WorkerConfig
@@ -76,6 +86,15 @@ class Runner(Protocol):
 
 
 @dataclass(slots=True)
+class _Assumed:
+    """What the engine assumed of a verifying row of a step in flight, and what to undo."""
+
+    num_tokens: int  # the request's token count before (its last one the row's first token)
+    num_computed: int  # its computed count before
+    accepted: int  # drafts taken as accepted; -1: none assumed (it ends by length if all are)
+
+
+@dataclass(slots=True)
 class _InFlight:
     """A step launched on the device whose outputs the engine has not read yet."""
 
@@ -83,6 +102,10 @@ class _InFlight:
     handle: Any
     advanced: bool = False  # its tokens already count as computed; PLACEHOLDERs stand for its samples
     placeholders: frozenset[RequestKey] = frozenset()  # requests holding a PLACEHOLDER for this step
+    assumed: dict[RequestKey, _Assumed] = field(default_factory=dict)  # its verifying rows, once advanced
+    # Rows scheduled on an assumption that the step before proved wrong: their outputs are dropped.
+    stale: set[RequestKey] = field(default_factory=set)
+    keys: frozenset[RequestKey] = frozenset()  # the requests it has a row for
 
 
 class LLMEngine:
@@ -121,6 +144,7 @@ class LLMEngine:
         self.last_batch: ScheduledBatch | None = None  # the step whose outputs came last
         self.overlap = config.overlap_scheduling and runner.can_overlap
         self._inflight: _InFlight | None = None
+        self.num_stale_rows = 0  # rows scheduled on an assumption that failed (overlapped speculation)
         self.grammars = grammars  # None: constrained requests are refused
         self._compiling: list[tuple[Request, Future[Any]]] = []  # constrained, matcher not ready yet
 
@@ -221,13 +245,13 @@ class LLMEngine:
             current = _InFlight(batch, runner.launch(batch, None))
         following, masked = None, False
         if self._may_run_ahead(current.batch):
-            current.placeholders = self._advance(current.batch)
-            current.advanced = True
+            self._advance(current)
             batch = self.scheduler.schedule()
             if batch.requests:
                 masked = any(r.grammar is not None and r.do_sample for r in batch.requests)
                 # A step with grammar masks is launched up to its logits; it samples once N is read.
-                following = _InFlight(batch, runner.launch(batch, current.handle, defer_sample=masked))
+                following = _InFlight(batch, runner.launch(batch, current.handle, defer_sample=masked),
+                                      keys=frozenset(r.key for r in batch.requests))
                 self._inflight = following
         self._note_batch(current.batch)
         outputs += self._update(current.batch, runner.wait(current.handle), current)
@@ -241,13 +265,15 @@ class LLMEngine:
         self.last_batch = batch
 
     def _may_run_ahead(self, batch: ScheduledBatch) -> bool:
-        # Penalties and prompt logprobs read the real token history on the host; drafts need the
-        # last token known, and a verified step's token count is known only once it is read.
-        # (Grammar masks wait for the token too, but only the sampling does: `defer_sample`.)
-        if self.scheduler.drafter.active(len(self.scheduler.running)):
+        # Penalties and prompt logprobs read the real token history on the host; the heads'
+        # drafts follow a token count known only once the step is read. (Grammar masks wait for
+        # the token too, but only the sampling does: `defer_sample`; beside drafts they run one
+        # step at a time.) A verified step's count is assumed (`_advance`).
+        drafter = self.scheduler.drafter
+        if drafter.active(len(self.scheduler.running)) and (
+                drafter.uses_heads or any(r.grammar is not None for r in batch.requests)):
             return False
-        return not any(r.prefill_logprobs or r.params.has_penalties() or r.num_draft_tokens
-                       or r.num_proposals for r in batch.requests)
+        return not any(r.prefill_logprobs or r.params.has_penalties() or r.num_proposals for r in batch.requests)
 
     def _admit_compiled(self) -> list[RequestOutput]:
         """Schedule the constrained requests whose matcher is ready; end those whose grammar failed."""
@@ -273,23 +299,47 @@ class LLMEngine:
         self._compiling = pending
         return outputs
 
-    def _advance(self, batch: ScheduledBatch) -> frozenset[RequestKey]:
-        """Count `batch` as computed before its outputs are read; a PLACEHOLDER for each sample.
+    def _advance(self, step: _InFlight) -> None:
+        """Count `step` as computed before its outputs are read; a PLACEHOLDER for each sample,
+        after the drafts a verifying row is assumed to keep (`_assume`).
 
         A request whose sample will end it by length gets none: it has nothing left to schedule.
         """
         held = []
         requests, reaches_length = self._requests, self.finish.reaches_length
-        for sreq in batch.requests:
+        stale = step.stale
+        for sreq in step.batch.requests:
             req = requests.get(sreq.key)
-            if req is None or req.status is not RequestStatus.RUNNING:
+            if req is None or req.status is not RequestStatus.RUNNING or sreq.key in stale:
+                continue
+            if sreq.num_draft_tokens:
+                step.assumed[req.key] = assumed = self._assume(req, sreq)
+                if assumed.accepted < 0:
+                    req.num_computed_tokens += 1  # nothing to schedule until it is read
+                    continue
+                req.num_computed_tokens += 1 + assumed.accepted
+                req.all_token_ids += sreq.token_ids[1 : 1 + assumed.accepted]
+                req.all_token_ids.append(PLACEHOLDER)
+                req.num_assumed = assumed.accepted + 1
                 continue
             req.num_computed_tokens += len(sreq.token_ids)
             if not sreq.do_sample or reaches_length(req, extra=1):
                 continue
             req.all_token_ids.append(PLACEHOLDER)
+            req.num_assumed = 1
             held.append(req.key)
-        return frozenset(held)
+        step.placeholders = frozenset(held)
+        step.advanced = True
+
+    def _assume(self, req: Request, sreq: ScheduledRequest) -> _Assumed:
+        """How many of a verifying row's drafts to take as accepted: all (acceptance is mostly
+        all or nothing: the text is being copied or it is not), unless they are fillers or the
+        request's latest verified step rejected one; none where they would end it by length."""
+        state = req.draft_state
+        accepted = 0 if sreq.filler_drafts or (state is not None and not state.all_accepted) else sreq.num_draft_tokens
+        if self.finish.reaches_length(req, extra=accepted + 1):
+            accepted = -1
+        return _Assumed(req.num_tokens, req.num_computed_tokens, accepted)
 
     def _apply_aborts(self) -> None:
         aborts, self._aborts = self._aborts, []
@@ -307,10 +357,11 @@ class LLMEngine:
         commit = self.blocks.commit if self.blocks.enable_prefix_caching else None
         for i, sreq in enumerate(batch.requests):
             req = requests.get(sreq.key)
-            if req is None:
-                continue  # finished or aborted while this step ran
+            if req is None or (step is not None and sreq.key in step.stale):
+                continue  # finished or aborted while this step ran; or scheduled on a wrong assumption
             if sreq.num_draft_tokens:  # a verified decode: its computed count follows what it keeps
-                outputs.append(self._update_verified(req, sreq, result, i))
+                assumed = step.assumed.get(sreq.key) if step is not None else None
+                outputs.append(self._update_verified(req, sreq, result, i, assumed))
                 continue
             if not advanced:
                 req.num_computed_tokens += len(sreq.token_ids)
@@ -330,6 +381,7 @@ class LLMEngine:
             if req.key in placeholders:
                 assert req.all_token_ids[-1] == PLACEHOLDER, "a placeholder was not the newest token"
                 req.all_token_ids[-1] = token
+                req.num_assumed = 0
             else:
                 req.all_token_ids.append(token)
             if req.grammar is not None and not req.grammar.consume_token(token):
@@ -350,10 +402,21 @@ class LLMEngine:
                 self._remove(req)
         return outputs
 
-    def _update_verified(self, req: Request, sreq: ScheduledRequest, result: StepOutput, i: int) -> RequestOutput:
+    def _update_verified(self, req: Request, sreq: ScheduledRequest, result: StepOutput, i: int,
+                         assumed: _Assumed | None) -> RequestOutput:
         """A decode that verified drafts: its first sample, then one token per accepted draft, up
         to the token that ends it. Its KV is valid through the last kept draft, so the computed
-        count grows by the tokens kept; the blocks only rejected drafts used go back."""
+        count grows by the tokens kept; the blocks only rejected drafts used go back.
+
+        With `assumed` (the step after it was scheduled on an assumption: `_advance`), that is
+        undone first; the following step's row stands if the assumption was right, else it is
+        stale, and the KV it overwrites is no longer counted as computed."""
+        running = req.status is RequestStatus.RUNNING  # not preempted since it was scheduled
+        if assumed is not None:
+            del req.all_token_ids[assumed.num_tokens :]
+            req.num_assumed = 0
+            if running:
+                req.num_computed_tokens = assumed.num_computed
         verified = result.verified.get(i)
         ids, lps = [result.sampled_token_ids[i]], [result.logprobs[i]]
         tops = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []
@@ -371,9 +434,21 @@ class LLMEngine:
             reason = self.finish.after_token(req, token)
             if reason is not None:
                 break
-        req.num_computed_tokens += kept
+        computed = kept
+        following = self._inflight
+        ahead = False  # the step in flight has a row for it, scheduled on a right assumption
+        if assumed is not None and assumed.accepted >= 0 and following is not None and req.key in following.keys:
+            ahead = assumed.accepted == len(ids) - 1 or reason is not None
+            if not ahead:
+                following.stale.add(req.key)
+                self.num_stale_rows += 1
+                # It writes from the token after the assumed drafts on: only the KV before that stays.
+                computed = min(kept, assumed.accepted + 1)
+        if running:
+            req.num_computed_tokens += computed
         self._take_proposals(req, result, i)
-        self.blocks.trim(req)
+        if not ahead:  # else the step in flight verifies into the blocks past these
+            self.blocks.trim(req)
         self.blocks.commit(req)
         out = self._output(req, ids[:kept], lps[:kept], tops[:kept], reason)
         self._end_if(req, reason)

@@ -281,19 +281,21 @@ class ModelRunner:
         return local if self.shards is None else self.shards.gather_logits(local, self.vocab_size)
 
     def _fill_placeholders(self, batch: ScheduledBatch, inputs: ModelInputs, previous: PendingStep | None) -> None:
-        # Placeholders only ever stand alone in decode rows, which come first: token i of row i.
-        # (A step scheduled while another runs drafts nothing: worker/engine.py.)
-        decodes = batch.requests[: batch.num_decode]
-        assert inputs.decode_query_len == 1, "drafts in a step scheduled ahead"
+        # Placeholders only ever open decode rows, which come first (their drafts follow them):
+        # each takes the previous step's sample in the request's row `placeholder_row`.
         if previous is None or previous.token_ids is None:
             raise RuntimeError("a placeholder token without the step that samples it")
         assert previous.unsampled is None, "a step launched after one whose sampling is not queued yet"
-        src = [previous.row_of[r.key] if r.token_ids[0] == PLACEHOLDER else -1 for r in decodes]
-        src_t = upload(host_tensor(src), self.device)
-        head = inputs.input_ids[: len(src)]
-        head.copy_(torch.where(src_t >= 0, previous.token_ids[src_t.clamp(min=0)], head))
+        src, dst, at = [], [], 0
+        for r in batch.requests[: batch.num_decode]:
+            if r.token_ids[0] == PLACEHOLDER:
+                src.append(previous.row_of[r.key] + r.placeholder_row)
+                dst.append(at)
+            at += len(r.token_ids)
+        index = upload(host_tensor(src + dst), self.device).view(2, -1)  # (2, P)
+        inputs.input_ids.index_copy_(0, index[1], previous.token_ids[index[0]])
         if self.shards is not None:
-            self.shards.share_placeholders(head)
+            self.shards.share_placeholders(inputs.input_ids[: inputs.decode_tokens])
 
     def _forward(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor:
         # NOTE: the graphs were captured without adapters: a step with adapter rows runs eagerly.

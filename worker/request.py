@@ -68,6 +68,9 @@ class Request:
     grammar: Any = None
     # --speculate: its n-gram index and acceptance (worker/speculative/drafter.py); None until it drafts.
     draft_state: DraftState | None = None
+    # Overlapped steps (worker/engine.py): how many of the last tokens are assumed while the step
+    # that samples them runs, the drafts taken as accepted then the PLACEHOLDER; 0 = all known.
+    num_assumed: int = 0
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable
 
 from common.config import WorkerConfig
-from worker.batch import ScheduledBatch, ScheduledRequest
+from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest
 from worker.block_manager import BlockManager
 from worker.finish import is_expired
 from worker.request import Request, RequestKey, RequestStatus
@@ -235,7 +235,8 @@ class Scheduler:
             limit = min(limit, req.params.max_new_tokens - req.num_output_tokens - 1)
         if limit <= 0:
             return []
-        drafts, req.draft_state = self.drafter.propose(req.all_token_ids, req.draft_state, limit, self.step)
+        drafts, req.draft_state = self.drafter.propose(req.all_token_ids, req.draft_state, limit, self.step,
+                                                       req.num_tokens - req.num_assumed)
         if drafts and not self.blocks.can_allocate(self.blocks.blocks_needed(req, 1 + len(drafts)) + num_after):
             return []
         return drafts
@@ -265,7 +266,9 @@ class Scheduler:
             if not self.blocks.can_allocate(self.blocks.blocks_needed(req, 1 + width)):
                 continue
             self.blocks.allocate(req, 1 + width)
-            decodes[j] = dataclasses.replace(sreq, token_ids=sreq.token_ids * (1 + width), num_draft_tokens=width,
+            # The last token repeated; a PLACEHOLDER (overlapped steps) by the newest known token.
+            filler = next(t for t in reversed(req.all_token_ids) if t >= 0)
+            decodes[j] = dataclasses.replace(sreq, token_ids=sreq.token_ids + [filler] * width, num_draft_tokens=width,
                                              filler_drafts=True)
             budget -= width
         return budget
@@ -321,4 +324,5 @@ class Scheduler:
             num_draft_tokens=len(drafts) if drafts else 0,
             num_proposals=self.drafter.num_speculative if propose else 0,
             adapter_id=req.adapter_id,
+            placeholder_row=req.num_assumed - 1 if tokens[0] == PLACEHOLDER else 0,
         )

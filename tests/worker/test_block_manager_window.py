@@ -19,7 +19,7 @@ from tests.worker.invariants import check_block_invariants
 from worker.batch import ScheduledBatch, StepOutput
 from worker.block_manager import BlockManager
 from worker.engine import LLMEngine
-from worker.request import Request
+from worker.request import Request, RequestKey
 
 WINDOW = 8
 BLOCK = 4
@@ -186,7 +186,7 @@ class PagedFakeRunner(FakeRunner):
     pages: dict[int, int] = field(default_factory=dict)  # slot -> the token whose K/V it holds
     most_blocks: int = 0  # the most blocks any request's window-relevant part spanned
 
-    def forward(self, batch: ScheduledBatch) -> StepOutput:
+    def forward(self, batch: ScheduledBatch, ahead: frozenset[RequestKey] | set[RequestKey] = frozenset()) -> StepOutput:
         for req in batch.requests:
             table, size = req.block_table, self.block_size
             history = [*req.all_token_ids[: req.start_pos], *req.token_ids]
@@ -199,7 +199,7 @@ class PagedFakeRunner(FakeRunner):
                     assert self.pages[slot] == history[key], (req.key, query, key)
             lo = max(0, req.start_pos - self.window + 1) // size
             self.most_blocks = max(self.most_blocks, -(-(req.start_pos + len(req.token_ids)) // size) - lo)
-        return super().forward(batch)
+        return super().forward(batch, ahead)
 
 
 def _engine(num_blocks: int, prefix: bool, overlap: bool, budget: int = 16) -> tuple[LLMEngine, PagedFakeRunner]:

@@ -64,6 +64,31 @@ def test_filler_drafts_leave_greedy_unchanged(tiny, tiny_plain) -> None:  # type
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
+def test_overlapped_speculation_leaves_greedy_unchanged(tiny, tiny_plain) -> None:  # type: ignore[no-untyped-def]
+    # As on a GPU: each step launched before the step before it is read, on an assumption of
+    # how many drafts that one keeps (worker/engine.py); fillers and no pauses, as on graphs.
+    engine = _engine(tiny[0], overlap=True, max_batch_prefill_tokens=32, block_size=8, speculate=4)
+    engine.scheduler.uniform_drafts = True
+    engine.scheduler.drafter.pauses = False
+    got = _run(engine, _shared_prefix_prompts(), SamplingParams(max_new_tokens=40, ignore_eos=True))
+    assert got == tiny_plain
+    assert engine.stats().accepted_draft_tokens > 0
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_overlapped_speculation_leaves_seeded_sampling_unchanged(tiny) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=30, do_sample=True, temperature=0.7, top_k=30, top_p=0.95, min_tokens=5)
+    prompts = dict(list(_shared_prefix_prompts().items())[:6])
+    seeds = {rid: 700 + i for i, rid in enumerate(prompts)}
+    plain = _outputs(_engine(tiny[0], max_batch_prefill_tokens=32), prompts, params, seeds)
+    engine = _engine(tiny[0], overlap=True, max_batch_prefill_tokens=32, speculate=3)
+    engine.scheduler.uniform_drafts = True
+    spec = _outputs(engine, prompts, params, seeds)
+    assert engine.stats().accepted_draft_tokens > 0
+    for rid in prompts:
+        assert [t for o in spec[rid] for t in o.new_token_ids] == [t for o in plain[rid] for t in o.new_token_ids], rid
+
+
 def _outputs(engine: LLMEngine, prompts: dict[str, list[int]], params: SamplingParams,
              seeds: dict[str, int]) -> dict[str, list[RequestOutput]]:
     for rid, ids in prompts.items():

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         while (step := read_message(control)) is not None:
             inputs = unpack_inputs(upload(step.flat, group.device), step.header, None)
             if step.placeholders:
-                group.share_placeholders(inputs.input_ids[: inputs.num_decodes])
+                group.share_placeholders(inputs.input_ids[: inputs.decode_tokens])
             runner.logits(inputs)
     log.info("rank %d stopping", rank)
     return 0

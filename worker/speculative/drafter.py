@@ -48,6 +48,7 @@ class DraftState:
     proposed_at: int = -1  # the request's token count when they were proposed
     acceptance: float = 1.0  # moving mean of accepted / drafted over its verified steps
     paused_until: int = 0  # scheduler step before which it drafts nothing
+    all_accepted: bool = True  # its latest verified step kept every draft (none verified yet: True)
     next_pause: int = PAUSE_STEPS
 
 
@@ -76,9 +77,11 @@ class Drafter:
         """Whether a step with `num_running` running requests drafts at all."""
         return self.num_speculative > 0 and num_running <= self.max_batch_size
 
-    def propose(self, tokens: list[int], state: DraftState | None, limit: int, step: int) -> tuple[list[int], DraftState]:
+    def propose(self, tokens: list[int], state: DraftState | None, limit: int, step: int,
+                known: int | None = None) -> tuple[list[int], DraftState]:
         """min(--speculate, limit) draft tokens to follow `tokens`, or none (no n-gram match, no
-        proposal of the heads for this token count, paused); and the request's state."""
+        proposal of the heads for this token count, paused); and the request's state. `known`: how
+        many of `tokens` are not assumed (worker/speculative/ngram.py); all by default."""
         if state is None:
             state = self._new_state()
         if step < state.paused_until:
@@ -86,7 +89,7 @@ class Drafter:
         k = min(self.num_speculative, limit)
         if state.index is None:
             return (state.proposed[:k] if state.proposed_at == len(tokens) else []), state
-        return state.index.propose(tokens, k), state
+        return state.index.propose(tokens, k, known), state
 
     def wants_proposals(self, state: DraftState | None, step: int) -> bool:
         """Whether a request sampling at `step` has the heads propose drafts for step + 1."""
@@ -112,6 +115,7 @@ class Drafter:
         for j in range(num_accepted):
             stats.accepted_by_position[j] += 1
         rate = num_accepted / num_drafted
+        state.all_accepted = num_accepted == num_drafted
         state.acceptance += ACCEPTANCE_WEIGHT * (rate - state.acceptance)
         if self.pauses and state.acceptance < MIN_ACCEPTANCE:
             state.paused_until = step + state.next_pause

@@ -12,6 +12,12 @@ is recent: the text is repeating with a short period), the lookup goes on over i
 if they had been appended: the continuation repeats with that period. So every request with a
 match verifies the same number of drafts, the shape of the step's verification CUDA graph
 (worker/cuda_graphs.py); a draft's source does not matter to verification, which stays lossless.
+
+Overlapped steps (worker/engine.py): a request scheduled while its previous step still runs ends
+in tokens the engine assumed (drafts taken as accepted) and a PLACEHOLDER for the sample not yet
+read. Only its first `known` tokens are indexed (the assumed ones may be rolled back); the lookup
+runs over everything before the placeholder, predicts the placeholder's token, and drafts the k
+tokens after that prediction. A wrong prediction only costs the drafts: they are verified.
 """
 
 from __future__ import annotations
@@ -31,24 +37,34 @@ class NgramIndex:
         self._starts: list[dict[tuple[int, ...], int]] = [{} for _ in range(max_n + 1)]  # by n
         self._indexed = 0  # n-grams ending before token `_indexed` are in the index
 
-    def propose(self, tokens: list[int], k: int) -> list[int]:
-        """`k` tokens predicted to follow `tokens`, or none without a match."""
-        if k <= 0 or not tokens or tokens[-1] < 0:  # a PLACEHOLDER end: the last token is not known yet
+    def propose(self, tokens: list[int], k: int, known: int | None = None) -> list[int]:
+        """`k` tokens predicted to follow `tokens`, or none without a match. `known`: how many of
+        `tokens` are the request's own (the rest assumed, ending in a PLACEHOLDER); all by default."""
+        if k <= 0 or not tokens:
             return []
-        self._update(tokens)
-        size = len(tokens)
+        if known is None:
+            known = len(tokens) if tokens[-1] >= 0 else len(tokens) - 1
+        self._update(tokens, known)
+        if tokens[-1] >= 0:
+            return self._lookup(tokens, len(tokens), k)
+        # The last token is still being sampled: draft after the lookup's prediction of it.
+        return self._lookup(tokens, len(tokens) - 1, k + 1)[1:]
+
+    def _lookup(self, tokens: list[int], size: int, k: int) -> list[int]:
+        """`k` tokens to follow tokens[:size] (no PLACEHOLDER among them), or none."""
         for n in range(min(self.max_n, size - 1), self.min_n - 1, -1):
-            start = self._starts[n].get(tuple(tokens[size - n :]))
+            start = self._starts[n].get(tuple(tokens[size - n : size]))
             if start is not None:
-                drafts = tokens[start + n : start + n + k]  # at least one: an indexed n-gram has a successor
+                # At least one: an indexed n-gram has a successor among the known tokens.
+                drafts = tokens[start + n : min(start + n + k, size)]
                 period = len(drafts)
                 drafts += [drafts[i % period] for i in range(period, k)]  # the lookup over its own drafts
                 return drafts
         return []
 
-    def _update(self, tokens: list[int]) -> None:
-        # An n-gram is indexed once its successor exists: those ending at index <= len - 2.
-        end = len(tokens) - 1
+    def _update(self, tokens: list[int], known: int) -> None:
+        # An n-gram is indexed once its successor is known: those ending at index <= known - 2.
+        end = known - 1
         for last in range(self._indexed, end):  # `last`: the n-gram's last index
             for n in range(self.min_n, min(self.max_n, last + 1) + 1):
                 self._starts[n][tuple(tokens[last - n + 1 : last + 1])] = last - n + 1

@@ -49,8 +49,23 @@ def test_drafts_past_the_end_are_the_lookup_over_the_drafts_appended() -> None:
         assert drafts == [extended[after + i] for i in range(k)]
 
 
-def test_a_placeholder_end_drafts_nothing() -> None:
-    assert NgramIndex(1, 3).propose([1, 2, 1, PLACEHOLDER], 2) == []
+def test_a_placeholder_end_drafts_after_the_lookups_prediction_of_it() -> None:
+    # [1, 2, 1] predicts 2 for the placeholder, then 1, 2: the drafts follow the prediction.
+    assert NgramIndex(1, 3).propose([1, 2, 1, PLACEHOLDER], 2) == [1, 2]
+    assert NgramIndex(2, 3).propose([5, 6, PLACEHOLDER], 2) == []  # nothing to predict it from
+
+
+def test_assumed_tokens_are_looked_up_but_never_indexed() -> None:
+    # [3, 4] is assumed (drafts taken as accepted, then the placeholder): the suffix (1, 3, 4)
+    # finds its earlier occurrence, but no n-gram over the assumed tokens enters the index, so a
+    # rollback (the drafts rejected: the list cut back and regrown) leaves the index true.
+    tokens = [1, 3, 4, 8, 9, 1, 3, 4, PLACEHOLDER]
+    index = NgramIndex(1, 3)
+    assert index.propose(tokens, 2, known=6) == [9, 1]  # predicts 8, then drafts 9, 1
+    del tokens[6:]
+    tokens += [5, 1]  # what was really sampled
+    fresh = NgramIndex(1, 3)
+    assert index.propose(tokens, 3) == fresh.propose(tokens, 3) == [5, 1, 5]
 
 
 def test_the_incremental_index_agrees_with_a_fresh_one_and_a_brute_force_search() -> None:
