@@ -31,6 +31,9 @@ class Decoder:
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
         backend = _plain_backend(tokenizer)
+        # A byte-level decoder maps each token to its bytes and joins them: the text of a token that
+        # is whole UTF-8 by itself, after text that ends on a character, is its own decode.
+        self.concatenative = backend is not None and _byte_level(backend)
         self._decode: Callable[[list[int]], str]
         if backend is not None:
             self._decode = partial(backend.decode, skip_special_tokens=skip_special_tokens)
@@ -55,14 +58,24 @@ class IncrementalDetokenizer:
         self._ids: list[int] = list(context_ids[-_CONTEXT_TOKENS:])
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
+        # Every token so far is read and its text ends on a whole character (a piece was just
+        # returned): under a concatenative decoder the next token's text may be decoded alone.
+        self._whole = False
         self.text = ""  # every piece returned so far, joined
 
     def add(self, token_id: int) -> str:
         self._ids.append(token_id)
-        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        full_text = self._decode(self._ids[self._prefix_offset :])
-        if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
-            piece = full_text[len(prefix_text) :]
+        piece = ""
+        if self._whole and self._decode.concatenative:
+            piece = self._decode([token_id])  # cached per token: no window decode in steady state
+            if "\ufffd" in piece:
+                piece = ""
+        if not piece:
+            prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+            full_text = self._decode(self._ids[self._prefix_offset :])
+            self._whole = len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd")
+            piece = full_text[len(prefix_text) :] if self._whole else ""
+        if piece:
             self._prefix_offset = self._read_offset
             self._read_offset = len(self._ids)
             # Keep the window short: only the last few tokens matter for the next decode.
@@ -84,6 +97,12 @@ class IncrementalDetokenizer:
         self._prefix_offset = self._read_offset = len(self._ids)
         self.text += rest
         return rest
+
+
+def _byte_level(backend: Any) -> bool:
+    import tokenizers.decoders
+
+    return isinstance(backend.decoder, tokenizers.decoders.ByteLevel)
 
 
 def _decode_with(tokenizer: Any, skip_special_tokens: bool, ids: list[int]) -> str:

@@ -37,3 +37,25 @@ def test_continuation_context_keeps_spacing(tokenizer) -> None:  # type: ignore[
     detok = IncrementalDetokenizer(tokenizer, ids[:split])
     rest = "".join(detok.add(i) for i in ids[split:])
     assert tokenizer.decode(ids[:split]) + rest == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("skip_special", [True, False])
+def test_a_byte_level_tokens_own_decode_gives_the_windows_pieces(tokenizer, skip_special: bool) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    from worker.detokenizer import Decoder
+
+    assert Decoder(tokenizer).concatenative  # SmolLM2's decoder is byte-level
+    window_only = Decoder(tokenizer, skip_special)
+    window_only.concatenative = False
+    rng = random.Random(0)
+    prompt = tokenizer("Prompt:").input_ids
+    runs = [tokenizer(text, add_special_tokens=False).input_ids for text in TEXTS]
+    # Any ids at all: byte tokens that split a character, special tokens, odd neighbours.
+    runs += [[rng.randrange(len(tokenizer)) for _ in range(200)] for _ in range(5)]
+    runs += [[rng.randrange(300) if rng.random() < 0.3 else rng.randrange(len(tokenizer)) for _ in range(200)]
+             for _ in range(5)]  # the byte alphabet's ids come first
+    for ids in runs:
+        fast = IncrementalDetokenizer(tokenizer, prompt, skip_special)
+        slow = IncrementalDetokenizer(tokenizer, prompt, skip_special, window_only)
+        assert [fast.add(i) for i in ids] + [fast.flush()] == [slow.add(i) for i in ids] + [slow.flush()]
