@@ -15,9 +15,10 @@ logprobs) run one at a time, as does everything when the runner cannot overlap.
 
 Speculative decoding overlaps too (n-gram drafts; speculator heads and constrained requests run
 one step at a time). How many tokens a verifying step keeps is known only once it is read, so
-the engine assumes it: all of a request's drafts accepted (none for filler drafts, or when its
-latest verified step rejected one), those drafts appended and a PLACEHOLDER for the sample after
-them, and schedules N+1 from there; the n-gram lookup drafts N+1 after its guess of that sample
+the engine assumes it: all of a request's drafts accepted, those drafts appended and a
+PLACEHOLDER for the sample after them, and schedules N+1 from there (a request whose latest
+verified step rejected a draft, or whose drafts are fillers, assumes nothing and sits N+1 out:
+it runs one step at a time until its drafts are accepted whole again); the n-gram lookup drafts N+1 after its guess of that sample
 (worker/speculative/ngram.py). When N is read, each assumption is undone and the verified tokens
 decide: a row of N+1 scheduled on a wrong one is stale, and its outputs are dropped (its KV
 writes land on positions the request recomputes before it reads them; where it accepted more
@@ -333,10 +334,14 @@ class LLMEngine:
 
     def _assume(self, req: Request, sreq: ScheduledRequest) -> _Assumed:
         """How many of a verifying row's drafts to take as accepted: all (acceptance is mostly
-        all or nothing: the text is being copied or it is not), unless they are fillers or the
-        request's latest verified step rejected one; none where they would end it by length."""
+        all or nothing: the text is being copied or it is not); -1, nothing assumed (the request
+        sits the next step out), for fillers, after a verified step that rejected one, and where
+        they would end it by length. On the input-grounded prompts of load/bench_speculative.py
+        (CPU, scheduled as on graphs) this runs 240 steps (22 of them stale) where assuming no
+        draft accepted after a rejection ran 297 (54 stale): a row scheduled after an assumed
+        rejection drafts after the lookup's guess of the placeholder, the very draft just rejected."""
         state = req.draft_state
-        accepted = 0 if sreq.filler_drafts or (state is not None and not state.all_accepted) else sreq.num_draft_tokens
+        accepted = -1 if sreq.filler_drafts or (state is not None and not state.all_accepted) else sreq.num_draft_tokens
         if self.finish.reaches_length(req, extra=accepted + 1):
             accepted = -1
         return _Assumed(req.num_tokens, req.num_computed_tokens, accepted)
