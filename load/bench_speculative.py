@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({stats.accepted_draft_tokens / max(1, stats.draft_tokens):.0%}), per position "
           + ", ".join(f"{a / max(1, d):.0%}" for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)))
     print(f"greedy outputs changed by speculation: {changed} of {len(ratios)}; "
-          f"stale rows (overlapped steps on a failed assumption): {engines[k].num_stale_rows}")
+          f"with speculation {engines[k].num_launched_ahead} steps launched before the step before them was read, "
+          f"{engines[k].num_stale_rows} rows of them stale (scheduled on a failed assumption)")
     print(f"without speculation: {graph_steps(engines[0])}; with: {graph_steps(engines[args.speculate])}")
     return 1 if changed else 0
 

@@ -146,6 +146,7 @@ class LLMEngine:
         self.overlap = config.overlap_scheduling and runner.can_overlap
         self._inflight: _InFlight | None = None
         self.num_stale_rows = 0  # rows scheduled on an assumption that failed (overlapped speculation)
+        self.num_launched_ahead = 0  # steps launched before the step before them was read
         self.grammars = grammars  # None: constrained requests are refused
         self._compiling: list[tuple[Request, Future[Any]]] = []  # constrained, matcher not ready yet
 
@@ -254,6 +255,7 @@ class LLMEngine:
                 following = _InFlight(batch, runner.launch(batch, current.handle, defer_sample=masked),
                                       keys=frozenset(r.key for r in batch.requests))
                 self._inflight = following
+                self.num_launched_ahead += 1
         self._note_batch(current.batch)
         outputs += self._update(current.batch, runner.wait(current.handle), current)
         if following is not None and masked:  # N's tokens are in the matchers now: N+1's masks
