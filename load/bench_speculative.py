@@ -9,6 +9,7 @@ order, so a machine whose load drifts weighs on both alike; both must give the s
     python -m load.bench_speculative --speculate 4 --speculator medusa   # random heads instead of n-gram
     python -m load.bench_speculative --speculate 4 --device cuda          # on a GPU (float32 unless --dtype)
     python -m load.bench_speculative --speculate 4 --uniform-drafts       # CPU, scheduled as on a GPU's graphs
+    python -m load.bench_speculative --speculate 4 --device cuda --serial-speculation  # its steps not overlapped
 
 With --speculator (medusa, mlp_speculator or eagle3), random heads of the model's shape draft instead of
 n-gram lookup. Untrained heads are almost never right, so that row measures what the heads and
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="random heads of this kind draft instead of n-gram (measures their overhead)")
     ap.add_argument("--uniform-drafts", action="store_true",
                     help="schedule as a runner with verification CUDA graphs does (the CPU's view of a GPU run)")
+    ap.add_argument("--serial-speculation", action="store_true",
+                    help="the speculating engine runs its steps one at a time (no overlap), to compare on one card")
     args = ap.parse_args(argv)
     import json
     import tempfile
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                args.speculate: _engine(model_dir, args.speculate, heads, args.device, args.dtype)}
     if args.uniform_drafts:
         _schedule_as_on_graphs(engines[args.speculate])
+    if args.serial_speculation:  # what main did before speculative steps overlapped
+        engines[args.speculate].overlap = False
     _one(engines[0], "warm-0", prompts[0], 4)  # first-call costs out of the figures
     _one(engines[args.speculate], "warm-1", prompts[0], 4)
     seconds = {k: 0.0 for k in engines}
