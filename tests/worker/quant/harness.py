@@ -41,6 +41,14 @@ class Checkpoint:
 
 def write_checkpoint(src: Path, root: Path, quantize: Callable[[torch.Tensor], Any], pack: Packer,
                      quantization_config: dict[str, Any], *, config_file: str = "config.json") -> Checkpoint:
+    return write_quantized(src, root, lambda _name, weight: quantize(weight), pack, quantization_config,
+                           config_file=config_file)
+
+
+def write_quantized(src: Path, root: Path, quantize: Callable[[str, torch.Tensor], Any], pack: Packer,
+                    quantization_config: dict[str, Any], *, config_file: str = "config.json") -> Checkpoint:
+    """`write_checkpoint` for a quantizer that needs each linear's name (a calibrated one, whose
+    results were computed beforehand): `quantize(name, weight)`."""
     state: dict[str, torch.Tensor] = {}
     for path in sorted(src.glob("*.safetensors")):
         state.update(load_file(path))
@@ -48,7 +56,7 @@ def write_checkpoint(src: Path, root: Path, quantize: Callable[[torch.Tensor], A
     dense: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if LINEAR.match(name):
-            quantized = quantize(tensor.float())
+            quantized = quantize(name, tensor.float())
             prefix = name[: -len(".weight")]
             packed.update({f"{prefix}.{k}": v.contiguous() for k, v in pack(quantized).items()})
             dense[name] = quantized.dequantized()
