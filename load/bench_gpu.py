@@ -272,6 +272,7 @@ def hf_generate(model_dir: Path, batch: int, prompt: int, new: int) -> float:
     elapsed = time.perf_counter() - started
     assert out.shape[1] == prompt + new
     del model
+    gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
     gc.collect()
     torch.cuda.empty_cache()
     return batch * new / elapsed
@@ -464,6 +465,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
     del runner, graphs
+    gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
     gc.collect()
     torch.cuda.empty_cache()
     if args.speculate and args.speculator == "eagle3":  # a runner of its own: the draft's KV is sized with the model's
@@ -482,6 +484,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
                 static_rows(key, f"--speculate {args.speculate} (random EAGLE-3 draft, chained)", spec,
                             versus=dense_tok_s[key], speculator=runner.speculator)
         del runner
+        gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
         gc.collect()
         torch.cuda.empty_cache()
     # --quantize M is short for --variants quantize=M.
@@ -556,6 +559,7 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, d
         picked = {**int_kernels.choices(), **w8_choices()}
         notes.append(f"{shape} {label} kernel choices: " + "; ".join(f"{k}: {v}" for k, v in picked.items()))
     del runner, quantized, stacks, linears
+    gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
     gc.collect()
     torch.cuda.empty_cache()
     return rows, notes
