@@ -30,9 +30,9 @@ __all__ = ["main"]
 def _model_dir(args: argparse.Namespace, root: Path) -> Path:
     if args.model_dir is not None:
         return args.model_dir  # type: ignore[no-any-return]
-    from load.bench_gpu import write_model_dir
+    from load.bench_gpu import _ALIASES, write_model_dir
 
-    path = write_model_dir(root, args.shape)
+    path = write_model_dir(root, _ALIASES[args.shape])
     for item in args.tokenizer_dir.iterdir():
         if item.name.startswith("tokenizer") or item.suffix == ".jinja":
             shutil.copy(item, path / item.name)
