@@ -242,36 +242,27 @@ void store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor k_cache, at::
   });
 }
 
-// ---- attention over the paged cache (decode, drafts and prefill chunks) ---------------------
-// One task per sequence, KV head and block of up to QB query tokens; the tasks of one sequence's
-// causal prefill grow with their block, so they are dealt out from both ends (`order`) and each
-// thread's contiguous share mixes cheap and dear ones. A task's rows are its queries x that KV
-// head's query heads (row r = j * group + g: query token j0 + j, head kv * group + g). It walks
-// the keys it can see in tiles of KB positions: a tile's keys are widened into a (dim, KB) block,
-// so a query's KB scores are `dim` vector multiply-adds with no horizontal sum; then each row's
-// softmax over its visible keys only (its position's causal end, the window's start), then the
-// tiles' values (KB, dim) weighted into each row. Only positions below the sequence's length are
-// read, so a last page's unwritten slots never enter the sums: no NaN * 0 from garbage. Query j
-// of a sequence of length L sits at position L - q_len + j and sees the keys at or before it,
-// and with a window only its last `window`. DIM > 0: the head dim known at compile time (the
-// common 64 and 128), so the row loops unroll into registers; 0: any head dim.
-constexpr int64_t KB = 16;  // key positions per tile: one 512-bit vector of float32 scores
-constexpr int64_t QB = 32;  // query tokens per task
-
-template <typename T>
-inline const T* kv_row(const T* cache, const int32_t* table, int64_t p, int64_t block_size, int64_t row_stride,
-                       int64_t kv, int64_t dim) {
-  return cache + (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) * row_stride + kv * dim;
-}
-
+// ---- decode attention over the paged cache ---------------------------------------------------
+// One task per sequence and chunk of its KV heads (all of them once there are as many sequences
+// as threads): its queries (q_len tokens x the query heads of those KV heads) walk the sequence's
+// pages in order, key by key, each key's rows of every KV head read once per pass (a page is one
+// contiguous run, so the reads stream); pass 1 scores, pass 2 adds the softmax-weighted values.
+// Only positions below the sequence's length are read, so a last page's unwritten slots never
+// enter the sums: no NaN * 0 from garbage. Query j of a sequence of length L sits at position
+// L - q_len + j and sees the keys at or before it, and with a window only its last `window`.
+// DIM > 0: the head dim known at compile time (the common 64 and 128), so the row loops unroll
+// into registers; 0: any head dim.
 template <typename T, int DIM>
-void attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                    const at::Tensor& tables, const at::Tensor& seq_lens, const at::Tensor& starts, double scale,
-                    int64_t window, at::Tensor& out) {
+void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& tables, const at::Tensor& seq_lens, const at::Tensor& starts,
+                           double scale, int64_t window, at::Tensor& out) {
   const int64_t seqs = seq_lens.size(0), heads = q.size(1), dim = DIM > 0 ? DIM : q.size(2);
   const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2), group = heads / kv_heads;
-  const int64_t width = tables.size(1), row_stride = kv_heads * dim;
+  const int64_t width = tables.size(1);
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1);
+  // Few sequences: their KV heads split across the threads, so one sequence still uses them all.
+  const int64_t chunks = std::min<int64_t>(kv_heads, std::max<int64_t>(1, (at::get_num_threads() + seqs - 1) / seqs));
+  const int64_t per_chunk = (kv_heads + chunks - 1) / chunks;
   const int32_t* tab = tables.data_ptr<int32_t>();
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   const int32_t* st = starts.data_ptr<int32_t>();
@@ -279,109 +270,75 @@ void attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Te
   const T* kp = k_cache.data_ptr<T>();
   const T* vp = v_cache.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  std::vector<int64_t> first_task(seqs + 1, 0);  // sequence b's tasks: [first_task[b], first_task[b + 1])
-  for (int64_t b = 0; b < seqs; ++b)
-    first_task[b + 1] = first_task[b] + kv_heads * ((std::max<int64_t>(0, st[b + 1] - st[b]) + QB - 1) / QB);
-  const int64_t tasks = first_task[seqs];
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf, scores, acc, tile(KB * dim), row(dim);
-    std::vector<int64_t> bounds;
-    for (int64_t order = begin; order < end; ++order) {
-      const int64_t task = order % 2 == 0 ? order / 2 : tasks - 1 - order / 2;  // both ends, alternately
-      const int64_t b = std::upper_bound(first_task.begin(), first_task.end(), task) - first_task.begin() - 1;
-      const int64_t local = task - first_task[b], kv = local % kv_heads, j0 = (local / kv_heads) * QB;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, seqs * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf, scores, acc, row(dim);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, kv0 = (task % chunks) * per_chunk;
+      const int64_t kv1 = std::min(kv_heads, kv0 + per_chunk);
       const int64_t q0 = st[b], q_len = st[b + 1] - st[b], len = lens[b];
-      const int64_t j1 = std::min(q_len, j0 + QB), first_pos = len - q_len;
-      const int64_t lo = window > 0 ? std::max<int64_t>(0, first_pos + j0 - window + 1) : 0;
-      const int64_t hi = first_pos + j1;  // one past the last key any of these queries sees
-      const int64_t keys = hi - lo, rows = (j1 - j0) * group;
-      const int32_t* table = tab + b * width;
+      if (q_len <= 0 || kv0 >= kv1) continue;
+      const int64_t first_pos = len - q_len;  // query 0's position
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, first_pos - window + 1) : 0;
+      const int64_t keys = len - lo, heads_here = (kv1 - kv0) * group, rows = q_len * heads_here;
+      // Row r = j * heads_here + h: query token j, query head kv0 * group + h.
       qf.resize(rows * dim);
-      scores.resize(rows * keys);
+      scores.assign(rows * keys, neg_inf);
       acc.assign(rows * dim, 0.f);
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t g = 0; g < group; ++g) {
-          float* dst = qf.data() + ((j - j0) * group + g) * dim;
-          load_row(qp + (q0 + j) * qs0 + (kv * group + g) * qs1, dst, dim);
+      for (int64_t j = 0; j < q_len; ++j)
+        for (int64_t h = 0; h < heads_here; ++h) {
+          float* dst = qf.data() + (j * heads_here + h) * dim;
+          load_row(qp + (q0 + j) * qs0 + (kv0 * group + h) * qs1, dst, dim);
           for (int64_t i = 0; i < dim; ++i) dst[i] *= static_cast<float>(scale);
         }
-      // A row's visible keys: [row_lo, row_hi), within [lo, hi).
-      bounds.resize(2 * rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t pos = first_pos + j0 + r / group;
-        bounds[2 * r] = window > 0 ? std::max(lo, pos - window + 1) : lo;
-        bounds[2 * r + 1] = pos + 1;
-      }
-      auto row_lo = [&](int64_t r) { return bounds[2 * r]; };
-      auto row_hi = [&](int64_t r) { return bounds[2 * r + 1]; };
-      // Pass 1, the scores. Few rows (decodes: a KV head's query heads): a dot per key and row, the
-      // key widened once for all rows. Many (prefill chunks): the tile transposed, so a row's KB
-      // scores are `dim` vector multiply-adds with no horizontal sum.
-      const bool transposed = rows >= KB;
-      for (int64_t t0 = lo; t0 < hi; t0 += KB) {
-        const int64_t n = std::min(KB, hi - t0);
-        if (!transposed) {
-          for (int64_t i = 0; i < n; ++i) {
-            load_row(kv_row(kp, table, t0 + i, block_size, row_stride, kv, dim), row.data(), dim);
-            for (int64_t r = 0; r < rows; ++r)
-              if (t0 + i >= row_lo(r) && t0 + i < row_hi(r))
-                scores[r * keys + (t0 + i - lo)] = dot(qf.data() + r * dim, row.data(), dim);
+      const int32_t* table = tab + b * width;
+      for (int64_t p = lo; p < len; ++p) {
+        const T* key = kp + (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) * kv_heads * dim;
+        for (int64_t kv = kv0; kv < kv1; ++kv) {
+          load_row(key + kv * dim, row.data(), dim);
+          for (int64_t j = 0; j < q_len; ++j) {
+            const int64_t pos = first_pos + j;
+            if (p > pos || (window > 0 && p <= pos - window)) continue;  // stays -inf: weight 0
+            for (int64_t g = 0; g < group; ++g) {
+              const int64_t r = j * heads_here + (kv - kv0) * group + g;
+              const float* qr = qf.data() + r * dim;
+              float s = 0.f;
+#pragma omp simd reduction(+ : s)
+              for (int64_t d = 0; d < dim; ++d) s += qr[d] * row[d];
+              scores[r * keys + (p - lo)] = s;
+            }
           }
-          continue;
-        }
-        for (int64_t i = 0; i < n; ++i) {  // tile[d * KB + i] = key t0 + i, dimension d
-          load_row(kv_row(kp, table, t0 + i, block_size, row_stride, kv, dim), row.data(), dim);
-          for (int64_t d = 0; d < dim; ++d) tile[d * KB + i] = row[d];
-        }
-        for (int64_t i = n; i < KB; ++i)
-          for (int64_t d = 0; d < dim; ++d) tile[d * KB + i] = 0.f;
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t a = std::max(t0, row_lo(r)), z = std::min(t0 + n, row_hi(r));
-          if (a >= z) continue;  // the tile is past this query, or before its window
-          const float* qr = qf.data() + r * dim;
-          float s[KB] = {};
-          for (int64_t d = 0; d < dim; ++d) {
-            const float x = qr[d];
-            const float* kd = tile.data() + d * KB;
-#pragma omp simd
-            for (int64_t i = 0; i < KB; ++i) s[i] += x * kd[i];
-          }
-          std::copy(s + (a - t0), s + (z - t0), scores.data() + r * keys + (a - lo));
         }
       }
-      for (int64_t r = 0; r < rows; ++r) {  // softmax over the visible keys; every row sees its own
+      for (int64_t r = 0; r < rows; ++r) {  // softmax in place; every row sees at least its own key
         float* s = scores.data() + r * keys;
-        const int64_t a = row_lo(r) - lo, z = row_hi(r) - lo;
-        const float m = *std::max_element(s + a, s + z);
+        const float m = *std::max_element(s, s + keys);
         float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t i = a; i < z; ++i) {
+        for (int64_t i = 0; i < keys; ++i) {
           s[i] = exp_approx(s[i] - m);
           sum += s[i];
         }
         const float inv = 1.f / sum;
-#pragma omp simd
-        for (int64_t i = a; i < z; ++i) s[i] *= inv;
+        for (int64_t i = 0; i < keys; ++i) s[i] *= inv;
       }
-      for (int64_t t0 = lo; t0 < hi; t0 += KB) {  // pass 2: the weighted values
-        const int64_t n = std::min(KB, hi - t0);
-        for (int64_t i = 0; i < n; ++i)
-          load_row(kv_row(vp, table, t0 + i, block_size, row_stride, kv, dim), tile.data() + i * dim, dim);
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t a = std::max(t0, row_lo(r)), z = std::min(t0 + n, row_hi(r));
-          const float* w = scores.data() + r * keys - lo;
-          float* out_row = acc.data() + r * dim;
-          for (int64_t p = a; p < z; ++p) {
-            const float x = w[p];
-            const float* value = tile.data() + (p - t0) * dim;
+      for (int64_t p = lo; p < len; ++p) {
+        const T* value = vp + (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) * kv_heads * dim;
+        for (int64_t kv = kv0; kv < kv1; ++kv) {
+          load_row(value + kv * dim, row.data(), dim);
+          for (int64_t j = 0; j < q_len; ++j)
+            for (int64_t g = 0; g < group; ++g) {
+              const int64_t r = j * heads_here + (kv - kv0) * group + g;
+              const float w = scores[r * keys + (p - lo)];
+              float* a = acc.data() + r * dim;
 #pragma omp simd
-            for (int64_t d = 0; d < dim; ++d) out_row[d] += x * value[d];
-          }
+              for (int64_t d = 0; d < dim; ++d) a[d] += w * row[d];
+            }
         }
       }
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t g = 0; g < group; ++g)
-          store_row(acc.data() + ((j - j0) * group + g) * dim, op + ((q0 + j) * heads + kv * group + g) * dim, dim);
+      for (int64_t j = 0; j < q_len; ++j)
+        for (int64_t h = 0; h < heads_here; ++h)
+          store_row(acc.data() + (j * heads_here + h) * dim, op + ((q0 + j) * heads + kv0 * group + h) * dim, dim);
     }
   });
 }
@@ -408,11 +365,11 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention", [&] {
     if (q.size(2) == 64)
-      attention_impl<scalar_t, 64>(q, k_cache, v_cache, tables, lens, starts, scale, window, out);
+      decode_attention_impl<scalar_t, 64>(q, k_cache, v_cache, tables, lens, starts, scale, window, out);
     else if (q.size(2) == 128)
-      attention_impl<scalar_t, 128>(q, k_cache, v_cache, tables, lens, starts, scale, window, out);
+      decode_attention_impl<scalar_t, 128>(q, k_cache, v_cache, tables, lens, starts, scale, window, out);
     else
-      attention_impl<scalar_t, 0>(q, k_cache, v_cache, tables, lens, starts, scale, window, out);
+      decode_attention_impl<scalar_t, 0>(q, k_cache, v_cache, tables, lens, starts, scale, window, out);
   });
   return out;
 }

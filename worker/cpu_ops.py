@@ -1,9 +1,8 @@
 """The CPU's attention, KV store and the decode layer's small ops: fused C++ where it is built, torch otherwise.
 
 worker/cpu_native.cpp (built once per machine by worker/cpu_native.py, on unless --cpu-kernels
-is off) does the norms, rotary, SiLU-and-mul, the KV store and attention in one call each, the
-attention (decodes and prefill chunks alike: one op) reading keys and values straight from the
-pages. Without it, the torch path below:
+is off) does the norms, rotary, SiLU-and-mul, the KV store and decode attention in one call each,
+the attention reading keys and values straight from the pages. Without it, the torch path below:
 
 kernels/reference.py is the oracle, written for clarity: it widens every gathered page to float32,
 repeats each KV head over its query heads and materializes the scores, so a decode step's cost
@@ -150,10 +149,6 @@ def prefill_attention(
     if k_scale is not None or softcap > 0:
         return reference.prefill_attention(
             q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, k_scale, v_scale, window, softcap
-        )
-    if _native["on"] and k_cache.dtype == v_cache.dtype == q.dtype and q.stride(-1) == 1:
-        return cpu_native.ops().paged_decode_attention(  # type: ignore[no-any-return]
-            q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, window
         )
     out = torch.empty_like(q)
     starts, lens = query_start_loc.tolist(), seq_lens.tolist()

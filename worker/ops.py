@@ -26,8 +26,8 @@ log = logging.getLogger("genfleet.worker.ops")
 
 _NAMES = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
           "gelu_tanh_and_mul", "fused_moe", "lora_add")
-# The ops worker/cpu_ops.py runs in C++ when its library is built.
-_NATIVE = ("store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
+# The ops worker/cpu_ops.py runs in C++ when its library is built (prefill attention stays torch's).
+_NATIVE = ("store_kv", "paged_decode_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
 # Launchers that live in another kernel's module (a variant of its kernel).
 _MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul", "lora_add": "lora"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
