@@ -58,48 +58,10 @@ from typing import Any
 
 from load.bench_shards import shard_rows
 from load.mixed_step_probe import mixed_step_probe
+from load.shapes import ALIASES, SHAPES, write_model_dir
 from load.step_timeline import KernelCompiles, Timeline, TimedRunner
 
-__all__ = ["SHAPES", "guided_schema", "write_model_dir", "main"]
-
-# HF config.json bodies of the two benchmark shapes (weights are random; nothing is downloaded).
-SHAPES: dict[str, dict[str, Any]] = {
-    "llama-3.1-8b": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-    },
-    "smollm2-135m": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
-        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-        "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
-    },
-    # Mixtral-8x7B's shape (46.7B parameters, 93 GB in bf16): 8 experts of FFN 14336, top-2.
-    "mixtral-8x7b": {
-        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
-        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32000, "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
-        "hidden_act": "silu", "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": None,
-        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
-    },
-}
-_ALIASES = {"8b": "llama-3.1-8b", "smollm2": "smollm2-135m", "mixtral": "mixtral-8x7b"}
-
-
-def write_model_dir(root: Path, shape: str) -> Path:
-    path = root / shape
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(SHAPES[shape]))
-    return path
-
+__all__ = ["guided_schema", "main"]
 
 @dataclass(slots=True)
 class Card:
@@ -316,7 +278,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     from kernels.bench import decode_step_breakdown
     from worker.model_runner import ModelRunner
 
-    model_dir = write_model_dir(root, shape)
+    model_dir = write_model_dir(root, shape, args.tokenizer_dir)
     cfg = SHAPES[shape]
     floor = floor_for(cfg, card)
     notes: list[str] = []
@@ -568,14 +530,9 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, d
 def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, config: Any, c: dict[str, float],
               roofline: float | None, variant: str = "") -> Row:
     """(d): (c)'s flood through gateway + Redis + worker + SSE, beside (c) run in-process."""
-    import shutil
-
     from genfleet.serve import child_argv
     from load.bench_fleet import flood
 
-    for item in args.tokenizer_dir.iterdir():
-        if item.name.startswith("tokenizer") or item.suffix == ".jinja":
-            shutil.copy(item, model_dir / item.name)
     # The fleet's worker runs with exactly the settings of the in-process engine of (c).
     flags = child_argv("worker", config, config.fleet)[4:]  # what follows `python -m genfleet worker`
     log = args.fleet_log / f"fleet-{shape}.log" if args.fleet_log else None
@@ -633,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             started = time.perf_counter()
-            r, n = bench_model(_ALIASES.get(name, name), Path(tmp), card, args)
+            r, n = bench_model(ALIASES.get(name, name), Path(tmp), card, args)
             rows += r
             notes += n + [f"{name}: {time.perf_counter() - started:.0f}s"]
             for row in r:
@@ -643,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                        "|---|---|---|---|---|---|"]
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.models.split(","):
-                shape = _ALIASES.get(name, name)
+                shape = ALIASES.get(name, name)
                 model_dir = write_model_dir(Path(tmp), shape)
                 shard_table += shard_rows(shape, model_dir, _engine_config(args, model_dir),
                                           [int(n) for n in args.num_shard.split(",")], run_engine)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,13 +29,9 @@ __all__ = ["main"]
 def _model_dir(args: argparse.Namespace, root: Path) -> Path:
     if args.model_dir is not None:
         return args.model_dir  # type: ignore[no-any-return]
-    from load.bench_gpu import _ALIASES, write_model_dir
+    from load.shapes import ALIASES, write_model_dir
 
-    path = write_model_dir(root, _ALIASES[args.shape])
-    for item in args.tokenizer_dir.iterdir():
-        if item.name.startswith("tokenizer") or item.suffix == ".jinja":
-            shutil.copy(item, path / item.name)
-    return path
+    return write_model_dir(root, ALIASES[args.shape], args.tokenizer_dir)
 
 
 async def _warm_up(target: Target, n: int = 4) -> None:

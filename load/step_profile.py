@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.config import WorkerConfig
     from common.sampling_params import SamplingParams
-    from load.bench_gpu import _ALIASES, write_model_dir
+    from load.shapes import ALIASES, write_model_dir
     from worker import model_runner
     from worker.engine import LLMEngine
     from worker.request import Request, RequestKey
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     model_runner.ModelRunner.wait = timed_wait  # type: ignore[method-assign]
-    shape = _ALIASES.get(args.model, args.model)
+    shape = ALIASES.get(args.model, args.model)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_model_dir(Path(tmp), shape)
         config = WorkerConfig(device="cuda", dtype="bfloat16", max_batch_size=256, prefix_caching=False,

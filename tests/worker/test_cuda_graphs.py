@@ -15,7 +15,8 @@ import torch
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
 from gateway.grammar import GrammarSpec, compile_grammar
-from load.bench_gpu import guided_schema, write_model_dir
+from load.bench_gpu import guided_schema
+from load.shapes import write_model_dir
 from worker.batch import ScheduledBatch, ScheduledRequest
 from worker.engine import LLMEngine
 from worker.grammar import GrammarCompiler

@@ -91,7 +91,7 @@ def test_an_eagle3_draft_on_cuda_graphs_gives_the_plain_greedy_text(tmp_path: Pa
     # streams beside the hidden state, and the draft runs eagerly after them.
     import torch
 
-    from load.bench_gpu import write_model_dir
+    from load.shapes import write_model_dir
     from worker.request import Request
 
     model_dir = write_model_dir(tmp_path, "smollm2-135m")
