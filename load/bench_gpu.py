@@ -28,6 +28,8 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
                                                    # adapters, and (b) on the base with them loaded
     python -m load.bench_gpu --models 8b --variants quantize=fp8,kv_cache_dtype=fp8_e4m3fn
                                                    # (a), (b), (c) again per variant, beside bf16
+                                                   # (bf16 and each variant in a process of its own:
+                                                   # load/bench_variants.py)
     python -m load.bench_gpu --models mixtral --workloads a,b --requests 200
                                                    # Mixtral-8x7B's shape (93 GB): (a), (b) against the
                                                    # bytes of the experts a step reads, and the fused MoE
@@ -47,132 +49,22 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from load.bench_shards import shard_rows
+from load.bench_variants import RESULT_TAG, ChildSpec, Result, bench_in_children, variant_rows, variants_of
 from load.mixed_step_probe import mixed_step_probe
+from load.roofline import Card, Row, floor_for, measure_card, roofline_flood, roofline_static, time_cuda
 from load.shapes import ALIASES, SHAPES, write_model_dir
 from load.step_timeline import KernelCompiles, Timeline, TimedRunner
 
-__all__ = ["guided_schema", "main"]
-
-@dataclass(slots=True)
-class Card:
-    name: str
-    copy_bytes_per_s: float  # device-to-device copy, bytes read + written per second
-    gemm_flops: float  # bf16 8192^3 matmul
-
-
-@dataclass(slots=True)
-class Row:
-    model: str
-    workload: str
-    out_tok_s: float
-    roofline_tok_s: float | None = None
-    baseline_tok_s: float | None = None
-    note: str = ""
-
-
-def measure_card() -> Card:
-    import torch
-
-    n = 1 << 29  # 1 GiB of bf16
-    src = torch.empty(n, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    copy_s = _time_cuda(lambda: dst.copy_(src), 20)
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    gemm_s = _time_cuda(lambda: a @ b, 20)
-    del src, dst, a, b
-    return Card(torch.cuda.get_device_name(), 2 * n * 2 / copy_s, 2 * 8192**3 / gemm_s)
-
-
-def _time_cuda(fn: Any, iters: int) -> float:
-    import torch
-
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
-
-
-@dataclass(slots=True)
-class Floor:
-    """What a step must at least cost on this card: bytes over bandwidth, FLOPs over GEMM rate."""
-
-    weight_bytes: int  # read by every forward step (the embedding table only once, unless tied)
-    matmul_params: int  # parameters in the linear layers a token passes (2 FLOPs each per token)
-    kv_bytes_per_token: int
-    attn_flops_per_ctx: int  # per query token per context token
-    card: Card
-    # Mixture of experts: bytes of one expert over all layers (not in weight_bytes), (experts, top_k).
-    expert_bytes: int = 0
-    experts: tuple[int, int] = (0, 0)
-
-    def experts_read(self, batch: int) -> float:
-        # Expected experts a step reads per layer: each token picks top_k of E, uniformly at random.
-        num, top_k = self.experts
-        return num * (1 - (1 - top_k / num) ** batch) if num else 0.0
-
-    def decode_step(self, contexts: list[int]) -> float:
-        weights = self.weight_bytes + self.expert_bytes * self.experts_read(len(contexts))
-        byte_s = (weights + self.kv_bytes_per_token * sum(contexts)) / self.card.copy_bytes_per_s
-        flop_s = len(contexts) * 2 * self.matmul_params / self.card.gemm_flops
-        return max(byte_s, flop_s)
-
-    def prefill(self, num_tokens: int, ctx_pairs: int) -> float:
-        flops = 2 * self.matmul_params * num_tokens + self.attn_flops_per_ctx * ctx_pairs
-        weights = self.weight_bytes + self.expert_bytes * self.experts[0]
-        return max(flops / self.card.gemm_flops, weights / self.card.copy_bytes_per_s)
-
-
-def floor_for(cfg: dict[str, Any], card: Card) -> Floor:
-    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    d, nh, nkv, vocab = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
-    experts, top_k = cfg.get("num_local_experts", 0), cfg.get("num_experts_per_tok", 0)
-    attn = h * (nh + 2 * nkv) * d + nh * d * h + 2 * h
-    mlp = 3 * h * inter  # one expert's, for a mixture of experts
-    shared = layers * (attn + (h * experts if experts else mlp)) + vocab * h  # the router; the LM head reads all
-    return Floor(
-        weight_bytes=2 * (shared + h),
-        matmul_params=shared + layers * mlp * (top_k if experts else 0),
-        kv_bytes_per_token=2 * layers * nkv * d * 2,
-        attn_flops_per_ctx=4 * nh * d * layers,
-        card=card,
-        expert_bytes=2 * layers * mlp if experts else 0,
-        experts=(experts, top_k),
-    )
-
-
-def roofline_static(floor: Floor, batch: int, prompt: int, new: int) -> float:
-    seconds = floor.prefill(batch * prompt, batch * prompt * (prompt + 1) // 2)
-    seconds += sum(floor.decode_step([prompt + i] * batch) for i in range(new - 1))
-    return batch * new / seconds
-
-
-def roofline_flood(floor: Floor, num: int, prompt: int, new: int, capacity_tokens: int) -> float:
-    # Every prompt is computed once at GEMM rate; decode runs in waves of as many sequences as
-    # the KV pool holds at full length.
-    seconds = floor.prefill(num * prompt, num * prompt * (prompt + 1) // 2) * 1.0
-    concurrent = max(1, min(num, capacity_tokens // (prompt + new)))
-    waves = -(-num // concurrent)
-    for w in range(waves):
-        size = min(concurrent, num - w * concurrent)
-        seconds += sum(floor.decode_step([prompt + i] * size) for i in range(new - 1))
-    return num * new / seconds
+__all__ = ["build_parser", "guided_schema", "main"]
 
 
 def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, grammars: Any = None,
@@ -272,7 +164,7 @@ def _guided(args: argparse.Namespace, runner: Any) -> tuple[Any, str]:
     return compiler, compile_grammar(GrammarSpec.json_schema(guided_schema()))
 
 
-def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) -> Result:
     import torch
 
     from kernels.bench import decode_step_breakdown
@@ -393,7 +285,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         runner.graphs = graphs
         for size in (1, 64):
             if (size, 1) in graphs.graphs:
-                us = _time_cuda(graphs.graphs[size, 1][0].replay, 20) * 1e6
+                us = time_cuda(graphs.graphs[size, 1][0].replay, 20) * 1e6
                 notes.append(f"{shape}: decode forward alone (graph replay, batch {size}, no LM head or sampling): {us:.0f} µs")
     c: dict[str, float] = {}
     c_roofline = roofline_flood(floor, args.requests, 1024, 128, runner.num_blocks * runner.block_size)
@@ -426,6 +318,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         notes.append("one-row linear choices: " + ", ".join(f"{k}: {v}" for k, v in ops.one_row_choices().items()))
     notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
+    capacity = runner.num_blocks * runner.block_size
     del runner, graphs
     gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
     gc.collect()
@@ -449,82 +342,13 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
         gc.collect()
         torch.cuda.empty_cache()
-    # --quantize M is short for --variants quantize=M.
-    variants = [f"quantize={m}" for m in filter(None, args.quantize.split(","))]
-    variants += list(filter(None, args.variants.split(",")))
-    for variant in variants:
-        key, _, value = variant.partition("=")
-        r, n = variant_rows(shape, model_dir, floor, replace(config, **{key: value}), dense_tok_s, todo, args.requests)
-        rows += r
-        notes += n
     if args.tokenizer_dir is not None and "d" in todo:
         rows.append(fleet_row(shape, model_dir, args, config, c, c_roofline))
         if args.checkpoint_ab:
             # The same flood with the workers' per-step token checkpoints off (they are on by default).
             rows.append(fleet_row(shape, model_dir, args, replace(config, checkpoint_tokens=False), c, c_roofline,
                                   " with --checkpoint-tokens false"))
-    return rows, notes
-
-
-def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, dense_tok_s: dict[str, float],
-                 todo: set[str], requests: int) -> tuple[list[Row], list[str]]:
-    """(a), (b), (c) with one setting changed (`--quantize`, `--kv-cache-dtype`), each against its own
-    floor: the weight and KV bytes the variant actually reads, scales included."""
-    import torch
-
-    from worker.kv_cache import bytes_per_block
-    from worker.model_runner import ModelRunner
-    from worker.quant import int_kernels
-    from worker.quant.experts import QuantExperts
-    from worker.quant.w8 import w8_choices
-
-    label = config.quantize or f"{config.kv_cache_dtype} KV"
-    runner = ModelRunner(config, model_dir, load=False)
-    quantized = [m for m in runner.model.modules() if hasattr(m, "packed_bytes")]
-    # Expert stacks count per expert read (Floor.expert_bytes: one expert over all layers); the rest every step.
-    stacks = [m for m in quantized if isinstance(m, QuantExperts)]
-    linears = [m for m in quantized if not isinstance(m, QuantExperts)]
-    dense_linear_bytes = 2 * sum(m.in_features * m.out_features for m in linears)
-    cfg = SHAPES[shape]
-    kv_token = bytes_per_block(cfg["num_hidden_layers"], 1, cfg["num_key_value_heads"], cfg["head_dim"], runner.kv_dtype)
-    expert_bytes = sum(m.packed_bytes() for m in stacks) // stacks[0].num_experts if stacks else dense_floor.expert_bytes
-    floor = replace(dense_floor, weight_bytes=dense_floor.weight_bytes - dense_linear_bytes
-                    + sum(m.packed_bytes() for m in linears), kv_bytes_per_token=kv_token, expert_bytes=expert_bytes)
-    rng = random.Random(1)
-    vocab = cfg["vocab_size"]
-
-    def prompts(n: int, length: int) -> list[list[int]]:
-        return [[rng.randrange(100, vocab) for _ in range(length)] for _ in range(n)]
-
-    run_engine(runner, config, prompts(2, 128), 8)  # warm-up
-    rows = []
-    capacity = runner.num_blocks * runner.block_size
-    for key, batch in (("a", 1), ("b", 64)):
-        if key in todo:
-            r = run_engine(runner, config, prompts(batch, 128), 256)
-            versus = f"{r['tok_s'] / dense_tok_s[key]:.2f}x bf16 ({key}); " if key in dense_tok_s else ""
-            rows.append(Row(shape, f"({key}) {label}: {'batch 1' if batch == 1 else '64 x'} (128 in / 256 out)",
-                            r["tok_s"], roofline_static(floor, batch, 128, 256), None,
-                            f"{versus}TPOT p50 {r['tpot_p50'] * 1e3:.2f} ms"))
-    if "c" in todo:
-        r = run_engine(runner, config, prompts(requests, 1024), 128)
-        versus = f"{r['tok_s'] / dense_tok_s['c']:.2f}x bf16 (c); " if "c" in dense_tok_s else ""
-        rows.append(Row(shape, f"(c) {label}: {requests} x (1024 in / 128 out) at t=0", r["tok_s"],
-                        roofline_flood(floor, requests, 1024, 128, capacity), None,
-                        f"{versus}{r['seconds']:.1f}s, {r['preemptions']} preemptions, TTFT p50 {r['ttft_p50']:.2f}s"))
-    notes = [f"{shape} {label}: {floor.weight_bytes / 1e9:.2f} GB weights read per decode step "
-             f"(bf16: {dense_floor.weight_bytes / 1e9:.2f} GB), {kv_token} KV bytes per token "
-             f"(bf16: {dense_floor.kv_bytes_per_token}); KV pool {capacity} tokens"
-             + (f"; one expert over all layers {floor.expert_bytes / 1e9:.2f} GB (bf16: {dense_floor.expert_bytes / 1e9:.2f})"
-                if stacks else "")]
-    if config.quantize:
-        picked = {**int_kernels.choices(), **w8_choices()}
-        notes.append(f"{shape} {label} kernel choices: " + "; ".join(f"{k}: {v}" for k, v in picked.items()))
-    del runner, quantized, stacks, linears
-    gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
-    gc.collect()
-    torch.cuda.empty_cache()
-    return rows, notes
+    return Result(rows, notes, dense_tok_s, capacity)
 
 
 def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, config: Any, c: dict[str, float],
@@ -545,7 +369,7 @@ def fleet_row(shape: str, model_dir: Path, args: argparse.Namespace, config: Any
                + (f"; first error {d['first_error']}" if d["failed"] else ""))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="8b,smollm2", help="comma list of: 8b, smollm2, mixtral")
     parser.add_argument("--requests", type=int, default=1000, help="workload (c) request count")
@@ -573,28 +397,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet-log", type=Path, default=None, help="directory for the fleet processes' logs")
     parser.add_argument("--quantize", default="", help="comma list of --quantize methods whose (a), (b), (c) rows to add")
     parser.add_argument("--variants", default="", help="comma list of SETTING=VALUE (a WorkerConfig field, e.g. "
-                        "quantize=fp8, kv_cache_dtype=fp8_e4m3fn): (a), (b), (c) again with it, beside bf16")
+                        "quantize=fp8, kv_cache_dtype=fp8_e4m3fn): (a), (b), (c) again with it, beside bf16; bf16 and each "
+                        "setting run in a process of their own (load/bench_variants.py)")
     parser.add_argument("--checkpoint-ab", action="store_true", help="(d) a second time with the workers' token "
                         "checkpoints off (--checkpoint-tokens false): their cost on the fleet path")
     parser.add_argument("--num-shard", default="", help="comma list of rank counts (e.g. 1,2,4): (a), (b) and the "
                         "all-reduce time per decode step for each, on that many GPUs (load/bench_shards.py)")
-    args = parser.parse_args(argv)
-    import torch
+    parser.add_argument("--variant-child", default=None, help=argparse.SUPPRESS)  # load/bench_variants.py's ChildSpec
+    return parser
 
-    assert torch.cuda.is_available(), "load.bench_gpu needs a CUDA GPU"
-    card = measure_card()
-    print(f"card: {card.name}; copy {card.copy_bytes_per_s / 1e12:.2f} TB/s (read + write); "
-          f"bf16 GEMM {card.gemm_flops / 1e12:.0f} TFLOP/s", flush=True)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.variant_child is not None:
+        return _child(args, ChildSpec.from_json(args.variant_child))
+    variants = variants_of(args.quantize, args.variants)
     rows: list[Row] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
+        card = None if variants else _card()  # with variants the parent leaves the GPU to its children
         for name in args.models.split(","):
             started = time.perf_counter()
-            r, n = bench_model(ALIASES.get(name, name), Path(tmp), card, args)
+            shape = ALIASES.get(name, name)
+            if variants:
+                r, n = bench_in_children(shape, argv, variants)
+            else:
+                assert card is not None
+                result = bench_model(shape, Path(tmp), card, args)
+                r, n = result.rows, result.notes
+                for row in r:
+                    print(row, flush=True)
             rows += r
             notes += n + [f"{name}: {time.perf_counter() - started:.0f}s"]
-            for row in r:
-                print(row, flush=True)
     if args.num_shard:
         shard_table = ["| model | ranks | (a) out tok/s | (b) out tok/s | NCCL µs per (b) decode step | share of the step |",
                        "|---|---|---|---|---|---|"]
@@ -616,6 +451,35 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for note in notes:
         print("-", note)
+    return 0
+
+
+def _card() -> Card:
+    import torch
+
+    assert torch.cuda.is_available(), "load.bench_gpu needs a CUDA GPU"
+    card = measure_card()
+    print(f"card: {card.name}; copy {card.copy_bytes_per_s / 1e12:.2f} TB/s (read + write); "
+          f"bf16 GEMM {card.gemm_flops / 1e12:.0f} TFLOP/s", flush=True)
+    return card
+
+
+def _child(args: argparse.Namespace, spec: ChildSpec) -> int:
+    """One process's rows for load/bench_variants.py: bf16's (all of bench_model) or one variant's."""
+    card = spec.card or _card()
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.variant:
+            model_dir = write_model_dir(Path(tmp), spec.shape, args.tokenizer_dir)
+            key, _, value = spec.variant.partition("=")
+            config = replace(_engine_config(args, model_dir), **{key: value})
+            result = variant_rows(spec.shape, model_dir, floor_for(SHAPES[spec.shape], card), config,
+                                  set(args.workloads.split(",")), args.requests, run_engine)
+        else:
+            result = bench_model(spec.shape, Path(tmp), card, args)
+    for row in result.rows:
+        print(row, flush=True)
+    result.card = card
+    print(RESULT_TAG + result.to_json(), flush=True)
     return 0
 
 

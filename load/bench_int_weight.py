@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
     from kernels import reference
-    from load.bench_gpu import measure_card
+    from load.roofline import measure_card
     from worker.quant import int_kernels
     from worker.quant.int_weight import IntWeightLinear, IntWeights
 
