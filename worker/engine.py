@@ -14,17 +14,8 @@ need the real token history on the host (repetition/frequency/presence penalties
 logprobs) run one at a time, as does everything when the runner cannot overlap.
 
 Speculative decoding overlaps too (n-gram drafts; speculator heads and constrained requests run
-one step at a time). How many tokens a verifying step keeps is known only once it is read, so
-the engine assumes it: all of a request's drafts accepted, those drafts appended and a
-PLACEHOLDER for the sample after them, and schedules N+1 from there (a request whose latest
-verified step rejected a draft, or whose drafts are fillers, assumes nothing and sits N+1 out:
-it runs one step at a time until its drafts are accepted whole again); the n-gram lookup drafts N+1 after its guess of that sample
-(worker/speculative/ngram.py). When N is read, each assumption is undone and the verified tokens
-decide: a row of N+1 scheduled on a wrong one is stale, and its outputs are dropped (its KV
-writes land on positions the request recomputes before it reads them; where it accepted more
-than assumed, the request's computed count goes back to what N+1 left intact, before any prefix
-hash is published over it). A right assumption costs nothing; a wrong one costs a step, as the
-serial path would have.
+one step at a time): how many tokens a verifying step keeps is assumed until it is read, and the
+verified tokens settle it (worker/speculative/overlap.py).
 
 Constrained requests (a grammar) wait outside the scheduler while worker/grammar.py compiles
 their matcher on its own threads, so a cold schema never stalls the other requests' steps; the
@@ -54,6 +45,7 @@ from worker.finish import FinishRules
 from worker.request import Request, RequestKey, RequestStatus
 from worker.scheduler import Scheduler
 from worker.speculative.drafter import Drafter
+from worker.speculative.overlap import Assumed, VerifiedOverlap
 
 if TYPE_CHECKING:
     from worker.grammar import GrammarCompiler
@@ -87,15 +79,6 @@ class Runner(Protocol):
 
 
 @dataclass(slots=True)
-class _Assumed:
-    """What the engine assumed of a verifying row of a step in flight, and what to undo."""
-
-    num_tokens: int  # the request's token count before (its last one the row's first token)
-    num_computed: int  # its computed count before
-    accepted: int  # drafts taken as accepted; -1: none assumed (it ends by length if all are)
-
-
-@dataclass(slots=True)
 class _InFlight:
     """A step launched on the device whose outputs the engine has not read yet."""
 
@@ -103,7 +86,7 @@ class _InFlight:
     handle: Any
     advanced: bool = False  # its tokens already count as computed; PLACEHOLDERs stand for its samples
     placeholders: frozenset[RequestKey] = frozenset()  # requests holding a PLACEHOLDER for this step
-    assumed: dict[RequestKey, _Assumed] = field(default_factory=dict)  # its verifying rows, once advanced
+    assumed: dict[RequestKey, Assumed] = field(default_factory=dict)  # its verifying rows, once advanced
     # Rows scheduled on an assumption that the step before proved wrong: their outputs are dropped.
     stale: set[RequestKey] = field(default_factory=set)
     keys: frozenset[RequestKey] = frozenset()  # the requests it has a row for
@@ -145,7 +128,7 @@ class LLMEngine:
         self.last_batch: ScheduledBatch | None = None  # the step whose outputs came last
         self.overlap = config.overlap_scheduling and runner.can_overlap
         self._inflight: _InFlight | None = None
-        self.num_stale_rows = 0  # rows scheduled on an assumption that failed (overlapped speculation)
+        self.verified = VerifiedOverlap(self.finish, self.blocks, self.scheduler.drafter)
         self.num_launched_ahead = 0  # steps launched before the step before them was read
         self.grammars = grammars  # None: constrained requests are refused
         self._compiling: list[tuple[Request, Future[Any]]] = []  # constrained, matcher not ready yet
@@ -302,9 +285,14 @@ class LLMEngine:
         self._compiling = pending
         return outputs
 
+    @property
+    def num_stale_rows(self) -> int:
+        """Rows scheduled on an assumption that failed (overlapped speculation)."""
+        return self.verified.num_stale_rows
+
     def _advance(self, step: _InFlight) -> None:
         """Count `step` as computed before its outputs are read; a PLACEHOLDER for each sample,
-        after the drafts a verifying row is assumed to keep (`_assume`).
+        after the drafts a verifying row is assumed to keep (VerifiedOverlap.assume).
 
         A request whose sample will end it by length gets none: it has nothing left to schedule.
         """
@@ -316,14 +304,7 @@ class LLMEngine:
             if req is None or req.status is not RequestStatus.RUNNING or sreq.key in stale:
                 continue
             if sreq.num_draft_tokens:
-                step.assumed[req.key] = assumed = self._assume(req, sreq)
-                if assumed.accepted < 0:
-                    req.num_computed_tokens += 1  # nothing to schedule until it is read
-                    continue
-                req.num_computed_tokens += 1 + assumed.accepted
-                req.all_token_ids += sreq.token_ids[1 : 1 + assumed.accepted]
-                req.all_token_ids.append(PLACEHOLDER)
-                req.num_assumed = assumed.accepted + 1
+                step.assumed[req.key] = self.verified.assume(req, sreq)
                 continue
             req.num_computed_tokens += len(sreq.token_ids)
             if not sreq.do_sample or reaches_length(req, extra=1):
@@ -333,20 +314,6 @@ class LLMEngine:
             held.append(req.key)
         step.placeholders = frozenset(held)
         step.advanced = True
-
-    def _assume(self, req: Request, sreq: ScheduledRequest) -> _Assumed:
-        """How many of a verifying row's drafts to take as accepted: all (acceptance is mostly
-        all or nothing: the text is being copied or it is not); -1, nothing assumed (the request
-        sits the next step out), for fillers, after a verified step that rejected one, and where
-        they would end it by length. On the input-grounded prompts of load/bench_speculative.py
-        (CPU, scheduled as on graphs) this runs 240 steps (22 of them stale) where assuming no
-        draft accepted after a rejection ran 297 (54 stale): a row scheduled after an assumed
-        rejection drafts after the lookup's guess of the placeholder, the very draft just rejected."""
-        state = req.draft_state
-        accepted = -1 if sreq.filler_drafts or (state is not None and not state.all_accepted) else sreq.num_draft_tokens
-        if self.finish.reaches_length(req, extra=accepted + 1):
-            accepted = -1
-        return _Assumed(req.num_tokens, req.num_computed_tokens, accepted)
 
     def _apply_aborts(self) -> None:
         aborts, self._aborts = self._aborts, []
@@ -410,55 +377,15 @@ class LLMEngine:
         return outputs
 
     def _update_verified(self, req: Request, sreq: ScheduledRequest, result: StepOutput, i: int,
-                         assumed: _Assumed | None) -> RequestOutput:
-        """A decode that verified drafts: its first sample, then one token per accepted draft, up
-        to the token that ends it. Its KV is valid through the last kept draft, so the computed
-        count grows by the tokens kept; the blocks only rejected drafts used go back.
-
-        With `assumed` (the step after it was scheduled on an assumption: `_advance`), that is
-        undone first; the following step's row stands if the assumption was right, else it is
-        stale, and the KV it overwrites is no longer counted as computed."""
-        running = req.status is RequestStatus.RUNNING  # not preempted since it was scheduled
-        if assumed is not None:
-            del req.all_token_ids[assumed.num_tokens :]
-            req.num_assumed = 0
-            if running:
-                req.num_computed_tokens = assumed.num_computed
-        verified = result.verified.get(i)
-        ids, lps = [result.sampled_token_ids[i]], [result.logprobs[i]]
-        tops = [result.top_tokens[i]] if result.top_tokens and result.top_tokens[i] else []
-        if verified is not None:
-            ids += verified.token_ids
-            lps += verified.logprobs
-            tops += verified.top_tokens if tops else []
-        if req.draft_state is not None and not sreq.filler_drafts:
-            self.scheduler.drafter.observe(req.draft_state, sreq.num_draft_tokens, len(ids) - 1, self.scheduler.step)
-        reason = None
-        kept = 0
-        for token in ids:
-            req.all_token_ids.append(token)
-            kept += 1
-            reason = self.finish.after_token(req, token)
-            if reason is not None:
-                break
-        computed = kept
+                         assumed: Assumed | None) -> RequestOutput:
         following = self._inflight
-        ahead = False  # the step in flight has a row for it, scheduled on a right assumption
-        if assumed is not None and assumed.accepted >= 0 and following is not None and req.key in following.keys:
-            ahead = assumed.accepted == len(ids) - 1 or reason is not None
-            if not ahead:
-                following.stale.add(req.key)
-                self.num_stale_rows += 1
-                # It writes from the token after the assumed drafts on: only the KV before that stays.
-                computed = min(kept, assumed.accepted + 1)
-        if running:
-            req.num_computed_tokens += computed
+        settled = self.verified.settle(req, sreq, result, i, assumed, self.scheduler.step,
+                                       following.keys if following is not None else None,
+                                       following.stale if following is not None else None)
         self._take_proposals(req, result, i)
-        if not ahead:  # else the step in flight verifies into the blocks past these
-            self.blocks.trim(req)
         self.blocks.commit(req)
-        out = self._output(req, ids[:kept], lps[:kept], tops[:kept], reason)
-        self._end_if(req, reason)
+        out = self._output(req, settled.token_ids, settled.logprobs, settled.top_tokens, settled.reason)
+        self._end_if(req, settled.reason)
         return out
 
     def _take_proposals(self, req: Request, result: StepOutput, i: int) -> None:

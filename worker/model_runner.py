@@ -136,6 +136,7 @@ class ModelRunner:
         self.adapters = None if shards is not None else AdapterTable(
             self.model, self.dtype, self.device, config.max_loras, config.fleet.model_cache)
         self.graphs: DecodeGraphs | None = None  # the KV sizing warm-up runs eagerly
+        self.eager_forwards = 0  # forwards run eagerly since the graphs were captured (benchmarks report it)
         self.mask_seconds = 0.0  # host seconds spent filling grammar masks (load/step_timeline.py reads it)
         # On CUDA the host can prepare the next step while the device runs this one.
         self.can_overlap = self.device.type == "cuda"
@@ -304,6 +305,7 @@ class ModelRunner:
             replayed = self.graphs.try_replay(inputs)
             if replayed is not None:
                 return replayed  # type: ignore[no-any-return]
+            self.eager_forwards += 1
         meta = self.attention.prepare_metadata(inputs, self.kv.layers)
         with forward_context(meta, self.attention), lora_scope(lora):
             return self.model(inputs.input_ids, inputs.positions)  # type: ignore[no-any-return]
@@ -329,7 +331,7 @@ class ModelRunner:
             k = tensors.max_top_n
             token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
             if layout.verify_spans:
-                num_accepted = verify.accepted_counts(token_ids, layout, self.device)
+                num_accepted = verify.accepted_counts(token_ids, layout, self.device, inputs.input_ids)
             if layout.proposers and self.heads is not None and rows is not None:
                 proposals = self._propose(layout, rows, hidden, token_ids, num_accepted)
         if self.draft_model is not None and batch.speculating and aux is not None:

@@ -31,11 +31,14 @@ _NATIVE = ("store_kv", "paged_decode_attention", "rms_norm", "rotary_embedding",
 # Launchers that live in another kernel's module (a variant of its kernel).
 _MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul", "lora_add": "lora"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
-# One-row linears (batch-1 decode) on CUDA: kernels/linear_one_row.py where it measured faster than torch
-# for that weight shape (see `linear`); None = torch everywhere.
+# Linears of one row or a few (batch-1 decode, batch-1 verification) on CUDA: kernels/linear_one_row.py
+# where it measured faster than torch for that weight shape and row count (see `linear`); None = torch
+# everywhere.
 _one_row: Callable[..., torch.Tensor] | None = None
 _ONE_ROW_CONFIGS = ((4, 512, 4, 3), (8, 1024, 8, 3))  # (block_n, block_k, warps, stages) tried
-_one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool], tuple[int, int, int, int] | None] = {}
+_max_rows = 0  # kernels/linear_one_row.MAX_ROWS once it is loaded
+# (N, K, dtype, has bias, graphed, rows) -> the config chosen, None for torch
+_one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool, int], tuple[int, int, int, int] | None] = {}
 
 
 def use_device(device: torch.device, cpu_kernels: bool = False) -> dict[str, str]:
@@ -55,11 +58,12 @@ def use_device(device: torch.device, cpu_kernels: bool = False) -> dict[str, str
         _impl[name] = triton_ops.get(name) or cpu.get(name) or getattr(reference, name)
         in_cpu = "c++ (cpu_ops)" if native and name in _NATIVE else "torch (cpu_ops)"
         chosen[name] = "triton" if name in triton_ops else in_cpu if name in cpu else "torch"
-    global _one_row
+    global _one_row, _max_rows
     _one_row = None
     if device.type == "cuda":
         try:
             _one_row = _launcher("linear_one_row")
+            _max_rows = importlib.import_module("kernels.linear_one_row").MAX_ROWS
         except Exception as exc:
             log.warning("Triton linear_one_row unavailable (%s); using torch", exc)
     chosen["linear (one row)"] = "triton" if _one_row is not None else "torch"
@@ -67,8 +71,10 @@ def use_device(device: torch.device, cpu_kernels: bool = False) -> dict[str, str
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, graphed: bool = False) -> torch.Tensor:
-    """x @ weight.T + bias. One row on CUDA: the faster of torch and the Triton GEMV configs,
-    timed once per weight shape on first use (outside CUDA graph capture).
+    """x @ weight.T + bias. One row on CUDA, or a few (up to kernels/linear_one_row.MAX_ROWS: a
+    verification step's last token and drafts): the faster of torch and the Triton GEMV configs,
+    timed once per weight shape and row count on first use (outside CUDA graph capture; the graph
+    warm-ups time the row counts the graphs replay).
 
     `graphed`: the call site runs inside decode CUDA graphs, so only GPU time counts and the
     candidates are timed by graph replay; otherwise 20 calls run back to back between two events,
@@ -77,14 +83,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     if not x.is_cuda:  # bfloat16 weights packed at load: worker/cpu_linear.py
         return cpu_linear.linear(x, weight, bias)
-    if _one_row is None or x.shape[0] != 1:
+    if _one_row is None or not 1 <= x.shape[0] <= _max_rows:
         return torch.nn.functional.linear(x, weight, bias)
-    key = (weight.shape[0], weight.shape[1], weight.dtype, bias is not None, graphed)
+    key = (weight.shape[0], weight.shape[1], weight.dtype, bias is not None, graphed, x.shape[0])
     if key not in _one_row_choice:
         if torch.cuda.is_current_stream_capturing():
             return torch.nn.functional.linear(x, weight, bias)
         _one_row_choice[key] = _fastest_one_row(x, weight, bias, graphed)
-        log.info("one-row linear %dx%d%s: %s", key[1], key[0], " (graphed)" if graphed else "",
+        log.info("linear %dx%d at %d row(s)%s: %s", key[1], key[0], key[5], " (graphed)" if graphed else "",
                  _one_row_choice[key] or "torch")
     config = _one_row_choice[key]
     if config is None:
@@ -93,9 +99,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def one_row_choices() -> dict[str, str]:
-    """What `linear` picked per one-row weight shape so far: "KxN" -> "torch" or the GEMV config."""
+    """What `linear` picked per weight shape so far: "KxN" (one row) or "KxN at M rows" -> "torch" or
+    the GEMV config."""
     return {
-        f"{k[1]}x{k[0]}{' graphed' if k[4] else ''}": "torch" if v is None else "triton %dx%d/w%d/s%d" % v
+        f"{k[1]}x{k[0]}{f' at {k[5]} rows' if k[5] > 1 else ''}{' graphed' if k[4] else ''}":
+            "torch" if v is None else "triton %dx%d/w%d/s%d" % v
         for k, v in _one_row_choice.items()
     }
 

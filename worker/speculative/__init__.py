@@ -7,6 +7,9 @@ the step's one forward, keep the longest run the model agrees with.
   Plain Python: the scheduler calls it.
 - `verify.py`: on the device, the sampling rows of a verified request and how many of its drafts
   the model's own samples accept.
+- `overlap.py`: overlapped steps (worker/engine.py): what the engine assumes of a verification
+  still on the device, and how its verified tokens settle that (tested through the engine:
+  tests/worker/test_engine_speculative_overlap.py).
 
 Lossless by construction: every row of a verified request is sampled exactly as a plain decode
 step at that position would be (its own seed step, penalty history and min_tokens count), and a

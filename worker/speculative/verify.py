@@ -35,18 +35,30 @@ def sampling_rows(requests: list[ScheduledRequest], layout: LogitsLayout) -> lis
     return rows
 
 
-def accepted_counts(token_ids: torch.Tensor, layout: LogitsLayout, device: torch.device) -> torch.Tensor:
+def accepted_counts(token_ids: torch.Tensor, layout: LogitsLayout, device: torch.device,
+                    input_ids: torch.Tensor | None = None) -> torch.Tensor:
     """token_ids (n,) int64: each sampling row's sample -> (V,) int64, the drafts each verifying
-    request accepts: the leading rows of its span whose sample equals the draft after them."""
+    request accepts: the leading rows of its span whose sample equals the draft after them.
+
+    input_ids (T,) int64 on the device, the step's tokens: where every one of them is a row of a
+    span of the same width (a verification step of a graph's shape: V requests, each its last
+    token and w drafts), the drafts are read from them in place, with no upload and no gather
+    (four launches instead of nine, a host-bound step's host time)."""
     n = token_ids.shape[0]
-    width = max(len(drafts) for _, _, drafts in layout.verify_spans)
+    spans = layout.verify_spans
+    width = max(len(drafts) for _, _, drafts in spans)
+    if input_ids is not None and input_ids.shape[0] == n == len(spans) * (width + 1) and all(
+            len(drafts) == width for _, _, drafts in spans):
+        rows = token_ids.view(len(spans), width + 1)  # (V, w + 1): span j's rows are j(w+1) ..
+        drafts = input_ids.view(len(spans), width + 1)[:, 1:]  # (V, w): each span's tokens after its first
+        return (rows[:, :width] == drafts).long().cumprod(dim=1).sum(dim=1)  # (V,)
     # One upload: each row's target draft, then the (V, width) sampling rows of each span's drafts
     # (padding points at row n, which never matches).
     index = []
-    for _, first, drafts in layout.verify_spans:
+    for _, first, drafts in spans:
         index += [first + t for t in range(len(drafts))] + [n] * (width - len(drafts))
     host = torch.tensor(layout.draft_targets() + index, dtype=torch.int64)
     uploaded = upload(host, device)
-    targets, spans = uploaded[:n], uploaded[n:].view(len(layout.verify_spans), width)  # (n,), (V, width)
+    targets, picks = uploaded[:n], uploaded[n:].view(len(spans), width)  # (n,), (V, width)
     matches = torch.cat([token_ids == targets, torch.zeros(1, dtype=torch.bool, device=device)])  # (n + 1,)
-    return matches[spans].long().cumprod(dim=1).sum(dim=1)  # (V,)
+    return matches[picks].long().cumprod(dim=1).sum(dim=1)  # (V,)

@@ -83,3 +83,24 @@ def test_each_row_samples_as_the_plain_decode_at_its_position() -> None:
     assert accepted_counts(torch.tensor([4, 2, 9, 1]), layout, CPU).tolist() == [2]
     assert accepted_counts(torch.tensor([4, 2, 3, 1]), layout, CPU).tolist() == [3]
     assert accepted_counts(torch.tensor([0, 2, 3, 1]), layout, CPU).tolist() == [0]
+
+
+def test_drafts_read_from_the_steps_tokens_count_as_the_uploaded_ones() -> None:
+    # A verification step of a graph's shape (every token a row of a span of one width) reads the
+    # drafts from its input tokens; any other step uploads them. Both count alike.
+    gen = torch.Generator().manual_seed(2)
+    for width, num in ((1, 1), (3, 2), (4, 5)):
+        layout = LogitsLayout()
+        inputs = []
+        for i in range(num):
+            drafts = torch.randint(0, 3, (width,), generator=gen).tolist()
+            layout.add_verified(i, i * (width + 1), drafts)
+            inputs += [7, *drafts]
+        for _ in range(20):
+            samples = torch.randint(0, 3, (num * (width + 1),), generator=gen)
+            read = accepted_counts(samples, layout, CPU, torch.tensor(inputs))
+            assert torch.equal(read, accepted_counts(samples, layout, CPU))
+    # A step with one more token (a prompt chunk beside) uploads: the views would not line up.
+    layout = LogitsLayout()
+    layout.add_verified(0, 0, [4, 2])
+    assert accepted_counts(torch.tensor([4, 9, 1]), layout, CPU, torch.tensor([3, 4, 2, 8])).tolist() == [1]
