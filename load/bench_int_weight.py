@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="time the wide config set, not the shortlist")
     parser.add_argument("--f16x2", choices=("shortlist", "sweep", "none"), default="shortlist",
                         help="which packed-pair GEMV configs to time beside the others (one row)")
+    parser.add_argument("--into", default="", help="comma list of acc, zero, tile: time every GEMM config in each "
+                        "of these modes (where a tile's zero point and scale go, kernels/int_weight_gemm.py)")
     parser.add_argument("--log", help="write every candidate's line here too")
     args = parser.parse_args(argv)
     import torch
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device).manual_seed(0)
     gemv, gemm = (SWEEP_GEMV, SWEEP_GEMM) if args.sweep else (int_kernels.GEMV, int_kernels.GEMM)
     f16x2 = {"shortlist": int_kernels.F16X2, "sweep": SWEEP_F16X2, "none": ()}[args.f16x2]
+    if args.into:
+        gemm = tuple(c[:8] + (into,) for c in gemm for into in args.into.split(","))
 
     table = []
     for name, k, n in SHAPES:

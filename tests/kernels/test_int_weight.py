@@ -96,12 +96,21 @@ def test_gemm_and_dequant_match_the_reference(n: int, k: int, group: int, bits: 
         # with group 32: the tile holds whole groups and is dequantized per word. ptx: the PTX
         # unpack where it applies (4 bits, bf16, on a GPU; with 64 outputs a tile, so every thread
         # holds the two words an instance takes), else the same plain unpack.
-        for block_k, split_k, swap, ptx in ((32, 1, False, False), (32, 2, True, True),
-                                            (128 if group == 32 else 64, 2, False, True)):
+        # into: the zero point (and the scale) applied to the weight tile instead of the product.
+        for block_k, split_k, swap, ptx, into in ((32, 1, False, False, "acc"), (32, 2, True, True, "acc"),
+                                                  (128 if group == 32 else 64, 2, False, True, "acc"),
+                                                  (32, 1, False, False, "zero"), (32, 2, True, True, "zero"),
+                                                  (32, 1, True, False, "tile"), (32, 2, False, True, "tile")):
             got = int_weight_gemm(x, *layout, group, bits, bias, block_m=16, block_n=64 if ptx else 16,
-                                  block_k=block_k, split_k=split_k, swap=swap, ptx=ptx)
+                                  block_k=block_k, split_k=split_k, swap=swap, ptx=ptx, into=into)
             assert got.dtype == dtype and got.shape == (rows, n)
             assert_close(got / scale, want / scale, dtype, 4)
+
+
+def test_an_unknown_into_is_refused(device: torch.device) -> None:
+    layout = _layout(16, 64, 32, 4, device)
+    with pytest.raises(AssertionError, match="into is one of acc, zero, tile"):
+        int_weight_gemm(torch.zeros(1, 64, device=device), *layout, 32, 4, block_k=32, into="weights")
 
 
 def test_a_tile_that_cuts_groups_is_refused(device: torch.device) -> None:

@@ -47,7 +47,8 @@ F16X2 = ((8, 128, 1, 4, 3, True), (16, 256, 1, 8, 3, True), (16, 128, 2, 4, 3, T
 GEMM = ((16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 5),
         (16, 64, 128, 8, True, True, 4, 4), (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3),
         (64, 64, 128, 4, True, True, 4, 4), (64, 64, 128, 4, False, True, 4, 4), (64, 128, 128, 1, False, True, 8, 3),
-        (128, 128, 64, 1, False, True, 8, 3))  # (block_m, block_n, block_k, split_k, swap, ptx, warps, stages)
+        (128, 128, 64, 1, False, True, 8, 3))  # (block_m, block_n, block_k, split_k, swap, ptx, warps, stages[, into])
+# into: where a tile's zero point and scale go (kernels/int_weight_gemm.py); "acc" when left out.
 _choice: dict[tuple[int, int, int, int, int], tuple[str, Impl]] = {}
 
 
@@ -98,7 +99,7 @@ def _fastest(layer: IntWeightLinear, bucket: int, dtype: torch.dtype) -> tuple[s
 
 
 def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool | str, ...], ...] = GEMV,
-               gemm: tuple[tuple[int | bool, ...], ...] = GEMM,
+               gemm: tuple[tuple[int | bool | str, ...], ...] = GEMM,
                f16x2: tuple[tuple[int | bool, ...], ...] = F16X2) -> list[tuple[str, Impl]]:
     """The kernels (and configs) worth timing for `bucket` rows of this layer's shape."""
     from kernels.int_weight import tile_groups
@@ -128,15 +129,16 @@ def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool
                                   x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
                                   block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4],
                                   fold=c[5])))
-    for bm, bn, bk, sk, swap, ptx, warps, stages in gemm:
+    for bm, bn, bk, sk, swap, ptx, warps, stages, *rest in gemm:
+        into = rest[0] if rest else "acc"
         small_enough = bm <= max(16, bucket) and not (sk > 1 and bucket > 64)
         if fits(bk) and small_enough and bk * sk <= 2 * k and not (swap and bm > 64):
             found.append((f"gemm m{bm} n{bn} k{bk} splitk{sk}{' swap' if swap else ''}{' ptx' if ptx else ''} "
-                          f"warps{warps} stages{stages}",
-                          lambda x, lay, c=(bm, bn, bk, sk, swap, ptx, warps, stages): int_weight_gemm(
+                          f"warps{warps} stages{stages}{'' if into == 'acc' else f' into {into}'}",
+                          lambda x, lay, c=(bm, bn, bk, sk, swap, ptx, warps, stages, into): int_weight_gemm(
                               x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
                               block_m=c[0], block_n=c[1], block_k=c[2], split_k=c[3], swap=c[4], ptx=c[5],
-                              num_warps=c[6], num_stages=c[7])))
+                              num_warps=c[6], num_stages=c[7], into=c[8])))
     if bucket >= 64:
         def dense(x: torch.Tensor, lay: IntWeightLinear) -> torch.Tensor:
             weight = int_weight_dequant(lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, x.dtype)
