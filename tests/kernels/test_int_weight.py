@@ -135,7 +135,8 @@ def test_split_k_configs_of_the_shortlist_stay_right_over_repeated_launches() ->
         x = torch.randn(rows, k, generator=gen).to(device, torch.bfloat16)
         want = reference.int_weight_linear(x.float(), *layout, group, bits)
         launches = [lambda c=c: int_weight_gemm(x, *layout, group, bits, block_m=c[0], block_n=c[1], block_k=c[2],
-                                                 split_k=c[3], swap=c[4], ptx=c[5], num_warps=c[6], num_stages=c[7])
+                                                 split_k=c[3], swap=c[4], ptx=c[5], num_warps=c[6], num_stages=c[7],
+                                                 into=c[8] if len(c) > 8 else "acc")
                     for c in GEMM if c[3] > 1 and c[0] <= max(16, rows)]
         if rows == 1:
             launches += [lambda c=c: int_weight_gemv(x, *layout, group, bits, block_n=c[0], block_w=c[1], split_k=c[2],

@@ -47,8 +47,13 @@ F16X2 = ((8, 128, 1, 4, 3, True), (16, 256, 1, 8, 3, True), (16, 128, 2, 4, 3, T
 GEMM = ((16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 5),
         (16, 64, 128, 8, True, True, 4, 4), (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3),
         (64, 64, 128, 4, True, True, 4, 4), (64, 64, 128, 4, False, True, 4, 4), (64, 128, 128, 1, False, True, 8, 3),
-        (128, 128, 64, 1, False, True, 8, 3))  # (block_m, block_n, block_k, split_k, swap, ptx, warps, stages[, into])
-# into: where a tile's zero point and scale go (kernels/int_weight_gemm.py); "acc" when left out.
+        (128, 128, 64, 1, False, True, 8, 3),
+        # The fastest at 64 rows with the zero point (and scale) in the tile, H200 2026-12-03 (docs/perf.md):
+        (64, 64, 128, 4, True, True, 4, 3, "zero"), (64, 64, 128, 4, True, True, 4, 4, "zero"),
+        (64, 64, 128, 2, True, True, 4, 3, "zero"), (64, 64, 128, 4, False, True, 4, 4, "tile"),
+        (64, 128, 128, 1, False, True, 8, 3, "tile"))
+# (block_m, block_n, block_k, split_k, swap, ptx, warps, stages[, into]); into: where a tile's zero
+# point and scale go (kernels/int_weight_gemm.py), "acc" when left out.
 _choice: dict[tuple[int, int, int, int, int], tuple[str, Impl]] = {}
 
 
@@ -131,6 +136,8 @@ def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool
                                   fold=c[5])))
     for bm, bn, bk, sk, swap, ptx, warps, stages, *rest in gemm:
         into = rest[0] if rest else "acc"
+        if into != "acc" and (not fits(bk) or tile_groups(bk, layer.group_size, k, layer.bits)[0] != 1):  # type: ignore[index]
+            continue  # a tile that spans groups is dequantized per word: into changes nothing
         small_enough = bm <= max(16, bucket) and not (sk > 1 and bucket > 64)
         if fits(bk) and small_enough and bk * sk <= 2 * k and not (swap and bm > 64):
             found.append((f"gemm m{bm} n{bn} k{bk} splitk{sk}{' swap' if swap else ''}{' ptx' if ptx else ''} "
