@@ -224,18 +224,30 @@ project_containers() {
   "$ENGINE" ps -a -q --filter "label=com.docker.compose.project=$PROJECT" "$@"
 }
 
-teardown() {
-  say "compose down"
-  compose down -v -t 40 >/dev/null 2>&1 || true
-  # podman-compose's down misses `--scale`d replicas: remove what is left by the project's label.
-  local left; left=$(project_containers)
-  [ -z "$left" ] || "$ENGINE" rm -f -t 10 $left >/dev/null 2>&1 || true
+# A run cut off while podman was creating a container can leave that container in podman's
+# storage only (`ps --external`, no labels), where its name blocks the next run's container.
+stored_only_containers() {
+  [ "$ENGINE" != podman ] || podman ps -a -q --external --filter "name=^${PROJECT}_"
+}
+
+# Every container, volume and network of the project, by its label and by its stored name.
+remove_project() {
+  local left; left="$(project_containers) $(stored_only_containers)"
+  [ -z "${left// /}" ] || "$ENGINE" rm -f -t 10 $left >/dev/null 2>&1 || true
   local kind
   for kind in volume network; do
     "$ENGINE" "$kind" rm -f $("$ENGINE" "$kind" ls -q --filter "label=com.docker.compose.project=$PROJECT") \
       >/dev/null 2>&1 || true
   done
-  left="$(project_containers) $("$ENGINE" network ls -q --filter "label=com.docker.compose.project=$PROJECT")"
+}
+
+teardown() {
+  say "compose down"
+  compose down -v -t 40 >/dev/null 2>&1 || true
+  # podman-compose's down misses `--scale`d replicas: remove what is left.
+  remove_project
+  local left
+  left="$(project_containers) $(stored_only_containers) $("$ENGINE" network ls -q --filter "label=com.docker.compose.project=$PROJECT")"
   if [ -n "${left// /}" ]; then say "FAILED: left after down: $left"; return 1; fi
   say "down: no container or network of $PROJECT is left"
 }
@@ -265,6 +277,8 @@ wait_model_init() {
 smoke() {
   if [ -z "${REDIS_IMAGE:-}" ] && image_present "$LOCAL_REDIS"; then export REDIS_IMAGE=$LOCAL_REDIS; fi
   [ -z "${REDIS_IMAGE:-}" ] || echo "REDIS_IMAGE=$REDIS_IMAGE" >>"$ENV_FILE"
+  local stale; stale="$(project_containers) $(stored_only_containers)"
+  if [ -n "${stale// /}" ]; then say "removing what an earlier run left: $(echo $stale)"; remove_project; fi
   STACK_UP=1
   local start=$SECONDS
   say "compose up redis and model-init (converts the default model into the model-cache volume)"
