@@ -5,7 +5,10 @@ calibration text's hidden states enter layer l as the already quantized layers 0
 within a layer the linears are quantized in the order the data meets them (q/k/v, then o with
 inputs from the quantized q/k/v, then gate/up, then down), each from the Hessian 2 X^T X of its
 own inputs. `--method rtn` is round-to-nearest min-max (the tests' tests/worker/quant/rtn.py),
-the baseline. The result is packed by the tests' packers (AutoAWQ GEMM or GPTQ v2, groups
+the baseline. `--awq` first runs AWQ's activation-aware scale and clip search (load/awq_search.py)
+on the calibration text and writes the transformed dense model (OUT_DIR/awq_dense: the scales
+folded into the norms and up_proj), which either quantizer then rounds; `--awq --method rtn` is
+AutoAWQ's own recipe. The result is packed by the tests' packers (AutoAWQ GEMM or GPTQ v2, groups
 contiguous) and served by the worker with `--quantize awq` / `gptq`; load/perplexity.py measures it.
 
 The calibration text is not the evaluation text: load/texts/federalist_1_to_5.txt (The Federalist
@@ -14,6 +17,8 @@ load/perplexity.py's declaration_of_independence.txt.
 
     python -m load.quantize_model MODEL_DIR OUT_DIR                       # GPTQ, AWQ layout, group 64
     python -m load.quantize_model MODEL_DIR OUT_DIR --method rtn
+    python -m load.quantize_model MODEL_DIR OUT_DIR --awq --method rtn       # AWQ (scales + clip)
+    python -m load.quantize_model MODEL_DIR OUT_DIR --awq                    # AWQ, then GPTQ
     python -m load.quantize_model MODEL_DIR OUT_DIR --format gptq --no-act-order
     python -m load.perplexity OUT_DIR/quantized --quantize awq
 """
@@ -31,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CALIBRATION_TEXT", "SEQUENTIAL_GROUPS", "calibrated_gptq", "quantize_model"]
+__all__ = ["CALIBRATION_TEXT", "SEQUENTIAL_GROUPS", "awq_dense", "calibrated_gptq", "quantize_model"]
 
 CALIBRATION_TEXT = Path(__file__).resolve().parent / "texts" / "federalist_1_to_5.txt"
 
@@ -72,9 +77,10 @@ def calibrated_gptq(model: nn.Module, input_ids: torch.Tensor, *, group_size: in
 
 
 def quantize_model(model_dir: Path, out_dir: Path, *, method: str = "gptq", layout: str = "awq",
-                   group_size: int = 64, act_order: bool = True, text: Path = CALIBRATION_TEXT,
+                   group_size: int = 64, act_order: bool = True, awq: bool = False, text: Path = CALIBRATION_TEXT,
                    seq_len: int = 512, max_tokens: int = 4096) -> Path:
-    """Writes out_dir/quantized (the packed checkpoint); returns its path."""
+    """Writes out_dir/quantized (the packed checkpoint), and with `awq` out_dir/awq_dense; returns
+    the quantized checkpoint's path."""
     import transformers
 
     from tests.worker.quant.harness import write_quantized
@@ -86,25 +92,52 @@ def quantize_model(model_dir: Path, out_dir: Path, *, method: str = "gptq", layo
         "awq": (pack_awq, awq_config(group_size)),
         "gptq": (lambda qz: pack_gptq(qz, 2), gptq_config(4, group_size, False, False, 2)),
     }[layout]
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"method {method!r}: gptq or rtn")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    ids = torch.tensor(tokenizer(text.read_text()).input_ids[:max_tokens])
+    segments = ids[: len(ids) // seq_len * seq_len].reshape(-1, seq_len)  # (S, T)
+    start = time.perf_counter()
+    log = lambda m: print(f"{time.perf_counter() - start:6.1f} s  {m}", file=sys.stderr)  # noqa: E731
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if awq:
+        model_dir = awq_dense(model_dir, out_dir / "awq_dense", segments, group_size, log)
     quantizer: Callable[[str, torch.Tensor], Any]
     if method == "rtn":
         quantizer = lambda _name, w: quantize(w, 4, group_size, sym=False)  # noqa: E731
-    elif method == "gptq":
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-        ids = torch.tensor(tokenizer(text.read_text()).input_ids[:max_tokens])
-        segments = ids[: len(ids) // seq_len * seq_len].reshape(-1, seq_len)  # (S, T)
+    else:
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        start = time.perf_counter()
-        results = calibrated_gptq(model, segments, group_size=group_size, act_order=act_order,
-                                  log=lambda m: print(f"{time.perf_counter() - start:6.1f} s  {m}", file=sys.stderr))
+        results = calibrated_gptq(model, segments, group_size=group_size, act_order=act_order, log=log)
         del model
         quantizer = lambda name, _w: results.pop(name)  # noqa: E731
-    else:
-        raise ValueError(f"method {method!r}: gptq or rtn")
     if (out_dir / "quantized").exists():
         shutil.rmtree(out_dir / "quantized")
-    out_dir.mkdir(parents=True, exist_ok=True)
     return write_quantized(model_dir, out_dir, quantizer, pack, config).path
+
+
+def awq_dense(model_dir: Path, out: Path, segments: torch.Tensor, group_size: int = 64,
+              log: Callable[[str], None] | None = None) -> Path:
+    """The AWQ-transformed dense checkpoint: the source's files, its tensors as the search left them."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from load.awq_search import awq_transform
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    awq_transform(model, segments, group_size=group_size, log=log)
+    transformed = model.state_dict()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for f in model_dir.iterdir():  # config, tokenizer; not the tensors nor a shard index
+        if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".safetensors.index.json"):
+            shutil.copy(f, out / f.name)
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(path))
+    # The source's own names and dtypes: a tied lm_head stays absent.
+    save_file({name: transformed[name].to(t.dtype).contiguous() for name, t in state.items()}, out / "model.safetensors")
+    return out
 
 
 def _inputs_of_first_layer(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -170,15 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--no-act-order", dest="act_order", action="store_false",
                         help="visit the columns in their order (act order, the default, measured better)")
+    parser.add_argument("--awq", action="store_true",
+                        help="AWQ's activation-aware scale and clip search before the quantizer (load/awq_search.py)")
     parser.add_argument("--text", type=Path, default=CALIBRATION_TEXT)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=4096)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     path = quantize_model(args.model_dir, args.out_dir, method=args.method, layout=args.layout,
-                          group_size=args.group_size, act_order=args.act_order, text=args.text,
+                          group_size=args.group_size, act_order=args.act_order, awq=args.awq, text=args.text,
                           seq_len=args.seq_len, max_tokens=args.max_tokens)
-    print(f"{path}: {args.method}, {args.layout} layout, group {args.group_size}"
+    print(f"{path}: {'awq + ' if args.awq else ''}{args.method}, {args.layout} layout, group {args.group_size}"
           f"{', act order' if args.act_order else ''}, {time.perf_counter() - start:.1f} s")
     return 0
 
