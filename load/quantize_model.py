@@ -77,8 +77,8 @@ def calibrated_gptq(model: nn.Module, input_ids: torch.Tensor, *, group_size: in
 
 
 def quantize_model(model_dir: Path, out_dir: Path, *, method: str = "gptq", layout: str = "awq",
-                   group_size: int = 64, act_order: bool = True, awq: bool = False, text: Path = CALIBRATION_TEXT,
-                   seq_len: int = 512, max_tokens: int = 4096) -> Path:
+                   group_size: int = 64, act_order: bool = True, awq: bool = False, clip: bool = True,
+                   text: Path = CALIBRATION_TEXT, seq_len: int = 512, max_tokens: int = 4096) -> Path:
     """Writes out_dir/quantized (the packed checkpoint), and with `awq` out_dir/awq_dense; returns
     the quantized checkpoint's path."""
     import transformers
@@ -101,7 +101,7 @@ def quantize_model(model_dir: Path, out_dir: Path, *, method: str = "gptq", layo
     log = lambda m: print(f"{time.perf_counter() - start:6.1f} s  {m}", file=sys.stderr)  # noqa: E731
     out_dir.mkdir(parents=True, exist_ok=True)
     if awq:
-        model_dir = awq_dense(model_dir, out_dir / "awq_dense", segments, group_size, log)
+        model_dir = awq_dense(model_dir, out_dir / "awq_dense", segments, group_size, log, clip=clip)
     quantizer: Callable[[str, torch.Tensor], Any]
     if method == "rtn":
         quantizer = lambda _name, w: quantize(w, 4, group_size, sym=False)  # noqa: E731
@@ -116,7 +116,7 @@ def quantize_model(model_dir: Path, out_dir: Path, *, method: str = "gptq", layo
 
 
 def awq_dense(model_dir: Path, out: Path, segments: torch.Tensor, group_size: int = 64,
-              log: Callable[[str], None] | None = None) -> Path:
+              log: Callable[[str], None] | None = None, *, clip: bool = True) -> Path:
     """The AWQ-transformed dense checkpoint: the source's files, its tensors as the search left them."""
     import transformers
     from safetensors.torch import load_file, save_file
@@ -124,7 +124,7 @@ def awq_dense(model_dir: Path, out: Path, segments: torch.Tensor, group_size: in
     from load.awq_search import awq_transform
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    awq_transform(model, segments, group_size=group_size, log=log)
+    awq_transform(model, segments, group_size=group_size, clip_search=clip, log=log)
     transformed = model.state_dict()
     if out.exists():
         shutil.rmtree(out)
@@ -205,14 +205,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="visit the columns in their order (act order, the default, measured better)")
     parser.add_argument("--awq", action="store_true",
                         help="AWQ's activation-aware scale and clip search before the quantizer (load/awq_search.py)")
+    parser.add_argument("--no-clip", dest="clip", action="store_false", help="with --awq: the scale search alone")
     parser.add_argument("--text", type=Path, default=CALIBRATION_TEXT)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=4096)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     path = quantize_model(args.model_dir, args.out_dir, method=args.method, layout=args.layout,
-                          group_size=args.group_size, act_order=args.act_order, awq=args.awq, text=args.text,
-                          seq_len=args.seq_len, max_tokens=args.max_tokens)
+                          group_size=args.group_size, act_order=args.act_order, awq=args.awq, clip=args.clip,
+                          text=args.text, seq_len=args.seq_len, max_tokens=args.max_tokens)
     print(f"{path}: {'awq + ' if args.awq else ''}{args.method}, {args.layout} layout, group {args.group_size}"
           f"{', act order' if args.act_order else ''}, {time.perf_counter() - start:.1f} s")
     return 0
