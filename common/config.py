@@ -236,6 +236,14 @@ class WorkerConfig:
         "1,2,4,8,16,32,64,128,256", "Decode batch sizes captured as CUDA graphs (with --speculate, verification "
         "steps too, for the sizes up to --speculate-max-batch-size); 0 = off", tgi=True,
     )
+    graph_head: bool = setting(
+        True, "CUDA: the decode graphs run the LM head and the greedy argmax too, so one replay gives a greedy "
+        "step's tokens (other sampling reads the replayed logits); off: the graphs stop at the hidden states"
+    )
+    fused_rotary_store: bool = setting(
+        True, "CUDA: rotary embedding and the KV-cache store in one Triton kernel (kernels/rotary_store_kv.py); "
+        "off: the two kernels apart"
+    )
     overlap_scheduling: bool = setting(
         True, "Schedule and launch the next step while the device runs the current one (CUDA)"
     )

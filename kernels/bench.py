@@ -20,6 +20,7 @@ from kernels.paged_decode_attention import paged_decode_attention
 from kernels.prefill_attention import prefill_attention
 from kernels.rms_norm import rms_norm
 from kernels.rotary_embedding import rotary_embedding
+from kernels.rotary_store_kv import rotary_store_kv
 from kernels.silu_and_mul import silu_and_mul
 from kernels.store_kv import store_kv
 
@@ -56,7 +57,8 @@ def _paged(batch: int, ctx: int, q_len: int, nh: int, nkv: int, d: int) -> tuple
 
 
 def decode_step_breakdown(cfg: dict[str, Any], batch: int, ctx: int) -> dict[str, float]:
-    """GPU microseconds per decode step in each op (one launch replayed from a graph, times the layers)."""
+    """GPU microseconds per decode step in each op (one launch replayed from a graph, times the
+    layers); a name in parentheses is work a fused op does, outside the step's sum."""
     h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     d, nh, nkv, vocab = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
     bf = dict(dtype=torch.bfloat16, device="cuda")
@@ -69,6 +71,7 @@ def decode_step_breakdown(cfg: dict[str, Any], batch: int, ctx: int) -> dict[str
     norm_w = torch.ones(h, **bf)
     q, kc, vc, tables, seq_lens, qsl = _paged(batch, ctx, 1, nh, nkv, d)
     k_new = torch.randn(batch, nkv, d, **bf)
+    v_new = torch.randn(batch, nkv, d, **bf)
     slots = torch.arange(batch, device="cuda") * _BLOCK
     positions = torch.full((batch,), ctx - 1, device="cuda")
     cache = _cos_sin_table(ctx + 1, d)
@@ -79,8 +82,9 @@ def decode_step_breakdown(cfg: dict[str, Any], batch: int, ctx: int) -> dict[str
     per_layer = {
         "rms_norm x2": 2 * _graph_us(lambda: rms_norm(x, norm_w, 1e-5, x)),
         "qkv GEMM": _graph_us(lambda: torch.matmul(x, w_qkv.t())),
-        "rotary": _graph_us(lambda: rotary_embedding(positions, q, k_new, cache)),
-        "store_kv": _graph_us(lambda: store_kv(k_new, k_new, kc, vc, slots)),
+        "(unfused: rotary)": _graph_us(lambda: rotary_embedding(positions, q, k_new, cache)),
+        "(unfused: store_kv)": _graph_us(lambda: store_kv(k_new, v_new, kc, vc, slots)),
+        "rotary_store_kv": _graph_us(lambda: rotary_store_kv(positions, q, k_new, v_new, cache, kc, vc, slots)),
         "attention": _graph_us(lambda: paged_decode_attention(q, kc, vc, tables, seq_lens, qsl, scale)),
         "o GEMM": _graph_us(lambda: torch.matmul(o_in, w_o.t())),
         "gate_up GEMM": _graph_us(lambda: torch.matmul(x, w_gu.t())),

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from load.bench_shards import shard_rows
-from load.bench_variants import RESULT_TAG, ChildSpec, Result, bench_in_children, variant_rows, variants_of
+from load.bench_variants import RESULT_TAG, ChildSpec, Result, bench_in_children, variant_rows, variant_setting, variants_of
 from load.mixed_step_probe import mixed_step_probe
 from load.roofline import Card, Row, floor_for, measure_card, roofline_flood, roofline_static, time_cuda
 from load.shapes import ALIASES, SHAPES, write_model_dir
@@ -286,7 +286,8 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         for size in (1, 64):
             if (size, 1) in graphs.graphs:
                 us = time_cuda(graphs.graphs[size, 1][0].replay, 20) * 1e6
-                notes.append(f"{shape}: decode forward alone (graph replay, batch {size}, no LM head or sampling): {us:.0f} µs")
+                what = "forward, LM head and greedy argmax" if graphs.head is not None else "no LM head or sampling"
+                notes.append(f"{shape}: decode graph replay alone (batch {size}, {what}): {us:.0f} µs")
     c: dict[str, float] = {}
     c_roofline = roofline_flood(floor, args.requests, 1024, 128, runner.num_blocks * runner.block_size)
     if "c" in todo or "d" in todo:
@@ -307,14 +308,14 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
     elif "a" in todo or "b" in todo:
         for batch in (1, 64):
             parts = decode_step_breakdown(cfg, batch, 384)
-            total = sum(parts.values())
+            total = sum(v for name, v in parts.items() if not name.startswith("("))  # "(...)": replaced by a fused op
             notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (GPU µs per step, graph-replayed, x layers): "
                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"; sum {total:.0f} µs")
     if "a" in todo and shape == "llama-3.1-8b":
         from kernels.bench import gemv_report
         from worker import ops
 
-        notes += [f"one-row linear, {line}" for line in gemv_report()]
+        notes += [f"one-row linear, {line}" for line in gemv_report(card.copy_bytes_per_s)]
         notes.append("one-row linear choices: " + ", ".join(f"{k}: {v}" for k, v in ops.one_row_choices().items()))
     notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
@@ -470,10 +471,10 @@ def _child(args: argparse.Namespace, spec: ChildSpec) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if spec.variant:
             model_dir = write_model_dir(Path(tmp), spec.shape, args.tokenizer_dir)
-            key, _, value = spec.variant.partition("=")
-            config = replace(_engine_config(args, model_dir), **{key: value})
+            config = replace(_engine_config(args, model_dir), **variant_setting(spec.variant))
+            label = "" if spec.variant.startswith(("quantize=", "kv_cache_dtype=")) else spec.variant
             result = variant_rows(spec.shape, model_dir, floor_for(SHAPES[spec.shape], card), config,
-                                  set(args.workloads.split(",")), args.requests, run_engine)
+                                  set(args.workloads.split(",")), args.requests, run_engine, label)
         else:
             result = bench_model(spec.shape, Path(tmp), card, args)
     for row in result.rows:

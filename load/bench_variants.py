@@ -24,7 +24,7 @@ from load.roofline import Card, Floor, Row, roofline_flood, roofline_static, tim
 from load.shapes import SHAPES
 
 __all__ = ["RESULT_TAG", "ChildFailed", "ChildSpec", "Result", "bench_in_children", "child_argv", "run_child",
-           "variant_rows", "variants_of", "with_ratios"]
+           "variant_rows", "variants_of", "variant_setting", "with_ratios"]
 
 RESULT_TAG = "variant-child-result: "
 _ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,19 @@ def variants_of(quantize: str, variants: str) -> list[str]:
             raise SystemExit(f"--variants takes SETTING=VALUE with SETTING a WorkerConfig field "
                              f"(quantize, kv_cache_dtype, ...), got {variant!r}")
     return out
+
+
+def variant_setting(variant: str) -> dict[str, Any]:
+    """SETTING=VALUE as WorkerConfig keyword arguments: a bool field's VALUE read as true/false/1/0."""
+    from common.config import WorkerConfig
+
+    key, _, value = variant.partition("=")
+    default = {f.name: f.default for f in dataclasses.fields(WorkerConfig)}[key]
+    if not isinstance(default, bool):
+        return {key: value}
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise SystemExit(f"--variants {key} takes true or false, got {value!r}")
+    return {key: value.lower() in ("true", "1", "yes", "on")}
 
 
 def child_argv(argv: list[str], spec: ChildSpec) -> list[str]:
@@ -138,7 +151,7 @@ def bench_in_children(shape: str, argv: list[str], variants: list[str]) -> tuple
 
 
 def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, todo: set[str], requests: int,
-                 run_engine: Any) -> Result:
+                 run_engine: Any, label: str = "") -> Result:
     """(a), (b), (c) with one setting changed (`--quantize`, `--kv-cache-dtype`), each against its own
     floor: the weight and KV bytes the variant actually reads, scales included. Runs in a child."""
     from load.step_kernels import decode_kernels
@@ -148,7 +161,7 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, t
     from worker.quant.experts import QuantExperts
     from worker.quant.w8 import w8_choices
 
-    label = config.quantize or f"{config.kv_cache_dtype} KV"
+    label = label or config.quantize or f"{config.kv_cache_dtype} KV"
     runner = ModelRunner(config, model_dir, load=False)
     quantized = [m for m in runner.model.modules() if hasattr(m, "packed_bytes")]
     # Expert stacks count per expert read (Floor.expert_bytes: one expert over all layers); the rest every step.
@@ -194,8 +207,8 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, t
         for size in (1, 64):
             if (size, 1) in runner.graphs.graphs and ("a" if size == 1 else "b") in todo:
                 us = time_cuda(runner.graphs.graphs[size, 1][0].replay, 20) * 1e6
-                notes.append(f"{shape} {label}: decode forward alone (graph replay, batch {size}, no LM head or "
-                             f"sampling): {us:.0f} µs")
+                what = "forward, LM head and greedy argmax" if runner.graphs.head is not None else "no LM head or sampling"
+                notes.append(f"{shape} {label}: decode graph replay alone (batch {size}, {what}): {us:.0f} µs")
     for key, batch in (("a", 1), ("b", 64)):
         if key in todo:
             notes.append(f"{shape} {label}: " + decode_kernels(runner, config, prompts(batch, 128), 32))

@@ -72,7 +72,7 @@ class HostRunner(ModelRunner):
         # Row r prefers token r % _VOCAB, so sampled ids vary (the engine and results see real lists).
         self._logits = torch.eye(_VOCAB).repeat(config.max_batch_size // _VOCAB + 1, 1)
 
-    def _forward(self, inputs: Any, lora: Any = None) -> torch.Tensor:
+    def _eager(self, inputs: Any, lora: Any = None) -> torch.Tensor:
         self.attention.prepare_metadata(inputs, [])  # what an eager step builds before its layers
         return self._zeros_hidden[: inputs.input_ids.shape[0]]
 

@@ -20,7 +20,7 @@ from worker import ops
 from worker.input_builder import ModelInputs
 from worker.kv_cache import KVLayer
 
-__all__ = ["AttentionMetadata", "PagedAttentionBackend", "forward_context", "current_metadata", "attend"]
+__all__ = ["AttentionMetadata", "PagedAttentionBackend", "Rotary", "forward_context", "current_metadata", "attend"]
 
 
 @dataclass(slots=True)
@@ -44,6 +44,15 @@ class AttentionMetadata:
     prefill_seq_lens: torch.Tensor | None = None
     decode_query_len: int = 1  # the most tokens of a decode sequence (1 + its drafts)
     decode_tokens: int = 0  # host: the decode sequences' tokens, the first rows of q
+
+
+@dataclass(slots=True)
+class Rotary:
+    """The rotary embedding a layer's q and k still need: applied with the KV store in one kernel."""
+
+    positions: torch.Tensor  # (T,) int64
+    cos_sin_cache: torch.Tensor  # (max_position, D) float32: the layer's table
+    is_neox: bool = True
 
 
 class PagedAttentionBackend:
@@ -75,9 +84,14 @@ class PagedAttentionBackend:
         scale: float,
         window: int = 0,
         softcap: float = 0.0,
+        rotary: Rotary | None = None,
     ) -> torch.Tensor:  # (T, H, D)
         kv = meta.kv_caches[layer_idx]
-        ops.store_kv(k, v, kv.k, kv.v, meta.slot_mapping, kv.k_scale, kv.v_scale)
+        if rotary is not None:  # q and k rotated, k and v stored, in one launch on CUDA
+            q = ops.rotary_store_kv(rotary.positions, q, k, v, rotary.cos_sin_cache, kv.k, kv.v, meta.slot_mapping,
+                                    kv.k_scale, kv.v_scale, rotary.is_neox)
+        else:
+            ops.store_kv(k, v, kv.k, kv.v, meta.slot_mapping, kv.k_scale, kv.v_scale)
         scales = (kv.k_scale, kv.v_scale)  # None, None unless the pages are FP8
         layer = {"window": window, "softcap": softcap}
         # The one place that picks a kernel by the step's shape (a host int: no device sync).
@@ -137,12 +151,13 @@ def current_metadata() -> AttentionMetadata:
 
 def attend(
     layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-    window: int = 0, softcap: float = 0.0,
+    window: int = 0, softcap: float = 0.0, rotary: Rotary | None = None,
 ) -> torch.Tensor:
     """The layers' entry: the current step's backend stores k, v and attends (shapes as its forward).
 
     window > 0: the layer's sliding window (each query sees its last `window` keys); softcap > 0:
-    its scores are soft-capped (softcap * tanh(score / softcap)).
+    its scores are soft-capped (softcap * tanh(score / softcap)); rotary: q and k are not rotated
+    yet, and the store rotates them (ops.rotary_store_kv).
     """
     meta, backend = _scope()
-    return backend.forward(meta, layer_idx, q, k, v, scale, window, softcap)
+    return backend.forward(meta, layer_idx, q, k, v, scale, window, softcap, rotary)

@@ -15,12 +15,21 @@ skips them) and a context of q tokens (each of their queries sees at least one k
 softmax), and the first B * q rows of the static output are the step's hidden states, in the
 eager path's row order, so logits and speculator heads read the same rows either way. Every graph
 shares one memory pool, captured largest token count first.
+
+With a `head` (an unsharded runner), each graph goes on past the forward: the LM head over every
+row, and for each row the argmax and its logprob under the raw distribution, the greedy sampler's
+work (`GraphHead`), so one replay yields a greedy step's next tokens; the runner samples eagerly
+from the replayed logits whatever else a step asks for (worker/model_runner.py). The head's
+outputs sit in buffers shared by every graph (the first rows are the step's): a replay overwrites
+the step before's, which the stream has read by then (each step's reads are queued before the
+next step's replay).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,7 +42,8 @@ from worker.kv_cache import KVLayer
 if TYPE_CHECKING:
     from worker.model_runner import ModelRunner
 
-__all__ = ["DecodeGraphs", "capture_decode_graphs", "graph_query_len", "verify_buckets"]
+__all__ = ["DecodeGraphs", "GraphHead", "Replayed", "capture_decode_graphs", "graph_query_len", "run_head",
+           "verify_buckets"]
 
 log = logging.getLogger("genfleet.worker.graphs")
 
@@ -73,6 +83,40 @@ class _Static:
 
 
 @dataclass(slots=True)
+class GraphHead:
+    """What a graph computes after the forward, over all T_max rows (a step's are the first)."""
+
+    logits: torch.Tensor  # (T_max, V) float32: the LM head's, as ModelRunner._logits_of gives them
+    greedy: torch.Tensor  # (T_max,) int64: each row's argmax
+    greedy_logprobs: torch.Tensor  # (T_max,) float32: its logprob under the raw distribution
+    packed: torch.Tensor  # (2 * T_max,) float64: greedy then greedy_logprobs of a bucket's rows, as LogitsLayout.pack lays them
+
+
+def run_head(head: Callable[..., torch.Tensor], hidden: torch.Tensor, outputs: GraphHead) -> None:
+    """The LM head over hidden's T rows into the first T rows of `outputs`, then each row's argmax,
+    its logprob under the raw distribution (worker/sampler.py `sample` of all-greedy rows, op for
+    op), and both packed as LogitsLayout.pack lays out a plain step's results."""
+    tokens = hidden.shape[0]
+    logits = head(hidden, out=outputs.logits[:tokens])  # (T, V) float32
+    greedy = torch.argmax(logits, dim=-1, out=outputs.greedy[:tokens])  # (T,)
+    raw = torch.log_softmax(logits, dim=-1)  # (T, V)
+    chosen = outputs.greedy_logprobs[:tokens]
+    chosen.copy_(raw.gather(1, greedy.unsqueeze(1)).squeeze(1))  # (T,)
+    torch.cat([greedy.double(), chosen.double()], out=outputs.packed[: 2 * tokens])
+
+
+@dataclass(slots=True)
+class Replayed:
+    """One replay's results: the step's rows of each static output (views, valid until the next replay)."""
+
+    hidden: torch.Tensor  # (T, hidden): the forward's output
+    logits: torch.Tensor | None = None  # (T, V) float32; None without a head
+    greedy: torch.Tensor | None = None  # (T,) int64
+    greedy_logprobs: torch.Tensor | None = None  # (T,) float32
+    packed: torch.Tensor | None = None  # (2T,) float64 when T is the bucket's size (no padding rows), else None
+
+
+@dataclass(slots=True)
 class DecodeGraphs:
     model: torch.nn.Module
     kv_caches: list[KVLayer]
@@ -81,7 +125,12 @@ class DecodeGraphs:
     backend: PagedAttentionBackend  # the runner's attention backend
     query_len: int = 1  # q of the verification graphs: 1 + drafts per request (1: none captured)
     verify_sizes: tuple[int, ...] = ()  # ascending buckets captured at `query_len`
+    # hidden (rows, width) -> (rows, V) float32 logits, written into `out` when given; None: the
+    # graphs stop at the hidden states (a sharded runner gathers its logits across ranks).
+    head: Callable[..., torch.Tensor] | None = None
+    hidden_size: int = 0  # the width of the forward's output the head reads (an EAGLE-3 target appends more)
     static: _Static | None = None
+    outputs: GraphHead | None = None
     graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = field(default_factory=dict)
     replays: dict[int, int] = field(default_factory=dict)  # q -> steps replayed (benchmarks report it)
     capture_seconds: float = 0.0
@@ -104,6 +153,14 @@ class DecodeGraphs:
             query_start_loc={q: torch.arange(0, (max_seqs + 1) * q, q, dtype=torch.int32, device=device)
                              for q in {q for _, q in keys}},
         )
+        if self.head is not None:
+            vocab = self.model.head_weight().shape[0]
+            self.outputs = GraphHead(
+                logits=torch.zeros(max_tokens, vocab, dtype=torch.float32, device=device),
+                greedy=torch.zeros(max_tokens, dtype=torch.int64, device=device),
+                greedy_logprobs=torch.zeros(max_tokens, dtype=torch.float32, device=device),
+                packed=torch.zeros(2 * max_tokens, dtype=torch.float64, device=device),
+            )
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_reserved(device)
         started = time.perf_counter()
@@ -129,8 +186,8 @@ class DecodeGraphs:
             len(self.sizes), ",".join(map(str, self.sizes)), verifying, self.capture_seconds, self.capture_bytes / 2**20,
         )
 
-    def try_replay(self, inputs: ModelInputs) -> torch.Tensor | None:
-        """Hidden states (T, hidden) of the step by graph replay, or None to run it eagerly."""
+    def try_replay(self, inputs: ModelInputs) -> Replayed | None:
+        """The step's results by graph replay, or None to run it eagerly."""
         static = self.static
         num = inputs.seq_lens.shape[0]
         tokens = inputs.input_ids.shape[0]
@@ -150,7 +207,13 @@ class DecodeGraphs:
         graph, out = self.graphs[size, q]
         graph.replay()
         self.replays[q] = self.replays.get(q, 0) + 1
-        return out[:tokens]
+        head = self.outputs
+        if head is None:
+            return Replayed(out[:tokens])
+        packed = None
+        if tokens == size * q:  # no padding rows: the bucket's packed results are the step's
+            packed = head.packed[: 2 * tokens]
+        return Replayed(out[:tokens], head.logits[:tokens], head.greedy[:tokens], head.greedy_logprobs[:tokens], packed)
 
     def _run(self, size: int, q: int) -> torch.Tensor:
         static = self.static
@@ -167,7 +230,10 @@ class DecodeGraphs:
             decode_tokens=tokens,
         )
         with forward_context(meta, self.backend):
-            return self.model(static.input_ids[:tokens], static.positions[:tokens])  # type: ignore[no-any-return]
+            out: torch.Tensor = self.model(static.input_ids[:tokens], static.positions[:tokens])
+        if self.head is not None and self.outputs is not None:
+            run_head(self.head, out[:, : self.hidden_size], self.outputs)
+        return out
 
 
 def capture_decode_graphs(runner: ModelRunner) -> DecodeGraphs | None:
@@ -181,6 +247,8 @@ def capture_decode_graphs(runner: ModelRunner) -> DecodeGraphs | None:
     speculator = runner.speculator
     drafts = speculator.num_heads if speculator is not None else (config.speculate or 0)
     max_speculating = min(config.max_batch_size, config.speculate_max_batch_size)
+    # Unsharded, the LM head and the greedy argmax go into the graphs too (unless --graph-head is off).
+    head = runner.model.compute_logits if runner.shards is None and config.graph_head else None
     graphs = DecodeGraphs(
         model=runner.model,
         kv_caches=runner.kv.layers,
@@ -189,6 +257,8 @@ def capture_decode_graphs(runner: ModelRunner) -> DecodeGraphs | None:
         backend=runner.attention,
         query_len=1 + drafts,
         verify_sizes=verify_buckets(sizes, max_speculating) if drafts else (),
+        head=head,
+        hidden_size=runner.model.cfg.hidden_size,
     )
     with torch.inference_mode():
         graphs.capture(runner.device)

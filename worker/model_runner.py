@@ -29,7 +29,7 @@ from worker.attention import PagedAttentionBackend, forward_context
 from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
 from worker.block_tables import BlockTables
 from worker.cpu_features import native_bf16
-from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
+from worker.cuda_graphs import DecodeGraphs, Replayed, capture_decode_graphs
 from worker.input_builder import ModelInputs, build_inputs, host_tensor, pack_inputs, unpack_inputs, upload
 from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
 from worker.logits_layout import LogitsLayout
@@ -79,7 +79,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         self.block_size = config.block_size
-        self.kernels = ops.use_device(self.device, config.cpu_kernels)
+        self.kernels = ops.use_device(self.device, config.cpu_kernels, config.fused_rotary_store)
         cls, cfg = read_config(model_dir)
         self.model_config = cfg
         # The quantization method: --quantize, else the checkpoint's own (None: dense).
@@ -225,16 +225,24 @@ class ModelRunner:
         if sampled:
             tensors = sampler.prepare(sampled, self.vocab_size, self.device, self.eos_token_ids, self.watermark)
         lora = self.adapters.batch(batch) if self.adapters is not None else None
-        hidden, aux = self._split(self._forward(inputs, lora))
-        hidden = hidden[inputs.logits_rows]  # (N, hidden): the heads read it too
-        logits_all = self._logits_of(hidden)
-        assert logits_all is not None  # rank 0 (or unsharded) always has them
+        replayed = self._replay(inputs, lora)
+        hidden, aux = self._split(replayed.hidden if replayed is not None else self._eager(inputs, lora))
         reqs, layout = batch.requests, inputs.layout
+        if replayed is not None and replayed.logits is not None:  # the graph ran the LM head too
+            if len(layout.rows) == hidden.shape[0]:  # every row, in order (rows increase): no gather
+                logits_all = replayed.logits
+            else:
+                hidden, logits_all, replayed = hidden[inputs.logits_rows], replayed.logits[inputs.logits_rows], None
+        else:
+            hidden = hidden[inputs.logits_rows]  # (N, hidden): the heads read it too
+            logits_all = self._logits_of(hidden)
+            replayed = None
+        assert logits_all is not None  # rank 0 (or unsharded) always has them
         step = PendingStep(
             batch=batch,
             layout=layout,
             row_of={reqs[i].key: j for j, i in reversed(list(enumerate(layout.sample_batch_idx)))},
-            unsampled=Unsampled(inputs, sampled, tensors, logits_all, hidden, aux),
+            unsampled=Unsampled(inputs, sampled, tensors, logits_all, hidden, aux, replayed),
         )
         if not defer_sample:
             self.sample(step)
@@ -298,13 +306,20 @@ class ModelRunner:
         if self.shards is not None:
             self.shards.share_placeholders(inputs.input_ids[: inputs.decode_tokens])
 
-    def _forward(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor:
+    def _replay(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> Replayed | None:
         # NOTE: the graphs were captured without adapters: a step with adapter rows runs eagerly.
         # Decode and verification steps of a graph's shape replay it (worker/cuda_graphs.py).
+        if self.graphs is None or lora is not None:
+            return None
+        return self.graphs.try_replay(inputs)
+
+    def _forward(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor:
+        """The step's hidden states: replayed from a graph where one fits, else eagerly."""
+        replayed = self._replay(inputs, lora)
+        return replayed.hidden if replayed is not None else self._eager(inputs, lora)
+
+    def _eager(self, inputs: ModelInputs, lora: LoraBatch | None = None) -> torch.Tensor:
         if self.graphs is not None and lora is None:
-            replayed = self.graphs.try_replay(inputs)
-            if replayed is not None:
-                return replayed  # type: ignore[no-any-return]
             self.eager_forwards += 1
         meta = self.attention.prepare_metadata(inputs, self.kv.layers)
         with forward_context(meta, self.attention), lora_scope(lora):
@@ -314,6 +329,7 @@ class ModelRunner:
         inputs, logits_all, tensors, hidden, aux = held.inputs, held.logits, held.tensors, held.hidden, held.aux
         layout, batch = inputs.layout, step.batch
         token_ids = logprobs = top_ids = top_logprobs = prompt_logprobs = num_accepted = proposals = None
+        replayed = None
         k = 0
         if tensors is not None:
             # Sample rows are increasing: as many as the logits rows means each of them in order (a
@@ -327,9 +343,15 @@ class ModelRunner:
             prev_ids = None
             if tensors.watermark is not None:
                 prev_ids = inputs.input_ids[inputs.logits_rows if rows is None else inputs.logits_rows[rows]]
-            result = sampler.sample(logits_all if rows is None else logits_all[rows], tensors, prev_ids)
+            replayed = held.replayed
             k = tensors.max_top_n
-            token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
+            if replayed is not None and rows is None and sampler.greedy_only(tensors):
+                # The graph's argmax is every row's sample (the same ops the sampler would queue).
+                token_ids, logprobs = replayed.greedy, replayed.greedy_logprobs
+            else:
+                replayed = None
+                result = sampler.sample(logits_all if rows is None else logits_all[rows], tensors, prev_ids)
+                token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
             if layout.verify_spans:
                 num_accepted = verify.accepted_counts(token_ids, layout, self.device, inputs.input_ids)
             if layout.proposers and self.heads is not None and rows is not None:
@@ -345,7 +367,11 @@ class ModelRunner:
             prompt_logprobs = torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1)  # (P,)
         # Everything comes back in one transfer (float64 holds token ids exactly), queued now
         # and waited for in `wait`: the step's one host synchronisation.
-        flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted, proposals)
+        if (replayed is not None and replayed.packed is not None and prompt_logprobs is None and num_accepted is None
+                and proposals is None):
+            flat = replayed.packed  # the graph packed its greedy results as `pack` lays them out
+        else:
+            flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted, proposals)
         host = ready = None
         if flat is not None:
             if self.device.type == "cuda":

@@ -18,8 +18,8 @@ from worker import cpu_linear, cpu_ops
 
 __all__ = [
     "use_device", "linear", "one_row_choices", "gpu_milliseconds", "store_kv", "paged_decode_attention",
-    "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "gelu_tanh_and_mul", "fused_moe",
-    "lora_add",
+    "prefill_attention", "rms_norm", "rotary_embedding", "rotary_store_kv", "silu_and_mul", "gelu_tanh_and_mul",
+    "fused_moe", "lora_add",
 ]
 
 log = logging.getLogger("genfleet.worker.ops")
@@ -31,6 +31,8 @@ _NATIVE = ("store_kv", "paged_decode_attention", "rms_norm", "rotary_embedding",
 # Launchers that live in another kernel's module (a variant of its kernel).
 _MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul", "lora_add": "lora"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
+# Rotary and the KV store in one launch (kernels/rotary_store_kv.py) on CUDA; None: the two ops above.
+_rotary_store_kv: Callable[..., torch.Tensor] | None = None
 # Linears of one row or a few (batch-1 decode, batch-1 verification) on CUDA: kernels/linear_one_row.py
 # where it measured faster than torch for that weight shape and row count (see `linear`); None = torch
 # everywhere.
@@ -41,9 +43,10 @@ _max_rows = 0  # kernels/linear_one_row.MAX_ROWS once it is loaded
 _one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool, int], tuple[int, int, int, int] | None] = {}
 
 
-def use_device(device: torch.device, cpu_kernels: bool = False) -> dict[str, str]:
+def use_device(device: torch.device, cpu_kernels: bool = False, fused_rotary_store: bool = True) -> dict[str, str]:
     """Pick each op's implementation for `device`; returns {op: "triton" | "torch" | "torch (cpu_ops)" |
-    "c++ (cpu_ops)"}. `cpu_kernels`: on the CPU, worker/cpu_native.cpp's fused ops where they build."""
+    "c++ (cpu_ops)"}. `cpu_kernels`: on the CPU, worker/cpu_native.cpp's fused ops where they build.
+    `fused_rotary_store`: on CUDA, `rotary_store_kv` is one kernel (else rotary, then the store)."""
     chosen = {}
     triton_ops: dict[str, Callable[..., Any]] = {}
     cpu = {name: getattr(cpu_ops, name) for name in cpu_ops.__all__} if device.type == "cpu" else {}
@@ -58,7 +61,14 @@ def use_device(device: torch.device, cpu_kernels: bool = False) -> dict[str, str
         _impl[name] = triton_ops.get(name) or cpu.get(name) or getattr(reference, name)
         in_cpu = "c++ (cpu_ops)" if native and name in _NATIVE else "torch (cpu_ops)"
         chosen[name] = "triton" if name in triton_ops else in_cpu if name in cpu else "torch"
-    global _one_row, _max_rows
+    global _one_row, _max_rows, _rotary_store_kv
+    _rotary_store_kv = None
+    if device.type == "cuda" and fused_rotary_store:
+        try:
+            _rotary_store_kv = _launcher("rotary_store_kv")
+        except Exception as exc:
+            log.warning("Triton rotary_store_kv unavailable (%s); rotary and store_kv run apart", exc)
+    chosen["rotary_store_kv"] = "triton" if _rotary_store_kv is not None else "rotary_embedding + store_kv"
     _one_row = None
     if device.type == "cuda":
         try:
@@ -163,6 +173,20 @@ def rms_norm(*args: Any, **kwargs: Any) -> Any:
 
 def rotary_embedding(*args: Any, **kwargs: Any) -> Any:
     return _impl["rotary_embedding"](*args, **kwargs)
+
+
+def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+                    v_scale: torch.Tensor | None = None, is_neox: bool = True) -> torch.Tensor:
+    """q and k rotated, k and v stored into their cache slots; returns the rotated q (T, H, D).
+    One kernel on CUDA; elsewhere (or switched off) the two ops in turn, as kernels/reference_fused.py."""
+    if _rotary_store_kv is not None and q.is_cuda:
+        return _rotary_store_kv(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, k_scale, v_scale,
+                                is_neox)
+    q, k = rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+    store_kv(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    return q  # type: ignore[no-any-return]
 
 
 def silu_and_mul(*args: Any, **kwargs: Any) -> Any:

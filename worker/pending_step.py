@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from worker import sampler
+from worker.cuda_graphs import Replayed
 from worker.batch import NOT_SAMPLED, ScheduledBatch, ScheduledRequest, StepOutput, VerifiedTokens
 from worker.input_builder import ModelInputs
 from worker.logits_layout import LogitsLayout
@@ -30,6 +31,9 @@ class Unsampled:
     logits: torch.Tensor  # (N, V) float32 on the device, one row per logits row
     hidden: torch.Tensor  # (N, hidden) on the device: the speculator heads read it
     aux: torch.Tensor | None  # (T, 3 * hidden) on the device: an EAGLE-3 draft's input (ModelRunner._split)
+    # A graph replay whose head computed these logits (one per hidden row) and their greedy samples;
+    # None when the step ran eagerly or its logits are a gather of the graph's.
+    replayed: Replayed | None = None
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from worker.batch import ScheduledRequest
 from worker.input_builder import host_tensor, upload
 from worker.watermark import Watermark
 
-__all__ = ["SamplingTensors", "SampleResult", "prepare", "sample"]
+__all__ = ["SamplingTensors", "SampleResult", "prepare", "sample", "greedy_only"]
 
 _MASK = float("-inf")
 
@@ -109,6 +109,14 @@ def prepare(requests: list[ScheduledRequest], vocab_size: int, device: torch.dev
         watermark=watermark if marked else None,
         watermark_rows=i[4 * b : 4 * b + len(marked)] if marked else None,
     )
+
+
+def greedy_only(t: SamplingTensors) -> bool:
+    """Whether `sample` of these rows is each row's argmax and its raw logprob alone: every row
+    greedy, no stage that changes the logits (penalties, an EOS hold, grammar masks, the watermark)
+    and no alternatives asked for. A decode CUDA graph computes exactly that (worker/cuda_graphs.py)."""
+    return (t.all_greedy and not t.any_penalty and t.hold_eos is None and t.grammar is None and t.watermark is None
+            and t.max_top_n == 0)
 
 
 def sample(logits: torch.Tensor, t: SamplingTensors, prev_ids: torch.Tensor | None = None) -> SampleResult:

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from load.bench_gpu import build_parser
-from load.bench_variants import (RESULT_TAG, ChildFailed, ChildSpec, Result, child_argv, run_child, variants_of,
-                                 with_ratios)
+from load.bench_variants import (RESULT_TAG, ChildFailed, ChildSpec, Result, child_argv, run_child, variant_setting,
+                                 variants_of, with_ratios)
 from load.roofline import Card, Row
 
 CARD = Card("NVIDIA H200", 4.27e12, 7.89e14)
@@ -52,6 +52,15 @@ def test_quantize_is_short_for_a_variant() -> None:
     for bad in ("quantize", "quantize=", "no_such_setting=1"):
         with pytest.raises(SystemExit, match="SETTING=VALUE"):
             variants_of("", bad)
+
+
+def test_a_bool_settings_value_is_read_as_a_bool() -> None:
+    assert variant_setting("graph_head=false") == {"graph_head": False}
+    assert variant_setting("fused_rotary_store=0") == {"fused_rotary_store": False}
+    assert variant_setting("graph_head=True") == {"graph_head": True}
+    assert variant_setting("quantize=fp8") == {"quantize": "fp8"}
+    with pytest.raises(SystemExit, match="true or false"):
+        variant_setting("graph_head=maybe")
 
 
 def test_ratios_are_against_the_bf16_row_of_the_same_workload() -> None:

@@ -75,14 +75,23 @@ class CausalLM(nn.Module):
             return torch.cat([hidden, *(streams[i] for i in self.aux_layers)], dim=-1)  # (T, hidden * (1 + aux))
         return hidden  # (T, hidden)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = ops.linear(hidden, weight).float()  # (N, vocab) float32
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, vocab) float32 logits of hidden (N, hidden); into `out` when given (a CUDA graph's
+        static buffer: worker/cuda_graphs.py), where the one-row LM head is chosen by GPU time."""
+        logits = ops.linear(hidden, self.head_weight(), graphed=out is not None)  # (N, vocab)
+        logits = logits.float() if out is None else out.copy_(logits)  # float32: the same cast either way
         if self.cfg.logits_scale != 1.0:
             logits = logits * self.cfg.logits_scale
         if self.cfg.final_softcap > 0:
             logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
+        if out is not None and logits is not out:
+            out.copy_(logits)
+            return out
         return logits
+
+    def head_weight(self) -> torch.Tensor:
+        """The LM head's (vocab, hidden) weight: the embedding's when tied."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def hf_to_param(self, hf_name: str) -> tuple[str, int | None]:
         """Map a checkpoint tensor name to (our parameter name, shard index or None)."""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker import ops
-from worker.attention import attend
+from worker.attention import Rotary, attend
 from worker.models.config import ModelConfig
 
 __all__ = ["RMSNorm", "LayerNorm", "make_norm", "linear", "SelfAttention", "GatedMLP", "DecoderLayer"]
@@ -90,8 +90,8 @@ class SelfAttention(nn.Module):
         if self.qk_norm == "head" and self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q.reshape(-1, self.head_dim)).reshape(q.shape)
             k = self.k_norm(k.reshape(-1, self.head_dim)).reshape(k.shape)
-        q, k = ops.rotary_embedding(positions, q, k, rope_tables[self.rope_table], self.rope_neox)
-        out = attend(self.layer_idx, q, k, v, self.scale, self.window, self.softcap)  # (T, H, D)
+        rotary = Rotary(positions, rope_tables[self.rope_table], self.rope_neox)  # applied with the KV store
+        out = attend(self.layer_idx, q, k, v, self.scale, self.window, self.softcap, rotary)  # (T, H, D)
         return linear(out.reshape(num_tokens, self.q_size), self.o_proj)  # (T, hidden)
 
 
