@@ -315,7 +315,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         from kernels.bench import gemv_report
         from worker import ops
 
-        notes += [f"one-row linear, {line}" for line in gemv_report(card.copy_bytes_per_s)]
+        notes += [f"one-row linear, {line}" for line in gemv_report()]
         notes.append("one-row linear choices: " + ", ".join(f"{k}: {v}" for k, v in ops.one_row_choices().items()))
     notes.append(f"{shape} floor per decode step at batch 1: {floor.decode_step([256]) * 1e6:.0f} µs "
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
