@@ -58,9 +58,10 @@ from pathlib import Path
 from typing import Any
 
 from load.bench_shards import shard_rows
-from load.bench_variants import RESULT_TAG, ChildSpec, Result, bench_in_children, variant_rows, variant_setting, variants_of
+from load.bench_variants import (RESULT_TAG, ChildSpec, Result, bench_in_children, replay_note, variant_rows,
+                                 variant_setting, variants_of)
 from load.mixed_step_probe import mixed_step_probe
-from load.roofline import Card, Row, floor_for, measure_card, roofline_flood, roofline_static, time_cuda
+from load.roofline import Card, Row, floor_for, measure_card, roofline_flood, roofline_static
 from load.shapes import ALIASES, SHAPES, write_model_dir
 from load.step_timeline import KernelCompiles, Timeline, TimedRunner
 
@@ -285,9 +286,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
         runner.graphs = graphs
         for size in (1, 64):
             if (size, 1) in graphs.graphs:
-                us = time_cuda(graphs.graphs[size, 1][0].replay, 20) * 1e6
-                what = "forward, LM head and greedy argmax" if graphs.head is not None else "no LM head or sampling"
-                notes.append(f"{shape}: decode graph replay alone (batch {size}, {what}): {us:.0f} µs")
+                notes.append(f"{shape}: {replay_note(graphs, size)}")
     c: dict[str, float] = {}
     c_roofline = roofline_flood(floor, args.requests, 1024, 128, runner.num_blocks * runner.block_size)
     if "c" in todo or "d" in todo:

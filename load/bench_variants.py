@@ -24,7 +24,7 @@ from load.roofline import Card, Floor, Row, roofline_flood, roofline_static, tim
 from load.shapes import SHAPES
 
 __all__ = ["RESULT_TAG", "ChildFailed", "ChildSpec", "Result", "bench_in_children", "child_argv", "run_child",
-           "variant_rows", "variants_of", "variant_setting", "with_ratios"]
+           "replay_note", "variant_rows", "variants_of", "variant_setting", "with_ratios"]
 
 RESULT_TAG = "variant-child-result: "
 _ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +92,13 @@ def variant_setting(variant: str) -> dict[str, Any]:
     if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
         raise SystemExit(f"--variants {key} takes true or false, got {value!r}")
     return {key: value.lower() in ("true", "1", "yes", "on")}
+
+
+def replay_note(graphs: Any, size: int) -> str:
+    """The GPU time of the batch-`size` decode graph replayed alone, and what the graph holds."""
+    us = time_cuda(graphs.graphs[size, 1][0].replay, 20) * 1e6
+    what = "forward, LM head and greedy argmax" if graphs.head is not None else "no LM head or sampling"
+    return f"decode graph replay alone (batch {size}, {what}): {us:.0f} µs"
 
 
 def child_argv(argv: list[str], spec: ChildSpec) -> list[str]:
@@ -206,9 +213,7 @@ def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, t
     if runner.graphs is not None:
         for size in (1, 64):
             if (size, 1) in runner.graphs.graphs and ("a" if size == 1 else "b") in todo:
-                us = time_cuda(runner.graphs.graphs[size, 1][0].replay, 20) * 1e6
-                what = "forward, LM head and greedy argmax" if runner.graphs.head is not None else "no LM head or sampling"
-                notes.append(f"{shape} {label}: decode graph replay alone (batch {size}, {what}): {us:.0f} µs")
+                notes.append(f"{shape} {label}: {replay_note(runner.graphs, size)}")
     for key, batch in (("a", 1), ("b", 64)):
         if key in todo:
             notes.append(f"{shape} {label}: " + decode_kernels(runner, config, prompts(batch, 128), 32))
