@@ -244,6 +244,10 @@ class WorkerConfig:
         True, "CUDA: rotary embedding and the KV-cache store in one Triton kernel (kernels/rotary_store_kv.py); "
         "off: the two kernels apart"
     )
+    pdl: bool = setting(
+        False, "CUDA sm_90+: the Triton kernels of a step (norms, one-row linears, rotary + KV store, activations) "
+        "launch with programmatic dependent launch, each starting while the one before it finishes (kernels/pdl.py)"
+    )
     overlap_scheduling: bool = setting(
         True, "Schedule and launch the next step while the device runs the current one (CUDA)"
     )

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch, wait_then_release
+
 __all__ = ["linear_one_row", "MAX_ROWS"]
 
 MAX_ROWS = 16  # the most rows `linear_one_row` takes: past it a GEMM reads W once for all of them
@@ -25,8 +27,9 @@ MAX_ROWS = 16  # the most rows `linear_one_row` takes: past it a GEMM reads W on
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_xm,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     m = tl.program_id(0)  # the row: the fastest axis, so one tile of W serves every row from L2
     x_ptr += m * stride_xm
     out_ptr += m * N
@@ -61,5 +64,6 @@ def linear_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     _gemv_kernel[grid](
         x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0), x.stride(0),
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+        **launch(),
     )
     return out

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch, wait_then_release
+
 __all__ = ["rms_norm"]
 
 
@@ -17,8 +19,9 @@ def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     hidden, eps, offset,
     stride_xt, stride_rt, stride_ot, stride_rot,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -57,6 +60,6 @@ def rms_norm(
         _rms_norm_kernel[(num_tokens,)](
             x, res, weight, out, res_out, hidden, eps, offset,
             x.stride(0), stride_r, out.stride(0), stride_ro,
-            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 8),
+            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 8), **launch(),
         )
     return (out, res_out) if residual is not None else out

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from kernels.fp8 import fp8_format, round_to_fp8_grid
 from kernels.paged_kv import check_kv_scales
+from kernels.pdl import launch, wait_then_release
 from kernels.reference import KV_MIN_SCALE
 
 __all__ = ["rotary_store_kv"]
@@ -53,8 +54,9 @@ def _rotary_store_kv_kernel(
     stride_qot, stride_qoh, stride_cos, stride_cs, stride_ch,
     HALF: tl.constexpr, BLOCK_H: tl.constexpr, IS_NEOX: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr, MANTISSA: tl.constexpr,
-    MIN_EXP: tl.constexpr,
+    MIN_EXP: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     # One (token, head) per program: heads [0, num_q_heads) are q's, the rest KV heads.
     tok = tl.program_id(0)
     head = tl.program_id(1)
@@ -130,6 +132,6 @@ def rotary_store_kv(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         q_out.stride(0), q_out.stride(1), cos_sin_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         HALF=half, BLOCK_H=triton.next_power_of_2(half), IS_NEOX=is_neox,
-        KV_FP8=fp8, MIN_SCALE=KV_MIN_SCALE, **fp8_format(k_cache.dtype if fp8 else torch.float8_e4m3fn),
+        KV_FP8=fp8, MIN_SCALE=KV_MIN_SCALE, **fp8_format(k_cache.dtype if fp8 else torch.float8_e4m3fn), **launch(),
     )
     return q_out

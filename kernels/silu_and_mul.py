@@ -10,13 +10,16 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch, wait_then_release
+
 __all__ = ["silu_and_mul", "gelu_tanh_and_mul"]
 
 @triton.jit
 def _act_and_mul_kernel(
     x_ptr, out_ptr, inter, stride_xt, stride_ot,
-    BLOCK: tl.constexpr, GELU_TANH: tl.constexpr,
+    BLOCK: tl.constexpr, GELU_TANH: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -46,5 +49,5 @@ def _act_and_mul(x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
         return out
     block = min(triton.next_power_of_2(inter), 1024)
     grid = (num_tokens, triton.cdiv(inter, block))
-    _act_and_mul_kernel[grid](x, out, inter, x.stride(0), out.stride(0), BLOCK=block, GELU_TANH=gelu_tanh)
+    _act_and_mul_kernel[grid](x, out, inter, x.stride(0), out.stride(0), BLOCK=block, GELU_TANH=gelu_tanh, **launch())
     return out

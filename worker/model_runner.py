@@ -79,7 +79,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, self.dtype)
         self.block_size = config.block_size
-        self.kernels = ops.use_device(self.device, config.cpu_kernels, config.fused_rotary_store)
+        self.kernels = ops.use_device(self.device, config.cpu_kernels, config.fused_rotary_store, config.pdl)
         cls, cfg = read_config(model_dir)
         self.model_config = cfg
         # The quantization method: --quantize, else the checkpoint's own (None: dense).

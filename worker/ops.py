@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from kernels import pdl as pdl_switch
 from kernels import reference
 from worker import cpu_linear, cpu_ops
 
@@ -43,11 +44,13 @@ _max_rows = 0  # kernels/linear_one_row.MAX_ROWS once it is loaded
 _one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool, int], tuple[int, int, int, int] | None] = {}
 
 
-def use_device(device: torch.device, cpu_kernels: bool = False, fused_rotary_store: bool = True) -> dict[str, str]:
+def use_device(device: torch.device, cpu_kernels: bool = False, fused_rotary_store: bool = True,
+               pdl: bool = False) -> dict[str, str]:
     """Pick each op's implementation for `device`; returns {op: "triton" | "torch" | "torch (cpu_ops)" |
     "c++ (cpu_ops)"}. `cpu_kernels`: on the CPU, worker/cpu_native.cpp's fused ops where they build.
-    `fused_rotary_store`: on CUDA, `rotary_store_kv` is one kernel (else rotary, then the store)."""
-    chosen = {}
+    `fused_rotary_store`: on CUDA, `rotary_store_kv` is one kernel (else rotary, then the store).
+    `pdl`: the Triton kernels that take part launch with programmatic dependent launch (kernels/pdl.py)."""
+    chosen = {"programmatic dependent launch": "on" if pdl_switch.enable(pdl, device) else "off"}
     triton_ops: dict[str, Callable[..., Any]] = {}
     cpu = {name: getattr(cpu_ops, name) for name in cpu_ops.__all__} if device.type == "cpu" else {}
     native = cpu_ops.use_native(cpu_kernels and device.type == "cpu")
