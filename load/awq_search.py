@@ -36,23 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["fake_quantize", "search_scales", "search_clip", "awq_transform"]
+from load.int_grid import fake_quantize
+
+__all__ = ["search_scales", "search_clip", "awq_transform"]
 
 GRID = 20  # candidates per search, AutoAWQ's n_grid
 MAX_SHRINK = 0.5  # the clip search goes down to half of each group's absmax
-
-
-def fake_quantize(w: torch.Tensor, group_size: int, bits: int = 4) -> torch.Tensor:  # (N, K) -> (N, K)
-    """Asymmetric min-max round trip per group of input channels, fp16 scales and integer zero
-    points as AutoAWQ GEMM stores them (tests/worker/quant/rtn.py `quantize(sym=False)`)."""
-    n, k = w.shape
-    top = 2**bits - 1
-    g = w.float().reshape(n, k // group_size, group_size)  # (N, NG, G)
-    lo, hi = g.amin(-1, keepdim=True).clamp(max=0), g.amax(-1, keepdim=True).clamp(min=0)  # (N, NG, 1)
-    scale = ((hi - lo) / top).clamp(min=1e-6).half().float()  # (N, NG, 1)
-    zero = torch.round(-lo / scale).clamp(0, top)
-    q = (torch.round(g / scale) + zero).clamp(0, top)
-    return ((q - zero) * scale).reshape(n, k)
 
 
 def search_scales(w: torch.Tensor, hessian: torch.Tensor, x_abs_mean: torch.Tensor, group_size: int,

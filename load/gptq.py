@@ -8,8 +8,8 @@ of column i, divided by the i-th diagonal entry of the upper Cholesky factor U o
 over the columns not yet quantized along U's row i (the optimal update of the remaining weights
 for the error just made, the OBS step). Updates are applied lazily per block of columns.
 
-Groups (of `group_size` input channels) take an asymmetric min-max grid, W = (q - z) * s with
-q, z in [0, 2**bits) and s rounded to the format's fp16, computed from the group's weights as the
+Groups (of `group_size` input channels) take the asymmetric min-max grid of load/int_grid.py,
+W = (q - z) * s with s in the format's fp16, computed from the group's weights as the
 error feedback has left them when the first column of the group is reached. With `act_order` the
 columns are visited in decreasing order of H's diagonal but each group's grid is fixed up front from
 the original weights ("static groups"), so the groups stay contiguous: the result packs to AutoAWQ's
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from load.int_grid import asymmetric_grid, round_to_grid
 from tests.worker.quant.rtn import Quantized
 
 __all__ = ["gptq_quantize", "layer_error"]
@@ -40,7 +41,6 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, grou
     n, k = w.shape
     assert hessian.shape == (k, k), (hessian.shape, w.shape)
     assert k % group_size == 0, f"{k} input channels do not split into groups of {group_size}"
-    top = 2**bits - 1
     work = w.double().clone()  # (N, K): the weights still to quantize, error feedback applied
     h = hessian.double().clone()  # (K, K)
     dead = h.diagonal() == 0  # channels no calibration token used: any value serves
@@ -52,7 +52,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, grou
     zeros = torch.empty(n, groups, dtype=torch.int64)
     if act_order:
         for g in range(groups):  # static groups: grids from the weights before any feedback
-            scales[:, g], zeros[:, g] = _grid(work[:, g * group_size:(g + 1) * group_size], top, scale_dtype)
+            scales[:, g], zeros[:, g] = asymmetric_grid(work[:, g * group_size:(g + 1) * group_size], bits, scale_dtype)
         perm = torch.argsort(h.diagonal(), descending=True)
     else:
         perm = torch.arange(k)
@@ -67,10 +67,10 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, grou
             col = int(perm[i])
             g = col // group_size
             if not act_order and col % group_size == 0:
-                scales[:, g], zeros[:, g] = _grid(work[:, i:i + group_size], top, scale_dtype)
+                scales[:, g], zeros[:, g] = asymmetric_grid(work[:, i:i + group_size], bits, scale_dtype)
             s, z = scales[:, g].double(), zeros[:, g]
-            codes = (torch.round(work[:, i] / s) + z).clamp(0, top)  # (N,)
-            q[:, i] = codes.long()
+            codes = round_to_grid(work[:, i], s, z, bits)  # (N,)
+            q[:, i] = codes
             err = (work[:, i] - (codes - z) * s) / u[i, i]  # (N,)
             work[:, i + 1:end] -= err[:, None] * u[i, i + 1:end][None, :]
             errors[:, i - start] = err
@@ -83,15 +83,6 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, grou
 def layer_error(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> float:
     """Squared output error of a linear, ||x W^T - x W_hat^T||^2, over inputs x (T, K)."""
     return float(((x.double() @ (w.double() - w_hat.double()).t()) ** 2).sum())
-
-
-def _grid(cols: torch.Tensor, top: int, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric min-max grid of one group, (N, G) -> scale (N,), zero point (N,); the range always
-    holds 0, as an integer zero point in [0, top] requires."""
-    lo, hi = cols.amin(1).clamp(max=0), cols.amax(1).clamp(min=0)
-    scale = ((hi - lo) / top).clamp(min=1e-6).to(scale_dtype)  # (N,) as the checkpoint stores it
-    zero = torch.round(-lo / scale.double()).long().clamp(0, top)  # (N,)
-    return scale, zero
 
 
 def _upper_cholesky_of_inverse(h: torch.Tensor) -> torch.Tensor:  # (K, K) -> (K, K)

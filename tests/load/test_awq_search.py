@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from load.awq_search import awq_transform, clip, fake_quantize, search_clip, search_scales
+from load.awq_search import awq_transform, clip, search_clip, search_scales
 from load.gptq import layer_error
+from load.int_grid import fake_quantize
 from load.quantize_model import awq_dense
 from tests.worker.quant.harness import LINEAR, assert_served_greedy_equals_transformers, random_prompts, tiny_model, write_quantized
 from tests.worker.quant.rtn import quantize
@@ -21,12 +22,6 @@ def _inputs_with_hot_channels(rows: int, k: int, tokens_seed: int = 0) -> torch.
     size = torch.rand(k, generator=g) + 0.5
     size[torch.randperm(k, generator=g)[:4]] *= 40  # a few channels carry most of the energy, as in LLMs
     return torch.randn(rows, k, generator=torch.Generator().manual_seed(100 + tokens_seed)) * size
-
-
-def test_fake_quantize_is_the_awq_grid() -> None:
-    w = torch.randn(24, 192, generator=torch.Generator().manual_seed(1))
-    for group_size in (32, 64):
-        assert torch.equal(fake_quantize(w, group_size), quantize(w, 4, group_size, sym=False).dequantized())
 
 
 def test_scales_cut_the_output_error_below_round_to_nearest() -> None:

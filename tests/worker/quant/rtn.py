@@ -1,7 +1,8 @@
 """The tests' own round-to-nearest quantizer: integers, zero points and scales of one weight.
 
 Written from the formats' definition (W = (q - z) * s per group of input channels, scales in the
-format's dtype), not from the worker's code, so the worker's unpackers are checked against it.
+format's dtype), not from the worker's code, so the worker's unpackers are checked against it; the
+asymmetric grid is load/int_grid.py's, which the AWQ search and GPTQ quantize onto.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from load.int_grid import asymmetric_grid, round_to_grid
 
 
 @dataclass
@@ -50,11 +53,8 @@ def quantize(w: torch.Tensor, bits: int, group_size: int, *, sym: bool, scale_dt
         scales = (grouped.abs().amax(-1) * 2 / top).clamp(min=1e-6).to(scale_dtype)
         zeros = torch.full((n, groups), (top + 1) // 2, dtype=torch.int64)
     else:
-        lo, hi = grouped.amin(-1).clamp(max=0), grouped.amax(-1).clamp(min=0)
-        scale = ((hi - lo) / top).clamp(min=1e-6)
-        zeros = torch.round(-lo / scale).long().clamp(min_zero, top)
-        scales = scale.to(scale_dtype)
-    codes = (torch.round(grouped / scales.float()[..., None]).long() + zeros[..., None]).clamp(0, top)
+        scales, zeros = asymmetric_grid(grouped, bits, scale_dtype, min_zero=min_zero)
+    codes = round_to_grid(grouped, scales.float()[..., None], zeros[..., None], bits)  # (N, NG, G)
     q = torch.empty(n, k, dtype=torch.int64)
     q[:, order] = codes.reshape(n, -1)[:, :k]
     return Quantized(q, zeros, scales, g_idx, bits, size)
