@@ -48,7 +48,6 @@ GEMM rate) and to the baseline, then a per-kernel breakdown of one decode step.
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import sys
 import tempfile
@@ -61,76 +60,11 @@ from load.bench_shards import shard_rows
 from load.bench_variants import (RESULT_TAG, ChildSpec, Result, bench_in_children, replay_note, variant_rows,
                                  variant_setting, variants_of)
 from load.mixed_step_probe import mixed_step_probe
-from load.roofline import Card, Row, floor_for, measure_card, roofline_flood, roofline_static
+from load.roofline import Card, Row, floor_for, markdown_table, measure_card, roofline_flood, roofline_static
 from load.shapes import ALIASES, SHAPES, write_model_dir
-from load.step_timeline import KernelCompiles, Timeline, TimedRunner
+from load.timed_runs import hf_generate, release_memory, run_engine
 
 __all__ = ["build_parser", "guided_schema", "main"]
-
-
-def run_engine(runner: Any, config: Any, prompts: list[list[int]], new: int, grammars: Any = None,
-               adapters: tuple[str, ...] = (), speculator: Any = None, **knobs: Any) -> dict[str, float]:
-    """`adapters`: request i is served by adapters[i % len] (LoRA ids loaded in the runner); () = the base.
-    `speculator`: heads that draft (worker/speculative/heads.py) instead of n-gram lookup."""
-    import torch
-
-    from common.gc_settings import settle_gc
-    from common.sampling_params import SamplingParams
-    from worker.engine import LLMEngine
-    from worker.request import Request, RequestKey
-
-    settle_gc()  # as a worker process does once its model is loaded (its host work is what (c) measures)
-    timed = TimedRunner(runner)
-    engine = LLMEngine(config, timed, num_blocks=runner.num_blocks, eos_token_ids=runner.eos_token_ids,
-                       max_model_len=runner.max_model_len, grammars=grammars, speculator=speculator)
-    params = SamplingParams(max_new_tokens=new, ignore_eos=True, **knobs)
-    if runner.device.type == "cuda":  # load/bench_lora.py runs it on the CPU too
-        torch.cuda.synchronize()
-    computed = 0
-    with KernelCompiles() as kernels:
-        timeline = Timeline(timed, kernels)
-        for i, prompt in enumerate(prompts):
-            adapter = adapters[i % len(adapters)] if adapters else ""
-            engine.add_request(Request(RequestKey(f"r{i}", 0), prompt, params, seed=i, arrival_time=time.time(),
-                                       adapter_id=adapter))
-        while engine.has_unfinished_requests():
-            outs = engine.step()
-            computed += engine.last_batch.num_tokens if engine.last_batch is not None else 0
-            timeline.step(engine.last_batch, outs)
-    elapsed = time.perf_counter() - timeline.started
-    produced = sum(timeline.tokens.values())
-    ttft = sorted(timeline.first.values())
-    tpot = sorted((timeline.last[r] - timeline.first[r]) / max(1, timeline.tokens[r] - 1) for r in timeline.first)
-    return {
-        "seconds": elapsed, "tok_s": produced / elapsed, "steps": engine.stats().steps,
-        "computed_tokens": computed, "preemptions": engine.stats().num_preemptions,
-        "ttft_p50": ttft[len(ttft) // 2], "tpot_p50": tpot[len(tpot) // 2], "ttft_max": ttft[-1],
-        "produced": produced, "errors": len(timeline.errors),
-        "slowest_step": max(s.wall_ms for s in timeline.steps) / 1e3, "timeline": timeline,
-    }
-
-
-def hf_generate(model_dir: Path, batch: int, prompt: int, new: int) -> float:
-    import torch
-    import transformers
-
-    cfg = transformers.AutoConfig.from_pretrained(model_dir)
-    with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
-    ids = torch.randint(100, cfg.vocab_size, (batch, prompt), device="cuda")
-    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
-    model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    out = model.generate(ids, **kwargs)
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    assert out.shape[1] == prompt + new
-    del model
-    gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
-    gc.collect()
-    torch.cuda.empty_cache()
-    return batch * new / elapsed
 
 
 def _engine_config(args: argparse.Namespace, model_dir: Path) -> Any:
@@ -320,9 +254,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
                  f"({floor.weight_bytes / 1e9:.2f} GB weights)")
     capacity = runner.num_blocks * runner.block_size
     del runner, graphs
-    gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
-    gc.collect()
-    torch.cuda.empty_cache()
+    release_memory()
     if args.speculate and args.speculator == "eagle3":  # a runner of its own: the draft's KV is sized with the model's
         from load.speculator_heads import write_eagle3
 
@@ -339,9 +271,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
                 static_rows(key, f"--speculate {args.speculate} (random EAGLE-3 draft, chained)", spec,
                             versus=dense_tok_s[key], speculator=runner.speculator)
         del runner
-        gc.unfreeze()  # run_engine froze every object, the runner's too: else none is freed
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_memory()
     if args.tokenizer_dir is not None and "d" in todo:
         rows.append(fleet_row(shape, model_dir, args, config, c, c_roofline))
         if args.checkpoint_ab:
@@ -438,17 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                 shape = ALIASES.get(name, name)
                 model_dir = write_model_dir(Path(tmp), shape)
                 shard_table += shard_rows(shape, model_dir, _engine_config(args, model_dir),
-                                          [int(n) for n in args.num_shard.split(",")], run_engine)
+                                          [int(n) for n in args.num_shard.split(",")])
         print("\n".join(["", *shard_table]))
-    print("\n| model | workload | out tok/s | roofline tok/s | % of roofline | transformers tok/s | x transformers | detail |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        roof = f"{row.roofline_tok_s:,.0f}" if row.roofline_tok_s else "-"
-        pct = f"{100 * row.out_tok_s / row.roofline_tok_s:.0f}%" if row.roofline_tok_s else "-"
-        base = f"{row.baseline_tok_s:,.1f}" if row.baseline_tok_s else "-"
-        ratio = f"{row.out_tok_s / row.baseline_tok_s:.1f}x" if row.baseline_tok_s else "-"
-        print(f"| {row.model} | {row.workload} | {row.out_tok_s:,.1f} | {roof} | {pct} | {base} | {ratio} | {row.note} |")
-    print()
+    print("\n".join(["", *markdown_table(rows), ""]))
     for note in notes:
         print("-", note)
     return 0
@@ -473,7 +395,7 @@ def _child(args: argparse.Namespace, spec: ChildSpec) -> int:
             config = replace(_engine_config(args, model_dir), **variant_setting(spec.variant))
             label = "" if spec.variant.startswith(("quantize=", "kv_cache_dtype=")) else spec.variant
             result = variant_rows(spec.shape, model_dir, floor_for(SHAPES[spec.shape], card), config,
-                                  set(args.workloads.split(",")), args.requests, run_engine, label)
+                                  set(args.workloads.split(",")), args.requests, label)
         else:
             result = bench_model(spec.shape, Path(tmp), card, args)
     for row in result.rows:

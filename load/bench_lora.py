@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.config import DEFAULT_MODEL_ID, WorkerConfig
     from common.model_source import read_json_object, resolve_model
-    from load.bench_gpu import run_engine
+    from load.timed_runs import run_engine
     from worker.lora.peft import AdapterSpec
     from worker.model_runner import ModelRunner
 

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from load.timed_runs import run_engine
+
 __all__ = ["shard_rows"]
 
 
@@ -49,7 +51,7 @@ def _collective_share(runner: Any, config: Any, prompts: list[list[int]], steps:
     return nccl / steps, (nccl / total if total else 0.0)
 
 
-def shard_rows(shape: str, model_dir: Path, config: Any, counts: list[int], run_engine: Any) -> list[str]:
+def shard_rows(shape: str, model_dir: Path, config: Any, counts: list[int]) -> list[str]:
     """One markdown row per rank count: (a) and (b) tok/s (x the first count's), (b)'s NCCL µs per
     decode step and its share of the step."""
     import torch

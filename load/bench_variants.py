@@ -22,6 +22,7 @@ from typing import Any
 
 from load.roofline import Card, Floor, Row, roofline_flood, roofline_static, time_cuda
 from load.shapes import SHAPES
+from load.timed_runs import run_engine
 
 __all__ = ["RESULT_TAG", "ChildFailed", "ChildSpec", "Result", "bench_in_children", "child_argv", "run_child",
            "replay_note", "variant_rows", "variants_of", "variant_setting", "with_ratios"]
@@ -158,7 +159,7 @@ def bench_in_children(shape: str, argv: list[str], variants: list[str]) -> tuple
 
 
 def variant_rows(shape: str, model_dir: Path, dense_floor: Floor, config: Any, todo: set[str], requests: int,
-                 run_engine: Any, label: str = "") -> Result:
+                 label: str = "") -> Result:
     """(a), (b), (c) with one setting changed (`--quantize`, `--kv-cache-dtype`), each against its own
     floor: the weight and KV bytes the variant actually reads, scales included. Runs in a child."""
     from load.step_kernels import decode_kernels

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Card", "Floor", "Row", "floor_for", "measure_card", "roofline_flood", "roofline_static", "time_cuda"]
+__all__ = ["Card", "Floor", "Row", "floor_for", "markdown_table", "measure_card", "roofline_flood", "roofline_static",
+           "time_cuda"]
 
 @dataclass(slots=True)
 class Card:
@@ -28,6 +29,19 @@ class Row:
     baseline_tok_s: float | None = None
     note: str = ""
     versus: str = ""  # "a", "b" or "c": a variant's row, compared with bf16's row of that workload
+
+
+def markdown_table(rows: list[Row]) -> list[str]:
+    """The rows beside their rooflines and baselines, one markdown table line each after the header."""
+    lines = ["| model | workload | out tok/s | roofline tok/s | % of roofline | transformers tok/s | x transformers | detail |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        roof = f"{row.roofline_tok_s:,.0f}" if row.roofline_tok_s else "-"
+        pct = f"{100 * row.out_tok_s / row.roofline_tok_s:.0f}%" if row.roofline_tok_s else "-"
+        base = f"{row.baseline_tok_s:,.1f}" if row.baseline_tok_s else "-"
+        ratio = f"{row.out_tok_s / row.baseline_tok_s:.1f}x" if row.baseline_tok_s else "-"
+        lines.append(f"| {row.model} | {row.workload} | {row.out_tok_s:,.1f} | {roof} | {pct} | {base} | {ratio} | {row.note} |")
+    return lines
 
 
 def measure_card() -> Card:
