@@ -9,7 +9,8 @@ prompt — and the client's stream goes on without a gap or a duplicate. The gat
 what the client has seen (`RequestState`) lives here and nowhere else.
 
 `complete` and `interleave` run several requests of one HTTP request together (best_of, n,
-several prompts).
+several prompts); the records a route hands in and reads back (`Run`, `Outcome`) are
+gateway/run.py's.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from gateway.journal import Replay
 from gateway.metrics import GatewayMetrics
 from gateway.queue_client import QueueClient, QueueFull
 from gateway.resume import attach, claim, open_replay
+from gateway.run import Outcome, Run
 
-__all__ = ["Lifecycle", "RequestState", "Outcome", "Run"]
+__all__ = ["Lifecycle", "RequestState"]
 
 log = logging.getLogger("genfleet.gateway.lifecycle")
 
@@ -63,46 +65,6 @@ class RequestState:
     done: bool = False  # finished or cancelled: nothing more to stop
     moved_to: str | None = None  # the gateway that adopted it from this one: it follows the journal now
     subscription: int = 0  # the queue client's pub/sub subscription its events are known through
-
-
-@dataclass
-class Outcome:
-    """Everything one finished generation produced."""
-
-    tokens: list[Token] = field(default_factory=list)
-    finish: Finish | None = None
-    started: float = field(default_factory=time.time)
-    validated_at: float = 0.0
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-
-    @property
-    def text(self) -> str:
-        return "".join(t.text for t in self.tokens if not t.special)
-
-    @property
-    def mean_logprob(self) -> float:
-        return sum(t.logprob for t in self.tokens) / max(1, len(self.tokens))
-
-
-@dataclass
-class Run:
-    """One fleet request of an HTTP request: its prompt, its parameters, what it produced."""
-
-    input_ids: list[int]
-    params: SamplingParams
-    outcome: Outcome
-    resume: tuple[str, int] | None = None  # (request id, seq of the last event the client has): Last-Event-ID
-    replay: Replay | None = None  # the journal of the request it resumes, once checked (Lifecycle.prepare)
-    priority: int = 0  # larger is more urgent (common/streams.py PRIORITY_LEVELS)
-    adapter_id: str = ""  # the LoRA adapter serving it ("" = the base model)
-
-    @staticmethod
-    def fan_out(input_ids: list[int], run_params: Sequence[SamplingParams], started: float,
-                priority: int = 0, adapter_id: str = "") -> list[Run]:
-        """One run per parameter set (best_of, n: each with its own seed), timed from `started`."""
-        return [Run(input_ids, p, Outcome(started=started), priority=priority, adapter_id=adapter_id)
-                for p in run_params]
 
 
 @dataclass

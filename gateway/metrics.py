@@ -25,7 +25,7 @@ from common.tgi_metrics import DURATION_BUCKETS, BareCounters
 
 if TYPE_CHECKING:
     from common.protocol import Token
-    from gateway.lifecycle import Outcome
+    from gateway.run import Outcome
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE"]
 

@@ -15,7 +15,7 @@ from common.errors import GenfleetError
 from common.protocol import Token
 from gateway import VERSION
 from gateway.errors import log_if_server_error
-from gateway.lifecycle import Run
+from gateway.run import Run
 from gateway.metrics import GatewayMetrics
 from gateway.schemas_openai import OpenAIRequest
 from gateway.sse import DONE, json_float, openai_sse

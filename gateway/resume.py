@@ -32,7 +32,8 @@ from gateway.inbox import Inbox
 from gateway.journal import Replay
 
 if TYPE_CHECKING:
-    from gateway.lifecycle import Lifecycle, Outcome, Run
+    from gateway.lifecycle import Lifecycle
+    from gateway.run import Outcome, Run
     from gateway.queue_client import QueueClient
 
 __all__ = ["claim", "attach", "open_replay", "claimed", "check_ended", "same_request", "check_scope",

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from common.errors import GenfleetError
 
 from gateway.admission import Admission, admitted
-from gateway.lifecycle import Outcome, Run
+from gateway.run import Outcome, Run
 from gateway.middleware import check_request_id
 from gateway.models import MODEL_HEADER, ServedModel
 from gateway.responses import DeferredResponse

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from gateway.admission import Admission, admitted, read_json
 from gateway.context import ctx_of
-from gateway.lifecycle import Run
+from gateway.run import Run
 from gateway.models import ServedModel
 from gateway.openai_shapes import OpenAICall, completion_body, openai_stream
 from gateway.responses import DeferredResponse

@@ -14,7 +14,7 @@ from typing import Any
 from common.errors import GenfleetError
 from common.protocol import Token, TopToken
 from gateway.errors import log_if_server_error
-from gateway.lifecycle import Outcome
+from gateway.run import Outcome
 from gateway.metrics import GatewayMetrics
 from gateway.sse import encode, json_float, sse
 from gateway.validation import Validated

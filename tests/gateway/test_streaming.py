@@ -21,7 +21,8 @@ from common.errors import GenfleetError
 from common.protocol import Accepted, Cancel, Error, Finish, GenerateRequest, Token, TopToken
 from common.sampling_params import SamplingParams
 from gateway.inbox import Inbox
-from gateway.lifecycle import Lifecycle, Outcome, Run
+from gateway.lifecycle import Lifecycle
+from gateway.run import Outcome, Run
 from gateway.metrics import GatewayMetrics
 from gateway.sse import KEEP_ALIVE, SSEResponse, json_float, sse
 from gateway.tgi_shapes import tgi_stream, tgi_token_event
