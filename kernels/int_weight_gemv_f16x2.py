@@ -13,14 +13,23 @@ every Llama-3.1-8B shape, docs/perf.md):
   x meets them scaled up by 2**14 so the products are normal float16 again, and the zero point
   becomes one correction per chunk, z * sum(x): 5 unpack and 4 FMA instructions per word.
 
-x goes through `x_pairs` first (one small launch): float16 planes laid out like the words, so
-plane j of word w holds x[8w + j] and x[8w + j + 4] as a pair (j odd: divided by 16, to meet
-16 q), each chunk of two words (16 channels) scaled by a power of two so that its largest |x|
-lies in [1, 2) (FOLD: [2**14, 2**15)): bf16 values are then exact in float16 (11 bits) and no
-product or partial sum of a chunk overflows. The two words of a chunk accumulate in one float16
-pair (16 products), whose sum becomes float32, is multiplied back by the chunk's power of two
-and by its group scale. Against the float32 reference on an H200 (bf16 x and output) the
-relative error was 1.8e-3, the float32 GEMV's 1.6-1.7e-3: mostly the bf16 output's rounding.
+x's pairs (kernels/int_weight_x_pairs.py): float16 planes laid out like the words, so plane j of
+word w holds x[8w + j] and x[8w + j + 4] as a pair (j odd: divided by 16, to meet 16 q), each chunk
+of two words (16 channels) scaled by a power of two so that its largest |x| lies in [1, 2) (FOLD:
+[2**14, 2**15)): bf16 values are then exact in float16 and no product or partial sum of a chunk
+overflows. Either `x_pairs` makes them first (one small launch, about 1.6 µs: a fifth of the
+qkv and o calls) and the kernel loads them, or (FUSED) the kernel reads x's raw 16-bit values
+(16 bytes a word, from L2) and makes the pairs of each tile in registers: once per thread for all
+the rows it holds, so the wide tiles (128 words a warp: every row of a word in one thread) pay
+least. The two words of a chunk accumulate in one float16 pair (16 products), whose sum becomes
+float32, is multiplied back by the chunk's power of two and by its group scale. Against the
+float32 reference on an H200 (bf16 x and output) the relative error was 1.8e-3, the float32
+GEMV's 1.6-1.7e-3: mostly the bf16 output's rounding. The pairs are the same either way, and so
+is the result, bit for bit (tests/kernels/test_int_weight.py).
+
+AHEAD: each program issues the next tile's loads (words, scales, zero points, with FUSED x) before
+this tile's arithmetic, so two tiles are in flight per program instead of one (the scales' and
+x's loads are inline PTX, which the compiler's pipelining does not move).
 
 PTX on a GPU; under Triton's CPU interpreter the same steps in float32 from the same planes.
 """
@@ -32,58 +41,10 @@ import triton
 import triton.language as tl
 
 from kernels.int_weight import INTERPRETED, check_layout, tile_groups
+from kernels.int_weight_x_pairs import CHUNK, chunk_pairs, load_x_word, x_floats, x_pairs
 from kernels.split_k import counters, finish_tile, workspace
 
-__all__ = ["int_weight_gemv_f16x2", "x_pairs"]
-
-CHUNK = 16  # channels that share one power-of-two scale and one float16 accumulator (two words)
-
-
-@triton.jit
-def _x_pairs_kernel(x_ptr, xp_ptr, xs_ptr, K, kw, FOLD: tl.constexpr, BLOCK_C: tl.constexpr):
-    # x (K,) -> xp (4, kw) int32: plane j of word w = float16 x[8w + j] / m | x[8w + j + 4] / m << 16
-    # (j odd: also / 16), m the chunk's power of two (with FOLD times 2**-14); xs (2, kw) float32:
-    # the factor that undoes it (m, with FOLD times 2**24 for the subnormal weights) and the
-    # chunk's sum of x, for both words of the chunk.
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)  # (BC,) chunks
-    w = c[:, None] * 2 + tl.arange(0, 2)[None, :]  # (BC, 2) words
-    w_mask = w < kw
-    amax = tl.zeros([BLOCK_C, 2], tl.float32)
-    total = tl.zeros([BLOCK_C, 2], tl.float32)
-    for i in tl.static_range(8):
-        xi = tl.load(x_ptr + w * 8 + i, mask=w_mask & (w * 8 + i < K), other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(xi))
-        total += xi
-    e = tl.max(amax, 1).to(tl.int32, bitcast=True) & 0x7F800000  # (BC,) the exponent bits of the chunk's max
-    e = tl.where(e == 0, 127 << 23, tl.minimum(tl.maximum(e, 16 << 23), 240 << 23))
-    top: tl.constexpr = 14 if FOLD else 0  # the exponent the chunk's max gets
-    inv = ((254 + top - (e >> 23)) << 23).to(tl.float32, bitcast=True)[:, None]  # 2**top / m, exact
-    undo = (e + ((10 << 23) if FOLD else 0)).to(tl.float32, bitcast=True)  # m * 2**(24 - top)
-    for j in tl.static_range(4):
-        lo = tl.load(x_ptr + w * 8 + j, mask=w_mask & (w * 8 + j < K), other=0.0).to(tl.float32) * inv
-        hi = tl.load(x_ptr + w * 8 + j + 4, mask=w_mask & (w * 8 + j + 4 < K), other=0.0).to(tl.float32) * inv
-        if j % 2 == 1:
-            lo = lo * 0.0625
-            hi = hi * 0.0625
-        lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
-        tl.store(xp_ptr + j * kw + w, lo16 | (hi16 << 16), mask=w_mask)
-    tl.store(xs_ptr + w, tl.broadcast_to(undo[:, None], (BLOCK_C, 2)), mask=w_mask)
-    chunk_sum = tl.sum(total, 1)[:, None]
-    tl.store(xs_ptr + kw + w, tl.broadcast_to(chunk_sum, (BLOCK_C, 2)), mask=w_mask)
-
-
-def x_pairs(x: torch.Tensor, fold: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (1, K), K a multiple of 16 -> the planes (4, K / 8) int32 and the chunk factors and sums
-    (2, K / 8) float32."""
-    k = x.shape[1]
-    assert k % CHUNK == 0, f"K = {k}: a multiple of {CHUNK} expected"
-    kw = k // 8
-    xp = torch.empty(4, kw, dtype=torch.int32, device=x.device)
-    xs = torch.empty(2, kw, dtype=torch.float32, device=x.device)
-    _x_pairs_kernel[(triton.cdiv(kw // 2, 128),)](x, xp, xs, k, kw, FOLD=fold, BLOCK_C=128)
-    return xp, xs
-
+__all__ = ["int_weight_gemv_f16x2"]
 
 @triton.jit
 def _half(p, HIGH: tl.constexpr):
@@ -199,65 +160,124 @@ def _pairs(t, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WORDS: tl.constexpr):
 
 
 @triton.jit
+def _weight_tile(rows, s_ptr, z_ptr, n64, n_mask, w0, kw, NG, G: tl.constexpr, BLOCK_N: tl.constexpr,
+                 GROUPS: tl.constexpr, WORDS: tl.constexpr, EVEN: tl.constexpr, PTX: tl.constexpr):
+    # The (BN, NGT, WPG) words of the tile starting at word w0, and its (BN, NGT, 1) scales and zero
+    # points. Loads of (rows, words) tiles, reshaped to groups in registers: each thread then holds
+    # several rows of the same words, which share their loads of x.
+    w = w0 + tl.arange(0, GROUPS * WORDS)  # (TW,)
+    grp = (w0 * 8) // G + tl.arange(0, GROUPS)  # (NGT,)
+    at = n64[:, None, None] * NG + grp[None, :, None]  # (BN, NGT, 1)
+    if EVEN:
+        words = tl.load(rows + w[None, :])
+    else:
+        words = tl.load(rows + w[None, :], mask=n_mask[:, None] & (w < kw)[None, :], other=0)
+    words = tl.reshape(words, (BLOCK_N, GROUPS, WORDS))
+    g_ok = (n_mask[:, None, None] & (grp < NG)[None, :, None]) | EVEN
+    return words, _load_16(s_ptr + at, g_ok, PTX), _load_16(z_ptr + at, g_ok, PTX)
+
+
+@triton.jit
+def _x_tile(x_ptr, w0, kw, GROUPS: tl.constexpr, WORDS: tl.constexpr, EVEN_K: tl.constexpr, PTX: tl.constexpr):
+    # x's raw 16-bit values for the tile starting at word w0: 4 int32 for each even and each odd
+    # word of a chunk, (1, NGT, WPG / 2) each, in the layout the split words take.
+    w = w0 + tl.arange(0, GROUPS * WORDS)  # (TW,)
+    at_e, at_o = _pairs(tl.reshape((w * 8)[None, :], (1, GROUPS, WORDS)), 1, GROUPS, WORDS)  # (1, NGT, WPG / 2)
+    mask_e = at_e < kw * 8
+    mask_o = at_o < kw * 8
+    e0, e1, e2, e3 = load_x_word(x_ptr + at_e, mask_e, not EVEN_K, PTX)
+    o0, o1, o2, o3 = load_x_word(x_ptr + at_o, mask_o, not EVEN_K, PTX)
+    return e0, e1, e2, e3, o0, o1, o2, o3
+
+
+@triton.jit
+def _tile_pairs(e0, e1, e2, e3, o0, o1, o2, o3, X_BF16: tl.constexpr, FOLD: tl.constexpr, PTX: tl.constexpr):
+    # A tile's raw x (_x_tile) -> its planes, the factor that undoes the scaling, the chunk sums.
+    a0, a1 = x_floats(e0, X_BF16)
+    a2, a3 = x_floats(e1, X_BF16)
+    a4, a5 = x_floats(e2, X_BF16)
+    a6, a7 = x_floats(e3, X_BF16)
+    b0, b1 = x_floats(o0, X_BF16)
+    b2, b3 = x_floats(o1, X_BF16)
+    b4, b5 = x_floats(o2, X_BF16)
+    b6, b7 = x_floats(o3, X_BF16)
+    return chunk_pairs(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, FOLD, PTX)
+
+
+@triton.jit
 def _gemv_f16x2_kernel(
-    xp_ptr, xs_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, N, kw, NG,
+    x_ptr, xp_ptr, xs_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, N, kw, NG,
     G: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WORDS: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, FOLD: tl.constexpr,
-    PTX: tl.constexpr, X4: tl.constexpr,
+    PTX: tl.constexpr, X4: tl.constexpr, FUSED: tl.constexpr, X_BF16: tl.constexpr, AHEAD: tl.constexpr,
 ):
     # As kernels/int_weight_gemv.py's tile, (BLOCK_N rows, GROUPS groups, WORDS words of each),
-    # loaded as (rows, words) and reshaped. X4: x's planes through _load_x4 (PTX, whole tiles, rows
-    # of a multiple of 16 words and groups of a multiple of 4: then the words load 16 bytes at a
-    # time, four to a thread, and x's loads take the same layout).
+    # loaded as (rows, words) and reshaped. FUSED: x's pairs made here from x (x_ptr, bf16 when
+    # X_BF16, else float16) for each tile, no x_pairs launch before; else read from xp_ptr / xs_ptr,
+    # with X4 through _load_x4 (PTX, whole tiles, rows of a multiple of 16 words and groups of a
+    # multiple of 4: then the words load 16 bytes at a time, four to a thread, and x's loads take
+    # the same layout). AHEAD: the next tile's loads are issued before this tile's arithmetic, so
+    # a program keeps two tiles of weights in flight (the last one re-reads the final tile).
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     TILE_W: tl.constexpr = GROUPS * WORDS
+    EVEN: tl.constexpr = EVEN_N and EVEN_K
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
     n_mask = n < N
     n64 = n.to(tl.int64)
     rows = qw_ptr + n64[:, None] * kw  # (BN, 1)
-    gi = tl.arange(0, GROUPS)  # (NGT,)
-    offs = tl.arange(0, TILE_W)  # (TW,)
-    shape3: tl.constexpr = (BLOCK_N, GROUPS, WORDS)
+    step = TILE_W * SPLIT_K
+    start = pid_k * TILE_W
+    last = kw - TILE_W  # a whole tile's start (EVEN_K), where a look-ahead past the end lands
     acc = tl.zeros([BLOCK_N, GROUPS, WORDS // 2], tl.float32)
-    for w0 in range(pid_k * TILE_W, kw, TILE_W * SPLIT_K):
-        # Loads of (rows, words) tiles, reshaped to groups in registers: each thread then holds
-        # several rows of the same words, which share their loads of x.
-        w = w0 + offs  # (TW,)
-        w_mask = w < kw
-        grp = (w0 * 8) // G + gi  # (NGT,)
-        at = n64[:, None, None] * NG + grp[None, :, None]  # (BN, NGT, 1)
-        if EVEN_N and EVEN_K:
-            words = tl.load(rows + w[None, :])
+    if AHEAD:
+        words, s, z = _weight_tile(rows, s_ptr, z_ptr, n64, n_mask, start, kw, NG, G, BLOCK_N, GROUPS, WORDS,
+                                   EVEN, PTX)
+        if FUSED:
+            re0, re1, re2, re3, ro0, ro1, ro2, ro3 = _x_tile(x_ptr, start, kw, GROUPS, WORDS, EVEN_K, PTX)
+    for w0 in range(start, kw, step):
+        if AHEAD:
+            nxt = w0 + step
+            if EVEN_K:
+                nxt = tl.minimum(nxt, last)
+            n_words, n_s, n_z = _weight_tile(rows, s_ptr, z_ptr, n64, n_mask, nxt, kw, NG, G, BLOCK_N, GROUPS,
+                                             WORDS, EVEN, PTX)
+            if FUSED:
+                n_re0, n_re1, n_re2, n_re3, n_ro0, n_ro1, n_ro2, n_ro3 = _x_tile(x_ptr, nxt, kw, GROUPS, WORDS,
+                                                                                 EVEN_K, PTX)
         else:
-            words = tl.load(rows + w[None, :], mask=n_mask[:, None] & w_mask[None, :], other=0)
-        words = tl.reshape(words, shape3)
-        g_ok = (n_mask[:, None, None] & (grp < NG)[None, :, None]) | (EVEN_N and EVEN_K)
-        s = _load_16(s_ptr + at, g_ok, PTX)
-        z = _load_16(z_ptr + at, g_ok, PTX)
-        x1w = w[None, :]  # (1, TW)
-        if X4:
-            x0 = _load_x4(xp_ptr + x1w)
-            x1 = _load_x4(xp_ptr + kw + x1w)
-            x2 = _load_x4(xp_ptr + 2 * kw + x1w)
-            x3 = _load_x4(xp_ptr + 3 * kw + x1w)
-            xs = _load_x4(xs_ptr + x1w).to(tl.float32, bitcast=True)
-            xsum = _load_x4(xs_ptr + kw + x1w).to(tl.float32, bitcast=True)
+            words, s, z = _weight_tile(rows, s_ptr, z_ptr, n64, n_mask, w0, kw, NG, G, BLOCK_N, GROUPS, WORDS,
+                                       EVEN, PTX)
+            if FUSED:
+                re0, re1, re2, re3, ro0, ro1, ro2, ro3 = _x_tile(x_ptr, w0, kw, GROUPS, WORDS, EVEN_K, PTX)
+        if FUSED:
+            xe0, xe1, xe2, xe3, xo0, xo1, xo2, xo3, m, xsum = _tile_pairs(re0, re1, re2, re3, ro0, ro1, ro2, ro3,
+                                                                          X_BF16, FOLD, PTX)
         else:
-            xm = w_mask[None, :]
-            x0 = tl.load(xp_ptr + x1w, mask=xm, other=0)
-            x1 = tl.load(xp_ptr + kw + x1w, mask=xm, other=0)
-            x2 = tl.load(xp_ptr + 2 * kw + x1w, mask=xm, other=0)
-            x3 = tl.load(xp_ptr + 3 * kw + x1w, mask=xm, other=0)
-            xs = tl.load(xs_ptr + x1w, mask=xm, other=0.0)
-            xsum = tl.load(xs_ptr + kw + x1w, mask=xm, other=0.0)
-        one3: tl.constexpr = (1, GROUPS, WORDS)
-        x0 = tl.reshape(x0, one3)
-        x1 = tl.reshape(x1, one3)
-        x2 = tl.reshape(x2, one3)
-        x3 = tl.reshape(x3, one3)
-        xs = tl.reshape(xs, one3)
-        xsum = tl.reshape(xsum, one3)
+            w = w0 + tl.arange(0, TILE_W)  # (TW,)
+            x1w = w[None, :]  # (1, TW)
+            if X4:
+                x0 = _load_x4(xp_ptr + x1w)
+                x1 = _load_x4(xp_ptr + kw + x1w)
+                x2 = _load_x4(xp_ptr + 2 * kw + x1w)
+                x3 = _load_x4(xp_ptr + 3 * kw + x1w)
+                xs = _load_x4(xs_ptr + x1w).to(tl.float32, bitcast=True)
+                xsum = _load_x4(xs_ptr + kw + x1w).to(tl.float32, bitcast=True)
+            else:
+                xm = (w < kw)[None, :]
+                x0 = tl.load(xp_ptr + x1w, mask=xm, other=0)
+                x1 = tl.load(xp_ptr + kw + x1w, mask=xm, other=0)
+                x2 = tl.load(xp_ptr + 2 * kw + x1w, mask=xm, other=0)
+                x3 = tl.load(xp_ptr + 3 * kw + x1w, mask=xm, other=0)
+                xs = tl.load(xs_ptr + x1w, mask=xm, other=0.0)
+                xsum = tl.load(xs_ptr + kw + x1w, mask=xm, other=0.0)
+            one3: tl.constexpr = (1, GROUPS, WORDS)
+            xe0, xo0 = _pairs(tl.reshape(x0, one3), BLOCK_N, GROUPS, WORDS)
+            xe1, xo1 = _pairs(tl.reshape(x1, one3), BLOCK_N, GROUPS, WORDS)
+            xe2, xo2 = _pairs(tl.reshape(x2, one3), BLOCK_N, GROUPS, WORDS)
+            xe3, xo3 = _pairs(tl.reshape(x3, one3), BLOCK_N, GROUPS, WORDS)
+            m, _ = _pairs(tl.reshape(xs, one3), BLOCK_N, GROUPS, WORDS)
+            xsum, _ = _pairs(tl.reshape(xsum, one3), BLOCK_N, GROUPS, WORDS)
         # The per-(row, group) values broadcast to the words' shape and split as they are, so that
         # they arrive in the layout of the split words (no exchange through shared memory).
         full: tl.constexpr = (BLOCK_N, GROUPS, WORDS)
@@ -271,16 +291,14 @@ def _gemv_f16x2_kernel(
             c16, _ = _pairs(tl.broadcast_to((0x6400 + 16 * zi) * 0x10001, full), BLOCK_N, GROUPS, WORDS)
         sh, _ = _pairs(tl.broadcast_to(s, full), BLOCK_N, GROUPS, WORDS)
         we, wo = _pairs(words, BLOCK_N, GROUPS, WORDS)
-        xe0, xo0 = _pairs(x0, BLOCK_N, GROUPS, WORDS)
-        xe1, xo1 = _pairs(x1, BLOCK_N, GROUPS, WORDS)
-        xe2, xo2 = _pairs(x2, BLOCK_N, GROUPS, WORDS)
-        xe3, xo3 = _pairs(x3, BLOCK_N, GROUPS, WORDS)
-        m, _ = _pairs(xs, BLOCK_N, GROUPS, WORDS)
         part = _chunk_dot(we, wo, xe0, xe1, xe2, xe3, xo0, xo1, xo2, xo3, c1, c16, zh, FOLD, PTX) * m
         if FOLD:
-            xsum, _ = _pairs(xsum, BLOCK_N, GROUPS, WORDS)
             part -= zh * xsum
         acc += part * sh
+        if AHEAD:
+            words, s, z = n_words, n_s, n_z
+            if FUSED:
+                re0, re1, re2, re3, ro0, ro1, ro2, ro3 = n_re0, n_re1, n_re2, n_re3, n_ro0, n_ro1, n_ro2, n_ro3
     y = tl.sum(tl.sum(acc, 2), 1)  # (BN,)
     if HAS_BIAS:
         bias = tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
@@ -290,26 +308,34 @@ def _gemv_f16x2_kernel(
 
 def int_weight_gemv_f16x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                           group_size: int, bits: int = 4, bias: torch.Tensor | None = None, block_n: int = 16,
-                          block_w: int = 128, split_k: int = 1, num_warps: int = 4,
-                          num_stages: int = 3, fold: bool = True) -> torch.Tensor:
+                          block_w: int = 128, split_k: int = 1, num_warps: int = 4, num_stages: int = 3,
+                          fold: bool = True, fused: bool = False, ahead: bool = False) -> torch.Tensor:
     """x (1, K) bf16 / fp16, K a multiple of 16, 4-bit weights -> (1, N) in x's dtype; a tile of
     block_w words per row (even) either lies in one group or holds whole groups; fold: the zero
-    point as a correction per chunk, not a subtract per value pair (the module's header)."""
+    point as a correction per chunk, not a subtract per value pair (the module's header); fused:
+    x's pairs made in the kernel (no x_pairs launch); ahead: the next tile's loads in flight while
+    this one is computed."""
     assert x.shape[0] == 1, f"one row expected, got {tuple(x.shape)}"
     assert bits == 4 and x.dtype in (torch.bfloat16, torch.float16), (bits, x.dtype)
     n, k = check_layout(x, qweight, scales, zeros, group_size, bits)
     fit = tile_groups(block_w * 8, group_size, k, bits)
     assert fit is not None and fit[1] % 2 == 0, f"a {block_w}-word tile cuts groups of {group_size} (or chunks)"
-    xp, xs = x_pairs(x, fold)
+    assert k % CHUNK == 0, f"K = {k}: a multiple of {CHUNK} expected"
+    kw = qweight.shape[1]
+    if fused:
+        if x.data_ptr() % 16:  # the kernel reads a word's x in one 16-byte load
+            x = x.clone()
+        xp, xs = x, x  # unused
+    else:
+        xp, xs = x_pairs(x, fold)
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(n, block_n), split_k)
-    kw = qweight.shape[1]
     _gemv_f16x2_kernel[grid](
-        xp, xs, qweight, scales, zeros, bias if bias is not None else scales, out,
+        x, xp, xs, qweight, scales, zeros, bias if bias is not None else scales, out,
         workspace(split_k, n, x.device), counters(x.device, grid[0]), n, kw, scales.shape[1],
         G=min(group_size, k), BLOCK_N=block_n, GROUPS=fit[0], WORDS=fit[1], SPLIT_K=split_k,
         HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0, EVEN_K=kw % block_w == 0,
         FOLD=fold, PTX=not INTERPRETED, X4=not INTERPRETED and kw % 16 == 0 and kw % block_w == 0 and fit[1] % 4 == 0,
-        num_warps=num_warps, num_stages=num_stages,
+        FUSED=fused, X_BF16=x.dtype == torch.bfloat16, AHEAD=ahead, num_warps=num_warps, num_stages=num_stages,
     )
     return out

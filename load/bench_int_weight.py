@@ -11,15 +11,26 @@ measured copy rate.
     python -m load.bench_int_weight                   # group 128, rows 1, 16, 64: the shortlist
     python -m load.bench_int_weight --sweep --log $OUT/int4.log   # the wide sweep, every line logged
     python -m load.bench_int_weight --group-size 64 --rows 1,64
+    python -m load.bench_int_weight --compare         # x_pairs builds against fused ones, rows 1 and 16
+    TRITON_INTERPRET=1 python -m load.bench_int_weight --compare --tiny   # the same on the CPU, tiny shapes
+
+--compare: per shape and row count, the fastest x_pairs build of the f16x2 shortlist ("old": the
+launch before every call) and the fastest fused one ("new": x's pairs made in the kernel), each
+call checked against the reference first; beside them bf16 `F.linear` and bf16 `linear_one_row`
+(kernels/linear_one_row.py) on the same weights, all as graph replays (wall-clock medians on the
+CPU). Above one row both sides are the GEMM shortlist (no fused variant there yet).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from types import SimpleNamespace
 
 SHAPES = (("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096))
+TINY = (("qkv", 2048, 48), ("o", 2048, 32), ("gate_up", 2048, 64), ("down", 4096, 32))  # --tiny: for the interpreter
 # --sweep: (block_n, block_w, split_k, warps, stages, loads) and (block_m, block_n, block_k, split_k, swap, ptx, warps,
 # stages).
 SWEEP_GEMV = ((8, 128, 1, 4, 3, True), (16, 128, 1, 8, 3, True)) + tuple(
@@ -43,8 +54,9 @@ SWEEP_F16X2 = tuple((bn, bw, sk, warps, 3, True) for bn, bw, sk, warps in (
 L2_SAFE_BYTES = 256 << 20  # the weight copies a timed call cycles through: several times the L2
 
 
-def per_call_us(fn, copies: list) -> float:  # type: ignore[no-untyped-def, type-arg]
-    """GPU µs of one fn(copy), from CUDA-graph replays of fn over every copy in turn (median)."""
+def per_call_us(fn, copies: list, cpu: bool = False) -> float:  # type: ignore[no-untyped-def, type-arg]
+    """GPU µs of one fn(copy), from CUDA-graph replays of fn over every copy in turn (median); cpu:
+    the wall-clock median of 3 rounds after one (the interpreter has no graphs)."""
     import triton.testing
 
     def all_copies() -> None:
@@ -52,6 +64,13 @@ def per_call_us(fn, copies: list) -> float:  # type: ignore[no-untyped-def, type
             fn(c)
 
     all_copies()
+    if cpu:
+        took = []
+        for _ in range(3):
+            start = time.perf_counter()
+            all_copies()
+            took.append(time.perf_counter() - start)
+        return statistics.median(took) * 1e6 / len(copies)
     return float(triton.testing.do_bench_cudagraph(all_copies, rep=5, return_mode="median")) * 1e3 / len(copies)
 
 
@@ -67,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--into", default="", help="comma list of acc, zero, tile: time every GEMM config in each "
                         "of these modes (where a tile's zero point and scale go, kernels/int_weight_gemm.py)")
     parser.add_argument("--log", help="write every candidate's line here too")
+    parser.add_argument("--compare", action="store_true", help="x_pairs against fused builds (rows 1,16 unless "
+                        "--rows is given), beside bf16 F.linear and linear_one_row")
+    parser.add_argument("--tiny", action="store_true", help="with --compare: tiny shapes, on the CPU when no GPU")
     args = parser.parse_args(argv)
+    if args.compare:
+        from load.bench_int_weight_compare import compare
+
+        return compare(SHAPES if not args.tiny else TINY, args.group_size,
+                       args.rows if "--rows" in (argv if argv is not None else sys.argv) else "1,16",
+                       args.shapes.split(","), per_call_us, L2_SAFE_BYTES)
     import torch
     import torch.nn.functional as F
     from kernels import reference

@@ -65,16 +65,18 @@ def sm90_sass(fn, signature: dict[str, str], constexprs: dict[str, object], num_
         return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
 
 
-def f16x2_loop(block_n: int, block_w: int, warps: int, split_k: int, fold: bool, group: int = 128) -> str:
+def f16x2_loop(block_n: int, block_w: int, warps: int, split_k: int, fold: bool, group: int = 128,
+               fused: bool = False, ahead: bool = False) -> str:
     from kernels import int_weight_gemv_f16x2 as m
 
     groups, words = (block_w * 8 // group, group // 8) if block_w * 8 > group else (1, block_w)
-    signature = {"xp_ptr": "*i32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16",
+    signature = {"x_ptr": "*bf16", "xp_ptr": "*i32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16",
                  "b_ptr": "*fp16", "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "kw": "i32",
                  "NG": "i32"}
     constexprs = dict(G=group, BLOCK_N=block_n, GROUPS=groups, WORDS=words, SPLIT_K=split_k, HAS_BIAS=False,
-                      EVEN_N=True, EVEN_K=True, FOLD=fold, PTX=True, X4=words % 4 == 0)
-    return main_loop(sm90_sass(m._gemv_f16x2_kernel, signature, constexprs, warps, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10)))
+                      EVEN_N=True, EVEN_K=True, FOLD=fold, PTX=True, X4=words % 4 == 0, FUSED=fused, X_BF16=True,
+                      AHEAD=ahead)
+    return main_loop(sm90_sass(m._gemv_f16x2_kernel, signature, constexprs, warps, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11)))
 
 
 def report(name: str, loop: str, values: int) -> str:
@@ -87,17 +89,19 @@ def report(name: str, loop: str, values: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--f16x2", action="append", help="block_n,block_w,warps,split_k (repeatable)")
+    parser.add_argument("--f16x2", action="append", help="block_n,block_w,warps,split_k[,fused,ahead] (repeatable; "
+                        "fused, ahead: 0 or 1)")
     parser.add_argument("--no-fold", action="store_true")
     args = parser.parse_args(argv)
     from worker.quant.int_kernels import F16X2
 
-    configs = [tuple(int(v) for v in c.split(",")) for c in args.f16x2] if args.f16x2 else \
-        [(c[0], c[1], c[3], c[2]) for c in F16X2]
-    for bn, bw, warps, sk in configs:
-        loop = f16x2_loop(bn, bw, warps, sk, not args.no_fold)
+    configs = [(tuple(int(v) for v in c.split(",")) + (0, 0))[:6] for c in args.f16x2] if args.f16x2 else \
+        [(c[0], c[1], c[3], c[2], *(tuple(c[6:8]) or (False, False))) for c in F16X2]
+    for bn, bw, warps, sk, fused, ahead in configs:
+        loop = f16x2_loop(bn, bw, warps, sk, not args.no_fold, fused=bool(fused), ahead=bool(ahead))
         values = bn * bw * 8 // (32 * warps)  # weight values a thread takes per loop iteration
-        print(report(f"f16x2 n{bn} w{bw} warps{warps} split-K {sk}{'' if args.no_fold else ' fold'}", loop, values))
+        print(report(f"f16x2 n{bn} w{bw} warps{warps} split-K {sk}{'' if args.no_fold else ' fold'}"
+                     f"{' fused' if fused else ''}{' ahead' if ahead else ''}", loop, values))
     return 0
 
 

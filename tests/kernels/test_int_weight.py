@@ -74,11 +74,33 @@ def test_packed_pair_gemv_matches_the_reference(n: int, k: int, group: int, bits
     x[0, 32:48] *= 3000.0
     x = x.to(device, dtype)
     want, scale = _want(x, layout, group, bits, bias)
-    for block_w, split_k, fold in ((8, 1, True), (8, 3, False), (2 * min(group, 64) // 8, 3, True)):
+    # fused: x's pairs made in the kernel instead of by x_pairs; ahead: the next tile loaded first.
+    whole = 2 * min(group, 64) // 8  # a tile holding whole groups where the group allows
+    for block_w, split_k, fold, fused, ahead in ((8, 1, True, False, False), (8, 3, False, False, False),
+                                                 (whole, 3, True, False, False), (8, 1, True, True, False),
+                                                 (8, 3, False, True, True), (whole, 1, True, True, True),
+                                                 (whole, 3, True, False, True)):
         got = int_weight_gemv_f16x2(x, *layout, group, bits, bias, block_n=16, block_w=block_w, split_k=split_k,
-                                    fold=fold)
+                                    fold=fold, fused=fused, ahead=ahead)
         assert got.dtype == dtype and got.shape == (1, n)
         assert_close(got / scale, want / scale, dtype, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pairs_made_in_the_kernel_give_the_x_pairs_result_exactly(dtype: torch.dtype, device: torch.device) -> None:
+    # The same float16 planes either way (chunk_pairs is shared), so the same sums in the same
+    # order: any difference is a wrong plane, factor or chunk sum in the kernel's own pairs. A row
+    # of x offset by one value (not 16-byte aligned) is copied first, as the launcher promises.
+    n, k, group = 24, 256, 64
+    layout = _layout(n, k, group, 4, device)
+    x = (torch.randn(1, k + 1, generator=torch.Generator().manual_seed(4)) * 5.0).to(device, dtype)
+    x[0, 1:17] *= 1e-3
+    for row in (x[:, :k].contiguous(), x[:, 1:]):
+        for block_w, split_k, fold, ahead in ((8, 1, True, False), (16, 2, False, True), (32, 1, True, True)):
+            kw = dict(block_n=8, block_w=block_w, split_k=split_k, fold=fold)
+            want = int_weight_gemv_f16x2(row, *layout, group, 4, **kw)
+            got = int_weight_gemv_f16x2(row, *layout, group, 4, fused=True, ahead=ahead, **kw)
+            assert torch.equal(got, want), (block_w, split_k, fold, ahead)
 
 
 @pytest.mark.parametrize(("n", "k", "group", "bits"), SHAPES)
@@ -144,7 +166,9 @@ def test_split_k_configs_of_the_shortlist_stay_right_over_repeated_launches() ->
                                                      planes=c[5] == "planes")
                          for c in GEMV if c[2] > 1]
             launches += [lambda c=c: int_weight_gemv_f16x2(x, *layout, group, bits, block_n=c[0], block_w=c[1],
-                                                           split_k=c[2], num_warps=c[3], num_stages=c[4], fold=c[5])
+                                                           split_k=c[2], num_warps=c[3], num_stages=c[4], fold=c[5],
+                                                           fused=c[6] if len(c) > 6 else False,
+                                                           ahead=c[7] if len(c) > 7 else False)
                          for c in F16X2 if c[2] > 1]
         for launch in launches:
             outs = [launch() for _ in range(20)]

@@ -1,7 +1,7 @@
 """The CUDA forward of IntWeightLinear: per weight shape and batch bucket, the fastest kernel.
 
 Candidates (kernels/int_weight_*.py): the GEMV configs for one row (the float32 GEMV and the
-packed-pair one), the tensor-core GEMM configs
+packed-pair one, with x's pairs made by a launch of their own or in the kernel), the tensor-core GEMM configs
 (with split K for few rows, summed in the same launch), and dequantize + cuBLAS from 64 rows.
 Each (shape, group, bits, bucket) is timed once on first use, outside CUDA graph capture, by graph
 replay (decode runs inside graphs, so device time is what counts); the capture warm-up of every
@@ -38,12 +38,19 @@ GEMV = ((16, 128, 1, 4, 3, False), (8, 128, 1, 4, 3, False), (16, 64, 1, 2, 3, F
 # (block_n, block_w, split_k, warps, stages, loads): loads True = 16-byte ("wide"), False = 4-byte ("narrow"),
 # "planes" = wide with x through x_planes first (kernels/int_weight_gemv.py); the planes builds are
 # not measured on a GPU yet (docs/perf.md), the first-use timing decides.
-F16X2 = ((8, 128, 1, 4, 3, True), (16, 256, 1, 8, 3, True), (16, 128, 2, 4, 3, True), (16, 64, 1, 2, 3, True),
-         (32, 64, 1, 4, 3, True), (16, 128, 4, 4, 3, True), (8, 256, 2, 4, 3, True), (16, 256, 2, 8, 3, True))
+F16X2 = ((8, 128, 1, 4, 3, True), (16, 256, 1, 8, 3, True), (16, 64, 1, 2, 3, True), (16, 128, 4, 4, 3, True),
+         (16, 256, 1, 2, 3, True, True, True), (16, 512, 1, 4, 3, True, True, False),
+         (16, 128, 1, 1, 3, True, True, False), (8, 256, 1, 2, 3, True, True, True),
+         (16, 256, 2, 2, 3, True, True, True), (16, 256, 4, 2, 3, True, True, True))
 # The packed-pair GEMV of 4-bit weights and 16-bit x (kernels/int_weight_gemv_f16x2.py), the fastest
 # one-row kernel on every 8B shape (H200, docs/perf.md 2026-12-02 19:14 UTC): (block_n, block_w,
-# split_k, warps, stages, fold), the top three of each shape; fold won everywhere. The GEMV above
-# stays for what it cannot take (float32 x or scales, 8 bits, K not a multiple of 16).
+# split_k, warps, stages, fold[, fused, ahead]). The first four: each shape's winner then, x through
+# the x_pairs launch. The rest make x's pairs in the kernel (fused) and keep the next tile's loads in
+# flight (ahead); not measured on a GPU yet, the first-use timing decides. Their tiles are as wide
+# as 128 words a warp, so each thread holds all 8-16 rows of its words and makes their pairs once
+# (sm_90 builds off the GPU: 2.3-2.6 instructions a weight value against 3.3 with 4 rows a thread,
+# and 1.9-2.2 for the x_pairs builds). The GEMV above stays for what it cannot take (float32 x or
+# scales, 8 bits, K not a multiple of 16).
 GEMM = ((16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 5),
         (16, 64, 128, 8, True, True, 4, 4), (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3),
         (64, 64, 128, 4, True, True, 4, 4), (64, 64, 128, 4, False, True, 4, 4), (64, 128, 128, 1, False, True, 8, 3),
@@ -127,13 +134,15 @@ def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool
                                   block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4],
                                   wide=c[5] is True, planes=c[5] == "planes")))
         pairs_fit = layer.bits == 4 and k % 16 == 0 and layer.scales.element_size() == 2  # x's dtype: checked at the call
-        for bn, bw, sk, warps, stages, fold in f16x2 if pairs_fit else ():
+        for bn, bw, sk, warps, stages, fold, *rest in f16x2 if pairs_fit else ():
+            fused, ahead = (rest + [False, False])[:2]
             if fits(bw * per) and bw * per * sk <= 2 * k:
-                found.append((f"gemv f16x2 n{bn} w{bw} splitk{sk} warps{warps} stages{stages}{' fold' if fold else ''}",
-                              lambda x, lay, c=(bn, bw, sk, warps, stages, fold): int_weight_gemv_f16x2(
+                found.append((f"gemv f16x2 n{bn} w{bw} splitk{sk} warps{warps} stages{stages}{' fold' if fold else ''}"
+                              f"{' fused' if fused else ''}{' ahead' if ahead else ''}",
+                              lambda x, lay, c=(bn, bw, sk, warps, stages, fold, fused, ahead): int_weight_gemv_f16x2(
                                   x, lay.qweight, lay.scales, lay.zeros, lay.group_size, lay.bits, lay.bias,
                                   block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4],
-                                  fold=c[5])))
+                                  fold=c[5], fused=c[6], ahead=c[7])))
     for bm, bn, bk, sk, swap, ptx, warps, stages, *rest in gemm:
         into = rest[0] if rest else "acc"
         if into != "acc" and (not fits(bk) or tile_groups(bk, layer.group_size, k, layer.bits)[0] != 1):  # type: ignore[index]
