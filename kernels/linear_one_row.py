@@ -26,19 +26,18 @@ MAX_ROWS = 16  # the most rows `linear_one_row` takes: past it a GEMM reads W on
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, N, K, K_SPLIT, stride_wn, stride_xm, stride_os,
+    x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_xm,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_then_release(PDL)
     m = tl.program_id(0)  # the row: the fastest axis, so one tile of W serves every row from L2
     x_ptr += m * stride_xm
-    out_ptr += tl.program_id(2) * stride_os + m * N  # split s of K writes its partial sums at s
+    out_ptr += m * N
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
     n_mask = n < N
     rows = n.to(tl.int64) * stride_wn
-    k_start = tl.program_id(2) * K_SPLIT  # K_SPLIT: a multiple of BLOCK_K (K itself without a split)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(k_start, min(k_start + K_SPLIT, K), BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)  # (BK,)
         k_mask = k < K
         x = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)  # (BK,)
@@ -50,49 +49,21 @@ def _gemv_kernel(
     tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
-@triton.jit
-def _sum_splits_kernel(
-    part_ptr, b_ptr, out_ptr, MN, N, SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    wait_then_release(PDL)
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (row, output) index
-    mask = i < MN
-    y = tl.zeros([BLOCK], tl.float32)
-    for s in tl.static_range(SPLITS):  # always in this order: the same bits on every call
-        y += tl.load(part_ptr + s * MN + i, mask=mask, other=0.0)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + i % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + i, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 def linear_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                   block_n: int = 8, block_k: int = 512, num_warps: int = 4, num_stages: int = 3,
-                   split_k: int = 1) -> torch.Tensor:
+                   block_n: int = 8, block_k: int = 512, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
     """x (M, K) with 1 <= M <= MAX_ROWS, weight (N, K) with unit stride along K, bias (N,) -> (M, N)
-    in x's dtype. `split_k` > 1: K is cut in that many ranges, each program sums one range into a
-    float32 partial and a second kernel adds the partials in a fixed order (more programs for the
-    shapes whose output tiles alone leave the card's SMs unevenly loaded)."""
+    in x's dtype."""
     assert x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS, f"1 to {MAX_ROWS} rows expected, got {tuple(x.shape)}"
     assert weight.dim() == 2 and weight.shape[1] == x.shape[1] and weight.stride(1) == 1, tuple(weight.shape)
     assert x.dtype == weight.dtype, (x.dtype, weight.dtype)
     n, k = weight.shape
-    rows = x.shape[0]
     x = x.contiguous()
-    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)  # (M, N)
-    k_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
-    splits = triton.cdiv(k, k_split)
-    grid = (rows, triton.cdiv(n, block_n), splits)
+    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)  # (M, N)
+    grid = (x.shape[0], triton.cdiv(n, block_n))
     assert grid[1] < 2**16, f"{n} outputs in tiles of {block_n}: more tiles than a grid's second axis holds"
-    partial = out if splits == 1 else torch.empty(splits, rows, n, dtype=torch.float32, device=x.device)
     _gemv_kernel[grid](
-        x, weight, bias if bias is not None else weight, partial, n, k, k_split, weight.stride(0), x.stride(0),
-        rows * n, HAS_BIAS=bias is not None and splits == 1, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=num_warps, num_stages=num_stages, **launch(),
+        x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0), x.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+        **launch(),
     )
-    if splits > 1:
-        _sum_splits_kernel[(triton.cdiv(rows * n, 1024),)](
-            partial, bias if bias is not None else partial, out, rows * n, n,
-            SPLITS=splits, HAS_BIAS=bias is not None, BLOCK=1024, num_warps=4, **launch(),
-        )
     return out

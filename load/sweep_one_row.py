@@ -1,11 +1,10 @@
 """One-row linears (batch-1 decoding) swept on a GPU: cuBLAS against every launch setting of
-kernels/linear_one_row.py, split over K included, on the Llama-3.1-8B shapes.
+kernels/linear_one_row.py on the Llama-3.1-8B shapes.
 
 Each candidate is checked against float32 and timed replayed from a CUDA graph that cycles through
 enough copies of the weight to keep it out of L2 (a decoder's 32 layers do not fit there either;
 the same weight replayed alone would be read from L2 from the second call on). The rate is the
-weight's bytes over the time per call, beside the card's copy rate (read + write of a
-device-to-device copy) measured in the same run.
+weight's bytes over the time per call (load/bench_gpu.py measures the card's copy rate).
 
     python -m load.sweep_one_row                       # the 8B shapes, about a minute on an H200
     python -m load.sweep_one_row --shapes 576x960 --top 3
@@ -25,15 +24,6 @@ L2_SAFE_BYTES = 256 << 20
 CALLS = 32
 
 
-def _copy_rate() -> float:
-    import torch
-
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    us = _graph_us(lambda: dst.copy_(src))
-    return 2 * src.numel() / us / 1e3  # GB/s, read + write
-
-
 def _graph_us(fn: Any, calls: int = 1) -> float:
     import triton.testing
 
@@ -41,10 +31,10 @@ def _graph_us(fn: Any, calls: int = 1) -> float:
     return float(triton.testing.do_bench_cudagraph(fn, rep=20)) * 1e3 / calls
 
 
-def _candidates(splits: list[int]) -> list[tuple[int, int, int, int, int]]:
+def _candidates() -> list[tuple[int, int, int, int]]:
     return [
-        (bn, bk, warps, 3, split)
-        for bn, bk, warps, split in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (2, 4, 8), splits)
+        (bn, bk, warps, 3)
+        for bn, bk, warps in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048, 4096), (2, 4, 8))
         if bn * bk <= 8192 and bk // (32 * warps) >= 1
     ]
 
@@ -53,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m load.sweep_one_row", description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=SHAPES_8B, help="K x N pairs, comma list")
     p.add_argument("--rows", default="1", help="rows of x (1 to kernels/linear_one_row.MAX_ROWS), comma list")
-    p.add_argument("--splits", default="1,2,4", help="split-K factors tried")
     p.add_argument("--top", type=int, default=5, help="fastest settings shown per shape")
     args = p.parse_args(argv)
 
@@ -61,11 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from kernels.linear_one_row import linear_one_row
 
-    copy = _copy_rate()
-    print(f"card: {torch.cuda.get_device_name()}; copy {copy / 1e3:.2f} TB/s (read + write)")
-    print("| K x N | rows | cuBLAS µs (GB/s) | best Triton µs (GB/s) | x cuBLAS | best settings (bn x bk / warps / split: µs) |")
+    print(f"card: {torch.cuda.get_device_name()}")
+    print("| K x N | rows | cuBLAS µs (GB/s) | best Triton µs (GB/s) | x cuBLAS | best settings (bn x bk / warps: µs) |")
     print("|---|---|---|---|---|---|")
-    candidates = _candidates([int(s) for s in args.splits.split(",")])
+    candidates = _candidates()
     gen = torch.Generator(device="cuda").manual_seed(0)
     for shape, rows in itertools.product(args.shapes.split(","), [int(r) for r in args.rows.split(",")]):
         k, n = (int(v) for v in shape.split("x"))
@@ -80,16 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         base = _graph_us(cycle(lambda w: torch.nn.functional.linear(x, w)), CALLS)
         timed = []
         for c in candidates:
-            bn, bk, warps, stages, split = c
-            if -(-n // bn) >= 2**16:
+            if -(-n // c[0]) >= 2**16:
                 continue
-            got = linear_one_row(x, ws[0], None, bn, bk, warps, stages, split)
+            got = linear_one_row(x, ws[0], None, *c)
             torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
             timed.append((_graph_us(cycle(lambda w, c=c: linear_one_row(x, w, None, *c)), CALLS), c))
         timed.sort()
         best_us, _ = timed[0]
         gbs = 2 * n * k / 1e3
-        cells = ", ".join(f"{bn}x{bk}/w{w}/k{s}: {us:.1f}" for us, (bn, bk, w, _, s) in timed[: args.top])
+        cells = ", ".join(f"{bn}x{bk}/w{w}: {us:.1f}" for us, (bn, bk, w, _) in timed[: args.top])
         print(f"| {k}x{n} | {rows} | {base:.1f} ({gbs / base:.0f}) | {best_us:.1f} ({gbs / best_us:.0f}) | "
               f"{base / best_us:.2f}x | {cells} |")
         del ws

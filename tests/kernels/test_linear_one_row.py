@@ -26,7 +26,7 @@ def test_linear_one_row(k: int, n: int, dtype: torch.dtype, bias: bool, rows: in
     w = (torch.randn(n, k, generator=gen) / k**0.5).to(device, dtype)
     b = torch.randn(n, generator=gen).to(device, dtype) if bias else None
     want = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
-    for config in ((8, 512, 4, 3, 1), (4, 32, 1, 1, 1), (4, 32, 1, 1, 3)):  # the last splits K in 3
+    for config in ((8, 512, 4, 3), (4, 32, 1, 1)):
         got = linear_one_row(x, w, b, *config)
         assert got.shape == (rows, n) and got.dtype == dtype
         assert_close(got, want, dtype, 2)
