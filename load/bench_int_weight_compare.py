@@ -4,8 +4,9 @@ of their own ("old") against made in the kernel ("new"), on the Llama-3.1-8B lin
 AWQ layout (random integers, zero points and scales), group 128 by default. Per shape and row
 count: the fastest candidate of each side of worker/quant/int_kernels.py's shortlist, every one
 checked against the float32 reference first (relative error of the whole output under 1e-2), bf16
-`F.linear` and bf16 `linear_one_row` on the same weights (dequantized), all timed by the caller's
-`per_call_us` over enough weight copies that they cannot sit in L2. "% copy" is the bytes a call
+`F.linear` and bf16 `linear_one_row` (the fastest of the configs worker/ops.py's `linear` tries)
+on the same weights (dequantized), all timed by the caller's `per_call_us` over enough weight
+copies that they cannot sit in L2. "% copy" is the bytes a call
 reads over the copy rate measured in the same run (on the CPU: a 64 MiB tensor copy).
 """
 
@@ -24,6 +25,7 @@ def compare(shapes: tuple[tuple[str, int, int], ...], group_size: int, rows_csv:
 
     from kernels import reference
     from kernels.linear_one_row import MAX_ROWS, linear_one_row
+    from worker.ops import _ONE_ROW_CONFIGS as ONE_ROW_CONFIGS  # what the engine's bf16 linears pick among
     from worker.quant import int_kernels
     from worker.quant.int_weight import IntWeightLinear, IntWeights
 
@@ -55,8 +57,8 @@ def compare(shapes: tuple[tuple[str, int, int], ...], group_size: int, rows_csv:
             want = F.linear(x.float(), dense)  # (rows, N)
             read = layer.packed_bytes() + x.numel() * 2 + rows * n * 2
             bf16_us = per_call_us(lambda w: F.linear(x, w), dense_copies, cpu)  # noqa: B023
-            one_row_us = per_call_us(lambda w: linear_one_row(x, w), dense_copies, cpu) \
-                if rows <= MAX_ROWS else float("nan")  # noqa: B023
+            one_row_us = min((per_call_us(lambda w, c=c: linear_one_row(x, w, None, *c), dense_copies, cpu)  # noqa: B023
+                              for c in ONE_ROW_CONFIGS), default=float("nan")) if rows <= MAX_ROWS else float("nan")
             bucket = int_kernels.bucket_of(rows)
             if rows == 1:
                 sides = [_fastest([c for c in int_kernels.candidates(layer, bucket, (), (), f16x2) if "f16x2" in c[0]],
