@@ -42,6 +42,7 @@ import triton.language as tl
 
 from kernels.int_weight import INTERPRETED, check_layout, tile_groups
 from kernels.int_weight_x_pairs import CHUNK, chunk_pairs, load_x_word, x_floats, x_pairs
+from kernels.pdl import launch, wait_then_release
 from kernels.split_k import counters, finish_tile, workspace
 
 __all__ = ["int_weight_gemv_f16x2"]
@@ -210,6 +211,7 @@ def _gemv_f16x2_kernel(
     G: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WORDS: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, FOLD: tl.constexpr,
     PTX: tl.constexpr, X4: tl.constexpr, FUSED: tl.constexpr, X_BF16: tl.constexpr, AHEAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # As kernels/int_weight_gemv.py's tile, (BLOCK_N rows, GROUPS groups, WORDS words of each),
     # loaded as (rows, words) and reshaped. FUSED: x's pairs made here from x (x_ptr, bf16 when
@@ -218,6 +220,11 @@ def _gemv_f16x2_kernel(
     # multiple of 4: then the words load 16 bytes at a time, four to a thread, and x's loads take
     # the same layout). AHEAD: the next tile's loads are issued before this tile's arithmetic, so
     # a program keeps two tiles of weights in flight (the last one re-reads the final tile).
+    # PDL (kernels/pdl.py): the weights are never written on the device, so AHEAD's first tile is
+    # loaded before the wait for the previous kernel, whose tail it overlaps; x, the workspace and
+    # the counters only after it. NOTE(int4): x's loads are pure inline PTX, which nothing orders
+    # after the wait but the compiler's choice; Triton 3.9's sm_90 PTX keeps them after it (read
+    # off the GPU), and tests/kernels/test_int_weight.py compares the bits with PDL on and off.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     TILE_W: tl.constexpr = GROUPS * WORDS
@@ -233,6 +240,8 @@ def _gemv_f16x2_kernel(
     if AHEAD:
         words, s, z = _weight_tile(rows, s_ptr, z_ptr, n64, n_mask, start, kw, NG, G, BLOCK_N, GROUPS, WORDS,
                                    EVEN, PTX)
+    wait_then_release(PDL)
+    if AHEAD:
         if FUSED:
             re0, re1, re2, re3, ro0, ro1, ro2, ro3 = _x_tile(x_ptr, start, kw, GROUPS, WORDS, EVEN_K, PTX)
     for w0 in range(start, kw, step):
@@ -337,5 +346,6 @@ def int_weight_gemv_f16x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.
         HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0, EVEN_K=kw % block_w == 0,
         FOLD=fold, PTX=not INTERPRETED, X4=not INTERPRETED and kw % 16 == 0 and kw % block_w == 0 and fit[1] % 4 == 0,
         FUSED=fused, X_BF16=x.dtype == torch.bfloat16, AHEAD=ahead, num_warps=num_warps, num_stages=num_stages,
+        **launch(),
     )
     return out

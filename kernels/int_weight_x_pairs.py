@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch, wait_then_release
+
 __all__ = ["CHUNK", "chunk_pairs", "load_x_word", "x_floats", "x_pairs"]
 
 CHUNK = 16  # channels that share one power-of-two scale and one float16 accumulator (two words)
@@ -105,9 +107,10 @@ def x_floats(r, X_BF16: tl.constexpr):
 
 
 @triton.jit
-def _x_pairs_kernel(x_ptr, xp_ptr, xs_ptr, kw, FOLD: tl.constexpr, BLOCK_C: tl.constexpr):
+def _x_pairs_kernel(x_ptr, xp_ptr, xs_ptr, kw, FOLD: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):
     # x (K,) -> xp (4, kw) int32: the planes; xs (2, kw) float32: the factor that undoes the scaling
     # and the chunk's sum of x, for both words of the chunk.
+    wait_then_release(PDL)
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)  # (BC,) chunks
     c_mask = c * 2 < kw
     ev = x_ptr + c * 16  # CHUNK channels a chunk
@@ -152,5 +155,5 @@ def x_pairs(x: torch.Tensor, fold: bool) -> tuple[torch.Tensor, torch.Tensor]:
     kw = k // 8
     xp = torch.empty(4, kw, dtype=torch.int32, device=x.device)
     xs = torch.empty(2, kw, dtype=torch.float32, device=x.device)
-    _x_pairs_kernel[(triton.cdiv(kw // 2, 128),)](x, xp, xs, kw, FOLD=fold, BLOCK_C=128)
+    _x_pairs_kernel[(triton.cdiv(kw // 2, 128),)](x, xp, xs, kw, FOLD=fold, BLOCK_C=128, **launch())
     return xp, xs

@@ -12,6 +12,7 @@ measured copy rate.
     python -m load.bench_int_weight --sweep --log $OUT/int4.log   # the wide sweep, every line logged
     python -m load.bench_int_weight --group-size 64 --rows 1,64
     python -m load.bench_int_weight --compare         # x_pairs builds against fused ones, rows 1 and 16
+    python -m load.bench_int_weight --compare --pdl   # the same with programmatic dependent launch on
     TRITON_INTERPRET=1 python -m load.bench_int_weight --compare --tiny   # the same on the CPU, tiny shapes
 
 --compare: per shape and row count, the fastest x_pairs build of the f16x2 shortlist ("old": the
@@ -89,13 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="x_pairs against fused builds (rows 1,16 unless "
                         "--rows is given), beside bf16 F.linear and linear_one_row")
     parser.add_argument("--tiny", action="store_true", help="with --compare: tiny shapes, on the CPU when no GPU")
+    parser.add_argument("--pdl", action="store_true", help="with --compare: programmatic dependent launch on for the "
+                        "Triton kernels that take part (kernels/pdl.py; the f16x2 builds and x_pairs among them)")
     args = parser.parse_args(argv)
     if args.compare:
         from load.bench_int_weight_compare import compare
 
         return compare(SHAPES if not args.tiny else TINY, args.group_size,
                        args.rows if "--rows" in (argv if argv is not None else sys.argv) else "1,16",
-                       args.shapes.split(","), per_call_us, L2_SAFE_BYTES)
+                       args.shapes.split(","), per_call_us, L2_SAFE_BYTES, args.pdl)
     import torch
     import torch.nn.functional as F
     from kernels import reference

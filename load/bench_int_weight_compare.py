@@ -19,7 +19,7 @@ __all__ = ["compare"]
 
 
 def compare(shapes: tuple[tuple[str, int, int], ...], group_size: int, rows_csv: str, names: list[str],
-            per_call_us: Callable, l2_safe_bytes: int) -> int:  # type: ignore[type-arg]
+            per_call_us: Callable, l2_safe_bytes: int, pdl: bool = False) -> int:  # type: ignore[type-arg]
     import torch
     import torch.nn.functional as F
 
@@ -32,8 +32,11 @@ def compare(shapes: tuple[tuple[str, int, int], ...], group_size: int, rows_csv:
     cpu = not torch.cuda.is_available()
     device = torch.device("cpu" if cpu else "cuda")
     copy_rate = _copy_rate(device)
+    from kernels import pdl as pdl_switch
+
+    pdl_on = pdl_switch.enable(pdl, device)
     print(f"device {'cpu' if cpu else torch.cuda.get_device_name()}: copy {copy_rate / 1e12:.3f} TB/s, "
-          f"int4 AWQ layout group {group_size}")
+          f"int4 AWQ layout group {group_size}, programmatic dependent launch {'on' if pdl_on else 'off'}")
     old = tuple(c for c in int_kernels.F16X2 if not (len(c) > 6 and c[6]))
     new = tuple(c for c in int_kernels.F16X2 if len(c) > 6 and c[6])
     gen = torch.Generator(device).manual_seed(0)

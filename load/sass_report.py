@@ -66,7 +66,7 @@ def sm90_sass(fn, signature: dict[str, str], constexprs: dict[str, object], num_
 
 
 def f16x2_loop(block_n: int, block_w: int, warps: int, split_k: int, fold: bool, group: int = 128,
-               fused: bool = False, ahead: bool = False) -> str:
+               fused: bool = False, ahead: bool = False, pdl: bool = False) -> str:
     from kernels import int_weight_gemv_f16x2 as m
 
     groups, words = (block_w * 8 // group, group // 8) if block_w * 8 > group else (1, block_w)
@@ -75,7 +75,7 @@ def f16x2_loop(block_n: int, block_w: int, warps: int, split_k: int, fold: bool,
                  "NG": "i32"}
     constexprs = dict(G=group, BLOCK_N=block_n, GROUPS=groups, WORDS=words, SPLIT_K=split_k, HAS_BIAS=False,
                       EVEN_N=True, EVEN_K=True, FOLD=fold, PTX=True, X4=words % 4 == 0, FUSED=fused, X_BF16=True,
-                      AHEAD=ahead)
+                      AHEAD=ahead, PDL=pdl)
     return main_loop(sm90_sass(m._gemv_f16x2_kernel, signature, constexprs, warps, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11)))
 
 

@@ -180,3 +180,48 @@ def test_split_k_configs_of_the_shortlist_stay_right_over_repeated_launches() ->
                 outs.append(replayed.clone())
             for got in outs:
                 assert float((got.float() - want).norm() / want.norm()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU or torch.cuda.get_device_capability() < (9, 0), reason="needs an sm_90+ GPU")
+def test_a_chain_of_int4_gemvs_gives_the_same_bits_with_and_without_pdl() -> None:
+    # norm -> gate_up -> activation -> down, many times over, each GEMV build of the shortlist that
+    # loads weights before the grid dependency wait (ahead) or makes x's pairs itself (fused):
+    # with PDL on, a GEMV that read x before its producer finished would differ.
+    from kernels import pdl
+    from kernels.rms_norm import rms_norm
+    from kernels.silu_and_mul import silu_and_mul
+    from worker.quant.int_kernels import F16X2
+
+    device = torch.device("cuda")
+    hidden, inter, group = 1024, 2816, 128
+    layers = [(torch.rand(hidden, device=device).bfloat16() + 0.5, _layout(2 * inter, hidden, group, 4, device, i),
+               _layout(hidden, inter, group, 4, device, 100 + i)) for i in range(12)]
+    x = torch.randn(1, hidden, generator=torch.Generator().manual_seed(5)).to(device, torch.bfloat16)
+    for c in {c for c in F16X2 if len(c) > 6}:
+        def run(c=c):  # type: ignore[no-untyped-def]
+            kw = dict(block_n=c[0], block_w=c[1], split_k=c[2], num_warps=c[3], num_stages=c[4], fold=c[5],
+                      fused=c[6], ahead=c[7])
+            hidden_x, residual = x, torch.zeros_like(x)
+            for norm, up, down in layers:
+                normed, residual = rms_norm(hidden_x, norm, 1e-5, residual)
+                hidden_x = int_weight_gemv_f16x2(silu_and_mul(int_weight_gemv_f16x2(normed, *up, group, 4, **kw)),
+                                                 *down, group, 4, **kw)
+            return hidden_x + residual
+
+        results = {}
+        try:
+            for on in (False, True):
+                assert pdl.enable(on, device) is on
+                eager = run()
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    replayed = run()
+                graph.replay()
+                torch.cuda.synchronize()
+                assert torch.equal(replayed, eager), c
+                results[on] = eager
+        finally:
+            pdl.enable(False)
+        assert torch.equal(results[True], results[False]), c
