@@ -48,6 +48,7 @@ __all__ = [
     "FP8_MIN_ROW_SCALE",
     "quantize_fp8_rows",
     "w8_linear",
+    "w8a8_linear",
     "CODEBOOKS_4BIT",
     "quantize_4bit",
     "dequantize_4bit",
@@ -410,6 +411,18 @@ def w8_linear(
 ) -> torch.Tensor:  # (M, N) in x's dtype
     dense = weight.float() * scale.float().unsqueeze(1)  # (N, K)
     return F.linear(x.float(), dense, None if bias is None else bias.float()).to(x.dtype)
+
+
+def w8a8_linear(
+    x: torch.Tensor,  # (M, K)
+    weight: torch.Tensor,  # (N, K) float8
+    scale: torch.Tensor,  # (N,) float32: weight row n is weight[n] * scale[n]
+    bias: torch.Tensor | None = None,  # (N,)
+) -> torch.Tensor:  # (M, N) in x's dtype
+    """x quantized per row to weight's FP8 format first (`quantize_fp8_rows`), as torch._scaled_mm meets it."""
+    xq, x_scale = quantize_fp8_rows(x, weight.dtype)  # (M, K), (M, 1)
+    out = F.linear(xq.float(), weight.float()) * x_scale * scale.float().unsqueeze(0)  # (M, N)
+    return (out if bias is None else out + bias.float()).to(x.dtype)
 
 
 # bitsandbytes' 4-bit codebooks (bitsandbytes.functional.get_4bit_type): NF4, the normal-float

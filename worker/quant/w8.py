@@ -7,8 +7,10 @@ Methods: fp8 and compressed-tensors float-quantized (worker/quant/fp8.py), eetq 
 
 On CUDA each (shape, batch bucket) runs the fastest of its paths, timed once on first use
 (outside graph capture; worker/ops.py `gpu_milliseconds`):
-- `w8_linear` (kernels/w8_linear.py), at one row `w8_gemv` (kernels/w8_gemv.py): x stays in its dtype, each weight
-  byte is read once and converted in registers (the small-batch path of both layouts);
+- `w8_linear` (kernels/w8_linear.py), up to 16 rows `w8_gemv` (kernels/w8_gemv.py): x stays in its dtype,
+  each weight byte is read once and converted in registers (the small-batch path of both layouts);
+- FP8 only, up to 16 rows: `w8a8_gemv` (kernels/w8a8_gemv.py), x quantized per token inside the
+  kernel, the product on FP8 tensor cores (the numerics of the scaled_mm path below);
 - FP8 only: x quantized per token (kernels/quantize_fp8_rows.py), then torch._scaled_mm with row-wise
   scales on FP8 tensor cores (the large-batch path);
 - int8 only: the weight converted to x's dtype, a dense matmul, the scales on the output.
@@ -31,6 +33,11 @@ log = logging.getLogger("genfleet.worker.quant")
 # (kind, N, K, batch bucket, dtype) -> the path's name; filled on first use per key.
 _CHOICE: dict[tuple[str, int, int, int, torch.dtype], str] = {}
 _WIDEST_GEMV = 256  # batch buckets above this never try w8_linear
+GEMV_ROWS = 16  # the most rows w8_gemv and w8a8_gemv take (batch-1 verification, small batches)
+# w8_gemv configs tried beside kernels/w8_gemv.GEMV_CONFIGS (all at one row, the first at 2-16): bytes made float32
+# by integer operations (`bits`), and K split in two where K is long (down).
+_GEMV_MORE = ((8, 1024, 8, 3, 1, True), (2, 2048, 4, 4, 1, True), (8, 1024, 8, 3, 2, True))
+_SPLIT_FROM_K = 8192
 
 
 class W8Linear(nn.Module):
@@ -42,6 +49,10 @@ class W8Linear(nn.Module):
         self.kind = "fp8" if weight.dtype == torch.float8_e4m3fn else "int8"
         self.register_buffer("weight", weight.to(device).contiguous())  # (N, K)
         self.register_buffer("scale", scale.to(device=device, dtype=torch.float32).reshape(-1).contiguous())  # (N,)
+        if device.type == "cuda":  # split-K's tile counters, allocated outside any graph capture
+            from kernels.split_k import counters
+
+            counters(device, 1)
         self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
         # CPU: the weight dequantized once, in `dtype`.
         self.dense: torch.Tensor | None = None
@@ -64,20 +75,28 @@ class W8Linear(nn.Module):
         return paths[_CHOICE[key]]()
 
     def _paths(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-        from kernels.w8_gemv import GEMV_CONFIGS, w8_gemv
+        from kernels.w8_gemv import GEMV_CONFIGS, gemv_config, gemv_name, w8_gemv
         from kernels.w8_linear import W8_CONFIGS, w8_linear
+        from kernels.w8a8_gemv import W8A8_CONFIGS, w8a8_gemv, w8a8_name
 
+        # The first path is what runs where a graph is captured before its key was timed: no split-K.
         paths: dict[str, Callable[[], torch.Tensor]] = {}
         if self.kind == "fp8" and _scaled_mm_fits(x, self.weight):
             paths["fp8 scaled_mm"] = lambda: self._scaled_mm(x)
         if self.kind == "int8":
             paths["dequant + matmul"] = lambda: self._dequant_matmul(x)
-        if x.shape[0] == 1:
-            for config in GEMV_CONFIGS:
-                paths["w8_gemv %dx%d/w%d/s%d" % config] = lambda c=config: w8_gemv(x, self.weight, self.scale, self.bias, c)
-        if x.shape[0] <= _WIDEST_GEMV:
+        rows = x.shape[0]
+        if rows <= GEMV_ROWS:
+            for config in (GEMV_CONFIGS if rows == 1 else GEMV_CONFIGS[:1]) + _GEMV_MORE:
+                if gemv_config(config)[4] > 1 and self.in_features < _SPLIT_FROM_K:
+                    continue
+                paths[gemv_name(config)] = lambda c=config: w8_gemv(x, self.weight, self.scale, self.bias, c)
+        if self.kind == "fp8" and rows <= GEMV_ROWS:
+            for w8a8 in W8A8_CONFIGS:
+                paths[w8a8_name(w8a8)] = lambda c=w8a8: w8a8_gemv(x, self.weight, self.scale, self.bias, c)
+        if 1 < rows <= _WIDEST_GEMV:  # at one row the GEMVs always won (docs/perf.md)
             for config in W8_CONFIGS:
-                if config[0] <= 2 * max(16, x.shape[0]):  # no tile far taller than the batch
+                if config[0] <= 2 * max(16, rows):  # no tile far taller than the batch
                     paths["w8_linear %dx%dx%d/w%d/s%d" % config] = (
                         lambda c=config: w8_linear(x, self.weight, self.scale, self.bias, c)
                     )
@@ -130,4 +149,4 @@ def _bucket(m: int) -> int:
 def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # cuBLASLt FP8 with row-wise scales: sm89+, bfloat16 output, dimensions in multiples of 16.
     n, k = weight.shape
-    return x.dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0 and torch.cuda.get_device_capability(x.device) >= (8, 9)
+    return x.is_cuda and x.dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0 and torch.cuda.get_device_capability(x.device) >= (8, 9)
