@@ -34,6 +34,21 @@ def test_candidates_per_row_count(kind: torch.dtype) -> None:
     assert "split" not in first
 
 
+def test_the_timing_leaves_out_paths_that_fail_or_disagree(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import ops
+    from worker.quant import w8
+
+    x = torch.randn(4, 8)
+
+    def broken() -> torch.Tensor:
+        raise RuntimeError("no such instruction on this card")
+
+    paths = {"first": lambda: x * 1.0, "close": lambda: x * 1.02, "garbage": lambda: x * 2.0, "broken": broken}
+    speed = {paths["first"]: 3.0, paths["close"]: 2.0, paths["garbage"]: 1.0, paths["broken"]: 0.5}
+    monkeypatch.setattr(ops, "gpu_milliseconds", lambda fn, graphed: speed[fn])  # a card's timings, by path
+    assert w8._fastest(paths) == "close"  # W8A8's few percent pass; 2x and a failure do not
+
+
 @pytest.mark.gpu
 def test_w8linear_picks_a_path_per_row_bucket_and_replays_it() -> None:
     from kernels import reference as ref
