@@ -11,6 +11,8 @@ and plain elsewhere.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -24,8 +26,17 @@ from common.redis_url import RedisAddress, parse_redis_url
 
 __all__ = [
     "sync_client", "async_client", "is_cluster", "publish", "subscribe", "asubscribe",
-    "next_message", "anext_message", "is_data", "is_subscribe",
+    "next_message", "anext_message", "is_data", "is_subscribe", "quietly",
 ]
+
+def quietly(call: Callable[[], object], log: logging.Logger) -> None:
+    """A best-effort call on a sync client (a heartbeat, an XACK, a cleanup on exit): a Redis error
+    is logged, not raised."""
+    try:
+        call()
+    except redis.RedisError as exc:
+        log.warning("Redis call failed: %s", exc)
+
 
 def sync_client(url: str, cluster: bool = False, **options: Any) -> Any:
     """A blocking client; `options` are redis-py connection settings (timeouts, pool size)."""

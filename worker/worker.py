@@ -2,9 +2,9 @@
 
 Threads: the engine loop runs here (it owns the engine; nothing else touches it); intake
 (worker/intake.py) and output (worker/output.py) run beside it and talk to it through queues,
-so the loop never waits on Redis or detokenization. A heartbeat thread publishes WorkerInfo;
-a housekeeping thread reclaims orphaned entries and cancels the requests of vanished gateways
-once --gateway-grace-period has passed without another gateway adopting them.
+so the loop never waits on Redis or detokenization. A heartbeat thread publishes WorkerInfo
+(worker/heartbeat.py); a housekeeping thread reclaims orphaned entries and cancels the requests
+of vanished gateways once --gateway-grace-period has passed without another gateway adopting them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +29,14 @@ from common.errors import GATEWAY_GONE
 import msgspec
 
 from common.protocol import (
-    Adopt, Cancel, Control, Event, EventBatch, GenerateRequest, LoadAdapter, UnloadAdapter, WorkerInfo, encode,
+    Adopt, Cancel, Control, Event, EventBatch, GenerateRequest, LoadAdapter, UnloadAdapter, encode,
 )
-from common.redis_clients import is_cluster, publish, sync_client
+from common.redis_clients import is_cluster, publish, quietly, sync_client
 from common.streams import CONSUMER_GROUP, Keys
 from worker.batch import Engine, RequestOutput
 from worker.checkpoint import Checkpointer
 from worker.finish import is_expired
+from worker.heartbeat import Heartbeat
 from worker.intake import Intake
 from worker.lora.control import AdapterControl
 from worker.output import OutputProcessor
@@ -74,8 +74,6 @@ class Worker:
         self.engine = engine
         self.metrics = metrics
         self.device = device
-        self.quantize = quantize  # the quantization method serving the model, None = dense
-        self.max_total_tokens = max_total_tokens
         self.adapters = adapters or AdapterControl(None)  # LoRA: what it serves, loads at run time
         self.adapters.worker_id = self.worker_id
         self.redis = sync_client(
@@ -98,7 +96,6 @@ class Worker:
         # Held while the engine thread moves requests from the handover queue into the engine and
         # refreshes the snapshot, so intake never counts a request twice or not at all.
         self._admit_lock = threading.Lock()
-        self.started_at = time.time()
         self.step_count = 0
         self.step_log = StepLog(config.stats_interval)
         checkpoint = (Checkpointer(self.keys, self.worker_id, fleet.resume_ttl, config.checkpoint_interval)
@@ -116,9 +113,9 @@ class Worker:
             deliver=self._on_request,
         )
         self.gateway_watch = GatewayWatch(self.redis, self.keys, config.gateway_grace_period)
-        # The heartbeat has a thread of its own: neither an engine step nor housekeeping's Redis
-        # calls (each may wait up to the socket timeout, as long as the heartbeat TTL) hold it up.
-        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self.heartbeat = Heartbeat(self.redis, self.keys, config, self.worker_id, stats=engine.stats,
+                                   adapters=self.adapters, draining=self._draining, stopping=self._stopping,
+                                   device=device, quantize=quantize, max_total_tokens=max_total_tokens)
         self._housekeeper = threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -126,7 +123,7 @@ class Worker:
         self.adapters.load_recorded(self.redis, self.keys.runtime_adapters(self.model))
         self.output.start()
         self.intake.start()
-        self._heartbeat.start()
+        self.heartbeat.start()
         self._housekeeper.start()
         log.info("worker %s serving %s on %s", self.worker_id, self.model, self.device)
         try:
@@ -135,12 +132,11 @@ class Worker:
             self._stopping.set()
             self.intake.stop()
             self.output.close()
-            self._heartbeat.join(2.0)
+            self.heartbeat.join(2.0)
             self._housekeeper.join(2.0)
-            self._safe(lambda: self.redis.delete(self.keys.worker_heartbeat(self.worker_id)))
-            self._safe(lambda: self.redis.zrem(self.keys.worker_registry(self.model), self.worker_id))
+            self.heartbeat.withdraw()
             for stream in self.keys.all_request_streams(self.model):
-                self._safe(functools.partial(self.redis.xgroup_delconsumer, stream, CONSUMER_GROUP, self.worker_id))
+                quietly(functools.partial(self.redis.xgroup_delconsumer, stream, CONSUMER_GROUP, self.worker_id), log)
             self.redis.close()
         return 0
 
@@ -151,7 +147,7 @@ class Worker:
             self._draining.set()
             self.intake.stop_reading()
             self._drain_deadline = time.monotonic() + self.config.fleet.graceful_termination_timeout
-            self._heartbeat_now()
+            self.heartbeat.publish()
         self._work.set()
 
     def kill(self) -> None:
@@ -251,7 +247,7 @@ class Worker:
                 continue
             if isinstance(cancel, (LoadAdapter, UnloadAdapter)):
                 answer = self.adapters.handle(cancel)
-                self._heartbeat_now()  # gateways route by the announced adapters: before the answer
+                self.heartbeat.publish()  # gateways route by the announced adapters: before the answer
                 self._reply(cancel.gateway_id, answer)
                 continue
             for key in list(self._keys_by_req.get(cancel.req_id, ())):
@@ -300,8 +296,8 @@ class Worker:
 
     def _reply(self, gateway_id: str, event: Event) -> None:
         batch = EventBatch(self.worker_id, self.step_count, [event])
-        self._safe(lambda: publish(self.redis, self.keys.gateway_channel(gateway_id), encode(batch),
-                                   is_cluster(self.redis)))
+        quietly(lambda: publish(self.redis, self.keys.gateway_channel(gateway_id), encode(batch),
+                                is_cluster(self.redis)), log)
 
     def _refresh_snapshot(self) -> None:
         with self._admit_lock:
@@ -334,14 +330,9 @@ class Worker:
         self._work.set()
 
     def _on_bad_entry(self, stream: str, entry_id: bytes) -> None:
-        self._safe(lambda: self.redis.xack(stream, CONSUMER_GROUP, entry_id))
+        quietly(lambda: self.redis.xack(stream, CONSUMER_GROUP, entry_id), log)
 
-    # -- heartbeat -------------------------------------------------------------------------------
-    def _heartbeat_loop(self) -> None:
-        while not self._stopping.is_set():
-            self._heartbeat_now()
-            self._stopping.wait(self.config.fleet.heartbeat_interval)
-
+    # -- housekeeping ----------------------------------------------------------------------------
     def _housekeeping_loop(self) -> None:
         while not self._stopping.wait(self.config.fleet.heartbeat_interval):
             self._housekeeping()
@@ -359,41 +350,6 @@ class Worker:
         for key in orphans:
             log.info("gateway %s is gone and nobody adopted %s; cancelling it", owners[key][0], key)
             self._on_control(Cancel(key.req_id, key.attempt, GATEWAY_GONE))
-
-    def _heartbeat_now(self) -> None:
-        stats = self.engine.stats()
-        info = WorkerInfo(
-            worker_id=self.worker_id,
-            model=self.model,
-            running=stats.num_running,
-            waiting=stats.num_waiting,
-            free_kv_tokens=stats.num_free_tokens,
-            capacity_tokens=stats.capacity_tokens,
-            max_total_tokens=self.max_total_tokens,
-            max_batch_size=self.config.max_batch_size,
-            started_at=self.started_at,
-            updated_at=time.time(),
-            draining=self._draining.is_set(),
-            metrics_port=self.config.metrics_port,
-            device=self.device,
-            quantize=self.quantize,
-            speculate=stats.speculate,
-            speculation=stats.speculation,
-            adapters=list(self.adapters.ids),
-        )
-        ttl_ms = int(self.config.fleet.heartbeat_ttl * 1000)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.worker_heartbeat(self.worker_id), encode(info), px=ttl_ms)
-        pipe.zadd(self.keys.worker_registry(self.model), {self.worker_id: info.updated_at})
-        pipe.zadd(self.keys.model_registry(), {self.model: info.updated_at})
-        self._safe(pipe.execute)
-
-    @staticmethod
-    def _safe(fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except redis.RedisError as exc:
-            log.warning("Redis call failed: %s", exc)
 
 
 def run_worker(config: WorkerConfig) -> int:
