@@ -18,8 +18,11 @@ shares one memory pool, captured largest token count first.
 
 With a `head` (an unsharded runner), each graph goes on past the forward: the LM head over every
 row, and for each row the argmax and its logprob under the raw distribution, the greedy sampler's
-work (`GraphHead`), so one replay yields a greedy step's next tokens; the runner samples eagerly
-from the replayed logits whatever else a step asks for (worker/model_runner.py). The head's
+work (`GraphHead`), so one replay yields a greedy step's next tokens; a verification graph also
+counts each sequence's drafts that those argmaxes accept (worker/speculative/verify.py
+`leading_matches`), so a greedy verifying step costs the host no launch more than a plain one.
+The runner samples eagerly from the replayed logits whatever else a step asks for
+(worker/model_runner.py). The head's
 outputs sit in buffers shared by every graph (the first rows are the step's): a replay overwrites
 the step before's, which the stream has read by then (each step's reads are queued before the
 next step's replay).
@@ -38,6 +41,7 @@ import torch
 from worker.attention import AttentionMetadata, PagedAttentionBackend, forward_context
 from worker.input_builder import ModelInputs
 from worker.kv_cache import KVLayer
+from worker.speculative.verify import leading_matches
 
 if TYPE_CHECKING:
     from worker.model_runner import ModelRunner
@@ -89,20 +93,34 @@ class GraphHead:
     logits: torch.Tensor  # (T_max, V) float32: the LM head's, as ModelRunner._logits_of gives them
     greedy: torch.Tensor  # (T_max,) int64: each row's argmax
     greedy_logprobs: torch.Tensor  # (T_max,) float32: its logprob under the raw distribution
-    packed: torch.Tensor  # (2 * T_max,) float64: greedy then greedy_logprobs of a bucket's rows, as LogitsLayout.pack lays them
+    accepted: torch.Tensor  # (B_max,) int64: a verification graph's drafts accepted per sequence
+    # (2 * T_max + B_max,) float64: greedy, greedy_logprobs (and a verification graph's accepted)
+    # of a bucket's rows, as LogitsLayout.pack lays them out
+    packed: torch.Tensor
 
 
-def run_head(head: Callable[..., torch.Tensor], hidden: torch.Tensor, outputs: GraphHead) -> None:
+def run_head(head: Callable[..., torch.Tensor], hidden: torch.Tensor, outputs: GraphHead, query_len: int = 1,
+             input_ids: torch.Tensor | None = None) -> None:
     """The LM head over hidden's T rows into the first T rows of `outputs`, then each row's argmax,
     its logprob under the raw distribution (worker/sampler.py `sample` of all-greedy rows, op for
-    op), and both packed as LogitsLayout.pack lays out a plain step's results."""
+    op), and both packed as LogitsLayout.pack lays out a plain step's results. With `query_len`
+    q > 1 (a verification graph: T / q sequences, each its last token then q - 1 drafts, the
+    step's `input_ids` (T,)), also the drafts each sequence's argmaxes accept, packed after them as
+    a verifying step's results are."""
     tokens = hidden.shape[0]
     logits = head(hidden, out=outputs.logits[:tokens])  # (T, V) float32
     greedy = torch.argmax(logits, dim=-1, out=outputs.greedy[:tokens])  # (T,)
     raw = torch.log_softmax(logits, dim=-1)  # (T, V)
     chosen = outputs.greedy_logprobs[:tokens]
     chosen.copy_(raw.gather(1, greedy.unsqueeze(1)).squeeze(1))  # (T,)
-    torch.cat([greedy.double(), chosen.double()], out=outputs.packed[: 2 * tokens])
+    parts = [greedy.double(), chosen.double()]
+    if query_len > 1:
+        assert input_ids is not None and tokens % query_len == 0, (tokens, query_len)
+        seqs = tokens // query_len
+        accepted = leading_matches(greedy.view(seqs, query_len), input_ids.view(seqs, query_len),
+                                   out=outputs.accepted[:seqs])  # (B,)
+        parts.append(accepted.double())
+    torch.cat(parts, out=outputs.packed[: sum(p.shape[0] for p in parts)])
 
 
 @dataclass(slots=True)
@@ -113,7 +131,10 @@ class Replayed:
     logits: torch.Tensor | None = None  # (T, V) float32; None without a head
     greedy: torch.Tensor | None = None  # (T,) int64
     greedy_logprobs: torch.Tensor | None = None  # (T,) float32
-    packed: torch.Tensor | None = None  # (2T,) float64 when T is the bucket's size (no padding rows), else None
+    accepted: torch.Tensor | None = None  # (B,) int64: a verification graph's drafts accepted per sequence
+    # (2T,) float64, (2T + B,) for a verification graph, when T is the bucket's size (no padding
+    # rows), else None
+    packed: torch.Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -159,7 +180,8 @@ class DecodeGraphs:
                 logits=torch.zeros(max_tokens, vocab, dtype=torch.float32, device=device),
                 greedy=torch.zeros(max_tokens, dtype=torch.int64, device=device),
                 greedy_logprobs=torch.zeros(max_tokens, dtype=torch.float32, device=device),
-                packed=torch.zeros(2 * max_tokens, dtype=torch.float64, device=device),
+                accepted=torch.zeros(max_seqs, dtype=torch.int64, device=device),
+                packed=torch.zeros(2 * max_tokens + max_seqs, dtype=torch.float64, device=device),
             )
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_reserved(device)
@@ -212,8 +234,9 @@ class DecodeGraphs:
             return Replayed(out[:tokens])
         packed = None
         if tokens == size * q:  # no padding rows: the bucket's packed results are the step's
-            packed = head.packed[: 2 * tokens]
-        return Replayed(out[:tokens], head.logits[:tokens], head.greedy[:tokens], head.greedy_logprobs[:tokens], packed)
+            packed = head.packed[: 2 * tokens + (num if q > 1 else 0)]
+        return Replayed(out[:tokens], head.logits[:tokens], head.greedy[:tokens], head.greedy_logprobs[:tokens],
+                        head.accepted[:num] if q > 1 else None, packed)
 
     def _run(self, size: int, q: int) -> torch.Tensor:
         static = self.static
@@ -232,7 +255,7 @@ class DecodeGraphs:
         with forward_context(meta, self.backend):
             out: torch.Tensor = self.model(static.input_ids[:tokens], static.positions[:tokens])
         if self.head is not None and self.outputs is not None:
-            run_head(self.head, out[:, : self.hidden_size], self.outputs)
+            run_head(self.head, out[:, : self.hidden_size], self.outputs, q, static.input_ids[:tokens])
         return out
 
 

@@ -63,9 +63,11 @@ class LogitsLayout:
 
     def add_verified(self, batch_idx: int, first_row: int, drafts: list[int]) -> None:
         """A decode whose rows from `first_row` are its last token and then `drafts`: each samples."""
+        rows = len(drafts) + 1
         self.verify_spans.append((batch_idx, len(self.sample_rows), drafts))
-        for offset in range(len(drafts) + 1):
-            self.add_sampled(batch_idx, first_row + offset)
+        self.sample_rows.extend(range(len(self.rows), len(self.rows) + rows))  # what add_sampled does, per row
+        self.rows.extend(range(first_row, first_row + rows))
+        self.sample_batch_idx.extend([batch_idx] * rows)
 
     def add_proposer(self, batch_idx: int, first_sample_row: int, verifies: bool, num_proposed: int) -> None:
         """The request just added also has the heads propose `num_proposed` drafts."""

@@ -352,7 +352,9 @@ class ModelRunner:
                 replayed = None
                 result = sampler.sample(logits_all if rows is None else logits_all[rows], tensors, prev_ids)
                 token_ids, logprobs, top_ids, top_logprobs = result.token_ids, result.logprobs, result.top_ids, result.top_logprobs
-            if layout.verify_spans:
+            if replayed is not None and replayed.accepted is not None:  # counted by the verification graph
+                num_accepted = replayed.accepted
+            elif layout.verify_spans:
                 num_accepted = verify.accepted_counts(token_ids, layout, self.device, inputs.input_ids)
             if layout.proposers and self.heads is not None and rows is not None:
                 proposals = self._propose(layout, rows, hidden, token_ids, num_accepted)
@@ -367,9 +369,8 @@ class ModelRunner:
             prompt_logprobs = torch.log_softmax(picked, dim=-1).gather(1, targets).squeeze(1)  # (P,)
         # Everything comes back in one transfer (float64 holds token ids exactly), queued now
         # and waited for in `wait`: the step's one host synchronisation.
-        if (replayed is not None and replayed.packed is not None and prompt_logprobs is None and num_accepted is None
-                and proposals is None):
-            flat = replayed.packed  # the graph packed its greedy results as `pack` lays them out
+        if replayed is not None and replayed.packed is not None and prompt_logprobs is None and proposals is None:
+            flat = replayed.packed  # the graph packed its greedy results (and acceptance) as `pack` lays them out
         else:
             flat = layout.pack(k, token_ids, logprobs, top_ids, top_logprobs, prompt_logprobs, num_accepted, proposals)
         host = ready = None

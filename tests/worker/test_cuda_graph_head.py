@@ -1,7 +1,9 @@
-"""The decode graphs' head (LM head, argmax, logprobs, packed results), checked on the CPU: its ops
-give the greedy sampler's results bit for bit, and a runner that takes its steps' tokens from such
-replayed results generates the eager runner's tokens; on a GPU, a replay's head gives the eager
-head's results, and --graph-head off leaves the graphs at the hidden states."""
+"""The decode graphs' head (LM head, argmax, logprobs, packed results; a verification graph's
+accepted drafts), checked on the CPU: its ops give the greedy sampler's and the acceptance's
+results bit for bit, and a runner that takes its steps' tokens from such replayed results
+(load/eager_graphs.py) generates the eager runner's tokens, speculating or not; on a GPU, a
+replay's head gives the eager head's results, and --graph-head off leaves the graphs at the
+hidden states."""
 
 from __future__ import annotations
 
@@ -13,32 +15,32 @@ import torch
 
 from common.config import WorkerConfig
 from common.sampling_params import SamplingParams
+from load.eager_graphs import EagerGraphs, head_outputs
 from load.shapes import write_model_dir
 from worker import sampler
-from worker.attention import forward_context
 from worker.batch import ScheduledBatch, ScheduledRequest
-from worker.cuda_graphs import GraphHead, Replayed, run_head
+from worker.cuda_graphs import run_head
 from worker.engine import LLMEngine
-from worker.input_builder import ModelInputs, build_inputs
+from worker.input_builder import build_inputs
 from worker.logits_layout import LogitsLayout
 from worker.model_runner import ModelRunner
 from worker.request import Request
+from worker.speculative import verify
 
 
-def _outputs(rows: int, vocab: int) -> GraphHead:
-    return GraphHead(torch.full((rows, vocab), float("nan")), torch.full((rows,), -1, dtype=torch.int64),
-                     torch.full((rows,), float("nan")), torch.full((2 * rows,), float("nan"), dtype=torch.float64))
+def _head(weight: torch.Tensor):  # type: ignore[no-untyped-def]
+    def head(h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return out.copy_(h @ weight.T) if out is not None else h @ weight.T
+
+    return head
 
 
 def test_the_head_gives_the_greedy_samplers_results() -> None:
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(300, 16, generator=gen)
     hidden = torch.randn(5, 16, generator=gen)
-
-    def head(h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        return out.copy_(h @ weight.T) if out is not None else h @ weight.T
-
-    outputs = _outputs(8, 300)  # a bucket of 8 rows; the step's 5 come first
+    head = _head(weight)
+    outputs = head_outputs(8, 300, 8)  # a bucket of 8 rows; the step's 5 come first
     run_head(head, hidden, outputs)
     params = SamplingParams(max_new_tokens=1)
     reqs = [ScheduledRequest(f"r{i}", [1], 0, [0], True, params) for i in range(5)]
@@ -52,6 +54,34 @@ def test_the_head_gives_the_greedy_samplers_results() -> None:
     packed = layout.pack(0, want.token_ids, want.logprobs, None, None, None)
     assert packed is not None and torch.equal(outputs.packed[:10], packed)
     assert outputs.greedy[5:].eq(-1).all()  # rows past the step's are left alone
+    assert outputs.accepted.eq(-1).all()  # a decode graph counts no drafts
+
+
+def test_a_verification_graphs_head_gives_the_acceptance_and_packs_it() -> None:
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(40, 16, generator=gen)
+    head = _head(weight)
+    hidden = torch.randn(3 * 4, 16, generator=gen)  # three sequences, each its last token then 3 drafts
+    argmax = head(hidden).argmax(dim=-1).view(3, 4)
+    # Sequence 0's drafts are all its rows' argmaxes, 1's only the first, 2's none.
+    drafts = argmax[:, :3].clone()
+    drafts[1, 1:] = (drafts[1, 1:] + 1) % 40
+    drafts[2, 0] = (drafts[2, 0] + 1) % 40
+    input_ids = torch.cat([torch.full((3, 1), 7), drafts], dim=1).flatten()  # (12,)
+    outputs = head_outputs(16, 40, 4)  # a bucket of 4 sequences; the step's 3 come first
+    run_head(head, hidden, outputs, 4, input_ids)
+    layout = LogitsLayout()
+    for i in range(3):
+        layout.add_verified(i, 4 * i, input_ids[4 * i + 1 : 4 * i + 4].tolist())
+    params = SamplingParams(max_new_tokens=8)
+    reqs = [ScheduledRequest(f"r{i}", [7, *layout.verify_spans[i][2]], 0, [0], True, params, num_draft_tokens=3)
+            for i in range(3)]
+    want = sampler.sample(head(hidden), sampler.prepare(verify.sampling_rows(reqs, layout), 40, torch.device("cpu")))
+    accepted = verify.accepted_counts(want.token_ids, layout, torch.device("cpu"))  # the upload-and-gather way
+    assert accepted.tolist() == [3, 1, 0]
+    assert torch.equal(outputs.accepted[:3], accepted) and outputs.accepted[3] == -1
+    packed = layout.pack(0, want.token_ids, want.logprobs, None, None, None, accepted)
+    assert packed is not None and torch.equal(outputs.packed[: 2 * 12 + 3], packed)
 
 
 @pytest.mark.parametrize(("params", "greedy"), [
@@ -65,28 +95,6 @@ def test_greedy_only_is_the_argmax_of_unchanged_logits(params: SamplingParams, g
     req = ScheduledRequest("r", [1], 0, [0], True, params, all_token_ids=[1, 2], num_generated=0)
     tensors = sampler.prepare([req], 50, torch.device("cpu"), eos_token_ids=frozenset({0}))
     assert sampler.greedy_only(tensors) is greedy
-
-
-class _EagerReplay:
-    """Stands in for DecodeGraphs on the CPU: runs the step eagerly, then the graphs' head over
-    every row, and hands back what a replay would."""
-
-    def __init__(self, runner: ModelRunner) -> None:
-        self.runner = runner
-        self.replays = 0
-
-    def try_replay(self, inputs: ModelInputs) -> Replayed | None:
-        if inputs.max_query_len != 1:  # decode steps only, as the graphs
-            return None
-        runner = self.runner
-        meta = runner.attention.prepare_metadata(inputs, runner.kv.layers)
-        with forward_context(meta, runner.attention):
-            hidden = runner.model(inputs.input_ids, inputs.positions)
-        rows = hidden.shape[0]
-        outputs = _outputs(rows, runner.model.head_weight().shape[0])
-        run_head(runner.model.compute_logits, hidden, outputs)
-        self.replays += 1
-        return Replayed(hidden, outputs.logits, outputs.greedy, outputs.greedy_logprobs, outputs.packed)
 
 
 def _generate(runner: ModelRunner, prompts: list[list[int]], params: SamplingParams, overlap: bool) -> list[list[int]]:
@@ -113,13 +121,13 @@ def test_steps_that_take_the_heads_results_generate_the_eager_tokens(tmp_path: P
     greedy = SamplingParams(max_new_tokens=8, ignore_eos=True)
     sampled = SamplingParams(max_new_tokens=8, ignore_eos=True, do_sample=True, temperature=0.8, top_k=20)
     eager = {p: _generate(runner, prompts, p, overlap) for p in (greedy, sampled)}
-    fake = _EagerReplay(runner)
+    fake = EagerGraphs(runner)
     runner.graphs = fake  # type: ignore[assignment]
     calls = []
     real_sample = sampler.sample
     monkeypatch.setattr(sampler, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
     assert _generate(runner, prompts, greedy, overlap) == eager[greedy]
-    assert fake.replays >= 8  # every step replayed
+    assert fake.replays[1] >= 8  # every step replayed
     assert not calls  # and took the head's argmax: the sampler never ran
     assert _generate(runner, prompts, sampled, overlap) == eager[sampled]
     assert calls  # sampled rows: the sampler, on the replayed logits

@@ -13,10 +13,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from common.sampling_params import SamplingParams
+from load.eager_graphs import EagerGraphs
 from tests.worker.test_engine_model import _engine, _run, _tiny_prompts, tiny  # noqa: F401 (a fixture)
 from worker.batch import RequestOutput
 from worker.engine import LLMEngine
 from worker.request import Request
+from worker.speculative import verify
 
 STREAMS = 16
 
@@ -73,6 +75,28 @@ def test_overlapped_speculation_leaves_greedy_unchanged(tiny, tiny_plain) -> Non
     got = _run(engine, _shared_prefix_prompts(), SamplingParams(max_new_tokens=40, ignore_eos=True))
     assert got == tiny_plain
     assert engine.stats().accepted_draft_tokens > 0
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-step", "overlapped"])
+def test_verification_graphs_acceptance_leaves_greedy_unchanged(tiny, tiny_plain, overlap: bool,  # type: ignore[no-untyped-def]
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a GPU whose verification graphs run the head: a greedy verifying step takes its
+    # tokens and its accepted drafts from the replay (load/eager_graphs.py runs it on the CPU).
+    engine = _engine(tiny[0], overlap=overlap, max_batch_prefill_tokens=32, block_size=8, speculate=4)
+    engine.scheduler.uniform_drafts = True
+    engine.scheduler.drafter.pauses = False
+    graphs = engine.runner.graphs = EagerGraphs(engine.runner, query_len=5)  # type: ignore[attr-defined]
+    counted, verifying = [], []
+    real_counts, real_launch = verify.accepted_counts, engine.runner.launch
+    monkeypatch.setattr(verify, "accepted_counts", lambda *a, **k: counted.append(1) or real_counts(*a, **k))
+    engine.runner.launch = lambda batch, *a, **k: (  # type: ignore[method-assign]
+        verifying.append(any(r.num_draft_tokens for r in batch.requests)) or real_launch(batch, *a, **k))
+    got = _run(engine, _shared_prefix_prompts(), SamplingParams(max_new_tokens=40, ignore_eos=True))
+    assert got == tiny_plain
+    assert graphs.replays.get(5, 0) > 0 and engine.stats().accepted_draft_tokens > 0
+    # The eager verifying steps (mixed with prompt chunks) count on the device; the replayed ones take the head's.
+    assert len(counted) == sum(verifying) - graphs.replays[5]
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 

@@ -19,7 +19,7 @@ from worker.batch import ScheduledRequest
 from worker.input_builder import upload
 from worker.logits_layout import LogitsLayout
 
-__all__ = ["sampling_rows", "accepted_counts"]
+__all__ = ["sampling_rows", "accepted_counts", "leading_matches"]
 
 
 def sampling_rows(requests: list[ScheduledRequest], layout: LogitsLayout) -> list[ScheduledRequest]:
@@ -28,11 +28,25 @@ def sampling_rows(requests: list[ScheduledRequest], layout: LogitsLayout) -> lis
     rows = [requests[i] for i in layout.sample_batch_idx]
     for i, first, drafts in layout.verify_spans:
         req = requests[i]
-        penalised = req.params.has_penalties()  # the only stage that reads the token history
+        params = req.params
+        penalised = params.has_penalties()  # the only stage that reads the token history
+        # The generation step is read by seeded draws and min_tokens' EOS hold alone: a greedy row
+        # past min_tokens, unpenalised, samples as its request (no copy per row: a host-bound step).
+        if not (penalised or params.do_sample or req.num_generated < params.min_tokens):
+            continue
         for t in range(1, len(drafts) + 1):
             history = req.all_token_ids + drafts[:t] if penalised else req.all_token_ids
             rows[first + t] = dataclasses.replace(req, num_generated=req.num_generated + t, all_token_ids=history)
     return rows
+
+
+def leading_matches(samples: torch.Tensor, tokens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """samples, tokens (V, w + 1) int64, each span's rows (its last token, then w drafts) -> (V,)
+    int64, the drafts accepted: how many leading rows sampled the token after them. A verification
+    CUDA graph computes it too (worker/cuda_graphs.py `run_head`), writing into `out`."""
+    width = samples.shape[1] - 1
+    matched = samples[:, :width] == tokens[:, 1:]  # (V, w) bool; its cumprod is int64
+    return torch.sum(matched.cumprod(dim=1), dim=1, out=out)  # (V,)
 
 
 def accepted_counts(token_ids: torch.Tensor, layout: LogitsLayout, device: torch.device,
@@ -49,9 +63,7 @@ def accepted_counts(token_ids: torch.Tensor, layout: LogitsLayout, device: torch
     width = max(len(drafts) for _, _, drafts in spans)
     if input_ids is not None and input_ids.shape[0] == n == len(spans) * (width + 1) and all(
             len(drafts) == width for _, _, drafts in spans):
-        rows = token_ids.view(len(spans), width + 1)  # (V, w + 1): span j's rows are j(w+1) ..
-        drafts = input_ids.view(len(spans), width + 1)[:, 1:]  # (V, w): each span's tokens after its first
-        return (rows[:, :width] == drafts).long().cumprod(dim=1).sum(dim=1)  # (V,)
+        return leading_matches(token_ids.view(len(spans), width + 1), input_ids.view(len(spans), width + 1))
     # One upload: each row's target draft, then the (V, width) sampling rows of each span's drafts
     # (padding points at row n, which never matches).
     index = []
