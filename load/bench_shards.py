@@ -10,14 +10,13 @@ N = 1 is the unsharded runner (no process group at all), the row the others comp
 
 from __future__ import annotations
 
-import gc
 import random
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from load.timed_runs import run_engine
+from load.timed_runs import release_memory, run_engine
 
 __all__ = ["shard_rows"]
 
@@ -83,8 +82,7 @@ def shard_rows(shape: str, model_dir: Path, config: Any, counts: list[int]) -> l
             us, share = _collective_share(runner, run_config, prompts(64), 32) if grouped else (0.0, 0.0)
         finally:
             runner = None  # its KV pool and weights go before the next count's runner is built
-            gc.collect()
-            torch.cuda.empty_cache()
+            release_memory()
             if group is not None:
                 group.close()
         base.setdefault("a", a)
