@@ -13,6 +13,13 @@ sampled token and its drafts), causal among themselves: query j sits at position
 seq_len - q_len + j and sees the keys up to it (and, with a window, the `window` keys ending
 there). The program's tile is every (query, head of the group) pair, row j * group + g, so all of
 a sequence's queries still share each K/V load.
+
+Over FP8 pages the keys are cast to float16 as loaded (their dot contracts along the stored
+rows), while the values, whose dot contracts across rows, are read as int32 words and turned into
+float16 by moving bits (paged_kv.fp8_words_as_f16): cast, the compiler keeps them FP8 in shared
+memory and reads the value operand a byte at a time. A key's scale multiplies its score column and
+a value's its probability, once per tile; both are loaded a tile ahead. `fp8_words=False` keeps the
+former reading (both cast, scales loaded in the tile's iteration), for comparison.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ import triton
 import triton.language as tl
 
 from kernels.paged_kv import (
-    check_paged_inputs, dot_precision, fp8_dots, page_slots, paged_scales, paged_tile, scaled_scores,
-    window_or_all,
+    check_paged_inputs, dot_precision, fp8_dots, fp8_word_unit, fp8_words_as_f16, page_slots, paged_tile,
+    scaled_scores, tile_scales, window_or_all,
 )
 
 __all__ = ["paged_decode_attention", "default_launch"]
@@ -43,6 +50,7 @@ def _decode_partial_kernel(
     PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
     KV_FP8: tl.constexpr, DOT_F16: tl.constexpr, V_LIFT: tl.constexpr, SOFTCAP: tl.constexpr,
+    FP8_WORDS: tl.constexpr, E4M3: tl.constexpr, V_UNIT: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -56,6 +64,8 @@ def _decode_partial_kernel(
     d = tl.arange(0, BLOCK_D)  # (D,)
     r_mask = j < q_len
     d_mask = d < HEAD_DIM
+    dw = tl.arange(0, BLOCK_D // 4)  # (D / 4,): a tile's words when FP8 pages are read four values a word
+    dw_mask = dw < HEAD_DIM // 4
     heads = kv_head * group + g  # (G,)
     rows = (q_lo + j).to(tl.int64)  # (G,): the query's token row
     # G is padded to 16 so the products run on tensor cores; padded rows read zeros.
@@ -73,15 +83,30 @@ def _decode_partial_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    # Over FP8 pages (FP8_WORDS), each tile's scales are loaded one iteration ahead, so that their
+    # gathers (block table, then scales) wait behind this tile's products rather than before them.
+    ks_next = tl.zeros([BLOCK_N], tl.float32)
+    vs_next = ks_next
+    if KV_FP8 and FP8_WORDS:
+        ks_next, vs_next = tile_scales(k_scale_ptr, v_scale_ptr, bt_ptr, seq, stride_bt, start, end, kv_head,
+                                       stride_sb, stride_ss, PAGE, BLOCK_N)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)  # (N,)
         n_mask = n < end
         blk, off = page_slots(bt_ptr, seq, stride_bt, n, n_mask, PAGE)  # (N,), (N,)
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = paged_tile(k_cache_ptr, blk, off, kv_head, stride_kb, stride_ks, stride_kh, d, kv_mask)  # (N, D)
+        ks = ks_next
+        vs = vs_next
+        if KV_FP8 and FP8_WORDS:
+            ks_next, vs_next = tile_scales(k_scale_ptr, v_scale_ptr, bt_ptr, seq, stride_bt, n0 + BLOCK_N, end,
+                                           kv_head, stride_sb, stride_ss, PAGE, BLOCK_N)
+        elif KV_FP8:
+            ks, vs = tile_scales(k_scale_ptr, v_scale_ptr, bt_ptr, seq, stride_bt, n0, end, kv_head,
+                                 stride_sb, stride_ss, PAGE, BLOCK_N)
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION)  # (G, N)
         if KV_FP8:  # a key's scale multiplies its whole score column
-            s = s * paged_scales(k_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :]
+            s = s * ks[None, :]
         s = scaled_scores(s, scale, softcap, SOFTCAP)  # (G, N), log2 units
         visible = (n[None, :] <= q_pos[:, None]) & (n[None, :] > q_pos[:, None] - window)  # (G, N)
         s = tl.where(n_mask[None, :] & visible & r_mask[:, None], s, float("-inf"))
@@ -92,17 +117,21 @@ def _decode_partial_kernel(
         p = tl.exp2(s - m_use[:, None])  # (G, N)
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, d, kv_mask)  # (N, D)
+        if KV_FP8 and FP8_WORDS:  # the value tile as (N, D / 4) words, each four FP8 values
+            v = fp8_words_as_f16(paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, dw,
+                                            n_mask[:, None] & dw_mask[None, :]), E4M3)  # (N, D), V_UNIT x value
+        else:
+            v = paged_tile(v_cache_ptr, blk, off, kv_head, stride_vb, stride_vs, stride_vh, d, kv_mask)  # (N, D)
         pv = p
         if KV_FP8:  # and a value's scale its probability's weight
-            pv = p * paged_scales(v_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)[None, :] * V_LIFT
+            pv = p * vs[None, :] * V_LIFT
         acc = acc * alpha[:, None] + tl.dot(pv.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
         m_i = m_new
     # An empty slice (short sequence, or outside a row's keys) leaves lse = -inf: stage 2 gives it zero weight.
     has_keys = l_i > 0
     l_safe = tl.where(has_keys, l_i, 1.0)
     lse = tl.where(has_keys, m_i + tl.log2(l_safe), float("-inf"))
-    part = acc / (l_safe[:, None] * V_LIFT)
+    part = acc / (l_safe[:, None] * (V_LIFT * V_UNIT))
     tl.store(
         part_out_ptr + rows[:, None] * stride_pt + heads[:, None] * stride_ph + split * stride_ps + d[None, :],
         part, mask=r_mask[:, None] & d_mask[None, :],
@@ -148,6 +177,7 @@ def paged_decode_attention(
     block_n: int | None = None,  # keys per tile; None: default_launch's (as the warps and stages)
     num_warps: int | None = None,
     num_stages: int | None = None,
+    fp8_words: bool = True,  # FP8 values read as int32 words and their scales a tile ahead; False: as before
 ) -> torch.Tensor:  # (T, H, D)
     fp8 = check_paged_inputs(q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, query_start_loc)
     assert max_query_len >= 1, max_query_len
@@ -168,18 +198,22 @@ def paged_decode_attention(
     part_out = torch.empty(num_tokens, num_heads, num_splits, dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_tokens, num_heads, num_splits, dtype=torch.float32, device=q.device)
     block_d = triton.next_power_of_2(dim)
+    words = fp8 and fp8_words and dim % 4 == 0
+    v_pages = v_cache.view(torch.int32) if words else v_cache
     _decode_partial_kernel[(num_seqs, n_kv, num_splits)](
-        q, k_cache, v_cache, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
+        q, k_cache, v_pages, k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
         block_tables, seq_lens, query_start_loc, part_out, part_lse,
         scale, softcap, window_or_all(window), group,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        v_pages.stride(0), v_pages.stride(1), v_pages.stride(2),
         k_scale.stride(0) if fp8 else 0, k_scale.stride(1) if fp8 else 0,
         block_tables.stride(0), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         PAGE=k_cache.shape[1], DOT_PRECISION=dot_precision(q.dtype), HEAD_DIM=dim, BLOCK_D=block_d,
         BLOCK_G=max(16, triton.next_power_of_2(max_query_len * group)), BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), SOFTCAP=softcap > 0, num_warps=num_warps, num_stages=num_stages,
+        KV_FP8=fp8, **fp8_dots(q.dtype, k_cache.dtype), SOFTCAP=softcap > 0,
+        FP8_WORDS=words, E4M3=k_cache.dtype == torch.float8_e4m3fn, V_UNIT=fp8_word_unit(v_cache.dtype) if words else 1.0,
+        num_warps=num_warps, num_stages=num_stages,
     )
     _decode_reduce_kernel[(num_tokens, num_heads)](
         part_out, part_lse, out,

@@ -1,4 +1,5 @@
-"""The SASS of the one-row int4 GEMVs, built for sm_90 on a machine without a GPU.
+"""The SASS of the one-row int4 GEMVs (and of paged decode attention's split pass), built for
+sm_90 on a machine without a GPU.
 
 Triton compiles for a target it is told (here Hopper, compute capability 9.0) with the ptxas and
 nvdisasm its wheel ships, so a kernel's machine code can be read before any GPU time is spent:
@@ -8,6 +9,7 @@ decides the layouts, so build with the version the GPU runs (docs/perf.md names 
 
     python -m load.sass_report                       # the f16x2 shortlist of worker/quant/int_kernels.py
     python -m load.sass_report --f16x2 32,128,4,1 --no-fold
+    python -m load.sass_report --decode-attention   # bf16 pages, FP8 pages cast, FP8 values as words
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def main_loop(sass: str) -> str:
 
 
 def sm90_sass(fn, signature: dict[str, str], constexprs: dict[str, object], num_warps: int,  # type: ignore[no-untyped-def]
-              divisible: tuple[int, ...]) -> str:
+              divisible: tuple[int, ...], num_stages: int = 3) -> str:
     """Compile a @triton.jit function for sm_90 and disassemble it. divisible: the argument
     positions known to be multiples of 16 (pointers and sizes, as Triton specializes them)."""
     import triton
@@ -57,7 +59,7 @@ def sm90_sass(fn, signature: dict[str, str], constexprs: dict[str, object], num_
 
     src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in constexprs}}, constexprs=constexprs,
                     attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 3})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -79,6 +81,26 @@ def f16x2_loop(block_n: int, block_w: int, warps: int, split_k: int, fold: bool,
     return main_loop(sm90_sass(m._gemv_f16x2_kernel, signature, constexprs, warps, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11)))
 
 
+def decode_attention_loop(pages: str, block_n: int = 64, warps: int = 4, stages: int = 2) -> str:
+    """The split pass's key loop at Llama-3.1-8B's heads (group 4 padded to 16 rows, head dim 128,
+    pages of 16) with bf16 queries; pages: "bf16", "fp8-cast" or "fp8-words" (e4m3fn)."""
+    from kernels import paged_decode_attention as m
+
+    fp8, words = pages != "bf16", pages == "fp8-words"
+    kv = "*fp8e4nv" if fp8 else "*bf16"
+    types = {"q_ptr": "*bf16", "k_cache_ptr": kv, "v_cache_ptr": "*i32" if words else kv,
+             "k_scale_ptr": "*fp16" if fp8 else kv, "v_scale_ptr": "*fp16" if fp8 else kv, "bt_ptr": "*i32",
+             "seq_lens_ptr": "*i32", "qsl_ptr": "*i32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
+             "scale": "fp32", "softcap": "fp32"}
+    constexprs = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=128, DOT_PRECISION="tf32", BLOCK_G=16, BLOCK_N=block_n,
+                      NUM_SPLITS=1, KV_FP8=fp8, DOT_F16=fp8, V_LIFT=448.0 if fp8 else 1.0, SOFTCAP=False,
+                      FP8_WORDS=words, E4M3=True, V_UNIT=2.0**-8 if words else 1.0)
+    args = [a for a in m._decode_partial_kernel.arg_names if a not in constexprs]
+    signature = {a: types.get(a, "i32") for a in args}
+    divisible = tuple(i for i, a in enumerate(args) if a.endswith("_ptr") or (a.startswith("stride") and a != "stride_bt"))
+    return main_loop(sm90_sass(m._decode_partial_kernel, signature, constexprs, warps, divisible, stages))
+
+
 def report(name: str, loop: str, values: int) -> str:
     ops = opcode_counts(loop)
     total = sum(ops.values())
@@ -92,7 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--f16x2", action="append", help="block_n,block_w,warps,split_k[,fused,ahead] (repeatable; "
                         "fused, ahead: 0 or 1)")
     parser.add_argument("--no-fold", action="store_true")
+    parser.add_argument("--decode-attention", action="store_true", help="the split pass over bf16 and FP8 pages")
     args = parser.parse_args(argv)
+    if args.decode_attention:
+        for pages in ("bf16", "fp8-cast", "fp8-words"):
+            loop = decode_attention_loop(pages)
+            ops = opcode_counts(loop)
+            shown = ", ".join(f"{op} {ops[op]}" for op in ("LDG", "LDGSTS", "LDS", "LDSM", "STS", "HMMA", "F2FP", "LOP3",
+                                                             "PRMT") if ops[op])
+            lds_u8 = loop.count("LDS.U8")
+            print(f"decode attention, {pages} pages, 64-key tiles, 4 warps, 2 stages: {sum(ops.values())} instructions "
+                  f"a key tile ({shown}; LDS.U8 {lds_u8})")
+        return 0
     from worker.quant.int_kernels import F16X2
 
     configs = [(tuple(int(v) for v in c.split(",")) + (0, 0))[:6] for c in args.f16x2] if args.f16x2 else \

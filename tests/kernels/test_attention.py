@@ -223,3 +223,25 @@ def test_stale_table_entries_before_the_window_are_never_read(device: torch.devi
     for splits in (1, 4):
         got = paged_decode_attention(*args, window=window, num_splits=splits, max_query_len=width)
         assert_close(got, want, torch.float32, 2)
+
+
+@pytest.mark.parametrize("fp8", FP8_KV)
+@pytest.mark.parametrize("dtype", [torch.float32, *FP8_Q])
+@pytest.mark.parametrize(("block_n", "num_splits"), [(16, 1), (64, 4), (128, 2)])
+def test_decode_attention_over_fp8_words_matches_the_cast(
+    fp8: torch.dtype, dtype: torch.dtype, block_n: int, num_splits: int, device: torch.device
+) -> None:
+    # The values read as words (and the scales a tile ahead) give what casting each tile gives:
+    # drafts causal among themselves, a window, contexts shorter than a tile or a split (the last
+    # tile's prefetch runs past the slice), scales spread over decades.
+    spans = [(0, 1), (15, 3), (40, 1), (129, 2), (3, 1)]
+    q, kc, vc, bt, sl, qsl = _paged_batch(spans, 8, 2, 64, 16, dtype, device, seed=block_n + num_splits)
+    spread = torch.logspace(-3, 2, kc.shape[0] * kc.shape[1]).view(kc.shape[0], kc.shape[1], 1, 1).to(device)
+    (kq, ks), (vq, vs) = _to_fp8(kc * spread.to(dtype), fp8), _to_fp8(vc * spread.flip(0).to(dtype), fp8)
+    launch = {"num_splits": num_splits, "block_n": block_n, "max_query_len": 3}
+    for window in (0, 20):
+        want = ref.paged_decode_attention(q, kq, vq, bt, sl, qsl, 0.125, ks, vs, window=window)
+        words = paged_decode_attention(q, kq, vq, bt, sl, qsl, 0.125, ks, vs, window=window, **launch)
+        cast = paged_decode_attention(q, kq, vq, bt, sl, qsl, 0.125, ks, vs, window=window, fp8_words=False, **launch)
+        assert_close(words, want, dtype, 2)
+        assert_close(words, cast, dtype, 2)
