@@ -29,8 +29,10 @@ from kernels.split_k import counters, finish_tile, workspace
 __all__ = ["w8a8_gemv", "w8a8_name", "W8A8_CONFIGS", "MAX_ROWS"]
 
 MAX_ROWS = 16
-# (BLOCK_N, BLOCK_K, split_k, warps, stages); split_k 0: as many as give every SM two programs.
-W8A8_CONFIGS = ((64, 128, 0, 4, 4), (128, 128, 0, 4, 4), (64, 256, 0, 4, 3))
+# (BLOCK_N, BLOCK_K, split_k, warps, stages); split_k 0: as many as give every SM two programs. The
+# x tile is quantized for 16 rows whatever BLOCK_N is: in the sm_90 build's main loop that costs
+# 4.2 instructions a weight value at 64x128, 4 warps, and 1.6 at 256x128, 8 warps (docs/perf.md).
+W8A8_CONFIGS = ((64, 128, 0, 4, 4), (128, 128, 0, 4, 4), (256, 128, 0, 8, 3))
 _BLOCK_X = 256  # x's tile in the amax pass (16 rows of it: 32 float32 registers a thread at 4 warps)
 
 

@@ -10,6 +10,7 @@ decides the layouts, so build with the version the GPU runs (docs/perf.md names 
     python -m load.sass_report                       # the f16x2 shortlist of worker/quant/int_kernels.py
     python -m load.sass_report --f16x2 32,128,4,1 --no-fold
     python -m load.sass_report --decode-attention   # bf16 pages, FP8 pages cast, FP8 values as words
+    python -m load.sass_report --w8                  # the one-byte GEMVs beside bf16 linear_one_row
 """
 
 from __future__ import annotations
@@ -104,9 +105,39 @@ def decode_attention_loop(pages: str, block_n: int = 64, warps: int = 4, stages:
 def report(name: str, loop: str, values: int) -> str:
     ops = opcode_counts(loop)
     total = sum(ops.values())
-    shown = ", ".join(f"{op} {ops[op]}" for op in ("LDG", "LDS", "STS", "BAR", "HFMA2", "HADD2", "FFMA", "LOP3")
+    shown = ", ".join(f"{op} {ops[op]}" for op in ("LDG", "LDS", "STS", "BAR", "HFMA2", "HADD2", "FFMA", "LOP3", "F2FP",
+                                                   "I2F", "PRMT", "FMNMX", "QGMMA", "HMMA")
                       if ops[op])
     return f"{name}: {total} instructions a loop, {total / values:.2f} per weight value ({shown})"
+
+
+def w8_loops() -> list[tuple[str, str, int]]:
+    """(name, main loop, weight values a thread takes per iteration) of the one-byte GEMVs
+    (kernels/w8_gemv.py plain and `bits`, kernels/w8a8_gemv.py) and bf16 linear_one_row."""
+    from kernels import linear_one_row as one_row, w8_gemv, w8a8_gemv
+
+    common = {"x_ptr": "*bf16", "s_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
+    loops = []
+    for bn, bk, warps in ((8, 1024, 8), (4, 512, 4)):
+        sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16", "N": "i32", "K": "i32",
+               "stride_wn": "i32", "stride_xm": "i32"}
+        sass = sm90_sass(one_row._gemv_kernel, sig, dict(HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk, PDL=False), warps,
+                         tuple(range(8)))
+        loops.append((f"bf16 linear_one_row n{bn} k{bk} warps{warps}", main_loop(sass), bn * bk // (32 * warps)))
+    for w in ("fp8e4nv", "i8"):
+        for bn, bk, warps, bits in ((8, 1024, 8, False), (8, 1024, 8, True), (2, 2048, 4, False), (2, 2048, 4, True)):
+            sig = {**common, "w_ptr": "*" + w, "N": "i32", "K": "i32", "stride_wn": "i32", "stride_xm": "i32", "numel": "i32"}
+            ce = dict(HAS_BIAS=False, IS_FP8=w == "fp8e4nv", BITS=bits, SPLIT_K=1, EVEN_K=True, BLOCK_N=bn, BLOCK_K=bk)
+            sass = sm90_sass(w8_gemv._w8_gemv_kernel, sig, ce, warps, tuple(range(12)))
+            loops.append((f"{w} w8_gemv n{bn} k{bk} warps{warps}{' bits' if bits else ''}", main_loop(sass),
+                          bn * bk // (32 * warps)))
+    for bn, bk, _, warps, _ in w8a8_gemv.W8A8_CONFIGS:
+        sig = {**common, "w_ptr": "*fp8e4nv", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32"}
+        ce = dict(FP8_MAX=448.0, MANTISSA=3, MIN_EXP=-6, MIN_SCALE=2.0**-20, HAS_BIAS=False, SPLIT_K=2, EVEN_K=True,
+                  EXACT_CAST=False, BLOCK_N=bn, BLOCK_K=bk, BLOCK_X=256)
+        sass = sm90_sass(w8a8_gemv._w8a8_gemv_kernel, sig, ce, warps, (0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11))
+        loops.append((f"fp8 w8a8_gemv n{bn} k{bk} warps{warps} split-K 2", main_loop(sass), bn * bk // (32 * warps)))
+    return loops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                         "fused, ahead: 0 or 1)")
     parser.add_argument("--no-fold", action="store_true")
     parser.add_argument("--decode-attention", action="store_true", help="the split pass over bf16 and FP8 pages")
+    parser.add_argument("--w8", action="store_true", help="the one-byte GEMVs instead")
     args = parser.parse_args(argv)
     if args.decode_attention:
         for pages in ("bf16", "fp8-cast", "fp8-words"):
@@ -125,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             lds_u8 = loop.count("LDS.U8")
             print(f"decode attention, {pages} pages, 64-key tiles, 4 warps, 2 stages: {sum(ops.values())} instructions "
                   f"a key tile ({shown}; LDS.U8 {lds_u8})")
+        return 0
+    if args.w8:
+        for name, loop, values in w8_loops():
+            print(report(name, loop, values))
         return 0
     from worker.quant.int_kernels import F16X2
 

@@ -34,9 +34,11 @@ log = logging.getLogger("genfleet.worker.quant")
 _CHOICE: dict[tuple[str, int, int, int, torch.dtype], str] = {}
 _WIDEST_GEMV = 256  # batch buckets above this never try w8_linear
 GEMV_ROWS = 16  # the most rows w8_gemv and w8a8_gemv take (batch-1 verification, small batches)
-# w8_gemv configs tried beside kernels/w8_gemv.GEMV_CONFIGS (all at one row, the first at 2-16): bytes made float32
-# by integer operations (`bits`), and K split in two where K is long (down).
-_GEMV_MORE = ((8, 1024, 8, 3, 1, True), (2, 2048, 4, 4, 1, True), (8, 1024, 8, 3, 2, True))
+# w8_gemv configs tried beside kernels/w8_gemv.GEMV_CONFIGS (all at one row, the first at 2-16): int8 bytes made
+# float32 by integer operations (`bits`, no quarter-rate I2F), and K split in two where K is long (down). FP8
+# skips `bits`: its sm_90 build takes 7.9-8.9 instructions a weight value against the plain 3.9-4.3 (the
+# plain f16 -> f32 step is one HADD2.F32, docs/perf.md).
+_GEMV_MORE = ((8, 1024, 8, 3, 1, True), (2, 2048, 4, 4, 1, True), (8, 1024, 8, 3, 2, False))
 _SPLIT_FROM_K = 8192
 
 
@@ -85,7 +87,8 @@ class W8Linear(nn.Module):
         rows = x.shape[0]
         if rows <= GEMV_ROWS:
             for config in (GEMV_CONFIGS if rows == 1 else GEMV_CONFIGS[:1]) + _GEMV_MORE:
-                if gemv_config(config)[4] > 1 and self.in_features < _SPLIT_FROM_K:
+                _, _, _, _, split, bits = gemv_config(config)
+                if (split > 1 and self.in_features < _SPLIT_FROM_K) or (bits and self.kind == "fp8"):
                     continue
                 paths[gemv_name(config)] = lambda c=config: w8_gemv(x, self.weight, self.scale, self.bias, c)
         if self.kind == "fp8" and rows <= GEMV_ROWS:

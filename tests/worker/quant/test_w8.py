@@ -23,7 +23,9 @@ def test_candidates_per_row_count(kind: torch.dtype) -> None:
     o = _layer(16, 1024, kind, torch.device("cpu"))
     one, few, many = (set(down._paths(torch.zeros(r, 8192))) for r in (1, 16, 17))
     fp8 = kind == FP8
-    assert "w8_gemv 8x1024/w8/s3/split2/bits" in one and "w8_gemv 2x2048/w4/s4" in one
+    assert "w8_gemv 8x1024/w8/s3/split2" in one and "w8_gemv 2x2048/w4/s4" in one
+    assert ("w8_gemv 2x2048/w4/s4/bits" in one) != fp8
+    assert not fp8 or not any(name.endswith("/bits") for name in one | few)
     assert any(name.startswith("w8a8_gemv") for name in one | few) == fp8
     assert not any(name.startswith("w8_linear") for name in one)
     assert "w8_gemv 8x1024/w8/s3" in few and "w8_gemv 2x2048/w4/s4" not in few
