@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from kernels.paged_kv import (
-    check_paged_inputs, dot_precision, fp8_dots, fp8_word_unit, fp8_words_as_f16, page_slots, paged_tile,
-    scaled_scores, tile_scales, window_or_all,
+    check_paged_inputs, dot_precision, fp8_dots, fp8_word_unit, fp8_words_as_f16, page_slots, paged_scales,
+    paged_tile, scaled_scores, tile_scales, window_or_all,
 )
 
 __all__ = ["paged_decode_attention", "default_launch"]
@@ -102,8 +102,8 @@ def _decode_partial_kernel(
             ks_next, vs_next = tile_scales(k_scale_ptr, v_scale_ptr, bt_ptr, seq, stride_bt, n0 + BLOCK_N, end,
                                            kv_head, stride_sb, stride_ss, PAGE, BLOCK_N)
         elif KV_FP8:
-            ks, vs = tile_scales(k_scale_ptr, v_scale_ptr, bt_ptr, seq, stride_bt, n0, end, kv_head,
-                                 stride_sb, stride_ss, PAGE, BLOCK_N)
+            ks = paged_scales(k_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)
+            vs = paged_scales(v_scale_ptr, blk, off, kv_head, stride_sb, stride_ss, n_mask)
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION)  # (G, N)
         if KV_FP8:  # a key's scale multiplies its whole score column
             s = s * ks[None, :]

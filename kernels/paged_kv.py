@@ -47,11 +47,13 @@ def paged_scales(scale_ptr, blk, off, kv_head, stride_b, stride_s, n_mask):
 def tile_scales(k_scale_ptr, v_scale_ptr, bt_ptr, seq, stride_bt, n0, end, kv_head, stride_b, stride_s,
                 PAGE: tl.constexpr, BLOCK_N: tl.constexpr):
     # The (N,) K and V scales of the key tile starting at n0 (zeros past `end`).
+    # Offsets in int32: the launchers check that a scale tensor has fewer than 2**31 elements.
     n = n0 + tl.arange(0, BLOCK_N)
     n_mask = n < end
-    blk, off = page_slots(bt_ptr, seq, stride_bt, n, n_mask, PAGE)
-    ks = paged_scales(k_scale_ptr, blk, off, kv_head, stride_b, stride_s, n_mask)
-    vs = paged_scales(v_scale_ptr, blk, off, kv_head, stride_b, stride_s, n_mask)
+    blk = tl.load(bt_ptr + seq * stride_bt + n // PAGE, mask=n_mask, other=0)
+    at = blk * stride_b + (n % PAGE) * stride_s + kv_head
+    ks = tl.load(k_scale_ptr + at, mask=n_mask, other=0.0).to(tl.float32)
+    vs = tl.load(v_scale_ptr + at, mask=n_mask, other=0.0).to(tl.float32)
     return ks, vs
 
 
@@ -125,6 +127,7 @@ def check_kv_scales(k_cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale
     assert k_scale is not None and v_scale is not None, "an FP8 cache needs its k/v scales"
     assert k_scale.shape == v_scale.shape == k_cache.shape[:3], (k_scale.shape, k_cache.shape)
     assert k_scale.is_contiguous() and v_scale.is_contiguous()
+    assert k_scale.numel() < 2**31, "tile_scales indexes the scales in int32"
     return True
 
 
