@@ -24,14 +24,14 @@ import torch
 
 from common.config import WorkerConfig
 from common.context_length import context_length
-from worker import cpu_linear, grammar_mask, ops, sampler
+from worker import cpu_linear, grammar_mask, kv_sizing, ops, sampler
 from worker.attention import PagedAttentionBackend, forward_context
-from worker.batch import PLACEHOLDER, ScheduledBatch, ScheduledRequest, StepOutput
+from worker.batch import PLACEHOLDER, ScheduledBatch, StepOutput
 from worker.block_tables import BlockTables
 from worker.cpu_features import native_bf16
 from worker.cuda_graphs import DecodeGraphs, Replayed, capture_decode_graphs
-from worker.input_builder import ModelInputs, build_inputs, host_tensor, pack_inputs, unpack_inputs, upload
-from worker.kv_cache import CPU_DEFAULT_TOKENS, KVCache, bytes_per_block, resolve_kv_dtype
+from worker.input_builder import ModelInputs, host_tensor, pack_inputs, unpack_inputs, upload
+from worker.kv_cache import resolve_kv_dtype
 from worker.logits_layout import LogitsLayout
 from worker.lora.layer import LoraBatch, lora_scope
 from worker.lora.table import AdapterTable
@@ -140,76 +140,12 @@ class ModelRunner:
         self.mask_seconds = 0.0  # host seconds spent filling grammar masks (load/step_timeline.py reads it)
         # On CUDA the host can prepare the next step while the device runs this one.
         self.can_overlap = self.device.type == "cuda"
-        self.kv = self._allocate_kv()
+        self.kv = kv_sizing.allocate_kv(self)
         self.num_blocks = self.kv.num_blocks
         # CUDA graphs per batch bucket, decode and verification (worker/cuda_graphs.py); None on CPU or when off.
         self.graphs = capture_decode_graphs(self)
         # With verification graphs, a step replays one only when its decodes verify as many drafts.
         self.uniform_drafts = self.graphs is not None and bool(self.graphs.verify_sizes)
-
-    # -- KV sizing -----------------------------------------------------------------------------
-    def _allocate_kv(self) -> KVCache:
-        cfg = self.model.cfg  # this rank's KV heads when sharded
-        per_block = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype)
-        if self.draft_model is not None:  # its one layer over the same block ids
-            per_block += self.draft_model.kv_bytes_per_block(self.block_size, self.kv_dtype)
-        if self.config.max_batch_total_tokens is not None:
-            num_blocks = -(-self.config.max_batch_total_tokens // self.block_size)
-        elif self.device.type == "cuda":
-            num_blocks = self._profile_gpu_blocks(per_block)
-        else:
-            num_blocks = CPU_DEFAULT_TOKENS // self.block_size
-        if self.shards is not None:  # one block manager for all ranks: the smallest pool
-            num_blocks = self.shards.min_over_ranks(num_blocks)
-        started = time.monotonic()
-        kv = KVCache.allocate(
-            cfg.num_layers, num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype, self.device
-        )
-        if self.draft_model is not None:
-            proposers = min(self.config.max_batch_size, self.config.speculate_max_batch_size)
-            self.draft_model.allocate_kv(num_blocks, self.block_size, proposers, self.kv_dtype, self.device)
-        log.info(
-            "KV pool: %d blocks x %d tokens = %d tokens, %.2f GiB, allocated in %.2fs",
-            num_blocks, self.block_size, kv.capacity_tokens, num_blocks * per_block / 2**30, time.monotonic() - started,
-        )
-        if self.quant is not None and self.device.type == "cuda" and self.config.max_batch_total_tokens is None:
-            bought = KVCache.blocks_for_gpu(self._freed_bytes, per_block, 1.0) * self.block_size
-            log.info("quantization %s: the %.2f GiB its weights saved hold ~%d of these KV tokens",
-                     self.quant.name, self._freed_bytes / 2**30, min(bought, kv.capacity_tokens))
-        if self.kv_dtype != self.dtype:
-            plain = bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype)
-            log.info(
-                "KV cache %s: %.2fx the tokens of a %s cache in the same memory (%d vs %d tokens in %.2f GiB)",
-                self.config.kv_cache_dtype, plain / per_block, str(self.dtype).removeprefix("torch."),
-                kv.capacity_tokens, num_blocks * per_block // plain * self.block_size, num_blocks * per_block / 2**30,
-            )
-        return kv
-
-    def _profile_gpu_blocks(self, per_block: int) -> int:
-        # A warm-up forward of the largest prefill step shows the activation peak.
-        tokens = min(self.config.max_batch_prefill_tokens, self.model_config.max_position_embeddings)
-        blocks = -(-tokens // self.block_size)
-        cfg = self.model.cfg
-        scratch = KVCache.allocate(
-            cfg.num_layers, blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype, self.device
-        )
-        self.kv = scratch
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        from common.sampling_params import SamplingParams
-
-        warm = ScheduledRequest(RequestKey("warmup", 0), [0] * tokens, 0, list(range(blocks)), True, SamplingParams(max_new_tokens=1))
-        # Every rank of a sharded worker runs this same warm-up forward by itself.
-        self.logits(build_inputs(ScheduledBatch(0, [warm], 0, tokens), self.block_size, self.device))
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        del scratch, self.kv
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info()
-        budget = total * self.config.cuda_memory_fraction - peak
-        headroom = min(free, budget)
-        log.info("GPU memory: total %.1f GiB, warm-up peak %.1f GiB, free %.1f GiB", total / 2**30, peak / 2**30, free / 2**30)
-        return KVCache.blocks_for_gpu(int(headroom), per_block, 1.0)
 
     # -- one step ------------------------------------------------------------------------------
     def execute(self, batch: ScheduledBatch) -> StepOutput:
