@@ -63,9 +63,13 @@ class NgramIndex:
         return []
 
     def _update(self, tokens: list[int], known: int) -> None:
-        # An n-gram is indexed once its successor is known: those ending at index <= known - 2.
-        end = known - 1
-        for last in range(self._indexed, end):  # `last`: the n-gram's last index
-            for n in range(self.min_n, min(self.max_n, last + 1) + 1):
-                self._starts[n][tuple(tokens[last - n + 1 : last + 1])] = last - n + 1
-        self._indexed = max(self._indexed, end)
+        # An n-gram is indexed once its successor is known: those ending at index <= known - 2,
+        # the new ones at `_indexed` or later. Length by length, starts ascending: the latest wins.
+        end, indexed = known - 1, self._indexed
+        if end <= indexed:
+            return
+        for n in range(self.min_n, self.max_n + 1):
+            starts = self._starts[n]
+            for start in range(max(indexed - n + 1, 0), end - n + 1):
+                starts[tuple(tokens[start : start + n])] = start
+        self._indexed = end
