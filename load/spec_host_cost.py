@@ -20,6 +20,7 @@ argmax, acceptance and packed results, all timed as the forward), so the host ru
 around a replay on the card.
 
     python -m load.spec_host_cost --speculate 4 --rounds 5
+    python -m load.spec_host_cost --speculate 4 --rounds 5 --parts   # then where the graph-head step's host time goes
 """
 
 from __future__ import annotations
@@ -84,11 +85,61 @@ class _OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# Parts of a step timed apart by --parts: (label, module, attribute path), each the function the
+# engine or runner calls through that name.
+_PARTS = (
+    ("scheduling", "worker.scheduler", "Scheduler.schedule"),
+    ("of which drafting", "worker.scheduler", "Scheduler._drafts"),
+    ("of which fillers", "worker.scheduler", "Scheduler._even_out"),
+    ("input building", "worker.model_runner", "ModelRunner.prepare_inputs"),
+    ("sampling rows", "worker.speculative.verify", "sampling_rows"),
+    ("sampling inputs", "worker.sampler", "prepare"),
+    ("results read", "worker.model_runner", "read_results"),
+    ("engine update", "worker.engine", "LLMEngine._update"),
+    ("engine advance", "worker.engine", "LLMEngine._advance"),
+)
+
+
+class _PartTimes:
+    """While entered, each of _PARTS accumulates its thread CPU seconds in `seconds`."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys((label for label, *_ in _PARTS), 0.0)
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> _PartTimes:
+        import importlib
+
+        for label, module, path in _PARTS:
+            *owners, name = path.split(".")
+            owner: Any = importlib.import_module(module)
+            for attr in owners:
+                owner = getattr(owner, attr)
+            fn = getattr(owner, name)
+
+            def timed(*args: Any, _fn: Any = fn, _label: str = label, **kwargs: Any) -> Any:
+                started = time.thread_time()
+                try:
+                    return _fn(*args, **kwargs)
+                finally:
+                    self.seconds[_label] += time.thread_time() - started
+
+            self._undo.append((owner, name, fn))
+            setattr(owner, name, timed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, fn in reversed(self._undo):
+            setattr(owner, name, fn)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speculate", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=300)
+    ap.add_argument("--parts", action="store_true", help="then one more round of the graph-head path with the "
+                    "parts of a step timed apart (thread CPU µs per step, the wrappers' own cost included)")
     args = ap.parse_args(argv)
 
     from common.config import WorkerConfig
@@ -162,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     for path in ("eager", "graph head"):
         base, spec = (statistics.median(spent[path, k]["total"]) for k in (0, args.speculate))
         print(f"{path}: a speculating step's host time {spec / base:.2f}x a plain step's")
+    if args.parts:
+        parts = {}
+        for k in (0, args.speculate):
+            with _PartTimes() as timer:
+                steps = run(("graph head", k), "parts")[2]
+            parts[k] = {label: seconds / steps * 1e6 for label, seconds in timer.seconds.items()}
+        print(f"\n| part (graph head) | --speculate 0 | --speculate {args.speculate} |\n|---|---|---|")
+        for label, *_ in _PARTS:
+            print(f"| {label} | {parts[0][label]:.1f} | {parts[args.speculate][label]:.1f} |")
     return 0
 
 
