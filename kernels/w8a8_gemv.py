@@ -8,9 +8,8 @@ so no weight byte is converted on the CUDA cores at all: the weight tile is the 
 smallest N a dot takes). Since the loads feed tl.dot, Triton pipelines them over `num_stages`.
 
 Each program first reads its rows of x in full for their amax (x is a few KB, from L2 after the
-first program), then quantizes each x tile it meets: a multiply by 1 / sx (torch's cast of a
-division by sx may differ in the last bit of a value halfway between two FP8 neighbours), a
-clamp, the cast. Under Triton's CPU interpreter the cast is made exact first
+first program), then quantizes each x tile it meets: a correctly rounded division by sx (as
+kernels/quantize_fp8_rows.py divides), a clamp, the cast. Under Triton's CPU interpreter the cast is made exact first
 (kernels/fp8.py). N / BLOCK_N programs are few (32-64 at N = 4096), so K is split (SPLIT_K) and the
 partials summed in the same launch (kernels/split_k.py).
 """
@@ -54,7 +53,6 @@ def _w8a8_gemv_kernel(
         x = tl.load(x_rows + k[None, :], mask=m_mask[:, None] & (k < K)[None, :], other=0.0)  # (16, BX)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
     sx = tl.maximum(tl.max(amax, 1) * (1.0 / FP8_MAX), MIN_SCALE)  # (16,) as kernels/quantize_fp8_rows.py
-    inv = 1.0 / sx
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
     n_mask = n < N
@@ -68,7 +66,9 @@ def _w8a8_gemv_kernel(
         else:
             x = tl.load(x_rows + k[None, :], mask=m_mask[:, None] & (k < K)[None, :], other=0.0)
             w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & (k < K)[None, :], other=0.0)
-        q = tl.minimum(tl.maximum(x.to(tl.float32) * inv[:, None], -FP8_MAX), FP8_MAX)  # (16, BK)
+        # A correctly rounded division, as kernels/quantize_fp8_rows.py: x * (1 / s) lands on the other
+        # side of an FP8 rounding boundary now and then (a float32 x on a GPU showed it).
+        q = tl.minimum(tl.maximum(tl.math.div_rn(x.to(tl.float32), sx[:, None]), -FP8_MAX), FP8_MAX)  # (16, BK)
         if EXACT_CAST:
             q = round_to_fp8_grid(q, MANTISSA, MIN_EXP)
         acc = tl.dot(w, tl.trans(q.to(w.dtype)), acc)  # (BN, 16)
