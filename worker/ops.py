@@ -136,9 +136,11 @@ def _fastest_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return best
 
 
-def gpu_milliseconds(fn: Callable[[], Any], graphed: bool, calls: int = 20) -> float:
+def gpu_milliseconds(fn: Callable[[], Any], graphed: bool, calls: int = 20, rounds: int = 3) -> float:
     """GPU time of `calls` back-to-back calls of fn: replayed from one CUDA graph when `graphed`
-    (device time alone), else launched eagerly between two events (host launch cost counts)."""
+    (device time alone), else launched eagerly between two events (host launch cost counts). The
+    median of `rounds` timings, after one untimed round: a graph's first replay also uploads it,
+    which can cost as much as the calls themselves and would even out the candidates."""
     for _ in range(3):  # compiles, and settles the allocator outside any capture
         fn()
     torch.cuda.synchronize()
@@ -148,16 +150,24 @@ def gpu_milliseconds(fn: Callable[[], Any], graphed: bool, calls: int = 20) -> f
         with torch.cuda.graph(graph):
             for _ in range(calls):
                 fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    if graph is not None:
-        graph.replay()
-    else:
-        for _ in range(calls):
-            fn()
-    end.record()
-    end.synchronize()
-    return float(start.elapsed_time(end))
+
+    def run() -> None:
+        if graph is not None:
+            graph.replay()
+        else:
+            for _ in range(calls):
+                fn()
+
+    run()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(float(start.elapsed_time(end)))
+    return sorted(times)[len(times) // 2]
 
 
 def store_kv(*args: Any, **kwargs: Any) -> Any:
