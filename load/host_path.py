@@ -38,12 +38,13 @@ from worker.block_tables import BlockTables
 from worker.engine import LLMEngine
 from worker.model_runner import ModelRunner
 from worker.request import Request, RequestKey
+from load.part_times import PartTimes
 from worker.watermark import Watermark
 
 _VOCAB = 256  # logits columns the sampler runs over (the forward is not run: its cost is the device's)
 _HIDDEN = 8
 _PROMPT, _NEW = 1024, 128
-_PHASES_ACTIVE: _Phases | None = None  # --phases
+_PHASES_ACTIVE: PartTimes | None = None  # --phases: entered for the whole run
 
 
 class HostRunner(ModelRunner):
@@ -113,42 +114,17 @@ class _OutputSide:
         self.encode_s += time.process_time() - middle
 
 
-# The phases --phases times apart: (module, attribute) patched with a timing wrapper, and its name.
+# The phases --phases times apart (load/part_times.py), in process CPU time: (name, module, attribute path).
 _PHASES = (
-    ("worker.scheduler:Scheduler", "schedule", "schedule"),
-    ("worker.engine:LLMEngine", "_advance", "advance"),
-    ("worker.model_runner", "pack_inputs", "pack inputs"),
-    ("worker.model_runner:ModelRunner", "_fill_placeholders", "placeholders"),
-    ("worker.sampler", "prepare", "sampler.prepare"),
-    ("worker.model_runner:ModelRunner", "_sample", "sample"),
-    ("worker.model_runner", "read_results", "read results"),
-    ("worker.engine:LLMEngine", "_update", "update"),
+    ("schedule", "worker.scheduler", "Scheduler.schedule"),
+    ("advance", "worker.engine", "LLMEngine._advance"),
+    ("pack inputs", "worker.model_runner", "pack_inputs"),
+    ("placeholders", "worker.model_runner", "ModelRunner._fill_placeholders"),
+    ("sampler.prepare", "worker.sampler", "prepare"),
+    ("sample", "worker.model_runner", "ModelRunner._sample"),
+    ("read results", "worker.model_runner", "read_results"),
+    ("update", "worker.engine", "LLMEngine._update"),
 )
-
-
-class _Phases:
-    """CPU seconds spent in each of _PHASES while active (the wrappers stay; they only add)."""
-
-    def __init__(self) -> None:
-        import importlib
-
-        self.seconds: dict[str, float] = {}
-        for where, attr, name in _PHASES:
-            module, _, cls = where.partition(":")
-            owner: Any = importlib.import_module(module)
-            owner = getattr(owner, cls) if cls else owner
-            setattr(owner, attr, self._timed(getattr(owner, attr), name))
-
-    def _timed(self, fn: Any, name: str) -> Any:
-        seconds = self.seconds
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.process_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                seconds[name] = seconds.get(name, 0.0) + time.process_time() - started
-        return timed
 
 
 def run(batch: int, requests: int, output: _OutputSide | None) -> dict[str, float]:
@@ -183,9 +159,10 @@ def run(batch: int, requests: int, output: _OutputSide | None) -> dict[str, floa
               "engine_us_token": engine_s / tokens * 1e6,
               "full_us_step": full_s / max(1, full_steps) * 1e6, "full_steps": full_steps}
     for name, seconds in (_PHASES_ACTIVE.seconds.items() if _PHASES_ACTIVE is not None else ()):
-        result[f"phase {name}"] = seconds / steps * 1e6
+        if seconds:  # a phase this run never called has no figure
+            result[f"phase {name}"] = seconds / steps * 1e6
     if _PHASES_ACTIVE is not None:
-        _PHASES_ACTIVE.seconds.clear()
+        _PHASES_ACTIVE.reset()
     if output is not None:
         result["handle_us_token"] = output.handle_s / tokens * 1e6
         result["encode_us_token"] = output.encode_s / tokens * 1e6
@@ -212,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         settle_gc()
     global _PHASES_ACTIVE
     if args.phases:
-        _PHASES_ACTIVE = _Phases()
+        _PHASES_ACTIVE = PartTimes(_PHASES, time.process_time).__enter__()
     text_ids: list[int] = []
     tokenizer = None
     if args.output:
@@ -238,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{med('encode_us_token'):.2f} µs/token encoding")
         print(line, flush=True)
         if args.phases:
-            names = [name for _, _, name in _PHASES]
+            names = [name for name, *_ in _PHASES]
             print("  µs/step: " + ", ".join(f"{n} {med('phase ' + n):.0f}" for n in names
                                             if "phase " + n in runs[0]), flush=True)
         if args.profile:

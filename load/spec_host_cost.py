@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from load.part_times import PartTimes
+
 _TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
          "vocab_size": 512, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
@@ -85,8 +87,7 @@ class _OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# Parts of a step timed apart by --parts: (label, module, attribute path), each the function the
-# engine or runner calls through that name.
+# Parts of a step timed apart by --parts (load/part_times.py), in thread CPU time.
 _PARTS = (
     ("scheduling", "worker.scheduler", "Scheduler.schedule"),
     ("of which drafting", "worker.scheduler", "Scheduler._drafts"),
@@ -98,39 +99,6 @@ _PARTS = (
     ("engine update", "worker.engine", "LLMEngine._update"),
     ("engine advance", "worker.engine", "LLMEngine._advance"),
 )
-
-
-class _PartTimes:
-    """While entered, each of _PARTS accumulates its thread CPU seconds in `seconds`."""
-
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys((label for label, *_ in _PARTS), 0.0)
-        self._undo: list[tuple[Any, str, Any]] = []
-
-    def __enter__(self) -> _PartTimes:
-        import importlib
-
-        for label, module, path in _PARTS:
-            *owners, name = path.split(".")
-            owner: Any = importlib.import_module(module)
-            for attr in owners:
-                owner = getattr(owner, attr)
-            fn = getattr(owner, name)
-
-            def timed(*args: Any, _fn: Any = fn, _label: str = label, **kwargs: Any) -> Any:
-                started = time.thread_time()
-                try:
-                    return _fn(*args, **kwargs)
-                finally:
-                    self.seconds[_label] += time.thread_time() - started
-
-            self._undo.append((owner, name, fn))
-            setattr(owner, name, timed)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for owner, name, fn in reversed(self._undo):
-            setattr(owner, name, fn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parts:
         parts = {}
         for k in (0, args.speculate):
-            with _PartTimes() as timer:
+            with PartTimes(_PARTS) as timer:
                 steps = run(("graph head", k), "parts")[2]
             parts[k] = {label: seconds / steps * 1e6 for label, seconds in timer.seconds.items()}
         print(f"\n| part (graph head) | --speculate 0 | --speculate {args.speculate} |\n|---|---|---|")
