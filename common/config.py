@@ -241,12 +241,12 @@ class WorkerConfig:
         "step's tokens (other sampling reads the replayed logits); off: the graphs stop at the hidden states"
     )
     fused_rotary_store: bool = setting(
-        True, "CUDA: rotary embedding and the KV-cache store in one Triton kernel (kernels/rotary_store_kv.py); "
+        True, "CUDA: rotary embedding and the KV-cache store in one Triton kernel (genfleet_kernels/rotary_store_kv.py); "
         "off: the two kernels apart"
     )
     pdl: bool = setting(
         False, "CUDA sm_90+: the Triton kernels of a step (norms, one-row linears, rotary + KV store, activations) "
-        "launch with programmatic dependent launch, each starting while the one before it finishes (kernels/pdl.py)"
+        "launch with programmatic dependent launch, each starting while the one before it finishes (genfleet_kernels/pdl.py)"
     )
     overlap_scheduling: bool = setting(
         True, "Schedule and launch the next step while the device runs the current one (CUDA)"

@@ -42,7 +42,7 @@ def _lens(spec: str, batch: int) -> list[int]:
 def _batch(lens: list[int], heads: int, n_kv: int, dim: int, copies: int, device: Any, gen: Any) -> dict[str, Any]:
     import torch
 
-    from kernels import reference as ref
+    from genfleet_kernels import reference as ref
 
     batch = len(lens)
     width = -(-max(lens) // PAGE)
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.tiny:
             p.error("no GPU: run with --tiny to check the paths on the CPU")
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels' module is imported
-    from kernels import reference as ref
-    from kernels.paged_decode_attention import default_launch, paged_decode_attention
+    from genfleet_kernels import reference as ref
+    from genfleet_kernels.paged_decode_attention import default_launch, paged_decode_attention
 
     device = torch.device("cuda" if cuda else "cpu")
     heads, n_kv, dim = (8, 2, 64) if args.tiny else (32, 8, 128)

@@ -102,7 +102,7 @@ def _guided(args: argparse.Namespace, runner: Any) -> tuple[Any, str]:
 def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) -> Result:
     import torch
 
-    from kernels.bench import decode_step_breakdown
+    from genfleet_kernels.bench import decode_step_breakdown
     from worker.model_runner import ModelRunner
 
     model_dir = write_model_dir(root, shape, args.tokenizer_dir)
@@ -231,7 +231,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
                         f"{c['seconds']:.1f}s, {c['steps']} steps, {c['computed_tokens'] / 1e6:.2f}M tokens computed, "
                         f"{c['preemptions']} preemptions, TTFT p50 {c['ttft_p50']:.2f}s, TPOT p50 {c['tpot_p50'] * 1e3:.1f} ms"))
     if cfg.get("num_local_experts") and ("a" in todo or "b" in todo):
-        from kernels.bench import moe_report
+        from genfleet_kernels.bench import moe_report
 
         notes += [f"{shape}: {line}" for line in moe_report(cfg["hidden_size"], cfg["intermediate_size"],
                                                              cfg["num_local_experts"], cfg["num_experts_per_tok"],
@@ -245,7 +245,7 @@ def bench_model(shape: str, root: Path, card: Card, args: argparse.Namespace) ->
             notes.append(f"{shape} decode step kernels, batch {batch}, ctx 384 (GPU µs per step, graph-replayed, x layers): "
                          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + f"; sum {total:.0f} µs")
     if "a" in todo and shape == "llama-3.1-8b":
-        from kernels.bench import gemv_report
+        from genfleet_kernels.bench import gemv_report
         from worker import ops
 
         notes += [f"one-row linear, {line}" for line in gemv_report()]

@@ -18,7 +18,7 @@ measured copy rate.
 --compare: per shape and row count, the fastest x_pairs build of the f16x2 shortlist ("old": the
 launch before every call) and the fastest fused one ("new": x's pairs made in the kernel), each
 call checked against the reference first; beside them bf16 `F.linear` and bf16 `linear_one_row`
-(kernels/linear_one_row.py) on the same weights, all as graph replays (wall-clock medians on the
+(genfleet_kernels/linear_one_row.py) on the same weights, all as graph replays (wall-clock medians on the
 CPU). Above one row both sides are the GEMM shortlist (no fused variant there yet).
 """
 
@@ -46,7 +46,7 @@ SWEEP_GEMM = (
     (64, 64, 128, 2, True, True, 4, 3), (64, 64, 128, 4, True, True, 4, 3), (64, 64, 128, 8, True, True, 4, 3),
     (64, 64, 128, 4, True, True, 4, 4), (64, 32, 128, 4, False, True, 4, 4), (64, 32, 128, 8, False, True, 4, 4),
     (64, 64, 128, 4, False, True, 4, 4), (64, 64, 128, 8, False, True, 4, 4), (32, 64, 128, 4, True, True, 4, 4))
-# --f16x2 sweep: (block_n, block_w, split_k, warps, stages, fold) of kernels/int_weight_gemv_f16x2.py.
+# --f16x2 sweep: (block_n, block_w, split_k, warps, stages, fold) of genfleet_kernels/int_weight_gemv_f16x2.py.
 SWEEP_F16X2 = tuple((bn, bw, sk, warps, 3, True) for bn, bw, sk, warps in (
     (8, 128, 1, 4), (16, 64, 1, 2), (16, 128, 1, 4), (16, 256, 1, 4), (16, 256, 1, 8), (32, 64, 1, 4), (32, 128, 1, 4),
     (32, 128, 1, 8), (32, 256, 1, 8), (64, 128, 1, 8), (8, 256, 2, 4), (16, 128, 2, 4), (32, 128, 2, 4),
@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--f16x2", choices=("shortlist", "sweep", "none"), default="shortlist",
                         help="which packed-pair GEMV configs to time beside the others (one row)")
     parser.add_argument("--into", default="", help="comma list of acc, zero, tile: time every GEMM config in each "
-                        "of these modes (where a tile's zero point and scale go, kernels/int_weight_gemm.py)")
+                        "of these modes (where a tile's zero point and scale go, genfleet_kernels/int_weight_gemm.py)")
     parser.add_argument("--log", help="write every candidate's line here too")
     parser.add_argument("--compare", action="store_true", help="x_pairs against fused builds (rows 1,16 unless "
                         "--rows is given), beside bf16 F.linear and linear_one_row")
     parser.add_argument("--tiny", action="store_true", help="with --compare: tiny shapes, on the CPU when no GPU")
     parser.add_argument("--pdl", action="store_true", help="with --compare: programmatic dependent launch on for the "
-                        "Triton kernels that take part (kernels/pdl.py; the f16x2 builds and x_pairs among them)")
+                        "Triton kernels that take part (genfleet_kernels/pdl.py; the f16x2 builds and x_pairs among them)")
     args = parser.parse_args(argv)
     if args.compare:
         from load.bench_int_weight_compare import compare
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                        args.shapes.split(","), per_call_us, L2_SAFE_BYTES, args.pdl)
     import torch
     import torch.nn.functional as F
-    from kernels import reference
+    from genfleet_kernels import reference
     from load.roofline import measure_card
     from worker.quant import int_kernels
     from worker.quant.int_weight import IntWeightLinear, IntWeights
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             read = layer.packed_bytes() + x.numel() * 2 + rows * n * 2
             results = []
             if rows == 1 and f16x2 and k % 16 == 0:  # the x_pairs launch that every f16x2 call makes, alone
-                from kernels.int_weight_gemv_f16x2 import x_pairs
+                from genfleet_kernels.int_weight_gemv_f16x2 import x_pairs
                 prep_us = per_call_us(lambda _: x_pairs(x, True), packed[:4])  # noqa: B023
                 print(f"{name}: x_pairs alone {prep_us:.2f} µs")
             for label, impl in int_kernels.candidates(layer, int_kernels.bucket_of(rows), gemv, gemm, f16x2):

@@ -23,8 +23,8 @@ def compare(shapes: tuple[tuple[str, int, int], ...], group_size: int, rows_csv:
     import torch
     import torch.nn.functional as F
 
-    from kernels import reference
-    from kernels.linear_one_row import MAX_ROWS, linear_one_row
+    from genfleet_kernels import reference
+    from genfleet_kernels.linear_one_row import MAX_ROWS, linear_one_row
     from worker.ops import _ONE_ROW_CONFIGS as ONE_ROW_CONFIGS  # what the engine's bf16 linears pick among
     from worker.quant import int_kernels
     from worker.quant.int_weight import IntWeightLinear, IntWeights
@@ -32,7 +32,7 @@ def compare(shapes: tuple[tuple[str, int, int], ...], group_size: int, rows_csv:
     cpu = not torch.cuda.is_available()
     device = torch.device("cpu" if cpu else "cuda")
     copy_rate = _copy_rate(device)
-    from kernels import pdl as pdl_switch
+    from genfleet_kernels import pdl as pdl_switch
 
     pdl_on = pdl_switch.enable(pdl, device)
     print(f"device {'cpu' if cpu else torch.cuda.get_device_name()}: copy {copy_rate / 1e12:.3f} TB/s, "

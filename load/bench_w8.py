@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.paged_decode_attention import paged_decode_attention
-from kernels.store_kv import store_kv
-from kernels.reference import quantize_fp8_rows
+from genfleet_kernels.paged_decode_attention import paged_decode_attention
+from genfleet_kernels.store_kv import store_kv
+from genfleet_kernels.reference import quantize_fp8_rows
 from worker.ops import gpu_milliseconds
 from worker.quant.int8 import quantize_int8_rows
 from worker.quant.w8 import W8Linear, w8_choices
@@ -56,7 +56,7 @@ def linears(bandwidth: float) -> None:
 def fp8_linears(bandwidth: float, batches: list[int]) -> None:
     """FP8 weights beside bf16, each timed over enough weight copies to stay out of L2 (a decoder's
     layers do not fit there either): the path W8Linear picks, and at one row every GEMV config."""
-    from kernels.w8_gemv import GEMV_CONFIGS, w8_gemv
+    from genfleet_kernels.w8_gemv import GEMV_CONFIGS, w8_gemv
     from load.bench_int_weight import L2_SAFE_BYTES as safe
     from load.bench_int_weight import per_call_us
     table = []
@@ -117,7 +117,7 @@ def attention() -> None:
 
 
 def quantize_kv(cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from kernels.reference import quantize_kv_rows
+    from genfleet_kernels.reference import quantize_kv_rows
 
     return quantize_kv_rows(cache, torch.float8_e4m3fn)
 

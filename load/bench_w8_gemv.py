@@ -1,6 +1,6 @@
 """The one-byte-weight linears at 1-16 rows on the Llama-3.1-8B shapes: every candidate that
 worker/quant/w8.py's first-use timing tries (with --sweep, a wider set too), against the card's copy
-rate and bf16's one-row kernel (kernels/linear_one_row.py) and cuBLAS, all measured in this run.
+rate and bf16's one-row kernel (genfleet_kernels/linear_one_row.py) and cuBLAS, all measured in this run.
 
 Each call is timed as CUDA-graph replays over enough copies of the weight that they cannot sit in
 L2 (a decoder's layers do not): load/bench_int_weight.per_call_us, the median of the replays after
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from kernels import reference as ref
+from genfleet_kernels import reference as ref
 from load.bench_int_weight import L2_SAFE_BYTES, per_call_us
 from load.bench_w8 import SHAPES
 
@@ -52,8 +52,8 @@ def copy_rate(device: torch.device) -> float:
 
 def candidates(layers: list[W8Linear], x: torch.Tensor, sweep: bool) -> dict[str, tuple[list[Call], bool]]:
     """name -> (one call per weight copy, whether it quantizes x): W8Linear's own paths, and the sweep."""
-    from kernels.w8_gemv import gemv_name, w8_gemv
-    from kernels.w8a8_gemv import w8a8_gemv, w8a8_name
+    from genfleet_kernels.w8_gemv import gemv_name, w8_gemv
+    from genfleet_kernels.w8a8_gemv import w8a8_gemv, w8a8_name
     from worker.quant.w8 import GEMV_ROWS
 
     per_copy = [layer._paths(x) for layer in layers]
@@ -70,7 +70,7 @@ def candidates(layers: list[W8Linear], x: torch.Tensor, sweep: bool) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kernels.linear_one_row import linear_one_row
+    from genfleet_kernels.linear_one_row import linear_one_row
     from worker.ops import _ONE_ROW_CONFIGS
     from worker.quant.int8 import quantize_int8_rows
     from worker.quant.w8 import W8Linear

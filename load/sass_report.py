@@ -70,7 +70,7 @@ def sm90_sass(fn, signature: dict[str, str], constexprs: dict[str, object], num_
 
 def f16x2_loop(block_n: int, block_w: int, warps: int, split_k: int, fold: bool, group: int = 128,
                fused: bool = False, ahead: bool = False, pdl: bool = False) -> str:
-    from kernels import int_weight_gemv_f16x2 as m
+    from genfleet_kernels import int_weight_gemv_f16x2 as m
 
     groups, words = (block_w * 8 // group, group // 8) if block_w * 8 > group else (1, block_w)
     signature = {"x_ptr": "*bf16", "xp_ptr": "*i32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16",
@@ -85,7 +85,7 @@ def f16x2_loop(block_n: int, block_w: int, warps: int, split_k: int, fold: bool,
 def decode_attention_loop(pages: str, block_n: int = 64, warps: int = 4, stages: int = 2) -> str:
     """The split pass's key loop at Llama-3.1-8B's heads (group 4 padded to 16 rows, head dim 128,
     pages of 16) with bf16 queries; pages: "bf16", "fp8-cast" or "fp8-words" (e4m3fn)."""
-    from kernels import paged_decode_attention as m
+    from genfleet_kernels import paged_decode_attention as m
 
     fp8, words = pages != "bf16", pages == "fp8-words"
     kv = "*fp8e4nv" if fp8 else "*bf16"
@@ -113,8 +113,8 @@ def report(name: str, loop: str, values: int) -> str:
 
 def w8_loops() -> list[tuple[str, str, int]]:
     """(name, main loop, weight values a thread takes per iteration) of the one-byte GEMVs
-    (kernels/w8_gemv.py plain and `bits`, kernels/w8a8_gemv.py) and bf16 linear_one_row."""
-    from kernels import linear_one_row as one_row, w8_gemv, w8a8_gemv
+    (genfleet_kernels/w8_gemv.py plain and `bits`, genfleet_kernels/w8a8_gemv.py) and bf16 linear_one_row."""
+    from genfleet_kernels import linear_one_row as one_row, w8_gemv, w8a8_gemv
 
     common = {"x_ptr": "*bf16", "s_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
     loops = []

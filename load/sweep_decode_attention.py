@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from kernels import reference as ref
-    from kernels.paged_decode_attention import default_launch, paged_decode_attention
+    from genfleet_kernels import reference as ref
+    from genfleet_kernels.paged_decode_attention import default_launch, paged_decode_attention
     from worker.ops import gpu_milliseconds
 
     src = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")

@@ -1,5 +1,5 @@
 """One-row linears (batch-1 decoding) swept on a GPU: cuBLAS against every launch setting of
-kernels/linear_one_row.py on the Llama-3.1-8B shapes.
+genfleet_kernels/linear_one_row.py on the Llama-3.1-8B shapes.
 
 Each candidate is checked against float32 and timed replayed from a CUDA graph that cycles through
 enough copies of the weight to keep it out of L2 (a decoder's 32 layers do not fit there either;
@@ -42,13 +42,13 @@ def _candidates() -> list[tuple[int, int, int, int]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m load.sweep_one_row", description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=SHAPES_8B, help="K x N pairs, comma list")
-    p.add_argument("--rows", default="1", help="rows of x (1 to kernels/linear_one_row.MAX_ROWS), comma list")
+    p.add_argument("--rows", default="1", help="rows of x (1 to genfleet_kernels/linear_one_row.MAX_ROWS), comma list")
     p.add_argument("--top", type=int, default=5, help="fastest settings shown per shape")
     args = p.parse_args(argv)
 
     import torch
 
-    from kernels.linear_one_row import linear_one_row
+    from genfleet_kernels.linear_one_row import linear_one_row
 
     print(f"card: {torch.cuda.get_device_name()}")
     print("| K x N | rows | cuBLAS µs (GB/s) | best Triton µs (GB/s) | x cuBLAS | best settings (bn x bk / warps: µs) |")

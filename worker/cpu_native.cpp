@@ -2,7 +2,7 @@
 // torch's eager ops was ~60 calls a layer (norms, rotary, the KV store, page gathers, masks,
 // attention), each paying dispatch and a parallel region, and the attention gathered every page
 // into a padded copy first. worker/cpu_native.py compiles this once per source, CPU and torch
-// (cached on disk) and worker/cpu_ops.py calls it; kernels/reference.py is the oracle the tests
+// (cached on disk) and worker/cpu_ops.py calls it; genfleet_kernels/reference.py is the oracle the tests
 // compare with. All arithmetic is float32, rounded to the activations' dtype where the reference
 // rounds.
 #include <ATen/ATen.h>

@@ -4,7 +4,7 @@ worker/cpu_native.cpp (built once per machine by worker/cpu_native.py, on unless
 is off) does the norms, rotary, SiLU-and-mul, the KV store and decode attention in one call each,
 the attention reading keys and values straight from the pages. Without it, the torch path below:
 
-kernels/reference.py is the oracle, written for clarity: it widens every gathered page to float32,
+genfleet_kernels/reference.py is the oracle, written for clarity: it widens every gathered page to float32,
 repeats each KV head over its query heads and materializes the scores, so a decode step's cost
 grew with the batch. Here a step's decode sequences are gathered in one `index_select` per cache
 (the pages stay in the cache's dtype), each KV head's query heads are folded into its query rows,
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import reference
+from genfleet_kernels import reference
 from worker import cpu_native
 
 __all__ = ["use_native", "store_kv", "paged_decode_attention", "prefill_attention", "rms_norm", "rotary_embedding",

@@ -6,7 +6,7 @@ prefill step (times --cuda-memory-fraction, keeping a safety margin); on CPU, fr
 
 With --kv-cache-dtype fp8_e4m3fn|fp8_e5m2 the pages hold FP8 values and each layer carries two
 more tensors, (num_blocks, block_size, n_kv) float16: the scale of every (slot, KV head) row, set
-by the KV store from the row's largest value (kernels/reference.py `quantize_kv_rows`). A token
+by the KV store from the row's largest value (genfleet_kernels/reference.py `quantize_kv_rows`). A token
 then costs D + 2 bytes per head instead of 2·D: 1.94x the tokens at D=128, 1.88x at D=64.
 """
 

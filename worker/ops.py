@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from kernels import pdl as pdl_switch
-from kernels import reference
+from genfleet_kernels import pdl as pdl_switch
+from genfleet_kernels import reference
 from worker import cpu_linear, cpu_ops
 
 __all__ = [
@@ -32,16 +32,16 @@ _NATIVE = ("store_kv", "paged_decode_attention", "rms_norm", "rotary_embedding",
 # Launchers that live in another kernel's module (a variant of its kernel).
 _MODULE_OF = {"gelu_tanh_and_mul": "silu_and_mul", "lora_add": "lora"}
 _impl: dict[str, Callable[..., Any]] = {name: getattr(reference, name) for name in _NAMES}
-# Rotary and the KV store in one launch (kernels/rotary_store_kv.py) on CUDA; None: the two ops above.
+# Rotary and the KV store in one launch (genfleet_kernels/rotary_store_kv.py) on CUDA; None: the two ops above.
 _rotary_store_kv: Callable[..., torch.Tensor] | None = None
-# Linears of one row or a few (batch-1 decode, batch-1 verification) on CUDA: kernels/linear_one_row.py
+# Linears of one row or a few (batch-1 decode, batch-1 verification) on CUDA: genfleet_kernels/linear_one_row.py
 # where it measured faster than torch for that weight shape and row count (see `linear`); None = torch
 # everywhere.
 _one_row: Callable[..., torch.Tensor] | None = None
 # (block_n, block_k, warps, stages) tried: the fastest of load/sweep_one_row.py's settings on an H200
 # (docs/perf.md), and the small tiles that suit narrow weights (SmolLM2's).
 _ONE_ROW_CONFIGS = ((4, 2048, 4, 3), (4, 1024, 2, 3), (4, 512, 4, 3), (8, 1024, 8, 3))
-_max_rows = 0  # kernels/linear_one_row.MAX_ROWS once it is loaded
+_max_rows = 0  # genfleet_kernels/linear_one_row.MAX_ROWS once it is loaded
 # (N, K, dtype, has bias, graphed, rows) -> the config chosen, None for torch
 _one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool, int], tuple[int, int, int, int] | None] = {}
 
@@ -51,7 +51,7 @@ def use_device(device: torch.device, cpu_kernels: bool = False, fused_rotary_sto
     """Pick each op's implementation for `device`; returns {op: "triton" | "torch" | "torch (cpu_ops)" |
     "c++ (cpu_ops)"}. `cpu_kernels`: on the CPU, worker/cpu_native.cpp's fused ops where they build.
     `fused_rotary_store`: on CUDA, `rotary_store_kv` is one kernel (else rotary, then the store).
-    `pdl`: the Triton kernels that take part launch with programmatic dependent launch (kernels/pdl.py)."""
+    `pdl`: the Triton kernels that take part launch with programmatic dependent launch (genfleet_kernels/pdl.py)."""
     chosen = {"programmatic dependent launch": "on" if pdl_switch.enable(pdl, device) else "off"}
     triton_ops: dict[str, Callable[..., Any]] = {}
     cpu = {name: getattr(cpu_ops, name) for name in cpu_ops.__all__} if device.type == "cpu" else {}
@@ -78,7 +78,7 @@ def use_device(device: torch.device, cpu_kernels: bool = False, fused_rotary_sto
     if device.type == "cuda":
         try:
             _one_row = _launcher("linear_one_row")
-            _max_rows = importlib.import_module("kernels.linear_one_row").MAX_ROWS
+            _max_rows = importlib.import_module("genfleet_kernels.linear_one_row").MAX_ROWS
         except Exception as exc:
             log.warning("Triton linear_one_row unavailable (%s); using torch", exc)
     chosen["linear (one row)"] = "triton" if _one_row is not None else "torch"
@@ -86,7 +86,7 @@ def use_device(device: torch.device, cpu_kernels: bool = False, fused_rotary_sto
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, graphed: bool = False) -> torch.Tensor:
-    """x @ weight.T + bias. One row on CUDA, or a few (up to kernels/linear_one_row.MAX_ROWS: a
+    """x @ weight.T + bias. One row on CUDA, or a few (up to genfleet_kernels/linear_one_row.MAX_ROWS: a
     verification step's last token and drafts): the faster of torch and the Triton GEMV configs,
     timed once per weight shape and row count on first use (outside CUDA graph capture; the graph
     warm-ups time the row counts the graphs replay).
@@ -195,7 +195,7 @@ def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
                     slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
                     v_scale: torch.Tensor | None = None, is_neox: bool = True) -> torch.Tensor:
     """q and k rotated, k and v stored into their cache slots; returns the rotated q (T, H, D).
-    One kernel on CUDA; elsewhere (or switched off) the two ops in turn, as kernels/reference_fused.py."""
+    One kernel on CUDA; elsewhere (or switched off) the two ops in turn, as genfleet_kernels/reference_fused.py."""
     if _rotary_store_kv is not None and q.is_cuda:
         return _rotary_store_kv(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping, k_scale, v_scale,
                                 is_neox)
@@ -221,5 +221,5 @@ def lora_add(*args: Any, **kwargs: Any) -> Any:
 
 
 def _launcher(name: str) -> Callable[..., Any]:
-    # kernels/<name>.py defines the launcher <name> (or the module _MODULE_OF names).
-    return getattr(importlib.import_module(f"kernels.{_MODULE_OF.get(name, name)}"), name)  # type: ignore[no-any-return]
+    # genfleet_kernels/<name>.py defines the launcher <name> (or the module _MODULE_OF names).
+    return getattr(importlib.import_module(f"genfleet_kernels.{_MODULE_OF.get(name, name)}"), name)  # type: ignore[no-any-return]

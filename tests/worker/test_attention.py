@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.sampling_params import SamplingParams
-from kernels import reference as ref
+from genfleet_kernels import reference as ref
 from worker import ops
 from worker.attention import PagedAttentionBackend
 from worker.batch import ScheduledBatch, ScheduledRequest

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from kernels import reference as ref
-from tests.kernels.conftest import assert_close
-from tests.kernels.test_attention import _paged_batch
+from genfleet_kernels import reference as ref
+from tests.genfleet_kernels.conftest import assert_close
+from tests.genfleet_kernels.test_attention import _paged_batch
 from worker import cpu_native, cpu_ops, ops
 
 CPU = torch.device("cpu")

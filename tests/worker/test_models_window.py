@@ -45,8 +45,8 @@ def attention_kernels(request: pytest.FixtureRequest) -> Iterator[str]:
         yield "torch"
         return
     pytest.importorskip("triton")
-    from kernels.paged_decode_attention import paged_decode_attention
-    from kernels.prefill_attention import prefill_attention
+    from genfleet_kernels.paged_decode_attention import paged_decode_attention
+    from genfleet_kernels.prefill_attention import prefill_attention
 
     saved = dict(ops._impl)
     ops._impl.update(paged_decode_attention=paged_decode_attention, prefill_attention=prefill_attention)

@@ -2,7 +2,7 @@
 
 `LoraLinear` wraps a linear (dense or quantized) that some loaded adapter targets: it computes the
 base projection, then adds each adapter row's x @ A.T @ B.T through `ops.lora_add` (the Triton
-kernel on CUDA, kernels/reference.py's on CPU). Which rows belong to which adapter slot is the
+kernel on CUDA, genfleet_kernels/reference.py's on CPU). Which rows belong to which adapter slot is the
 step's `LoraBatch`, set around one forward by `lora_scope` (a context variable, not a global, as
 worker/attention.py's forward context); a step without adapter rows sets none and every wrapped
 linear is its base alone.

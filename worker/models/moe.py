@@ -1,5 +1,5 @@
 """The sparse mixture-of-experts MLP: a router picks each token's top-k experts, the fused MoE
-kernel runs them (kernels/fused_moe.py; the per-expert loop of kernels/reference.py on CPU), and
+kernel runs them (genfleet_kernels/fused_moe.py; the per-expert loop of genfleet_kernels/reference.py on CPU), and
 an optional shared expert, gated by a sigmoid, adds to every token (Qwen2-MoE).
 
 Experts are stacked parameters, `w13` (E, 2I, H) with each expert's gate rows then its up rows,
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kernels.reference import QuantizedExperts
+from genfleet_kernels.reference import QuantizedExperts
 from worker import ops
 from worker.models.causal_lm import CausalLM, ExpertSlot
 from worker.models.config import ModelConfig, MoEConfig, UnsupportedModel

@@ -1,7 +1,7 @@
 """Rotary position embedding tables: the [cos | sin] of every position, with the checkpoint's scaling.
 
 Model maths, computed once per model at load (a buffer of CausalLM); the rotary kernels and their
-reference (kernels/rotary_embedding.py, kernels/reference.py) only read the table.
+reference (genfleet_kernels/rotary_embedding.py, genfleet_kernels/reference.py) only read the table.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ our model, the checkpoint tensors of each source module (q, k, v for qkv_proj) a
 module it returns in place of the dense nn.Linear. Model files never change per format: a layer
 calls its linears as modules (worker/models/layers.py `linear`).
 
-Internal layouts, each with its kernels and a torch reference in kernels/:
+Internal layouts, each with its kernels and a torch reference in genfleet_kernels/:
 - integer weight-only (int_weight.py: `IntWeights` -> `IntWeightLinear`, 4 or 8 bits, grouped
   zero points and scales, act order): awq, gptq, marlin, compressed-tensors pack-quantized.
 - one-byte weights (w8.py: `W8Linear`, FP8 e4m3 or int8 with a scale per output channel): fp8

@@ -2,13 +2,13 @@
 
 As bitsandbytes' `quantize_4bit(blocksize=64)` defines them: each run of 64 weights along a row
 is divided by its absmax and stored as the index of the nearest of the 16 NF4 (or FP4) codebook
-values; the codebooks are the library's (kernels/reference.py CODEBOOKS_4BIT, checked against
+values; the codebooks are the library's (genfleet_kernels/reference.py CODEBOOKS_4BIT, checked against
 bitsandbytes in the tests). The absmax stays float32: TGI's `compress_statistics` (an 8-bit
 second quantization of the absmax) is a storage saving of 0.37 bits per weight not made here.
 
 The values are not evenly spaced, so q4's integer layout cannot hold them; the kernels look the
-indices up: one row by a fused GEMV (kernels/lut4_gemv.py), more rows by dequantizing into the
-activations' dtype (kernels/dequantize_4bit.py) and a dense matmul. On the CPU the weight is
+indices up: one row by a fused GEMV (genfleet_kernels/lut4_gemv.py), more rows by dequantizing into the
+activations' dtype (genfleet_kernels/dequantize_4bit.py) and a dense matmul. On the CPU the weight is
 dequantized once at load.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.reference import CODEBOOKS_4BIT, dequantize_4bit, quantize_4bit
+from genfleet_kernels.reference import CODEBOOKS_4BIT, dequantize_4bit, quantize_4bit
 from worker.quant.registry import QuantMethod, register
 
 __all__ = ["Lut4Linear", "Bitsandbytes4bit"]
@@ -48,8 +48,8 @@ class Lut4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (T, K) -> (T, N)
         if self.dense is not None:
             return F.linear(x, self.dense, self.bias)
-        from kernels.dequantize_4bit import dequantize_4bit as dequantize
-        from kernels.lut4_gemv import lut4_gemv
+        from genfleet_kernels.dequantize_4bit import dequantize_4bit as dequantize
+        from genfleet_kernels.lut4_gemv import lut4_gemv
 
         if x.shape[0] == 1:
             return lut4_gemv(x, self.packed, self.absmax, self.code, self.bias)

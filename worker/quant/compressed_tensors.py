@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kernels.reference import unpack_int32
+from genfleet_kernels.reference import unpack_int32
 from worker.quant.experts import QuantExperts, fp8_experts_from_checkpoint, int_experts
 from worker.quant.fp8 import fp8_from_checkpoint
 from worker.quant.int_weight import IntWeightLinear, IntWeights

@@ -2,7 +2,7 @@
 
 A SparseMoE holds `w13` (E, 2I, H) and `w2` (E, H, I) as dense parameters; under a method that
 quantizes experts the loader puts a `QuantExperts` in their place (worker/weights.py). Two
-layouts, both read by the fused MoE kernel under a constexpr (kernels/reference.py
+layouts, both read by the fused MoE kernel under a constexpr (genfleet_kernels/reference.py
 `QuantizedExperts`):
 - FP8: e4m3 weights with a float32 scale per expert and output channel: `--quantize fp8` on
   the fly (amax / 448, as the dense linears', worker/quant/fp8.py) and compressed-tensors
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from kernels.reference import QuantizedExperts, dequantize_expert, pack_int32, quantize_fp8_rows
+from genfleet_kernels.reference import QuantizedExperts, dequantize_expert, pack_int32, quantize_fp8_rows
 from worker.models.moe import SparseMoE
 from worker.quant.int_weight import IntWeights
 from worker.quant.w8 import fp8_rows

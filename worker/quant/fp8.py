@@ -6,7 +6,7 @@ A mixture-of-experts model's experts are quantized on the fly too, per expert an
 On the fly (TGI's `Fp8Linear.from_unquant` with its per-row path): each output channel n of the
 dense weight gets s[n] = amax(|W[n]|) / 448 and is stored as W[n] / s[n] in e4m3; activations are
 quantized per token at run time (worker/quant/w8.py), so no calibration is needed. The
-arithmetic is kernels/reference.py `quantize_fp8_rows`, the same as the activations'.
+arithmetic is genfleet_kernels/reference.py `quantize_fp8_rows`, the same as the activations'.
 
 compressed-tensors float-quantized (llm-compressor's FP8 / FP8_DYNAMIC schemes): `weight` e4m3
 (N, K) and `weight_scale` float (1,) for strategy "tensor" or (N, 1) for "channel". Fused shards
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kernels.reference import quantize_fp8_rows
+from genfleet_kernels.reference import quantize_fp8_rows
 from worker.quant.experts import QuantExperts, fp8_experts
 from worker.quant.registry import QuantizationError, QuantMethod, register
 from worker.quant.w8 import W8Linear, fp8_rows

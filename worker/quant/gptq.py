@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kernels.reference import unpack_int32
+from genfleet_kernels.reference import unpack_int32
 from worker.quant.checkpoint_config import group_size_of
 from worker.quant.experts import QuantExperts, int_experts
 from worker.quant.int_weight import IntWeightLinear, IntWeights

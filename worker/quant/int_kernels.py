@@ -1,6 +1,6 @@
 """The CUDA forward of IntWeightLinear: per weight shape and batch bucket, the fastest kernel.
 
-Candidates (kernels/int_weight_*.py): the GEMV configs for one row (the float32 GEMV and the
+Candidates (genfleet_kernels/int_weight_*.py): the GEMV configs for one row (the float32 GEMV and the
 packed-pair one, with x's pairs made by a launch of their own or in the kernel), the tensor-core GEMM configs
 (with split K for few rows, summed in the same launch), and dequantize + cuBLAS from 64 rows.
 Each (shape, group, bits, bucket) is timed once on first use, outside CUDA graph capture, by graph
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kernels import reference
+from genfleet_kernels import reference
 from worker.ops import gpu_milliseconds
 
 if TYPE_CHECKING:
@@ -36,13 +36,13 @@ GEMV = ((16, 128, 1, 4, 3, False), (8, 128, 1, 4, 3, False), (16, 64, 1, 2, 3, F
         (32, 64, 2, 4, 3, False), (8, 128, 1, 4, 3, True), (16, 128, 1, 4, 3, "planes"), (8, 128, 1, 4, 3, "planes"),
         (32, 128, 1, 8, 3, "planes"), (16, 128, 2, 4, 3, "planes"))
 # (block_n, block_w, split_k, warps, stages, loads): loads True = 16-byte ("wide"), False = 4-byte ("narrow"),
-# "planes" = wide with x through x_planes first (kernels/int_weight_gemv.py); the planes builds are
+# "planes" = wide with x through x_planes first (genfleet_kernels/int_weight_gemv.py); the planes builds are
 # not measured on a GPU yet (docs/perf.md), the first-use timing decides.
 F16X2 = ((8, 128, 1, 4, 3, True), (16, 256, 1, 8, 3, True), (16, 64, 1, 2, 3, True), (16, 128, 4, 4, 3, True),
          (16, 256, 1, 2, 3, True, True, True), (16, 512, 1, 4, 3, True, True, False),
          (16, 128, 1, 1, 3, True, True, False), (8, 256, 1, 2, 3, True, True, True),
          (16, 256, 2, 2, 3, True, True, True), (16, 256, 4, 2, 3, True, True, True))
-# The packed-pair GEMV of 4-bit weights and 16-bit x (kernels/int_weight_gemv_f16x2.py), the fastest
+# The packed-pair GEMV of 4-bit weights and 16-bit x (genfleet_kernels/int_weight_gemv_f16x2.py), the fastest
 # one-row kernel on every 8B shape (H200, docs/perf.md 2026-12-02 19:14 UTC): (block_n, block_w,
 # split_k, warps, stages, fold[, fused, ahead]). The first four: each shape's winner then, x through
 # the x_pairs launch. The rest make x's pairs in the kernel (fused) and keep the next tile's loads in
@@ -60,7 +60,7 @@ GEMM = ((16, 64, 128, 2, True, True, 4, 4), (16, 64, 128, 4, True, True, 4, 4), 
         (64, 64, 128, 2, True, True, 4, 3, "zero"), (64, 64, 128, 4, False, True, 4, 4, "tile"),
         (64, 128, 128, 1, False, True, 8, 3, "tile"))
 # (block_m, block_n, block_k, split_k, swap, ptx, warps, stages[, into]); into: where a tile's zero
-# point and scale go (kernels/int_weight_gemm.py), "acc" when left out.
+# point and scale go (genfleet_kernels/int_weight_gemm.py), "acc" when left out.
 _choice: dict[tuple[int, int, int, int, int], tuple[str, Impl]] = {}
 
 
@@ -114,11 +114,11 @@ def candidates(layer: IntWeightLinear, bucket: int, gemv: tuple[tuple[int | bool
                gemm: tuple[tuple[int | bool | str, ...], ...] = GEMM,
                f16x2: tuple[tuple[int | bool, ...], ...] = F16X2) -> list[tuple[str, Impl]]:
     """The kernels (and configs) worth timing for `bucket` rows of this layer's shape."""
-    from kernels.int_weight import tile_groups
-    from kernels.int_weight_dequant import int_weight_dequant
-    from kernels.int_weight_gemm import int_weight_gemm
-    from kernels.int_weight_gemv import int_weight_gemv
-    from kernels.int_weight_gemv_f16x2 import int_weight_gemv_f16x2
+    from genfleet_kernels.int_weight import tile_groups
+    from genfleet_kernels.int_weight_dequant import int_weight_dequant
+    from genfleet_kernels.int_weight_gemm import int_weight_gemm
+    from genfleet_kernels.int_weight_gemv import int_weight_gemv
+    from genfleet_kernels.int_weight_gemv_f16x2 import int_weight_gemv_f16x2
 
     per = 32 // layer.bits
     k = layer.in_features

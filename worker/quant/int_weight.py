@@ -2,7 +2,7 @@
 
 Formats meet at `IntWeights`, a linear's integers unpacked (one uint8 per weight), its zero
 points and scales per group, and its act-order group map; `IntWeightLinear` packs them
-into the kernels' layout (kernels/reference.py's header gives it). Zero points are stored as the
+into the kernels' layout (genfleet_kernels/reference.py's header gives it). Zero points are stored as the
 integers they are, so W = (q - z) * s is computed exactly as the format defines it.
 
 On CUDA the forward runs the Triton kernels chosen per shape (worker/quant/int_kernels.py); on
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.reference import dequantize_int_weight, pack_int32
+from genfleet_kernels.reference import dequantize_int_weight, pack_int32
 
 __all__ = ["IntWeights", "IntWeightLinear"]
 
@@ -100,7 +100,7 @@ class IntWeightLinear(nn.Module):
         self.register_buffer("perm", None if perm is None else perm.to(device))  # (K,) int64
         self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
         if device.type == "cuda":
-            from kernels.split_k import counters
+            from genfleet_kernels.split_k import counters
 
             counters(device, 0)  # the split-K counters exist before any graph capture
         # CPU: the weight dequantized once, in input-column order (so no gather), in `dtype`.

@@ -7,11 +7,11 @@ Methods: fp8 and compressed-tensors float-quantized (worker/quant/fp8.py), eetq 
 
 On CUDA each (shape, batch bucket) runs the fastest of its paths, timed once on first use
 (outside graph capture; worker/ops.py `gpu_milliseconds`):
-- `w8_linear` (kernels/w8_linear.py), up to 16 rows `w8_gemv` (kernels/w8_gemv.py): x stays in its dtype,
+- `w8_linear` (genfleet_kernels/w8_linear.py), up to 16 rows `w8_gemv` (genfleet_kernels/w8_gemv.py): x stays in its dtype,
   each weight byte is read once and converted in registers (the small-batch path of both layouts);
-- FP8 only, up to 16 rows: `w8a8_gemv` (kernels/w8a8_gemv.py), x quantized per token inside the
+- FP8 only, up to 16 rows: `w8a8_gemv` (genfleet_kernels/w8a8_gemv.py), x quantized per token inside the
   kernel, the product on FP8 tensor cores (the numerics of the scaled_mm path below);
-- FP8 only: x quantized per token (kernels/quantize_fp8_rows.py), then torch._scaled_mm with row-wise
+- FP8 only: x quantized per token (genfleet_kernels/quantize_fp8_rows.py), then torch._scaled_mm with row-wise
   scales on FP8 tensor cores (the large-batch path);
 - int8 only: the weight converted to x's dtype, a dense matmul, the scales on the output.
 On the CPU the weight is dequantized once at load and the product is a plain float matmul.
@@ -34,7 +34,7 @@ log = logging.getLogger("genfleet.worker.quant")
 _CHOICE: dict[tuple[str, int, int, int, torch.dtype], str] = {}
 _WIDEST_GEMV = 256  # batch buckets above this never try w8_linear
 GEMV_ROWS = 16  # the most rows w8_gemv and w8a8_gemv take (batch-1 verification, small batches)
-# w8_gemv configs tried beside kernels/w8_gemv.GEMV_CONFIGS (all at one row, the first at 2-16): int8 bytes made
+# w8_gemv configs tried beside genfleet_kernels/w8_gemv.GEMV_CONFIGS (all at one row, the first at 2-16): int8 bytes made
 # float32 by integer operations (`bits`, no quarter-rate I2F), and K split in two where K is long (down). FP8
 # skips `bits`: its sm_90 build takes 7.9-8.9 instructions a weight value against the plain 3.9-4.3 (the
 # plain f16 -> f32 step is one HADD2.F32, docs/perf.md).
@@ -52,7 +52,7 @@ class W8Linear(nn.Module):
         self.register_buffer("weight", weight.to(device).contiguous())  # (N, K)
         self.register_buffer("scale", scale.to(device=device, dtype=torch.float32).reshape(-1).contiguous())  # (N,)
         if device.type == "cuda":  # split-K's tile counters, allocated outside any graph capture
-            from kernels.split_k import counters
+            from genfleet_kernels.split_k import counters
 
             counters(device, 1)
         self.bias = None if bias is None else nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
@@ -74,9 +74,9 @@ class W8Linear(nn.Module):
         return paths[_CHOICE[key]]()
 
     def _paths(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-        from kernels.w8_gemv import GEMV_CONFIGS, gemv_config, gemv_name, w8_gemv
-        from kernels.w8_linear import W8_CONFIGS, w8_linear
-        from kernels.w8a8_gemv import W8A8_CONFIGS, w8a8_gemv, w8a8_name
+        from genfleet_kernels.w8_gemv import GEMV_CONFIGS, gemv_config, gemv_name, w8_gemv
+        from genfleet_kernels.w8_linear import W8_CONFIGS, w8_linear
+        from genfleet_kernels.w8a8_gemv import W8A8_CONFIGS, w8a8_gemv, w8a8_name
 
         # The first path is what runs where a graph is captured before its key was timed: no split-K.
         paths: dict[str, Callable[[], torch.Tensor]] = {}
@@ -103,7 +103,7 @@ class W8Linear(nn.Module):
         return paths
 
     def _scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
-        from kernels.quantize_fp8_rows import quantize_fp8_rows
+        from genfleet_kernels.quantize_fp8_rows import quantize_fp8_rows
 
         xq, x_scale = quantize_fp8_rows(x)  # (T, K) fp8, (T, 1)
         return torch._scaled_mm(  # type: ignore[no-any-return]

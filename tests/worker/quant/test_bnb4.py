@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import reference as ref
+from genfleet_kernels import reference as ref
 from tests.worker.quant.harness import (
     assert_served_greedy_equals_transformers,
     random_prompts,

@@ -53,8 +53,8 @@ def test_the_timing_leaves_out_paths_that_fail_or_disagree(monkeypatch: pytest.M
 
 @pytest.mark.gpu
 def test_w8linear_picks_a_path_per_row_bucket_and_replays_it() -> None:
-    from kernels import reference as ref
-    from tests.kernels.conftest import assert_close
+    from genfleet_kernels import reference as ref
+    from tests.genfleet_kernels.conftest import assert_close
 
     device = torch.device("cuda")
     gen = torch.Generator().manual_seed(15)
