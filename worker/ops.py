@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from genfleet_kernels import pdl as pdl_switch
 from genfleet_kernels import reference
 from worker import cpu_linear, cpu_ops
 
@@ -46,13 +46,25 @@ _max_rows = 0  # genfleet_kernels/linear_one_row.MAX_ROWS once it is loaded
 _one_row_choice: dict[tuple[int, int, torch.dtype, bool, bool, int], tuple[int, int, int, int] | None] = {}
 
 
+def _enable_pdl(on: bool, device: torch.device) -> bool:
+    """genfleet_kernels/pdl.py's switch, imported only where Triton may run (the CPU image has no
+    Triton); an earlier CUDA pick's PDL is switched off again."""
+    if device.type != "cuda" and "genfleet_kernels.pdl" not in sys.modules:
+        return False
+    try:
+        from genfleet_kernels import pdl
+    except ImportError:  # no Triton: nothing launches with PDL
+        return False
+    return pdl.enable(on, device)
+
+
 def use_device(device: torch.device, cpu_kernels: bool = False, fused_rotary_store: bool = True,
                pdl: bool = False) -> dict[str, str]:
     """Pick each op's implementation for `device`; returns {op: "triton" | "torch" | "torch (cpu_ops)" |
     "c++ (cpu_ops)"}. `cpu_kernels`: on the CPU, worker/cpu_native.cpp's fused ops where they build.
     `fused_rotary_store`: on CUDA, `rotary_store_kv` is one kernel (else rotary, then the store).
     `pdl`: the Triton kernels that take part launch with programmatic dependent launch (genfleet_kernels/pdl.py)."""
-    chosen = {"programmatic dependent launch": "on" if pdl_switch.enable(pdl, device) else "off"}
+    chosen = {"programmatic dependent launch": "on" if _enable_pdl(pdl, device) else "off"}
     triton_ops: dict[str, Callable[..., Any]] = {}
     cpu = {name: getattr(cpu_ops, name) for name in cpu_ops.__all__} if device.type == "cpu" else {}
     native = cpu_ops.use_native(cpu_kernels and device.type == "cpu")
