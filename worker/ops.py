@@ -38,8 +38,9 @@ _rotary_store_kv: Callable[..., torch.Tensor] | None = None
 # where it measured faster than torch for that weight shape and row count (see `linear`); None = torch
 # everywhere.
 _one_row: Callable[..., torch.Tensor] | None = None
-# (block_n, block_k, warps, stages) tried: the fastest of load/sweep_one_row.py's settings on an H200
-# (docs/perf.md), and the small tiles that suit narrow weights (SmolLM2's).
+# (block_n, block_k, warps, stages) tried: the fastest of load/sweep_one_row.py's settings on an H200,
+# and the small tiles that suit narrow weights (SmolLM2's). The sweep cycles weights out of L2; inside a
+# decode graph cuBLAS measured faster for most 8B shapes, and forcing these was slower (docs/perf.md).
 _ONE_ROW_CONFIGS = ((4, 2048, 4, 3), (4, 1024, 2, 3), (4, 512, 4, 3), (8, 1024, 8, 3))
 _max_rows = 0  # genfleet_kernels/linear_one_row.MAX_ROWS once it is loaded
 # (N, K, dtype, has bias, graphed, rows) -> the config chosen, None for torch
