@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from worker import ops
@@ -17,9 +20,6 @@ def test_each_op_names_an_importable_triton_launcher(name: str) -> None:
 
 def test_the_worker_stack_imports_and_picks_cpu_ops_without_triton() -> None:
     # The CPU worker image installs no Triton: nothing on the worker's path may import it at start.
-    import subprocess
-    import sys
-
     code = ("import sys; sys.modules['triton'] = None\n"
             "import torch, genfleet.cli, worker.worker, worker.parallel, worker.model_runner, worker.engine\n"
             "from worker import ops\n"
